@@ -1,0 +1,352 @@
+"""The asset chain: partition summaries -> training sample -> model -> (check) -> registered model.
+
+Each asset fetches its inputs, calls one function in ops/, and records metadata. Heavy
+data is written by the asset itself to artifact storage; assets find their inputs by
+the storage keys their upstream recorded in materialization metadata.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import uuid
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    BackfillPolicy,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from ops.data_stage import summarize_window_to_file
+from ops.masking import Masker
+from ops.naming import batch_key, partition_slug
+from ops.sampling import resample
+from ops.summary import Summary, read_summary
+from orchestration.partitions import batch_partitions, time_partitions
+from orchestration.upstream import latest_metadata, parse_time_ms
+from resources.artifacts import ArtifactStorage
+from resources.log_source import LogSource
+from resources.store import Store
+
+raw_logs = AssetSpec(
+    "raw_logs",
+    description="The logs where they live (a local folder or an OpenSearch index). Read in windows, never copied.",
+    group_name="data",
+)
+
+
+# ---- data stage --------------------------------------------------------------------
+
+
+class DataStageConfig(Config):
+    force: bool = Field(default=False, description="Re-read windows that already have a summary.")
+    workers: int = Field(default=0, ge=0, description="Worker processes for multi-window runs; 0 = CPU count.")
+    cap: int = Field(default=100_000, gt=0, description="Distinct masked lines kept per batch before compacting.")
+
+
+def summary_key(partition_key: str) -> str:
+    return f"summaries/{partition_slug(partition_key)}.parquet"
+
+
+@asset(
+    partitions_def=time_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    deps=[raw_logs],
+    group_name="data",
+    kinds={"python", "parquet"},
+)
+def partition_summaries(
+    context: AssetExecutionContext,
+    config: DataStageConfig,
+    log_source: LogSource,
+    store: Store,
+    artifacts: ArtifactStorage,
+) -> MaterializeResult:
+    """Fetch each time window's logs, mask them and summarise them per batch.
+
+    A window already summarised is not read again (unless `force`). Each window's
+    summary goes to artifact storage as Parquet; its line counts per batch go to the store.
+    """
+    todo, skipped = [], []
+    for key in context.partition_keys:
+        (skipped if artifacts.exists(summary_key(key)) and not config.force else todo).append(key)
+    if skipped:
+        context.log.info(f"{len(skipped)} window(s) already summarised, not read again: {skipped[:5]}...")
+
+    rows, batches = [], set()
+    workers = min(config.workers or os.cpu_count() or 1, len(todo)) or 1
+    reader = log_source.reader()
+    masking_rules = Masker().rules
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+    try:
+        for key, stats in _summarize_windows(todo, reader, masking_rules, config.cap, artifacts, pool):
+            window = time_partitions.time_window_for_partition_key(key)
+            store.record_sample_counts(
+                key, int(window.start.timestamp() * 1000), int(window.end.timestamp() * 1000), stats["counts"]
+            )
+            batches.update(stats["counts"])
+            rows.append({"window": key, **{k: stats[k] for k in ("lines", "lines_per_s", "counts", "bad_records")}})
+            context.log.info(
+                f"window {key}: {stats['lines']} lines, {stats['lines_per_s']} lines/s, "
+                f"{stats['bad_records']['total']} bad, batches {stats['counts']}"
+            )
+    finally:
+        if pool:
+            pool.shutdown()
+
+    new = [b for b in sorted(batches) if not context.instance.has_dynamic_partition(batch_partitions.name, b)]
+    if new:
+        context.instance.add_dynamic_partitions(batch_partitions.name, new)
+    bad_total = sum(r["bad_records"]["total"] for r in rows)
+    return MaterializeResult(
+        metadata={
+            "source": log_source.describe(),
+            "windows_read": len(rows),
+            "windows_skipped": len(skipped),
+            "lines": sum(r["lines"] for r in rows),
+            "bad_records": bad_total,
+            "bad_by_reason": MetadataValue.json(_sum_reasons(rows)),
+            "bad_examples": MetadataValue.json([e for r in rows for e in r["bad_records"]["examples"]][:20]),
+            "batches": MetadataValue.json(sorted(batches)),
+            "new_batches": MetadataValue.json(new),
+            "windows": MetadataValue.json(rows[:200]),
+        }
+    )
+
+
+def _summarize_windows(keys, reader, masking_rules, cap, artifacts, pool):
+    """Yield (key, stats) per window, in parallel when a pool is given. A window's
+    summary becomes visible only once complete (atomic write)."""
+
+    def run(key):
+        window = time_partitions.time_window_for_partition_key(key)
+        start, end = int(window.start.timestamp() * 1000), int(window.end.timestamp() * 1000)
+        with artifacts.writing(summary_key(key)) as tmp:
+            if pool is None:
+                stats = summarize_window_to_file(reader, start, end, tmp, masking_rules, cap=cap)
+            else:
+                stats = pool.submit(summarize_window_to_file, reader, start, end, tmp, masking_rules, cap=cap).result()
+        return stats
+
+    if pool is None:
+        for key in keys:
+            yield key, run(key)
+        return
+    with cf.ThreadPoolExecutor(pool._max_workers) as threads:  # threads only wait on processes
+        for key, stats in zip(keys, threads.map(run, keys)):
+            yield key, stats
+
+
+def _sum_reasons(rows) -> dict:
+    total: dict[str, int] = {}
+    for r in rows:
+        for reason, n in r["bad_records"]["by_reason"].items():
+            total[reason] = total.get(reason, 0) + n
+    return total
+
+
+# ---- resample ----------------------------------------------------------------------
+
+
+class ResampleConfig(Config):
+    t: int = Field(default=128_000, gt=0, description="Training-set size to draw.")
+    validation_share: float = Field(default=0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+    window_start: Optional[str] = Field(default=None, description="ISO time or partition key; default: all data.")
+    window_end: Optional[str] = Field(default=None, description="ISO time or partition key (exclusive).")
+    merge_cap: int = Field(default=1_000_000, gt=0, description="Distinct forms kept while merging windows.")
+
+
+def run_folder(batch: str, run_id: str) -> str:
+    return f"runs/{batch_key(batch)}/{run_id}"
+
+
+@asset(
+    partitions_def=batch_partitions,
+    deps=[partition_summaries],
+    group_name="model",
+    kinds={"python", "parquet"},
+)
+def training_sample(
+    context: AssetExecutionContext, config: ResampleConfig, store: Store, artifacts: ArtifactStorage
+) -> MaterializeResult:
+    """Merge the batch's window summaries and draw exactly t lines by global sqrt weights."""
+    batch = context.partition_key
+    start_ms = parse_time_ms(config.window_start)
+    end_ms = parse_time_ms(config.window_end)
+    parts = [p for p in store.partition_counts(batch, start_ms, end_ms) if p.count > 0]
+    if not parts:
+        raise Failure(
+            description=f"no samples for batch {batch!r} in window [{config.window_start}, {config.window_end}): "
+            "nothing to train, nothing registered",
+            metadata={"batch": batch, "outcome": "no samples"},
+        )
+
+    def summaries():
+        for p in parts:
+            with artifacts.reading(summary_key(p.partition_key)) as path:
+                yield read_summary(path, batch)
+
+    merged = Summary.merge(summaries(), cap=config.merge_cap, seed=config.seed)
+    sample = resample(merged, config.t, seed=config.seed, validation_share=config.validation_share)
+    key = f"{run_folder(batch, context.run_id)}/sample.parquet"
+    with artifacts.writing(key) as tmp:
+        write_sample(tmp, sample)
+    return MaterializeResult(
+        metadata={
+            "sample_key": key,
+            "population": sample.population,
+            "sample_size": sample.size,
+            "train_lines": sample.train_lines,
+            "validation_lines": sample.validation_lines,
+            "distinct_train_forms": len(sample.train),
+            "exact_counts": merged.exact,
+            "window_start_ms": parts[0].window_start_ms,
+            "window_end_ms": parts[-1].window_end_ms,
+            "windows": len(parts),
+        }
+    )
+
+
+def write_sample(path: str, sample) -> None:
+    rows = [(f, c, "train") for f, c in sample.train] + [(f, c, "validation") for f, c in sample.validation]
+    table = pa.table(
+        {"masked": [r[0] for r in rows], "count": [r[1] for r in rows], "split": [r[2] for r in rows]}
+    )
+    table = table.replace_schema_metadata({"logloop": json.dumps({"population": sample.population})})
+    pq.write_table(table, path, compression="zstd")
+
+
+def read_sample(path: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    table = pq.read_table(path)
+    train, validation = [], []
+    for f, c, s in zip(*(table.column(n).to_pylist() for n in ("masked", "count", "split"))):
+        (train if s == "train" else validation).append((f, c))
+    return train, validation
+
+
+# ---- train -------------------------------------------------------------------------
+
+
+class TrainAssetConfig(Config):
+    epochs: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=256, gt=0, description="Masked rows per optimiser step.")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.005, ge=0)
+    seed: int = 0
+    device: str = Field(default="auto", pattern="^(auto|cpu|cuda)$")
+    amp: bool = Field(default=True, description="Mixed precision on GPU.")
+    max_len: int = Field(default=64, ge=4, le=512)
+
+
+@asset(partitions_def=batch_partitions, deps=[training_sample], group_name="model", kinds={"pytorch"})
+def nulog_model(
+    context: AssetExecutionContext, config: TrainAssetConfig, artifacts: ArtifactStorage
+) -> MaterializeResult:
+    """Train NuLog on the batch's training sample; checkpoint each epoch so a retry resumes."""
+    from ops.artifact import write_artifact
+    from ops.model import NuLogConfig
+    from ops.train import TrainConfig, train
+    from ops.vocab import Vocab
+
+    batch = context.partition_key
+    upstream = latest_metadata(context.instance, "training_sample", batch)
+    with artifacts.reading(upstream["sample_key"]) as path:
+        train_lines, validation_lines = read_sample(path)
+    vocab = Vocab.build(train_lines)
+    cfg = TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        seed=config.seed, device=config.device, amp=config.amp,
+    )
+    model_cfg = NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
+    checkpoint_key = f"checkpoints/{batch_key(batch)}/{upstream['run_id']}.pt"
+    checkpoint = artifacts.uri(checkpoint_key)
+    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+
+    def progress(p: dict) -> None:
+        context.log.info(
+            f"epoch {p['epoch']} step {p.get('step')}/{p.get('steps')}: loss {p['loss']:.4f}, "
+            f"{p.get('samples_per_s', 0):.0f} samples/s, {p.get('rows_per_s', 0):.0f} rows/s"
+        )
+
+    result = train(train_lines, vocab, cfg, progress=progress, checkpoint_path=checkpoint, model_config=model_cfg)
+    candidate_key = f"{run_folder(batch, context.run_id)}/candidate.zip"
+    with artifacts.writing(candidate_key) as tmp:
+        write_artifact(
+            tmp, result.model, vocab, Masker().rules, model_cfg,
+            metrics={"loss_curve": result.losses},
+            meta={"batch": batch, "train_config": cfg.__dict__, "sample_key": upstream["sample_key"]},
+        )
+    return MaterializeResult(
+        metadata={
+            "candidate_key": candidate_key,
+            "sample_key": upstream["sample_key"],
+            "sample_run_id": upstream["run_id"],
+            "window_start_ms": upstream.get("window_start_ms"),
+            "window_end_ms": upstream.get("window_end_ms"),
+            "loss_curve": MetadataValue.json({"epoch": list(range(1, len(result.losses) + 1)), "loss": result.losses}),
+            "final_loss": result.losses[-1] if result.losses else None,
+            "vocab_size": len(vocab),
+            "oov_share_validation": vocab.oov_share(validation_lines),
+            "logs_per_s": round(result.logs_per_s, 1),
+            "rows_per_s": round(result.rows_per_s, 1),
+            "train_s": round(result.train_s, 2),
+            "device": result.device,
+            "resumed_from_epoch": result.resumed_from,
+        }
+    )
+
+
+# ---- register ----------------------------------------------------------------------
+
+
+class RegisterConfig(Config):
+    model_name: str = Field(default="nulog", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    artifact_name_template: str = Field(default="{name}-{version}-{uuid}.zip")
+
+
+@asset(partitions_def=batch_partitions, deps=[nulog_model], group_name="model", kinds={"python"})
+def registered_model(
+    context: AssetExecutionContext, config: RegisterConfig, store: Store, artifacts: ArtifactStorage
+) -> MaterializeResult:
+    """Publish the validated candidate as the batch's next model version.
+
+    Registration is keyed by the run that trained the candidate, so registering the
+    same candidate twice (a retry, a re-execution) never creates a second version.
+    """
+    from orchestration.registry import register_candidate
+
+    batch = context.partition_key
+    upstream = latest_metadata(context.instance, "nulog_model", batch)
+    record = register_candidate(
+        batch=batch,
+        candidate_key=upstream["candidate_key"],
+        train_run_id=upstream["run_id"],
+        window=(upstream.get("window_start_ms"), upstream.get("window_end_ms")),
+        name=config.model_name,
+        template=config.artifact_name_template,
+        store=store,
+        artifacts=artifacts,
+    )
+    context.log.info(f"batch {batch!r}: version {record.version} at {record.artifact_uri}")
+    return MaterializeResult(
+        metadata={
+            "version": record.version,
+            "artifact": record.artifact,
+            "artifact_uri": MetadataValue.path(record.artifact_uri),
+            "top_k_accuracy": record.metrics.get("top_k_accuracy"),
+            "anomaly_share": record.metrics.get("anomaly_share"),
+        }
+    )

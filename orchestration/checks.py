@@ -1,0 +1,60 @@
+"""The validation gate: a blocking check on the trained model; when it fails, nothing is registered."""
+
+from __future__ import annotations
+
+import json
+
+from dagster import AssetCheckExecutionContext, AssetCheckResult, Config, asset_check
+from pydantic import Field
+
+from orchestration.assets import nulog_model, read_sample
+from orchestration.partitions import batch_partitions
+from orchestration.upstream import latest_metadata
+from resources.artifacts import ArtifactStorage
+
+
+class ValidationConfig(Config):
+    top_k: int = Field(default=50, gt=0, description="k of NuLog's top-k rule (Opni uses 50).")
+    threshold: float = Field(default=0.7, gt=0, le=1, description="A line scoring below this is an anomaly.")
+    min_top_k_accuracy: float = Field(default=0.8, ge=0, le=1, description="Floor on validation top-k accuracy.")
+    max_anomaly_share: float = Field(default=0.2, ge=0, le=1, description="Most validation lines flagged.")
+
+
+def validation_key(candidate_key: str) -> str:
+    return candidate_key.rsplit("/", 1)[0] + "/validation.json"
+
+
+@asset_check(asset=nulog_model, blocking=True, partitions_def=batch_partitions)
+def nulog_model_quality(
+    context: AssetCheckExecutionContext, config: ValidationConfig, artifacts: ArtifactStorage
+) -> AssetCheckResult:
+    """Top-k accuracy and flagged share on the validation split must clear the gate."""
+    from ops.artifact import read_artifact
+    from ops.evaluate import evaluate
+
+    batch = context.partition_key
+    upstream = latest_metadata(context.instance, "nulog_model", batch)
+    with artifacts.reading(upstream["candidate_key"]) as path:
+        candidate = read_artifact(path)
+    with artifacts.reading(upstream["sample_key"]) as path:
+        _, validation_lines = read_sample(path)
+
+    metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
+    metrics["oov_share"] = candidate.vocab.oov_share(validation_lines)
+    failures = []
+    if not validation_lines:
+        failures.append("the validation split is empty")
+    if metrics["top_k_accuracy"] < config.min_top_k_accuracy:
+        failures.append(f"top-{config.top_k} accuracy {metrics['top_k_accuracy']:.3f} < {config.min_top_k_accuracy}")
+    if metrics["anomaly_share"] > config.max_anomaly_share:
+        failures.append(f"flagged share {metrics['anomaly_share']:.3f} > {config.max_anomaly_share}")
+    passed = not failures
+    with artifacts.writing(validation_key(upstream["candidate_key"])) as tmp:
+        with open(tmp, "w") as f:
+            json.dump({"passed": passed, "failures": failures, "metrics": metrics,
+                       "candidate_key": upstream["candidate_key"], "config": config.model_dump()}, f)
+    return AssetCheckResult(
+        passed=passed,
+        description="; ".join(failures) or "candidate clears the gate",
+        metadata={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    )

@@ -1,0 +1,15 @@
+"""The code location: one Definitions object."""
+
+from dagster import Definitions
+
+from orchestration.assets import nulog_model, partition_summaries, raw_logs, registered_model, training_sample
+from orchestration.checks import nulog_model_quality
+from orchestration.jobs import ingest_logs_job, train_model_job
+from orchestration.resources import build_resources
+
+defs = Definitions(
+    assets=[raw_logs, partition_summaries, training_sample, nulog_model, registered_model],
+    asset_checks=[nulog_model_quality],
+    jobs=[ingest_logs_job, train_model_job],
+    resources=build_resources(),
+)

@@ -1,0 +1,20 @@
+"""Jobs: read windows of logs, and train one batch's model end to end."""
+
+from dagster import AssetSelection, define_asset_job
+
+from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
+from orchestration.partitions import batch_partitions, time_partitions
+
+ingest_logs_job = define_asset_job(
+    "ingest_logs",
+    selection=AssetSelection.assets(partition_summaries),
+    partitions_def=time_partitions,
+    description="Fetch, mask and summarise time windows of logs.",
+)
+
+train_model_job = define_asset_job(
+    "train_model",
+    selection=AssetSelection.assets(training_sample, nulog_model, registered_model),
+    partitions_def=batch_partitions,
+    description="Resample, train, validate and register one batch's model.",
+)

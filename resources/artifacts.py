@@ -1,0 +1,80 @@
+"""Artifact storage: where partition summaries, samples, checkpoints and models live."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterator
+
+from dagster import ConfigurableResource
+
+from ops.naming import validate_key
+
+
+class ArtifactStorage(ConfigurableResource, ABC):
+    """Keys are relative, validated paths like 'summaries/2026-11-23-07-00.parquet'."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def uri(self, key: str) -> str: ...
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def writing(self, key: str) -> Iterator[str]:
+        """Yield a local temp path to write; it becomes `key` atomically on success."""
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def reading(self, key: str) -> Iterator[str]:
+        """Yield a local path holding the object at `key`."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+
+class LocalArtifactStorage(ArtifactStorage):
+    """A folder on local disk (the embedded default)."""
+
+    root: str
+
+    def _path(self, key: str) -> Path:
+        return Path(self.root) / validate_key(key)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def uri(self, key: str) -> str:
+        return str(self._path(key).resolve())
+
+    @contextlib.contextmanager
+    def writing(self, key: str) -> Iterator[str]:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
+        os.close(fd)
+        try:
+            yield tmp
+            os.replace(tmp, target)  # atomic on POSIX: readers see old or new, never half
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @contextlib.contextmanager
+    def reading(self, key: str) -> Iterator[str]:
+        path = self._path(key)
+        if not path.exists():
+            raise FileNotFoundError(f"artifact {key!r} not found under {self.root}")
+        yield str(path)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
