@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ops.records import BadRecords
+from ops.records import BadRecords, TimeRange, Windows
 from ops.summary import DEFAULT_CAP, DEFAULT_TAIL_SAMPLE, Summary
 
 DEFAULT_CACHE = 100_000
@@ -39,7 +39,10 @@ class WindowStats:
 
 
 class WindowSummarizer:
-    """Accumulates chunks of (batch -> messages) into per-batch summaries."""
+    """Accumulates chunks of (key -> messages) into per-key summaries.
+
+    A key is a batch, or (window index, batch) when one read feeds several windows.
+    """
 
     def __init__(
         self,
@@ -127,29 +130,101 @@ def summarize_chunks(
     return summaries, summarizer.stats
 
 
-def summarize_window_to_file(
-    reader: Callable,
-    start_ms: int,
-    end_ms: int,
-    out_path: str,
-    masking_rules: list[dict] | None = None,
-    **summarizer_kwargs,
-) -> dict:
-    """Read, mask and summarise one window; write its summaries to `out_path` (Parquet).
+@dataclass
+class ShardResult:
+    summaries: dict          # (window index, batch) -> Summary
+    lines: dict              # window index -> lines kept
+    bad: BadRecords
+    seen: TimeRange          # the shard's whole time range, for the source index
+    seconds: float
+    cache_hits: int
+    peak_rss_mb: float
 
-    Runs in a worker process: everything it needs arrives as plain, picklable values,
-    and it returns only small statistics.
+
+def summarize_shard(shard, windows: Windows, masking_rules=None, **summarizer_kwargs) -> ShardResult:
+    """Read one shard (a file, a PIT slice) for `windows`: mask, summarise per (window, batch).
+
+    Runs in a worker process: its inputs are plain picklable values, and it returns
+    only bounded summaries and statistics.
     """
     from ops.masking import Masker
-    from ops.summary import write_summaries
 
     masker = Masker(masking_rules)
+    bad, seen = BadRecords(), TimeRange()
+    summarizer = WindowSummarizer(masker.mask, bad=bad, **summarizer_kwargs)
+    lines: dict[int, int] = {}
+    for chunk in shard.read(windows, bad, seen):
+        for key, messages in chunk.items():
+            summarizer.add(key, messages)
+            lines[key[0]] = lines.get(key[0], 0) + len(messages)
+    summaries = summarizer.finish()
+    return ShardResult(summaries, lines, bad, seen, summarizer.stats.seconds, summarizer.stats.cache_hits, peak_rss_mb())
+
+
+def peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+@dataclass
+class WindowResult:
+    summaries: dict[str, Summary]
+    lines: int
+
+
+@dataclass
+class RunResult:
+    windows: list[WindowResult]
+    bad: BadRecords
+    shards: int
+    seconds: float
+    lines: int
+    peak_worker_rss_mb: float
+    time_ranges: dict        # shard path -> (shard identity, lo, hi)
+    cache_hits: int
+
+
+def summarize_windows(
+    shards,
+    windows: Windows,
+    masking_rules=None,
+    pool=None,
+    cap: int = DEFAULT_CAP,
+    progress: Callable[[int, int, int], None] | None = None,
+    **summarizer_kwargs,
+) -> RunResult:
+    """Summarise many windows from many shards, in parallel when `pool` is given.
+
+    Shard results are merged per (window, batch) as they arrive; summaries merge
+    exactly, so the split into shards does not change the counts.
+    """
+    t0 = time.perf_counter()
+    merged: dict = {}
+    lines = [0] * len(windows)
     bad = BadRecords()
-    summaries, stats = summarize_chunks(reader(start_ms, end_ms, bad), masker.mask, bad=bad, **summarizer_kwargs)
-    write_summaries(out_path, summaries, extra_meta={"window_start_ms": start_ms, "window_end_ms": end_ms})
-    return {
-        **stats.to_dict(),
-        "counts": {b: s.total for b, s in summaries.items()},
-        "distinct": {b: len(s.counts) for b, s in summaries.items()},
-        "compacted": {b: s.compactions for b, s in summaries.items() if s.compactions},
-    }
+    peak, hits = 0.0, 0
+    ranges = {}
+    kwargs = dict(cap=cap, **summarizer_kwargs)
+    if pool is None:
+        results = (summarize_shard(s, windows, masking_rules, **kwargs) for s in shards)
+    else:
+        futures = [pool.submit(summarize_shard, s, windows, masking_rules, **kwargs) for s in shards]
+        results = (f.result() for f in futures)
+    for done, (shard, r) in enumerate(zip(shards, results), 1):
+        for key, summary in r.summaries.items():
+            prev = merged.get(key)
+            merged[key] = summary if prev is None else Summary.merge([prev, summary], cap=cap)
+        for w, n in r.lines.items():
+            lines[w] += n
+        bad.merge(r.bad)
+        peak, hits = max(peak, r.peak_rss_mb), hits + r.cache_hits
+        ranges[getattr(shard, "path", str(done))] = (getattr(shard, "file_id", None), r.seen.lo, r.seen.hi)
+        if progress:
+            progress(done, len(shards), sum(lines))
+    per_window = [WindowResult({}, n) for n in lines]
+    for (w, batch), summary in merged.items():
+        per_window[w].summaries[batch] = summary
+    return RunResult(per_window, bad, len(shards), time.perf_counter() - t0, sum(lines), peak, ranges, hits)

@@ -1,18 +1,32 @@
-"""Reading a time window from a folder of log files (the embedded log source).
+"""Reading windows of logs from a folder of files (the embedded log source).
 
 JSON Lines files (.jsonl, .ndjson, .json) hold documents in Opni's shape. Any other
 file is plain text: its lines carry no time, so they take the file's modification
 time, and their batch is the file's folder relative to the root ('default' at the root).
+
+Each file is a *shard*: read once per run, its records routed to the requested
+windows. A file's time range is remembered in an index (keyed by size and mtime), so
+later runs skip files that cannot hold their windows.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from ops.naming import InvalidName, validate_batch_name
-from ops.records import BadRecords, RecordFormat, decode_text_lines, parse_json_lines, read_line_blocks
+from ops.records import (
+    BadRecords,
+    RecordFormat,
+    TimeRange,
+    Windows,
+    decode_text_lines,
+    parse_json_lines,
+    read_line_blocks,
+)
 
 JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 
@@ -28,36 +42,91 @@ def list_files(root: str | Path) -> list[Path]:
     return found
 
 
-def read_window(
-    root: str | Path,
-    fmt: RecordFormat,
-    start_ms: int,
-    end_ms: int,
-    bad: BadRecords,
-    block_size: int = 1 << 20,
-) -> Iterator[dict[str, list[str]]]:
-    """Yield chunks {batch: [message, ...]} for start_ms <= time < end_ms."""
-    root = Path(root)
-    for file in list_files(root):
-        source = file.relative_to(root).as_posix()
-        if file.suffix.lower() in JSON_SUFFIXES:
-            with open(file, "rb") as f:
-                for first_line_no, lines in read_line_blocks(f, block_size):
-                    chunk = parse_json_lines(lines, fmt, start_ms, end_ms, bad, source, first_line_no)
+def file_id(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+@dataclass(frozen=True)
+class FileShard:
+    """One file to read for a set of windows. Picklable, so it runs in a worker process."""
+
+    path: str
+    source: str          # the path relative to the root, used in error examples
+    fmt: RecordFormat
+    text_batch: str      # batch of a plain-text file's lines
+    file_id: str = ""    # size and mtime when planned: the index entry's identity
+    block_size: int = 1 << 20
+
+    @property
+    def is_json(self) -> bool:
+        return Path(self.path).suffix.lower() in JSON_SUFFIXES
+
+    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict[tuple[int, str], list[str]]]:
+        if self.is_json:
+            with open(self.path, "rb") as f:
+                for first_line_no, lines in read_line_blocks(f, self.block_size):
+                    chunk = parse_json_lines(lines, self.fmt, windows, bad, self.source, first_line_no, seen)
                     if chunk:
                         yield chunk
-            continue
-        if not start_ms <= int(file.stat().st_mtime * 1000) < end_ms:
-            continue
-        rel_dir = file.parent.relative_to(root).as_posix()
-        batch = fmt.default_batch if rel_dir in ("", ".") else rel_dir
+            return
+        mtime_ms = int(os.stat(self.path).st_mtime * 1000)
+        seen.add(mtime_ms, mtime_ms)
+        w = windows.index(mtime_ms)
+        if w < 0:
+            return
         try:
-            validate_batch_name(batch)
+            validate_batch_name(self.text_batch)
         except InvalidName as exc:
-            bad.add("bad_batch", source, str(exc))
-            continue
-        with open(file, "rb") as f:
-            for first_line_no, lines in read_line_blocks(f, block_size):
-                messages = decode_text_lines(lines, bad, source, first_line_no)
+            bad.add("bad_batch", self.source, str(exc))
+            return
+        with open(self.path, "rb") as f:
+            for first_line_no, lines in read_line_blocks(f, self.block_size):
+                messages = decode_text_lines(lines, bad, self.source, first_line_no)
                 if messages:
-                    yield {batch: messages}
+                    yield {(w, self.text_batch): messages}
+
+
+def plan_shards(
+    root: str | Path, fmt: RecordFormat, windows: Windows, index: dict | None = None, block_size: int = 1 << 20
+) -> list[FileShard]:
+    """The files that may hold records of `windows`; `index` maps path -> {id, lo, hi}."""
+    root = Path(root)
+    index = index or {}
+    shards = []
+    for file in list_files(root):
+        entry = index.get(str(file))
+        if entry and entry.get("id") == file_id(file) and entry.get("lo") is not None:
+            if not windows.overlaps(entry["lo"], entry["hi"]):
+                continue
+        rel = file.relative_to(root)
+        rel_dir = rel.parent.as_posix()
+        text_batch = fmt.default_batch if rel_dir in ("", ".") else rel_dir
+        shards.append(FileShard(str(file), rel.as_posix(), fmt, text_batch, file_id(file), block_size))
+    return shards
+
+
+def load_index(path: str | Path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}  # a lost index only costs a re-read
+
+
+def save_index(path: str | Path, index: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index))
+    os.replace(tmp, path)
+
+
+def read_window(
+    root: str | Path, fmt: RecordFormat, start_ms: int, end_ms: int, bad: BadRecords, block_size: int = 1 << 20
+) -> Iterator[dict[str, list[str]]]:
+    """One window's records as chunks {batch: [message, ...]} (a convenience over shards)."""
+    windows = Windows([(start_ms, end_ms)])
+    for shard in plan_shards(root, fmt, windows, block_size=block_size):
+        for chunk in shard.read(windows, bad, TimeRange()):
+            yield {batch: msgs for (_, batch), msgs in chunk.items()}

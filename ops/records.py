@@ -7,6 +7,7 @@ file and line number.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
@@ -107,20 +108,63 @@ class RecordFormat:
         return self.batch_separator.join("" if v is None else str(v) for v in values)
 
 
+class Windows:
+    """Sorted, non-overlapping time windows [start, end) in epoch ms; finds a time's window."""
+
+    def __init__(self, bounds: Sequence[tuple[int, int]]):
+        self.bounds = sorted((int(a), int(b)) for a, b in bounds)
+        self.starts = [a for a, _ in self.bounds]
+        for (a, b), (c, _) in zip(self.bounds, self.bounds[1:]):
+            if b > c:
+                raise ValueError(f"windows overlap: [{a}, {b}) and [{c}, ...)")
+        self.lo = self.bounds[0][0] if self.bounds else 0
+        self.hi = self.bounds[-1][1] if self.bounds else 0
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def index(self, t: int) -> int:
+        """The window holding t, or -1."""
+        if t < self.lo or t >= self.hi:
+            return -1
+        i = bisect.bisect_right(self.starts, t) - 1
+        return i if t < self.bounds[i][1] else -1
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        """Whether any window meets the closed range [lo, hi]."""
+        return any(a <= hi and lo < b for a, b in self.bounds)
+
+
+@dataclass
+class TimeRange:
+    lo: int | None = None
+    hi: int | None = None
+
+    def add(self, lo: int, hi: int) -> None:
+        self.lo = lo if self.lo is None else min(self.lo, lo)
+        self.hi = hi if self.hi is None else max(self.hi, hi)
+
+
 def parse_json_lines(
     lines: Iterable[bytes],
     fmt: RecordFormat,
-    start_ms: int,
-    end_ms: int,
+    windows: Windows,
     bad: BadRecords,
     source: str,
     first_line_no: int = 1,
-) -> dict[str, list[str]]:
-    """Parse JSON Lines, keeping records with start_ms <= time < end_ms, grouped by batch."""
-    out: dict[str, list[str]] = {}
+    seen: TimeRange | None = None,
+) -> dict[tuple[int, str], list[str]]:
+    """Parse JSON Lines into {(window index, batch): [message, ...]} for records inside a window.
+
+    `seen` collects the range of all valid times, in or out of the windows, so a
+    file's time range can be remembered and the file skipped later.
+    """
+    out: dict[tuple[int, str], list[str]] = {}
     loads = orjson.loads
     time_field, message_field = fmt.time_field, fmt.message_field
+    window_of = windows.index
     valid_batches: set[str] = set()
+    lo = hi = None
     for offset, raw in enumerate(lines):
         if len(raw) > MAX_LINE_BYTES:
             bad.add("too_long", f"{source}:{first_line_no + offset}", f"{len(raw)} bytes")
@@ -148,7 +192,14 @@ def parse_json_lines(
             if t is None:
                 bad.add("bad_time", f"{source}:{first_line_no + offset}")
                 continue
-        if t < start_ms or t >= end_ms:
+        if lo is None:
+            lo = hi = t
+        elif t < lo:
+            lo = t
+        elif t > hi:
+            hi = t
+        w = window_of(t)
+        if w < 0:
             continue
         message = doc.get(message_field)
         if message is None:
@@ -164,10 +215,12 @@ def parse_json_lines(
                 bad.add("bad_batch", f"{source}:{first_line_no + offset}", str(exc))
                 continue
             valid_batches.add(batch)
-        bucket = out.get(batch)
+        bucket = out.get((w, batch))
         if bucket is None:
-            bucket = out[batch] = []
+            bucket = out[(w, batch)] = []
         bucket.append(message)
+    if seen is not None and lo is not None:
+        seen.add(lo, hi)
     return out
 
 

@@ -29,11 +29,12 @@ from dagster import (
 )
 from pydantic import Field
 
-from ops.data_stage import summarize_window_to_file
+from ops.data_stage import summarize_windows
+from ops.records import Windows
 from ops.masking import Masker
 from ops.naming import batch_key, partition_slug
 from ops.sampling import resample
-from ops.summary import Summary, read_summary
+from ops.summary import Summary, read_summary, write_summaries
 from orchestration.partitions import batch_partitions, time_partitions
 from orchestration.upstream import latest_metadata, parse_time_ms
 from resources.artifacts import ArtifactStorage
@@ -60,6 +61,11 @@ def summary_key(partition_key: str) -> str:
     return f"summaries/{partition_slug(partition_key)}.parquet"
 
 
+def window_ms(partition_key: str) -> tuple[int, int]:
+    window = time_partitions.time_window_for_partition_key(partition_key)
+    return int(window.start.timestamp() * 1000), int(window.end.timestamp() * 1000)
+
+
 @asset(
     partitions_def=time_partitions,
     backfill_policy=BackfillPolicy.single_run(),
@@ -83,78 +89,53 @@ def partition_summaries(
     for key in context.partition_keys:
         (skipped if artifacts.exists(summary_key(key)) and not config.force else todo).append(key)
     if skipped:
-        context.log.info(f"{len(skipped)} window(s) already summarised, not read again: {skipped[:5]}...")
+        context.log.info(f"{len(skipped)} window(s) already summarised, not read again: {skipped[:5]}")
+    windows = Windows([window_ms(k) for k in todo])
+    shards = log_source.shards(windows) if todo else []
+    workers = max(1, min(config.workers or os.cpu_count() or 1, len(shards)))
+    context.log.info(f"reading {len(todo)} window(s) from {log_source.describe()}: {len(shards)} shard(s), {workers} worker(s)")
 
-    rows, batches = [], set()
-    workers = min(config.workers or os.cpu_count() or 1, len(todo)) or 1
-    reader = log_source.reader()
-    masking_rules = Masker().rules
+    def progress(done: int, total: int, lines: int) -> None:
+        context.log.info(f"shard {done}/{total} done, {lines} lines so far")
+
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
-        for key, stats in _summarize_windows(todo, reader, masking_rules, config.cap, artifacts, pool):
-            window = time_partitions.time_window_for_partition_key(key)
-            store.record_sample_counts(
-                key, int(window.start.timestamp() * 1000), int(window.end.timestamp() * 1000), stats["counts"]
-            )
-            batches.update(stats["counts"])
-            rows.append({"window": key, **{k: stats[k] for k in ("lines", "lines_per_s", "counts", "bad_records")}})
-            context.log.info(
-                f"window {key}: {stats['lines']} lines, {stats['lines_per_s']} lines/s, "
-                f"{stats['bad_records']['total']} bad, batches {stats['counts']}"
-            )
+        result = summarize_windows(shards, windows, Masker().rules, pool=pool, cap=config.cap, progress=progress)
     finally:
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
+    log_source.remember(result.time_ranges)
+
+    rows, batches = [], set()
+    for key, (start, end), window in zip(todo, windows.bounds, result.windows):
+        with artifacts.writing(summary_key(key)) as tmp:  # visible only once complete
+            write_summaries(tmp, window.summaries, extra_meta={"window_start_ms": start, "window_end_ms": end})
+        counts = {b: s.total for b, s in window.summaries.items()}
+        store.record_sample_counts(key, start, end, counts)
+        batches.update(counts)
+        rows.append({"window": key, "lines": window.lines, "counts": counts,
+                     "distinct": {b: len(s.counts) for b, s in window.summaries.items()}})
 
     new = [b for b in sorted(batches) if not context.instance.has_dynamic_partition(batch_partitions.name, b)]
     if new:
         context.instance.add_dynamic_partitions(batch_partitions.name, new)
-    bad_total = sum(r["bad_records"]["total"] for r in rows)
     return MaterializeResult(
         metadata={
             "source": log_source.describe(),
-            "windows_read": len(rows),
+            "windows_read": len(todo),
             "windows_skipped": len(skipped),
-            "lines": sum(r["lines"] for r in rows),
-            "bad_records": bad_total,
-            "bad_by_reason": MetadataValue.json(_sum_reasons(rows)),
-            "bad_examples": MetadataValue.json([e for r in rows for e in r["bad_records"]["examples"]][:20]),
+            "shards": result.shards,
+            "lines": result.lines,
+            "lines_per_s": round(result.lines / result.seconds, 1) if result.seconds else 0.0,
+            "peak_worker_rss_mb": round(result.peak_worker_rss_mb, 1),
+            "bad_records": result.bad.total,
+            "bad_by_reason": MetadataValue.json(dict(result.bad.counts)),
+            "bad_examples": MetadataValue.json(result.bad.examples),
             "batches": MetadataValue.json(sorted(batches)),
             "new_batches": MetadataValue.json(new),
             "windows": MetadataValue.json(rows[:200]),
         }
     )
-
-
-def _summarize_windows(keys, reader, masking_rules, cap, artifacts, pool):
-    """Yield (key, stats) per window, in parallel when a pool is given. A window's
-    summary becomes visible only once complete (atomic write)."""
-
-    def run(key):
-        window = time_partitions.time_window_for_partition_key(key)
-        start, end = int(window.start.timestamp() * 1000), int(window.end.timestamp() * 1000)
-        with artifacts.writing(summary_key(key)) as tmp:
-            if pool is None:
-                stats = summarize_window_to_file(reader, start, end, tmp, masking_rules, cap=cap)
-            else:
-                stats = pool.submit(summarize_window_to_file, reader, start, end, tmp, masking_rules, cap=cap).result()
-        return stats
-
-    if pool is None:
-        for key in keys:
-            yield key, run(key)
-        return
-    with cf.ThreadPoolExecutor(pool._max_workers) as threads:  # threads only wait on processes
-        for key, stats in zip(keys, threads.map(run, keys)):
-            yield key, stats
-
-
-def _sum_reasons(rows) -> dict:
-    total: dict[str, int] = {}
-    for r in rows:
-        for reason, n in r["bad_records"]["by_reason"].items():
-            total[reason] = total.get(reason, 0) + n
-    return total
 
 
 # ---- resample ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ def build_resources() -> dict:
             time_field=os.environ.get("LOGLOOP_TIME_FIELD", "time"),
             message_field=os.environ.get("LOGLOOP_MESSAGE_FIELD", "log"),
             batch_fields=batch_fields,
+            index_path=str(settings.data_home() / "source-index.json"),
         ),
         "store": SQLiteStore(path=str(settings.store_path())),
         "artifacts": LocalArtifactStorage(root=str(settings.artifacts_dir())),

@@ -1,27 +1,28 @@
-"""Log sources: stream one time window of logs in chunks, grouped by batch.
+"""Log sources: split a set of time windows into shards that stream records in chunks.
 
-A window is never held whole in memory and raw logs are never copied to disk: the
-source yields chunks ({batch: [message, ...]}) that the data stage consumes. A
-source hands out a picklable `reader`, so windows can be read in worker processes.
+A window is never held whole in memory and raw logs are never copied to disk: each
+shard yields chunks {(window index, batch): [message, ...]} that the data stage
+consumes. Shards are picklable, so the data stage reads them in worker processes.
 """
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
-from typing import Callable, Iterator
+from typing import Optional, Protocol
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from ops import local_files
-from ops.records import BadRecords, RecordFormat
-
-WindowReader = Callable[[int, int, BadRecords], Iterator[dict[str, list[str]]]]
+from ops.records import BadRecords, RecordFormat, TimeRange, Windows
 
 
 class LogSourceError(RuntimeError):
     """The source cannot be read (missing folder, unreachable server)."""
+
+
+class Shard(Protocol):
+    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange): ...
 
 
 class LogSource(ConfigurableResource, ABC):
@@ -38,14 +39,11 @@ class LogSource(ConfigurableResource, ABC):
         return RecordFormat(self.time_field, self.message_field, tuple(self.batch_fields), self.default_batch)
 
     @abstractmethod
-    def reader(self) -> WindowReader:
-        """A picklable function (start_ms, end_ms, bad) -> chunks {batch: [message, ...]}.
+    def shards(self, windows: Windows) -> list[Shard]:
+        """Independent pieces of work that together cover `windows`. Raises LogSourceError."""
 
-        Bad records are counted into `bad`, never raised; an unreadable source raises.
-        """
-
-    def read_window(self, start_ms: int, end_ms: int, bad: BadRecords) -> Iterator[dict[str, list[str]]]:
-        return self.reader()(start_ms, end_ms, bad)
+    def remember(self, time_ranges: dict) -> None:
+        """Learn what the shards held (e.g. a file's time range) to plan later reads."""
 
     @abstractmethod
     def describe(self) -> str: ...
@@ -55,17 +53,26 @@ class LocalLogSource(LogSource):
     """A folder of log files: JSON Lines in Opni's shape, or plain text (see ops.local_files)."""
 
     path: str
+    index_path: Optional[str] = Field(default=None, description="Where to remember each file's time range.")
     block_size_bytes: int = 1 << 20
 
     def describe(self) -> str:
         return f"local folder {self.path}"
 
-    def reader(self) -> WindowReader:
-        return functools.partial(_read_local, self.path, self.record_format, self.block_size_bytes)
+    def shards(self, windows):
+        index = local_files.load_index(self.index_path) if self.index_path else {}
+        try:
+            return local_files.plan_shards(self.path, self.record_format, windows, index, self.block_size_bytes)
+        except FileNotFoundError as exc:
+            raise LogSourceError(str(exc)) from exc
 
-
-def _read_local(path, fmt, block_size, start_ms, end_ms, bad):
-    try:
-        yield from local_files.read_window(path, fmt, start_ms, end_ms, bad, block_size)
-    except FileNotFoundError as exc:
-        raise LogSourceError(str(exc)) from exc
+    def remember(self, time_ranges):
+        if not self.index_path:
+            return
+        index = local_files.load_index(self.index_path)
+        for path, (planned_id, lo, hi) in time_ranges.items():
+            # keyed by the identity the file had when planned: a file that grew
+            # since no longer matches and is read again
+            if planned_id:
+                index[path] = {"id": planned_id, "lo": lo, "hi": hi}
+        local_files.save_index(self.index_path, index)

@@ -7,9 +7,10 @@ import os
 import pytest
 
 from ops import local_files
-from ops.data_stage import WindowSummarizer, summarize_chunks, summarize_window_to_file
-from ops.records import BadRecords, RecordFormat, read_line_blocks
-from ops.summary import read_summary, read_summary_meta
+from ops.data_stage import WindowSummarizer, summarize_chunks, summarize_windows
+from ops.masking import Masker
+from ops.records import BadRecords, RecordFormat, Windows, read_line_blocks
+from ops.summary import read_summary, read_summary_meta, write_summaries
 
 FMT = RecordFormat(batch_fields=("cluster_id", "kubernetes.namespace_name"))
 HOUR = 3_600_000
@@ -125,14 +126,31 @@ def test_lines_empty_after_masking_are_counted_bad():
     assert out["b"].counts == {"x": 1, "y": 1} and bad.counts["empty_after_masking"] == 1
 
 
-def test_window_to_parquet_round_trip(tmp_path):
+def test_windows_from_shards_merge_exactly_and_round_trip_parquet(tmp_path):
     logs = tmp_path / "logs"
-    write(logs / "a.jsonl", b"".join(jl(time=i, log=f"user {i} logged in", cluster_id="c", kubernetes={"namespace_name": "n"}) for i in range(50)))
+    docs = lambda lo, hi: b"".join(  # noqa: E731
+        jl(time=i * 60_000, log=f"user {i % 7} logged in from 10.0.0.{i % 3}", cluster_id="c", kubernetes={"namespace_name": "n"})
+        for i in range(lo, hi)
+    )
+    write(logs / "a.jsonl", docs(0, 90))     # spans both windows
+    write(logs / "b.jsonl", docs(90, 120))   # second window only
+    windows = Windows([(0, HOUR), (HOUR, 2 * HOUR)])
+    shards = local_files.plan_shards(logs, FMT, windows)
+    result = summarize_windows(shards, windows)
+    assert [w.lines for w in result.windows] == [60, 60] and result.lines == 120
+    one = result.windows[1].summaries["c/n"]
+    # the same window read as one piece gives the same counts
+    whole, _ = summarize_chunks(local_files.read_window(logs, FMT, HOUR, 2 * HOUR, BadRecords()), Masker().mask)
+    assert one.counts == whole["c/n"].counts
     out = tmp_path / "s.parquet"
-    reader = lambda s, e, bad: local_files.read_window(logs, FMT, s, e, bad)  # noqa: E731
-    stats = summarize_window_to_file(reader, 0, HOUR, str(out))
-    assert stats["counts"] == {"c/n": 50}
-    summary = read_summary(out, "c/n")
-    assert summary.total == 50 and len(summary.counts) == 1
+    write_summaries(out, result.windows[0].summaries, extra_meta={"window_end_ms": HOUR})
+    assert read_summary(out, "c/n").counts == result.windows[0].summaries["c/n"].counts
     assert read_summary(out, "'; DROP TABLE x; --").total == 0
     assert read_summary_meta(out)["window_end_ms"] == HOUR
+    # the index learned each file's time range: a later run for window 2 skips a.jsonl? no,
+    # a.jsonl spans into window 2; a run for window 1 alone skips b.jsonl
+    index = {p: {"id": fid, "lo": lo, "hi": hi} for p, (fid, lo, hi) in result.time_ranges.items()}
+    later = local_files.plan_shards(logs, FMT, Windows([(0, HOUR)]), index)
+    assert [s.source for s in later] == ["a.jsonl"]
+    (logs / "b.jsonl").write_bytes(docs(0, 5))  # the file changed: read again
+    assert len(local_files.plan_shards(logs, FMT, Windows([(0, HOUR)]), index)) == 2

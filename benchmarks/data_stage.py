@@ -1,0 +1,124 @@
+"""Benchmark the data stage: read, mask and summarise N log lines over several windows.
+
+    python benchmarks/data_stage.py --lines 1000000 --json
+    python benchmarks/data_stage.py --lines 1000000 --distinct --json
+
+By default the lines are the Loghub lines in ../shared/data/loghub2k cycled to N and
+written (before timing starts) as JSON Lines in Opni's shape, one file per window.
+With --distinct, most masked lines are unique (random words), which exercises the
+bounded summaries. Prints one JSON object; peak_rss_mb is the largest RSS of any
+worker process (the parent, which only merges, is reported apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+
+from ops.data_stage import peak_rss_mb, summarize_windows  # noqa: E402
+from ops.local_files import plan_shards  # noqa: E402
+from ops.records import RecordFormat, Windows  # noqa: E402
+
+HOUR = 3_600_000
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+
+
+def loghub_lines(data: Path) -> list[str]:
+    files = sorted(data.glob("*/*_2k.log"))
+    if not files:
+        raise SystemExit(f"no */*_2k.log files under {data}")
+    lines = []
+    for f in files:
+        lines.extend(line for line in f.read_text(errors="replace").splitlines() if line.strip())
+    return lines
+
+
+def distinct_lines(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for _ in range(n):
+        words = [rng.choice(WORDS)] + ["".join(rng.choices(letters, k=rng.randint(4, 9))) for _ in range(6)]
+        yield " ".join(words)
+
+
+def write_windows(out: Path, lines_iter, n: int, windows: int) -> None:
+    per = -(-n // windows)
+    it = iter(lines_iter)
+    for w in range(windows):
+        with open(out / f"window-{w:03d}.jsonl", "wb") as f:
+            k = min(per, n - w * per)
+            step = HOUR // max(k, 1)
+            buf = []
+            for i in range(k):
+                buf.append(orjson.dumps({"time": w * HOUR + i * step, "log": next(it), "cluster_id": "bench"}))
+                if len(buf) >= 10_000:
+                    f.write(b"\n".join(buf) + b"\n")
+                    buf = []
+            if buf:
+                f.write(b"\n".join(buf) + b"\n")
+
+
+def cycle(lines, n):
+    for i in range(n):
+        yield lines[i % len(lines)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--windows", type=int, default=8, help="time windows (hourly partitions), one file each")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "loghub2k")
+    ap.add_argument("--distinct", action="store_true", help="mostly unique lines (random words)")
+    ap.add_argument("--cache-size", type=int, default=100_000, help="raw-message mask cache; 0 disables it")
+    ap.add_argument("--source", default="local", choices=["local"], help="where the logs are served from")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="logloop-bench-") as tmp:
+        tmp = Path(tmp)
+        source = distinct_lines(args.lines) if args.distinct else cycle(loghub_lines(args.data), args.lines)
+        write_windows(tmp, source, args.lines, args.windows)
+        fmt = RecordFormat(batch_fields=("cluster_id",))
+        windows = Windows([(w * HOUR, (w + 1) * HOUR) for w in range(args.windows)])
+        shards = plan_shards(tmp, fmt, windows)
+        extra = {"cache_size": max(1, args.cache_size)} if args.cache_size else {"cache_size": 1}
+        t0 = time.perf_counter()
+        with cf.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(int).result()  # workers up before timing the work
+            t0 = time.perf_counter()
+            result = summarize_windows(shards, windows, pool=pool, **extra)
+        seconds = time.perf_counter() - t0
+    distinct = sum(len(s.counts) for w in result.windows for s in w.summaries.values())
+    out = {
+        "lines": result.lines,
+        "lines_per_s": round(result.lines / seconds, 1),
+        "peak_rss_mb": round(result.peak_worker_rss_mb, 1),
+        "parent_peak_rss_mb": round(peak_rss_mb(), 1),
+        "seconds": round(seconds, 2),
+        "workers": args.workers,
+        "windows": args.windows,
+        "distinct_forms_kept": distinct,
+        "cache_hit_share": round(result.cache_hits / max(result.lines, 1), 4),
+        "mode": "distinct" if args.distinct else "loghub",
+        "bad_records": result.bad.total,
+    }
+    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
