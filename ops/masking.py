@@ -30,7 +30,7 @@ _OPTIONAL_KEYS = ("requires",)
 # remaining two-character escapes (ESC followed by one character).
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 # Tokens: a placeholder, a run of word characters, or one other non-space character.
-_TOKENS = re.compile(r"<[a-z]+>|\w+|[^\w\s]")
+_TOKENS = re.compile(r"<[a-z][a-z0-9]*>|\w+|[^\w\s]")
 
 
 def load_rules(path=None) -> list[dict]:

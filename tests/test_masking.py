@@ -1,0 +1,139 @@
+"""Masking: every rule masks what it should (positive) and leaves what it should not (negative)."""
+
+from __future__ import annotations
+
+import collections
+import csv
+from pathlib import Path
+
+import pytest
+
+from ops.masking import Masker, load_rules, tokens, validate_rules
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub2k"
+
+
+@pytest.fixture(scope="module")
+def masker():
+    return Masker()
+
+
+# (rule, raw text, expected masked text). One positive and at least one negative per rule.
+CASES = [
+    ("url", "GET https://example.com/a/b?x=1&y=2 done", "get <url> done"),
+    ("url", "fetch hdfs://nn:8020/user/x.", "fetch <url> ."),
+    ("url", "proto: http only", "proto : http only"),
+    ("email", "mail to Alice.Smith+x@mail.example.org now", "mail to <email> now"),
+    ("email", "user@localhost logged", "user @ localhost logged"),
+    ("uuid", "id 123e4567-e89b-12d3-a456-426614174000 ok", "id <uuid> ok"),
+    ("uuid", "not-a-uuid-at-all", "not - a - uuid - at - all"),
+    ("datetime_iso", "at 2023-01-02T03:04:05.678Z start", "at <date> start"),
+    ("datetime_iso", "2015-10-18 18:01:47,978 INFO x", "<date> info x"),
+    ("datetime_iso", "2005-06-03-15.42.50.675872 R02", "<date> <token>"),
+    ("datetime_klog", "I1123 07:20:28.123456 controller started", "<date> controller started"),
+    ("datetime_klog", "x1123 07:20:28 boom", "<token> <time> boom"),
+    ("datetime_syslog", "Jun 14 15:16:01 combo sshd", "<date> combo sshd"),
+    ("datetime_syslog", "Sun Dec 04 04:47:44 2005 notice", "<date> notice"),
+    ("datetime_syslog", "jun is a month", "jun is a month"),
+    ("datetime_rfc2822", "Tue, 14 Jun 2022 15:16:01 +0000 sent", "<date> sent"),
+    ("datetime_clf", "[10/Oct/2000:13:55:36 -0700] GET", "[ <date> ] get"),
+    ("date", "on 2015-10-18 and 2015/10/18 and 17/06/09", "on <date> and <date> and <date>"),
+    ("date", "ratio 3/4 of 10", "ratio <num> / <num> of <num>"),
+    ("mac", "link 00:1A:2B:3C:4D:5E and 00-1a-2b-3c-4d-5e and 001a.2b3c.4d5e", "link <mac> and <mac> and <mac>"),
+    ("mac", "words aa:bb only", "words aa : bb only"),
+    ("hexbytes", "fp ff:f2:9c:00:4b:1a:0c:3d end", "fp <hex> end"),
+    ("ipv6", "from fe80::1 and 2001:0db8:85a3:0000:0000:8a2e:0370:7334 and ::ffff:10.0.0.1", "from <ipv6> and <ipv6> and <ipv6>"),
+    ("ipv6", "namespace::name a::b", "namespace : : name a : : b"),
+    ("time", "took place at 18:01:47,978", "took place at <time>"),
+    ("time", "ratio 1:2", "ratio <num> : <num>"),
+    ("cidr", "allow 10.0.0.0/24 only", "allow <cidr> only"),
+    ("cidr", "10.0.0.0/33", "<ip> <path>"),  # /33 is no prefix length
+    ("ipv4", "from 10.251.73.220:50010 to 192.168.0.1", "from <ip> to <ip>"),
+    ("ipv4", "version 1.2.3 and 999.1.1.1", "version <num> and <num>"),
+    ("gofile", "E1123 07:20:28.1 main.go:123] pkg/foo/bar.go:45 failed", "<date> <gofile> ] <gofile> failed"),
+    ("gofile", "the go: command", "the go : command"),
+    ("path", "open /var/log/syslog.1 and ./a/b and C:\\Windows\\x.dll", "open <path> and <path> and <path>"),
+    ("path", "either/or and a / b", "either / or and a / b"),
+    ("pod", "pod nginx-7d9c8b5f4-x2k9p and fluentd-x2k9p ready", "pod nginx - <pod> and fluentd - <pod> ready"),
+    ("pod", "pod kube-proxy and cert-manager ready", "pod kube - proxy and cert - manager ready"),
+    ("hex", "addr 0x1F and 0xdeadbeef hash 3f2a9c01ab", "addr <hex> and <hex> hash <hex>"),
+    ("hex", "words deadbeef facade cafebabe", "words deadbeef facade cafebabe"),
+    ("duration", "took 150ms then 2.5s then 1h30m and 10us", "took <duration> then <duration> then <duration> and <duration>"),
+    ("duration", "the ms and s units", "the ms and s units"),
+    ("num", "retry 3 of -7 at 3.14", "retry <num> of <num> at <num>"),
+    ("num", "no numbers here", "no numbers here"),
+    ("token", "block blk_-1234 attempt appattempt_1445_0020_01 node r02-m1-n0-c", "block <token> attempt <token> node <token>"),
+    ("token", "plain words_only here", "plain words_only here"),
+]
+
+
+@pytest.mark.parametrize("rule,raw,expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_rule(masker, rule, raw, expected):
+    assert masker.mask(raw) == expected
+
+
+def test_every_rule_has_a_case():
+    names = {r["name"] for r in load_rules()}
+    assert names == {c[0] for c in CASES}
+
+
+def test_ansi_is_stripped_and_text_lower_cased(masker):
+    assert masker.mask("\x1b[31mERROR\x1b[0m Disk \x1b]0;title\x07FULL") == "error disk full"
+
+
+def test_placeholders_survive_later_rules(masker):
+    # <ipv6> contains a digit; the token rule must not eat the placeholder's name
+    assert masker.mask("peer fe80::1 up") == "peer <ipv6> up"
+    assert tokens(masker.mask("peer fe80::1 up")) == ["peer", "<ipv6>", "up"]
+
+
+def test_tokenization(masker):
+    assert masker.mask("user=bob,  status:ok") == "user = bob , status : ok"
+    assert tokens("") == []
+
+
+def test_custom_rules_are_data():
+    m = Masker([{"name": "secret", "pattern": r"secret\w+", "replacement": "<secret>"}])
+    assert m.mask("got SecretABC 12") == "got <secret> 12"
+    assert m.rules[0]["name"] == "secret"
+
+
+@pytest.mark.parametrize(
+    "rules,message",
+    [
+        ({"name": "x"}, "must be a list"),
+        ([{"name": "x", "pattern": "a"}], "masking rule #1 'x': missing key 'replacement'"),
+        ([{"name": "x", "pattern": "(", "replacement": "y"}], "bad regex"),
+        ([{"name": "x", "pattern": "a*", "replacement": "y"}], "matches the empty string"),
+        ([{"name": "x", "pattern": "a", "replacement": r"\9"}], "bad replacement"),
+        ([{"name": "x", "pattern": "a", "replacement": "y"}, {"name": "x", "pattern": "b", "replacement": "z"}],
+         "masking rule #2 'x': duplicate name"),
+        ([{"name": "x", "pattern": "a", "replacement": "y", "colour": "red"}], "unknown key"),
+        ([{"name": "x", "pattern": "a", "replacement": "y", "requires": "a"}], "'requires' must be"),
+    ],
+)
+def test_bad_rules_are_rejected_with_the_rule_named(rules, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        validate_rules(rules)
+
+
+def grouping_accuracy(masker, system):
+    path = LOGHUB / system / f"{system}_2k.log_structured_corrected.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    predicted = [masker.mask(r["Content"]) for r in rows]
+    truth = [r["EventTemplate"] for r in rows]
+    by_pred, by_true = collections.defaultdict(set), collections.defaultdict(set)
+    for i, (p, t) in enumerate(zip(predicted, truth)):
+        by_pred[p].add(i)
+        by_true[t].add(i)
+    return sum(by_pred[p] == by_true[t] for p, t in zip(predicted, truth)) / len(rows)
+
+
+# Masking alone (no template mining) groups these systems nearly as well as NuLog's published
+# parser figures (HDFS 0.997, BGL 0.979, Spark 0.998, Apache 1.0). Measured: 0.9975, 0.9605,
+# 0.9255, 1.0, 0.9945; floors leave a little room for rule changes.
+@pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"Loghub sample data not found at {LOGHUB}")
+@pytest.mark.parametrize("system,floor", [("HDFS", 0.99), ("BGL", 0.95), ("Spark", 0.9), ("Apache", 0.99), ("Zookeeper", 0.98)])
+def test_masking_groups_loghub_lines_by_template(masker, system, floor):
+    assert grouping_accuracy(masker, system) >= floor
