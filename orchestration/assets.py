@@ -5,7 +5,6 @@ data is written by the asset itself to artifact storage; assets find their input
 the storage keys their upstream recorded in materialization metadata.
 """
 
-from __future__ import annotations
 
 import concurrent.futures as cf
 import json
@@ -268,7 +267,8 @@ def nulog_model(
         write_artifact(
             tmp, result.model, vocab, Masker().rules, model_cfg,
             metrics={"loss_curve": result.losses},
-            meta={"batch": batch, "train_config": cfg.__dict__, "sample_key": upstream["sample_key"]},
+            meta={"batch": batch, "sample_key": upstream["sample_key"]},
+            train_config=cfg,
         )
     return MaterializeResult(
         metadata={

@@ -1,6 +1,5 @@
 """The validation gate: a blocking check on the trained model; when it fails, nothing is registered."""
 
-from __future__ import annotations
 
 import json
 

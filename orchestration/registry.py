@@ -47,8 +47,8 @@ def register_candidate(
             "mode": candidate.meta.get("mode", "scratch"), "train_run_id": train_run_id,
         }
         with artifacts.writing(key) as tmp:
-            write_artifact(tmp, candidate.model, candidate.vocab, candidate.masking_rules, candidate.config,
-                           metrics=validation["metrics"], meta=meta)
+            write_artifact(tmp, candidate.model, candidate.vocab, candidate.masking_rules, candidate.model_config,
+                           metrics=validation["metrics"], meta=meta, train_config=candidate.config.get("train"))
         record = ModelRecord(
             batch=batch, version=version, run_id=train_run_id, artifact=key, artifact_uri=artifacts.uri(key),
             metrics=validation["metrics"], window_start_ms=window[0], window_end_ms=window[1],
