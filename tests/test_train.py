@@ -16,7 +16,6 @@ from ops.vocab import Vocab
 
 SMALL = NuLogConfig(vocab_size=0, d_model=64, n_heads=4, d_ff=64)
 BASELINE = dict(dedup=False, pad_to_max=True, factored=False)
-HDFS = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub2k" / "HDFS"
 
 
 def synthetic_lines(n=600, seed=0) -> list[tuple[str, int]]:
@@ -189,18 +188,11 @@ def test_scores_and_hits_agree_and_keep_order(data):
     assert score_lines(model, vocab, texts[:3], top_k=len(vocab)) == [1.0, 1.0, 1.0]
 
 
-def _masker():
-    try:
-        from ops.masking import Masker
-        return Masker()
-    except ImportError:
-        pytest.skip("ops.masking is not importable yet; the HDFS test needs the real masker")
+def test_learns_real_hdfs_logs(loghub):
+    from ops.masking import Masker
 
-
-@pytest.mark.skipif(not HDFS.is_dir(), reason=f"Loghub HDFS sample not found at {HDFS} (shared data folder)")
-def test_learns_real_hdfs_logs():
-    masker = _masker()
-    with open(HDFS / "HDFS_2k.log_structured_corrected.csv", newline="") as f:
+    masker = Masker()
+    with open(loghub / "HDFS" / "HDFS_2k.log_structured_corrected.csv", newline="") as f:
         content = [masker.mask(row["Content"]) for row in csv.DictReader(f)]
     cut = int(0.8 * len(content))
     tr, va = list(Counter(content[:cut]).items()), list(Counter(content[cut:]).items())
@@ -212,4 +204,5 @@ def test_learns_real_hdfs_logs():
     assert got["top_k_accuracy"] > untrained["top_k_accuracy"]
 
 
-HDFS_FLOOR = 0.0  # measured below
+# Measured 0.960 top-5 accuracy after 3 epochs (untrained: 0.115); the floor leaves room for seeds.
+HDFS_FLOOR = 0.9

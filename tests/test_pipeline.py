@@ -1,0 +1,144 @@
+"""The Dagster wiring: definitions load, the chain materializes, a failing check blocks register."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+
+from ops import demo_logs
+from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
+from orchestration.checks import nulog_model_quality
+from orchestration.partitions import PARTITION_FMT
+from resources.artifacts import LocalArtifactStorage
+from resources.log_source import LocalLogSource
+from resources.store import SQLiteStore
+
+HOUR_MS = 3_600_000
+START_MS = int(dt.datetime(2026, 11, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
+BATCH = "demo/shop/payments"
+
+
+def hour_key(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime(PARTITION_FMT)
+
+
+def test_definitions_load():
+    from orchestration.definitions import defs
+
+    repo = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"raw_logs", "partition_summaries", "training_sample", "nulog_model", "registered_model"} <= keys
+    assert {"ingest_logs", "train_model"} <= {j.name for j in repo.get_all_jobs()}
+    assert repo.asset_graph.get_check_spec(next(iter(repo.asset_graph.asset_check_keys))).blocking
+
+
+@pytest.fixture
+def env(tmp_path):
+    logs = tmp_path / "logs"
+    demo_logs.generate(logs, start_ms=START_MS, hours=2, lines_per_hour=600, batches=[BATCH, "demo/shop/checkout"], seed=1)
+    resources = {
+        "log_source": LocalLogSource(
+            path=str(logs), batch_fields=["cluster_id", "kubernetes.namespace_name", "deployment"],
+            index_path=str(tmp_path / "index.json"),
+        ),
+        "store": SQLiteStore(path=str(tmp_path / "store.sqlite")),
+        "artifacts": LocalArtifactStorage(root=str(tmp_path / "artifacts")),
+    }
+    (tmp_path / "dagster_home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        yield instance, resources
+
+
+def ingest(instance: DagsterInstance, resources: dict, hours: int = 2):
+    for h in range(hours):
+        result = materialize(
+            [partition_summaries], partition_key=hour_key(START_MS + h * HOUR_MS), instance=instance,
+            resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}},
+        )
+        assert result.success
+
+
+def train_config(**check):
+    return {
+        "ops": {
+            "training_sample": {"config": {"t": 400, "seed": 3, **check.pop("sample", {})}},
+            "nulog_model": {"config": {"epochs": 2}},
+            "nulog_model_nulog_model_quality": {"config": check},
+        }
+    }
+
+
+def test_chain_materializes_and_registers_a_version(env):
+    instance, resources = env
+    ingest(instance, resources)
+    assert BATCH in instance.get_dynamic_partitions("batches")
+
+    summaries = instance.get_latest_materialization_event(AssetKey("partition_summaries"))
+    meta = summaries.asset_materialization.metadata
+    assert meta["lines"].value > 0 and meta["windows_read"].value == 1
+
+    # A window already summarised is not read again.
+    again = materialize([partition_summaries], partition_key=hour_key(START_MS), instance=instance,
+                        resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
+    again_meta = again.asset_materializations_for_node("partition_summaries")[0].metadata
+    assert again_meta["windows_read"].value == 0 and again_meta["windows_skipped"].value == 1
+
+    result = materialize(
+        [training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
+        instance=instance, resources=resources, run_config=train_config(),
+    )
+    assert result.success
+    sample_meta = result.asset_materializations_for_node("training_sample")[0].metadata
+    assert sample_meta["sample_size"].value == 400
+    model_meta = result.asset_materializations_for_node("nulog_model")[0].metadata
+    losses = model_meta["loss_curve"].value["loss"]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed
+
+    models = resources["store"].list_models(BATCH)
+    assert [m.version for m in models] == [1]
+    assert models[0].artifact.endswith(".zip") and "nulog-1-" in models[0].artifact
+    assert resources["artifacts"].exists(models[0].artifact)
+    from ops.artifact import read_artifact
+
+    with resources["artifacts"].reading(models[0].artifact) as path:
+        art = read_artifact(path)
+    assert art.meta["batch"] == BATCH and art.meta["version"] == 1
+    assert art.metrics["top_k_accuracy"] == models[0].metrics["top_k_accuracy"]
+
+    # Re-running registration for the same trained candidate creates no second version.
+    rerun = materialize([registered_model], partition_key=BATCH, instance=instance, resources=resources)
+    assert rerun.success
+    assert [m.version for m in resources["store"].list_models(BATCH)] == [1]
+
+
+def test_failing_check_blocks_registration(env):
+    instance, resources = env
+    ingest(instance, resources)
+    # No validation split: the gate cannot be cleared, so nothing may be registered.
+    result = materialize(
+        [training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
+        instance=instance, resources=resources, run_config=train_config(sample={"validation_share": 0.0}),
+        raise_on_error=False,
+    )
+    assert not result.success
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and "validation split is empty" in check.description
+    assert result.asset_materializations_for_node("registered_model") == []
+    assert resources["store"].list_models(BATCH) == []
+
+
+def test_empty_window_gives_no_samples_and_registers_nothing(env):
+    instance, resources = env
+    instance.add_dynamic_partitions("batches", ["nobody/here"])
+    result = materialize(
+        [training_sample, nulog_model, registered_model, nulog_model_quality], partition_key="nobody/here",
+        instance=instance, resources=resources, run_config=train_config(), raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no samples" in failure.step_failure_data.error.message
+    assert resources["store"].list_models() == []
