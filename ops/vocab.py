@@ -10,11 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 
-try:
-    from ops.masking import tokens
-except ImportError:  # TEMP until ops.masking lands
-    def tokens(masked: str) -> list[str]:
-        return masked.split()
+from ops.masking import tokens
 
 PAD, CLS, MASK, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<cls>", "<mask>", "<unk>")
