@@ -103,6 +103,18 @@ def read_artifact(path) -> Artifact:
         return load_artifact_bytes(f.read(), path)
 
 
+def read_artifact_meta(path) -> dict:
+    """Only meta.json (batch, version, window, sample...): no weights are loaded."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("meta.json"))
+    except FileNotFoundError:
+        raise ArtifactError(path, "file not found") from None
+    except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(path, f"unreadable meta.json ({e})") from None
+
+
 def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
     try:
         z = zipfile.ZipFile(io.BytesIO(data))

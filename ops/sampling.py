@@ -122,3 +122,26 @@ def resample(
     train = [(f, int(c)) for f, c in zip(names, n_train.tolist()) if c]
     validation = [(f, int(c)) for f, c in zip(names, n_val.tolist()) if c]
     return Sample(train=train, validation=validation, population=summary.total, size=int(n.sum()))
+
+
+def replay(previous_train: list[tuple[str, int]], n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """A uniform draw of n lines without replacement from a previous training split.
+
+    Fine-tunes mix this into the new sample, so the model keeps seeing what it learned
+    before (the previous split already follows the sqrt weights, so uniform keeps them).
+    """
+    if n <= 0 or not previous_train:
+        return []
+    forms = sorted(previous_train)
+    counts = np.fromiter((c for _, c in forms), dtype=np.int64, count=len(forms))
+    n = min(n, int(counts.sum()))
+    drawn = np.random.default_rng(seed).multivariate_hypergeometric(counts, n)
+    return [(f, int(k)) for (f, _), k in zip(forms, drawn.tolist()) if k]
+
+
+def combine(*parts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for f, c in part:
+            total[f] = total.get(f, 0) + c
+    return sorted(total.items())

@@ -32,13 +32,16 @@ from ops.data_stage import summarize_windows
 from ops.records import Windows
 from ops.masking import Masker
 from ops.naming import batch_key, partition_slug
-from ops.sampling import resample
+from ops.sampling import combine, replay, resample
 from ops.summary import Summary, read_summary, write_summaries
+from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
 from orchestration.upstream import latest_metadata, parse_time_ms
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
-from resources.store import Store
+from resources.store import Store, now_ms
+
+TASK_TAG = "logloop/task_id"
 
 raw_logs = AssetSpec(
     "raw_logs",
@@ -147,6 +150,8 @@ class ResampleConfig(Config):
     window_start: Optional[str] = Field(default=None, description="ISO time or partition key; default: all data.")
     window_end: Optional[str] = Field(default=None, description="ISO time or partition key (exclusive).")
     merge_cap: int = Field(default=1_000_000, gt=0, description="Distinct forms kept while merging windows.")
+    mode: str = Field(default="scratch", pattern="^(scratch|finetune)$",
+                      description="finetune: new data since the current model's watermark plus a replay share.")
 
 
 def run_folder(batch: str, run_id: str) -> str:
@@ -162,9 +167,24 @@ def run_folder(batch: str, run_id: str) -> str:
 def training_sample(
     context: AssetExecutionContext, config: ResampleConfig, store: Store, artifacts: ArtifactStorage
 ) -> MaterializeResult:
-    """Merge the batch's window summaries and draw exactly t lines by global sqrt weights."""
+    """Merge the batch's window summaries and draw exactly t lines by global sqrt weights.
+
+    A fine-tune draws from the data since the current model's watermark and replays a
+    share of that model's own training split, so it does not forget.
+    """
     batch = context.partition_key
+    settings = loop_settings()
+    mode, parent = config.mode, None
+    if mode == "finetune":
+        parent = store.get_model(batch)
+        if parent is None:
+            context.log.warning(f"batch {batch!r} has no model to fine-tune; training from scratch")
+            mode = "scratch"
+    task_id = start_task(context, store, batch, mode)
+
     start_ms = parse_time_ms(config.window_start)
+    if parent is not None and start_ms is None:
+        start_ms = parent.window_end_ms
     end_ms = parse_time_ms(config.window_end)
     parts = [p for p in store.partition_counts(batch, start_ms, end_ms) if p.count > 0]
     if not parts:
@@ -179,17 +199,33 @@ def training_sample(
             with artifacts.reading(summary_key(p.partition_key)) as path:
                 yield read_summary(path, batch)
 
+    replay_n = round(config.t * settings.replay_share) if parent is not None else 0
     merged = Summary.merge(summaries(), cap=config.merge_cap, seed=config.seed)
-    sample = resample(merged, config.t, seed=config.seed, validation_share=config.validation_share)
+    sample = resample(merged, config.t - replay_n, seed=config.seed, validation_share=config.validation_share)
+    replayed = []
+    if parent is not None:
+        previous_key = parent_sample_key(parent, artifacts)
+        if previous_key and artifacts.exists(previous_key):
+            with artifacts.reading(previous_key) as path:
+                previous_train, _ = read_sample(path)
+            replayed = replay(previous_train, replay_n, seed=config.seed)
+            sample.train = combine(sample.train, replayed)
+        else:
+            context.log.warning(f"v{parent.version}'s training sample is gone; fine-tuning on new data only")
     key = f"{run_folder(batch, context.run_id)}/sample.parquet"
     with artifacts.writing(key) as tmp:
         write_sample(tmp, sample)
     return MaterializeResult(
         metadata={
             "sample_key": key,
+            "mode": mode,
+            "task_id": task_id,
+            "parent_version": parent.version if parent else None,
+            "parent_artifact": parent.artifact if parent else None,
             "population": sample.population,
             "sample_size": sample.size,
-            "train_lines": sample.train_lines,
+            "replayed_lines": sum(c for _, c in replayed),
+            "train_lines": sum(c for _, c in sample.train),
             "validation_lines": sample.validation_lines,
             "distinct_train_forms": len(sample.train),
             "exact_counts": merged.exact,
@@ -198,6 +234,23 @@ def training_sample(
             "windows": len(parts),
         }
     )
+
+
+def start_task(context: AssetExecutionContext, store: Store, batch: str, mode: str) -> str:
+    """Record this run as the batch's running task (the sensor's task, or a new one for a manual run)."""
+    task_id = context.run.tags.get(TASK_TAG) or context.run_id
+    existing = store.get_task(task_id)
+    deadline = existing.deadline_ms if existing and existing.deadline_ms else now_ms() + loop_settings().task_time_limit_s * 1000
+    store.record_task_event(task_id, batch, "running", run_id=context.run_id, mode=mode, deadline_ms=deadline,
+                            message=f"run {context.run_id} started")
+    return task_id
+
+
+def parent_sample_key(parent, artifacts: ArtifactStorage):
+    from ops.artifact import read_artifact_meta
+
+    with artifacts.reading(parent.artifact) as path:
+        return read_artifact_meta(path).get("sample_key")
 
 
 def write_sample(path: str, sample) -> None:
@@ -236,7 +289,7 @@ def nulog_model(
     context: AssetExecutionContext, config: TrainAssetConfig, artifacts: ArtifactStorage
 ) -> MaterializeResult:
     """Train NuLog on the batch's training sample; checkpoint each epoch so a retry resumes."""
-    from ops.artifact import write_artifact
+    from ops.artifact import read_artifact, write_artifact
     from ops.model import NuLogConfig
     from ops.train import TrainConfig, train
     from ops.vocab import Vocab
@@ -245,12 +298,25 @@ def nulog_model(
     upstream = latest_metadata(context.instance, "training_sample", batch)
     with artifacts.reading(upstream["sample_key"]) as path:
         train_lines, validation_lines = read_sample(path)
-    vocab = Vocab.build(train_lines)
+    mode, start_model, escalation = upstream.get("mode", "scratch"), None, None
+    if mode == "finetune":
+        with artifacts.reading(upstream["parent_artifact"]) as path:
+            parent = read_artifact(path)
+        oov = parent.vocab.oov_share(train_lines)
+        if oov > loop_settings().max_oov_share:
+            escalation = f"new data's OOV share {oov:.3f} > {loop_settings().max_oov_share}: trained from scratch"
+            context.log.warning(escalation)
+            mode = "scratch"
+        else:
+            vocab, start_model = parent.vocab, parent.model
+            context.log.info(f"fine-tuning v{upstream['parent_version']} (OOV share of new data {oov:.3f})")
+    if start_model is None:
+        vocab = Vocab.build(train_lines)
     cfg = TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
         seed=config.seed, device=config.device, amp=config.amp,
     )
-    model_cfg = NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
+    model_cfg = start_model.cfg if start_model is not None else NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
     checkpoint_key = f"checkpoints/{batch_key(batch)}/{upstream['run_id']}.pt"
     checkpoint = artifacts.uri(checkpoint_key)
     os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
@@ -261,13 +327,15 @@ def nulog_model(
             f"{p.get('samples_per_s', 0):.0f} samples/s, {p.get('rows_per_s', 0):.0f} rows/s"
         )
 
-    result = train(train_lines, vocab, cfg, progress=progress, checkpoint_path=checkpoint, model_config=model_cfg)
+    result = train(train_lines, vocab, cfg, model=start_model, progress=progress, checkpoint_path=checkpoint,
+                   model_config=model_cfg)
     candidate_key = f"{run_folder(batch, context.run_id)}/candidate.zip"
     with artifacts.writing(candidate_key) as tmp:
         write_artifact(
             tmp, result.model, vocab, Masker().rules, model_cfg,
             metrics={"loss_curve": result.losses},
-            meta={"batch": batch, "sample_key": upstream["sample_key"]},
+            meta={"batch": batch, "sample_key": upstream["sample_key"], "mode": mode, "escalation": escalation,
+                  "parent_version": upstream.get("parent_version"), "task_id": upstream.get("task_id")},
             train_config=cfg,
         )
     return MaterializeResult(
@@ -275,6 +343,10 @@ def nulog_model(
             "candidate_key": candidate_key,
             "sample_key": upstream["sample_key"],
             "sample_run_id": upstream["run_id"],
+            "mode": mode,
+            "escalation": escalation or "",
+            "parent_version": upstream.get("parent_version"),
+            "task_id": upstream.get("task_id"),
             "window_start_ms": upstream.get("window_start_ms"),
             "window_end_ms": upstream.get("window_end_ms"),
             "loss_curve": MetadataValue.json({"epoch": list(range(1, len(result.losses) + 1)), "loss": result.losses}),
@@ -322,9 +394,15 @@ def registered_model(
         artifacts=artifacts,
     )
     context.log.info(f"batch {batch!r}: version {record.version} at {record.artifact_uri}")
+    task_id = upstream.get("task_id")
+    if task_id:
+        store.record_task_event(task_id, batch, "succeeded", run_id=context.run_id,
+                                message=f"registered version {record.version}")
     return MaterializeResult(
         metadata={
             "version": record.version,
+            "mode": record.mode,
+            "parent_version": record.parent_version,
             "artifact": record.artifact,
             "artifact_uri": MetadataValue.path(record.artifact_uri),
             "top_k_accuracy": record.metrics.get("top_k_accuracy"),

@@ -1,4 +1,4 @@
-"""The `logloop` command line: inspect registered models (and, later, tasks and trainings)."""
+"""The `logloop` command line: inspect registered models and training tasks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from dataclasses import asdict
 
 from resources.store import StoreError
 
@@ -36,9 +37,7 @@ def cmd_models_list(args) -> int:
             f"{m.metrics.get('anomaly_share', float('nan')):.3f}",
             _iso(m.window_end_ms), m.artifact_uri,
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    _table(rows)
     return 0
 
 
@@ -50,6 +49,31 @@ def cmd_models_show(args) -> int:
         return 1
     print(json.dumps(model.to_dict(), indent=2))
     return 0
+
+
+TASK_STATES = ("unknown", "scheduling", "running", "succeeded", "failed", "dead")
+
+
+def cmd_tasks_list(args) -> int:
+    tasks = _store().list_tasks(batch=args.batch, state=args.state)
+    if args.json:
+        print(json.dumps([asdict(t) for t in tasks], indent=2))
+        return 0
+    if not tasks:
+        print("no tasks" + (f" for batch {args.batch!r}" if args.batch else "") + (f" in state {args.state}" if args.state else ""))
+        return 0
+    rows = [("TASK", "BATCH", "STATE", "MODE", "STARTED", "DEADLINE", "RUN", "MESSAGE")]
+    for t in tasks:
+        rows.append((t.task_id[:12], t.batch, t.state, t.mode, _iso(t.started_ms), _iso(t.deadline_ms),
+                     (t.run_id or "-")[:8], (t.message or "")[:60]))
+    _table(rows)
+    return 0
+
+
+def _table(rows) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch")
     p.add_argument("version", nargs="?", type=int)
     p.set_defaults(func=cmd_models_show)
+
+    tasks = sub.add_parser("tasks", help="training tasks").add_subparsers(dest="tasks_command", required=True)
+    p = tasks.add_parser("list", help="list training tasks, newest first")
+    p.add_argument("--batch", help="only this batch")
+    p.add_argument("--state", choices=TASK_STATES, help="only tasks in this state")
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    p.set_defaults(func=cmd_tasks_list)
     return parser
 
 

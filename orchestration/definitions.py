@@ -13,10 +13,20 @@ from orchestration.assets import nulog_model, partition_summaries, raw_logs, reg
 from orchestration.checks import nulog_model_quality
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.resources import build_resources
+from orchestration.sensors import (
+    ingest_logs_schedule,
+    new_samples_sensor,
+    reap_dead_tasks,
+    reap_dead_tasks_job,
+    training_run_canceled,
+    training_run_failed,
+)
 
 defs = Definitions(
     assets=[raw_logs, partition_summaries, training_sample, nulog_model, registered_model],
     asset_checks=[nulog_model_quality],
-    jobs=[ingest_logs_job, train_model_job],
+    jobs=[ingest_logs_job, train_model_job, reap_dead_tasks_job],
+    schedules=[ingest_logs_schedule, reap_dead_tasks],
+    sensors=[new_samples_sensor, training_run_failed, training_run_canceled],
     resources=build_resources(),
 )

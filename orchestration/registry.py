@@ -21,6 +21,13 @@ def artifact_name(template: str, name: str, version: int, batch: str) -> str:
         raise Failure(description=f"artifact name template {template!r} is invalid: {exc}") from exc
 
 
+def lineage_parent(candidate_meta: dict, latest):
+    """A fine-tune's parent is the model it started from; a scratch model's, the one it replaces."""
+    if candidate_meta.get("mode") == "finetune" and candidate_meta.get("parent_version") is not None:
+        return candidate_meta["parent_version"]
+    return latest.version if latest else None
+
+
 def register_candidate(
     *, batch, candidate_key, train_run_id, window, name, template, store: Store, artifacts: ArtifactStorage
 ) -> ModelRecord:
@@ -43,7 +50,7 @@ def register_candidate(
         key = f"models/{batch_key(batch)}/{artifact_name(template, name, version, batch)}"
         meta = {
             **candidate.meta, "batch": batch, "version": version, "window_start_ms": window[0],
-            "window_end_ms": window[1], "parent_version": parent.version if parent else None,
+            "window_end_ms": window[1], "parent_version": lineage_parent(candidate.meta, parent),
             "mode": candidate.meta.get("mode", "scratch"), "train_run_id": train_run_id,
         }
         with artifacts.writing(key) as tmp:

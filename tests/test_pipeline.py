@@ -142,3 +142,56 @@ def test_empty_window_gives_no_samples_and_registers_nothing(env):
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no samples" in failure.step_failure_data.error.message
     assert resources["store"].list_models() == []
+
+
+def test_fine_tune_starts_from_the_model_replays_its_data_and_faces_the_champion(env):
+    instance, resources = env
+    ingest(instance, resources, hours=1)
+    assert materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
+                       instance=instance, resources=resources, run_config=train_config()).success
+    v1 = resources["store"].get_model(BATCH)
+    assert v1.window_end_ms == START_MS + HOUR_MS
+    # the second hour is new data since v1's watermark
+    result = materialize(
+        [partition_summaries], partition_key=hour_key(START_MS + HOUR_MS), instance=instance, resources=resources,
+        run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}},
+    )
+    assert result.success
+    cfg = train_config()
+    cfg["ops"]["training_sample"]["config"]["mode"] = "finetune"
+    result = materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
+                         instance=instance, resources=resources, run_config=cfg)
+    assert result.success
+    sample = result.asset_materializations_for_node("training_sample")[0].metadata
+    assert sample["mode"].value == "finetune" and sample["parent_version"].value == 1
+    assert sample["window_start_ms"].value == START_MS + HOUR_MS  # only the new window
+    assert sample["replayed_lines"].value > 0
+    model = result.asset_materializations_for_node("nulog_model")[0].metadata
+    assert model["mode"].value == "finetune" and model["escalation"].value == ""
+    [check] = result.get_asset_check_evaluations()
+    assert check.metadata["champion_version"].value == 1
+    assert "champion_top_k_accuracy" in check.metadata
+    v2 = resources["store"].get_model(BATCH)
+    assert (v2.version, v2.parent_version, v2.mode) == (2, 1, "finetune")
+    assert v2.window_end_ms == START_MS + 2 * HOUR_MS
+    # the manual runs were tracked as tasks, both succeeded
+    assert [t.state for t in resources["store"].list_tasks(batch=BATCH)] == ["succeeded", "succeeded"]
+
+
+def test_failed_runs_settle_their_tasks(env):
+    from types import SimpleNamespace
+
+    from dagster import DagsterRunStatus
+
+    from orchestration.sensors import _settle
+
+    _, resources = env
+    store = resources["store"]
+    store.record_task_event("t-1", BATCH, "running", run_id="run-1")
+    store.record_task_event("t-2", BATCH, "dead", run_id="run-2")
+    log = SimpleNamespace(info=lambda m: None)
+    for task_id, run_id in (("t-1", "run-1"), ("t-2", "run-2")):
+        run = SimpleNamespace(run_id=run_id, tags={"logloop/task_id": task_id}, status=DagsterRunStatus.FAILURE)
+        _settle(store, SimpleNamespace(dagster_run=run, log=log), "failed")
+    assert store.get_task("t-1").state == "failed" and "FAILURE" in store.get_task("t-1").message
+    assert store.get_task("t-2").state == "dead"  # a reaped task stays dead

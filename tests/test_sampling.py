@@ -136,3 +136,17 @@ def test_sample_from_compacted_summary_keeps_size_and_weights_tail_as_singletons
     assert sample.size == 3_000
     # hot has weight sqrt(90000)=300 against 30000 singletons of weight 1
     assert abs(got["hot"] - 3_000 * 300 / 30_300) <= 1
+
+
+def test_replay_draws_without_replacement_and_keeps_shares():
+    from ops.sampling import combine, replay
+
+    previous = [("a", 600), ("b", 300), ("c", 100)]
+    got = dict(replay(previous, 500, seed=1))
+    assert sum(got.values()) == 500
+    assert all(got[f] <= c for f, c in previous)
+    assert abs(got["a"] / 500 - 0.6) < 0.06 and abs(got["c"] / 500 - 0.1) < 0.04
+    assert replay(previous, 5000) == sorted(previous)  # capped at what exists
+    assert replay([], 10) == [] and replay(previous, 0) == []
+    assert replay(previous, 500, seed=1) == replay(previous, 500, seed=1)
+    assert combine([("a", 1), ("b", 2)], [("b", 3)]) == [("a", 1), ("b", 5)]
