@@ -19,7 +19,6 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
-    BackfillPolicy,
     Config,
     Failure,
     MaterializeResult,
@@ -34,6 +33,7 @@ from ops.masking import Masker
 from ops.naming import batch_key, partition_slug
 from ops.sampling import combine, replay, resample
 from ops.summary import Summary, read_summary, write_summaries
+from orchestration.k8s import backfill_policy, data_step_k8s_config, train_step_k8s_config
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
 from orchestration.upstream import latest_metadata, parse_time_ms
@@ -70,10 +70,11 @@ def window_ms(partition_key: str) -> tuple[int, int]:
 
 @asset(
     partitions_def=time_partitions,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=backfill_policy(),
     deps=[raw_logs],
     group_name="data",
     kinds={"python", "parquet"},
+    op_tags={"dagster-k8s/config": data_step_k8s_config()},
 )
 def partition_summaries(
     context: AssetExecutionContext,
@@ -143,6 +144,11 @@ def partition_summaries(
 # ---- resample ----------------------------------------------------------------------
 
 
+class TimeInterval(Config):
+    start_ms: int = Field(ge=0, description="Epoch milliseconds, inclusive.")
+    end_ms: int = Field(gt=0, description="Epoch milliseconds, exclusive.")
+
+
 class ResampleConfig(Config):
     t: int = Field(default=128_000, gt=0, description="Training-set size to draw.")
     validation_share: float = Field(default=0.2, ge=0.0, lt=1.0)
@@ -150,8 +156,11 @@ class ResampleConfig(Config):
     window_start: Optional[str] = Field(default=None, description="ISO time or partition key; default: all data.")
     window_end: Optional[str] = Field(default=None, description="ISO time or partition key (exclusive).")
     merge_cap: int = Field(default=1_000_000, gt=0, description="Distinct forms kept while merging windows.")
-    mode: str = Field(default="scratch", pattern="^(scratch|finetune)$",
-                      description="finetune: new data since the current model's watermark plus a replay share.")
+    mode: str = Field(default="scratch", pattern="^(scratch|finetune|auto)$",
+                      description="finetune: new data since the current model's watermark plus a replay share; "
+                      "auto: finetune when the batch has a model, else scratch.")
+    time_intervals: Optional[list[TimeInterval]] = Field(
+        default=None, description="Train on the windows overlapping these intervals (instead of window_start/end).")
 
 
 def run_folder(batch: str, run_id: str) -> str:
@@ -175,18 +184,24 @@ def training_sample(
     batch = context.partition_key
     settings = loop_settings()
     mode, parent = config.mode, None
-    if mode == "finetune":
+    if mode in ("finetune", "auto"):
         parent = store.get_model(batch)
-        if parent is None:
+        if parent is None and mode == "finetune":
             context.log.warning(f"batch {batch!r} has no model to fine-tune; training from scratch")
-            mode = "scratch"
+        mode = "finetune" if parent is not None else "scratch"
     task_id = start_task(context, store, batch, mode)
 
     start_ms = parse_time_ms(config.window_start)
     if parent is not None and start_ms is None:
         start_ms = parent.window_end_ms
     end_ms = parse_time_ms(config.window_end)
-    parts = [p for p in store.partition_counts(batch, start_ms, end_ms) if p.count > 0]
+    if config.time_intervals:
+        # whole windows overlapping any interval: summaries are per window
+        parts = sorted({(p.window_start_ms, p.partition_key): p for iv in config.time_intervals
+                        for p in store.partition_counts(batch, iv.start_ms, iv.end_ms) if p.count > 0}.items())
+        parts = [p for _, p in parts]
+    else:
+        parts = [p for p in store.partition_counts(batch, start_ms, end_ms) if p.count > 0]
     if not parts:
         raise Failure(
             description=f"no samples for batch {batch!r} in window [{config.window_start}, {config.window_end}): "
@@ -284,7 +299,13 @@ class TrainAssetConfig(Config):
     max_len: int = Field(default=64, ge=4, le=512)
 
 
-@asset(partitions_def=batch_partitions, deps=[training_sample], group_name="model", kinds={"pytorch"})
+@asset(
+    partitions_def=batch_partitions,
+    deps=[training_sample],
+    group_name="model",
+    kinds={"pytorch"},
+    op_tags={"dagster-k8s/config": train_step_k8s_config()},
+)
 def nulog_model(
     context: AssetExecutionContext, config: TrainAssetConfig, artifacts: ArtifactStorage
 ) -> MaterializeResult:
@@ -368,6 +389,7 @@ def nulog_model(
 class RegisterConfig(Config):
     model_name: str = Field(default="nulog", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     artifact_name_template: str = Field(default="{name}-{version}-{uuid}.zip")
+    model_version_label: Optional[str] = Field(default=None, description="A human version label (Odahu's spec.model.version).")
 
 
 @asset(partitions_def=batch_partitions, deps=[nulog_model], group_name="model", kinds={"python"})
@@ -390,6 +412,7 @@ def registered_model(
         window=(upstream.get("window_start_ms"), upstream.get("window_end_ms")),
         name=config.model_name,
         template=config.artifact_name_template,
+        version_label=config.model_version_label,
         store=store,
         artifacts=artifacts,
     )

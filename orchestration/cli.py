@@ -79,6 +79,9 @@ def _table(rows) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from orchestration import cli_train
+
+    cli_train.add_parser(sub)
 
     models = sub.add_parser("models", help="registered models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="list registered models with lineage")

@@ -1,17 +1,11 @@
 """The code location: one Definitions object."""
 
-import warnings
-
-from dagster import BetaWarning, Definitions, PreviewWarning
-
-# Partitioned asset checks and single-run backfill policies are flagged preview/beta;
-# we rely on them deliberately, so their warnings would only be noise on every command.
-warnings.filterwarnings("ignore", category=BetaWarning)
-warnings.filterwarnings("ignore", category=PreviewWarning)
+from dagster import Definitions
 
 from orchestration.assets import nulog_model, partition_summaries, raw_logs, registered_model, training_sample
 from orchestration.checks import nulog_model_quality
 from orchestration.jobs import ingest_logs_job, train_model_job
+from orchestration.k8s import executor_def
 from orchestration.resources import build_resources
 from orchestration.sensors import (
     ingest_logs_schedule,
@@ -29,4 +23,5 @@ defs = Definitions(
     schedules=[ingest_logs_schedule, reap_dead_tasks],
     sensors=[new_samples_sensor, training_run_failed, training_run_canceled],
     resources=build_resources(),
+    executor=executor_def(),
 )

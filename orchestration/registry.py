@@ -29,7 +29,8 @@ def lineage_parent(candidate_meta: dict, latest):
 
 
 def register_candidate(
-    *, batch, candidate_key, train_run_id, window, name, template, store: Store, artifacts: ArtifactStorage
+    *, batch, candidate_key, train_run_id, window, name, template, store: Store, artifacts: ArtifactStorage,
+    version_label=None,
 ) -> ModelRecord:
     existing = [m for m in store.list_models(batch) if m.run_id == train_run_id]
     if existing:
@@ -51,7 +52,7 @@ def register_candidate(
         meta = {
             **candidate.meta, "batch": batch, "version": version, "window_start_ms": window[0],
             "window_end_ms": window[1], "parent_version": lineage_parent(candidate.meta, parent),
-            "mode": candidate.meta.get("mode", "scratch"), "train_run_id": train_run_id,
+            "mode": candidate.meta.get("mode", "scratch"), "train_run_id": train_run_id, "version_label": version_label,
         }
         with artifacts.writing(key) as tmp:
             write_artifact(tmp, candidate.model, candidate.vocab, candidate.masking_rules, candidate.model_config,

@@ -1,0 +1,235 @@
+"""`logloop train ...`: ModelTraining specs and Opni requests, mirroring `odahuflowctl train`.
+
+    logloop train validate -f spec.yaml
+    logloop train create -f spec.yaml [--wait]       # through the Dagster webserver's GraphQL API
+    logloop train get [ID] [--json]
+    logloop train local -f spec.yaml                 # in this process, like `odahuflowctl local train run`
+    logloop train request '<opni json>' [--batch B] [--local] [--wait]
+
+The webserver's URL comes from LOGLOOP_DAGSTER_URL (default http://localhost:3000).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from urllib.parse import urlparse
+
+from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, load_spec_file, run_config, run_tags
+
+JOB = "train_model"
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+def _store():
+    from orchestration.resources import build_resources
+
+    return build_resources()["store"]
+
+
+def add_parser(sub) -> None:
+    train = sub.add_parser("train", help="training requests (ModelTraining specs, Opni requests)")
+    verbs = train.add_subparsers(dest="train_command", required=True)
+    p = verbs.add_parser("validate", help="validate a ModelTraining spec")
+    p.add_argument("-f", "--file", required=True)
+    p.set_defaults(func=cmd_validate)
+    p = verbs.add_parser("create", help="launch a training on the Dagster webserver")
+    p.add_argument("-f", "--file", required=True)
+    p.add_argument("--wait", action="store_true", help="follow the run to its end")
+    p.set_defaults(func=cmd_create)
+    p = verbs.add_parser("get", help="list trainings with their state and artifacts")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    p.set_defaults(func=cmd_get)
+    p = verbs.add_parser("local", help="run a training in this process")
+    p.add_argument("-f", "--file", required=True)
+    p.set_defaults(func=cmd_local)
+    p = verbs.add_parser("request", help="launch a training from Opni's request payload")
+    p.add_argument("payload", help='{"model_to_train": "nulog", "time_intervals": [{"start_ts": ns, "end_ts": ns}]}')
+    p.add_argument("--batch", default="default")
+    p.add_argument("--id", help="training id (default: opni-<time>)")
+    p.add_argument("--local", action="store_true", help="run in this process instead of on the webserver")
+    p.add_argument("--wait", action="store_true")
+    p.set_defaults(func=cmd_request)
+
+
+def task_mode(spec: TrainingSpec):
+    return None if spec.mode == "auto" else spec.mode  # the run resolves auto; the task learns it then
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_validate(args) -> int:
+    try:
+        spec = load_spec_file(args.file)
+    except SpecError as exc:
+        return _fail(str(exc))
+    print(f"spec {spec.id} is valid: batch {spec.batch!r}, mode {spec.mode}, "
+          f"hyperParameters {json.dumps(spec.hyper_parameters, sort_keys=True)}")
+    return 0
+
+
+def graphql_client():
+    from dagster_graphql import DagsterGraphQLClient
+
+    url = urlparse(os.environ.get("LOGLOOP_DAGSTER_URL", "http://localhost:3000"))
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"LOGLOOP_DAGSTER_URL {url.geturl()!r} must be an http(s) URL")
+    return DagsterGraphQLClient(url.hostname, port_number=url.port, use_https=url.scheme == "https",
+                                path_prefix=url.path.rstrip("/"), timeout=60)
+
+
+ADD_PARTITION = """
+mutation($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+
+def reachable(url: str) -> str | None:
+    """None when the webserver answers; otherwise why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/server_info", timeout=10):
+            return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def launch_remote(spec: TrainingSpec, wait: bool) -> int:
+    from dagster_graphql import DagsterGraphQLClientError
+
+    url = os.environ.get("LOGLOOP_DAGSTER_URL", "http://localhost:3000")
+    why = reachable(url)
+    if why is not None:
+        return _fail(f"training {spec.id}: cannot reach the Dagster webserver at {url}: {why}")
+    try:
+        client = graphql_client()
+        [info] = client._get_repo_locations_and_names_with_pipeline(JOB)[:1] or [None]
+        if info is None:
+            return _fail(f"the webserver has no job {JOB!r}; is the logloop code location loaded?")
+        selector = {"repositoryLocationName": info.repository_location_name, "repositoryName": info.repository_name}
+        added = client._execute(ADD_PARTITION, {"selector": selector, "name": "batches", "key": spec.batch})
+        kind = added["addDynamicPartition"]["__typename"]
+        if kind not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+            return _fail(f"could not add batch {spec.batch!r}: {added['addDynamicPartition'].get('message', kind)}")
+        _store().record_task_event(spec.id, spec.batch, "scheduling", mode=task_mode(spec), message="launched by logloop train")
+        run_id = client.submit_job_execution(
+            JOB, repository_location_name=info.repository_location_name, repository_name=info.repository_name,
+            run_config=run_config(spec), tags=run_tags(spec),
+        )
+    except (DagsterGraphQLClientError, ValueError) as exc:
+        return _fail(f"training {spec.id}: {exc}")
+    except Exception as exc:  # connection refused and friends come from requests/gql
+        return _fail(f"training {spec.id}: cannot reach the Dagster webserver at "
+                     f"{os.environ.get('LOGLOOP_DAGSTER_URL', 'http://localhost:3000')}: {type(exc).__name__}: {exc}")
+    print(f"training {spec.id}: run {run_id} launched")
+    if not wait:
+        return 0
+    last = None
+    while True:
+        status = client.get_run_status(run_id).value
+        if status != last:
+            print(f"training {spec.id}: {status}", flush=True)
+            last = status
+        if status in FINISHED:
+            return 0 if status == "SUCCESS" else 1
+        time.sleep(2)
+
+
+def cmd_create(args) -> int:
+    try:
+        spec = load_spec_file(args.file)
+    except SpecError as exc:
+        return _fail(str(exc))
+    return launch_remote(spec, args.wait)
+
+
+def run_local(spec: TrainingSpec) -> int:
+    from dagster import DagsterInstance, materialize
+
+    from orchestration.assets import nulog_model, registered_model, training_sample
+    from orchestration.checks import nulog_model_quality
+    from orchestration.resources import build_resources
+
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    if not instance.has_dynamic_partition("batches", spec.batch):
+        instance.add_dynamic_partitions("batches", [spec.batch])
+    store = build_resources()["store"]
+    store.record_task_event(spec.id, spec.batch, "scheduling", mode=task_mode(spec), message="logloop train local")
+    result = materialize(
+        [training_sample, nulog_model, nulog_model_quality, registered_model], partition_key=spec.batch,
+        instance=instance, resources=build_resources(), run_config=run_config(spec, executor="in_process"),
+        tags={k: v for k, v in run_tags(spec).items() if k != "dagster/partition"}, raise_on_error=False,
+    )
+    task = store.get_task(spec.id)
+    if not result.success:
+        if task and task.state in ("scheduling", "running"):
+            store.record_task_event(spec.id, spec.batch, "failed", run_id=result.run_id, message="local run failed")
+        failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+        reason = failure.step_failure_data.error.message.strip() if failure and failure.step_failure_data.error else "see the run's logs"
+        return _fail(f"training {spec.id} failed: {reason}")
+    model = next((m for m in store.list_models(spec.batch) if m.run_id == result.run_id), None)
+    print(f"training {spec.id}: succeeded; batch {spec.batch!r} version {model.version if model else '?'} "
+          f"at {model.artifact_uri if model else '?'}")
+    return 0
+
+
+def cmd_local(args) -> int:
+    try:
+        spec = load_spec_file(args.file)
+    except SpecError as exc:
+        return _fail(str(exc))
+    return run_local(spec)
+
+
+def cmd_request(args) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        return _fail(f"the request is not valid JSON: {exc}")
+    try:
+        spec = from_opni_request(payload, batch=args.batch, spec_id=args.id)
+    except SpecError as exc:
+        return _fail(str(exc))
+    return run_local(spec) if args.local else launch_remote(spec, args.wait)
+
+
+def cmd_get(args) -> int:
+    store = _store()
+    tasks = store.list_tasks()
+    if args.id:
+        tasks = [t for t in tasks if t.task_id == args.id]
+        if not tasks:
+            return _fail(f"no training {args.id!r}")
+    artifacts = {m.run_id: m for m in store.list_models()}
+    rows = []
+    for t in tasks:
+        m = artifacts.get(t.run_id)
+        rows.append({**asdict(t), "artifacts": [{"runId": t.run_id, "artifactName": m.artifact.rsplit("/", 1)[-1],
+                                                 "version": m.version}] if m else []})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no trainings")
+        return 0
+    table = [("ID", "BATCH", "STATE", "MODE", "RUN", "ARTIFACT")]
+    for r in rows:
+        art = r["artifacts"][0]["artifactName"] if r["artifacts"] else "-"
+        table.append((r["task_id"][:32], r["batch"], r["state"], r["mode"], (r["run_id"] or "-")[:8], art))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0

@@ -1,0 +1,94 @@
+"""Where steps run: in-process or multiprocess on a laptop, one Kubernetes Job per step in a cluster.
+
+LOGLOOP_EXECUTOR picks the executor (in_process | multiprocess | k8s; default
+multiprocess), so `dagster asset materialize` keeps working on a laptop and the same
+code location runs steps as pods in a cluster. The pod shapes are op tags
+(`dagster-k8s/config`), so they apply on every launch path: the sensor, the UI, the CLI
+and backfills.
+
+- The train step (nulog_model) asks for a GPU: LOGLOOP_TRAIN_GPUS (default 1), plus
+  LOGLOOP_TRAIN_CPU and LOGLOOP_TRAIN_MEMORY. A ModelTraining spec's resources, envs
+  and image override these per run through the executor's per_step_k8s_config.
+- Data-stage steps (partition_summaries) are CPU pods: LOGLOOP_DATA_CPU and
+  LOGLOOP_DATA_MEMORY, never a GPU. A backfill over many windows is split into several
+  runs of LOGLOOP_BACKFILL_WINDOWS_PER_RUN windows each (default: all in one run), which
+  the run launcher starts as parallel pods.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+EXECUTORS = ("in_process", "multiprocess", "k8s")
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def current_executor() -> str:
+    name = os.environ.get("LOGLOOP_EXECUTOR", "multiprocess")
+    if name not in EXECUTORS:
+        raise ValueError(f"LOGLOOP_EXECUTOR={name!r} must be one of {', '.join(EXECUTORS)}")
+    return name
+
+
+def executor_def():
+    from dagster import in_process_executor, multiprocess_executor
+
+    name = current_executor()
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return in_process_executor if name == "in_process" else multiprocess_executor
+
+
+def _quantities(cpu: Optional[str], memory: Optional[str], gpus: Optional[str] = None) -> dict:
+    out = {}
+    if cpu:
+        out["cpu"] = cpu
+    if memory:
+        out["memory"] = memory
+    if gpus and gpus != "0":
+        out[GPU_RESOURCE] = gpus
+    return out
+
+
+def train_step_k8s_config(resources: Optional[dict] = None, envs: Optional[list] = None,
+                          image: Optional[str] = None) -> dict:
+    """dagster-k8s config of the train step's pod: GPU limits, env vars, image."""
+    resources = resources or {}
+    requests = dict(resources.get("requests") or {})
+    limits = dict(resources.get("limits") or {})
+    if not requests and not limits:
+        requests = {"cpu": os.environ.get("LOGLOOP_TRAIN_CPU", "2"), "memory": os.environ.get("LOGLOOP_TRAIN_MEMORY", "4Gi")}
+        limits = {"memory": os.environ.get("LOGLOOP_TRAIN_MEMORY", "4Gi"), "gpu": os.environ.get("LOGLOOP_TRAIN_GPUS", "1")}
+    # Kubernetes schedules extended resources (GPUs) by their limit; a request must equal it.
+    gpus = limits.get("gpu") or requests.get("gpu")
+    container: dict = {"resources": {
+        "requests": _quantities(requests.get("cpu"), requests.get("memory"), gpus),
+        "limits": _quantities(limits.get("cpu"), limits.get("memory"), gpus),
+    }}
+    if envs:
+        container["env"] = [{"name": e["name"], "value": e["value"]} for e in envs]
+    if image:
+        container["image"] = image
+    config: dict = {"container_config": container}
+    if gpus and gpus != "0":
+        config["pod_spec_config"] = {"tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]}
+    return config
+
+
+def data_step_k8s_config() -> dict:
+    """dagster-k8s config of a data-stage pod: CPU and memory only."""
+    cpu = os.environ.get("LOGLOOP_DATA_CPU", "2")
+    memory = os.environ.get("LOGLOOP_DATA_MEMORY", "2Gi")
+    return {"container_config": {"resources": {"requests": _quantities(cpu, memory), "limits": _quantities(None, memory)}}}
+
+
+def backfill_policy():
+    from dagster import BackfillPolicy
+
+    per_run = os.environ.get("LOGLOOP_BACKFILL_WINDOWS_PER_RUN")
+    if per_run:
+        return BackfillPolicy.multi_run(max_partitions_per_run=int(per_run))
+    return BackfillPolicy.single_run()
