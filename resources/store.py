@@ -1,8 +1,12 @@
-"""The store: sample counts per batch and window, and the model registry.
+"""The store: sample counts per batch and window, the model registry and training tasks.
 
 One interface, swappable implementations: SQLite (embedded default) here; TDengine
 for production lives in resources/tdengine_store.py. Batch names are always bound
 as values, never spliced into SQL.
+
+Task lifecycle: a task is a sequence of appended events (TDengine has no UPDATE);
+its current state is its last event. States: unknown, scheduling, running (the
+ACTIVE ones) and succeeded, failed, dead (terminal).
 """
 
 from __future__ import annotations
@@ -25,6 +29,48 @@ class StoreError(RuntimeError):
 
 class VersionConflict(StoreError):
     """Another registration took this version first; re-read and retry."""
+
+
+TASK_STATES = ("unknown", "scheduling", "running", "succeeded", "failed", "dead")
+ACTIVE_STATES = ("unknown", "scheduling", "running")
+TASK_MODES = ("scratch", "finetune")
+MAX_TASK_MESSAGE = 4000  # characters kept of a task event's message (the rest is cut, marked with "...")
+
+
+@dataclass
+class Task:
+    task_id: str
+    batch: str
+    state: str
+    run_id: str
+    mode: str                       # "scratch" | "finetune"
+    window_start_ms: Optional[int]
+    window_end_ms: Optional[int]
+    started_ms: int                 # time of the task's first event
+    deadline_ms: Optional[int]
+    updated_ms: int                 # time of the task's last event
+    message: str = ""               # the last event's message
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BatchStatus:
+    batch: str
+    model_version: Optional[int]    # latest registered version
+    watermark_ms: Optional[int]     # the latest model's window_end_ms
+    new_count: int                  # samples in partitions with window_start_ms >= watermark (all without one)
+    total_count: int                # samples in all partitions
+    active_task: Optional[Task]     # the newest task in an ACTIVE state
+    finetunes_in_a_row: int         # consecutive latest models with mode == "finetune"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -82,6 +128,130 @@ class Store(ConfigurableResource, ABC):
         models = [m for m in self.list_models(batch) if version is None or m.version == version]
         return models[-1] if models else None
 
+    # -- tasks -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def record_task_event(
+        self,
+        task_id: str,
+        batch: str,
+        state: str,
+        *,
+        run_id: Optional[str] = None,
+        mode: Optional[str] = None,
+        window_start_ms: Optional[int] = None,
+        window_end_ms: Optional[int] = None,
+        deadline_ms: Optional[int] = None,
+        message: str = "",
+    ) -> Task:
+        """Append one event to task `task_id` and return the task's new current state.
+
+        Fields left out (None) are carried over from the task's current state, so ultimately
+        from its first event; on a first event run_id defaults to "" and mode to "scratch".
+        `message` belongs to the event and is not carried over. started_ms is the time of
+        the first event, updated_ms the time of this one. ValueError for an unknown state or
+        mode, or a batch that differs from the task's.
+        """
+
+    @abstractmethod
+    def get_task(self, task_id: str) -> Optional[Task]: ...
+
+    @abstractmethod
+    def list_tasks(self, batch: Optional[str] = None, state: Optional[str] = None) -> list[Task]:
+        """Current state of each task (optionally of one batch / in one state), newest first."""
+
+    def active_tasks(self) -> list[Task]:
+        """Tasks whose current state is unknown, scheduling or running, newest first."""
+        return [t for t in self.list_tasks() if t.state in ACTIVE_STATES]
+
+    @abstractmethod
+    def batch_statuses(self) -> list[BatchStatus]:
+        """One status per batch known to the store, by batch name, read with one grouped query per table."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreError (naming the store, never its password) unless the store answers."""
+
+
+def check_task_args(state: str, mode: Optional[str]) -> None:
+    if state not in TASK_STATES:
+        raise ValueError(f"unknown task state {state!r}; expected one of {', '.join(TASK_STATES)}")
+    if mode is not None and mode not in TASK_MODES:
+        raise ValueError(f"unknown task mode {mode!r}; expected one of {', '.join(TASK_MODES)}")
+
+
+def merge_task_event(
+    current: Optional[Task], task_id: str, batch: str, state: str, at_ms: int, *, run_id, mode,
+    window_start_ms, window_end_ms, deadline_ms, message,
+) -> Task:
+    """The task after one more event: given fields replace, left-out (None) fields carry over."""
+    check_task_args(state, mode)
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError("task_id must be a non-empty string")
+    message = message or ""
+    if len(message) > MAX_TASK_MESSAGE:
+        message = message[: MAX_TASK_MESSAGE - 3] + "..."
+    if current is None:
+        return Task(
+            task_id=task_id, batch=batch, state=state, run_id=run_id or "", mode=mode or "scratch",
+            window_start_ms=window_start_ms, window_end_ms=window_end_ms, started_ms=at_ms,
+            deadline_ms=deadline_ms, updated_ms=at_ms, message=message,
+        )
+    if current.batch != batch:
+        raise ValueError(f"task {task_id!r} belongs to batch {current.batch!r}, not {batch!r}")
+
+    def pick(given, old):
+        return old if given is None else given
+
+    return Task(
+        task_id=task_id, batch=batch, state=state, run_id=pick(run_id, current.run_id),
+        mode=pick(mode, current.mode), window_start_ms=pick(window_start_ms, current.window_start_ms),
+        window_end_ms=pick(window_end_ms, current.window_end_ms), started_ms=current.started_ms,
+        deadline_ms=pick(deadline_ms, current.deadline_ms), updated_ms=max(at_ms, current.updated_ms),
+        message=message,
+    )
+
+
+def count_new_and_total(
+    latest_models: dict[str, tuple[int, Optional[int]]], partitions
+) -> dict[str, tuple[int, int]]:
+    """batch -> (new, total) from (batch, window_start_ms, count) rows of current partitions."""
+    out: dict[str, list[int]] = {}
+    for batch, start_ms, count in partitions:
+        acc = out.setdefault(batch, [0, 0])
+        acc[1] += count
+        watermark = latest_models.get(batch, (None, None))[1]
+        if watermark is None or start_ms >= watermark:
+            acc[0] += count
+    return {b: (n, t) for b, (n, t) in out.items()}
+
+
+def build_batch_statuses(
+    batches: set[str],
+    latest_models: dict[str, tuple[int, Optional[int]]],
+    finetunes: dict[str, int],
+    counts: dict[str, tuple[int, int]],
+    active: dict[str, Task],
+) -> list[BatchStatus]:
+    """Assemble statuses from per-table query results.
+
+    latest_models: batch -> (version, window_end_ms); counts: batch -> (new, total) samples of
+    its current partitions; active: batch -> newest active task.
+    """
+    out = []
+    for batch in sorted(batches):
+        version, watermark = latest_models.get(batch, (None, None))
+        new, total = counts.get(batch, (0, 0))
+        out.append(BatchStatus(
+            batch=batch, model_version=version, watermark_ms=watermark, new_count=new, total_count=total,
+            active_task=active.get(batch), finetunes_in_a_row=finetunes.get(batch, 0),
+        ))
+    return out
+
+
+def task_sort_key(task: Task):
+    return (task.started_ms, task.updated_ms, task.task_id)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sample_counts (
@@ -109,7 +279,42 @@ CREATE TABLE IF NOT EXISTS models (
     PRIMARY KEY (batch, version),
     UNIQUE (batch, run_id)
 );
+CREATE TABLE IF NOT EXISTS task_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    batch TEXT NOT NULL,
+    state TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    window_start_ms INTEGER,
+    window_end_ms INTEGER,
+    deadline_ms INTEGER,
+    message TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
+-- the current state of each task (its last event), kept in step with task_events
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    batch TEXT NOT NULL,
+    state TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    window_start_ms INTEGER,
+    window_end_ms INTEGER,
+    started_ms INTEGER NOT NULL,
+    deadline_ms INTEGER,
+    updated_ms INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    first_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_batch ON tasks (batch, first_seq);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, first_seq);
 """
+
+_TASK_COLS = (
+    "task_id, batch, state, run_id, mode, window_start_ms, window_end_ms, started_ms, deadline_ms, updated_ms, message"
+)
 
 
 def now_ms() -> int:
@@ -193,6 +398,125 @@ class SQLiteStore(Store):
         with self._connect() as conn:
             rows = conn.execute(sql + " ORDER BY batch, version", args).fetchall()
         return [_model_from_row(r) for r in rows]
+
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def record_task_event(self, task_id, batch, state, *, run_id=None, mode=None, window_start_ms=None,
+                          window_end_ms=None, deadline_ms=None, message=""):
+        check_task_args(state, mode)
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+                current = Task(*row) if row else None
+                task = merge_task_event(
+                    current, task_id, batch, state, now_ms(), run_id=run_id, mode=mode,
+                    window_start_ms=window_start_ms, window_end_ms=window_end_ms, deadline_ms=deadline_ms,
+                    message=message,
+                )
+            except ValueError:
+                conn.execute("ROLLBACK")
+                raise
+            cur = conn.execute(
+                "INSERT INTO task_events (task_id, batch, state, run_id, mode, window_start_ms, window_end_ms,"
+                " deadline_ms, message, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (task.task_id, task.batch, task.state, task.run_id, task.mode, task.window_start_ms,
+                 task.window_end_ms, task.deadline_ms, task.message, task.updated_ms),
+            )
+            values = (task.task_id, task.batch, task.state, task.run_id, task.mode, task.window_start_ms,
+                      task.window_end_ms, task.started_ms, task.deadline_ms, task.updated_ms, task.message)
+            if current is None:
+                conn.execute(f"INSERT INTO tasks ({_TASK_COLS}, first_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             values + (cur.lastrowid,))
+            else:
+                conn.execute(
+                    "UPDATE tasks SET state = ?, run_id = ?, mode = ?, window_start_ms = ?, window_end_ms = ?,"
+                    " deadline_ms = ?, updated_ms = ?, message = ? WHERE task_id = ?",
+                    (task.state, task.run_id, task.mode, task.window_start_ms, task.window_end_ms,
+                     task.deadline_ms, task.updated_ms, task.message, task.task_id),
+                )
+            conn.execute("COMMIT")
+        return task
+
+    def get_task(self, task_id):
+        with self._connect() as conn:
+            row = conn.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return Task(*row) if row else None
+
+    def list_tasks(self, batch=None, state=None):
+        if state is not None:
+            check_task_args(state, None)
+        sql, where, args = f"SELECT {_TASK_COLS} FROM tasks", [], []
+        if batch is not None:
+            where.append("batch = ?")
+            args.append(batch)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._connect() as conn:
+            rows = conn.execute(sql + " ORDER BY first_seq DESC", args).fetchall()
+        return [Task(*r) for r in rows]
+
+    def active_tasks(self):
+        marks = ", ".join("?" * len(ACTIVE_STATES))
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_TASK_COLS} FROM tasks WHERE state IN ({marks}) ORDER BY first_seq DESC", ACTIVE_STATES
+            ).fetchall()
+        return [Task(*r) for r in rows]
+
+    def batch_statuses(self):
+        marks = ", ".join("?" * len(ACTIVE_STATES))
+        with self._connect() as conn:
+            conn.execute("BEGIN")  # one consistent snapshot for the three reads
+            models = conn.execute(
+                "SELECT batch, version, window_end_ms, mode FROM models ORDER BY batch, version DESC"
+            ).fetchall()
+            counts = conn.execute(  # new = partitions starting at or after the latest model's window end
+                "SELECT s.batch, SUM(CASE WHEN w.wm IS NULL OR s.window_start_ms >= w.wm THEN s.count ELSE 0 END),"
+                " SUM(s.count) FROM sample_counts s LEFT JOIN ("
+                "  SELECT m.batch, m.window_end_ms AS wm FROM models m"
+                "  JOIN (SELECT batch, MAX(version) AS v FROM models GROUP BY batch) l"
+                "  ON m.batch = l.batch AND m.version = l.v"
+                " ) w ON w.batch = s.batch GROUP BY s.batch"
+            ).fetchall()
+            tasks = conn.execute(
+                f"SELECT {_TASK_COLS}, state IN ({marks}) FROM tasks ORDER BY first_seq DESC", ACTIVE_STATES
+            ).fetchall()
+            conn.execute("COMMIT")
+        latest, finetunes = _latest_and_finetunes((b, v, w, m) for b, v, w, m in models)
+        active: dict[str, Task] = {}
+        batches = set(latest) | {c[0] for c in counts}
+        for row in tasks:
+            batches.add(row[1])
+            if row[-1] and row[1] not in active:
+                active[row[1]] = Task(*row[:-1])
+        return build_batch_statuses(batches, latest, finetunes, {b: (n, t) for b, n, t in counts}, active)
+
+    def ping(self):
+        with self._connect() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+
+def _latest_and_finetunes(models) -> tuple[dict, dict]:
+    """From (batch, version, window_end_ms, mode) rows ordered by batch then version descending."""
+    latest: dict[str, tuple[int, Optional[int]]] = {}
+    finetunes: dict[str, int] = {}
+    broken: set[str] = set()
+    for batch, version, window_end_ms, mode in models:
+        if batch not in latest:
+            latest[batch] = (version, window_end_ms)
+            finetunes[batch] = 0
+        if batch in broken:
+            continue
+        if mode == "finetune":
+            finetunes[batch] += 1
+        else:
+            broken.add(batch)
+    return latest, finetunes
 
 
 def _model_from_row(r) -> ModelRecord:

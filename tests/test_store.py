@@ -1,21 +1,72 @@
-"""Store contract: every implementation must pass these (SQLite here; TDengine in issue 3)."""
+"""Store contract: every implementation must pass these.
+
+Implementations: "sqlite"; "tdengine-fake" (TDengineStore against the fake taosAdapter in
+tests/taos_rest_server.py, which keeps TDengine's overwrite-on-same-timestamp semantics);
+"tdengine-live" (TDengineStore against a real taosAdapter, only when TDENGINE_URL is set,
+with TDENGINE_USER / TDENGINE_PASSWORD, defaults root / taosdata; each test uses, then drops,
+its own database).
+"""
+
+import os
+import socket
+import time
+import uuid
+from types import SimpleNamespace
 
 import pytest
 
 from ops.naming import InvalidName, batch_key, validate_batch_name, validate_key
 from resources.store import ModelRecord, SQLiteStore, StoreError, VersionConflict
+from resources.tdengine_store import TDengineStore, literal
+from tests.taos_rest_server import FakeTaosAdapter, FakeTDengine
 
 HOSTILE = "'; DROP TABLE models; -- \"../../etc\""
+UNICODE = "Grüße/日本語 – ünïcødé 🚀 back\\slash \\' \\n"
+LIVE_URL = os.environ.get("TDENGINE_URL")
+FAKE_PASSWORD = "fake-Pa55'word"
+
+live_only = pytest.mark.skipif(
+    not LIVE_URL, reason="set TDENGINE_URL (and TDENGINE_USER/TDENGINE_PASSWORD) to run against a real TDengine"
+)
+IMPLEMENTATIONS = ["sqlite", "tdengine-fake", pytest.param("tdengine-live", marks=live_only)]
 
 
-@pytest.fixture
-def store(tmp_path):
-    return SQLiteStore(path=str(tmp_path / "store.sqlite"))
+@pytest.fixture(scope="session")
+def fake_taos():
+    with FakeTaosAdapter(password=FAKE_PASSWORD) as server:
+        yield server
 
 
-def record(batch, run_id, version):
+def _fresh_db() -> str:
+    return "t_" + uuid.uuid4().hex[:16]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        yield SQLiteStore(path=str(tmp_path / "store.sqlite"))
+    elif request.param == "tdengine-fake":
+        server = request.getfixturevalue("fake_taos")
+        yield TDengineStore(url=server.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    else:
+        live = TDengineStore(
+            url=LIVE_URL, database=_fresh_db(), user=os.environ.get("TDENGINE_USER", "root"),
+            password=os.environ.get("TDENGINE_PASSWORD", "taosdata"), timeout_s=30,
+        )
+        yield live
+        try:
+            live._sql(f"DROP DATABASE IF EXISTS {live.database}")
+        except StoreError:
+            pass
+
+
+def record(batch, run_id, version, mode="scratch", window_end_ms=None):
     return ModelRecord(batch=batch, version=version, run_id=run_id, artifact=f"models/x-{version}.zip",
-                       artifact_uri=f"/tmp/x-{version}.zip", metrics={"top_k_accuracy": 0.9})
+                       artifact_uri=f"/tmp/x-{version}.zip", metrics={"top_k_accuracy": 0.9}, mode=mode,
+                       window_start_ms=0 if window_end_ms is not None else None, window_end_ms=window_end_ms)
+
+
+# -- sample counts and models (the original contract) -----------------------------------------------
 
 
 def test_sample_counts_replace_per_partition_and_filter_by_window(store):
@@ -28,6 +79,13 @@ def test_sample_counts_replace_per_partition_and_filter_by_window(store):
     assert [p.partition_key for p in store.partition_counts("a", end_ms=10)] == ["p1"]
 
 
+def test_empty_re_recording_clears_a_partition(store):
+    store.record_sample_counts("p1", 0, 10, {"a": 5})
+    store.record_sample_counts("p2", 10, 20, {"a": 1})
+    store.record_sample_counts("p1", 0, 10, {})
+    assert [(p.partition_key, p.count) for p in store.partition_counts("a")] == [("p2", 1)]
+
+
 def test_versions_are_monotonic_and_registration_idempotent(store):
     assert store.register_model(record("a", "run-1", 1)).version == 1
     again = store.register_model(record("a", "run-1", 2))
@@ -36,11 +94,242 @@ def test_versions_are_monotonic_and_registration_idempotent(store):
     assert store.register_model(record(HOSTILE, "run-3", 1)).version == 1
     with pytest.raises(VersionConflict):
         store.register_model(record("a", "run-4", 2))
+    with pytest.raises(VersionConflict):
+        store.register_model(record("a", "run-4", 4))  # versions never skip
     assert [m.version for m in store.list_models("a")] == [1, 2]
     assert store.get_model("a").run_id == "run-2"
     assert store.get_model("a", 1).run_id == "run-1"
     assert store.get_model(HOSTILE).batch == HOSTILE  # stored and shown faithfully
     assert store.get_model("missing") is None
+    assert [(m.batch, m.version) for m in store.list_models()] == sorted([("a", 1), ("a", 2), (HOSTILE, 1)])
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+
+
+def test_task_lifecycle_current_state_is_the_last_event_and_fields_carry_over(store):
+    assert store.get_task("t1") is None
+    first = store.record_task_event("t1", "a", "scheduling", mode="finetune", window_start_ms=100,
+                                    window_end_ms=200, deadline_ms=10_000, message="queued")
+    assert (first.state, first.mode, first.run_id, first.message) == ("scheduling", "finetune", "", "queued")
+    running = store.record_task_event("t1", "a", "running", run_id="run-9")
+    done = store.record_task_event("t1", "a", "succeeded", message="model v3")
+    got = store.get_task("t1")
+    assert got == done
+    assert got.state == "succeeded" and got.run_id == "run-9" and got.mode == "finetune"
+    assert (got.window_start_ms, got.window_end_ms, got.deadline_ms) == (100, 200, 10_000)
+    assert got.message == "model v3" and running.message == ""  # messages belong to their event
+    assert got.started_ms == first.started_ms <= running.updated_ms <= got.updated_ms
+    # a later event may change a field explicitly
+    assert store.record_task_event("t1", "a", "failed", deadline_ms=20_000).deadline_ms == 20_000
+    assert store.get_task("t1").state == "failed"
+
+
+def test_task_events_are_validated(store):
+    with pytest.raises(ValueError, match="unknown task state"):
+        store.record_task_event("t1", "a", "exploded")
+    with pytest.raises(ValueError, match="unknown task mode"):
+        store.record_task_event("t1", "a", "running", mode="sideways")
+    store.record_task_event("t1", "a", "scheduling")
+    with pytest.raises(ValueError, match="belongs to batch"):
+        store.record_task_event("t1", "b", "running")
+    with pytest.raises(ValueError):
+        store.list_tasks(state="exploded")
+    assert store.get_task("t1").state == "scheduling"
+
+
+def test_active_tasks_and_listing_newest_first(store):
+    store.record_task_event("t1", "a", "scheduling")
+    store.record_task_event("t2", "b", "scheduling")
+    store.record_task_event("t3", "a", "unknown")
+    store.record_task_event("t1", "a", "running", run_id="r1")
+    store.record_task_event("t2", "b", "running", run_id="r2")
+    store.record_task_event("t2", "b", "dead", message="pod lost")
+    assert [t.task_id for t in store.list_tasks()] == ["t3", "t2", "t1"]
+    assert [t.task_id for t in store.list_tasks(batch="a")] == ["t3", "t1"]
+    assert [t.task_id for t in store.list_tasks(state="dead")] == ["t2"]
+    assert [(t.task_id, t.state) for t in store.active_tasks()] == [("t3", "unknown"), ("t1", "running")]
+    store.record_task_event("t3", "a", "succeeded")
+    store.record_task_event("t1", "a", "failed")
+    assert store.active_tasks() == []
+
+
+# -- batch status ---------------------------------------------------------------------------------
+
+
+def test_batch_statuses_group_everything_per_batch(store):
+    # batch a: three partitions, three models (scratch, finetune, finetune), one finished and one running task
+    store.record_sample_counts("p1", 0, 10, {"a": 5, "b": 2})
+    store.record_sample_counts("p2", 10, 20, {"a": 3})
+    store.record_sample_counts("p3", 20, 30, {"a": 4, "b": 1})
+    store.record_sample_counts("p1", 0, 10, {"a": 6})  # replaces p1 (b drops out of it); never double-summed
+    store.register_model(record("a", "r1", 1, "scratch", window_end_ms=10))
+    store.register_model(record("a", "r2", 2, "finetune", window_end_ms=20))
+    store.register_model(record("a", "r3", 3, "finetune", window_end_ms=20))
+    store.record_task_event("ta1", "a", "succeeded")
+    store.record_task_event("ta2", "a", "running", run_id="r4", mode="finetune")
+    # batch d: finetune then scratch -> no finetunes in a row; c: a task only
+    store.register_model(record("d", "r5", 1, "finetune", window_end_ms=5))
+    store.register_model(record("d", "r6", 2, "scratch", window_end_ms=50))
+    store.record_task_event("tc", "c", "scheduling")
+    statuses = {s.batch: s for s in store.batch_statuses()}
+    assert list(statuses) == ["a", "b", "c", "d"]
+    a = statuses["a"]
+    assert (a.model_version, a.watermark_ms, a.new_count, a.total_count, a.finetunes_in_a_row) == (3, 20, 4, 13, 2)
+    assert a.active_task.task_id == "ta2" and a.active_task.state == "running"
+    b = statuses["b"]
+    assert (b.model_version, b.watermark_ms, b.new_count, b.total_count, b.active_task) == (None, None, 1, 1, None)
+    assert statuses["c"].active_task.task_id == "tc" and statuses["c"].total_count == 0
+    d = statuses["d"]
+    assert (d.model_version, d.watermark_ms, d.finetunes_in_a_row, d.new_count) == (2, 50, 0, 0)
+
+
+def test_batch_statuses_of_an_empty_store(store):
+    assert store.batch_statuses() == []
+    assert store.active_tasks() == []
+    assert store.list_models() == []
+
+
+# -- names --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [HOSTILE, UNICODE])
+def test_hostile_and_unicode_names_round_trip(store, batch):
+    part = "2026-01-01-00:00 '\"; --"
+    store.record_sample_counts(part, 0, 10, {batch: 11, "plain": 1})
+    assert [(p.partition_key, p.batch, p.count) for p in store.partition_counts(batch)] == [(part, batch, 11)]
+    rec = record(batch, f"run '{batch}'", 1, window_end_ms=10)
+    rec.metrics = {"note": batch, "top_k_accuracy": 0.5}
+    rec.artifact_uri = f"/tmp/{batch}.zip"
+    got = store.register_model(rec)
+    assert store.get_model(batch) == got
+    assert (got.batch, got.run_id, got.metrics["note"], got.artifact_uri) == (batch, rec.run_id, batch, rec.artifact_uri)
+    message = f"line one\nline two\twith {batch}"
+    store.record_task_event(f"task {batch}", batch, "failed", run_id=batch, message=message)
+    task = store.get_task(f"task {batch}")
+    assert (task.batch, task.run_id, task.message) == (batch, batch, message)
+    assert [s.batch for s in store.batch_statuses()] == sorted([batch, "plain"])
+    assert store.list_models("plain") == [] and store.partition_counts("plain")[0].count == 1
+
+
+# -- uniqueness under a tight loop ------------------------------------------------------------------
+
+
+def test_tight_loop_writes_are_all_kept(store, monkeypatch):
+    """Many writes, all on the same nanosecond of the clock (frozen here, as a coarse clock or a
+    fast loop would have it): TDengine would silently overwrite any two that shared a timestamp
+    in one child table, so every write must still get its own."""
+    import resources.tdengine_store as tds
+
+    frozen = time.time_ns()
+    monkeypatch.setattr(tds, "time", SimpleNamespace(time_ns=lambda: frozen))
+    n = 200
+    for i in range(n):
+        store.record_task_event(f"t{i:04d}", "a", "scheduling")
+    for i in range(n):
+        store.record_task_event(f"t{i:04d}", "a", "running", run_id=f"r{i}")
+    for i in range(n):
+        store.record_sample_counts(f"p{i:04d}", i, i + 1, {"a": 1, "b": 2})
+    tasks = store.list_tasks(batch="a")
+    assert len(tasks) == n and {t.state for t in tasks} == {"running"}
+    assert [t.task_id for t in tasks] == [f"t{i:04d}" for i in reversed(range(n))]
+    assert len(store.partition_counts("a")) == n
+    assert {s.batch: s.total_count for s in store.batch_statuses()} == {"a": n, "b": 2 * n}
+
+
+def test_tdengine_writers_on_the_same_nanosecond_use_separate_child_tables(fake_taos, monkeypatch):
+    """Two processes whose clocks agree to the nanosecond: their writer ids keep them apart."""
+    import resources.tdengine_store as tds
+
+    frozen = time.time_ns()
+    monkeypatch.setattr(tds, "time", SimpleNamespace(time_ns=lambda: frozen))
+    store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    for writer in ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"):
+        monkeypatch.setitem(tds._clock, "writer", writer)
+        monkeypatch.setitem(tds._clock, "last_ns", 0)  # a fresh process: allocates `frozen` again
+        store.record_task_event(f"task-{writer}", "a", "scheduling")
+    assert sorted(t.task_id for t in store.list_tasks()) == ["task-aaaaaaaaaaaaaaaa", "task-bbbbbbbbbbbbbbbb"]
+    children = {row[0] for row in fake_taos.engine.raw_rows(store.database, "task_events")}
+    assert len(children) == 2 and all(c.startswith("te_" + tds.name_hash("a") + "_") for c in children)
+
+
+def test_forked_processes_get_their_own_writer_id():
+    import multiprocessing
+
+    import resources.tdengine_store as tds
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply(tds.writer_id)
+    assert child != tds.writer_id() and len(child) == 16
+
+
+def test_fake_overwrites_same_timestamp_in_one_child_table_like_tdengine():
+    """The guarantee above is only tested if the fake really loses rows the way TDengine does."""
+    engine = FakeTDengine()
+    for sql in ["CREATE DATABASE IF NOT EXISTS d PRECISION 'ns'",
+                "CREATE STABLE IF NOT EXISTS d.s (ts TIMESTAMP, v BIGINT) TAGS (batch NCHAR(8))",
+                "INSERT INTO d.c1 USING d.s TAGS ('x') VALUES (5, 1)",
+                "INSERT INTO d.c1 USING d.s TAGS ('x') VALUES (5, 2)",   # same table, same ts: overwrites
+                "INSERT INTO d.c2 USING d.s TAGS ('x') VALUES (5, 3)"]:  # other table: a separate row
+        assert engine.execute(sql)["code"] == 0, sql
+    resp = engine.execute("SELECT ts, v, batch FROM d.s ORDER BY v")
+    assert resp["data"] == [["1970-01-01T00:00:00.000000005Z", 2, "x"], ["1970-01-01T00:00:00.000000005Z", 3, "x"]]
+    assert resp["column_meta"] == [["ts", "TIMESTAMP", 8], ["v", "BIGINT", 8], ["batch", "NCHAR", 8]]
+
+
+def test_fake_refuses_what_tdengine_cannot_do():
+    engine = FakeTDengine()
+    engine.execute("CREATE DATABASE d PRECISION 'ns'")
+    engine.execute("CREATE STABLE d.s (ts TIMESTAMP, v BIGINT, n NCHAR(3)) TAGS (batch NCHAR(8))")
+    for sql in ["UPDATE d.s SET v = 1", "DELETE FROM d.s", "DROP TABLE d.s", "SELEC 1",
+                "INSERT INTO d.c USING d.s TAGS ('x') VALUES (1, 2, 'four')",   # too long for NCHAR(3)
+                "SELECT v FROM d.s; DROP TABLE d.s", "SELECT nope FROM d.s"]:
+        resp = engine.execute(sql)
+        assert resp["code"] != 0 and resp["desc"], sql
+
+
+# -- registration races (TDengine has no transactions) --------------------------------------------
+
+
+def test_tdengine_registration_that_loses_a_race_is_a_version_conflict(fake_taos, monkeypatch):
+    store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    store.register_model(record("a", "run-1", 1))
+    rival = record("a", "run-rival", 2)
+    real = TDengineStore.list_models
+    calls = []
+
+    def racing_list_models(self, batch=None):
+        calls.append(batch)
+        if len(calls) == 1:  # our check sees v1 only; then the rival's v2 lands before our insert
+            before = real(self, batch)
+            _append_raw(self, rival)
+            return before
+        return real(self, batch)
+
+    monkeypatch.setattr(TDengineStore, "list_models", racing_list_models)
+    with pytest.raises(VersionConflict, match="run-rival"):
+        store.register_model(record("a", "run-2", 2))
+    monkeypatch.setattr(TDengineStore, "list_models", real)
+    assert [(m.version, m.run_id) for m in store.list_models("a")] == [(1, "run-1"), (2, "run-rival")]
+    # the caller's retry at latest + 1 succeeds, and the shadowed row never resurfaces
+    assert store.register_model(record("a", "run-2", 3)).version == 3
+    assert [(m.version, m.run_id) for m in store.list_models("a")] == [(1, "run-1"), (2, "run-rival"), (3, "run-2")]
+    assert store.register_model(record("a", "run-2", 4)).version == 3  # idempotent
+
+
+def _append_raw(store, rec):
+    from resources.tdengine_store import allocate_ns
+
+    store._insert("models", [(rec.batch, (allocate_ns(), rec.version, rec.run_id, rec.artifact, rec.artifact_uri,
+                                          "{}", None, None, 1, None, rec.mode))], "rival")
+
+
+# -- reachability -------------------------------------------------------------------------------------
+
+
+def test_ping_answers_on_a_working_store(store):
+    store.ping()
 
 
 def test_unreachable_store_is_a_clear_error(tmp_path):
@@ -48,6 +337,86 @@ def test_unreachable_store_is_a_clear_error(tmp_path):
     bad = SQLiteStore(path=str(tmp_path / "file" / "store.sqlite"))
     with pytest.raises(StoreError, match="cannot open SQLite store"):
         bad.list_models()
+    with pytest.raises(StoreError, match="cannot open SQLite store"):
+        bad.ping()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tdengine_is_a_clear_error_without_the_password():
+    secret = "hunter2-" + uuid.uuid4().hex
+    bad = TDengineStore(url=f"http://127.0.0.1:{_closed_port()}", password=secret, timeout_s=2)
+    for call in (bad.ping, bad.list_models, bad.batch_statuses, lambda: bad.record_sample_counts("p", 0, 1, {"a": 1})):
+        with pytest.raises(StoreError, match=r"TDengine store at http://127\.0\.0\.1:\d+ .*cannot connect") as err:
+            call()
+        assert secret not in str(err.value) and secret not in repr(err.value.__cause__)
+
+
+def test_wrong_tdengine_password_is_a_clear_error_without_the_password(fake_taos):
+    secret = "not-the-password-" + uuid.uuid4().hex
+    bad = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=secret)
+    with pytest.raises(StoreError, match="authentication failed for user 'root'") as err:
+        bad.list_models()
+    assert secret not in str(err.value)
+    with_userinfo = TDengineStore(url=f"http://root:{secret}@127.0.0.1:{_closed_port()}", password=secret, timeout_s=2)
+    with pytest.raises(StoreError) as err:
+        with_userinfo.ping()
+    assert secret not in str(err.value)
+
+
+def test_tdengine_error_codes_surface_as_store_errors(fake_taos):
+    bad = TDengineStore(url=fake_taos.url, database="no such db", password=FAKE_PASSWORD)
+    with pytest.raises(StoreError, match="not a plain identifier"):
+        bad.list_models()
+    store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    with pytest.raises(StoreError, match=r"TDengine error 0x2600: syntax error"):
+        store._sql("SELEC 1")
+    with pytest.raises(StoreError, match="value too long"):
+        store.record_sample_counts("x" * 300, 0, 1, {"a": 1})
+
+
+# -- literals -----------------------------------------------------------------------------------------
+
+
+def test_literal_escapes_quotes_and_backslashes_and_rejects_control_characters():
+    assert literal(None) == "NULL" and literal(-5) == "-5"
+    assert literal("plain") == "'plain'"
+    assert literal("it's") == "'it\\'s'"
+    assert literal("a\\b") == "'a\\\\b'"
+    assert literal("\\'") == "'\\\\\\''"  # backslash then quote: both escaped, the string still closes
+    assert literal("x\ny\tz\r") == "'x\\ny\\tz\\r'"
+    assert literal("日本語 🚀") == "'日本語 🚀'"
+    assert literal('"; --') == "'\"; --'"
+    for bad in ["nul\x00byte", "bell\x07", "esc\x1b[0m", "del\x7f", "lone \ud800 surrogate"]:
+        with pytest.raises(ValueError):
+            literal(bad)
+    for bad in [True, 1.5, b"bytes", 2**63, object()]:
+        with pytest.raises(ValueError):
+            literal(bad)
+
+
+def test_literals_survive_the_fake_parser_unchanged():
+    engine = FakeTDengine()
+    engine.execute("CREATE DATABASE d PRECISION 'ns'")
+    engine.execute("CREATE STABLE d.s (ts TIMESTAMP, v NCHAR(200)) TAGS (batch NCHAR(8))")
+    values = [HOSTILE, UNICODE, "\\", "'", "\\'", "\\%_", "tab\tnew\nline", "end\\"]
+    for i, v in enumerate(values):
+        assert engine.execute(f"INSERT INTO d.c USING d.s TAGS ('x') VALUES ({i}, {literal(v)})")["code"] == 0
+    assert [r[0] for r in engine.execute("SELECT v FROM d.s ORDER BY ts")["data"]] == values
+    for v in values:
+        assert engine.execute(f"SELECT v FROM d.s WHERE v = {literal(v)}")["data"] == [[v]]
+
+
+def test_tdengine_rejects_control_characters_in_batch_names_clearly(fake_taos):
+    store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    with pytest.raises(ValueError, match="control character U\\+0000"):
+        store.record_sample_counts("p", 0, 1, {"nul\x00": 1})
+    with pytest.raises(ValueError, match="reserved"):
+        store.record_sample_counts("p", 0, 1, {"": 1})
 
 
 def test_batch_names_and_keys():
