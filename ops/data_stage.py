@@ -1,15 +1,26 @@
-"""The data stage for one time window: stream records, mask them, summarise per batch.
+"""The data stage for time windows: stream records, mask them, summarise per batch.
 
 Raw logs pass through in chunks and are dropped once counted; only the per-batch
-summaries (bounded, see ops.summary) survive the window. Masking is memoised on the
-raw message with a bounded cache, because identical raw messages are common (health
-checks, retries) and masking is the cost that dominates.
+summaries (bounded, see ops.summary) survive the window. A chunk maps a key to
+{raw message: count} (`FileShard.read_counts`: JSON blocks are parsed and counted
+vectorised, see ops.local_files), so Python touches each distinct raw message of a
+block once, not each line; counts add with their multiplicity.
+
+Masking is the cost that dominates, so it is done once per distinct raw message:
+memoised with a bounded cache that lives for the worker process (shared by all the
+shards that process reads), and, when a pool has several workers, not repeated in
+each of them: a shard defers the raw messages its worker has not masked yet (at most
+`defer` distinct ones; beyond that it masks them itself) and returns them with their
+counts; the parent masks each deferred message once, in chunks spread over the pool,
+and adds the counts to the summaries. Summaries merge exactly, so where a message is
+masked does not change the counts.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -19,6 +30,21 @@ from ops.records import BadRecords, TimeRange, Windows
 from ops.summary import DEFAULT_CAP, DEFAULT_TAIL_SAMPLE, Summary
 
 DEFAULT_CACHE = 100_000
+DEFAULT_DEFER = 20_000       # distinct raw messages a shard may leave to the parent to mask
+MAX_HELD = 200_000           # deferred entries the parent holds before it resolves them
+
+_MASKERS: dict = {}          # per process: rules (as JSON) -> (Masker, mask cache)
+
+
+def masker_and_cache(masking_rules=None):
+    """This process's Masker for `masking_rules` and its raw->masked cache, built once."""
+    key = "default" if masking_rules is None else json.dumps(masking_rules, sort_keys=True)
+    got = _MASKERS.get(key)
+    if got is None:
+        from ops.masking import Masker
+
+        got = _MASKERS[key] = (Masker(masking_rules), {})
+    return got
 
 
 @dataclass
@@ -39,9 +65,13 @@ class WindowStats:
 
 
 class WindowSummarizer:
-    """Accumulates chunks of (key -> messages) into per-key summaries.
+    """Accumulates chunks of (key -> messages) or (key -> {message: count}) into per-key summaries.
 
     A key is a batch, or (window index, batch) when one read feeds several windows.
+    `cache` may be a dict shared with other summarizers (same masking); it is kept
+    below `cache_size` entries. With `defer` > 0, up to that many distinct (key, raw
+    message) pairs missing from the cache are not masked but kept in `pending`
+    with their counts, for the caller to mask and add.
     """
 
     def __init__(
@@ -52,9 +82,14 @@ class WindowSummarizer:
         cache_size: int = DEFAULT_CACHE,
         seed: int = 0,
         bad: BadRecords | None = None,
+        cache: dict | None = None,
+        defer: int = 0,
     ):
         self._mask = mask
-        self._cache: dict[str, str] = {}
+        self._cache: dict[str, str] = {} if cache is None else cache
+        self._defer = defer
+        self.pending: dict[tuple, int] = {}  # (key, raw message) -> count, not masked yet
+        self.deferred_lines = 0
         self._cache_size = cache_size
         self._counters: dict[str, Counter] = {}
         self._summaries: dict[str, Summary] = {}
@@ -73,17 +108,39 @@ class WindowSummarizer:
         self._cache[message] = masked
         return masked
 
-    def add(self, batch: str, messages: list[str]) -> None:
+    def add(self, batch, messages: list[str]) -> None:
+        self.add_counts(batch, Counter(messages))
+
+    def add_counts(self, batch, counts: dict[str, int]) -> int:
+        """Add {raw message: count} to `batch`; returns the number of lines added."""
         get, miss = self._cache.get, self._miss
-        masked = [get(m) or miss(m) for m in messages]
         counter = self._counters.get(batch)
         if counter is None:
             counter = self._counters[batch] = Counter()
             self._summaries[batch] = Summary()
-        counter.update(masked)
-        self.stats.lines += len(messages)
+        pending, defer = self.pending, self._defer
+        total = deferred = 0
+        for raw, c in counts.items():
+            total += c
+            masked = get(raw)
+            if masked is None:
+                if defer:
+                    pk = (batch, raw)
+                    if pk in pending:
+                        pending[pk] += c
+                        deferred += c
+                        continue
+                    if len(pending) < defer:
+                        pending[pk] = c
+                        deferred += c
+                        continue
+                masked = miss(raw)
+            counter[masked] += c
+        self.stats.lines += total
+        self.deferred_lines += deferred
         if len(counter) > self.cap:
             self._fold(batch)
+        return total
 
     def add_chunk(self, chunk: dict[str, list[str]]) -> None:
         for batch, messages in chunk.items():
@@ -105,8 +162,12 @@ class WindowSummarizer:
             s = self._summaries[batch]
             s.counts = dict(s.counts)
         self.stats.seconds = time.perf_counter() - self._t0
-        self.stats.cache_hits = max(0, self.stats.lines - self._misses)
+        self.stats.cache_hits = max(0, self.stats.lines - self._misses - self.deferred_lines)
         return {b: s for b, s in self._summaries.items() if s.total}
+
+    @property
+    def misses(self) -> int:
+        return self._misses
 
 
 def summarize_chunks(
@@ -139,26 +200,45 @@ class ShardResult:
     seconds: float
     cache_hits: int
     peak_rss_mb: float
+    pending: list = field(default_factory=list)  # [(key, raw message, count)] left to mask
+    masks: int = 0                               # messages this shard masked itself
+    deferred_lines: int = 0                      # lines behind `pending`
 
 
-def summarize_shard(shard, windows: Windows, masking_rules=None, **summarizer_kwargs) -> ShardResult:
+def summarize_shard(shard, windows: Windows, masking_rules=None, defer: int = 0, **summarizer_kwargs) -> ShardResult:
     """Read one shard (a file, a PIT slice) for `windows`: mask, summarise per (window, batch).
 
     Runs in a worker process: its inputs are plain picklable values, and it returns
-    only bounded summaries and statistics.
+    only bounded summaries and statistics, plus at most `defer` raw messages (with
+    their counts) that this process had not masked yet, for the caller to mask.
+    Shards with `read_counts` give counted chunks; others' message lists are counted.
     """
-    from ops.masking import Masker
-
-    masker = Masker(masking_rules)
+    masker, cache = masker_and_cache(masking_rules)
     bad, seen = BadRecords(), TimeRange()
-    summarizer = WindowSummarizer(masker.mask, bad=bad, **summarizer_kwargs)
+    summarizer = WindowSummarizer(masker.mask, bad=bad, cache=cache, defer=defer, **summarizer_kwargs)
     lines: dict[int, int] = {}
-    for chunk in shard.read(windows, bad, seen):
-        for key, messages in chunk.items():
-            summarizer.add(key, messages)
-            lines[key[0]] = lines.get(key[0], 0) + len(messages)
+    read_counts = getattr(shard, "read_counts", None)
+    if read_counts is not None:
+        chunks = read_counts(windows, bad, seen)
+    else:
+        chunks = ({key: Counter(msgs) for key, msgs in c.items()} for c in shard.read(windows, bad, seen))
+    for chunk in chunks:
+        for key, counts in chunk.items():
+            n = summarizer.add_counts(key, counts)
+            lines[key[0]] = lines.get(key[0], 0) + n
     summaries = summarizer.finish()
-    return ShardResult(summaries, lines, bad, seen, summarizer.stats.seconds, summarizer.stats.cache_hits, peak_rss_mb())
+    pending = [(key, raw, c) for (key, raw), c in summarizer.pending.items()]
+    return ShardResult(
+        summaries, lines, bad, seen, summarizer.stats.seconds, summarizer.stats.cache_hits, peak_rss_mb(),
+        pending, summarizer.misses, summarizer.deferred_lines,
+    )
+
+
+def mask_messages(raws: list[str], masking_rules=None) -> tuple[list[str], float]:
+    """Mask raw messages (a worker task); returns the masked forms and the peak RSS."""
+    masker, _ = masker_and_cache(masking_rules)
+    mask = masker.mask
+    return [mask(r) for r in raws], peak_rss_mb()
 
 
 def peak_rss_mb() -> float:
@@ -199,7 +279,11 @@ def summarize_windows(
     """Summarise many windows from many shards, in parallel when `pool` is given.
 
     Shard results are merged per (window, batch) as they arrive; summaries merge
-    exactly, so the split into shards does not change the counts.
+    exactly, so the split into shards does not change the counts. With a pool of
+    several workers, raw messages a shard deferred are masked once each, in chunks
+    submitted to the same pool, and their counts added when the masks are back (at
+    the end, or whenever the deferred entries held here exceed MAX_HELD). At most
+    two shards per worker are in flight, so results held here stay bounded.
     """
     t0 = time.perf_counter()
     merged: dict = {}
@@ -207,24 +291,105 @@ def summarize_windows(
     bad = BadRecords()
     peak, hits = 0.0, 0
     ranges = {}
-    kwargs = dict(cap=cap, **summarizer_kwargs)
+    workers = getattr(pool, "_max_workers", 1) if pool is not None else 1
+    defer = summarizer_kwargs.pop("defer", DEFAULT_DEFER if workers > 1 else 0)
+    cache_size = summarizer_kwargs.get("cache_size", DEFAULT_CACHE)
+    kwargs = dict(cap=cap, defer=defer, **summarizer_kwargs)
+
+    known: dict[str, str] = {}      # masks learned here (deferred messages)
+    inflight: set[str] = set()
+    mask_jobs: list = []            # (raw messages, future of their masks)
+    held: list = []                 # results' pending entries, waiting for masks
+    held_n = deferred_lines = masked_here = 0
+
+    def add_summary(key, summary):
+        prev = merged.get(key)
+        merged[key] = summary if prev is None else Summary.merge([prev, summary], cap=cap)
+
+    def resolve():
+        nonlocal peak, held_n, masked_here
+        for raws, fut in mask_jobs:
+            masks, rss = fut.result()
+            known.update(zip(raws, masks))
+            peak = max(peak, rss)
+            masked_here += len(raws)
+        mask_jobs.clear()
+        inflight.clear()
+        per_key: dict = {}
+        for entries in held:
+            for key, raw, c in entries:
+                masked = known[raw]
+                if not masked:
+                    bad.counts["empty_after_masking"] += c
+                    continue
+                counter = per_key.get(key)
+                if counter is None:
+                    counter = per_key[key] = Counter()
+                counter[masked] += c
+        held.clear()
+        held_n = 0
+        for key, counter in per_key.items():
+            add_summary(key, Summary.merge([Summary(counts=dict(counter))], cap=cap))
+        if len(known) > cache_size:
+            known.clear()
+
+    def submit_masks(raws: list[str]):
+        step = max(256, -(-len(raws) // workers))
+        for i in range(0, len(raws), step):
+            part = raws[i : i + step]
+            mask_jobs.append((part, pool.submit(mask_messages, part, masking_rules)))
+
     if pool is None:
         results = (summarize_shard(s, windows, masking_rules, **kwargs) for s in shards)
     else:
-        futures = [pool.submit(summarize_shard, s, windows, masking_rules, **kwargs) for s in shards]
-        results = (f.result() for f in futures)
+        def in_order():
+            todo, running = iter(shards), deque()
+            for shard in todo:
+                running.append(pool.submit(summarize_shard, shard, windows, masking_rules, **kwargs))
+                if len(running) >= 2 * workers:
+                    yield running.popleft().result()
+            while running:
+                yield running.popleft().result()
+
+        results = in_order()
     for done, (shard, r) in enumerate(zip(shards, results), 1):
         for key, summary in r.summaries.items():
-            prev = merged.get(key)
-            merged[key] = summary if prev is None else Summary.merge([prev, summary], cap=cap)
+            add_summary(key, summary)
         for w, n in r.lines.items():
             lines[w] += n
         bad.merge(r.bad)
         peak, hits = max(peak, r.peak_rss_mb), hits + r.cache_hits
         ranges[getattr(shard, "path", str(done))] = (getattr(shard, "file_id", None), r.seen.lo, r.seen.hi)
+        if r.pending:
+            fresh = [raw for _, raw, _ in r.pending if raw not in known and raw not in inflight]
+            if fresh:
+                fresh = list(dict.fromkeys(fresh))
+                inflight.update(fresh)
+                if pool is None:
+                    mask_jobs.append((fresh, _Done(mask_messages(fresh, masking_rules))))
+                else:
+                    submit_masks(fresh)
+            held.append(r.pending)
+            held_n += len(r.pending)
+            deferred_lines += r.deferred_lines
+            if held_n > MAX_HELD:
+                resolve()
         if progress:
             progress(done, len(shards), sum(lines))
+    resolve()
+    hits += max(0, deferred_lines - masked_here)
     per_window = [WindowResult({}, n) for n in lines]
     for (w, batch), summary in merged.items():
-        per_window[w].summaries[batch] = summary
+        if summary.total:
+            per_window[w].summaries[batch] = summary
     return RunResult(per_window, bad, len(shards), time.perf_counter() - t0, sum(lines), peak, ranges, hits)
+
+
+class _Done:
+    """A finished 'future' (masks computed in this process)."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value

@@ -7,6 +7,21 @@ time, and their batch is the file's folder relative to the root ('default' at th
 Each file is a *shard*: read once per run, its records routed to the requested
 windows. A file's time range is remembered in an index (keyed by size and mtime), so
 later runs skip files that cannot hold their windows.
+
+Two ways to read a shard, with the same results:
+
+- `FileShard.read` yields {(window index, batch): [message, ...]}: every line parsed
+  one by one (`ops.records.parse_json_lines`). It is the reference, and what
+  `read_window` uses.
+- `FileShard.read_counts`, which the data stage uses, yields
+  {(window index, batch): {raw message: count}}. A JSON block (whole lines, about
+  `block_size` bytes) goes through `ops.records.FastJsonBlocks`: pyarrow parses the
+  block with a schema of only the needed fields, numpy routes times to windows, and
+  identical (window, batch, message) rows are counted in numpy arrays across blocks
+  (`ops.records.Tally`, at most TALLY_LIMIT distinct messages before it is handed
+  on), so Python touches each distinct raw message, not each line. Any block the fast path cannot vouch for (a bad line of any kind, ISO or float
+  times, a missing field, non-UTF-8, an overlong line...) is parsed line by line by
+  the careful path instead, so bad lines are still counted and named exactly.
 """
 
 from __future__ import annotations
@@ -15,20 +30,26 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections import Counter
 from typing import Iterator
 
 from ops.naming import InvalidName, validate_batch_name
 from ops.records import (
     BadRecords,
+    FastJsonBlocks,
     RecordFormat,
+    Tally,
     TimeRange,
     Windows,
     decode_text_lines,
     parse_json_lines,
     read_line_blocks,
+    read_raw_blocks,
+    split_lines,
 )
 
 JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+TALLY_LIMIT = 50_000  # distinct raw messages counted in arrays before they are handed on
 
 
 def list_files(root: str | Path) -> list[Path]:
@@ -61,6 +82,29 @@ class FileShard:
     @property
     def is_json(self) -> bool:
         return Path(self.path).suffix.lower() in JSON_SUFFIXES
+
+    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
+        """Like `read`, but each chunk maps (window index, batch) -> {raw message: count}."""
+        if not self.is_json:
+            for chunk in self.read(windows, bad, seen):
+                yield {key: Counter(msgs) for key, msgs in chunk.items()}
+            return
+        fast, tally = FastJsonBlocks(self.fmt), Tally()
+        with open(self.path, "rb") as f:
+            for first_line_no, payload in read_raw_blocks(f, self.block_size):
+                parsed = fast.parse(payload, windows, seen) if isinstance(payload, bytes) else None
+                if parsed is not None:
+                    if parsed:
+                        tally.add(*parsed)
+                        if len(tally) > TALLY_LIMIT:
+                            yield tally.flush()
+                    continue
+                # the careful path: each line parsed, bad ones counted and named
+                chunk = parse_json_lines(split_lines(payload), self.fmt, windows, bad, self.source, first_line_no, seen)
+                if chunk:
+                    yield {key: Counter(msgs) for key, msgs in chunk.items()}
+        if len(tally):
+            yield tally.flush()
 
     def read(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict[tuple[int, str], list[str]]]:
         if self.is_json:

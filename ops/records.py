@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -296,3 +297,319 @@ def read_line_blocks(stream, block_size: int = 1 << 20, max_line: int = MAX_LINE
         yield line_no, [OverlongLine(skipping)]
     elif carry:
         yield line_no, [carry[:-1] if carry.endswith(b"\r") else carry]
+
+
+# ---- the vectorised fast path ---------------------------------------------------
+
+def read_raw_blocks(stream, block_size: int = 1 << 20, max_line: int = MAX_LINE_BYTES):
+    """Yield (first_line_no, payload) from a binary stream, a block at a time.
+
+    `payload` is normally one bytes object holding whole lines, each ending in b"\\n"
+    (a missing final newline is added); a line longer than `max_line` that never fit
+    in memory is instead yielded alone as `[OverlongLine(size)]`. Splitting a bytes
+    payload on b"\\n" (and stripping a trailing \\r per line) gives exactly the lines
+    `read_line_blocks` yields: same bounded memory, same line numbers.
+    """
+    line_no = 1
+    carry = b""
+    skipping = 0
+    while True:
+        block = stream.read(block_size)
+        if not block:
+            break
+        if skipping:
+            nl = block.find(b"\n")
+            if nl < 0:
+                skipping += len(block)
+                continue
+            yield line_no, [OverlongLine(skipping + nl)]
+            line_no += 1
+            block = block[nl + 1 :]
+            skipping = 0
+        data = carry + block if carry else block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+        else:
+            carry = data[cut + 1 :]
+            body = data[: cut + 1]
+            yield line_no, body
+            line_no += body.count(b"\n")
+        if len(carry) > max_line:
+            skipping, carry = len(carry), b""
+    if skipping:
+        yield line_no, [OverlongLine(skipping)]
+    elif carry:
+        yield line_no, carry + b"\n"
+
+
+def split_lines(payload) -> list:
+    """The lines of a `read_raw_blocks` payload, as `read_line_blocks` would give them."""
+    if isinstance(payload, list):
+        return payload
+    lines = payload.split(b"\n")
+    lines.pop()  # the payload ends with a newline
+    if b"\r" in payload:
+        lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+    return lines
+
+
+def _has_line_longer_than(data: bytes, limit: int) -> bool:
+    pos, n = 0, len(data)
+    while n - pos > limit:
+        nl = data.rfind(b"\n", pos, pos + limit + 1)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False
+
+
+_NON_FINITE = re.compile(rb"[:,\[]\s*-?(?:NaN|Inf)")  # tokens Arrow accepts and orjson rejects
+
+
+class FastJsonBlocks:
+    """Vectorised parsing of a block of JSON Lines with pyarrow, for the common case.
+
+    `count(data, ...)` returns {(window index, batch): {raw message: count}} for a
+    block (`parse` the same in arrays, for a `Tally`), or None when anything about the
+    block is unusual, so that the caller parses
+    that block with the careful per-line `parse_json_lines` instead (which names and
+    counts every bad line). The fast path only answers when it provably gives what the
+    careful path would: every line is one JSON object starting with `{` and ending with
+    `}`, the block is valid UTF-8 with no line over MAX_LINE_BYTES, there are no
+    NaN/Infinity tokens (which orjson rejects and Arrow accepts), the time field is an
+    integer (epoch ms) on every line, the message is a string on every line inside a
+    window, batch fields are strings or absent, and every batch name is valid.
+    """
+
+    def __init__(self, fmt: RecordFormat):
+        self.fmt = fmt
+        self.paths = [fmt.time_field, fmt.message_field, *fmt.batch_fields]
+        self.schema = self._schema()
+        self.enabled = self.schema is not None
+        # how a literal dotted key is spelled in the bytes, to detect `"a.b": null`
+        self._literal_keys = {p: orjson.dumps(p) for p in self.paths if "." in p}
+        self._valid_batches: set[str] = set()
+
+    def _schema(self):
+        import pyarrow as pa
+
+        types = {self.fmt.time_field: pa.int64()}
+        for p in self.paths[1:]:
+            types.setdefault(p, pa.string())
+        if len(set(self.paths[:2])) < 2 or self.fmt.time_field in self.fmt.batch_fields:
+            return None
+        top: dict = {}   # name -> type, or nested dict for struct paths
+        def put(tree, parts, typ):
+            name = parts[0]
+            if len(parts) == 1:
+                if name in tree:
+                    return False
+                tree[name] = typ
+                return True
+            sub = tree.setdefault(name, {})
+            return isinstance(sub, dict) and put(sub, parts[1:], typ)
+        for p, typ in types.items():
+            if not put(top, [p], typ):
+                return None
+            if "." in p and not put(top, p.split("."), typ):
+                return None
+        def build(tree):
+            return [pa.field(k, pa.struct(build(v)) if isinstance(v, dict) else v) for k, v in tree.items()]
+        return pa.schema(build(top))
+
+    def _column(self, table, path, data):
+        """A field's values (literal dotted key first, then the nested path), or None
+        when a row could hold the literal key with a JSON null (Arrow cannot tell)."""
+        import pyarrow.compute as pc
+
+        literal = table.column(path)
+        if "." not in path:
+            return literal
+        nested = table.column(path.split(".")[0])
+        for part in path.split(".")[1:]:
+            nested = pc.struct_field(nested, part)
+        risky = self._literal_keys[path] in data  # a literal key is there, maybe as null
+        if literal.null_count == len(literal):
+            if risky and nested.null_count != len(nested):
+                return None
+            return nested
+        if risky and pc.any(pc.and_(pc.is_null(literal), pc.is_valid(nested))).as_py():
+            return None
+        return pc.coalesce(literal, nested)
+
+    def parse(self, data: bytes, windows: Windows, seen: TimeRange | None = None):
+        """(keys, key index per row, distinct messages, message index per row) for
+        the rows inside a window: [] when none is, None when the block needs the
+        careful path."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.json as pj
+
+        if not self.enabled or not data:
+            return None
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")  # what stripping each line's \r does
+        n_lines = data.count(b"\n")
+        # every line starts with { and ends with }: no blank lines, one object per line
+        if data[:1] != b"{" or data[-2:] != b"}\n" or data.count(b"}\n{") != n_lines - 1:
+            return None
+        if not data.isascii():
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        if (b"NaN" in data or b"Inf" in data) and _NON_FINITE.search(data):
+            return None
+        if len(data) > MAX_LINE_BYTES and _has_line_longer_than(data, MAX_LINE_BYTES + 1):
+            return None
+        try:
+            table = pj.read_json(
+                pa.py_buffer(data),
+                read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 64),
+                parse_options=pj.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore"),
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError):
+            return None
+        if table.num_rows != n_lines:
+            return None
+        fmt = self.fmt
+        times = self._column(table, fmt.time_field, data)
+        if times is None or times.null_count:
+            return None
+        t = np.asarray(times.combine_chunks() if isinstance(times, pa.ChunkedArray) else times)
+        if seen is not None and len(t):
+            seen.add(int(t.min()), int(t.max()))
+        if not len(windows):
+            return []
+        starts = np.asarray(windows.starts, dtype=np.int64)
+        ends = np.asarray([b for _, b in windows.bounds], dtype=np.int64)
+        w = np.searchsorted(starts, t, side="right") - 1
+        inside = (w >= 0) & (t < ends[np.maximum(w, 0)])
+        if not inside.any():
+            return []
+        rows = None if inside.all() else pa.array(np.flatnonzero(inside))
+        w = w[inside] if rows is not None else w
+
+        def pick(col):
+            col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            return col if rows is None else col.take(rows)
+
+        messages = self._column(table, fmt.message_field, data)
+        if messages is None:
+            return None
+        messages = pick(messages)
+        if messages.null_count:
+            return None
+        if fmt.batch_fields:
+            values = []
+            for f in fmt.batch_fields:
+                v = self._column(table, f, data)
+                if v is None:
+                    return None
+                values.append(pick(v))
+            if len(values) == 1:
+                batches = pc.fill_null(values[0], fmt.default_batch)
+            else:
+                all_null = values[0].is_null()
+                for v in values[1:]:
+                    all_null = pc.and_(all_null, v.is_null())
+                joined = pc.binary_join_element_wise(*[pc.fill_null(v, "") for v in values], fmt.batch_separator)
+                batches = pc.if_else(all_null, fmt.default_batch, joined)
+            benc = batches.dictionary_encode()
+            batch_names = benc.dictionary.to_pylist()
+            b_idx = np.asarray(benc.indices, dtype=np.int64)
+        else:
+            batch_names = [fmt.default_batch]
+            b_idx = None
+        for name in batch_names:
+            if name not in self._valid_batches:
+                try:
+                    validate_batch_name(name)
+                except InvalidName:
+                    return None  # the careful path names each bad line
+                self._valid_batches.add(name)
+        menc = messages.dictionary_encode()
+        m_idx = np.asarray(menc.indices, dtype=np.int64)
+        nb = len(batch_names)
+        key = w.astype(np.int64) * nb
+        if b_idx is not None:
+            key += b_idx
+        if key[0] == key.min() == key.max():  # the usual block: one window, one batch
+            key_ids, k_idx = key[:1], None
+        else:
+            key_ids, k_idx = np.unique(key, return_inverse=True)
+            k_idx = k_idx.reshape(-1)
+        keys = [(int(k) // nb, batch_names[int(k) % nb]) for k in key_ids.tolist()]
+        return keys, k_idx, menc.dictionary, m_idx
+
+    def count(self, data: bytes, windows: Windows, seen: TimeRange | None = None):
+        """{(window index, batch): {raw message: count}} for a block, or None (see the class)."""
+        parsed = self.parse(data, windows, seen)
+        if parsed is None or not parsed:
+            return parsed
+        tally = Tally()
+        tally.add(*parsed)
+        return tally.flush()
+
+
+class Tally:
+    """Counts (key, raw message) rows of many parsed blocks with numpy.
+
+    Raw messages are interned to ids (pyarrow `index_in` against the messages seen so
+    far, so Python handles each distinct message once, not each line); counts are kept
+    per key as arrays indexed by id. `flush` gives {key: {raw message: count}}.
+    """
+
+    def __init__(self):
+        self.ids: dict[str, int] = {}
+        self.raws: list[str] = []
+        self._known = None          # pyarrow array of self.raws
+        self.counts: dict = {}      # key -> numpy int64 counts by id
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    def add(self, keys, k_idx, dictionary, m_idx) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self._known is not None and len(self._known):
+            found = pc.index_in(dictionary, value_set=self._known)
+            new = np.flatnonzero(np.asarray(found.is_null()))
+            mapping = np.asarray(found.fill_null(-1), dtype=np.int64)
+        else:
+            new = np.arange(len(dictionary))
+            mapping = np.full(len(dictionary), -1, dtype=np.int64)
+        if len(new):
+            fresh = dictionary.take(pa.array(new))
+            base = len(self.raws)
+            mapping[new] = np.arange(base, base + len(new))
+            self.raws.extend(fresh.to_pylist())
+            self._known = fresh if self._known is None else pa.concat_arrays([self._known, fresh])
+        ids = mapping[m_idx]
+        n = len(self.raws)
+        for i, key in enumerate(keys):
+            sel = ids if len(keys) == 1 else ids[k_idx == i]
+            bc = np.bincount(sel, minlength=n)
+            prev = self.counts.get(key)
+            if prev is None:
+                self.counts[key] = bc
+            else:
+                if len(prev) < n:
+                    prev = np.concatenate([prev, np.zeros(n - len(prev), dtype=prev.dtype)])
+                prev += bc
+                self.counts[key] = prev
+
+    def flush(self) -> dict:
+        import numpy as np
+
+        raws = self.raws
+        out = {}
+        for key, counts in self.counts.items():
+            nz = np.flatnonzero(counts)
+            out[key] = dict(zip([raws[i] for i in nz.tolist()], counts[nz].tolist()))
+        self.raws, self._known, self.counts = [], None, {}
+        return out

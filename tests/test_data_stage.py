@@ -154,3 +154,121 @@ def test_windows_from_shards_merge_exactly_and_round_trip_parquet(tmp_path):
     assert [s.source for s in later] == ["a.jsonl"]
     (logs / "b.jsonl").write_bytes(docs(0, 5))  # the file changed: read again
     assert len(local_files.plan_shards(logs, FMT, Windows([(0, HOUR)]), index)) == 2
+
+
+# ---- the vectorised fast path gives what the careful per-line path gives ---------
+
+def _careful(root, fmt, windows):
+    """Summaries and bad counts from the per-line reader (FileShard.read) only."""
+    from ops.data_stage import WindowSummarizer
+
+    masker, bad = Masker(), BadRecords()
+    per_window = [WindowSummarizer(masker.mask, bad=bad) for _ in range(len(windows))]
+    lines = [0] * len(windows)
+    from ops.records import TimeRange
+
+    for shard in local_files.plan_shards(root, fmt, windows):
+        for chunk in shard.read(windows, bad, TimeRange()):
+            for (w, batch), msgs in chunk.items():
+                per_window[w].add(batch, msgs)
+                lines[w] += len(msgs)
+    out = [{b: s.counts for b, s in wsum.finish().items()} for wsum in per_window]
+    return out, lines, bad
+
+
+def _mixed_file(n_good=3000):
+    """Good lines in blocks of their own, then blocks mixing good and bad lines."""
+    docs = []
+    for i in range(n_good):
+        docs.append(jl(time=i * 1000, log=f"user {i % 13} logged in from 10.0.{i % 5}.{i % 7} ünïcødé ✓",
+                       cluster_id=f"c{i % 3}", kubernetes={"namespace_name": f"ns{i % 2}"}))
+    docs += [
+        jl(time="1970-01-01T00:00:01.500Z", log="iso time", cluster_id="c0"),
+        jl(time=1500.7, log="float time", cluster_id="c0"),
+        jl(time=7, log="literal dotted", **{"cluster_id": "c1", "kubernetes.namespace_name": "flat"}),
+        jl(time=8, log="literal null", **{"cluster_id": "c1", "kubernetes.namespace_name": None}, kubernetes={"namespace_name": "x"}),
+        jl(time=9, log="numeric batch", cluster_id=5),
+        b"\n", b"   \n", b"{not json\n", b"[1, 2]\n", b'{"time": 3, "log": "caf\xe9"}\n',
+        jl(log="no time"), jl(time="yesterday", log="x"), jl(time=2, message="wrong field"),
+        jl(time=10, log="bad batch", cluster_id="a...b"),
+        jl(time=11, log="   "), jl(time=12, log=""),
+        b'{"time": 13, "log": "nan", "x": NaN}\n',
+        b'{"time": 14, "log": "two"} {"time": 15, "log": "objects"}\n',
+        b'{"time": 16, "log": "dup", "time": 17}\n',
+        b'{"time": 4, "log": "' + b"x" * 1_100_000 + b'"}\n',
+        jl(time=10 ** 12, log="outside every window", cluster_id="c0"),
+        jl(time=-5, log="before every window"),
+        b'{"time": 18, "log": "crlf line", "cluster_id": "c2"}\r\n',
+        jl(time=19, log="line without a final newline", cluster_id="c2").rstrip(b"\n"),
+    ]
+    # bad lines spread between good ones, so that some blocks are clean and some not
+    good, rest = docs[:n_good], docs[n_good:]
+    out = good[: n_good // 2]
+    for i, d in enumerate(rest):
+        out.append(d)
+        out.extend(good[n_good // 2 + i * 20 : n_good // 2 + (i + 1) * 20])
+    out.extend(good[n_good // 2 + len(rest) * 20 :])
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("block_size", [4096, 1 << 16, 1 << 20])
+def test_fast_path_matches_careful_path(tmp_path, block_size):
+    logs = tmp_path / "logs"
+    write(logs / "mixed.jsonl", _mixed_file())
+    write(logs / "clean.jsonl", b"".join(jl(time=i * 700, log=f"GET /api/{i % 9} 200 {i}ms", cluster_id="c0",
+                                           kubernetes={"namespace_name": "ns0"}) for i in range(4000)))
+    write(logs / "team" / "plain.log", b"plain text line 1\nplain text line 1\n\xff bad\n")
+    os.utime(logs / "team" / "plain.log", (100, 100))
+    windows = Windows([(0, 1000_000), (1000_000, 4 * 1000_000)])
+    want, want_lines, want_bad = _careful(logs, FMT, windows)
+    shards = [
+        local_files.FileShard(s.path, s.source, s.fmt, s.text_batch, s.file_id, block_size)
+        for s in local_files.plan_shards(logs, FMT, windows)
+    ]
+    for defer in (0, 5):  # masked in the shard, or deferred to the caller
+        result = summarize_windows(shards, windows, defer=defer)
+        got = [{b: s.counts for b, s in w.summaries.items()} for w in result.windows]
+        assert got == want
+        assert [w.lines for w in result.windows] == want_lines
+        assert result.bad.counts == want_bad.counts
+        assert sorted(result.bad.examples) == sorted(want_bad.examples)
+    assert want_bad.counts["too_long"] == 1 and want_bad.counts["bad_json"] >= 3
+    assert want[0]["c1/"] == {"literal null": 1}  # `"a.b": null` wins over the nested a.b
+    assert want[0]["c1/flat"] == {"literal dotted": 1} and "c1/x" not in want[0]
+
+
+def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
+    from ops.records import FastJsonBlocks
+
+    fast = FastJsonBlocks(FMT)
+    w = Windows([(0, HOUR)])
+    clean = jl(time=1, log="a", cluster_id="c", kubernetes={"namespace_name": "n"}) + jl(time=2, log="a", cluster_id="c")
+    assert fast.count(clean, w) == {(0, "c/n"): {"a": 1}, (0, "c/"): {"a": 1}}  # as batch_of joins
+    for odd in [
+        jl(time="1970-01-01T00:00:00Z", log="iso"),
+        jl(time=1, log="a") + b"\n",
+        jl(time=1, log="a").rstrip(b"\n") + b"  \n",
+        b'{"time": 1, "log": "caf\xe9"}\n',
+        b'{"time": 1, "log": "a", "x": Infinity}\n',
+        jl(time=1, message="no log"),
+        jl(time=1, log="a", cluster_id=3),
+    ]:
+        assert fast.count(odd, w) is None, odd
+
+
+def test_pool_defers_masking_to_the_parent_and_counts_stay_exact(tmp_path):
+    import concurrent.futures as cf
+    import multiprocessing
+
+    logs = tmp_path / "logs"
+    for k in range(3):
+        write(logs / f"{k}.jsonl", b"".join(jl(time=i * 1000 + k, log=f"job {i % 50} done in {i % 11} s",
+                                              cluster_id="c") for i in range(2000)))
+    windows = Windows([(0, 1000 * 1000), (1000 * 1000, 2000 * 1000)])
+    shards = local_files.plan_shards(logs, FMT, windows)
+    serial = summarize_windows(shards, windows)
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parallel = summarize_windows(shards, windows, pool=pool)
+    assert [w.lines for w in parallel.windows] == [w.lines for w in serial.windows] == [3000, 3000]
+    for a, b in zip(parallel.windows, serial.windows):
+        assert {k: s.counts for k, s in a.summaries.items()} == {k: s.counts for k, s in b.summaries.items()}
