@@ -16,16 +16,44 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def opensearch_source(hosts: str, fields: dict):
+    """OpenSearchLogSource from LOGLOOP_OPENSEARCH_* (credentials as EnvVar: only their
+    names reach run config; the resource holds the values at run time)."""
+    from dagster import EnvVar
+
+    from resources.opensearch_source import OpenSearchLogSource
+
+    secrets = {}
+    for field, var in (("username", "LOGLOOP_OPENSEARCH_USER"), ("password", "LOGLOOP_OPENSEARCH_PASSWORD"),
+                       ("api_key", "LOGLOOP_OPENSEARCH_API_KEY")):
+        if os.environ.get(var):
+            secrets[field] = EnvVar(var)
+    optional = {}
+    if os.environ.get("LOGLOOP_OPENSEARCH_CA"):
+        optional["ca_path"] = os.environ["LOGLOOP_OPENSEARCH_CA"]
+    if os.environ.get("LOGLOOP_OPENSEARCH_VERIFY_CERTS", "true").lower() in ("0", "false", "no"):
+        optional["verify_certs"] = False
+    return OpenSearchLogSource(
+        hosts=_csv(hosts), index=os.environ.get("LOGLOOP_OPENSEARCH_INDEX", "logs"), **fields, **secrets, **optional
+    )
+
+
 def build_resources() -> dict:
     batch_fields = _csv(os.environ.get("LOGLOOP_BATCH_FIELDS", DEFAULT_BATCH_FIELDS))
+    fields = dict(
+        time_field=os.environ.get("LOGLOOP_TIME_FIELD", "time"),
+        message_field=os.environ.get("LOGLOOP_MESSAGE_FIELD", "log"),
+        batch_fields=batch_fields,
+    )
+    hosts = os.environ.get("LOGLOOP_OPENSEARCH_HOSTS", "").strip()
+    if hosts:
+        log_source = opensearch_source(hosts, fields)
+    else:
+        log_source = LocalLogSource(
+            path=str(settings.logs_dir()), index_path=str(settings.data_home() / "source-index.json"), **fields
+        )
     return {
-        "log_source": LocalLogSource(
-            path=str(settings.logs_dir()),
-            time_field=os.environ.get("LOGLOOP_TIME_FIELD", "time"),
-            message_field=os.environ.get("LOGLOOP_MESSAGE_FIELD", "log"),
-            batch_fields=batch_fields,
-            index_path=str(settings.data_home() / "source-index.json"),
-        ),
+        "log_source": log_source,
         "store": SQLiteStore(path=str(settings.store_path())),
         "artifacts": LocalArtifactStorage(root=str(settings.artifacts_dir())),
     }

@@ -1,0 +1,483 @@
+"""Reading windows of logs from OpenSearch: one Point-in-Time (PIT) slice per shard.
+
+An `OpenSearchShard` is one slice (`{"id": i, "max": n}`) of a PIT search over a set of
+windows. It runs in a data-stage worker process: it opens its own PIT on the index
+(`POST /<index>/_search/point_in_time?keep_alive=...`), pages through its slice with
+`search_after`, sorted by the time field and a tiebreaker (`_shard_doc` on OpenSearch
+>= 3.3, else a unique field such as `_id`), asking only for the fields it uses
+(`_source` includes), and deletes the PIT at the end (`DELETE /_search/point_in_time`
+with {"pit_id": [...]}). Each page of hits becomes one chunk, in exactly the shape
+`FileShard.read` yields (`hits_to_chunk`), so the data stage treats both sources alike.
+
+Each slice opens its own PIT (in its worker) rather than sharing one opened by the
+parent: the worker can always delete what it opened, even when it fails. Slices still
+read every document exactly once: OpenSearch assigns a document to a slice by its
+shard, or by a hash of its `_id`, the same in every PIT over the same shards. A
+document indexed between two slices' PIT openings is read by its slice or not at all,
+as if a single PIT had been opened a moment earlier or later.
+
+Failures:
+
+- transient errors (connection errors and timeouts, HTTP 429 and 5xx) are retried with
+  exponential backoff and jitter; the retried request is the same page (same PIT, same
+  `search_after`), so a failure mid-window never re-reads what was already read;
+- an expired PIT (HTTP 404 whose error names `search_context_missing_exception`, as
+  OpenSearch answers for a PIT whose keep-alive ran out or that a node lost) is
+  reopened, and the read goes on from the last time value read: the query is narrowed
+  to `time >= last time`, and the hits at that exact time that were already read are
+  skipped by `_id` (tiebreaker values such as `_shard_doc` are only meaningful within
+  one PIT), so there are no duplicates and no gaps. If the reopened PIT spans a
+  different number of shards (a wildcard index pattern that gained an index), slice
+  membership may have changed, so this is a hard failure rather than a silent risk;
+- anything else, or a transient error that outlasts the retries, raises
+  `OpenSearchReadError` naming the index, windows, slice and reason; the data stage
+  then fails the run and records nothing for its partitions.
+
+Secrets: the connection settings travel to the worker inside the pickled shard (over
+the process pool's local pipe; they are never written anywhere). Passwords and API
+keys are wrapped in `Secret`, whose repr/str is redacted, and every error message is
+scrubbed of their values, so they never reach logs, run metadata or exceptions.
+Reading them from environment variables inside the worker was the alternative, but
+the Dagster resource holds resolved values (`EnvVar`), not variable names, and a
+resource built in code (tests, scripts) has no variable at all.
+
+No Dagster import here: this module is plain Python for worker processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+import orjson
+
+from ops.naming import InvalidName, validate_batch_name
+from ops.records import BadRecords, RecordFormat, TimeRange, Windows, get_field, parse_time_ms
+
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+class OpenSearchReadError(RuntimeError):
+    """Reading from OpenSearch failed for good (the message names index, windows, slice, reason)."""
+
+
+class PitExpired(Exception):
+    """The PIT is gone (keep-alive ran out, or a node lost it)."""
+
+
+class Secret:
+    """A credential whose repr and str never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Optional[str]):
+        self._value = value or None
+
+    def get(self) -> Optional[str]:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret(None)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __getstate__(self):
+        return (self._value,)
+
+    def __setstate__(self, state):
+        self._value = state[0]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the cluster. Picklable; secrets are `Secret`s (redacted in repr)."""
+
+    hosts: tuple[str, ...]
+    username: Optional[str] = None
+    password: Secret = field(default_factory=lambda: Secret(None))
+    api_key: Secret = field(default_factory=lambda: Secret(None))
+    api_key_scheme: str = "ApiKey"          # "Authorization: <scheme> <key>" (e.g. Bearer)
+    ca_path: Optional[str] = None
+    verify_certs: bool = True
+    timeout_s: float = 60.0
+    retries: int = 5                       # retries per request after the first attempt
+    backoff_s: float = 0.5                 # first backoff; doubles each retry
+    max_backoff_s: float = 30.0
+
+    def client(self):
+        from opensearchpy import OpenSearch
+        from opensearchpy.serializer import JSONSerializer
+
+        class _OrjsonSerializer(JSONSerializer):
+            def loads(self, s):
+                return orjson.loads(s)
+
+            def dumps(self, data):
+                if isinstance(data, (str, bytes)):
+                    return data
+                return orjson.dumps(data).decode()
+
+        kwargs: dict[str, Any] = dict(
+            hosts=list(self.hosts),
+            timeout=self.timeout_s,
+            max_retries=0,            # retries are ours: same page, backoff, PIT reopen
+            retry_on_timeout=False,
+            verify_certs=self.verify_certs,
+            ssl_show_warn=self.verify_certs,
+            serializer=_OrjsonSerializer(),
+        )
+        if self.ca_path:
+            kwargs["ca_certs"] = self.ca_path
+        if self.username and self.password:
+            kwargs["http_auth"] = (self.username, self.password.get())
+        if self.api_key:
+            kwargs["headers"] = {"Authorization": f"{self.api_key_scheme} {self.api_key.get()}"}
+        return OpenSearch(**kwargs)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret value replaced by ***."""
+        for s in (self.password.get(), self.api_key.get()):
+            if s:
+                text = text.replace(s, "***")
+        return text
+
+
+# ---- errors and retries ----------------------------------------------------------
+
+
+def is_pit_missing(exc: Exception) -> bool:
+    """Whether an opensearch-py error says the PIT (search context) is gone.
+
+    OpenSearch answers a search on an expired PIT with HTTP 404,
+    {"error": {"root_cause": [{"type": "search_context_missing_exception",
+    "reason": "No search context found for id [...]"}], "type":
+    "search_phase_execution_exception", ...}, "status": 404}.
+    """
+    from opensearchpy.exceptions import TransportError
+
+    if not isinstance(exc, TransportError) or exc.status_code != 404:
+        return False
+    info = exc.info
+    try:
+        text = orjson.dumps(info).decode() if isinstance(info, (dict, list)) else str(info)
+    except TypeError:
+        text = str(info)
+    return "search_context_missing_exception" in text or "No search context found" in text
+
+
+def is_transient(exc: Exception) -> bool:
+    from opensearchpy.exceptions import ConnectionError as OSConnectionError
+    from opensearchpy.exceptions import TransportError
+
+    if isinstance(exc, OSConnectionError):  # includes ConnectionTimeout
+        return True
+    return isinstance(exc, TransportError) and exc.status_code in TRANSIENT_STATUS
+
+
+def describe_error(exc: Exception) -> str:
+    from opensearchpy.exceptions import TransportError
+
+    if isinstance(exc, TransportError):
+        status = exc.status_code
+        reason = ""
+        info = exc.info
+        if isinstance(info, dict) and isinstance(info.get("error"), dict):
+            err = info["error"]
+            causes = err.get("root_cause") or [err]
+            reason = f"{causes[0].get('type', '')}: {causes[0].get('reason', '')}"
+        elif isinstance(info, dict) and "error" in info:
+            reason = str(info["error"])
+        else:
+            reason = str(exc.error) if exc.error else type(info).__name__
+        return f"HTTP {status} {reason}".strip() if status != "N/A" else f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def call_with_retries(conn: Connection, fn, what: str, sleep=time.sleep):
+    """fn() with retries of transient errors (exponential backoff, jitter).
+
+    Raises PitExpired for a missing PIT, OpenSearchReadError (scrubbed) otherwise.
+    """
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if is_pit_missing(exc):
+                raise PitExpired(describe_error(exc)) from None
+            if is_transient(exc) and attempt < conn.retries:
+                delay = min(conn.max_backoff_s, conn.backoff_s * (2**attempt))
+                sleep(delay * random.uniform(0.5, 1.0))
+                attempt += 1
+                continue
+            tries = f" after {attempt + 1} attempts" if attempt else ""
+            raise OpenSearchReadError(conn.scrub(f"{what}: {describe_error(exc)}{tries}")) from None
+
+
+# ---- queries ---------------------------------------------------------------------
+
+
+def time_ranges(windows: Windows) -> list[tuple[int, int]]:
+    """The windows as the fewest [start, end) ranges (adjacent windows merged)."""
+    merged: list[list[int]] = []
+    for a, b in windows.bounds:
+        if merged and merged[-1][1] == a:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
+def range_query(time_field: str, start: Optional[int] = None, end: Optional[int] = None) -> dict:
+    bounds: dict[str, Any] = {}
+    if start is not None:
+        bounds["gte"] = start
+    if end is not None:
+        bounds["lt"] = end
+    bounds["format"] = "epoch_millis"
+    return {"range": {time_field: bounds}}
+
+
+def windows_query(time_field: str, windows: Windows) -> dict:
+    ranges = [range_query(time_field, a, b) for a, b in time_ranges(windows)]
+    if len(ranges) == 1:
+        return ranges[0]
+    return {"bool": {"should": ranges, "minimum_should_match": 1}}
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """What to read besides time: named batch filters and exclusions (plain JSON, picklable)."""
+
+    batch_queries: tuple[tuple[str, dict], ...] = ()   # (batch name, query); empty: batches from fields
+    must_not: tuple[dict, ...] = ()                    # exclusions (flagged anomalies, keywords)
+
+    def query(self, time_field: str, windows: Windows, floor: Optional[int] = None) -> dict:
+        filters: list[dict] = [windows_query(time_field, windows)]
+        if floor is not None:
+            filters.append(range_query(time_field, floor))
+        bool_q: dict[str, Any] = {"filter": filters}
+        if self.must_not:
+            bool_q["must_not"] = list(self.must_not)
+        if self.batch_queries:
+            # named queries: each hit lists the batches it matched in `matched_queries`
+            bool_q["should"] = [{"bool": {"filter": [q], "_name": name}} for name, q in self.batch_queries]
+            bool_q["minimum_should_match"] = 1
+        return {"bool": bool_q}
+
+
+# ---- hits -> chunks --------------------------------------------------------------
+
+
+def hits_to_chunk(
+    hits: Sequence[dict],
+    fmt: RecordFormat,
+    windows: Windows,
+    bad: BadRecords,
+    seen: TimeRange,
+    where: str,
+    named_batches: bool,
+    valid: set,
+) -> dict[tuple[int, str], list[str]]:
+    """A page of hits as {(window index, batch): [message, ...]}, the chunk shape of
+    `FileShard.read`. The time is the hit's first sort value (epoch ms, as OpenSearch
+    gives for date and long fields); bad records are counted under ops.records reasons."""
+    out: dict[tuple[int, str], list[str]] = {}
+    window_of = windows.index
+    mf = fmt.message_field
+    lo = hi = None
+    for h in hits:
+        sort = h.get("sort") or ()
+        t = sort[0] if sort else None
+        if type(t) is not int:
+            t = parse_time_ms(t) if t is not None else None
+            if t is None:
+                bad.add("bad_time", f"{where}/{h.get('_id')}")
+                continue
+        if lo is None or t < lo:
+            lo = t
+        if hi is None or t > hi:
+            hi = t
+        w = window_of(t)
+        if w < 0:
+            continue
+        src = h.get("_source") or {}
+        message = src.get(mf)
+        if message is None:
+            message = get_field(src, mf)
+        if not isinstance(message, str):
+            bad.add("no_message", f"{where}/{h.get('_id')}")
+            continue
+        batches = (h.get("matched_queries") or ()) if named_batches else (fmt.batch_of(src),)
+        if isinstance(batches, dict):  # include_named_queries_score: {name: score}
+            batches = tuple(batches)
+        for batch in batches:
+            if batch not in valid:
+                try:
+                    validate_batch_name(batch)
+                except InvalidName as exc:
+                    bad.add("bad_batch", f"{where}/{h.get('_id')}", str(exc))
+                    continue
+                valid.add(batch)
+            bucket = out.get((w, batch))
+            if bucket is None:
+                bucket = out[(w, batch)] = []
+            bucket.append(message)
+    if lo is not None:
+        seen.add(lo, hi)
+    return out
+
+
+# ---- the shard -------------------------------------------------------------------
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class OpenSearchShard:
+    """One PIT slice of an index for a set of windows. Picklable; runs in a worker."""
+
+    conn: Connection
+    index: str
+    fmt: RecordFormat
+    spec: QuerySpec = QuerySpec()
+    slice_id: int = 0
+    slices: int = 1
+    page_size: int = 5000
+    keep_alive: str = "5m"
+    tiebreaker: str = "_shard_doc"
+
+    @property
+    def path(self) -> str:  # how the data stage names a shard
+        return f"opensearch:{self.index}#slice-{self.slice_id}-of-{self.slices}"
+
+    @property
+    def file_id(self) -> None:
+        return None
+
+    def _where(self, windows: Windows) -> str:
+        span = f"[{_iso(windows.lo)}, {_iso(windows.hi)})" if len(windows) else "[]"
+        return f"index {self.index!r}, windows {span}, slice {self.slice_id + 1}/{self.slices}"
+
+    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
+        """Chunks {(window index, batch): [message, ...]}, one per page of hits."""
+        if not len(windows):
+            return
+        valid: set = set()
+        named = bool(self.spec.batch_queries)
+        where = f"{self.index}#{self.slice_id}"
+        for hits in self.pages(windows):
+            chunk = hits_to_chunk(hits, self.fmt, windows, bad, seen, where, named, valid)
+            if chunk:
+                yield chunk
+
+    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
+        """Like `read`, each chunk mapping (window index, batch) -> {raw message: count}
+        (the shape of `FileShard.read_counts`)."""
+        for chunk in self.read(windows, bad, seen):
+            yield {key: Counter(msgs) for key, msgs in chunk.items()}
+
+    def pages(self, windows: Windows, sleep=time.sleep) -> Iterator[list[dict]]:
+        """The slice's hits for `windows`, a page at a time, each hit exactly once."""
+        conn, where = self.conn, self._where(windows)
+        client = conn.client()
+        fields = [self.fmt.message_field, *([] if self.spec.batch_queries else self.fmt.batch_fields)]
+        sort = [{self.fmt.time_field: {"order": "asc"}}, {self.tiebreaker: {"order": "asc"}}]
+        state = {"pit": None, "shards": None}
+
+        def open_pit():
+            resp = call_with_retries(
+                conn,
+                lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
+                f"opening a PIT ({where})",
+                sleep,
+            )
+            total = (resp.get("_shards") or {}).get("total")
+            if state["shards"] is not None and total != state["shards"]:
+                raise OpenSearchReadError(
+                    f"reopening the PIT ({where}): it spans {total} shards, the expired one "
+                    f"{state['shards']}; slices would not line up, so the read stops"
+                )
+            state["pit"], state["shards"] = resp["pit_id"], total
+
+        try:
+            try:
+                open_pit()
+            except PitExpired as exc:  # a 404 here means no such index
+                raise OpenSearchReadError(conn.scrub(f"opening a PIT ({where}): {exc}")) from None
+            after = None
+            floor = None               # after a reopen: read from this time on
+            skip_time, skip_ids = None, set()
+            group_time, group_ids = None, set()
+            reopens = 0
+            while True:
+                body: dict[str, Any] = {
+                    "size": self.page_size,
+                    "query": self.spec.query(self.fmt.time_field, windows, floor),
+                    "sort": sort,
+                    "_source": {"includes": fields},
+                    "pit": {"id": state["pit"], "keep_alive": self.keep_alive},
+                    "track_total_hits": False,
+                }
+                if self.slices > 1:
+                    body["slice"] = {"id": self.slice_id, "max": self.slices}
+                if after is not None:
+                    body["search_after"] = after
+                try:
+                    resp = call_with_retries(conn, lambda: client.search(body=body), f"reading ({where})", sleep)
+                except PitExpired:
+                    reopens += 1
+                    if reopens > conn.retries + 1:
+                        raise OpenSearchReadError(f"reading ({where}): the PIT keeps expiring; "
+                                                  f"raise keep_alive (now {self.keep_alive})") from None
+                    open_pit()
+                    # tiebreaker values belong to the old PIT: go on from the last time
+                    # read, skipping the hits at that time that were already read
+                    after = None
+                    if group_time is not None:
+                        floor, skip_time, skip_ids = group_time, group_time, set(group_ids)
+                    continue
+                state["pit"] = resp.get("pit_id") or state["pit"]
+                reopens = 0  # only reopens without progress in between count
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return
+                after = hits[-1]["sort"]
+                fresh = []
+                for h in hits:
+                    t = h["sort"][0]
+                    if skip_ids and t == skip_time and h.get("_id") in skip_ids:
+                        continue
+                    if t != group_time:
+                        group_time, group_ids = t, set()
+                    group_ids.add(h.get("_id"))
+                    fresh.append(h)
+                if skip_ids and hits[-1]["sort"][0] != skip_time:
+                    skip_time, skip_ids = None, set()
+                if fresh:
+                    yield fresh
+        finally:
+            if state["pit"]:
+                try:
+                    client.delete_pit(body={"pit_id": [state["pit"]]})
+                except Exception:  # noqa: BLE001 - it expires by itself
+                    pass
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001
+                pass
