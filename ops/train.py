@@ -15,13 +15,46 @@ all rows of all input lines. What makes this fast leaves that objective alone:
 
 `dedup=False, pad_to_max=True, factored=False` is the plain baseline (Opni's way): every line
 repeated count times, every row its own padded-to-64 sequence, rows shuffled.
+
+Several GPUs (DistributedDataParallel)
+--------------------------------------
+`TrainConfig.world_size` > 1 (or "auto"/0, which means every visible GPU when training on CUDA
+and 1 on CPU; the default is 1) makes `train` hand the loop to `train_distributed`: it spawns
+`world_size` processes with torch.multiprocessing (start method spawn), one per GPU with the
+nccl backend, or CPU processes with gloo (what the tests use). MASTER_ADDR/MASTER_PORT come
+from the environment if set, else 127.0.0.1 and a free port. The run is the single-process
+run, spread out:
+
+* Every rank builds the same seeded batch plan (`plan_batches` depends on (seed, epoch) only)
+  and takes a disjoint, contiguous slice of each global batch (`shard`); `batch_size` stays
+  the global number of rows per optimiser step, so hyper-parameters mean the same on 1 or N GPUs.
+* Each rank's loss is its slice's weighted row-loss sum over the epoch's normaliser (the same
+  constant on all ranks, as in the single-process run) times world_size, so DDP's mean of
+  the ranks' gradients is exactly the gradient of the whole batch. A rank whose slice is
+  empty (a batch with fewer lines than ranks) runs one line with weight 0 so that DDP's
+  all-reduce still happens. The update therefore equals the single-process one up to
+  floating-point summation order (with dropout 0; dropout masks are drawn per rank, seeded by
+  (seed, epoch, rank) so a resumed run draws the same masks).
+* Epoch losses and throughput tallies are summed over ranks (one all-reduce per epoch, plus
+  one per `log_every` steps when there is a progress callback).
+* Rank 0 alone writes checkpoints (same format, model keys without DDP's "module." prefix;
+  the fingerprint leaves world_size out, so a run may resume on another number of GPUs) and
+  sends its progress reports through a multiprocessing queue to the calling process, which
+  passes them to `progress` there (the callback itself never crosses processes). At the end
+  rank 0 sends its weights back; they are loaded into `model` (the caller's object, on the
+  first device), so `TrainResult` looks as it does for one process; `train_s` includes the
+  spawning, and `extra` names world_size and backend.
+* Spawned workers re-import the caller's main module: a script that calls `train` with
+  world_size > 1 must guard its entry point with `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -48,6 +81,7 @@ class TrainConfig:
     factored: bool = True       # all rows of a line in one pass; False = one sequence per row
     compile: bool = False       # torch.compile the forward (worth trying on GPU only)
     log_every: int = 50         # steps between progress calls (plus one per epoch)
+    world_size: int | str = 1   # DDP processes; "auto" or 0: every visible GPU on CUDA (see module doc)
 
 
 @dataclass
@@ -194,7 +228,8 @@ def loss_on(model: NuLog, vocab: Vocab, lines_with_counts, cfg: TrainConfig | No
 def fingerprint(vocab: Vocab, model: NuLog, cfg: TrainConfig, data: Data) -> str:
     """Identifies a training run so a checkpoint is only resumed by the same run."""
     h = hashlib.sha256()
-    same_run = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "device", "log_every", "compile")}
+    not_the_run = ("epochs", "device", "log_every", "compile", "world_size")  # same updates either way
+    same_run = {k: v for k, v in asdict(cfg).items() if k not in not_the_run}
     h.update(json.dumps([vocab.itos, asdict(model.cfg), same_run], sort_keys=True).encode())
     for t in (data.ids, data.weight, *model.state_dict().values()):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -207,14 +242,37 @@ def save_checkpoint(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def resolve_world_size(cfg: TrainConfig, device: torch.device) -> int:
+    """Processes to train with: cfg.world_size, "auto"/0 meaning every visible GPU on CUDA (1 on CPU)."""
+    ws = cfg.world_size
+    if ws in ("auto", 0, "0"):
+        return max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
+    ws = int(ws)
+    if ws < 1:
+        raise ValueError(f"world_size must be >= 1, 0 or 'auto', got {cfg.world_size!r}")
+    if device.type == "cuda" and ws > torch.cuda.device_count():
+        raise ValueError(f"world_size {ws} > {torch.cuda.device_count()} visible GPUs")
+    return ws
+
+
+def _amp(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    use_amp = cfg.amp and device.type == "cuda"
+    return use_amp, torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+
 def train(train_lines, vocab: Vocab, cfg: TrainConfig | None = None, model: NuLog | None = None,
           progress: Callable[[dict], None] | None = None, checkpoint_path: str | None = None,
           model_config: NuLogConfig | None = None) -> TrainResult:
-    """Train (or fine-tune `model`, which must use `vocab`) on (masked_line, count) pairs."""
+    """Train (or fine-tune `model`, which must use `vocab`) on (masked_line, count) pairs.
+
+    With a world size above 1 (see `TrainConfig.world_size`) the work is spread over that many
+    DDP processes (`train_distributed`); the result is the same either way.
+    """
     t0 = time.perf_counter()  # encoding is part of training's cost
     cfg = cfg or TrainConfig()
     train_lines = list(train_lines)
     device = resolve_device(cfg.device)
+    ws = resolve_world_size(cfg, device)
     torch.manual_seed(cfg.seed)
     if model is None:
         model = NuLog(model_config or NuLogConfig(vocab_size=len(vocab)))
@@ -222,16 +280,52 @@ def train(train_lines, vocab: Vocab, cfg: TrainConfig | None = None, model: NuLo
         raise ValueError(f"model has {model.cfg.vocab_size} output tokens, vocabulary {len(vocab)}")
     data = encode(vocab, train_lines, model.cfg.max_len, cfg.dedup, cfg.spread)
     fp = fingerprint(vocab, model, cfg, data) if checkpoint_path else ""
-    model.to(device).train()
-    data = data.to(device)
+    row_weight_total = float((data.weight.double() * data.lengths).sum())
+    n_lines, n_rows = round(float(data.weight.double().sum())), round(row_weight_total)
 
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if ws > 1:
+        stats = train_distributed(model, data, cfg, device, ws, fp, checkpoint_path, progress, t0)
+    else:
+        model.to(device).train()
+        stats = _fit(model, data.to(device), cfg, device, fp, checkpoint_path, progress, t0)
+    train_s = time.perf_counter() - t0
+    model.eval()
+    use_amp, amp_dtype = _amp(cfg, device)
+    per_s = lambda x: x / train_s if train_s > 0 else 0.0
+    return TrainResult(model=model, losses=stats["losses"], rows_per_s=per_s(stats["rows_done"]),
+                       logs_per_s=per_s(stats["lines_done"]), computed_rows_per_s=per_s(stats["computed"]),
+                       train_s=train_s, steps=stats["steps"],
+                       epochs_run=max(0, cfg.epochs - stats["start_epoch"]), resumed_from=stats["start_epoch"],
+                       n_lines=n_lines, n_distinct=len({line for line, n in train_lines if n > 0}),
+                       n_rows=n_rows, device=str(device),
+                       extra={"amp": str(amp_dtype).removeprefix("torch.") if use_amp else "off",
+                              **({"world_size": ws, "backend": _backend(device)} if ws > 1 else {})})
+
+
+def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: str,
+         checkpoint_path: str | None, report: Callable[[dict], None] | None, t0: float,
+         rank: int = 0, world_size: int = 1, reporting: bool | None = None) -> dict:
+    """The training loop of one process: all of it (world_size 1) or rank `rank`'s shard of it.
+
+    `model` and `data` are on `device`. With world_size > 1 the process group is up; every rank
+    runs this with the same arguments but `rank`, and only rank 0 is given `report` and writes
+    checkpoints; `reporting` (the same on all ranks) says whether mid-epoch figures are gathered.
+    Returns the global losses and tallies.
+    """
+    ws = world_size
+    reporting = report is not None if reporting is None else reporting
     forward = None
+    if ws > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # DDP only syncs gradients for calls through its own forward, so the forward batch_loss
+        # needs (masked_rows or the plain forward) is wrapped as a module's forward.
+        forward = DDP(_Rows(model, cfg.factored), device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp, amp_dtype = _amp(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     if cfg.compile:
-        forward = torch.compile(model.masked_rows if cfg.factored else model, dynamic=True)
+        forward = torch.compile(forward or (model.masked_rows if cfg.factored else model), dynamic=True)
 
     losses: list[float] = []
     start_epoch = 0
@@ -242,39 +336,51 @@ def train(train_lines, vocab: Vocab, cfg: TrainConfig | None = None, model: NuLo
             opt.load_state_dict(ck["optimizer"])
             scaler.load_state_dict(ck["scaler"])
             torch.set_rng_state(ck["rng"].cpu())
-            if device.type == "cuda" and "cuda_rng" in ck:
+            if device.type == "cuda" and "cuda_rng" in ck and ws == 1:
                 torch.cuda.set_rng_state(ck["cuda_rng"].cpu())
             losses, start_epoch = list(ck["losses"]), int(ck["epoch"])
 
     row_weight_total = float((data.weight.double() * data.lengths).sum())
-    n_lines, n_rows = round(float(data.weight.double().sum())), round(row_weight_total)
     steps = computed = 0
     lines_done = rows_done = 0.0
+    glob = [0.0] * 5  # global ep_loss, ep_w, lines_done, rows_done, computed at the last reduction
     for epoch in range(start_epoch, cfg.epochs):
+        if ws > 1:  # dropout streams per (seed, epoch, rank): a resumed run draws the same masks
+            torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + rank + 1)
         batches = plan_batches(data, cfg, epoch)
         norm = row_weight_total / max(1, len(batches))
         ep_loss = ep_w = 0.0
         for i, (line, pos) in enumerate(batches):
             line, pos = line.to(device), None if pos is None else pos.to(device)
+            real = True
+            if ws > 1:
+                line, pos, real = shard(line, pos, rank, ws)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 ce, w, share = batch_loss(model, data, line, pos, cfg.pad_to_max, forward)
-            loss = (ce * w).sum() / norm
+            if ws == 1:
+                loss = (ce * w).sum() / norm
+            else:  # this shard's part of the global batch's loss; x ws undoes DDP's mean over ranks
+                loss = (ce * w).sum() * (ws / norm if real else 0.0)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             steps += 1
-            computed += len(ce)
-            ep_loss += float((ce.detach() * w).sum())
-            ep_w += float(w.sum())
-            lines_done += float((w * share).sum())
-            rows_done += float(w.sum())
-            if progress and (i + 1) % cfg.log_every == 0 and i + 1 < len(batches):
-                progress(_report(epoch, ep_loss / ep_w, lines_done, rows_done, t0, i + 1, len(batches)))
-        losses.append(ep_loss / ep_w if ep_w else float("nan"))
-        if progress:
-            progress(_report(epoch, losses[-1], lines_done, rows_done, t0, len(batches), len(batches)))
-        if checkpoint_path:
+            if real:
+                computed += len(ce)
+                ep_loss += float((ce.detach() * w).sum())
+                ep_w += float(w.sum())
+                lines_done += float((w * share).sum())
+                rows_done += float(w.sum())
+            if reporting and (i + 1) % cfg.log_every == 0 and i + 1 < len(batches):
+                glob = _all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
+                if report:
+                    report(_report(epoch, glob[0] / glob[1], glob[2], glob[3], t0, i + 1, len(batches)))
+        glob = _all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
+        losses.append(glob[0] / glob[1] if glob[1] else float("nan"))
+        if report:
+            report(_report(epoch, losses[-1], glob[2], glob[3], t0, len(batches), len(batches)))
+        if checkpoint_path and rank == 0:
             save_checkpoint(checkpoint_path, {
                 "fingerprint": fp, "epoch": epoch + 1, "losses": losses,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
@@ -283,15 +389,137 @@ def train(train_lines, vocab: Vocab, cfg: TrainConfig | None = None, model: NuLo
             })
     if device.type == "cuda":
         torch.cuda.synchronize()
-    train_s = time.perf_counter() - t0
-    model.eval()
-    per_s = lambda x: x / train_s if train_s > 0 else 0.0
-    return TrainResult(model=model, losses=losses, rows_per_s=per_s(rows_done), logs_per_s=per_s(lines_done),
-                       computed_rows_per_s=per_s(computed), train_s=train_s, steps=steps,
-                       epochs_run=max(0, cfg.epochs - start_epoch), resumed_from=start_epoch,
-                       n_lines=n_lines, n_distinct=len({line for line, n in train_lines if n > 0}),
-                       n_rows=n_rows, device=str(device),
-                       extra={"amp": str(amp_dtype).removeprefix("torch.") if use_amp else "off"})
+    return dict(losses=losses, steps=steps, start_epoch=start_epoch,
+                lines_done=glob[2], rows_done=glob[3], computed=int(glob[4]))
+
+
+class _Rows(torch.nn.Module):
+    """NuLog's forward for training batches (all rows of lines, or single masked rows) as a module
+    forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: NuLog, factored: bool):
+        super().__init__()
+        self.model, self.factored = model, factored
+
+    def forward(self, ids: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.masked_rows(ids, pad_mask) if self.factored else self.model(ids, pad_mask)
+
+
+def shard(line: torch.Tensor, pos: torch.Tensor | None, rank: int, world_size: int
+          ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """Rank `rank`'s share of a global batch: a contiguous, near-equal slice of its lines (rows
+    when not factored); the slices of all ranks partition the batch. A rank whose slice is empty
+    gets the batch's first entry and `real` False: it must still run forward and backward (DDP's
+    all-reduce needs every rank) but with a zero loss weight."""
+    idx = torch.arange(len(line), device=line.device).tensor_split(world_size)[rank]
+    real = len(idx) > 0
+    if not real:
+        idx = torch.zeros(1, dtype=torch.long, device=line.device)
+    return line[idx], None if pos is None else pos[idx], real
+
+
+def _all_sum(values: list[float], world_size: int, device: torch.device) -> list[float]:
+    if world_size == 1:
+        return list(values)
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_distributed(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, world_size: int,
+                      fp: str, checkpoint_path: str | None, progress: Callable[[dict], None] | None,
+                      t0: float) -> dict:
+    """Run `_fit` on `world_size` spawned DDP processes (one per GPU on CUDA, nccl; gloo on CPU)
+    and load rank 0's final weights into `model` (moved to `device`). Rank 0's progress reports
+    come back through a queue and are passed to `progress` here, in the calling process.
+
+    MASTER_ADDR / MASTER_PORT are taken from the environment when set, else 127.0.0.1 and a free
+    port. Returns `_fit`'s global figures.
+    """
+    import queue as queue_mod
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = int(os.environ.get("MASTER_PORT") or _free_port())
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    wall0 = time.time() - (time.perf_counter() - t0)  # t0 on the wall clock, for the workers' rates
+    procs = mp.start_processes(
+        _worker, args=(world_size, addr, port, state, model.cfg, data.to("cpu"), cfg, fp, checkpoint_path,
+                       progress is not None, wall0, q),
+        nprocs=world_size, join=False, start_method="spawn")
+    result = None
+    try:
+        while result is None:
+            try:
+                kind, *msg = q.get(timeout=0.2)
+            except queue_mod.Empty:
+                if procs.join(timeout=0):  # all exited (a failed one raises here)
+                    try:
+                        kind, *msg = q.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        raise RuntimeError("distributed training ended without a result") from None
+                else:
+                    continue
+            if kind == "progress":
+                if progress:
+                    progress(msg[0])
+            else:
+                result = msg
+        while not procs.join():
+            pass
+    finally:
+        for p in procs.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    weights, stats = result
+    model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    model.to(device).train()
+    return stats
+
+
+def _worker(rank: int, world_size: int, addr: str, port: int, state: dict, model_cfg: NuLogConfig,
+            data: Data, cfg: TrainConfig, fp: str, checkpoint_path: str | None, reporting: bool,
+            wall0: float, q) -> None:
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    else:  # share the cores instead of every rank using all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    dist.init_process_group(_backend(device), rank=rank, world_size=world_size)
+    try:
+        model = NuLog(model_cfg)
+        model.load_state_dict(state)
+        model.to(device).train()
+        t0 = time.perf_counter() - (time.time() - wall0)
+        report = (lambda p: q.put(("progress", p))) if rank == 0 and reporting else None
+        stats = _fit(model, data.to(device), cfg, device, fp, checkpoint_path, report, t0,
+                     rank=rank, world_size=world_size, reporting=reporting)
+        if rank == 0:
+            buf = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+            q.put(("result", buf.getvalue(), stats))
+    finally:
+        dist.destroy_process_group()
 
 
 def _report(epoch, loss, lines_done, rows_done, t0, step, steps) -> dict:
