@@ -20,11 +20,16 @@ from ops.vocab import PAD, UNK, Vocab
 
 
 @torch.no_grad()
-def _hits(model: NuLog, vocab: Vocab, masked_lines: list[str], top_k: int,
-          batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat hits (line by line, token by token) and the number of tokens of each line."""
+def _ranks(model: NuLog, vocab: Vocab, masked_lines: list[str],
+           batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ranks (line by line, token by token) and the number of tokens of each line.
+
+    A token's rank is the number of vocabulary entries whose logit beats the true token's at its
+    masked position (0: the model's first choice); unknown (OOV) tokens get len(vocab), a miss
+    for every k.
+    """
     ids, lengths = encode_ids(vocab, masked_lines, model.cfg.max_len)
-    out = torch.zeros(int(lengths.sum()), dtype=torch.bool)
+    out = torch.zeros(int(lengths.sum()), dtype=torch.int32)
     if len(out) == 0:
         return out.numpy(), lengths.numpy()
     device = next(model.parameters()).device
@@ -42,12 +47,27 @@ def _hits(model: NuLog, vocab: Vocab, masked_lines: list[str], top_k: int,
         target = batch[:, 1:][~pad[:, 1:]]
         logits = model.masked_rows(batch, pad).float()
         beaten_by = (logits > logits.gather(1, target[:, None])).sum(1)
-        hit = (beaten_by < top_k) & (target != UNK)
+        rank = torch.where(target == UNK, torch.full_like(beaten_by, len(vocab)), beaten_by)
         # rows of line idx[j] go to out[offsets[idx[j]] : offsets[idx[j]] + n[j]]
         within = torch.arange(int(n.sum())) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-        out[torch.repeat_interleave(offsets[idx], n) + within] = hit.cpu()
+        out[torch.repeat_interleave(offsets[idx], n) + within] = rank.to(torch.int32).cpu()
     model.train(was_training)
     return out.numpy(), lengths.numpy()
+
+
+def _hits(model: NuLog, vocab: Vocab, masked_lines: list[str], top_k: int,
+          batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat hits (line by line, token by token) and the number of tokens of each line."""
+    ranks, lengths = _ranks(model, vocab, masked_lines, batch_size)
+    return ranks < top_k, lengths
+
+
+def token_ranks(model: NuLog, vocab: Vocab, masked_lines: list[str], batch_size: int = 4096) -> list[list[int]]:
+    """Per line, per token (up to max_len-1 tokens): how many tokens the model ranks above the
+    true one at its masked position (0 = first choice; len(vocab) for an unknown token). A token
+    is a top-k hit exactly when its rank is < k."""
+    ranks, lengths = _ranks(model, vocab, masked_lines, batch_size)
+    return [r.tolist() for r in np.split(ranks, np.cumsum(lengths)[:-1])] if len(lengths) else []
 
 
 def topk_hits(model: NuLog, vocab: Vocab, masked_lines: list[str], top_k: int = 50,

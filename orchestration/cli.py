@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from dataclasses import asdict
 
@@ -76,6 +77,110 @@ def _table(rows) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+# -- scoring and templates with a registered model ------------------------------------------------
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line on stderr, exit status 1."""
+
+
+def _load_registered_artifact(batch: str, version):
+    from ops.artifact import read_artifact
+    from orchestration.resources import build_resources
+
+    resources = build_resources()
+    record = resources["store"].get_model(batch, version)
+    if record is None:
+        what = f"version {version} of batch {batch!r}" if version else f"batch {batch!r}"
+        raise CliError(f"no model registered for {what}")
+    try:
+        with resources["artifacts"].reading(record.artifact) as path:
+            return read_artifact(path), record
+    except FileNotFoundError as e:
+        raise CliError(f"model v{record.version} of batch {batch!r}: {e}") from None
+
+
+def _read_lines(source: str) -> list[tuple[int, str]]:
+    """(1-based line number, line) for every non-blank line of FILE, or of stdin for '-'."""
+    try:
+        if source == "-":
+            text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+        else:
+            with open(source, "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise CliError(f"cannot read {source}: {e.strerror or e}") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise CliError(f"no log lines in {'standard input' if source == '-' else source}")
+    return lines
+
+
+def _run_user_command(fn, args) -> int:
+    from ops.artifact import ArtifactError
+
+    try:
+        return fn(args)
+    except (CliError, ArtifactError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `logloop score ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+
+
+def cmd_score(args) -> int:
+    def run(args) -> int:
+        from ops.scoring import Scorer
+
+        lines = _read_lines(args.file)
+        artifact, record = _load_registered_artifact(args.batch, args.version)
+        scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold)
+        scored = scorer.score([line for _, line in lines])
+        out = sys.stdout
+        for (n, _), s in zip(lines, scored):
+            if args.json:
+                out.write(json.dumps({"line": n, "score": round(s.score, 6), "anomaly": s.anomaly,
+                                      "masked": s.masked}) + "\n")
+            else:
+                out.write(f"{s.score:.3f}\t{'ANOMALY' if s.anomaly else 'normal'}\t{s.masked}\n")
+        if not args.json:
+            flagged = sum(s.anomaly for s in scored)
+            print(f"{flagged} of {len(scored)} lines flagged (model v{record.version} of batch {args.batch!r}, "
+                  f"top-{scorer.top_k}, threshold {scorer.threshold})", file=sys.stderr)
+        return 0
+
+    return _run_user_command(run, args)
+
+
+def cmd_templates(args) -> int:
+    def run(args) -> int:
+        from ops.templates import templates
+
+        lines = _read_lines(args.file)
+        artifact, _ = _load_registered_artifact(args.batch, args.version)
+        counts = templates(artifact, [line for _, line in lines], top_k=args.top_k)
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        if args.json:
+            print(json.dumps([{"template": t, "count": c} for t, c in ordered], indent=2))
+        else:
+            for t, c in ordered:
+                print(f"{c:7d}  {t}")
+        return 0
+
+    return _run_user_command(run, args)
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("--batch", required=True, help="the batch whose registered model is used")
+    p.add_argument("--version", type=int, help="model version (default: the batch's latest registered model)")
+    p.add_argument("--top-k", type=int, dest="top_k",
+                   help="k of NuLog's top-k rule (default: the model's own, else 50)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=TASK_STATES, help="only tasks in this state")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.set_defaults(func=cmd_tasks_list)
+
+    p = sub.add_parser(
+        "score", help="score log lines with a registered model",
+        description="Score each non-blank line of FILE (or stdin for '-') with NuLog: the share of its "
+                    "tokens the model predicts within top k. Text output: one line per input line, "
+                    "'SCORE<TAB>normal|ANOMALY<TAB>MASKED LINE', and a summary on stderr. With --json: "
+                    "JSON Lines, one object per input line: {\"line\": N (1-based line number in the input), "
+                    "\"score\": float, \"anomaly\": bool, \"masked\": str}.")
+    _add_model_args(p)
+    p.add_argument("--threshold", type=float, help="a line scoring below this is an anomaly (default: the model's, else 0.7)")
+    p.add_argument("--json", action="store_true", help="print JSON Lines (one object per scored line)")
+    p.add_argument("file", metavar="FILE", help="log file, one message per line; '-' reads standard input")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "templates", help="NuLog's templates of a log file with a registered model",
+        description="Parse the non-blank lines of FILE (or stdin for '-') into templates (variables are "
+                    "<*>) with the model's top-k rule, and print each distinct template with its line "
+                    "count, most frequent first. With --json: a JSON list of {\"template\", \"count\"} objects.")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    p.add_argument("file", metavar="FILE", help="log file, one message per line; '-' reads standard input")
+    p.set_defaults(func=cmd_templates)
     return parser
 
 

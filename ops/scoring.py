@@ -1,0 +1,131 @@
+"""Score raw log lines with a model artifact: NuLog's anomaly score, with a cache.
+
+`Scorer(artifact)` masks lines with the artifact's own masking rules, encodes them with its own
+vocabulary and scores each line as NuLog does: the share of its tokens whose true value the model
+ranks within its top k when that token is masked (ops/evaluate.py; unknown tokens miss). A line
+scoring below the threshold is an anomaly.
+
+Logs repeat heavily once masked, so the work is done once per DISTINCT masked line: a bounded LRU
+cache maps masked line -> score across calls, and the distinct lines a call has not seen before
+go through the model together, batched by length (`NuLog.masked_rows`, all positions of a line
+in one pass). The defaults for k and the threshold come from the artifact's metrics (the values
+its quality gate used), else Opni's 50 and 0.7.
+
+Models are read with ops.artifact only (safetensors + json, never pickle); a missing or corrupt
+artifact raises ops.artifact.ArtifactError naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable
+
+from ops.artifact import Artifact, ArtifactError, read_artifact
+from ops.masking import Masker
+
+DEFAULT_TOP_K = 50
+DEFAULT_THRESHOLD = 0.7
+
+
+@dataclass(frozen=True)
+class ScoredLine:
+    score: float     # share of the line's tokens predicted within top k (1.0 for a line without tokens)
+    anomaly: bool    # score < threshold
+    masked: str      # the masked form the score belongs to (the line's event key)
+
+
+def _metric(artifact: Artifact, key: str):
+    value = (artifact.metrics or {}).get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class Scorer:
+    def __init__(self, artifact: Artifact, top_k: int | None = None, threshold: float | None = None,
+                 cache_size: int = 100_000, batch_size: int = 4096):
+        if not isinstance(artifact, Artifact):
+            raise TypeError(f"Scorer needs an ops.artifact.Artifact, got {type(artifact).__name__}")
+        where = artifact.meta.get("path", "in memory") if isinstance(artifact.meta, dict) else "in memory"
+        n_out = artifact.model.cfg.vocab_size
+        if len(artifact.vocab) != n_out or artifact.model.tok.num_embeddings != n_out:
+            raise ValueError(f"vocabulary mismatch ({where}): the vocabulary has {len(artifact.vocab)} tokens, "
+                             f"the model {artifact.model.tok.num_embeddings} embeddings and {n_out} outputs")
+        try:
+            self.masker = Masker(artifact.masking_rules)
+        except (ValueError, AttributeError, TypeError) as e:
+            raise ValueError(f"the artifact's masking rules are unusable ({where}): {e}") from None
+        self.artifact = artifact
+        self.top_k = int(top_k if top_k is not None else (_metric(artifact, "top_k") or DEFAULT_TOP_K))
+        self.threshold = float(threshold if threshold is not None
+                               else (_metric(artifact, "threshold") or DEFAULT_THRESHOLD))
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.cache_size, self.batch_size = int(cache_size), int(batch_size)
+        self._cache: OrderedDict[str, float] = OrderedDict()
+        self.hits = self.misses = 0  # cache statistics, per distinct masked line of each call
+
+    @classmethod
+    def from_path(cls, path, **kwargs) -> "Scorer":
+        """Read an artifact .zip (ArtifactError with the path when missing or corrupt)."""
+        return cls(read_artifact(os.fspath(path)), **kwargs)
+
+    def score_masked(self, masked_lines: list[str]) -> list[float]:
+        """Scores of already-masked lines, through the cache."""
+        from ops.evaluate import score_lines
+
+        distinct = list(dict.fromkeys(masked_lines))
+        cache = self._cache
+        found: dict[str, float] = {}
+        todo = []
+        for m in distinct:
+            s = cache.get(m)
+            if s is None:
+                todo.append(m)
+            else:
+                found[m] = s
+                cache.move_to_end(m)
+        self.hits += len(found)
+        self.misses += len(todo)
+        if todo:
+            fresh = score_lines(self.artifact.model, self.artifact.vocab, todo, self.top_k, self.batch_size)
+            for m, s in zip(todo, fresh):
+                found[m] = s
+                if self.cache_size:
+                    cache[m] = s
+            while len(cache) > self.cache_size:
+                cache.popitem(last=False)
+        return [found[m] for m in masked_lines]
+
+    def score(self, lines: Iterable[str]) -> list[ScoredLine]:
+        """One ScoredLine per input line, in order. ValueError on empty input."""
+        if isinstance(lines, (str, bytes)):
+            raise TypeError("score() takes an iterable of lines, not a single string")
+        lines = list(lines)
+        if not lines:
+            raise ValueError("no log lines to score (empty input)")
+        mask = self.masker.mask
+        masked_by_raw: dict[str, str] = {}
+        masked = []
+        for line in lines:
+            m = masked_by_raw.get(line)
+            if m is None:
+                m = masked_by_raw[line] = mask(line)
+            masked.append(m)
+        scores = self.score_masked(masked)
+        th = self.threshold
+        return [ScoredLine(s, s < th, m) for s, m in zip(scores, masked)]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @property
+    def cache_len(self) -> int:
+        return len(self._cache)
+
+
+__all__ = ["ArtifactError", "ScoredLine", "Scorer", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]

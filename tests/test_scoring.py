@@ -1,0 +1,215 @@
+"""ops.scoring.Scorer, ops.templates and the `logloop score` / `logloop templates` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from ops.artifact import Artifact, ArtifactError, read_artifact, write_artifact
+from ops.evaluate import score_lines
+from ops.masking import Masker
+from ops.model import NuLog, NuLogConfig
+from ops.scoring import Scorer
+from ops.templates import VARIABLE, collapse, generalize, templates, token_template
+from ops.train import TrainConfig, train
+from ops.vocab import Vocab
+from resources.artifacts import LocalArtifactStorage
+from resources.store import ModelRecord, SQLiteStore
+
+LINES = (
+    ["connection from 10.0.0.%d port %d accepted" % (i % 7, 4000 + i) for i in range(60)]
+    + ["user alice logged in after %d ms" % i for i in range(30)]
+    + ["user bob logged in after %d ms" % i for i in range(25)]
+    + ["disk /dev/sda%d is %d%% full" % (i % 3, 50 + i) for i in range(20)]
+)
+
+
+@pytest.fixture(scope="module")
+def artifact() -> Artifact:
+    masker = Masker()
+    counts = Counter(masker.mask(line) for line in LINES)
+    vocab = Vocab.build(counts.items())
+    torch.manual_seed(0)
+    result = train(counts.items(), vocab, TrainConfig(epochs=8, seed=0, device="cpu"),
+                   model_config=NuLogConfig(vocab_size=len(vocab), d_model=64, n_heads=4, d_ff=64, max_len=32))
+    return Artifact(result.model, vocab, masker.rules, {}, {"top_k": 5, "threshold": 0.7}, {})
+
+
+def test_scores_match_uncached_evaluation_and_cache_is_reused(artifact):
+    scorer = Scorer(artifact)
+    assert (scorer.top_k, scorer.threshold) == (5, 0.7)  # from the artifact's metrics
+    probe = LINES + ["totally new words never seen", "user carol logged in after 3 ms"]
+    first = scorer.score(probe)
+    masked = [Masker(artifact.masking_rules).mask(line) for line in probe]
+    expected = score_lines(artifact.model, artifact.vocab, masked, top_k=5)
+    assert [s.masked for s in first] == masked
+    assert [s.score for s in first] == pytest.approx(expected)
+    assert [s.anomaly for s in first] == [e < 0.7 for e in expected]
+    distinct = len(set(masked))
+    assert scorer.misses == distinct and scorer.hits == 0 and scorer.cache_len == distinct
+    again = scorer.score(reversed(probe))
+    assert [s.score for s in again] == [s.score for s in reversed(first)]
+    assert scorer.misses == distinct and scorer.hits == distinct  # nothing recomputed
+    assert scorer.score(["totally new words never seen"])[0].anomaly  # unknown words miss
+
+
+def test_bounded_cache_evicts_least_recently_used(artifact):
+    scorer = Scorer(artifact, cache_size=2)
+    uncached = Scorer(artifact, cache_size=0)
+    lines = ["user alice logged in after 1 ms", "connection from 1.2.3.4 port 5 accepted", "disk /x is 5% full"]
+    for line in lines * 2:
+        assert scorer.score([line]) == uncached.score([line])
+    assert scorer.cache_len == 2 and uncached.cache_len == 0
+    assert scorer.misses == 6  # cycling 3 lines through 2 slots always misses
+
+
+def test_overrides_and_bad_inputs(artifact):
+    strict = Scorer(artifact, threshold=1.0)
+    assert strict.threshold == 1.0
+    with pytest.raises(ValueError, match="empty input"):
+        Scorer(artifact).score([])
+    with pytest.raises(TypeError, match="not a single string"):
+        Scorer(artifact).score("one line")
+    with pytest.raises(ValueError, match="top_k"):
+        Scorer(artifact, top_k=0)
+    with pytest.raises(ValueError, match="threshold"):
+        Scorer(artifact, threshold=1.5)
+    with pytest.raises(TypeError, match="Artifact"):
+        Scorer(artifact.model)
+
+
+def test_vocabulary_mismatch_is_refused(artifact):
+    bigger = Vocab(artifact.vocab.itos + ["extra-token"])
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        Scorer(Artifact(artifact.model, bigger, artifact.masking_rules, {}, {}, {}))
+
+
+def test_missing_and_corrupt_artifacts_name_the_path(artifact, tmp_path):
+    with pytest.raises(ArtifactError, match="nope.zip: file not found"):
+        Scorer.from_path(tmp_path / "nope.zip")
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError, match="bad.zip"):
+        Scorer.from_path(bad)
+    good = tmp_path / "good.zip"
+    write_artifact(good, artifact.model, artifact.vocab, artifact.masking_rules, metrics=artifact.metrics)
+    line = "user alice logged in after 1 ms"
+    assert Scorer.from_path(good).score([line]) == Scorer(artifact).score([line])
+
+
+def test_template_rules():
+    assert token_template(["user", "<num>", "v2", "bob", "in"], [0, 0, 0, 7, 1], 5) == \
+        ["user", VARIABLE, VARIABLE, VARIABLE, "in"]
+    assert token_template(["a", "b"], [0], 5) == ["a", VARIABLE]  # past max_len: no rank
+    assert collapse(["for", VARIABLE, ".", VARIABLE, "-", VARIABLE, "port", VARIABLE, "]"]) == \
+        ["for", VARIABLE, "port", VARIABLE, "]"]
+    assert collapse([VARIABLE, VARIABLE, "x", VARIABLE]) == [VARIABLE, "x", VARIABLE]
+    mapping = generalize(Counter({"user root from <*>": 5, "user <*> from <*>": 2, "user root to <*>": 1}))
+    assert mapping == {"user root from <*>": "user <*> from <*>", "user <*> from <*>": "user <*> from <*>",
+                       "user root to <*>": "user root to <*>"}
+
+
+def test_templates_group_lines(artifact):
+    # k = the whole vocabulary: every known token is a hit, so only placeholders become <*>
+    counts = templates(artifact, LINES, top_k=len(artifact.vocab))
+    assert counts == Counter({"connection from <*> port <*> accepted": 60, "user alice logged in after <*> ms": 30,
+                              "user bob logged in after <*> ms": 25, "disk <*> is <*> % full": 20})
+    assert sum(templates(artifact, LINES).values()) == len(LINES)  # the model's own k
+
+
+# -- the CLI, end to end -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, artifact):
+    monkeypatch.setenv("LOGLOOP_HOME", str(tmp_path))
+    storage = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
+    store = SQLiteStore(path=str(tmp_path / "store.sqlite"))
+    for version in (1, 2):
+        key = f"models/team/nulog-{version}.zip"
+        with storage.writing(key) as tmp:
+            write_artifact(tmp, artifact.model, artifact.vocab, artifact.masking_rules,
+                           metrics={**artifact.metrics, "threshold": 0.7 if version == 2 else 1.0})
+        store.register_model(ModelRecord(batch="team", version=version, run_id=f"run-{version}", artifact=key,
+                                         artifact_uri=storage.uri(key), metrics={}, mode="scratch"))
+    logs = tmp_path / "logs.txt"
+    logs.write_text("\n".join(LINES[:3] + ["", "totally new words never seen"]) + "\n")
+    return tmp_path
+
+
+def logloop(*args, stdin=None, env=None):
+    exe = Path(sys.executable).with_name("logloop")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, input=stdin,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_cli_score_json_lines_and_text(home, artifact):
+    out = logloop("score", "--batch", "team", "--json", str(home / "logs.txt"))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3, 5]  # blank line 4 skipped, numbers kept
+    expected = Scorer(artifact, threshold=0.7).score(LINES[:3] + ["totally new words never seen"])
+    assert [r["score"] for r in rows] == pytest.approx([s.score for s in expected], abs=1e-6)
+    assert [r["anomaly"] for r in rows] == [s.anomaly for s in expected] and rows[-1]["anomaly"]
+    assert [r["masked"] for r in rows] == [s.masked for s in expected]
+
+    code, stdout, stderr = run_main(["score", "--batch", "team", "--version", "1", "-"], stdin=LINES[0] + "\n")
+    assert code == 0, stderr
+    score, verdict, masked = stdout.rstrip("\n").split("\t")
+    assert verdict in ("normal", "ANOMALY") and masked == expected[0].masked
+    assert "model v1" in stderr and "threshold 1.0" in stderr  # v1's own threshold
+
+
+def test_cli_templates(home):
+    out = logloop("templates", "--batch", "team", "--top-k", "1000", "--json", str(home / "logs.txt"))
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert sum(r["count"] for r in rows) == 4
+    assert {"template": "connection from <*> port <*> accepted", "count": 3} in rows
+    code, stdout, _ = run_main(["templates", "--batch", "team", "--top-k", "1000", str(home / "logs.txt")])
+    assert code == 0 and stdout.split("\n")[0].split(None, 1) == ["3", "connection from <*> port <*> accepted"]
+
+
+def run_main(argv, stdin="", monkeypatch=None):
+    """The CLI in-process (cheaper than a subprocess): (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from orchestration.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        sys.stdin = old_stdin
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_errors_are_one_line(home):
+    cases = [
+        (("score", "--batch", "nobody", str(home / "logs.txt")), "no model registered for batch 'nobody'"),
+        (("score", "--batch", "team", "--version", "7", str(home / "logs.txt")), "no model registered for version 7"),
+        (("score", "--batch", "team", str(home / "missing.txt")), "cannot read"),
+        (("templates", "--batch", "team", "-"), "no log lines in standard input"),
+    ]
+    for args, message in cases:
+        code, _, err = run_main(list(args))
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    (home / "artifacts" / "models" / "team" / "nulog-2.zip").write_bytes(b"garbage")
+    code, _, err = run_main(["score", "--batch", "team", str(home / "logs.txt")])
+    assert code == 1 and "nulog-2.zip" in err and "not a zip file" in err and len(err.strip().splitlines()) == 1
+    os.unlink(home / "artifacts" / "models" / "team" / "nulog-2.zip")
+    code, _, err = run_main(["score", "--batch", "team", str(home / "logs.txt")])
+    assert code == 1 and "not found" in err
+    out = logloop("score", "--batch", "nobody", "-", stdin="x\n")  # as users run it: no traceback
+    assert out.returncode == 1 and out.stderr.strip() == "error: no model registered for batch 'nobody'"
