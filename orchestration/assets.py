@@ -297,6 +297,7 @@ class TrainAssetConfig(Config):
     device: str = Field(default="auto", pattern="^(auto|cpu|cuda)$")
     amp: bool = Field(default=True, description="Mixed precision on GPU.")
     max_len: int = Field(default=64, ge=4, le=512)
+    world_size: int = Field(default=0, ge=0, description="Processes for DistributedDataParallel: 0 = every visible GPU (1 on CPU).")
 
 
 @asset(
@@ -335,7 +336,7 @@ def nulog_model(
         vocab = Vocab.build(train_lines)
     cfg = TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
-        seed=config.seed, device=config.device, amp=config.amp,
+        seed=config.seed, device=config.device, amp=config.amp, world_size=config.world_size,
     )
     model_cfg = start_model.cfg if start_model is not None else NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
     checkpoint_key = f"checkpoints/{batch_key(batch)}/{upstream['run_id']}.pt"

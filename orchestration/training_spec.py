@@ -54,6 +54,7 @@ HYPERPARAMETERS = {
     "device": ("nulog_model", "device"),
     "amp": ("nulog_model", "amp"),
     "max_len": ("nulog_model", "max_len"),
+    "world_size": ("nulog_model", "world_size"),
     "top_k": ("nulog_model_nulog_model_quality", "top_k"),
     "threshold": ("nulog_model_nulog_model_quality", "threshold"),
     "min_top_k_accuracy": ("nulog_model_nulog_model_quality", "min_top_k_accuracy"),

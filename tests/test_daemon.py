@@ -106,7 +106,7 @@ def test_sensor_trains_then_fine_tunes_and_the_reaper_unblocks_a_hung_batch(loop
 
     # 1. first logs -> scheduled ingest -> scratch run -> v1
     write_logs(logs, "first.jsonl", 400, minute_ms(), seed=1)
-    v1 = wait_for("version 1", lambda: store.get_model(BATCH, 1), 240, daemon_log)
+    v1 = wait_for("version 1", lambda: store.get_model(BATCH, 1), 420, daemon_log)
     assert v1.mode == "scratch" and v1.parent_version is None
     [t1] = [t for t in store.list_tasks(batch=BATCH) if t.state == "succeeded"]
     assert t1.mode == "scratch" and t1.run_id
@@ -118,7 +118,7 @@ def test_sensor_trains_then_fine_tunes_and_the_reaper_unblocks_a_hung_batch(loop
     dead = wait_for("the reaper to mark the hung task dead",
                     lambda: store.get_task("hung-task").state == "dead", 180, daemon_log)
     assert dead
-    v2 = wait_for("version 2", lambda: store.get_model(BATCH, 2), 240, daemon_log)
+    v2 = wait_for("version 2", lambda: store.get_model(BATCH, 2), 420, daemon_log)
     assert v2.mode == "finetune" and v2.parent_version == 1
     assert v2.window_end_ms > v1.window_end_ms
     states = {t.task_id: t.state for t in store.list_tasks(batch=BATCH)}

@@ -1,0 +1,192 @@
+"""The Dagster UI and webserver for real: `dagster dev` on loopback, headless Chromium, GraphQL.
+
+- a browser opens the asset graph, launches one batch's training from the launchpad with a
+  ModelTraining spec's run config, waits for success, and finds the loss curve on the run page;
+- `logloop train create --wait` launches a training through the webserver's GraphQL API.
+
+Chromium and its driver come from Debian (installed here when missing); selenium is a test extra.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ops import demo_logs
+from orchestration.training_spec import parse_spec, run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BATCH = "demo/shop/checkout"
+START = int(dt.datetime(2026, 11, 2, 8, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def ensure_chromium() -> tuple[str, str]:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(install, capture_output=True, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        done = subprocess.run(install, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            pytest.fail(f"could not install Debian's chromium and chromium-driver: {done.stderr[-2000:]}")
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("ui") / "home"
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(ROOT / "deploy" / "dagster.local.yaml", dagster_home / "dagster.yaml")
+    demo_logs.generate(home / "logs", start_ms=START, hours=1, lines_per_hour=6000, seed=4)
+    env = {**os.environ, "LOGLOOP_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "PYTHONWARNINGS": "ignore"}
+    key = dt.datetime.fromtimestamp(START / 1000, dt.timezone.utc).strftime("%Y-%m-%d-%H:%M")
+    subprocess.run([str(BIN / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
+                    "--select", "partition_summaries", "--partition", key], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    port = free_port()
+    log_path = home / "dev.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([str(BIN / "dagster"), "dev", "-m", "orchestration.definitions", "-h", "127.0.0.1",
+                             "-p", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/server_info", timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"dagster dev did not come up: {log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(2)
+    try:
+        yield {"url": url, "env": {**env, "LOGLOOP_DAGSTER_URL": url}, "home": home, "log": log_path}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def spec_doc(spec_id: str, epochs: int = 3) -> dict:
+    return {"kind": "ModelTraining", "id": spec_id, "spec": {
+        "data": {"batch": BATCH, "time_intervals": [{"start": START, "end": START + 3_600_000}]},
+        "mode": "auto", "hyperParameters": {"t": "3000", "epochs": str(epochs)}}}
+
+
+def models(home: Path) -> list:
+    from resources.store import SQLiteStore
+
+    return SQLiteStore(path=str(home / "store.sqlite")).list_models(BATCH)
+
+
+def test_train_create_waits_for_the_run_through_graphql(server, tmp_path):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_doc("ui-create")))
+    out = subprocess.run([str(BIN / "logloop"), "train", "create", "-f", str(tmp_path / "spec.yaml"), "--wait"],
+                         capture_output=True, text=True, env=server["env"], timeout=420)
+    assert out.returncode == 0, (out.stdout, out.stderr, server["log"].read_text(errors="replace")[-3000:])
+    assert "run " in out.stdout and "training ui-create: SUCCESS" in out.stdout
+    got = json.loads(subprocess.run([str(BIN / "logloop"), "train", "get", "ui-create", "--json"], capture_output=True,
+                                    text=True, env=server["env"], timeout=60).stdout)
+    assert got[0]["state"] == "succeeded" and got[0]["artifacts"]
+
+
+def test_browser_launches_a_batch_from_the_launchpad_and_sees_the_loss_curve(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = ensure_chromium()
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        options.add_argument(arg)
+    options.binary_location = browser
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    wait = WebDriverWait(driver, 120)
+    before = {m.version for m in models(server["home"])}
+
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def text(d) -> str:
+        try:
+            return d.find_element(By.TAG_NAME, "body").text
+        except StaleElementReferenceException:  # React re-rendered under us; ask again
+            return ""
+
+    def button(d, label: str):
+        try:
+            return next((b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == label and b.is_enabled()), None)
+        except StaleElementReferenceException:
+            return None
+
+    def dismiss_modal():
+        skip = button(driver, "Skip")
+        if skip is not None:
+            skip.click()
+
+    try:
+        # the asset graph
+        driver.get(server["url"] + "/asset-groups")
+        wait.until(lambda d: "model" in text(d))
+        dismiss_modal()
+        driver.get(server["url"] + "/assets/nulog_model")
+        wait.until(lambda d: "nulog_model" in text(d))
+
+        # the launchpad of the train_model job, with a spec's run config and the batch's partition
+        driver.get(server["url"] + "/locations/orchestration.definitions/jobs/train_model/playground")
+        wait.until(lambda d: d.execute_script("return document.querySelectorAll('.CodeMirror').length") > 0)
+        dismiss_modal()
+        config = yaml.safe_dump(run_config(parse_spec(spec_doc("ui-launchpad")), executor="multiprocess"))
+        driver.execute_script("document.querySelector('.CodeMirror').CodeMirror.setValue(arguments[0])", config)
+        partition = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder='Partition']")))
+        partition.click()
+        partition.send_keys(BATCH)
+        time.sleep(1)
+        partition.send_keys(Keys.ENTER)
+        wait.until(lambda d: button(d, "Launch Run")).click()
+        wait.until(lambda d: "/runs/" in d.current_url)
+
+        # the run succeeds, and its page shows the loss curve recorded as metadata
+        WebDriverWait(driver, 420, poll_frequency=3).until(
+            lambda d: {m.version for m in models(server["home"])} - before or "Failure" in text(d))
+        new = [m for m in models(server["home"]) if m.version not in before]
+        assert new, "the run did not register a model: " + text(driver)[-2000:]
+        driver.refresh()
+        # the event log is virtualised: narrow it to the train step's events first
+        box = WebDriverWait(driver, 60).until(EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder^='Filter']")))
+        box.send_keys("step:nulog_model")
+        box.send_keys(Keys.ENTER)
+        WebDriverWait(driver, 60).until(lambda d: "loss_curve" in text(d))
+    except Exception:
+        driver.save_screenshot(str(server["home"] / "failure.png"))
+        raise
+    finally:
+        driver.quit()
