@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -317,6 +318,9 @@ _TASK_COLS = (
 )
 
 
+_SCHEMA_READY: set = set()
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -335,8 +339,13 @@ class SQLiteStore(Store):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            # WAL + synchronous=NORMAL: durable at checkpoints, no fsync per small commit
+            conn.execute("PRAGMA synchronous=NORMAL")
+            key = (os.path.realpath(self.path), os.getpid())
+            if key not in _SCHEMA_READY or conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:  # once per file and process, not per call
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                _SCHEMA_READY.add(key)
             yield conn
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store at {self.path}: {exc}") from exc
