@@ -84,9 +84,20 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "loghub2k")
     ap.add_argument("--distinct", action="store_true", help="mostly unique lines (random words)")
     ap.add_argument("--cache-size", type=int, default=100_000, help="raw-message mask cache; 0 disables it")
-    ap.add_argument("--source", default="local", choices=["local"], help="where the logs are served from")
+    ap.add_argument("--source", default="local", choices=["local", "opensearch-test"],
+                    help="local files, or the protocol-level test OpenSearch (tests/opensearch_server.py)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+
+    if args.source == "opensearch-test":
+        if args.distinct:
+            ap.error("--distinct is only implemented for --source local")
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from opensearch_source import run  # noqa: E402
+
+        out = run(args.lines, workers=args.workers, windows=args.windows, data=args.data, cache_size=args.cache_size)
+        print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="logloop-bench-") as tmp:
         tmp = Path(tmp)
