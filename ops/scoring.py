@@ -129,3 +129,21 @@ class Scorer:
 
 
 __all__ = ["ArtifactError", "ScoredLine", "Scorer", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]
+
+
+def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
+    """(lines, anomalies) of one window summary (ops.summary.Summary), scoring each masked form once.
+
+    Exact for the counted forms; for a compacted tail (forms seen once each, sampled), the
+    flagged share of the kept tail sample is applied to the tail's line count.
+    """
+    forms = list(summary.counts)
+    scores = dict(zip(forms, scorer.score_masked(forms))) if forms else {}
+    anomalies = sum(c for f, c in summary.counts.items() if scores[f] < scorer.threshold)
+    lines = sum(summary.counts.values())
+    if summary.tail_count:
+        tail = list(summary.tail_lines)
+        flagged = sum(s < scorer.threshold for s in scorer.score_masked(tail)) if tail else 0
+        anomalies += round(summary.tail_count * flagged / len(tail)) if tail else 0
+        lines += summary.tail_count
+    return lines, anomalies

@@ -7,6 +7,7 @@ from orchestration.checks import nulog_model_quality
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.k8s import executor_def
 from orchestration.resources import build_resources
+from orchestration.scoring_assets import anomaly_scores
 from orchestration.sensors import (
     ingest_logs_schedule,
     new_samples_sensor,
@@ -17,7 +18,7 @@ from orchestration.sensors import (
 )
 
 defs = Definitions(
-    assets=[raw_logs, partition_summaries, training_sample, nulog_model, registered_model],
+    assets=[raw_logs, partition_summaries, training_sample, nulog_model, registered_model, anomaly_scores],
     asset_checks=[nulog_model_quality],
     jobs=[ingest_logs_job, train_model_job, reap_dead_tasks_job],
     schedules=[ingest_logs_schedule, reap_dead_tasks],

@@ -7,9 +7,9 @@ from orchestration.partitions import batch_partitions, time_partitions
 
 ingest_logs_job = define_asset_job(
     "ingest_logs",
-    selection=AssetSelection.assets(partition_summaries),
+    selection=AssetSelection.assets(partition_summaries) | AssetSelection.assets("anomaly_scores"),
     partitions_def=time_partitions,
-    description="Fetch, mask and summarise time windows of logs.",
+    description="Fetch, mask and summarise time windows of logs, then score them with each batch's model.",
 )
 
 train_model_job = define_asset_job(

@@ -37,6 +37,7 @@ class LoopSettings(BaseModel):
     task_time_limit_s: int = Field(default=2 * 3600, gt=0, description="A task still working after this is dead (CML's limit_time).")
     sensor_interval_s: int = Field(default=60, ge=1)
     reaper_cron: str = Field(default="*/5 * * * *", description="When the reaper runs.")
+    score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
 
     @model_validator(mode="after")

@@ -101,6 +101,18 @@ class PartitionCount:
     count: int
 
 
+@dataclass
+class AnomalyCount:
+    """Scored lines and anomalies of one batch in one time window (CML's inference table)."""
+
+    batch: str
+    window_start_ms: int
+    window_end_ms: int
+    lines: int
+    anomalies: int
+    model_version: int
+
+
 class Store(ConfigurableResource, ABC):
     @abstractmethod
     def record_sample_counts(
@@ -170,6 +182,14 @@ class Store(ConfigurableResource, ABC):
         """One status per batch known to the store, by batch name, read with one grouped query per table."""
 
     @abstractmethod
+    @abstractmethod
+    def record_anomaly_counts(self, counts: list[AnomalyCount]) -> None:
+        """Anomaly counts per batch and window; recording a (batch, window) again replaces it."""
+
+    @abstractmethod
+    def anomaly_counts(self, batch: str, start_ms: Optional[int] = None, end_ms: Optional[int] = None) -> list[AnomalyCount]:
+        """The batch's anomaly counts over time, oldest window first."""
+
     def ping(self) -> None:
         """Raise StoreError (naming the store, never its password) unless the store answers."""
 
@@ -255,6 +275,16 @@ def task_sort_key(task: Task):
 
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS anomaly_counts (
+    batch TEXT NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    window_end_ms INTEGER NOT NULL,
+    lines INTEGER NOT NULL,
+    anomalies INTEGER NOT NULL,
+    model_version INTEGER NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    PRIMARY KEY (batch, window_start_ms)
+);
 CREATE TABLE IF NOT EXISTS sample_counts (
     partition_key TEXT NOT NULL,
     batch TEXT NOT NULL,
@@ -508,6 +538,29 @@ class SQLiteStore(Store):
     def ping(self):
         with self._connect() as conn:
             conn.execute("SELECT 1").fetchone()
+
+    def record_anomaly_counts(self, counts):
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR REPLACE INTO anomaly_counts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(c.batch, c.window_start_ms, c.window_end_ms, c.lines, c.anomalies, c.model_version, now_ms())
+                 for c in counts],
+            )
+            conn.execute("COMMIT")
+
+    def anomaly_counts(self, batch, start_ms=None, end_ms=None):
+        sql = ("SELECT batch, window_start_ms, window_end_ms, lines, anomalies, model_version FROM anomaly_counts"
+               " WHERE batch = ?")
+        args: list = [batch]
+        if start_ms is not None:
+            sql += " AND window_end_ms > ?"
+            args.append(start_ms)
+        if end_ms is not None:
+            sql += " AND window_start_ms < ?"
+            args.append(end_ms)
+        with self._connect() as conn:
+            return [AnomalyCount(*r) for r in conn.execute(sql + " ORDER BY window_start_ms", args).fetchall()]
 
 
 def _latest_and_finetunes(models) -> tuple[dict, dict]:

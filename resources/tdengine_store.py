@@ -65,6 +65,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from resources.store import (
     ACTIVE_STATES,
+    AnomalyCount,
     BatchStatus,
     ModelRecord,
     PartitionCount,
@@ -163,13 +164,20 @@ _STABLES = {
         "window_start_ms BIGINT, window_end_ms BIGINT, deadline_ms BIGINT, message NCHAR(4000), "
         "started_ms BIGINT, updated_ms BIGINT, started_ns BIGINT"
     ),
+    # A time series per batch: ts is the window's start, so re-scoring a window overwrites its
+    # row (TDengine's same-timestamp overwrite is the intended upsert here), and the child
+    # table has no writer id: every writer of a batch's window must land on the same row.
+    "anomaly_counts": (
+        "ts TIMESTAMP, window_start_ms BIGINT, window_end_ms BIGINT, line_count BIGINT, anomalies BIGINT, "
+        "model_version BIGINT, recorded_ms BIGINT"
+    ),
     "models": (
         "ts TIMESTAMP, version BIGINT, run_id NCHAR(256), artifact NCHAR(1024), artifact_uri NCHAR(1024), "
         "metrics VARCHAR(8192), window_start_ms BIGINT, window_end_ms BIGINT, created_ms BIGINT, "
         "parent_version BIGINT, mode VARCHAR(16)"
     ),
 }
-_PREFIX = {"sample_counts": "sc", "task_events": "te", "models": "md"}
+_PREFIX = {"sample_counts": "sc", "task_events": "te", "models": "md", "anomaly_counts": "ac"}
 _VOID_BATCH = ""  # reserved tag of the marker row an empty recording writes
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_SQL = 512 * 1024  # bytes per INSERT statement (TDengine's default limit is 1 MiB)
@@ -333,6 +341,33 @@ class TDengineStore(Store):
             if (start_ms is None or r["window_end_ms"] > start_ms) and (end_ms is None or r["window_start_ms"] < end_ms)
         ]
         return sorted(out, key=lambda p: (p.window_start_ms, p.partition_key))
+
+    # -- anomaly counts -----------------------------------------------------------------------
+
+    def record_anomaly_counts(self, counts):
+        self._ensure_schema()
+        pieces = []
+        for c in counts:
+            child = f"{self.database}.{_PREFIX['anomaly_counts']}_{name_hash(c.batch)}"
+            values = (int(c.window_start_ms) * 1_000_000, int(c.window_start_ms), int(c.window_end_ms), int(c.lines),
+                      int(c.anomalies), int(c.model_version), now_ms())
+            pieces.append(f"{child} USING {self.database}.anomaly_counts TAGS ({literal(c.batch)}) "
+                          f"VALUES ({', '.join(literal(v) for v in values)})")
+        if pieces:
+            self._sql("INSERT INTO " + " ".join(pieces), "cannot record anomaly counts")
+
+    def anomaly_counts(self, batch, start_ms=None, end_ms=None):
+        rows = self._rows(
+            f"SELECT window_start_ms, window_end_ms, line_count, anomalies, model_version FROM {self.database}.anomaly_counts "
+            f"WHERE batch = {literal(batch)} ORDER BY ts",
+            "cannot read anomaly counts",
+        )
+        out = []
+        for r in rows:
+            start = r["window_start_ms"]
+            if (start_ms is None or r["window_end_ms"] > start_ms) and (end_ms is None or start < end_ms):
+                out.append(AnomalyCount(batch, start, r["window_end_ms"], r["line_count"], r["anomalies"], r["model_version"]))
+        return out
 
     # -- models ---------------------------------------------------------------------------------
 

@@ -109,6 +109,17 @@ def test_chain_materializes_and_registers_a_version(env):
     assert art.meta["batch"] == BATCH and art.meta["version"] == 1
     assert art.metrics["top_k_accuracy"] == models[0].metrics["top_k_accuracy"]
 
+    # Production scoring of a window with the registered model: anomaly counts per batch over time.
+    from orchestration.scoring_assets import anomaly_scores
+
+    scored = materialize([anomaly_scores], partition_key=hour_key(START_MS), instance=instance, resources=resources,
+                         run_config={"ops": {"anomaly_scores": {"config": {"batches": [BATCH]}}}})
+    assert scored.success
+    [count] = resources["store"].anomaly_counts(BATCH)
+    assert count.window_start_ms == START_MS and count.model_version == 1
+    assert count.lines == resources["store"].partition_counts(BATCH, START_MS, START_MS + HOUR_MS)[0].count
+    assert 0 <= count.anomalies < count.lines * 0.2
+
     # Re-running registration for the same trained candidate creates no second version.
     rerun = materialize([registered_model], partition_key=BATCH, instance=instance, resources=resources)
     assert rerun.success

@@ -431,3 +431,16 @@ def test_batch_names_and_keys():
         with pytest.raises(InvalidName):
             validate_key(bad)
     assert validate_key("runs/abc-123/sample.parquet")
+
+
+def test_anomaly_counts_are_a_time_series_and_rerecording_replaces(store):
+    from resources.store import AnomalyCount
+
+    store.record_anomaly_counts([AnomalyCount(HOSTILE, 0, 10, 100, 3, 1), AnomalyCount(HOSTILE, 10, 20, 50, 0, 1),
+                                 AnomalyCount("other", 0, 10, 7, 7, 2)])
+    store.record_anomaly_counts([AnomalyCount(HOSTILE, 0, 10, 100, 1, 2)])  # the window re-scored by v2
+    got = store.anomaly_counts(HOSTILE)
+    assert [(a.window_start_ms, a.lines, a.anomalies, a.model_version) for a in got] == [(0, 100, 1, 2), (10, 50, 0, 1)]
+    assert [a.window_start_ms for a in store.anomaly_counts(HOSTILE, start_ms=10)] == [10]
+    assert [a.batch for a in store.anomaly_counts("other")] == ["other"]
+    assert store.anomaly_counts("nobody") == []
