@@ -49,6 +49,13 @@ def nulog_model_quality(
 
     metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
     metrics["oov_share"] = candidate.vocab.oov_share(validation_lines)
+    if validation_lines:
+        from ops.evaluate import token_ranks
+        from ops.templates import masked_templates
+
+        forms = [f for f, _ in validation_lines]
+        ranks = token_ranks(candidate.model, candidate.vocab, forms)
+        metrics["template_count"] = len(set(masked_templates(dict(zip(forms, ranks)), config.top_k).values()))
     failures = []
     if not validation_lines:
         failures.append("the validation split is empty")

@@ -97,6 +97,7 @@ def test_chain_materializes_and_registers_a_version(env):
     assert len(losses) == 2 and losses[1] < losses[0]
     [check] = result.get_asset_check_evaluations()
     assert check.passed
+    assert check.metadata["template_count"].value >= 1
 
     models = resources["store"].list_models(BATCH)
     assert [m.version for m in models] == [1]
