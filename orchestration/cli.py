@@ -13,9 +13,9 @@ from resources.store import StoreError
 
 
 def _store():
-    from orchestration.resources import build_resources
+    from orchestration.resources import resource
 
-    return build_resources()["store"]
+    return resource("store")
 
 
 def _iso(ms):
@@ -86,9 +86,9 @@ class CliError(Exception):
 
 def _load_registered_artifact(batch: str, version):
     from ops.artifact import read_artifact
-    from orchestration.resources import build_resources
+    from orchestration.resources import resource
 
-    resources = build_resources()
+    resources = {"store": resource("store"), "artifacts": resource("artifacts")}
     record = resources["store"].get_model(batch, version)
     if record is None:
         what = f"version {version} of batch {batch!r}" if version else f"batch {batch!r}"

@@ -25,9 +25,9 @@ FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
 def _store():
-    from orchestration.resources import build_resources
+    from orchestration.resources import resource
 
-    return build_resources()["store"]
+    return resource("store")
 
 
 def add_parser(sub) -> None:
@@ -166,7 +166,7 @@ def run_local(spec: TrainingSpec) -> int:
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     if not instance.has_dynamic_partition("batches", spec.batch):
         instance.add_dynamic_partitions("batches", [spec.batch])
-    store = build_resources()["store"]
+    store = _store()
     store.record_task_event(spec.id, spec.batch, "scheduling", mode=task_mode(spec), message="logloop train local")
     result = materialize(
         [training_sample, nulog_model, nulog_model_quality, registered_model], partition_key=spec.batch,

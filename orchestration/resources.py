@@ -38,6 +38,18 @@ def opensearch_source(hosts: str, fields: dict):
     )
 
 
+def tdengine_store(url: str):
+    """TDengineStore from LOGLOOP_TDENGINE_* (REST via taosAdapter; the password as an EnvVar)."""
+    from dagster import EnvVar
+
+    from resources.tdengine_store import TDengineStore
+
+    if not os.environ.get("LOGLOOP_TDENGINE_PASSWORD"):
+        raise ValueError("LOGLOOP_TDENGINE_URL is set but LOGLOOP_TDENGINE_PASSWORD is not")
+    return TDengineStore(url=url, database=os.environ.get("LOGLOOP_TDENGINE_DATABASE", "logloop"),
+                         user=os.environ.get("LOGLOOP_TDENGINE_USER", "root"), password=EnvVar("LOGLOOP_TDENGINE_PASSWORD"))
+
+
 def build_resources() -> dict:
     batch_fields = _csv(os.environ.get("LOGLOOP_BATCH_FIELDS", DEFAULT_BATCH_FIELDS))
     fields = dict(
@@ -54,6 +66,12 @@ def build_resources() -> dict:
         )
     return {
         "log_source": log_source,
-        "store": SQLiteStore(path=str(settings.store_path())),
+        "store": tdengine_store(tdengine) if (tdengine := os.environ.get("LOGLOOP_TDENGINE_URL", "").strip())
+        else SQLiteStore(path=str(settings.store_path())),
         "artifacts": LocalArtifactStorage(root=str(settings.artifacts_dir())),
     }
+
+
+def resource(name: str):
+    """One resource, ready to call outside a run (the CLI): EnvVar fields resolved from the environment."""
+    return build_resources()[name].process_config_and_initialize()

@@ -54,9 +54,9 @@ def main() -> int:
     step("data stage: fetch, mask and summarise each hourly window")
     dagster("--select", "partition_summaries", "--partition-range", f"{first:{fmt}}...{last:{fmt}}")
 
-    from orchestration.resources import build_resources
+    from orchestration.resources import resource
 
-    store = build_resources()["store"]
+    store = resource("store")
     for batch in sorted(summary["batches"]):
         step(f"batch {batch}: resample -> train -> validate -> register")
         dagster(

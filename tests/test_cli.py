@@ -66,3 +66,19 @@ def test_bad_arguments_and_unusable_store_fail_clearly(home, tmp_path):
     out = logloop("models", "list", env={"LOGLOOP_HOME": str(blocker / "sub")})
     assert out.returncode == 2 and out.stderr.startswith("error: cannot open SQLite store")
     assert "Traceback" not in out.stderr
+
+
+def test_cli_uses_tdengine_when_configured_with_the_password_from_the_environment(tmp_path):
+    from tests.taos_rest_server import start_server
+
+    url, stop = start_server(password="s3cret-pw")
+    try:
+        env = {"LOGLOOP_HOME": str(tmp_path), "LOGLOOP_TDENGINE_URL": url, "LOGLOOP_TDENGINE_PASSWORD": "s3cret-pw"}
+        out = logloop("models", "list", "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == []
+        assert not (tmp_path / "store.sqlite").exists()  # the embedded store was not used
+        bad = logloop("tasks", "list", env={**env, "LOGLOOP_TDENGINE_PASSWORD": "wrong-pw"})
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "wrong-pw" not in bad.stderr
+    finally:
+        stop()
