@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1, help="epochs of the (untimed) model training")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true", help="accepted for symmetry: the output is always one JSON object")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     lines = load_lines(args.data)
