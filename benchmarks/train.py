@@ -56,7 +56,8 @@ def run(args) -> dict:
     vocab = Vocab.build(train_set)
 
     base = dict(epochs=args.epochs, seed=args.seed, device=args.device, compile=args.compile)
-    cfg = TrainConfig(**base, **({"batch_size": args.batch_size} if args.batch_size else {}))
+    cfg = TrainConfig(**base, **({"batch_size": args.batch_size} if args.batch_size else {}),
+                      **({"spread": args.spread} if args.spread is not None else {}))
     res = train(train_set, vocab, cfg)
     t = time.perf_counter()
     val = evaluate(res.model, vocab, val_set, top_k=args.top_k)
@@ -115,6 +116,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, default=None, help="masked rows per step (default: TrainConfig's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spread", type=float, default=None, help="TrainConfig.spread (default: TrainConfig's)")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU)")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=False,
