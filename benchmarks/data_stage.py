@@ -54,6 +54,20 @@ def distinct_lines(n: int, seed: int = 0):
         yield " ".join(words)
 
 
+def write_text_windows(out: Path, lines_iter, n: int, windows: int) -> None:
+    """Plain-text files, one per window: the file's modification time places its lines."""
+    per = -(-n // windows)
+    it = iter(lines_iter)
+    for w in range(windows):
+        path = out / f"window-{w:03d}.log"
+        with open(path, "wb") as f:
+            k = min(per, n - w * per)
+            for start in range(0, k, 10_000):
+                f.write("".join(next(it) + "\n" for _ in range(min(10_000, k - start))).encode("utf-8", "replace"))
+        mtime_s = (w * HOUR + HOUR // 2) / 1000
+        os.utime(path, (mtime_s, mtime_s))
+
+
 def write_windows(out: Path, lines_iter, n: int, windows: int) -> None:
     per = -(-n // windows)
     it = iter(lines_iter)
@@ -86,6 +100,8 @@ def main() -> int:
     ap.add_argument("--cache-size", type=int, default=100_000, help="raw-message mask cache; 0 disables it")
     ap.add_argument("--source", default="local", choices=["local", "opensearch-test"],
                     help="local files, or the protocol-level test OpenSearch (tests/opensearch_server.py)")
+    ap.add_argument("--format", default="jsonl", choices=["jsonl", "text"],
+                    help="jsonl: Opni-shaped JSON Lines (default); text: plain-text log files")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -102,7 +118,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="logloop-bench-") as tmp:
         tmp = Path(tmp)
         source = distinct_lines(args.lines) if args.distinct else cycle(loghub_lines(args.data), args.lines)
-        write_windows(tmp, source, args.lines, args.windows)
+        (write_text_windows if args.format == "text" else write_windows)(tmp, source, args.lines, args.windows)
         os.sync()  # the setup's disk writeback is not part of the timed work
         fmt = RecordFormat(batch_fields=("cluster_id",))
         windows = Windows([(w * HOUR, (w + 1) * HOUR) for w in range(args.windows)])
@@ -128,6 +144,7 @@ def main() -> int:
         "distinct_forms_kept": distinct,
         "cache_hit_share": round(result.cache_hits / max(result.lines, 1), 4),
         "mode": "distinct" if args.distinct else "loghub",
+        "format": args.format,
         "bad_records": result.bad.total,
     }
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))

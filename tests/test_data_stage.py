@@ -272,3 +272,31 @@ def test_pool_defers_masking_to_the_parent_and_counts_stay_exact(tmp_path):
     assert [w.lines for w in parallel.windows] == [w.lines for w in serial.windows] == [3000, 3000]
     for a, b in zip(parallel.windows, serial.windows):
         assert {k: s.counts for k, s in a.summaries.items()} == {k: s.counts for k, s in b.summaries.items()}
+
+
+def test_plain_text_counting_equals_the_careful_path(tmp_path):
+    from collections import Counter
+
+    from ops.records import BadRecords, RecordFormat, TimeRange, Windows
+
+    logs = tmp_path / "logs"
+    clean = b"".join(f"GET /item/{i % 7} took {i % 3}ms é\r\n".encode("utf-8") for i in range(5000))
+    write(logs / "svc" / "clean.log", clean)
+    write(logs / "svc" / "dirty.log", b"ok line\n\n" + b"x" * (1 << 20 + 1) + b"\nok line\n\xff\xfe\nok line\n")
+    fmt = RecordFormat()
+    windows = Windows([(0, 4_102_444_800_000)])
+    for block_size in (64, 4096, 1 << 20):
+        for shard in local_files.plan_shards(logs, fmt, windows, block_size=block_size):
+            bad_fast, bad_slow = BadRecords(), BadRecords()
+            fast, slow = Counter(), Counter()
+            for chunk in shard.read_counts(windows, bad_fast, TimeRange()):
+                for (w, batch), counts in chunk.items():
+                    for msg, n in counts.items():
+                        fast[(w, batch, msg)] += n
+            for chunk in shard.read(windows, bad_slow, TimeRange()):
+                for (w, batch), msgs in chunk.items():
+                    for msg in msgs:
+                        slow[(w, batch, msg)] += 1
+            assert fast == slow and sum(fast.values()) > 0
+            assert dict(bad_fast.counts) == dict(bad_slow.counts)
+            assert bad_fast.examples == bad_slow.examples
