@@ -113,17 +113,9 @@ class FileShard:
         A block holding any line the careful path would refuse (blank, over 1 MB, not UTF-8)
         goes through that path instead, so bad lines are still counted and named exactly.
         """
-        mtime_ms = int(os.stat(self.path).st_mtime * 1000)
-        seen.add(mtime_ms, mtime_ms)
-        w = windows.index(mtime_ms)
-        if w < 0:
+        key = self._text_key(windows, bad, seen)
+        if key is None:
             return
-        try:
-            validate_batch_name(self.text_batch)
-        except InvalidName as exc:
-            bad.add("bad_batch", self.source, str(exc))
-            return
-        key = (w, self.text_batch)
         with open(self.path, "rb") as f:
             for first_line_no, lines in read_line_blocks(f, self.block_size):
                 raw_counts = Counter(lines)
@@ -154,21 +146,28 @@ class FileShard:
                     if chunk:
                         yield chunk
             return
-        mtime_ms = int(os.stat(self.path).st_mtime * 1000)
-        seen.add(mtime_ms, mtime_ms)
-        w = windows.index(mtime_ms)
-        if w < 0:
-            return
-        try:
-            validate_batch_name(self.text_batch)
-        except InvalidName as exc:
-            bad.add("bad_batch", self.source, str(exc))
+        key = self._text_key(windows, bad, seen)
+        if key is None:
             return
         with open(self.path, "rb") as f:
             for first_line_no, lines in read_line_blocks(f, self.block_size):
                 messages = decode_text_lines(lines, bad, self.source, first_line_no)
                 if messages:
-                    yield {(w, self.text_batch): messages}
+                    yield {key: messages}
+
+    def _text_key(self, windows: Windows, bad: BadRecords, seen: TimeRange):
+        """(window index, batch) of a plain-text file's lines (its mtime, its folder), or None."""
+        mtime_ms = int(os.stat(self.path).st_mtime * 1000)
+        seen.add(mtime_ms, mtime_ms)
+        w = windows.index(mtime_ms)
+        if w < 0:
+            return None
+        try:
+            validate_batch_name(self.text_batch)
+        except InvalidName as exc:
+            bad.add("bad_batch", self.source, str(exc))
+            return None
+        return (w, self.text_batch)
 
 
 def plan_shards(
