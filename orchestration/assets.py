@@ -45,6 +45,7 @@ TASK_TAG = "logloop/task_id"
 
 raw_logs = AssetSpec(
     "raw_logs",
+    partitions_def=time_partitions,
     description="The logs where they live (a local folder or an OpenSearch index). Read in windows, never copied.",
     group_name="data",
 )

@@ -11,6 +11,7 @@ from orchestration.scoring_assets import anomaly_scores
 from orchestration.sensors import (
     ingest_logs_schedule,
     new_samples_sensor,
+    raw_logs_observer,
     reap_dead_tasks,
     reap_dead_tasks_job,
     training_run_canceled,
@@ -22,7 +23,7 @@ defs = Definitions(
     asset_checks=[nulog_model_quality],
     jobs=[ingest_logs_job, train_model_job, reap_dead_tasks_job],
     schedules=[ingest_logs_schedule, reap_dead_tasks],
-    sensors=[new_samples_sensor, training_run_failed, training_run_canceled],
+    sensors=[new_samples_sensor, training_run_failed, training_run_canceled, raw_logs_observer],
     resources=build_resources(),
     executor=executor_def(),
 )

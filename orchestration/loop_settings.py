@@ -36,6 +36,8 @@ class LoopSettings(BaseModel):
     champion_tolerance: float = Field(default=0.02, ge=0, le=1, description="How much worse (top-k accuracy) a challenger may be.")
     task_time_limit_s: int = Field(default=2 * 3600, gt=0, description="A task still working after this is dead (CML's limit_time).")
     sensor_interval_s: int = Field(default=60, ge=1)
+    observe_interval_s: int = Field(default=300, ge=10, description="How often raw_logs_observer counts the source.")
+    observe_windows: int = Field(default=2, ge=0, description="Closed windows raw_logs_observer counts each time.")
     reaper_cron: str = Field(default="*/5 * * * *", description="When the reaper runs.")
     score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")

@@ -14,14 +14,17 @@ arrived, keep task records true, and reap tasks that died.
 
 import datetime as dt
 import json
+import os
 import time
 import uuid
 
 from dagster import (
+    AssetObservation,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     OpExecutionContext,
+    MetadataValue,
     RunRequest,
     RunsFilter,
     RunStatusSensorContext,
@@ -40,7 +43,8 @@ from ops.decisions import decide
 from ops.naming import batch_key
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.loop_settings import LoopSettings, loop_settings
-from orchestration.partitions import batch_partitions
+from orchestration.partitions import batch_partitions, time_partitions
+from resources.log_source import LogSource
 from resources.store import Store, StoreError
 
 SETTINGS: LoopSettings = loop_settings()  # invalid thresholds fail the code location's load
@@ -167,6 +171,40 @@ def training_run_failed(context: RunStatusSensorContext, store: Store):
                    name="training_run_canceled", description="Mark a training task failed when its run is canceled.")
 def training_run_canceled(context: RunStatusSensorContext, store: Store):
     _settle(store, context, "failed")
+
+
+# ---- observing the source --------------------------------------------------------------
+
+
+def observe_source(context: SensorEvaluationContext, log_source: LogSource, windows_back: int, current_time=None):
+    """Counts of the last closed windows per known batch, as observations of raw_logs' partitions."""
+    from ops.records import Windows
+    from orchestration.assets import window_ms
+
+    batches = sorted(context.instance.get_dynamic_partitions(batch_partitions.name))
+    keys = time_partitions.get_partition_keys(current_time=current_time)[-windows_back:] if windows_back else []
+    if not batches or not keys:
+        return SensorResult(skip_reason=SkipReason("no known batches or no closed windows to observe yet"))
+    counts = log_source.count(Windows([window_ms(k) for k in keys]), batches)
+    events = []
+    for w, key in enumerate(keys):
+        by_batch = {b: counts.get((w, b), 0) for b in batches}
+        events.append(AssetObservation(
+            asset_key="raw_logs", partition=key,
+            metadata={"records": sum(by_batch.values()), "records_by_batch": MetadataValue.json(by_batch),
+                      "source": log_source.describe()},
+        ))
+    return SensorResult(asset_events=events)
+
+
+@sensor(
+    minimum_interval_seconds=SETTINGS.observe_interval_s,
+    # OpenSearch answers with one count request; the local folder would be read in full
+    default_status=DefaultSensorStatus.RUNNING if os.environ.get("LOGLOOP_OPENSEARCH_HOSTS") else DefaultSensorStatus.STOPPED,
+    description="Observe the source: records per batch in the last closed windows (OpenSearch's count API).",
+)
+def raw_logs_observer(context: SensorEvaluationContext, log_source: LogSource):
+    return observe_source(context, log_source, SETTINGS.observe_windows)
 
 
 # ---- the reaper -------------------------------------------------------------------

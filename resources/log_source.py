@@ -48,6 +48,23 @@ class LogSource(ConfigurableResource, ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    def count(self, windows: Windows, batches: list[str]) -> dict[tuple[int, str], int]:
+        """Records per (window index, batch), for observing the source without summarising it.
+
+        Sources with a count API answer in one request (OpenSearch); the default reads the
+        windows' shards and counts lines, which costs a full read.
+        """
+        from ops.records import BadRecords, TimeRange
+
+        wanted = set(batches)
+        out = {(w, b): 0 for w in range(len(windows)) for b in batches}
+        for shard in self.shards(windows):
+            for chunk in shard.read_counts(windows, BadRecords(), TimeRange()):
+                for (w, batch), counts in chunk.items():
+                    if batch in wanted:
+                        out[(w, batch)] += sum(counts.values())
+        return out
+
 
 class LocalLogSource(LogSource):
     """A folder of log files: JSON Lines in Opni's shape, or plain text (see ops.local_files)."""

@@ -163,3 +163,37 @@ def test_reaper_marks_tasks_past_deadline_dead_and_cancels_their_runs(instance, 
     # nothing answers for a test run, so the reaper forced the cancel
     assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED
     assert reap(instance, store, log, at_ms=3_000)["dead"] == []  # dead stays dead
+
+
+def test_raw_logs_observer_counts_the_last_closed_windows_per_batch(instance, tmp_path):
+    import json as _json
+    import time as _time
+    from collections import Counter
+
+    from ops import demo_logs
+    from orchestration.sensors import observe_source
+    from resources.log_source import LocalLogSource
+
+    hour = 3_600_000
+    now_ms = int(_time.time() * 1000)
+    start = (now_ms // hour - 2) * hour  # the last two closed hours
+    logs = tmp_path / "logs"
+    demo_logs.generate(logs, start_ms=start, hours=2, lines_per_hour=300, seed=3)
+    fields = ["cluster_id", "kubernetes.namespace_name", "deployment"]
+    expected = Counter()
+    for f in logs.rglob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            r = _json.loads(line)
+            batch = "/".join([r["cluster_id"], r["kubernetes"]["namespace_name"], r["deployment"]])
+            expected[((r["time"] - start) // hour, batch)] += 1
+    batches = sorted({b for _, b in expected})
+    instance.add_dynamic_partitions("batches", batches + ["idle/batch/none"])
+    import datetime as _dt
+
+    result = observe_source(build_sensor_context(instance=instance), LocalLogSource(path=str(logs), batch_fields=fields), 2,
+                            current_time=_dt.datetime.fromtimestamp(now_ms / 1000, _dt.timezone.utc))
+    assert len(result.asset_events) == 2
+    for w, event in enumerate(result.asset_events):
+        by_batch = event.metadata["records_by_batch"].data
+        assert by_batch == {**{b: expected[(w, b)] for b in batches}, "idle/batch/none": 0}
+        assert event.metadata["records"].value == sum(by_batch.values()) > 0
