@@ -11,7 +11,7 @@ import json
 import multiprocessing
 import os
 import uuid
-from typing import Optional
+from typing import Literal, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -157,7 +157,8 @@ class ResampleConfig(Config):
     window_start: Optional[str] = Field(default=None, description="ISO time or partition key; default: all data.")
     window_end: Optional[str] = Field(default=None, description="ISO time or partition key (exclusive).")
     merge_cap: int = Field(default=1_000_000, gt=0, description="Distinct forms kept while merging windows.")
-    mode: str = Field(default="scratch", pattern="^(scratch|finetune|auto)$",
+    # Literal types become enums in Dagster's config schema, so the launchpad flags bad values
+    mode: Literal["scratch", "finetune", "auto"] = Field(default="scratch",
                       description="finetune: new data since the current model's watermark plus a replay share; "
                       "auto: finetune when the batch has a model, else scratch.")
     time_intervals: Optional[list[TimeInterval]] = Field(
@@ -295,7 +296,7 @@ class TrainAssetConfig(Config):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.005, ge=0)
     seed: int = 0
-    device: str = Field(default="auto", pattern="^(auto|cpu|cuda)$")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="Mixed precision on GPU.")
     max_len: int = Field(default=64, ge=4, le=512)
     world_size: int = Field(default=0, ge=0, description="Processes for DistributedDataParallel: 0 = every visible GPU (1 on CPU).")

@@ -233,3 +233,18 @@ def _all_counts(home):
     with sqlite3.connect(home / "store.sqlite") as conn:
         rows = conn.execute("SELECT partition_key, batch, window_start_ms, window_end_ms, count FROM sample_counts").fetchall()
     return [PartitionCount(*r) for r in rows]
+
+
+def test_spec_run_config_is_valid_for_the_job_and_the_launchpad_flags_enums():
+    from dagster._config import validate_config
+
+    from orchestration.definitions import defs
+
+    schema = defs.get_repository_def().get_job("train_model").run_config_schema.config_type
+    s = parse_spec(yaml.safe_load((ROOT / "examples" / "modeltraining.yaml").read_text()))
+    result = validate_config(schema, run_config(s, now_ms=1_800_000_000_000, executor="multiprocess"))
+    assert result.success, [e.message for e in result.errors]
+    bad = validate_config(schema, {"ops": {"training_sample": {"config": {"mode": "sometimes"}},
+                                           "nulog_model": {"config": {"device": "tpu"}}}})
+    messages = " ".join(e.message for e in bad.errors)
+    assert not bad.success and "sometimes" in messages and "tpu" in messages
