@@ -92,16 +92,16 @@ def server(tmp_path_factory):
         log.close()
 
 
-def spec_doc(spec_id: str, epochs: int = 3) -> dict:
+def spec_doc(spec_id: str, epochs: int = 3, batch: str = BATCH) -> dict:
     return {"kind": "ModelTraining", "id": spec_id, "spec": {
-        "data": {"batch": BATCH, "time_intervals": [{"start": START, "end": START + 3_600_000}]},
+        "data": {"batch": batch, "time_intervals": [{"start": START, "end": START + 3_600_000}]},
         "mode": "auto", "hyperParameters": {"t": "3000", "epochs": str(epochs)}}}
 
 
-def models(home: Path) -> list:
+def models(home: Path, batch: str = BATCH) -> list:
     from resources.store import SQLiteStore
 
-    return SQLiteStore(path=str(home / "store.sqlite")).list_models(BATCH)
+    return SQLiteStore(path=str(home / "store.sqlite")).list_models(batch)
 
 
 def test_train_create_waits_for_the_run_through_graphql(server, tmp_path):
@@ -131,7 +131,8 @@ def test_browser_launches_a_batch_from_the_launchpad_and_sees_the_loss_curve(ser
     options.binary_location = browser
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
     wait = WebDriverWait(driver, 120)
-    before = {m.version for m in models(server["home"])}
+    batch = "demo/shop/payments"  # not the create test's batch: a scratch run, whatever ran before
+    before = {m.version for m in models(server["home"], batch)}
 
     from selenium.common.exceptions import StaleElementReferenceException
 
@@ -180,11 +181,11 @@ def test_browser_launches_a_batch_from_the_launchpad_and_sees_the_loss_curve(ser
         driver.get(server["url"] + "/locations/orchestration.definitions/jobs/train_model/playground")
         wait.until(lambda d: d.execute_script("return document.querySelectorAll('.CodeMirror').length") > 0)
         dismiss_modal()
-        config = yaml.safe_dump(run_config(parse_spec(spec_doc("ui-launchpad")), executor="multiprocess"))
+        config = yaml.safe_dump(run_config(parse_spec(spec_doc("ui-launchpad", batch=batch)), executor="multiprocess"))
         driver.execute_script("document.querySelector('.CodeMirror').CodeMirror.setValue(arguments[0])", config)
         partition = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder='Partition']")))
         click(partition)
-        partition.send_keys(BATCH)
+        partition.send_keys(batch)
         time.sleep(1)
         partition.send_keys(Keys.ENTER)
         click(wait.until(lambda d: button(d, "Launch Run")))
@@ -192,8 +193,8 @@ def test_browser_launches_a_batch_from_the_launchpad_and_sees_the_loss_curve(ser
 
         # the run succeeds, and its page shows the loss curve recorded as metadata
         WebDriverWait(driver, 420, poll_frequency=3).until(
-            lambda d: {m.version for m in models(server["home"])} - before or "Failure" in text(d))
-        new = [m for m in models(server["home"]) if m.version not in before]
+            lambda d: {m.version for m in models(server["home"], batch)} - before or "Failure" in text(d))
+        new = [m for m in models(server["home"], batch) if m.version not in before]
         assert new, "the run did not register a model: " + text(driver)[-2000:]
         driver.refresh()
         # the event log is virtualised: narrow it to the train step's events first
