@@ -55,8 +55,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import orjson
 
-from ops.naming import InvalidName, validate_batch_name
-from ops.records import BadRecords, RecordFormat, TimeRange, Windows, get_field, parse_time_ms
+from ops.records import BadRecords, RecordFormat, TimeRange, Windows, get_field, parse_time_ms, route
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
@@ -325,17 +324,7 @@ def hits_to_chunk(
         if isinstance(batches, dict):  # include_named_queries_score: {name: score}
             batches = tuple(batches)
         for batch in batches:
-            if batch not in valid:
-                try:
-                    validate_batch_name(batch)
-                except InvalidName as exc:
-                    bad.add("bad_batch", f"{where}/{h.get('_id')}", str(exc))
-                    continue
-                valid.add(batch)
-            bucket = out.get((w, batch))
-            if bucket is None:
-                bucket = out[(w, batch)] = []
-            bucket.append(message)
+            route(out, valid, bad, f"{where}/{h.get('_id')}", w, batch, message)
     if lo is not None:
         seen.add(lo, hi)
     return out

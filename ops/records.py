@@ -208,21 +208,25 @@ def parse_json_lines(
         if not isinstance(message, str):
             bad.add("no_message", f"{source}:{first_line_no + offset}")
             continue
-        batch = fmt.batch_of(doc)
-        if batch not in valid_batches:
-            try:
-                validate_batch_name(batch)
-            except InvalidName as exc:
-                bad.add("bad_batch", f"{source}:{first_line_no + offset}", str(exc))
-                continue
-            valid_batches.add(batch)
-        bucket = out.get((w, batch))
-        if bucket is None:
-            bucket = out[(w, batch)] = []
-        bucket.append(message)
+        route(out, valid_batches, bad, f"{source}:{first_line_no + offset}", w, fmt.batch_of(doc), message)
     if seen is not None and lo is not None:
         seen.add(lo, hi)
     return out
+
+
+def route(out: dict, valid_batches: set, bad: BadRecords, where: str, w: int, batch: str, message: str) -> None:
+    """Append `message` to out[(w, batch)], or count the record as bad_batch (names validated once)."""
+    if batch not in valid_batches:
+        try:
+            validate_batch_name(batch)
+        except InvalidName as exc:
+            bad.add("bad_batch", where, str(exc))
+            return
+        valid_batches.add(batch)
+    bucket = out.get((w, batch))
+    if bucket is None:
+        bucket = out[(w, batch)] = []
+    bucket.append(message)
 
 
 def decode_text_lines(
@@ -265,38 +269,10 @@ def read_line_blocks(stream, block_size: int = 1 << 20, max_line: int = MAX_LINE
     Memory stays bounded by the block size plus one kept line: a line longer than
     `max_line` is never accumulated, it is replaced by an `OverlongLine` marker.
     """
-    line_no = 1
-    carry = b""
-    skipping = 0  # bytes of an over-long line seen so far, while discarding it
-    while True:
-        block = stream.read(block_size)
-        if not block:
-            break
-        if skipping:
-            nl = block.find(b"\n")
-            if nl < 0:
-                skipping += len(block)
-                continue
-            lines: list[bytes] = [OverlongLine(skipping + nl)]
-            block = block[nl + 1 :]
-            skipping = 0
-        else:
-            lines = []
-        has_cr = b"\r" in block or b"\r" in carry
-        parts = (carry + block).split(b"\n") if carry else block.split(b"\n")
-        carry = parts.pop()
-        lines.extend(parts)
-        if len(carry) > max_line:
-            skipping, carry = len(carry), b""
+    for line_no, payload in read_raw_blocks(stream, block_size, max_line):
+        lines = split_lines(payload)
         if lines:
-            # strip the \r of CRLF files
-            lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines] if has_cr else lines
             yield line_no, lines
-            line_no += len(lines)
-    if skipping:
-        yield line_no, [OverlongLine(skipping)]
-    elif carry:
-        yield line_no, [carry[:-1] if carry.endswith(b"\r") else carry]
 
 
 # ---- the vectorised fast path ---------------------------------------------------
