@@ -392,8 +392,9 @@ class SQLiteStore(Store):
             )
             conn.execute("COMMIT")
 
-    def partition_counts(self, batch, start_ms=None, end_ms=None):
-        sql = "SELECT partition_key, batch, window_start_ms, window_end_ms, count FROM sample_counts WHERE batch = ?"
+    def _windows_of(self, columns: str, table: str, batch, start_ms, end_ms) -> list[tuple]:
+        """Rows of `table` for `batch` whose window overlaps [start_ms, end_ms), oldest first."""
+        sql = f"SELECT {columns} FROM {table} WHERE batch = ?"  # columns and table are ours, never input
         args: list = [batch]
         if start_ms is not None:
             sql += " AND window_end_ms > ?"
@@ -402,7 +403,11 @@ class SQLiteStore(Store):
             sql += " AND window_start_ms < ?"
             args.append(end_ms)
         with self._connect() as conn:
-            rows = conn.execute(sql + " ORDER BY window_start_ms", args).fetchall()
+            return conn.execute(sql + " ORDER BY window_start_ms", args).fetchall()
+
+    def partition_counts(self, batch, start_ms=None, end_ms=None):
+        rows = self._windows_of("partition_key, batch, window_start_ms, window_end_ms, count", "sample_counts",
+                                batch, start_ms, end_ms)
         return [PartitionCount(*r) for r in rows]
 
     def register_model(self, record):
@@ -550,17 +555,9 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
 
     def anomaly_counts(self, batch, start_ms=None, end_ms=None):
-        sql = ("SELECT batch, window_start_ms, window_end_ms, lines, anomalies, model_version FROM anomaly_counts"
-               " WHERE batch = ?")
-        args: list = [batch]
-        if start_ms is not None:
-            sql += " AND window_end_ms > ?"
-            args.append(start_ms)
-        if end_ms is not None:
-            sql += " AND window_start_ms < ?"
-            args.append(end_ms)
-        with self._connect() as conn:
-            return [AnomalyCount(*r) for r in conn.execute(sql + " ORDER BY window_start_ms", args).fetchall()]
+        rows = self._windows_of("batch, window_start_ms, window_end_ms, lines, anomalies, model_version",
+                                "anomaly_counts", batch, start_ms, end_ms)
+        return [AnomalyCount(*r) for r in rows]
 
 
 def _latest_and_finetunes(models) -> tuple[dict, dict]:
