@@ -29,18 +29,11 @@ sys.path.insert(0, str(ROOT))
 from ops.data_stage import peak_rss_mb, summarize_windows  # noqa: E402
 from ops.records import Windows  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from data_stage import loghub_lines  # noqa: E402  (the same Loghub lines as the local benchmark)
+
 HOUR = 3_600_000
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "loghub2k"
-
-
-def loghub_lines(data: Path) -> list[str]:
-    files = sorted(Path(data).glob("*/*_2k.log"))
-    if not files:
-        raise SystemExit(f"no */*_2k.log files under {data}")
-    lines = []
-    for f in files:
-        lines.extend(line for line in f.read_text(errors="replace").splitlines() if line.strip())
-    return lines
 
 
 def start_server(lines: list[str], n: int, windows: int, processes: int):

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from ops.data_stage import summarize_windows
 from ops.records import Windows
-from ops.masking import Masker
+from ops.masking import load_rules
 from ops.naming import batch_key, partition_slug
 from ops.sampling import combine, replay, resample
 from ops.summary import Summary, read_summary, write_summaries
@@ -104,7 +104,7 @@ def partition_summaries(
 
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
-        result = summarize_windows(shards, windows, Masker().rules, pool=pool, cap=config.cap, progress=progress)
+        result = summarize_windows(shards, windows, load_rules(), pool=pool, cap=config.cap, progress=progress)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -356,7 +356,7 @@ def nulog_model(
     candidate_key = f"{run_folder(batch, context.run_id)}/candidate.zip"
     with artifacts.writing(candidate_key) as tmp:
         write_artifact(
-            tmp, result.model, vocab, Masker().rules, model_cfg,
+            tmp, result.model, vocab, load_rules(), model_cfg,
             metrics={"loss_curve": result.losses},
             meta={"batch": batch, "sample_key": upstream["sample_key"], "mode": mode, "escalation": escalation,
                   "parent_version": upstream.get("parent_version"), "task_id": upstream.get("task_id")},

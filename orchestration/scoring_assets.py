@@ -34,6 +34,7 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
 
     enabled = config.batches if config.batches is not None else loop_settings().score_batches
     scorers: dict[str, Optional[Scorer]] = {}
+    versions: dict[str, int] = {}
     rows, per_window = [], []
     for key in context.partition_keys:
         if not artifacts.exists(summary_key(key)):
@@ -51,14 +52,14 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
                     else:
                         with artifacts.reading(model.artifact) as model_path:
                             scorers[batch] = Scorer.from_path(model_path)
-                            scorers[batch].version = model.version
+                        versions[batch] = model.version
                 scorer = scorers[batch]
                 if scorer is None:
                     continue
                 lines, anomalies = score_summary(scorer, read_summary(path, batch))
-                rows.append(AnomalyCount(batch, start, end, lines, anomalies, scorer.version))
+                rows.append(AnomalyCount(batch, start, end, lines, anomalies, versions[batch]))
                 per_window.append({"window": key, "batch": batch, "lines": lines, "anomalies": anomalies,
-                                   "model_version": scorer.version})
+                                   "model_version": versions[batch]})
     store.record_anomaly_counts(rows)
     skipped = sorted(b for b, s in scorers.items() if s is None)
     if skipped:
