@@ -93,12 +93,9 @@ class FileShard:
         fast, tally = FastJsonBlocks(self.fmt), Tally()
         with open(self.path, "rb") as f:
             for first_line_no, payload in read_raw_blocks(f, self.block_size):
-                parsed = fast.parse(payload, windows, seen) if isinstance(payload, bytes) else None
-                if parsed is not None:
-                    if parsed:
-                        tally.add(*parsed)
-                        if len(tally) > TALLY_LIMIT:
-                            yield tally.flush()
+                if isinstance(payload, bytes) and fast.tally(payload, windows, seen, tally):
+                    if len(tally) > TALLY_LIMIT:
+                        yield tally.flush()
                     continue
                 # the careful path: each line parsed, bad ones counted and named
                 chunk = parse_json_lines(split_lines(payload), self.fmt, windows, bad, self.source, first_line_no, seen)

@@ -176,9 +176,11 @@ def parse_json_lines(
         try:
             doc = loads(raw)
         except orjson.JSONDecodeError as exc:
-            reason = "not_utf8" if "utf-8" in str(exc).lower() else "bad_json"
-            bad.add(reason, f"{source}:{first_line_no + offset}", str(exc)[:80])
-            continue
+            doc = _loads_overflowing_numbers(raw) if "infinity" in str(exc) else None
+            if doc is None:
+                reason = "not_utf8" if "utf-8" in str(exc).lower() else "bad_json"
+                bad.add(reason, f"{source}:{first_line_no + offset}", str(exc)[:80])
+                continue
         if not isinstance(doc, dict):
             bad.add("not_object", f"{source}:{first_line_no + offset}")
             continue
@@ -212,6 +214,21 @@ def parse_json_lines(
     if seen is not None and lo is not None:
         seen.add(lo, hi)
     return out
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_overflowing_numbers(raw: bytes):
+    """Standard JSON that orjson refuses only because a number overflows a double
+    (1e400: valid JSON, read as inf): the standard library reads it. None otherwise."""
+    import json
+
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
 
 
 def route(out: dict, valid_batches: set, bad: BadRecords, where: str, w: int, batch: str, message: str) -> None:
@@ -366,6 +383,27 @@ class FastJsonBlocks:
         # how a literal dotted key is spelled in the bytes, to detect `"a.b": null`
         self._literal_keys = {p: orjson.dumps(p) for p in self.paths if "." in p}
         self._valid_batches: set[str] = set()
+        self._decoder = self._flat_decoder() if self.enabled and not self._literal_keys else None
+
+    def _flat_decoder(self):
+        """A msgspec decoder of just the needed top-level fields (unknown ones are skipped).
+
+        Strict types: the time must be a JSON integer, the message a string, batch
+        fields strings or null/absent; anything else fails the block over to pyarrow
+        or the careful path. msgspec is stricter than orjson everywhere but one place
+        (numbers that overflow a double, which orjson rejects and `parse_json_lines`
+        retries with the standard library), so a block it decodes is one the careful
+        path reads the same way.
+        """
+        import msgspec
+
+        nodefault = msgspec.NODEFAULT
+        fields = [("t", int, msgspec.field(name=self.fmt.time_field, default=nodefault)),
+                  ("m", str, msgspec.field(name=self.fmt.message_field, default=nodefault))]
+        fields += [(f"b{i}", str | None, msgspec.field(name=f, default=None))
+                   for i, f in enumerate(self.fmt.batch_fields)]
+        record = msgspec.defstruct("LogRecord", fields, gc=False)
+        return msgspec.json.Decoder(record)
 
     def _schema(self):
         import pyarrow as pa
@@ -415,9 +453,12 @@ class FastJsonBlocks:
         return pc.coalesce(literal, nested)
 
     def parse(self, data: bytes, windows: Windows, seen: TimeRange | None = None):
-        """(keys, key index per row, distinct messages, message index per row) for
-        the rows inside a window: [] when none is, None when the block needs the
-        careful path."""
+        """The block's rows inside a window, or None when it needs the careful path.
+
+        With flat field names (msgspec): {(window index, batch): messages or their Counter}.
+        With dotted ones (pyarrow): (keys, key index per row, distinct messages,
+        message index per row), or [] when no row is inside a window.
+        """
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -436,9 +477,11 @@ class FastJsonBlocks:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        if (b"NaN" in data or b"Inf" in data) and _NON_FINITE.search(data):
-            return None
         if len(data) > MAX_LINE_BYTES and _has_line_longer_than(data, MAX_LINE_BYTES + 1):
+            return None
+        if self._decoder is not None:
+            return self._parse_flat(data, n_lines, windows, seen)
+        if (b"NaN" in data or b"Inf" in data) and _NON_FINITE.search(data):
             return None
         try:
             table = pj.read_json(
@@ -520,14 +563,90 @@ class FastJsonBlocks:
         keys = [(int(k) // nb, batch_names[int(k) % nb]) for k in key_ids.tolist()]
         return keys, k_idx, menc.dictionary, m_idx
 
+    def _parse_flat(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None):
+        """msgspec's reading of a block: {(window index, batch): messages, or a Counter of them}."""
+        import msgspec
+
+        try:
+            records = self._decoder.decode_lines(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        if len(records) != n_lines:  # it skips blank lines and accepts `}{`; the careful path does not
+            return None
+        times = [r.t for r in records]
+        lo, hi = min(times), max(times)
+        if lo < -(1 << 63) or hi >= 1 << 63:  # orjson reads these as floats
+            return None
+        if seen is not None:
+            seen.add(lo, hi)
+        w = windows.index(lo)
+        if w >= 0 and windows.index(hi) == w:
+            window_of = None  # the usual block: all in one window
+        else:
+            import numpy as np
+
+            starts = np.asarray(windows.starts, dtype=np.int64)
+            ends = np.asarray([b for _, b in windows.bounds], dtype=np.int64)
+            t = np.asarray(times, dtype=np.int64)
+            idx = np.searchsorted(starts, t, side="right") - 1
+            inside = (idx >= 0) & (t < ends[np.maximum(idx, 0)]) if len(starts) else np.zeros(len(t), bool)
+            window_of = np.where(inside, idx, -1).tolist()
+        fmt = self.fmt
+        if not fmt.batch_fields:
+            batches = None
+        elif len(fmt.batch_fields) == 1:
+            batches = [r.b0 for r in records]
+        else:
+            n = len(fmt.batch_fields)
+            sep, default = fmt.batch_separator, fmt.default_batch
+            batches = [default if all(v is None for v in vs) else sep.join("" if v is None else v for v in vs)
+                       for vs in ([getattr(r, f"b{i}") for i in range(n)] for r in records)]
+        names = {fmt.default_batch} if batches is None else set(batches)
+        if None in names:
+            names.discard(None)
+            names.add(fmt.default_batch)
+            batches = [fmt.default_batch if b is None else b for b in batches]
+        for name in names:
+            if name not in self._valid_batches:
+                try:
+                    validate_batch_name(name)
+                except InvalidName:
+                    return None  # the careful path names each bad line
+                self._valid_batches.add(name)
+        messages = [r.m for r in records]
+        if window_of is None and len(names) == 1:
+            return {(w, next(iter(names))): messages}  # counted by the Tally, in C
+        if window_of is None:
+            window_of = [w] * len(records)
+        if batches is None:
+            batches = [fmt.default_batch] * len(records)
+        out: dict = {}
+        for (wi, batch, message), c in Counter(zip(window_of, batches, messages)).items():
+            if wi >= 0:
+                bucket = out.get((wi, batch))
+                if bucket is None:
+                    bucket = out[(wi, batch)] = Counter()
+                bucket[message] = c
+        return out
+
+    def tally(self, data: bytes, windows: Windows, seen: TimeRange | None, tally: "Tally") -> bool:
+        """Count a block into `tally`; False when the block needs the careful path."""
+        parsed = self.parse(data, windows, seen)
+        if parsed is None:
+            return False
+        if isinstance(parsed, dict):
+            for key, counts in parsed.items():
+                tally.add_counts(key, counts)
+        elif parsed:
+            tally.add(*parsed)
+        return True
+
     def count(self, data: bytes, windows: Windows, seen: TimeRange | None = None):
         """{(window index, batch): {raw message: count}} for a block, or None (see the class)."""
-        parsed = self.parse(data, windows, seen)
-        if parsed is None or not parsed:
-            return parsed
         tally = Tally()
-        tally.add(*parsed)
-        return tally.flush()
+        if not self.tally(data, windows, seen, tally):
+            return None
+        return tally.flush() if len(tally) else []
 
 
 class Tally:
@@ -543,9 +662,20 @@ class Tally:
         self.raws: list[str] = []
         self._known = None          # pyarrow array of self.raws
         self.counts: dict = {}      # key -> numpy int64 counts by id
+        self.counters: dict = {}    # key -> Counter, for blocks counted in Python (msgspec)
+        self._counted = 0           # distinct entries in self.counters
 
     def __len__(self) -> int:
-        return len(self.raws)
+        return len(self.raws) + self._counted
+
+    def add_counts(self, key, counts) -> None:
+        """Add a Counter (or a list of messages, counted in C) under `key`."""
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.counters[key] = Counter()
+        before = len(counter)
+        counter.update(counts)
+        self._counted += len(counter) - before
 
     def add(self, keys, k_idx, dictionary, m_idx) -> None:
         import numpy as np
@@ -587,5 +717,13 @@ class Tally:
         for key, counts in self.counts.items():
             nz = np.flatnonzero(counts)
             out[key] = dict(zip([raws[i] for i in nz.tolist()], counts[nz].tolist()))
+        for key, counter in self.counters.items():
+            prev = out.get(key)
+            if prev is None:
+                out[key] = counter
+            else:
+                for raw, c in counter.items():
+                    prev[raw] = prev.get(raw, 0) + c
         self.raws, self._known, self.counts = [], None, {}
+        self.counters, self._counted = {}, 0
         return out

@@ -13,6 +13,8 @@ from ops.records import BadRecords, RecordFormat, Windows, read_line_blocks
 from ops.summary import read_summary, read_summary_meta, write_summaries
 
 FMT = RecordFormat(batch_fields=("cluster_id", "kubernetes.namespace_name"))
+# flat field names take the msgspec fast path; dotted ones the pyarrow one
+FLAT = RecordFormat(batch_fields=("cluster_id", "team"))
 HOUR = 3_600_000
 
 
@@ -199,6 +201,12 @@ def _mixed_file(n_good=3000):
         jl(time=10 ** 12, log="outside every window", cluster_id="c0"),
         jl(time=-5, log="before every window"),
         b'{"time": 18, "log": "crlf line", "cluster_id": "c2"}\r\n',
+        b'{"time": 20, "log": "a number over a double", "x": 1e400, "cluster_id": "c2"}\n',
+        b'{"time": 21, "log": "a lone surrogate", "x": "\\ud800"}\n',
+        b'{"time": 22, "log": "raw\tcontrol character"}\n',
+        b'{"time": 23, "log": "big int time"}\n'.replace(b"23", b"9" * 30, 1),
+        b'{"time": 24, "log": "team only", "team": "t1"}\n',
+        jl(time=25, log="null batch fields", cluster_id=None, team=None),
         jl(time=19, log="line without a final newline", cluster_id="c2").rstrip(b"\n"),
     ]
     # bad lines spread between good ones, so that some blocks are clean and some not
@@ -211,8 +219,9 @@ def _mixed_file(n_good=3000):
     return b"".join(out)
 
 
+@pytest.mark.parametrize("fmt", [FMT, FLAT], ids=["dotted-pyarrow", "flat-msgspec"])
 @pytest.mark.parametrize("block_size", [4096, 1 << 16, 1 << 20])
-def test_fast_path_matches_careful_path(tmp_path, block_size):
+def test_fast_path_matches_careful_path(tmp_path, block_size, fmt):
     logs = tmp_path / "logs"
     write(logs / "mixed.jsonl", _mixed_file())
     write(logs / "clean.jsonl", b"".join(jl(time=i * 700, log=f"GET /api/{i % 9} 200 {i}ms", cluster_id="c0",
@@ -220,10 +229,10 @@ def test_fast_path_matches_careful_path(tmp_path, block_size):
     write(logs / "team" / "plain.log", b"plain text line 1\nplain text line 1\n\xff bad\n")
     os.utime(logs / "team" / "plain.log", (100, 100))
     windows = Windows([(0, 1000_000), (1000_000, 4 * 1000_000)])
-    want, want_lines, want_bad = _careful(logs, FMT, windows)
+    want, want_lines, want_bad = _careful(logs, fmt, windows)
     shards = [
         local_files.FileShard(s.path, s.source, s.fmt, s.text_batch, s.file_id, block_size)
-        for s in local_files.plan_shards(logs, FMT, windows)
+        for s in local_files.plan_shards(logs, fmt, windows)
     ]
     for defer in (0, 5):  # masked in the shard, or deferred to the caller
         result = summarize_windows(shards, windows, defer=defer)
@@ -232,9 +241,13 @@ def test_fast_path_matches_careful_path(tmp_path, block_size):
         assert [w.lines for w in result.windows] == want_lines
         assert result.bad.counts == want_bad.counts
         assert sorted(result.bad.examples) == sorted(want_bad.examples)
-    assert want_bad.counts["too_long"] == 1 and want_bad.counts["bad_json"] >= 3
-    assert want[0]["c1/"] == {"literal null": 1}  # `"a.b": null` wins over the nested a.b
-    assert want[0]["c1/flat"] == {"literal dotted": 1} and "c1/x" not in want[0]
+    assert want_bad.counts["too_long"] == 1 and want_bad.counts["bad_json"] >= 5
+    assert want[0]["c2/" if fmt is FMT else "c2/"]["a number over a double"] == 1  # valid JSON, kept
+    if fmt is FMT:
+        assert want[0]["c1/"] == {"literal null": 1}  # `"a.b": null` wins over the nested a.b
+        assert want[0]["c1/flat"] == {"literal dotted": 1} and "c1/x" not in want[0]
+    else:
+        assert want[0]["/t1"] == {"team only": 1} and want[0]["default"]["null batch fields"] == 1
 
 
 def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
@@ -244,6 +257,10 @@ def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
     w = Windows([(0, HOUR)])
     clean = jl(time=1, log="a", cluster_id="c", kubernetes={"namespace_name": "n"}) + jl(time=2, log="a", cluster_id="c")
     assert fast.count(clean, w) == {(0, "c/n"): {"a": 1}, (0, "c/"): {"a": 1}}  # as batch_of joins
+    flat = FastJsonBlocks(FLAT)
+    assert flat._decoder is not None and fast._decoder is None
+    two = jl(time=1, log="a", cluster_id="c") + jl(time=2, log="a", cluster_id="c") + jl(time=HOUR + 1, log="b")
+    assert flat.count(two, Windows([(0, HOUR), (HOUR, 2 * HOUR)])) == {(0, "c/"): {"a": 2}, (1, "default"): {"b": 1}}
     for odd in [
         jl(time="1970-01-01T00:00:00Z", log="iso"),
         jl(time=1, log="a") + b"\n",
@@ -252,8 +269,15 @@ def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
         b'{"time": 1, "log": "a", "x": Infinity}\n',
         jl(time=1, message="no log"),
         jl(time=1, log="a", cluster_id=3),
+        jl(time=1.5, log="float time"),
+        jl(time=True, log="bool time"),
+        jl(time=1, log="a") + jl(time=2, log="a").rstrip(b"\n") + b" " + jl(time=3, log="b"),  # two on a line
+        b'{"time": 1, "log": "a", "x": "\xff"}\n',  # bad UTF-8 outside the fields read
+        b'{"time": ' + b"9" * 25 + b', "log": "a"}\n',
+        jl(time=1, log="a", cluster_id="a...b"),
     ]:
         assert fast.count(odd, w) is None, odd
+        assert flat.count(odd, w) is None, odd
 
 
 def test_pool_defers_masking_to_the_parent_and_counts_stay_exact(tmp_path):
