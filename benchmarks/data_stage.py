@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
-from ops.data_stage import peak_rss_mb, summarize_windows  # noqa: E402
+from ops.data_stage import masker_and_cache, peak_rss_mb, summarize_windows  # noqa: E402
 from ops.local_files import plan_shards  # noqa: E402
 from ops.records import RecordFormat, Windows  # noqa: E402
 
@@ -85,6 +85,12 @@ def write_windows(out: Path, lines_iter, n: int, windows: int) -> None:
                 f.write(b"\n".join(buf) + b"\n")
 
 
+def warm_up(seconds: float) -> None:
+    """Start-up of a worker: import the data stage and build its Masker (empty caches)."""
+    masker_and_cache(None)
+    time.sleep(seconds)
+
+
 def cycle(lines, n):
     for i in range(n):
         yield lines[i % len(lines)]
@@ -126,9 +132,10 @@ def main() -> int:
         extra = {"cache_size": max(1, args.cache_size)} if args.cache_size else {"cache_size": 1}
         t0 = time.perf_counter()
         with cf.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            # all workers up before timing the work: a spawn pool starts a worker per
-            # submit only while none is idle, so one task alone would start just one
-            list(pool.map(time.sleep, [0.2] * args.workers))
+            # all workers up, with the code imported and the masking rules compiled
+            # (process start-up, not data work), before timing: a spawn pool starts a
+            # worker per submit only while none is idle, so each task waits a little
+            list(pool.map(warm_up, [0.3] * args.workers))
             t0 = time.perf_counter()
             result = summarize_windows(shards, windows, pool=pool, **extra)
         seconds = time.perf_counter() - t0

