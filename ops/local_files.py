@@ -15,13 +15,14 @@ Two ways to read a shard, with the same results:
   `read_window` uses.
 - `FileShard.read_counts`, which the data stage uses, yields
   {(window index, batch): {raw message: count}}. A JSON block (whole lines, about
-  `block_size` bytes) goes through `ops.records.FastJsonBlocks`: pyarrow parses the
-  block with a schema of only the needed fields, numpy routes times to windows, and
-  identical (window, batch, message) rows are counted in numpy arrays across blocks
-  (`ops.records.Tally`, at most TALLY_LIMIT distinct messages before it is handed
-  on), so Python touches each distinct raw message, not each line. Any block the fast path cannot vouch for (a bad line of any kind, ISO or float
-  times, a missing field, non-UTF-8, an overlong line...) is parsed line by line by
-  the careful path instead, so bad lines are still counted and named exactly.
+  `block_size` bytes) goes through `ops.records.FastJsonBlocks`: msgspec decodes just
+  the needed fields when their names are flat (pyarrow, with a schema of those
+  fields, when a name is dotted), times are routed to windows, and identical
+  (window, batch, message) rows are counted across blocks in C (`ops.records.Tally`,
+  at most TALLY_LIMIT distinct messages before it is handed on). Any block the fast
+  path cannot vouch for (a bad line of any kind, ISO or float times, a missing field,
+  non-UTF-8, an overlong line...) is parsed line by line by the careful path instead,
+  so bad lines are still counted and named exactly.
 """
 
 from __future__ import annotations
