@@ -38,6 +38,11 @@ class LoopSettings(BaseModel):
     sensor_interval_s: int = Field(default=60, ge=1)
     observe_interval_s: int = Field(default=300, ge=10, description="How often raw_logs_observer counts the source.")
     observe_windows: int = Field(default=2, ge=0, description="Closed windows raw_logs_observer counts each time.")
+    catch_up_windows: int = Field(
+        default=24, ge=0, le=24 * 31,
+        description="Last closed windows new_samples_sensor checks for records not yet ingested (sources that "
+        "count cheaply only); 0 = no catch-up.",
+    )
     reaper_cron: str = Field(default="*/5 * * * *", description="When the reaper runs.")
     score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")

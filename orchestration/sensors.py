@@ -5,7 +5,9 @@ arrived, keep task records true, and reap tasks that died.
   sample counts in the store.
 - `new_samples_sensor` reads one grouped status row per batch from the store and
   launches scratch or fine-tune runs (ops.decisions), one per batch, watermark and mode
-  (the run key).
+  (the run key). Where the source counts cheaply (OpenSearch), it also catches up: the
+  last `catch_up_windows` closed windows that are not summarised and have no ingest run
+  in flight are counted in one request, and those holding records get an ingest run.
 - `training_run_status` sensors mark a task failed or canceled as soon as its run ends
   that way. The `registered_model` asset marks success.
 - `reap_dead_tasks` (every 5 minutes) marks tasks dead once they pass their deadline and
@@ -17,9 +19,14 @@ import json
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass, field
 
 from dagster import (
+    AssetKey,
     AssetObservation,
+    AssetPartitionStatus,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -44,7 +51,7 @@ from ops.naming import batch_key
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.loop_settings import LoopSettings, loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
-from resources.log_source import LogSource
+from resources.log_source import LogSource, LogSourceError
 from resources.store import Store, StoreError
 
 SETTINGS: LoopSettings = loop_settings()  # invalid thresholds fail the code location's load
@@ -52,6 +59,7 @@ SETTINGS: LoopSettings = loop_settings()  # invalid thresholds fail the code loc
 TASK_TAG = "logloop/task_id"
 BATCH_TAG = "logloop/batch"
 MODE_TAG = "logloop/mode"
+CATCH_UP_TAG = "logloop/catch_up"
 _TASK_NS = uuid.UUID("5b0c1f0e-6a57-4f6b-9a57-2f1d0c0ffee0")
 
 
@@ -77,8 +85,112 @@ def training_run_config(mode: str, watermark_ms, settings: LoopSettings) -> dict
     return _merge({"ops": {"training_sample": {"config": sample}}}, settings.training_run_config)
 
 
-def evaluate_new_samples(context: SensorEvaluationContext, store: Store, settings: LoopSettings):
-    """One sensor tick: a pure function of the store's state and the instance's partitions."""
+def last_closed_keys(n: int, current_time: dt.datetime | None = None) -> list[str]:
+    """The keys of the last n closed time windows, oldest first (without listing every key)."""
+    now = current_time or dt.datetime.now(dt.timezone.utc)
+    window = time_partitions.time_window_for_partition_key(time_partitions.get_partition_key_for_timestamp(now.timestamp()))
+    keys: list[str] = []
+    while len(keys) < n:
+        window = time_partitions.get_prev_partition_window(window.start)
+        if window is None:
+            break
+        keys.append(time_partitions.get_partition_key_for_timestamp(window.start.timestamp()))
+    return keys[::-1]
+
+
+# ---- catch-up ingestion ---------------------------------------------------------------
+
+CATCH_UP_MAX_RUNS_PER_TICK = 24
+# A window that closed less than this ago is the ingest schedule's to launch.
+CATCH_UP_GRACE_S = 15 * 60
+# The count must leave the tick time to answer (the daemon's sensor timeout is 60 s by default).
+CATCH_UP_COUNT_TIMEOUT_S = 20.0
+RUN_KEY_TAG = "dagster/run_key"  # the daemon tags each run it launched for a run key (dagster._core.storage.tags)
+
+
+def catch_up_run_key(window_key: str) -> str:
+    return f"catch-up:{window_key}"
+
+
+@dataclass
+class CatchUp:
+    requests: list = field(default_factory=list)
+    # batch -> (records, windows with records, of which requested this tick)
+    backlog: dict = field(default_factory=dict)
+
+    def describe(self, batch: str) -> str:
+        if batch not in self.backlog:
+            return ""
+        records, windows, requested = self.backlog[batch]
+        doing = "ingesting" if requested == windows else f"ingesting {requested} this tick"
+        return f"; {records:,} more records in {windows} unprocessed window{'s' if windows != 1 else ''}, {doing}"
+
+
+def count_within(log_source: LogSource, windows, batches: list[str], timeout_s: float) -> dict:
+    """log_source.count, or LogSourceError when it does not answer in time (it finishes, unread)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catch-up-count")
+    try:
+        return pool.submit(log_source.count, windows, batches).result(timeout=timeout_s)
+    except FuturesTimeout:
+        raise LogSourceError(f"no answer in {timeout_s:g} s") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def plan_catch_up(context: SensorEvaluationContext, log_source: LogSource, batches: list[str], windows_back: int,
+                  current_time: dt.datetime | None = None) -> CatchUp:
+    """Ingest runs for the last closed windows the schedule missed and that hold records.
+
+    A window is skipped when its `partition_summaries` partition is materialized or in
+    progress (any run, the schedule's or a backfill's: Dagster's partition status), when
+    it closed less than CATCH_UP_GRACE_S ago (the schedule launches it), or when a
+    catch-up run for it already ran (its run key is spent; re-run it from the UI). The
+    rest are counted for the known batches in one `log_source.count` call.
+    """
+    from ops.records import Windows
+    from orchestration.assets import window_ms
+
+    now = current_time or dt.datetime.now(dt.timezone.utc)
+    closed_before = int(now.timestamp() * 1000) - CATCH_UP_GRACE_S * 1000
+    keys = [k for k in last_closed_keys(windows_back, now) if window_ms(k)[1] <= closed_before]
+    if not keys or not batches:
+        return CatchUp()
+    instance = context.instance
+    # None: the asset was never materialized nor planned (time partitions are cacheable)
+    status = instance.get_status_by_partition(AssetKey("partition_summaries"), keys, time_partitions) or {}
+    done = (AssetPartitionStatus.MATERIALIZED, AssetPartitionStatus.IN_PROGRESS)
+    todo = [k for k in keys if status.get(k) not in done]
+    if todo:
+        tried = {r.tags.get(RUN_KEY_TAG) for r in instance.get_runs(
+            RunsFilter(tags={RUN_KEY_TAG: [catch_up_run_key(k) for k in todo]}))}
+        spent = [k for k in todo if catch_up_run_key(k) in tried]
+        if spent:
+            context.log.warning(f"catch-up: {len(spent)} window(s) not summarised although a catch-up run "
+                                f"already ran for them (re-run them from the UI): {spent[:5]}")
+        todo = [k for k in todo if catch_up_run_key(k) not in tried]
+    if not todo:
+        return CatchUp()
+    counts = count_within(log_source, Windows([window_ms(k) for k in todo]), batches, CATCH_UP_COUNT_TIMEOUT_S)
+    with_records = [w for w in range(len(todo)) if any(counts.get((w, b), 0) for b in batches)]
+    requested = set(with_records[:CATCH_UP_MAX_RUNS_PER_TICK])  # oldest first
+    out = CatchUp()
+    for w in sorted(requested):
+        out.requests.append(RunRequest(job_name=ingest_logs_job.name, partition_key=todo[w],
+                                       run_key=catch_up_run_key(todo[w]), tags={CATCH_UP_TAG: "true"}))
+    for b in batches:
+        mine = [w for w in with_records if counts.get((w, b), 0)]
+        if mine:
+            out.backlog[b] = (sum(counts[(w, b)] for w in mine), len(mine), len(requested.intersection(mine)))
+    if out.requests:
+        context.log.info(f"catch-up: {len(out.requests)} ingest run(s) for unsummarised windows with records: "
+                         f"{[r.partition_key for r in out.requests[:5]]}{' ...' if len(out.requests) > 5 else ''}")
+    return out
+
+
+def evaluate_new_samples(context: SensorEvaluationContext, store: Store, settings: LoopSettings,
+                         log_source: LogSource | None = None, current_time: dt.datetime | None = None):
+    """One sensor tick: a pure function of the store's state, the instance's partitions and
+    runs, and (for catch-up ingestion, where the source counts cheaply) the source's counts."""
     try:
         statuses = store.batch_statuses()
     except StoreError as exc:
@@ -88,6 +200,14 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
     known = set(context.instance.get_dynamic_partitions(batch_partitions.name))
     new_batches = sorted({s.batch for s in statuses} - known)
     launches = [d for d in decisions if d.action != "wait"]
+    # Before any task is recorded: a tick that fails here leaves no task without its run.
+    catch_up = CatchUp()
+    if log_source is not None and log_source.counts_cheaply and settings.catch_up_windows:
+        try:
+            catch_up = plan_catch_up(context, log_source, sorted(known | {s.batch for s in statuses}),
+                                     settings.catch_up_windows, current_time)
+        except (LogSourceError, OSError) as exc:  # training decisions do not depend on it
+            context.log.warning(f"catch-up: counting {log_source.describe()} failed, not catching up this tick: {exc}")
     # A failed or reaped attempt must not block a retry for the same data: the number
     # of such attempts is part of the run key. One query for all batches.
     attempts: dict[str, int] = {}
@@ -105,6 +225,7 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
             deadline_ms=deadline, message=d.reason,
         )
         requests.append(RunRequest(
+            job_name=train_model_job.name,
             run_key=run_key,
             partition_key=d.batch,
             run_config=training_run_config(d.action, d.watermark_ms, settings),
@@ -113,26 +234,36 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
         ))
         if len(requests) <= 50:
             context.log.info(f"{d.batch}: {d.action} ({d.reason})")
+
     waiting = [d for d in decisions if d.action == "wait"]
-    context.log.info(f"{len(statuses)} batches: {len(requests)} run(s) requested, {len(waiting)} waiting")
-    cursor = json.dumps({"tick_ms": now_ms(), "batches": len(statuses), "launched": len(requests)})
+    context.log.info(f"{len(statuses)} batches: {len(requests)} run(s) requested, {len(waiting)} waiting"
+                     + (f", {len(catch_up.requests)} window(s) to catch up" if catch_up.requests else ""))
+    cursor = json.dumps({"tick_ms": now_ms(), "batches": len(statuses), "launched": len(requests),
+                         "catch_up": len(catch_up.requests)})
     partitions = [batch_partitions.build_add_request(new_batches)] if new_batches else []
     if not requests:
-        why = "; ".join(f"{d.batch}: {d.reason}" for d in waiting[:20]) or "no batches with samples yet"
+        why = "; ".join(f"{d.batch}: {d.reason}{catch_up.describe(d.batch)}" for d in waiting[:20]) or "no batches with samples yet"
         more = f" (and {len(waiting) - 20} more)" if len(waiting) > 20 else ""
-        return SensorResult(skip_reason=SkipReason(f"nothing to train: {why}{more}"),
-                            dynamic_partitions_requests=partitions, cursor=cursor)
-    return SensorResult(run_requests=requests, dynamic_partitions_requests=partitions, cursor=cursor)
+        if not catch_up.requests:
+            return SensorResult(skip_reason=SkipReason(f"nothing to train: {why}{more}"),
+                                dynamic_partitions_requests=partitions, cursor=cursor)
+        context.log.info(f"nothing to train: {why}{more}")
+    else:
+        for d in waiting[:20]:
+            if catch_up.describe(d.batch):
+                context.log.info(f"{d.batch}: wait ({d.reason}{catch_up.describe(d.batch)})")
+    return SensorResult(run_requests=requests + catch_up.requests, dynamic_partitions_requests=partitions, cursor=cursor)
 
 
 @sensor(
-    job=train_model_job,
+    jobs=[train_model_job, ingest_logs_job],
     minimum_interval_seconds=SETTINGS.sensor_interval_s,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Launch scratch or fine-tune training runs when enough new samples arrived.",
+    description="Launch scratch or fine-tune training runs when enough new samples arrived; "
+    "ingest closed windows the schedule missed when the source counts cheaply.",
 )
-def new_samples_sensor(context: SensorEvaluationContext, store: Store):
-    return evaluate_new_samples(context, store, SETTINGS)
+def new_samples_sensor(context: SensorEvaluationContext, store: Store, log_source: LogSource):
+    return evaluate_new_samples(context, store, SETTINGS, log_source)
 
 
 ingest_logs_schedule = build_schedule_from_partitioned_job(
@@ -182,7 +313,7 @@ def observe_source(context: SensorEvaluationContext, log_source: LogSource, wind
     from orchestration.assets import window_ms
 
     batches = sorted(context.instance.get_dynamic_partitions(batch_partitions.name))
-    keys = time_partitions.get_partition_keys(current_time=current_time)[-windows_back:] if windows_back else []
+    keys = last_closed_keys(windows_back, current_time)
     if not batches or not keys:
         return SensorResult(skip_reason=SkipReason("no known batches or no closed windows to observe yet"))
     counts = log_source.count(Windows([window_ms(k) for k in keys]), batches)

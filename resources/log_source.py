@@ -48,6 +48,14 @@ class LogSource(ConfigurableResource, ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    @property
+    def counts_cheaply(self) -> bool:
+        """Whether `count` answers without reading the records (e.g. in one request).
+
+        Sensors count only such sources on every tick; the default `count` reads in full.
+        """
+        return False
+
     def count(self, windows: Windows, batches: list[str]) -> dict[tuple[int, str], int]:
         """Records per (window index, batch), for observing the source without summarising it.
 

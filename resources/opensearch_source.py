@@ -173,6 +173,10 @@ class OpenSearchLogSource(LogSource):
             for i in range(n)
         ]
 
+    @property
+    def counts_cheaply(self) -> bool:
+        return True  # one aggregation request, whatever the windows hold
+
     def count(self, windows: Windows, batches: list[str]) -> dict[tuple[int, str], int]:
         """Documents per (window index, batch), in one request (nested filters aggregations)."""
         if not len(windows) or not batches:

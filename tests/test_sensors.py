@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import time
+
 import pytest
-from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
+from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context, instance_for_test
+from pydantic import Field
 
 from ops.decisions import decide
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, Thresholds, load_loop_settings
+from orchestration.partitions import time_partitions
 from orchestration.sensors import TASK_TAG, evaluate_new_samples, reap, training_run_config
+from resources.log_source import LocalLogSource, LogSource, LogSourceError
+from resources.opensearch_source import OpenSearchLogSource
 from resources.store import ModelRecord, SQLiteStore, StoreError
 
 HOSTILE = "x'; DROP TABLE tasks; --/../../etc"
@@ -197,3 +205,254 @@ def test_raw_logs_observer_counts_the_last_closed_windows_per_batch(instance, tm
         by_batch = event.metadata["records_by_batch"].data
         assert by_batch == {**{b: expected[(w, b)] for b in batches}, "idle/batch/none": 0}
         assert event.metadata["records"].value == sum(by_batch.values()) > 0
+
+
+# ---- catch-up ingestion: the sensor counts unsummarised windows through the count API ----
+
+NOON_30 = dt.datetime(2026, 1, 1, 12, 30, tzinfo=dt.timezone.utc)
+
+
+def hour_key(h: int) -> str:
+    return f"2026-01-01-{h:02d}:00"
+
+
+class CountingSource(LogSource):
+    """Counts cheaply from a table {window key: {batch: records}}; records each count call."""
+
+    records: dict = Field(default_factory=dict)
+    calls: list = Field(default_factory=list)
+    fail: bool = False
+    delay_s: float = 0.0
+
+    def describe(self):
+        return "a counting test source"
+
+    def shards(self, windows):
+        raise AssertionError("the sensor never reads the source")
+
+    @property
+    def counts_cheaply(self):
+        return True
+
+    def count(self, windows, batches):
+        keys = [time_partitions.get_partition_key_for_timestamp(a / 1000) for a, _ in windows.bounds]
+        self.calls.append((keys, list(batches)))
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise LogSourceError("counting documents (index 'logs'): connection refused")
+        return {(w, b): self.records.get(k, {}).get(b, 0) for w, k in enumerate(keys) for b in batches}
+
+
+class RecordingLocalSource(LocalLogSource):
+    calls: list = Field(default_factory=list)
+
+    def count(self, windows, batches):
+        self.calls.append(len(windows))
+        return super().count(windows, batches)
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __str__(self):
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def messages():
+    return Lines()
+
+
+def catch_up_tick(instance, store, source, settings=SETTINGS, now=NOON_30, messages=None):
+    context = build_sensor_context(instance=instance)
+    if messages is not None:
+        context.log.addHandler(messages)
+    return evaluate_new_samples(context, store, settings, source, current_time=now)
+
+
+def ingest_requests(result):
+    return {r.partition_key: r for r in result.run_requests or [] if r.job_name == "ingest_logs"}
+
+
+def start_ingest_run(instance, key):
+    """An ingest run for one window, created the way the daemon creates it (planned materializations)."""
+    from orchestration.definitions import defs
+
+    job = defs.resolve_job_def("ingest_logs")
+    return instance.create_run_for_job(job_def=job, tags={"dagster/partition": key}, status=DagsterRunStatus.STARTED)
+
+
+def test_unsummarised_closed_windows_with_records_get_catch_up_ingest_runs(instance, store, messages):
+    counts(store, 0, a=30, b=200)  # a waits (30 < 100), b trains from scratch
+    instance.add_dynamic_partitions("batches", ["c"])  # known, no samples yet
+    instance.report_runless_asset_event(AssetMaterialization("partition_summaries", partition=hour_key(7)))
+    start_ingest_run(instance, hour_key(8))
+    source = CountingSource(records={
+        hour_key(7): {"a": 900},  # summarised: not counted
+        hour_key(8): {"a": 900},  # its ingest run is in flight: not counted
+        hour_key(9): {},  # nothing there
+        hour_key(10): {"a": 12_000, "b": 5},
+        hour_key(11): {"c": 7},
+    })
+    result = catch_up_tick(instance, store, source, SETTINGS.model_copy(update={"catch_up_windows": 5}), messages=messages)
+
+    assert source.calls == [([hour_key(9), hour_key(10), hour_key(11)], ["a", "b", "c"])]  # one count call
+    ingest = ingest_requests(result)
+    assert set(ingest) == {hour_key(10), hour_key(11)}
+    assert ingest[hour_key(10)].run_key == f"catch-up:{hour_key(10)}"
+    [train] = [r for r in result.run_requests if r.job_name == "train_model"]
+    assert train.partition_key == "b" and train.tags["logloop/mode"] == "scratch"
+    assert "a: wait (" in str(messages) and "; 12,000 more records in 1 unprocessed window, ingesting" in str(messages)
+
+    # the next tick: both catch-up runs ran and failed; their run keys are spent, nothing is asked again
+    from dagster._core.test_utils import create_run_for_test
+
+    for key in (hour_key(10), hour_key(11)):
+        create_run_for_test(instance, job_name="ingest_logs", status=DagsterRunStatus.FAILURE,
+                            tags={"dagster/run_key": f"catch-up:{key}", "dagster/partition": key})
+    again = catch_up_tick(instance, store, source, SETTINGS.model_copy(update={"catch_up_windows": 5}), messages=messages)
+    assert ingest_requests(again) == {} and source.calls[1:] == [([hour_key(9)], ["a", "b", "c"])]
+    assert "already ran for them" in str(messages)
+
+
+def test_catch_up_leaves_the_newest_window_to_the_schedule_and_caps_a_tick(instance, store, monkeypatch, messages):
+    import orchestration.sensors as sensors
+
+    counts(store, 0, a=30)
+    source = CountingSource(records={hour_key(h): {"a": 1_000} for h in range(24)})
+    settings = SETTINGS.model_copy(update={"catch_up_windows": 3})
+    # at 12:05 the 11:00 window closed 5 minutes ago: the ingest schedule launches it
+    result = catch_up_tick(instance, store, source, settings, now=NOON_30.replace(minute=5))
+    assert source.calls[-1][0] == [hour_key(9), hour_key(10)] and set(ingest_requests(result)) == {hour_key(9), hour_key(10)}
+    monkeypatch.setattr(sensors, "CATCH_UP_MAX_RUNS_PER_TICK", 1)
+    capped = catch_up_tick(instance, store, source, settings, messages=messages)
+    assert list(ingest_requests(capped)) == [hour_key(9)]  # the oldest first
+    assert "a: 30 new samples" not in capped.skip_reason.skip_message if capped.skip_reason else True
+    assert "3,000 more records in 3 unprocessed windows, ingesting 1 this tick" in str(messages)
+
+
+def test_waiting_batches_say_what_is_being_ingested_when_nothing_trains(instance, store, messages):
+    from orchestration.sensors import last_closed_keys
+
+    counts(store, 0, a=30)
+    source = CountingSource(records={hour_key(11): {"a": 70}})
+    result = catch_up_tick(instance, store, source, messages=messages)
+    assert set(ingest_requests(result)) == {hour_key(11)} and result.skip_reason is None
+    assert "nothing to train: a: no model; 30 samples < 100; 70 more records in 1 unprocessed window, ingesting" in str(messages)
+    # with the windows summarised (materialized), no catch-up: the skip reason is the plain one
+    for key in last_closed_keys(24, NOON_30):
+        instance.report_runless_asset_event(AssetMaterialization("partition_summaries", partition=key))
+    skipped = catch_up_tick(instance, store, source)
+    assert skipped.run_requests == [] and skipped.skip_reason.skip_message == "nothing to train: a: no model; 30 samples < 100"
+    assert len(source.calls) == 1  # every window summarised: nothing to count
+
+
+def test_a_source_that_does_not_count_cheaply_is_never_counted(instance, store, tmp_path):
+    from orchestration.sensors import new_samples_sensor
+
+    assert not LocalLogSource(path=str(tmp_path)).counts_cheaply
+    assert OpenSearchLogSource(hosts=["http://opensearch:9200"]).counts_cheaply
+    source = RecordingLocalSource(path=str(tmp_path))
+    counts(store, 0, a=200)
+    assert [r.job_name for r in catch_up_tick(instance, store, source).run_requests] == ["train_model"]
+    # the sensor itself, with its resources (and the shipped settings): trains, never counts the folder
+    other = SQLiteStore(path=str(tmp_path / "other.sqlite"))
+    counts(other, 0, b=10**6)
+    context = build_sensor_context(instance=instance, resources={"store": other, "log_source": source})
+    result = new_samples_sensor(context)
+    assert [r.job_name for r in result.run_requests] == ["train_model"]
+    assert source.calls == []
+    assert {t.job_name for t in new_samples_sensor.targets} == {"train_model", "ingest_logs"}
+
+
+def test_a_count_failure_still_gives_the_training_decisions(instance, store, messages, monkeypatch):
+    import orchestration.sensors as sensors
+
+    counts(store, 0, a=200, b=10)
+    source = CountingSource(records={hour_key(11): {"a": 70}}, fail=True)
+    result = catch_up_tick(instance, store, source, messages=messages)
+    assert len(source.calls) == 1
+    assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("train_model", "a")]
+    assert "counting a counting test source failed, not catching up" in str(messages) and "connection refused" in str(messages)
+
+    # a source that hangs: the tick does not wait past the count's deadline
+    monkeypatch.setattr(sensors, "CATCH_UP_COUNT_TIMEOUT_S", 0.2)
+    other = SQLiteStore(path=store.path + ".2")
+    counts(other, 0, b=200)
+    slow = CountingSource(records={hour_key(11): {"b": 70}}, delay_s=3)
+    started = time.monotonic()
+    result = catch_up_tick(instance, other, slow, messages=messages)
+    assert time.monotonic() - started < 2.5
+    assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("train_model", "b")]
+    assert "no answer in 0.2 s" in str(messages)
+
+
+def test_catch_up_windows_zero_turns_catch_up_off(instance, store, tmp_path):
+    counts(store, 0, a=30)
+    source = CountingSource(records={hour_key(11): {"a": 70}})
+    result = catch_up_tick(instance, store, source, SETTINGS.model_copy(update={"catch_up_windows": 0}))
+    assert result.run_requests == [] and source.calls == []
+    assert LoopSettings().catch_up_windows == 24
+    good = tmp_path / "loop.yaml"
+    good.write_text("catch_up_windows: 0\n")
+    assert load_loop_settings(str(good)).catch_up_windows == 0
+    for bad in ("-1", "many", "100000"):
+        good.write_text(f"catch_up_windows: {bad}\n")
+        with pytest.raises(LoopSettingsError, match="catch_up_windows"):
+            load_loop_settings(str(good))
+
+
+def test_the_sensor_requests_resolve_against_both_jobs(instance, store):
+    """Through the repository, as the daemon evaluates it: each request names a job the sensor
+    targets and a partition of that job (the training one gets its batch, the catch-up its window)."""
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    from orchestration.definitions import defs
+    from orchestration.sensors import last_closed_keys
+
+    counts(store, 0, a=10**6)
+    instance.add_dynamic_partitions("batches", ["a"])
+    window = last_closed_keys(2)[0]  # closed over an hour ago
+    repo = defs.get_repository_def()
+    context = build_sensor_context(instance=instance, repository_def=repo,
+                                   resources={"store": store, "log_source": CountingSource(records={window: {"a": 5}})})
+    with partition_loading_context(dynamic_partitions_store=instance):
+        data = repo.get_sensor_def("new_samples_sensor").evaluate_tick(context)
+    resolved = {(r.job_name, r.partition_key, r.tags["dagster/partition"]) for r in data.run_requests}
+    assert resolved == {("train_model", "a", "a"), ("ingest_logs", window, window)}
+
+
+def test_catch_up_with_the_opensearch_source_is_one_count_request(instance, store, messages):
+    """The real OpenSearch source over HTTP (tests/opensearch_server.py): one aggregation
+    request counts the unsummarised windows; a server error only costs the catch-up."""
+    from ops.records import Windows
+    from orchestration.assets import window_ms
+    from tests.opensearch_server import FakeOpenSearch, ListCorpus
+
+    start = {h: window_ms(hour_key(h))[0] for h in (9, 10, 11)}
+    docs = ([{"time": start[10] + i * 1000, "log": f"line {i}", "cluster_id": "c1"} for i in range(30)]
+            + [{"time": start[11] + 5, "log": "other", "cluster_id": "c2"}]
+            + [{"time": start[9] - 1, "log": "before the windows", "cluster_id": "c1"}])
+    counts(store, 0, c1=30)  # c1 waits for 100
+    instance.add_dynamic_partitions("batches", ["c2"])
+    with FakeOpenSearch({"logs": ListCorpus(docs)}) as server:
+        src = OpenSearchLogSource(hosts=[server.url], batch_fields=["cluster_id"], retries=0)
+        result = catch_up_tick(instance, store, src, SETTINGS.model_copy(update={"catch_up_windows": 3}),
+                               messages=messages)
+        searches = [r for r in server.requests if r["path"].endswith("/_search")]
+        assert len(searches) == 1 and set(searches[0]["body"]["aggs"]["windows"]["filters"]["filters"]) == {"0", "1", "2"}
+        assert set(ingest_requests(result)) == {hour_key(10), hour_key(11)}
+        assert "c1: no model; 30 samples < 100; 30 more records in 1 unprocessed window, ingesting" in str(messages)
+        assert src.count(Windows([window_ms(hour_key(9))]), ["c1"]) == {(0, "c1"): 0}
+
+        server.state.fail_next(1, status=500, match="_search")
+        counts(store, 1, c1=100)  # now c1 trains
+        result = catch_up_tick(instance, store, src, SETTINGS.model_copy(update={"catch_up_windows": 3}),
+                               messages=messages)
+        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("train_model", "c1")]
+        assert "not catching up this tick" in str(messages)
