@@ -234,11 +234,20 @@ def summarize_shard(shard, windows: Windows, masking_rules=None, defer: int = 0,
     )
 
 
-def mask_messages(raws: list[str], masking_rules=None) -> tuple[list[str], float]:
-    """Mask raw messages (a worker task); returns the masked forms and the peak RSS."""
-    masker, _ = masker_and_cache(masking_rules)
+def mask_messages(raws: list[str], masking_rules=None, cache_size: int = DEFAULT_CACHE) -> tuple[list[str], float]:
+    """Mask raw messages (a worker task); returns the masked forms and the peak RSS.
+
+    The masks also go into this worker's cache, so its later shards count those
+    messages themselves instead of deferring them again.
+    """
+    masker, cache = masker_and_cache(masking_rules)
     mask = masker.mask
-    return [mask(r) for r in raws], peak_rss_mb()
+    masks = [mask(r) for r in raws]
+    if len(cache) + len(raws) > cache_size:
+        cache.clear()
+    if len(raws) <= cache_size:
+        cache.update(zip(raws, masks))
+    return masks, peak_rss_mb()
 
 
 def peak_rss_mb() -> float:
@@ -337,7 +346,7 @@ def summarize_windows(
         step = max(256, -(-len(raws) // workers))
         for i in range(0, len(raws), step):
             part = raws[i : i + step]
-            mask_jobs.append((part, pool.submit(mask_messages, part, masking_rules)))
+            mask_jobs.append((part, pool.submit(mask_messages, part, masking_rules, cache_size)))
 
     if pool is None:
         results = (summarize_shard(s, windows, masking_rules, **kwargs) for s in shards)
@@ -372,8 +381,8 @@ def summarize_windows(
             held.append(r.pending)
             held_n += len(r.pending)
             deferred_lines += r.deferred_lines
-            if held_n > MAX_HELD:
-                resolve()
+            if held_n > MAX_HELD or all(fut.done() for _, fut in mask_jobs):
+                resolve()  # while the workers read on, rather than all at the end
         if progress:
             progress(done, len(shards), sum(lines))
     resolve()
@@ -393,3 +402,6 @@ class _Done:
 
     def result(self):
         return self._value
+
+    def done(self) -> bool:
+        return True

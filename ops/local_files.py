@@ -92,14 +92,19 @@ class FileShard:
             yield from self._read_text_counts(windows, bad, seen)
             return
         fast, tally = FastJsonBlocks(self.fmt), Tally()
+        line_no = 1  # counted here: the fast path knows its blocks' line counts
         with open(self.path, "rb") as f:
-            for first_line_no, payload in read_raw_blocks(f, self.block_size):
-                if isinstance(payload, bytes) and fast.tally(payload, windows, seen, tally):
+            for _, payload in read_raw_blocks(f, self.block_size, count_lines=False):
+                n = fast.tally(payload, windows, seen, tally) if isinstance(payload, bytes) else None
+                if n is not None:
+                    line_no += n
                     if len(tally) > TALLY_LIMIT:
                         yield tally.flush()
                     continue
                 # the careful path: each line parsed, bad ones counted and named
-                chunk = parse_json_lines(split_lines(payload), self.fmt, windows, bad, self.source, first_line_no, seen)
+                lines = split_lines(payload)
+                chunk = parse_json_lines(lines, self.fmt, windows, bad, self.source, line_no, seen)
+                line_no += len(lines)
                 if chunk:
                     yield {key: Counter(msgs) for key, msgs in chunk.items()}
         if len(tally):

@@ -36,6 +36,8 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[
 _TOKENS = re.compile(r"<[a-z][a-z0-9]*>|\w+|[^\w\s]")
 
 CHUNK_CACHE = 100_000  # masked whitespace-separated pieces a Masker remembers
+PROBE_LINES = 2_000    # lines masked piecewise before judging whether it pays
+WHOLE_LINES = 20_000   # lines then masked whole when more than half the pieces were new
 
 
 def load_rules(path=None) -> list[dict]:
@@ -115,34 +117,47 @@ class Masker:
         ]
         self._piecewise = piecewise_safe(self.rules)
         self._pieces: dict[str, str] = {}
+        # When most pieces are new (high-cardinality text), masking piece by piece costs
+        # more than the whole line: switch to whole lines for a while, then look again.
+        self._probe = [0, 0, 0]   # lines, pieces, new pieces in this probe
+        self._whole_for = 0       # lines left to mask whole
 
     def mask(self, line: str) -> str:
         if "\x1b" in line:
             line = _ANSI.sub("", line)
         s = line.lower()
-        if not self._piecewise or ":\\" in s:  # a Windows path may hold spaces
+        if not self._piecewise:
             return self._mask_lowered(s)
-        # Piecewise: the rules act within whitespace-separated pieces (see piecewise_safe),
-        # so each piece is masked once and remembered; log lines share most of their pieces.
-        parts = _WHITESPACE.split(s)
-        pieces, cache, out = [], self._pieces, []
-        i, n = 0, len(parts)
-        while i < n:
-            piece = parts[i]
-            while i + 2 < n and _must_join(parts[i], parts[i + 1], parts[i + 2]):
-                piece += parts[i + 1] + parts[i + 2]
-                i += 2
-            i += 2
-            if not piece:
-                continue
-            masked = cache.get(piece)
-            if masked is None:
-                if len(cache) >= CHUNK_CACHE:
-                    cache.clear()
-                masked = cache[piece] = self._mask_lowered(piece)
-            if masked:
-                out.append(masked)
-        return " ".join(out)
+        if self._whole_for:
+            self._whole_for -= 1
+            return self._mask_lowered(s)
+        return self._mask_piecewise(s)
+
+    def _mask_piecewise(self, s: str) -> str:
+        """The rules act within whitespace-separated pieces (see piecewise_safe), so each
+        piece is masked once and remembered: log lines share most of their pieces."""
+        if ":\\" in s:  # a Windows path may hold spaces
+            return self._mask_lowered(s)
+        pieces = _PIECES.findall(s)
+        get = self._pieces.get
+        masked = [get(piece) for piece in pieces]
+        probe = self._probe
+        if None in masked:
+            probe[2] += masked.count(None)
+            masked = [self._learn(p) if m is None else m for p, m in zip(pieces, masked)]
+        probe[0] += 1
+        probe[1] += len(pieces)
+        if probe[0] >= PROBE_LINES:
+            if probe[2] * 2 > probe[1]:
+                self._whole_for = WHOLE_LINES
+            probe[:] = [0, 0, 0]
+        return " ".join(filter(None, masked))
+
+    def _learn(self, piece: str) -> str:
+        if len(self._pieces) >= CHUNK_CACHE:
+            self._pieces.clear()
+        masked = self._pieces[piece] = self._mask_lowered(piece)
+        return masked
 
     def _mask_lowered(self, s: str) -> str:
         for requires, sub, replacement in self._steps:
@@ -166,31 +181,24 @@ class Masker:
 # it does next to whitespace, replacements hold no whitespace, and every `requires` hint
 # is a true necessary condition. The default date rules do match across single spaces
 # ("Jun 14 15:16:01", "2015-10-18 18:01:47"), so pieces are joined wherever such a date
-# could continue across the gap (`_must_join`, a superset of every space those rules can
+# could continue across the gap (`_PIECES`, a superset of every space those rules can
 # match, judged on the lower-cased line: rule outputs are <placeholders>, whose '<' and
 # '>' none of these rules match, so no earlier rule can create a new place to join), and
 # a line holding a Windows path (C:\\...\\a b) is masked whole. tests/test_masking.py
 # checks piecewise == whole-line on every Loghub line and on generated lines.
 
-_WHITESPACE = re.compile(r"(\s+)")
-_MONTHS = frozenset("jan feb mar apr may jun jul aug sep oct nov dec".split())
-_DAYS = frozenset("mon tue wed thu fri sat sun".split())
-# the default rules that match across spaces, by name -> pattern; _must_join covers them
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAYS = "mon|tue|wed|thu|fri|sat|sun"
+# the default rules that match across spaces; _PIECES keeps together what they can match
 _SPANNING_DEFAULTS = ("datetime_iso", "datetime_klog", "datetime_syslog", "datetime_rfc2822", "datetime_clf", "path")
+# A piece: runs of non-space joined across every gap of plain spaces where a date could
+# go on: after a digit or comma, before a digit, sign, month or g/u/z (14 jun, 2015 18:01,
+# 14, 15:16, 2005 +0000, 2022 gmt), and after a month or day name, before a digit or a
+# month (jun 14, sun dec). \d as in the rules: Unicode decimal digits.
+_PIECES = re.compile(
+    rf"\S+(?:(?:(?<=[\d,]) +(?=[\d+\-guz]|{_MONTHS})|(?<={_MONTHS}|{_DAYS}) +(?=\d|{_MONTHS}))\S+)*"
+)
 _PLACEHOLDER = re.compile(r"<[a-z][a-z0-9]*>")
-
-
-def _must_join(left: str, gap: str, right: str) -> bool:
-    """Whether a date rule could match across this gap (only runs of plain spaces can)."""
-    if not left or not right or gap.strip(" "):
-        return False
-    last, first = left[-1], right[0]
-    if last.isdigit() or last == ",":   # 18 01:47, 2015 +0000, 14 jun, 14, 15:16, 2022 gmt
-        return first.isdigit() or first in "+-guz" or right[:3] in _MONTHS
-    tail = left[-3:]
-    if tail in _MONTHS or tail in _DAYS:  # jun 14, sun dec
-        return first.isdigit() or right[:3] in _MONTHS
-    return False
 
 
 def _matches_whitespace(node_items, flags) -> bool:
@@ -245,7 +253,7 @@ def piecewise_safe(rules: list[dict]) -> bool:
     """Whether masking piece by piece gives exactly the whole-line result for `rules`.
 
     True when every rule's replacement is a <placeholder>, and every rule either is
-    one of the default date/path rules that `_must_join` covers (same pattern) or
+    one of the default date/path rules that `_PIECES` keeps whole (same pattern) or
     provably cannot match whitespace nor depends on string boundaries; and every
     `requires` hint is one of the default rules' (checked to be necessary), since a
     wrong hint would act per piece instead of per line.
