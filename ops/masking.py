@@ -190,13 +190,15 @@ class Masker:
 _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
 _DAYS = "mon|tue|wed|thu|fri|sat|sun"
 # the default rules that match across spaces; _PIECES keeps together what they can match
-_SPANNING_DEFAULTS = ("datetime_iso", "datetime_klog", "datetime_syslog", "datetime_rfc2822", "datetime_clf", "path")
-# A piece: runs of non-space joined across every gap of plain spaces where a date could
-# go on: after a digit or comma, before a digit, sign, month or g/u/z (14 jun, 2015 18:01,
-# 14, 15:16, 2005 +0000, 2022 gmt), and after a month or day name, before a digit or a
-# month (jun 14, sun dec). \d as in the rules: Unicode decimal digits.
+_SPANNING_DEFAULTS = ("datetime_iso", "datetime_klog", "datetime_syslog", "datetime_rfc2822", "datetime_clf", "path",
+                      "size")
+# A piece: runs of non-space joined across every gap of plain spaces where a date or a
+# size could go on: after a digit or comma, before a digit, sign, month, g/u/z or a size
+# unit's first letter (14 jun, 2015 18:01, 14, 15:16, 2005 +0000, 2022 gmt, 5.2 kb), and
+# after a month or day name, before a digit or a month (jun 14, sun dec). \d as in the
+# rules: Unicode decimal digits.
 _PIECES = re.compile(
-    rf"\S+(?:(?:(?<=[\d,]) +(?=[\d+\-guz]|{_MONTHS})|(?<={_MONTHS}|{_DAYS}) +(?=\d|{_MONTHS}))\S+)*"
+    rf"\S+(?:(?:(?<=[\d,]) +(?=[\d+\-guzbkmtpe]|{_MONTHS})|(?<={_MONTHS}|{_DAYS}) +(?=\d|{_MONTHS}))\S+)*"
 )
 _PLACEHOLDER = re.compile(r"<[a-z][a-z0-9]*>")
 

@@ -55,6 +55,9 @@ CASES = [
     ("pod", "pod kube-proxy and cert-manager ready", "pod kube - proxy and cert - manager ready"),
     ("hex", "addr 0x1F and 0xdeadbeef hash 3f2a9c01ab", "addr <hex> and <hex> hash <hex>"),
     ("hex", "words deadbeef facade cafebabe", "words deadbeef facade cafebabe"),
+    ("size", "stored 384.0 B in memory (estimated size 5.2 KB, free 1.5GiB)", "stored <size> in memory ( estimated size <size> , free <size> )"),
+    ("size", "read 1024 bytes, block b 5", "read <size> , block b <num>"),
+    ("size", "5 bits and v2.kb and 3 bees", "<num> bits and <token> . kb and <num> bees"),
     ("duration", "took 150ms then 2.5s then 1h30m and 10us", "took <duration> then <duration> then <duration> and <duration>"),
     ("duration", "the ms and s units", "the ms and s units"),
     ("num", "retry 3 of -7 at 3.14", "retry <num> of <num> at <num>"),
@@ -156,6 +159,7 @@ FRAGMENTS = [
     "10.0.0.0/24", "::1", "fe80::1%eth0", "00:1a:2b:3c:4d:5e", "0xdeadbeef", "3f2a9c01", "150ms", "blk_-123",
     "user=bob,", "http://a.b/c?d=1", "a@b.io", "123e4567-e89b-12d3-a456-426614174000", "nginx-7d9c8b5f4-x2k9p",
     "main.go:12", "<num>", "x<y", "-", ",", "", "ok", "2022", "Tue,", "12", "t", "2015-10-18t18:01:47z",
+    "5.2", "kb", "b", "bytes", "384", "gib", "1.5gb", "B,", "mb)",
 ]
 SEPARATORS = [" ", " ", " ", "  ", "\t", " \t ", "\u00a0", "\n", "   "]
 
