@@ -8,6 +8,7 @@ file and line number.
 from __future__ import annotations
 
 import bisect
+import operator
 import datetime as dt
 import re
 from collections import Counter
@@ -369,6 +370,9 @@ def _one_object_per_line(data: bytes) -> int | None:
 _NON_FINITE = re.compile(rb"[:,\[]\s*-?(?:NaN|Inf)")  # tokens Arrow accepts and orjson rejects
 
 
+_GET_T, _GET_M, _GET_B0 = operator.attrgetter("t"), operator.attrgetter("m"), operator.attrgetter("b0")
+
+
 class FastJsonBlocks:
     """Vectorised parsing of a block of JSON Lines with pyarrow, for the common case.
 
@@ -465,7 +469,8 @@ class FastJsonBlocks:
     def parse(self, data: bytes, windows: Windows, seen: TimeRange | None = None):
         """The block's rows inside a window, or None when it needs the careful path.
 
-        With flat field names (msgspec): {(window index, batch): messages or their Counter}.
+        With flat field names (msgspec): {(window index, batch): messages (an iterator,
+        to be consumed at once) or their Counter}.
         With dotted ones (pyarrow): (keys, key index per row, distinct messages,
         message index per row), or [] when no row is inside a window.
         """
@@ -573,7 +578,11 @@ class FastJsonBlocks:
         return keys, k_idx, menc.dictionary, m_idx
 
     def _parse_flat(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None):
-        """msgspec's reading of a block: {(window index, batch): messages, or a Counter of them}."""
+        """msgspec's reading of a block: {(window index, batch): messages, or a Counter of them}.
+
+        One window and one batch (the usual block) give the messages as a lazy map, which
+        the Tally counts in C without building a list.
+        """
         import msgspec
 
         try:
@@ -582,7 +591,7 @@ class FastJsonBlocks:
             return None
         if len(records) != n_lines:  # it skips blank lines and accepts `}{`; the careful path does not
             return None
-        times = [r.t for r in records]
+        times = list(map(_GET_T, records))
         lo, hi = min(times), max(times)
         if lo < -(1 << 63) or hi >= 1 << 63:  # orjson reads these as floats
             return None
@@ -604,17 +613,20 @@ class FastJsonBlocks:
         if not fmt.batch_fields:
             batches = None
         elif len(fmt.batch_fields) == 1:
-            batches = [r.b0 for r in records]
+            batches = set(map(_GET_B0, records))
+            if len(batches) > 1:
+                batches = list(map(_GET_B0, records))
         else:
             n = len(fmt.batch_fields)
             sep, default = fmt.batch_separator, fmt.default_batch
             batches = [default if all(v is None for v in vs) else sep.join("" if v is None else v for v in vs)
                        for vs in ([getattr(r, f"b{i}") for i in range(n)] for r in records)]
-        names = {fmt.default_batch} if batches is None else set(batches)
+        names = {fmt.default_batch} if batches is None else set(batches)  # `batches` may be that set
         if None in names:
             names.discard(None)
             names.add(fmt.default_batch)
-            batches = [fmt.default_batch if b is None else b for b in batches]
+            if not isinstance(batches, set):
+                batches = [fmt.default_batch if b is None else b for b in batches]
         for name in names:
             if name not in self._valid_batches:
                 try:
@@ -622,9 +634,11 @@ class FastJsonBlocks:
                 except InvalidName:
                     return None  # the careful path names each bad line
                 self._valid_batches.add(name)
-        messages = [r.m for r in records]
         if window_of is None and len(names) == 1:
-            return {(w, next(iter(names))): messages}  # counted by the Tally, in C
+            return {(w, next(iter(names))): map(_GET_M, records)}  # counted by the Tally, in C
+        messages = list(map(_GET_M, records))
+        if isinstance(batches, set):  # one batch name, several windows
+            batches = [next(iter(names))] * len(records)
         if window_of is None:
             window_of = [w] * len(records)
         if batches is None:

@@ -15,6 +15,7 @@ from ops.summary import read_summary, read_summary_meta, write_summaries
 FMT = RecordFormat(batch_fields=("cluster_id", "kubernetes.namespace_name"))
 # flat field names take the msgspec fast path; dotted ones the pyarrow one
 FLAT = RecordFormat(batch_fields=("cluster_id", "team"))
+ONE = RecordFormat(batch_fields=("cluster_id",))
 HOUR = 3_600_000
 
 
@@ -219,7 +220,7 @@ def _mixed_file(n_good=3000):
     return b"".join(out)
 
 
-@pytest.mark.parametrize("fmt", [FMT, FLAT], ids=["dotted-pyarrow", "flat-msgspec"])
+@pytest.mark.parametrize("fmt", [FMT, FLAT, ONE], ids=["dotted-pyarrow", "flat-msgspec", "one-field-msgspec"])
 @pytest.mark.parametrize("block_size", [4096, 1 << 16, 1 << 20])
 def test_fast_path_matches_careful_path(tmp_path, block_size, fmt):
     logs = tmp_path / "logs"
@@ -242,8 +243,10 @@ def test_fast_path_matches_careful_path(tmp_path, block_size, fmt):
         assert result.bad.counts == want_bad.counts
         assert sorted(result.bad.examples) == sorted(want_bad.examples)
     assert want_bad.counts["too_long"] == 1 and want_bad.counts["bad_json"] >= 5
-    assert want[0]["c2/" if fmt is FMT else "c2/"]["a number over a double"] == 1  # valid JSON, kept
-    if fmt is FMT:
+    assert want[0]["c2" if fmt is ONE else "c2/"]["a number over a double"] == 1  # valid JSON, kept
+    if fmt is ONE:
+        assert want[0]["default"]["team only"] == 1
+    elif fmt is FMT:
         assert want[0]["c1/"] == {"literal null": 1}  # `"a.b": null` wins over the nested a.b
         assert want[0]["c1/flat"] == {"literal dotted": 1} and "c1/x" not in want[0]
     else:
@@ -260,7 +263,13 @@ def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
     flat = FastJsonBlocks(FLAT)
     assert flat._decoder is not None and fast._decoder is None
     two = jl(time=1, log="a", cluster_id="c") + jl(time=2, log="a", cluster_id="c") + jl(time=HOUR + 1, log="b")
-    assert flat.count(two, Windows([(0, HOUR), (HOUR, 2 * HOUR)])) == {(0, "c/"): {"a": 2}, (1, "default"): {"b": 1}}
+    w2 = Windows([(0, HOUR), (HOUR, 2 * HOUR)])
+    assert flat.count(two, w2) == {(0, "c/"): {"a": 2}, (1, "default"): {"b": 1}}
+    one = FastJsonBlocks(ONE)
+    assert one.count(two, w2) == {(0, "c"): {"a": 2}, (1, "default"): {"b": 1}}
+    same = jl(time=1, log="a", cluster_id="c") + jl(time=HOUR + 1, log="b", cluster_id="c") + jl(time=3 * HOUR, log="x", cluster_id="c")
+    assert one.count(same, w2) == {(0, "c"): {"a": 1}, (1, "c"): {"b": 1}}  # one batch, two windows, one outside
+    assert one.count(jl(time=5, log="z") * 3, w2) == {(0, "default"): {"z": 3}}
     for odd in [
         jl(time="1970-01-01T00:00:00Z", log="iso"),
         jl(time=1, log="a") + b"\n",
@@ -278,6 +287,7 @@ def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
     ]:
         assert fast.count(odd, w) is None, odd
         assert flat.count(odd, w) is None, odd
+        assert one.count(odd, w) is None, odd
 
 
 def test_pool_defers_masking_to_the_parent_and_counts_stay_exact(tmp_path):
