@@ -207,6 +207,7 @@ def _mixed_file(n_good=3000):
         b'{"time": 22, "log": "raw\tcontrol character"}\n',
         b'{"time": 23, "log": "big int time"}\n'.replace(b"23", b"9" * 30, 1),
         b'{"time": 24, "log": "team only", "team": "t1"}\n',
+        b'{"ti\\u006de": 26, "log": "escaped keys", "cluster\\u005fid": "c2"}\n',
         jl(time=25, log="null batch fields", cluster_id=None, team=None),
         jl(time=19, log="line without a final newline", cluster_id="c2").rstrip(b"\n"),
     ]
