@@ -399,6 +399,17 @@ class FastJsonBlocks:
         self._decoder = self._flat_decoder() if self.enabled and not self._literal_keys else None
         self.lines = 0  # lines in the last block `parse` accepted
 
+    def _valid(self, batch_names) -> bool:
+        """Whether every batch name is valid (each name validated once per reader)."""
+        for name in batch_names:
+            if name not in self._valid_batches:
+                try:
+                    validate_batch_name(name)
+                except InvalidName:
+                    return False
+                self._valid_batches.add(name)
+        return True
+
     def _flat_decoder(self):
         """A msgspec decoder of just the needed top-level fields (unknown ones are skipped).
 
@@ -556,13 +567,8 @@ class FastJsonBlocks:
         else:
             batch_names = [fmt.default_batch]
             b_idx = None
-        for name in batch_names:
-            if name not in self._valid_batches:
-                try:
-                    validate_batch_name(name)
-                except InvalidName:
-                    return None  # the careful path names each bad line
-                self._valid_batches.add(name)
+        if not self._valid(batch_names):
+            return None  # the careful path names each bad line
         menc = messages.dictionary_encode()
         m_idx = np.asarray(menc.indices, dtype=np.int64)
         nb = len(batch_names)
@@ -627,13 +633,8 @@ class FastJsonBlocks:
             names.add(fmt.default_batch)
             if not isinstance(batches, set):
                 batches = [fmt.default_batch if b is None else b for b in batches]
-        for name in names:
-            if name not in self._valid_batches:
-                try:
-                    validate_batch_name(name)
-                except InvalidName:
-                    return None  # the careful path names each bad line
-                self._valid_batches.add(name)
+        if not self._valid(names):
+            return None  # the careful path names each bad line
         if window_of is None and len(names) == 1:
             return {(w, next(iter(names))): map(_GET_M, records)}  # counted by the Tally, in C
         messages = list(map(_GET_M, records))
