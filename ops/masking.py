@@ -35,7 +35,7 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[
 # Tokens: a placeholder, a run of word characters, or one other non-space character.
 _TOKENS = re.compile(r"<[a-z][a-z0-9]*>|\w+|[^\w\s]")
 
-CHUNK_CACHE = 100_000  # masked whitespace-separated pieces a Masker remembers
+PIECE_CACHE = 100_000  # masked whitespace-separated pieces a Masker remembers
 PROBE_LINES = 2_000    # lines masked piecewise before judging whether it pays
 WHOLE_LINES = 20_000   # lines then masked whole when more than half the pieces were new
 
@@ -154,7 +154,7 @@ class Masker:
         return " ".join(filter(None, masked))
 
     def _learn(self, piece: str) -> str:
-        if len(self._pieces) >= CHUNK_CACHE:
+        if len(self._pieces) >= PIECE_CACHE:
             self._pieces.clear()
         masked = self._pieces[piece] = self._mask_lowered(piece)
         return masked

@@ -397,7 +397,6 @@ class FastJsonBlocks:
         self._literal_keys = {p: orjson.dumps(p) for p in self.paths if "." in p}
         self._valid_batches: set[str] = set()
         self._decoder = self._flat_decoder() if self.enabled and not self._literal_keys else None
-        self.lines = 0  # lines in the last block `parse` accepted
 
     def _valid(self, batch_names) -> bool:
         """Whether every batch name is valid (each name validated once per reader)."""
@@ -485,8 +484,11 @@ class FastJsonBlocks:
         With dotted ones (pyarrow): (keys, key index per row, distinct messages,
         message index per row), or [] when no row is inside a window.
         """
-        import numpy as np
+        checked = self._checked(data)
+        return None if checked is None else self._parse_checked(*checked, windows, seen)
 
+    def _checked(self, data: bytes) -> tuple[bytes, int] | None:
+        """(the block with \\r\\n as \\n, its number of lines) when the fast path may try it."""
         if not self.enabled or not data:
             return None
         if b"\r" in data:
@@ -499,7 +501,11 @@ class FastJsonBlocks:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        self.lines = n_lines
+        return data, n_lines
+
+    def _parse_checked(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None):
+        import numpy as np
+
         if self._decoder is not None:
             return self._parse_flat(data, n_lines, windows, seen)
         if (b"NaN" in data or b"Inf" in data) and _NON_FINITE.search(data):
@@ -615,35 +621,33 @@ class FastJsonBlocks:
             idx = np.searchsorted(starts, t, side="right") - 1
             inside = (idx >= 0) & (t < ends[np.maximum(idx, 0)]) if len(starts) else np.zeros(len(t), bool)
             window_of = np.where(inside, idx, -1).tolist()
-        fmt = self.fmt
+        fmt, default = self.fmt, self.fmt.default_batch
+        batches = None  # per record, built only when a block holds several
         if not fmt.batch_fields:
-            batches = None
+            names = {default}
         elif len(fmt.batch_fields) == 1:
-            batches = set(map(_GET_B0, records))
-            if len(batches) > 1:
+            names = set(map(_GET_B0, records))
+            if None in names:
+                names.discard(None)
+                names.add(default)
+                if len(names) > 1:
+                    batches = [default if b is None else b for b in map(_GET_B0, records)]
+            elif len(names) > 1:
                 batches = list(map(_GET_B0, records))
         else:
-            n = len(fmt.batch_fields)
-            sep, default = fmt.batch_separator, fmt.default_batch
+            n, sep = len(fmt.batch_fields), fmt.batch_separator
             batches = [default if all(v is None for v in vs) else sep.join("" if v is None else v for v in vs)
                        for vs in ([getattr(r, f"b{i}") for i in range(n)] for r in records)]
-        names = {fmt.default_batch} if batches is None else set(batches)  # `batches` may be that set
-        if None in names:
-            names.discard(None)
-            names.add(fmt.default_batch)
-            if not isinstance(batches, set):
-                batches = [fmt.default_batch if b is None else b for b in batches]
+            names = set(batches)
         if not self._valid(names):
             return None  # the careful path names each bad line
         if window_of is None and len(names) == 1:
             return {(w, next(iter(names))): map(_GET_M, records)}  # counted by the Tally, in C
         messages = list(map(_GET_M, records))
-        if isinstance(batches, set):  # one batch name, several windows
-            batches = [next(iter(names))] * len(records)
         if window_of is None:
             window_of = [w] * len(records)
         if batches is None:
-            batches = [fmt.default_batch] * len(records)
+            batches = [next(iter(names))] * len(records)
         out: dict = {}
         for (wi, batch, message), c in Counter(zip(window_of, batches, messages)).items():
             if wi >= 0:
@@ -655,7 +659,8 @@ class FastJsonBlocks:
 
     def tally(self, data: bytes, windows: Windows, seen: TimeRange | None, tally: "Tally") -> int | None:
         """Count a block into `tally`: its number of lines, or None when it needs the careful path."""
-        parsed = self.parse(data, windows, seen)
+        checked = self._checked(data)
+        parsed = None if checked is None else self._parse_checked(*checked, windows, seen)
         if parsed is None:
             return None
         if isinstance(parsed, dict):
@@ -663,7 +668,7 @@ class FastJsonBlocks:
                 tally.add_counts(key, counts)
         elif parsed:
             tally.add(*parsed)
-        return self.lines
+        return checked[1]
 
     def count(self, data: bytes, windows: Windows, seen: TimeRange | None = None):
         """{(window index, batch): {raw message: count}} for a block, or None (see the class)."""

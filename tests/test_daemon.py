@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 
 from ops import demo_logs
 from resources.store import SQLiteStore
+from tests.processes import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = "demo/shop/payments"
@@ -92,12 +92,7 @@ def loop(tmp_path):
     try:
         yield home, SQLiteStore(path=str(home / "store.sqlite")), log_path
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-        log.close()
+        stop_process_group(daemon, log)
 
 
 def test_sensor_trains_then_fine_tunes_and_the_reaper_unblocks_a_hung_batch(loop):

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import yaml
 
 from ops import demo_logs
 from orchestration.training_spec import parse_spec, run_config
+from tests.processes import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -84,12 +84,7 @@ def server(tmp_path_factory):
     try:
         yield {"url": url, "env": {**env, "LOGLOOP_DAGSTER_URL": url}, "home": home, "log": log_path}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop_process_group(proc, log)
 
 
 def spec_doc(spec_id: str, epochs: int = 3, batch: str = BATCH) -> dict:
