@@ -22,6 +22,7 @@ Pure computation: no dagster here.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def _matches_whitespace(node_items, flags) -> bool:
             state = _parser.State()
             state.flags = flags
             one_class = re._compiler.compile(_parser.SubPattern(state, [(op, av)]), flags)
-            if any(one_class.match(ch) for ch in _ALL_WHITESPACE):
+            if any(one_class.match(ch) for ch in _all_whitespace()):
                 return True
         elif op is c.AT:
             if av not in (c.AT_BOUNDARY, c.AT_NON_BOUNDARY):
@@ -248,7 +249,9 @@ def _matches_whitespace(node_items, flags) -> bool:
     return False
 
 
-_ALL_WHITESPACE = [chr(i) for i in range(0x3001) if chr(i).isspace()]  # U+3000 is the last
+@functools.cache
+def _all_whitespace() -> tuple[str, ...]:
+    return tuple(chr(i) for i in range(0x3001) if chr(i).isspace())  # U+3000 is the last
 
 
 def piecewise_safe(rules: list[dict]) -> bool:
@@ -278,14 +281,9 @@ def piecewise_safe(rules: list[dict]) -> bool:
     return True
 
 
-_DEFAULT_RULES: list[dict] | None = None
-
-
+@functools.cache
 def _default_rules() -> list[dict]:
-    global _DEFAULT_RULES
-    if _DEFAULT_RULES is None:
-        _DEFAULT_RULES = load_rules()
-    return _DEFAULT_RULES
+    return load_rules()
 
 
 def tokens(masked: str) -> list[str]:
