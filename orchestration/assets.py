@@ -10,14 +10,12 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
-import uuid
 from typing import Literal, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetSpec,
     Config,
     Failure,

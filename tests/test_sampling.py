@@ -91,7 +91,6 @@ def test_small_population_is_taken_whole():
 
 
 def test_draw_never_exceeds_a_forms_count():
-    rng = np.random.default_rng(0)
     counts = np.array([1, 1, 1, 1000, 5, 2])
     for seed in range(20):
         drawn = weighted_draw(counts, 8, np.random.default_rng(seed))

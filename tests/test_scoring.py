@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ops.artifact import Artifact, ArtifactError, read_artifact, write_artifact
+from ops.artifact import Artifact, ArtifactError, write_artifact
 from ops.evaluate import score_lines
 from ops.masking import Masker
-from ops.model import NuLog, NuLogConfig
+from ops.model import NuLogConfig
 from ops.scoring import Scorer
 from ops.templates import VARIABLE, collapse, generalize, templates, token_template
 from ops.train import TrainConfig, train

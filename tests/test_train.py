@@ -4,7 +4,6 @@ import csv
 import math
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
