@@ -321,7 +321,7 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
         # DDP only syncs gradients for calls through its own forward, so the forward batch_loss
         # needs (masked_rows or the plain forward) is wrapped as a module's forward.
         forward = DDP(_Rows(model, cfg.factored), device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adam(model, cfg)
     use_amp, amp_dtype = _amp(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     if cfg.compile:
@@ -391,6 +391,17 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
         torch.cuda.synchronize()
     return dict(losses=losses, steps=steps, start_epoch=start_epoch,
                 lines_done=glob[2], rows_done=glob[3], computed=int(glob[4]))
+
+
+def adam(model: NuLog, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam, fused into one kernel where torch has one for the device: the same update (to float
+    rounding) as the per-tensor loop, which spends ~8 ms a step on CPU for NuLog's 0.9M weights
+    against ~0.5 ms fused, and the step count, not the rows, is what bounds small-batch training."""
+    params = list(model.parameters())
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class _Rows(torch.nn.Module):

@@ -10,7 +10,7 @@ import torch
 
 from ops.evaluate import evaluate, score_lines, topk_hits
 from ops.model import NuLog, NuLogConfig
-from ops.train import TrainConfig, batch_loss, encode, loss_on, plan_batches, train
+from ops.train import TrainConfig, adam, batch_loss, encode, loss_on, plan_batches, train
 from ops.vocab import Vocab
 
 SMALL = NuLogConfig(vocab_size=0, d_model=64, n_heads=4, d_ff=64)
@@ -205,3 +205,24 @@ def test_learns_real_hdfs_logs(loghub):
 
 # Measured 0.960 top-5 accuracy after 3 epochs (untrained: 0.115); the floor leaves room for seeds.
 HDFS_FLOOR = 0.9
+
+
+def test_fused_adam_makes_the_same_updates_as_the_per_tensor_loop():
+    torch.manual_seed(0)
+    fused_model = NuLog(NuLogConfig(vocab_size=50, d_model=32, n_heads=4, d_ff=32))
+    loop_model = NuLog(NuLogConfig(vocab_size=50, d_model=32, n_heads=4, d_ff=32))
+    loop_model.load_state_dict(fused_model.state_dict())
+    start = [p.detach().clone() for p in fused_model.parameters()]
+    cfg = TrainConfig()
+    fused = adam(fused_model, cfg)
+    loop = torch.optim.Adam(loop_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    assert fused.defaults["fused"] and (fused.defaults["lr"], fused.defaults["weight_decay"]) == (1e-3, 0.005)
+    for _ in range(30):
+        for p, q in zip(fused_model.parameters(), loop_model.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    assert max((p - p0).abs().max().item() for p, p0 in zip(fused_model.parameters(), start)) > 1e-3
+    for p, q in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
