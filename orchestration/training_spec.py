@@ -49,6 +49,7 @@ HYPERPARAMETERS = {
     "seed": ("training_sample", "seed"),
     "epochs": ("nulog_model", "epochs"),
     "batch_size": ("nulog_model", "batch_size"),
+    "spread": ("nulog_model", "spread"),
     "lr": ("nulog_model", "lr"),
     "weight_decay": ("nulog_model", "weight_decay"),
     "device": ("nulog_model", "device"),

@@ -64,7 +64,7 @@ def train_config(**check):
     return {
         "ops": {
             "training_sample": {"config": {"t": 400, "seed": 3, **check.pop("sample", {})}},
-            "nulog_model": {"config": {"epochs": 2}},
+            "nulog_model": {"config": {"epochs": 2, "spread": 0.75}},
             "nulog_model_nulog_model_quality": {"config": check},
         }
     }
@@ -108,6 +108,7 @@ def test_chain_materializes_and_registers_a_version(env):
     with resources["artifacts"].reading(models[0].artifact) as path:
         art = read_artifact(path)
     assert art.meta["batch"] == BATCH and art.meta["version"] == 1
+    assert art.config["train"]["spread"] == 0.75 and art.config["train"]["epochs"] == 2
     assert art.metrics["top_k_accuracy"] == models[0].metrics["top_k_accuracy"]
 
     # Production scoring of a window with the registered model: anomaly counts per batch over time.

@@ -82,6 +82,13 @@ def test_run_config_maps_every_section():
     assert run_tags(s)["logloop/task_id"] == "pay-1" and run_tags(s)["dagster/partition"] == "shop/payments"
 
 
+def test_spread_is_a_checked_hyperparameter():
+    s = parse_spec(spec(hyperParameters={"spread": "1.0"}))
+    assert run_config(s, executor="multiprocess")["ops"]["nulog_model"]["config"] == {"spread": 1.0}
+    with pytest.raises(SpecError, match="spec.hyperParameters.spread"):
+        parse_spec(spec(hyperParameters={"spread": "1.5"}))
+
+
 def test_relative_window_resolves_at_launch():
     s = parse_spec(spec(data={"batch": "b", "last": "2h"}))
     cfg = run_config(s, now_ms=10_000_000, executor="multiprocess")
