@@ -377,9 +377,9 @@ class FastJsonBlocks:
     """Vectorised parsing of a block of JSON Lines with pyarrow, for the common case.
 
     `count(data, ...)` returns {(window index, batch): {raw message: count}} for a
-    block (`parse` the same in arrays, for a `Tally`), or None when anything about the
-    block is unusual, so that the caller parses
-    that block with the careful per-line `parse_json_lines` instead (which names and
+    block (`tally(data, ..., tally)` adds the same to a `Tally` and returns the block's
+    line count), or None when anything about the block is unusual, so that the caller
+    parses that block with the careful per-line `parse_json_lines` instead (which names and
     counts every bad line). The fast path only answers when it provably gives what the
     careful path would: every line is one JSON object starting with `{` and ending with
     `}`, the block is valid UTF-8 with no line over MAX_LINE_BYTES, there are no
@@ -476,17 +476,6 @@ class FastJsonBlocks:
             return None
         return pc.coalesce(literal, nested)
 
-    def parse(self, data: bytes, windows: Windows, seen: TimeRange | None = None):
-        """The block's rows inside a window, or None when it needs the careful path.
-
-        With flat field names (msgspec): {(window index, batch): messages (an iterator,
-        to be consumed at once) or their Counter}.
-        With dotted ones (pyarrow): (keys, key index per row, distinct messages,
-        message index per row), or [] when no row is inside a window.
-        """
-        checked = self._checked(data)
-        return None if checked is None else self._parse_checked(*checked, windows, seen)
-
     def _checked(self, data: bytes) -> tuple[bytes, int] | None:
         """(the block with \\r\\n as \\n, its number of lines) when the fast path may try it."""
         if not self.enabled or not data:
@@ -504,6 +493,13 @@ class FastJsonBlocks:
         return data, n_lines
 
     def _parse_checked(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None):
+        """The block's rows inside a window, or None when it needs the careful path.
+
+        With flat field names (msgspec): {(window index, batch): messages (an iterator,
+        to be consumed at once) or their Counter}.
+        With dotted ones (pyarrow): (keys, key index per row, distinct messages,
+        message index per row), or [] when no row is inside a window.
+        """
         import numpy as np
 
         if self._decoder is not None:

@@ -340,8 +340,8 @@ def nulog_model(
         vocab = Vocab.build(train_lines)
     cfg = TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, spread=config.spread, lr=config.lr,
-        weight_decay=config.weight_decay,
-        seed=config.seed, device=config.device, amp=config.amp, world_size=config.world_size,
+        weight_decay=config.weight_decay, seed=config.seed, device=config.device, amp=config.amp,
+        world_size=config.world_size,
     )
     model_cfg = start_model.cfg if start_model is not None else NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
     checkpoint_key = f"checkpoints/{batch_key(batch)}/{upstream['run_id']}.pt"
