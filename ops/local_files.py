@@ -20,9 +20,10 @@ Two ways to read a shard, with the same results:
   fields, when a name is dotted), times are routed to windows, and identical
   (window, batch, message) rows are counted across blocks in C (`ops.records.Tally`,
   at most TALLY_LIMIT distinct messages before it is handed on). Any block the fast
-  path cannot vouch for (a bad line of any kind, ISO or float times, a missing field,
-  non-UTF-8, an overlong line...) is parsed line by line by the careful path instead,
-  so bad lines are still counted and named exactly.
+  path cannot vouch for (a bad line of any kind, ISO or float times, a time outside
+  ops.records' valid range, a missing field, non-UTF-8, an overlong line...) is parsed
+  line by line by the careful path instead, so bad lines are still counted and named
+  exactly. Both paths name batches with `ops.records.batch_name`.
 """
 
 from __future__ import annotations

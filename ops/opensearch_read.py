@@ -55,7 +55,17 @@ from typing import Any, Iterator, Optional, Sequence
 
 import orjson
 
-from ops.records import BadRecords, RecordFormat, TimeRange, Windows, get_field, parse_time_ms, route
+from ops.records import (
+    MAX_TIME_MS,
+    MIN_TIME_MS,
+    BadRecords,
+    RecordFormat,
+    TimeRange,
+    Windows,
+    get_field,
+    parse_time_ms,
+    route,
+)
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
@@ -293,7 +303,8 @@ def hits_to_chunk(
 ) -> dict[tuple[int, str], list[str]]:
     """A page of hits as {(window index, batch): [message, ...]}, the chunk shape of
     `FileShard.read`. The time is the hit's first sort value (epoch ms, as OpenSearch
-    gives for date and long fields); bad records are counted under ops.records reasons."""
+    gives for date and long fields) and must lie in ops.records' valid range
+    [MIN_TIME_MS, MAX_TIME_MS), as in files; bad records are counted under ops.records reasons."""
     out: dict[tuple[int, str], list[str]] = {}
     window_of = windows.index
     mf = fmt.message_field
@@ -301,8 +312,8 @@ def hits_to_chunk(
     for h in hits:
         sort = h.get("sort") or ()
         t = sort[0] if sort else None
-        if type(t) is not int:
-            t = parse_time_ms(t) if t is not None else None
+        if type(t) is not int or not MIN_TIME_MS <= t < MAX_TIME_MS:
+            t = parse_time_ms(t) if t is not None else None  # None outside the range too
             if t is None:
                 bad.add("bad_time", f"{where}/{h.get('_id')}")
                 continue

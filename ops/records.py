@@ -22,6 +22,16 @@ from ops.naming import InvalidName, validate_batch_name
 MAX_LINE_BYTES = 1_048_576
 MAX_EXAMPLES = 10
 
+# The valid range of a record's time, in epoch milliseconds: MIN_TIME_MS <= ms < MAX_TIME_MS,
+# from 1970-01-01T00:00:00Z up to (not including) 10000-01-01T00:00:00Z, the first instant
+# a four-digit ISO-8601 year cannot write. The one definition every reader applies (the
+# careful per-line parser, both fast paths of FastJsonBlocks, OpenSearch hits): a time
+# outside it (negative, huge, 1e400 read as infinity, NaN) is a bad record, `bad_time`.
+MIN_TIME_MS = 0
+MAX_TIME_MS = 253_402_300_800_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_ONE_MS = dt.timedelta(milliseconds=1)
+
 REASONS = {
     "blank": "blank line",
     "not_utf8": "bytes are not valid UTF-8",
@@ -29,7 +39,7 @@ REASONS = {
     "bad_json": "malformed JSON",
     "not_object": "JSON value is not an object",
     "no_time": "time field missing",
-    "bad_time": "time field is not epoch-ms or ISO-8601",
+    "bad_time": "time field is not epoch-ms or ISO-8601 from 1970 to 9999",
     "no_message": "message field missing or not a string",
     "bad_batch": "batch name is invalid",
     "empty_after_masking": "nothing left after masking",
@@ -60,21 +70,25 @@ class BadRecords:
 
 
 def parse_time_ms(value: Any) -> int | None:
-    """Epoch milliseconds from an int/float (ms) or an ISO-8601 string."""
+    """Epoch milliseconds from an int/float (ms), a string of digits (ms) or an ISO-8601
+    string; None when it is none of these or lies outside [MIN_TIME_MS, MAX_TIME_MS)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return int(value)
+    if isinstance(value, int):
+        return value if MIN_TIME_MS <= value < MAX_TIME_MS else None
+    if isinstance(value, float):  # NaN fails both comparisons; inf the second
+        return int(value) if MIN_TIME_MS <= value < MAX_TIME_MS else None
     if isinstance(value, str):
         try:
             if value.isdigit():
-                return int(value)
+                return parse_time_ms(int(value))
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.timezone.utc)
-        return int(parsed.timestamp() * 1000)
+        ms = (parsed - _EPOCH) // _ONE_MS  # exact, and no float overflow at the ends
+        return ms if MIN_TIME_MS <= ms < MAX_TIME_MS else None
     return None
 
 
@@ -91,6 +105,38 @@ def get_field(doc: dict, path: str) -> Any:
     return value
 
 
+ABSENT_FIELD = "-"  # stands for an absent batch field before a present one
+
+
+def batch_name(values: Sequence[str | None], default: str, separator: str = "/") -> str:
+    """A record's batch from its batch fields' values (in field order; None or "" when
+    absent). The one rule every reader applies (the careful parser and OpenSearch hits
+    through `RecordFormat.batch_of`, the fast paths per distinct combination of values):
+
+    - the values joined by the separator: `c1/ns/web` (a record with every field keeps
+      this name, as before);
+    - absent fields at the end are left out: `c1`, `c1/ns`;
+    - an absent field before a present one is written ABSENT_FIELD: `c1/-/web`, `-/ns`.
+      Leaving it out would merge {cluster c1, deployment web} into {cluster c1,
+      namespace web}: two workloads, one model;
+    - no field at all: the default batch. A name that would equal the default batch
+      while a field is absent gets one more ABSENT_FIELD (`default/-`), so it is never
+      merged into that batch either.
+
+    Empty values count as absent, so no name has an empty segment; a value that is
+    itself ABSENT_FIELD reads as absent (Kubernetes names cannot be `-`).
+    """
+    n = len(values)
+    while n and not values[n - 1]:
+        n -= 1
+    if not n:
+        return default
+    name = separator.join([v or ABSENT_FIELD for v in values[:n]]) if n > 1 else values[0]
+    if n < len(values) and name == default:
+        name += separator + ABSENT_FIELD
+    return name
+
+
 @dataclass(frozen=True)
 class RecordFormat:
     """How a JSON log document maps to a record. Field names are configurable."""
@@ -102,12 +148,27 @@ class RecordFormat:
     batch_separator: str = "/"
 
     def batch_of(self, doc: dict) -> str:
+        """The document's batch (see `batch_name`); values that are not strings are str()-ed."""
         if not self.batch_fields:
             return self.default_batch
         values = [get_field(doc, f) for f in self.batch_fields]
-        if all(v is None for v in values):
-            return self.default_batch
-        return self.batch_separator.join("" if v is None else str(v) for v in values)
+        return batch_name([v if v is None or type(v) is str else str(v) for v in values],
+                          self.default_batch, self.batch_separator)
+
+    def batch_values(self, name: str) -> list[str | None] | None:
+        """What a batch name stands for: each batch field's value, None for absent (or
+        empty); the inverse of `batch_of`, for building a source's filter of one batch.
+        Names written with empty segments before (`a//`) read the same way. None when no
+        record could have this name (more segments than batch fields)."""
+        n = len(self.batch_fields)
+        if name == self.default_batch:
+            return [None] * n
+        if n <= 1:
+            return [name] if n else None  # a single value may hold the separator
+        parts = name.split(self.batch_separator)
+        if len(parts) > n:
+            return None
+        return [None if p in ("", ABSENT_FIELD) else p for p in parts] + [None] * (n - len(parts))
 
 
 class Windows:
@@ -166,6 +227,7 @@ def parse_json_lines(
     time_field, message_field = fmt.time_field, fmt.message_field
     window_of = windows.index
     valid_batches: set[str] = set()
+    min_t, max_t = MIN_TIME_MS, MAX_TIME_MS
     lo = hi = None
     for offset, raw in enumerate(lines):
         if len(raw) > MAX_LINE_BYTES:
@@ -191,8 +253,8 @@ def parse_json_lines(
         if t is None:
             bad.add("no_time", f"{source}:{first_line_no + offset}")
             continue
-        if type(t) is not int:
-            t = parse_time_ms(t)
+        if type(t) is not int or not min_t <= t < max_t:
+            t = parse_time_ms(t)  # None for an int outside the range, too
             if t is None:
                 bad.add("bad_time", f"{source}:{first_line_no + offset}")
                 continue
@@ -370,6 +432,8 @@ def _one_object_per_line(data: bytes) -> int | None:
 _NON_FINITE = re.compile(rb"[:,\[]\s*-?(?:NaN|Inf)")  # tokens Arrow accepts and orjson rejects
 
 
+_KEY_LIMIT = 1 << 62  # FastJsonBlocks._batch_index keeps its int64 keys below this
+
 _GET_T, _GET_M, _GET_B0 = operator.attrgetter("t"), operator.attrgetter("m"), operator.attrgetter("b0")
 
 
@@ -384,8 +448,9 @@ class FastJsonBlocks:
     careful path would: every line is one JSON object starting with `{` and ending with
     `}`, the block is valid UTF-8 with no line over MAX_LINE_BYTES, there are no
     NaN/Infinity tokens (which orjson rejects and Arrow accepts), the time field is an
-    integer (epoch ms) on every line, the message is a string on every line inside a
-    window, batch fields are strings or absent, and every batch name is valid.
+    integer (epoch ms) in [MIN_TIME_MS, MAX_TIME_MS) on every line (checked on the block's
+    min and max), the message is a string on every line inside a window, batch fields are
+    strings or absent, and every batch name is valid.
     """
 
     def __init__(self, fmt: RecordFormat):
@@ -397,6 +462,8 @@ class FastJsonBlocks:
         self._literal_keys = {p: orjson.dumps(p) for p in self.paths if "." in p}
         self._valid_batches: set[str] = set()
         self._decoder = self._flat_decoder() if self.enabled and not self._literal_keys else None
+        n_batch = len(fmt.batch_fields)  # a record's batch values, as a tuple (two or more fields)
+        self._get_batch_values = operator.attrgetter(*[f"b{i}" for i in range(n_batch)]) if n_batch > 1 else None
 
     def _valid(self, batch_names) -> bool:
         """Whether every batch name is valid (each name validated once per reader)."""
@@ -525,8 +592,12 @@ class FastJsonBlocks:
         if times is None or times.null_count:
             return None
         t = np.asarray(times.combine_chunks() if isinstance(times, pa.ChunkedArray) else times)
-        if seen is not None and len(t):
-            seen.add(int(t.min()), int(t.max()))
+        if len(t):
+            lo, hi = int(t.min()), int(t.max())
+            if lo < MIN_TIME_MS or hi >= MAX_TIME_MS:
+                return None  # bad_time lines: the careful path names them
+            if seen is not None:
+                seen.add(lo, hi)
         if not len(windows):
             return []
         starts = np.asarray(windows.starts, dtype=np.int64)
@@ -555,17 +626,7 @@ class FastJsonBlocks:
                 if v is None:
                     return None
                 values.append(pick(v))
-            if len(values) == 1:
-                batches = pc.fill_null(values[0], fmt.default_batch)
-            else:
-                all_null = values[0].is_null()
-                for v in values[1:]:
-                    all_null = pc.and_(all_null, v.is_null())
-                joined = pc.binary_join_element_wise(*[pc.fill_null(v, "") for v in values], fmt.batch_separator)
-                batches = pc.if_else(all_null, fmt.default_batch, joined)
-            benc = batches.dictionary_encode()
-            batch_names = benc.dictionary.to_pylist()
-            b_idx = np.asarray(benc.indices, dtype=np.int64)
+            batch_names, b_idx = self._batch_index(values)
         else:
             batch_names = [fmt.default_batch]
             b_idx = None
@@ -585,6 +646,39 @@ class FastJsonBlocks:
         keys = [(int(k) // nb, batch_names[int(k) % nb]) for k in key_ids.tolist()]
         return keys, k_idx, menc.dictionary, m_idx
 
+    def _batch_index(self, values):
+        """(distinct batch names, each row's index into them) from the batch fields'
+        Arrow string columns: rows are grouped by their combination of values with numpy,
+        and each distinct combination is named once by `batch_name`, the rule of the
+        careful path."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        choices, codes = [], []
+        for v in values:
+            enc = v.dictionary_encode()  # nulls stay null: code 0 below
+            choices.append([None, *enc.dictionary.to_pylist()])
+            codes.append(np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64) + 1)
+        if all(c.min() == c.max() for c in codes):  # the usual block: one combination
+            combos, inverse = [[int(c[0]) for c in codes]], np.zeros(len(codes[0]), dtype=np.int64)
+        else:  # one int64 key per row (mixed radix, made dense again before it could overflow)
+            key, bound = codes[0], len(choices[0])
+            for c, ch in zip(codes[1:], choices[1:]):
+                if bound * len(ch) >= _KEY_LIMIT:
+                    _, key = np.unique(key, return_inverse=True)
+                    key, bound = key.reshape(-1), int(key.max()) + 1
+                key, bound = key * len(ch) + c, bound * len(ch)
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            combos, inverse = np.stack([c[first] for c in codes], axis=1).tolist(), inverse.reshape(-1)
+        fmt = self.fmt
+        names = [batch_name([choices[i][c] for i, c in enumerate(combo)], fmt.default_batch, fmt.batch_separator)
+                 for combo in combos]
+        distinct = list(dict.fromkeys(names))  # two combinations may share a name ("" and absent)
+        if len(distinct) < len(names):
+            position = {name: i for i, name in enumerate(distinct)}
+            inverse = np.asarray([position[name] for name in names], dtype=np.int64)[inverse]
+        return distinct, inverse
+
     def _parse_flat(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None):
         """msgspec's reading of a block: {(window index, batch): messages, or a Counter of them}.
 
@@ -601,7 +695,7 @@ class FastJsonBlocks:
             return None
         times = list(map(_GET_T, records))
         lo, hi = min(times), max(times)
-        if lo < -(1 << 63) or hi >= 1 << 63:  # orjson reads these as floats
+        if lo < MIN_TIME_MS or hi >= MAX_TIME_MS:  # bad_time lines: the careful path names them
             return None
         if seen is not None:
             seen.add(lo, hi)
@@ -621,20 +715,22 @@ class FastJsonBlocks:
         batches = None  # per record, built only when a block holds several
         if not fmt.batch_fields:
             names = {default}
-        elif len(fmt.batch_fields) == 1:
+        elif len(fmt.batch_fields) == 1:  # batch_name of one value: the value, or the default
             names = set(map(_GET_B0, records))
-            if None in names:
+            if None in names or "" in names:
                 names.discard(None)
+                names.discard("")
                 names.add(default)
                 if len(names) > 1:
-                    batches = [default if b is None else b for b in map(_GET_B0, records)]
+                    batches = [b or default for b in map(_GET_B0, records)]
             elif len(names) > 1:
                 batches = list(map(_GET_B0, records))
-        else:
-            n, sep = len(fmt.batch_fields), fmt.batch_separator
-            batches = [default if all(v is None for v in vs) else sep.join("" if v is None else v for v in vs)
-                       for vs in ([getattr(r, f"b{i}") for i in range(n)] for r in records)]
-            names = set(batches)
+        else:  # each distinct combination of values named once, by batch_name
+            combos = list(map(self._get_batch_values, records))
+            named = {vs: batch_name(vs, default, fmt.batch_separator) for vs in set(combos)}
+            names = set(named.values())
+            if len(names) > 1:
+                batches = list(map(named.__getitem__, combos))
         if not self._valid(names):
             return None  # the careful path names each bad line
         if window_of is None and len(names) == 1:

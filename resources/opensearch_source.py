@@ -120,14 +120,16 @@ class OpenSearchLogSource(LogSource):
         fields = list(self.batch_fields)
         if not fields:
             return {"match_all": {}}
-        if batch == self.default_batch:
-            return {"bool": {"must_not": [{"exists": {"field": f}} for f in fields]}}
-        values = batch.split(self.record_format.batch_separator)
-        if len(values) != len(fields):
-            raise LogSourceError(f"batch {batch!r} does not have one value per batch field {fields}")
+        values = self.record_format.batch_values(batch)  # the inverse of ops.records.batch_name
+        if values is None:
+            raise LogSourceError(f"batch {batch!r} is not a name the batch fields {fields} give")
         clauses = []
         for f, v in zip(fields, values):
-            clauses.append({"term": {f: v}} if v else {"bool": {"must_not": [{"exists": {"field": f}}]}})
+            if v is not None:
+                clauses.append({"term": {f: v}})
+            else:  # absent, or empty: batch_name treats both alike
+                absent = {"bool": {"must_not": [{"exists": {"field": f}}]}}
+                clauses.append({"bool": {"should": [absent, {"term": {f: ""}}], "minimum_should_match": 1}})
         return {"bool": {"filter": clauses}}
 
     def _client(self):

@@ -244,14 +244,14 @@ def test_fast_path_matches_careful_path(tmp_path, block_size, fmt):
         assert result.bad.counts == want_bad.counts
         assert sorted(result.bad.examples) == sorted(want_bad.examples)
     assert want_bad.counts["too_long"] == 1 and want_bad.counts["bad_json"] >= 5
-    assert want[0]["c2" if fmt is ONE else "c2/"]["a number over a double"] == 1  # valid JSON, kept
+    assert want[0]["c2"]["a number over a double"] == 1  # valid JSON, kept
     if fmt is ONE:
         assert want[0]["default"]["team only"] == 1
     elif fmt is FMT:
-        assert want[0]["c1/"] == {"literal null": 1}  # `"a.b": null` wins over the nested a.b
+        assert want[0]["c1"] == {"literal null": 1}  # `"a.b": null` wins over the nested a.b
         assert want[0]["c1/flat"] == {"literal dotted": 1} and "c1/x" not in want[0]
     else:
-        assert want[0]["/t1"] == {"team only": 1} and want[0]["default"]["null batch fields"] == 1
+        assert want[0]["-/t1"] == {"team only": 1} and want[0]["default"]["null batch fields"] == 1
 
 
 def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
@@ -260,12 +260,12 @@ def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
     fast = FastJsonBlocks(FMT)
     w = Windows([(0, HOUR)])
     clean = jl(time=1, log="a", cluster_id="c", kubernetes={"namespace_name": "n"}) + jl(time=2, log="a", cluster_id="c")
-    assert fast.count(clean, w) == {(0, "c/n"): {"a": 1}, (0, "c/"): {"a": 1}}  # as batch_of joins
+    assert fast.count(clean, w) == {(0, "c/n"): {"a": 1}, (0, "c"): {"a": 1}}  # as batch_of names
     flat = FastJsonBlocks(FLAT)
     assert flat._decoder is not None and fast._decoder is None
     two = jl(time=1, log="a", cluster_id="c") + jl(time=2, log="a", cluster_id="c") + jl(time=HOUR + 1, log="b")
     w2 = Windows([(0, HOUR), (HOUR, 2 * HOUR)])
-    assert flat.count(two, w2) == {(0, "c/"): {"a": 2}, (1, "default"): {"b": 1}}
+    assert flat.count(two, w2) == {(0, "c"): {"a": 2}, (1, "default"): {"b": 1}}
     one = FastJsonBlocks(ONE)
     assert one.count(two, w2) == {(0, "c"): {"a": 2}, (1, "default"): {"b": 1}}
     same = jl(time=1, log="a", cluster_id="c") + jl(time=HOUR + 1, log="b", cluster_id="c") + jl(time=3 * HOUR, log="x", cluster_id="c")
@@ -335,3 +335,110 @@ def test_plain_text_counting_equals_the_careful_path(tmp_path):
             assert fast == slow and sum(fast.values()) > 0
             assert dict(bad_fast.counts) == dict(bad_slow.counts)
             assert bad_fast.examples == bad_slow.examples
+
+
+# ---- batch names from some of the batch fields (issue 11, item 14) ----------------
+
+# the default LOGLOOP_BATCH_FIELDS (dotted: the pyarrow fast path), and flat (msgspec)
+THREE = RecordFormat(batch_fields=("cluster_id", "kubernetes.namespace_name", "deployment"))
+THREE_FLAT = RecordFormat(batch_fields=("cluster_id", "namespace", "deployment"))
+
+PARTIAL = [  # (cluster, namespace, deployment) -> batch name; None: absent
+    (("a", "b", "c"), "a/b/c"),              # every field: the name is unchanged
+    (("a", None, None), "a"),                # absent fields at the end are left out
+    (("a", "b", None), "a/b"),
+    (("a", None, "c"), "a/-/c"),             # an absent field before a present one is "-"
+    (("a", None, "b"), "a/-/b"),             # ... so it never merges with ("a", "b", None)
+    ((None, "b", None), "-/b"),
+    ((None, "b", "c"), "-/b/c"),
+    ((None, None, "c"), "-/-/c"),
+    (("a", "", "c"), "a/-/c"),               # an empty value counts as absent
+    (("", "", ""), "default"),
+    ((None, None, None), "default"),
+    (("default", None, None), "default/-"),  # never merged into the default batch
+]
+
+
+def _partial_doc(fmt, values, t, log, nulls):
+    """A record with the given batch values; None is omitted, or written as null."""
+    doc = {"time": t, "log": log}
+    for field, value in zip(fmt.batch_fields, values):
+        if value is None and not nulls:
+            continue
+        if "." in field:
+            head, tail = field.split(".")
+            doc.setdefault(head, {})[tail] = value
+        else:
+            doc[field] = value
+    return jl(**doc)
+
+
+@pytest.mark.parametrize("fmt", [THREE, THREE_FLAT], ids=["dotted-pyarrow", "flat-msgspec"])
+def test_partial_batch_fields_give_names_without_empty_segments_or_collisions(tmp_path, fmt):
+    from collections import Counter
+
+    from ops.naming import validate_batch_name
+    from ops.records import FastJsonBlocks
+
+    data = b"".join(
+        _partial_doc(fmt, values, 1000 * (3 * i + j), f"line {i}", nulls=j == 1)
+        for i, (values, _) in enumerate(PARTIAL) for j in range(3)
+    )
+    write(tmp_path / "logs" / "k8s.jsonl", data)
+    want = Counter()
+    for values, name in PARTIAL:
+        want[name] += 3
+    windows = Windows([(0, HOUR)])
+    # the careful path
+    bad, careful = BadRecords(), Counter()
+    for chunk in local_files.read_window(tmp_path / "logs", fmt, 0, HOUR, bad):
+        for batch, msgs in chunk.items():
+            careful[batch] += len(msgs)
+    assert bad.total == 0 and careful == want
+    # the fast path takes the block and names the batches alike
+    fast = FastJsonBlocks(fmt).count(data, windows)
+    assert fast is not None
+    assert Counter({b: sum(c.values()) for (_, b), c in fast.items()}) == want
+    # the data stage (small blocks: fast and careful paths mixed)
+    shards = [local_files.FileShard(s.path, s.source, s.fmt, s.text_batch, s.file_id, 256)
+              for s in local_files.plan_shards(tmp_path / "logs", fmt, windows)]
+    result = summarize_windows(shards, windows, masking_rules=[])
+    assert {b: s.total for b, s in result.windows[0].summaries.items()} == want
+    for name in want:
+        validate_batch_name(name)
+        assert "" not in name.split("/"), name
+    # distinct sets of fields never share a name (an empty value is an absent one)
+    by_name = {}
+    for values, name in PARTIAL:
+        by_name.setdefault(name, set()).add(tuple(v or None for v in values))
+    assert all(len(v) == 1 for v in by_name.values()), by_name
+
+
+def test_batch_values_invert_batch_names():
+    """What a name stands for: the filter a source builds to count one batch's records."""
+    for values, name in PARTIAL:
+        assert THREE.batch_of({"cluster_id": values[0], "kubernetes": {"namespace_name": values[1]},
+                               "deployment": values[2]}) == name
+        assert THREE.batch_values(name) == [v or None for v in values]
+    # names written before (empty segments) still read the same way
+    assert THREE.batch_values("a//") == ["a", None, None]
+    assert THREE.batch_values("a//c") == ["a", None, "c"]
+    assert THREE.batch_values("a/b/c/d") is None  # not a name these fields give
+    assert ONE.batch_values("a/b") == ["a/b"] and ONE.batch_values("default") == [None]
+
+
+@pytest.mark.parametrize("key_limit", [1 << 62, 8], ids=["one-key", "re-densified"])
+def test_fast_path_groups_rows_by_their_batch_values(monkeypatch, key_limit):
+    """The pyarrow path names each distinct combination of values with `batch_name`."""
+    import random
+
+    import pyarrow as pa
+
+    from ops import records
+
+    monkeypatch.setattr(records, "_KEY_LIMIT", key_limit)
+    rng = random.Random(3)
+    rows = [[rng.choice([None, "", "a", "b", "-", "default"]) for _ in range(3)] for _ in range(500)]
+    names, idx = records.FastJsonBlocks(THREE)._batch_index([pa.array(col, pa.string()) for col in zip(*rows)])
+    assert len(set(names)) == len(names)
+    assert [names[i] for i in idx.tolist()] == [records.batch_name(r, "default") for r in rows]

@@ -161,6 +161,39 @@ def test_count_is_one_request_for_all_windows_and_batches(server, docs, local_re
     assert counts[(0, "default")] >= 1 and counts[(0, "c9/none")] == 0
 
 
+PARTIAL_FIELDS = ["cluster_id", "kubernetes.namespace_name", "deployment"]
+PARTIAL_ROWS = [
+    {"time": HOUR + 1, "log": "every field", "cluster_id": "a", "kubernetes": {"namespace_name": "b"}, "deployment": "c"},
+    {"time": HOUR + 2, "log": "cluster only", "cluster_id": "a"},
+    {"time": HOUR + 3, "log": "cluster and namespace", "cluster_id": "a", "kubernetes.namespace_name": "c"},
+    {"time": HOUR + 4, "log": "cluster and deployment", "cluster_id": "a", "deployment": "c"},
+    {"time": HOUR + 5, "log": "namespace only", "kubernetes": {"namespace_name": "b"}},
+    {"time": HOUR + 6, "log": "empty cluster", "cluster_id": "", "deployment": "c"},
+    {"time": HOUR + 7, "log": "no batch field"},
+    {"time": HOUR + 8, "log": "a cluster called default", "cluster_id": "default"},
+]
+PARTIAL_NAMES = {"a/b/c": 1, "a": 1, "a/c": 1, "a/-/c": 1, "-/b": 1, "-/-/c": 1, "default": 1, "default/-": 1}
+
+
+def test_partial_batch_fields_name_batches_alike_from_opensearch_and_files(tmp_path):
+    """Issue 11, item 14: no empty segments (`a//`), and no two sets of fields merged."""
+    with FakeOpenSearch({"logs": ListCorpus(PARTIAL_ROWS)}) as srv:
+        src = source(srv.url, batch_fields=PARTIAL_FIELDS)
+        result = summarize_windows(src.shards(WINDOWS), WINDOWS, masking_rules=[])
+    assert {b: s.total for b, s in result.windows[0].summaries.items()} == PARTIAL_NAMES
+    (tmp_path / "logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PARTIAL_ROWS))
+    local = LocalLogSource(path=str(tmp_path), batch_fields=PARTIAL_FIELDS)
+    result = summarize_windows(local.shards(WINDOWS), WINDOWS, masking_rules=[])
+    assert {b: s.total for b, s in result.windows[0].summaries.items()} == PARTIAL_NAMES
+
+
+def test_count_filters_each_batch_by_what_its_name_stands_for():
+    """`count` (the sensors' cheap count) inverts the names: `a`, `a/-/c`, `-/b`, `default/-`."""
+    with FakeOpenSearch({"logs": ListCorpus(PARTIAL_ROWS)}) as srv:
+        counts = source(srv.url, batch_fields=PARTIAL_FIELDS).count(WINDOWS, list(PARTIAL_NAMES))
+    assert {b: n for (w, b), n in counts.items() if w == 0} == PARTIAL_NAMES
+
+
 def test_slices_cover_every_document_exactly_once(server, docs):
     for slices in (1, 2, 5):
         ids = read_ids(source(server.url, slices=slices, page_size=17), WINDOWS)
