@@ -57,7 +57,7 @@ def validate_key(key: str) -> str:
         raise InvalidName(f"storage key {key!r} is empty or not a string")
     parts = key.split("/")
     for part in parts:
-        if part in ("", ".", "..") or not _SAFE_SEGMENT.match(part):
+        if part in ("", ".", "..") or not _SAFE_SEGMENT.fullmatch(part):
             raise InvalidName(f"storage key {key!r} has an unsafe segment {part!r}")
     return key
 
@@ -66,3 +66,74 @@ def partition_slug(partition_key: str) -> str:
     """Time partition keys ('2026-11-23-07:00') as a path segment."""
     slug = re.sub(r"[^A-Za-z0-9._-]", "-", partition_key)
     return validate_key(slug)
+
+
+# -- artifact file names ----------------------------------------------------------------------------
+
+# The documented variables of an artifact name template (README "Training requests"; Odahu's
+# {{ .Name }}, {{ .Version }}, {{ .RandomUUID }}, {{ .Batch }}), with the longest value each can
+# take: a model name (63), a version (a BIGINT, 19 digits), uuid4().hex (32), a batch_key (53).
+ARTIFACT_TEMPLATE_VARS = {"name": 63, "version": 19, "uuid": 32, "batch": 53}
+ARTIFACT_SUFFIX = ".zip"
+MAX_ARTIFACT_NAME = 200  # a storage key segment (validate_key)
+_TEMPLATE_LITERAL = re.compile(r"[A-Za-z0-9._=-]*")
+
+
+def validate_artifact_template(template: object) -> str:
+    """Return `template` if it renders a safe artifact file name, else raise InvalidName.
+
+    A template is str.format text whose only fields are {name}, {version}, {uuid} and {batch}:
+    no attribute or index access ({name.__class__}, {name[0]}), no positional fields ({0}, {}),
+    no conversions or format specs ({version!r}, {uuid:>9999}). It must contain {uuid} (names
+    never collide), name a single file ([A-Za-z0-9._=-] around the variables, starting with a
+    letter, digit or variable) ending in .zip, and render at most 200 characters.
+    The one check for specs (`logloop train validate`) and the registered_model run config.
+    """
+    import string
+
+    if not isinstance(template, str):
+        raise InvalidName(f"must be a string, got {type(template).__name__}")
+    if not template:
+        raise InvalidName("is empty")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InvalidName(f"not a valid template: {exc}") from None
+    allowed = ", ".join("{" + v + "}" for v in ARTIFACT_TEMPLATE_VARS)
+    used, literal, longest = set(), "", 0
+    for text, field, spec, conversion in parts:
+        literal += text
+        if field is None:
+            continue
+        written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if field not in ARTIFACT_TEMPLATE_VARS:
+            raise InvalidName(f"unknown template variable {written} (known: {allowed}; no attributes, indexes "
+                              "or positional fields)")
+        if conversion or spec:
+            raise InvalidName(f"conversions (!r) and format specs are not allowed: {written}")
+        used.add(field)
+        longest += ARTIFACT_TEMPLATE_VARS[field]
+    if "/" in literal or "\\" in literal or parts[0][0].startswith("."):
+        raise InvalidName("must name a file, not a path (no '/', '\\' or leading '.')")
+    bad = _TEMPLATE_LITERAL.sub("", literal)
+    if bad:
+        raise InvalidName(f"{bad[0]!r} is not allowed: only letters, digits, '.', '_', '=' and '-' "
+                          "besides the variables")
+    if parts[0][0] and not parts[0][0][0].isalnum():
+        raise InvalidName("must start with a letter, a digit or a variable")
+    if "uuid" not in used:
+        raise InvalidName("must contain the uuid ({uuid}), so that artifact names never collide")
+    if parts[-1][1] is not None or not parts[-1][0].endswith(ARTIFACT_SUFFIX):
+        raise InvalidName(f"must end in {ARTIFACT_SUFFIX} (an artifact is a zip file)")
+    if len(literal) + longest > MAX_ARTIFACT_NAME:
+        raise InvalidName(f"can render names longer than {MAX_ARTIFACT_NAME} characters")
+    return template
+
+
+def render_artifact_name(template: str, *, name: str, version: int, uuid: str, batch: str) -> str:
+    """The artifact file name `template` gives for these values: a single safe path segment."""
+    validate_artifact_template(template)
+    out = template.format(name=name, version=version, uuid=uuid, batch=batch)
+    if not _SAFE_SEGMENT.fullmatch(out) or not out.endswith(ARTIFACT_SUFFIX):
+        raise InvalidName(f"{out!r} is not a safe file name (values name={name!r}, version={version!r}, batch={batch!r})")
+    return out

@@ -104,6 +104,8 @@ def _read_lines(source: str) -> list[tuple[int, str]]:
     """(1-based line number, line) for every non-blank line of FILE, or of stdin for '-'."""
     try:
         if source == "-":
+            if sys.stdin is None:  # started with standard input closed (`<&-`)
+                raise CliError("cannot read standard input: it is closed")
             text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
         else:
             with open(source, "rb") as f:
@@ -124,12 +126,6 @@ def _run_user_command(fn, args) -> int:
     except (CliError, ArtifactError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # `logloop score ... | head`
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return 0
 
 
 def cmd_score(args) -> int:
@@ -230,13 +226,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+# What a shell reports for a writer killed by SIGPIPE (`seq 1 100000 | head -1` under pipefail).
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script. Output into a pipe that its reader closed (`logloop models list | head -1`)
+    ends the command quietly with EXIT_BROKEN_PIPE, for every command, whether the write fails
+    while it runs or when the buffered output is flushed at the end."""
+    try:
+        try:
+            return _run(argv)
+        finally:  # flush here, where a BrokenPipeError can still be caught (also after --help)
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # The interpreter flushes stdout once more at exit; point the descriptor at /dev/null so
+        # that the unwritten rest goes nowhere instead of raising again ("Exception ignored ...").
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # stdout without a descriptor (tests' StringIO)
+            pass
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

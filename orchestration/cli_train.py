@@ -197,8 +197,11 @@ def cmd_local(args) -> int:
 def cmd_request(args) -> int:
     try:
         payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        return _fail(f"the request is not valid JSON: {exc}")
+    except RecursionError:
+        return _fail("the request is nested too deeply")
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        reason = " ".join(str(exc).split("; use sys.set_int_max_str_digits")[0].split())
+        return _fail(f"the request is not valid JSON: {reason}")
     try:
         spec = from_opni_request(payload, batch=args.batch, spec_id=args.id)
     except SpecError as exc:

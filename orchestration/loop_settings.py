@@ -83,7 +83,7 @@ def load_loop_settings(path: Optional[str] = None) -> LoopSettings:
         path = str(default)
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise LoopSettingsError(f"loop settings {path}: cannot read: {exc}") from exc
     try:
         return LoopSettings.model_validate(raw)

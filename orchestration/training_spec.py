@@ -31,13 +31,13 @@ from typing import Any, Optional
 import yaml
 from pydantic import ValidationError
 
-from ops.naming import InvalidName, validate_batch_name
+from ops import records
+from ops.naming import InvalidName, validate_artifact_template, validate_batch_name
 
 ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 GO_TEMPLATE = {"Name": "name", "Version": "version", "RandomUUID": "uuid", "Batch": "batch"}
-TEMPLATE_VARS = {"name", "version", "uuid", "batch"}
 MODES = ("scratch", "finetune", "auto")
 DURATION_RE = re.compile(r"^(\d+)(m|h|d)$")
 DURATION_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -87,40 +87,31 @@ class TrainingSpec:
 
 
 def convert_template(template: str) -> str:
-    """Odahu's Go template ({{ .Name }}-{{ .Version }}-{{ .RandomUUID }}.zip) -> {name}-{version}-{uuid}.zip."""
+    """Odahu's Go template ({{ .Name }}-{{ .Version }}-{{ .RandomUUID }}.zip) -> {name}-{version}-{uuid}.zip.
+
+    The result is checked by `ops.naming.validate_artifact_template`, the very check the
+    registered_model run config gets: only {name}, {version}, {uuid} and {batch}, one safe file name.
+    """
     def go(m):
         var = m.group(1)
         if var not in GO_TEMPLATE:
             raise ValueError(f"unknown template variable .{var} (known: {', '.join('.' + k for k in GO_TEMPLATE)})")
         return "{" + GO_TEMPLATE[var] + "}"
 
-    out = re.sub(r"\{\{\s*\.(\w+)\s*\}\}", go, template)
-    used = set(re.findall(r"\{(\w*)\}", out))
-    unknown = used - TEMPLATE_VARS
-    if unknown:
-        raise ValueError(f"unknown template variable(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(TEMPLATE_VARS))})")
-    if "uuid" not in used:
-        raise ValueError("the template must contain the uuid, so that artifact names never collide")
-    if "/" in out or "\\" in out or out.startswith("."):
-        raise ValueError("the template must name a file, not a path")
-    return out
+    if not isinstance(template, str):
+        raise ValueError(f"must be a string, got {type(template).__name__}")
+    return validate_artifact_template(re.sub(r"\{\{\s*\.(\w+)\s*\}\}", go, template))
 
 
 def parse_time_ms(value, what: str) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be an ISO-8601 time or epoch milliseconds, got {value!r}")
-    if isinstance(value, (int, float)):
-        return int(value)
-    if isinstance(value, dt.datetime):
-        parsed = value
-    else:
-        try:
-            parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"{what} {value!r} is not an ISO-8601 time or epoch milliseconds") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return int(parsed.timestamp() * 1000)
+    if isinstance(value, dt.datetime):  # YAML reads unquoted timestamps as datetimes
+        value = (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
+    ms = records.parse_time_ms(value if isinstance(value, (int, float)) else str(value))
+    if ms is None:  # records' one valid range: 1970 up to year 10000, finite
+        raise ValueError(f"{what} {value!r} is not an ISO-8601 time or epoch milliseconds from 1970 to 9999")
+    return ms
 
 
 def _config_classes():
@@ -165,7 +156,7 @@ def parse_spec(doc: Any) -> TrainingSpec:
     out.model_name = name
     out.model_version = None if model.get("version") is None else str(model["version"])
     try:
-        out.artifact_name_template = convert_template(str(model.get("artifactNameTemplate", "{name}-{version}-{uuid}.zip")))
+        out.artifact_name_template = convert_template(model.get("artifactNameTemplate", "{name}-{version}-{uuid}.zip"))
     except ValueError as exc:
         errors.append(f"spec.model.artifactNameTemplate: {exc}")
 
@@ -273,14 +264,81 @@ def _resources(res, errors: list[str]) -> dict:
     return out
 
 
+MAX_SPEC_BYTES = 1 << 20  # a ModelTraining spec is a few hundred bytes
+
+
+class _NotASpec(yaml.MarkedYAMLError):
+    """YAML that is well-formed but never a spec (aliases, keys that are not text)."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """safe_load, stricter in two ways. No aliases: `*a` repeats a node by reference, so a few lines
+    can stand for billions of values (the "billion laughs"), which any later str() or error message
+    would expand. Keys are text: `1: x` or `yes: x` would otherwise reach the checks as int or bool."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _NotASpec(None, None, f"aliases (*{event.anchor}) are not allowed in a spec", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            for key, _ in node.value:
+                if key.tag != "tag:yaml.org,2002:str":
+                    what = repr(key.value) if isinstance(key, yaml.ScalarNode) else "a list or mapping"
+                    raise _NotASpec(None, None, f"a key must be text (quote it), got {what}", key.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """A YAML error on one line: 'line L, column C: problem'."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML forbids (NUL, other controls)
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return f"line {line}: the character U+{ord(char):04X} is not allowed"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return where + " ".join(exc.problem.split())
+    return " ".join(str(exc).split())
+
+
 def load_spec_file(path: str) -> TrainingSpec:
+    """Read and validate a spec file. Every way the file can be unusable (missing, a directory,
+    too large, not UTF-8, not YAML, empty) is a SpecError naming the file, on one line."""
+    def unusable(reason: str) -> SpecError:
+        return SpecError("<unknown>", [f"{path} {reason}"])
+
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
-        raise SpecError("<unknown>", [f"cannot read {path}: {exc.strerror}"]) from None
+        raise SpecError("<unknown>", [f"cannot read {path}: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise unusable(f"is larger than {MAX_SPEC_BYTES >> 20} MiB; a ModelTraining spec is a small YAML document")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise unusable(f"is not UTF-8 text: {exc.reason} 0x{data[exc.start]:02x} at byte offset {exc.start} "
+                       f"(line {line})") from None
+    if not text.strip():
+        raise unusable("is empty")
+    try:
+        doc = yaml.load(text, Loader=_SpecLoader)
+    except _NotASpec as exc:
+        raise unusable(f"is not a ModelTraining spec: {_yaml_problem(exc, text)}") from None
     except yaml.YAMLError as exc:
-        raise SpecError("<unknown>", [f"{path} is not valid YAML: {exc}"]) from None
+        raise unusable(f"is not valid YAML: {_yaml_problem(exc, text)}") from None
+    except ValueError as exc:  # a value YAML cannot construct: an integer of 5000 digits, a 13th month
+        reason = " ".join(str(exc).split("; use sys.set_int_max_str_digits")[0].split())
+        raise unusable(f"is not valid YAML: a value cannot be read: {reason}") from None
+    except RecursionError:
+        raise unusable("is nested too deeply") from None
+    if doc is None:
+        raise unusable("holds no YAML document (only comments or blank lines)")
     return parse_spec(doc)
 
 

@@ -42,6 +42,7 @@ from ops.opensearch_read import (
 )
 from ops.records import Windows
 from resources.log_source import LogSource, LogSourceError
+from resources.urls import url_without_password
 
 
 def _strip_userinfo(host: str) -> str:
@@ -158,6 +159,11 @@ class OpenSearchLogSource(LogSource):
         return "_shard_doc" if supports else "_id"
 
     # ---- LogSource ----
+
+    def __repr_args__(self):
+        """What repr() and str() show: hosts without a password in their user info (connection() refuses those)."""
+        for name, value in super().__repr_args__():
+            yield name, ([url_without_password(h) for h in value] if name == "hosts" and isinstance(value, list) else value)
 
     def describe(self) -> str:
         hosts = ", ".join(_strip_userinfo(h) for h in self.hosts)

@@ -63,6 +63,8 @@ import time
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import Field
+
 from resources.store import (
     ACTIVE_STATES,
     AnomalyCount,
@@ -79,6 +81,7 @@ from resources.store import (
     merge_task_event,
     now_ms,
 )
+from resources.urls import url_without_password
 
 # -- values -------------------------------------------------------------------------------------
 
@@ -202,8 +205,14 @@ class TDengineStore(Store):
     url: str = "http://localhost:6041"
     database: str = "logloop"
     user: str = "root"
-    password: str  # required: pass dagster EnvVar("..."); never logged, never put in an error message
+    # required: pass dagster EnvVar("..."); never logged, never put in an error message, never in repr()
+    password: str = Field(repr=False, description="taosAdapter password (use EnvVar).")
     timeout_s: float = 10.0
+
+    def __repr_args__(self):
+        """What repr() and str() show: no password, and the url without a password in its user info."""
+        for name, value in super().__repr_args__():
+            yield name, (url_without_password(value) if name == "url" else value)
 
     # -- plumbing -------------------------------------------------------------------------------
 

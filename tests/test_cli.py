@@ -82,3 +82,119 @@ def test_cli_uses_tdengine_when_configured_with_the_password_from_the_environmen
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "wrong-pw" not in bad.stderr
     finally:
         stop()
+
+
+# -- files and standard input that cannot be used: one line naming the file, exit 1 --------------
+
+BAD_SPEC_FILES = {
+    # name: (content, or None for a missing file and "dir" for a directory; what the one line says)
+    "missing": (None, "No such file or directory"),
+    "directory": ("dir", "Is a directory"),
+    "not-utf8": (b"kind: ModelTraining\nid: \xff\xfe\n", "is not UTF-8 text: invalid start byte 0xff at byte offset 24 (line 2)"),
+    "bom-utf16": (b"\xff\xfe", "is not UTF-8 text: invalid start byte 0xff at byte offset 0 (line 1)"),
+    "invalid-yaml": (b"kind: ModelTraining\nspec: [unclosed\n", "is not valid YAML: line 3, column 1: expected ',' or ']'"),
+    "empty": (b"", "is empty"),
+    "comments-only": (b"# nothing here\n\n", "holds no YAML document"),
+    "nested-too-deep": (b"[" * 100_000 + b"]" * 100_000, "is nested too deeply"),
+    "huge-integer": (b"spec: {a: " + b"9" * 5000 + b"}\n", "is not valid YAML: a value cannot be read: Exceeds the limit (4300 digits) for integer string conversion"),
+    "alias-bomb": (b"a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n", "is not a ModelTraining spec: line 2, column 8: aliases (*a) are not allowed in a spec"),
+    "too-large": (b"# " + b"x" * (1 << 20) + b"\n", "is larger than 1 MiB"),
+    "number-key": (b"kind: ModelTraining\nspec:\n  1: x\n", "is not a ModelTraining spec: line 3, column 3: a key must be text (quote it), got '1'"),
+    "nul-byte": (b"kind: ModelTraining\nid: a\x00b\n", "is not valid YAML: line 2: the character U+0000 is not allowed"),
+    "bad-date": (b"kind: ModelTraining\nid: x\nspec: {data: {time_intervals: [{start: 2026-13-01}]}}\n",
+                 "is not valid YAML: a value cannot be read: month must be in 1..12"),
+}
+
+
+def _bad_spec_file(tmp_path, kind) -> str:
+    content, _ = BAD_SPEC_FILES[kind]
+    path = tmp_path / f"{kind}.yaml"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    return str(path)
+
+
+def assert_one_line_error(out, *fragments, status=1):
+    assert out.returncode == status, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("error: "), out.stderr
+    for fragment in fragments:
+        assert fragment in out.stderr, (fragment, out.stderr)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SPEC_FILES))
+def test_train_validate_names_the_file_of_an_unusable_spec_in_one_line(tmp_path, kind):
+    path = _bad_spec_file(tmp_path, kind)
+    out = logloop("train", "validate", "-f", path)
+    assert_one_line_error(out, path, BAD_SPEC_FILES[kind][1])
+
+
+@pytest.mark.parametrize("verb", ["create", "local"])
+def test_train_create_and_local_read_specs_as_validate_does(tmp_path, verb):
+    env = {"LOGLOOP_HOME": str(tmp_path / "home"), "LOGLOOP_DAGSTER_URL": "http://127.0.0.1:9"}
+    for kind in ("not-utf8", "invalid-yaml", "empty", "directory"):
+        path = _bad_spec_file(tmp_path, kind)
+        assert_one_line_error(logloop("train", verb, "-f", path, env=env), path, BAD_SPEC_FILES[kind][1])
+
+
+@pytest.mark.parametrize("payload,message", [
+    ("", "the request is not valid JSON: Expecting value"),
+    ("[" * 50_000, "the request is nested too deeply"),
+    ('{"model_to_train": ' + "9" * 5000 + "}", "the request is not valid JSON: Exceeds the limit (4300 digits)"),
+])
+def test_train_request_rejects_unusable_json_in_one_line(tmp_path, payload, message):
+    out = logloop("train", "request", payload, env={"LOGLOOP_HOME": str(tmp_path)})
+    assert_one_line_error(out, message)
+
+
+@pytest.mark.parametrize("command", ["score", "templates"])
+def test_score_and_templates_name_an_unusable_input_in_one_line(home, tmp_path, command):
+    for kind, message in [("missing", "No such file or directory"), ("directory", "Is a directory"),
+                          ("empty", "no log lines in")]:
+        path = _bad_spec_file(tmp_path, kind)
+        assert_one_line_error(logloop(command, "--batch", "a/b", path), path, message)
+    exe = Path(sys.executable).with_name("logloop")
+    closed = subprocess.run(f"'{exe}' {command} --batch a/b - <&-", shell=True, capture_output=True, text=True,
+                            timeout=60)  # standard input closed
+    assert_one_line_error(closed, "cannot read standard input: it is closed")
+
+
+# -- output into a pipe that closes early: no traceback, the status of a process killed by SIGPIPE --
+
+
+def _env(buffering):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return {**env, "PYTHONUNBUFFERED": "1"} if buffering == "unbuffered" else env
+
+
+@pytest.mark.parametrize("buffering", ["buffered", "unbuffered"])  # the write fails at exit, or at once
+@pytest.mark.parametrize("args", [
+    ("models", "list"), ("models", "list", "--json"), ("models", "show", "a/b"), ("tasks", "list"),
+    ("train", "get"), ("--help",), ("models", "list", "--help"),
+])
+def test_output_into_a_closed_pipe_exits_quietly(home, args, buffering):
+    exe = Path(sys.executable).with_name("logloop")
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(buffering))
+    proc.stdout.close()  # the reader is gone before the command writes a byte (it takes a second to start)
+    _, err = proc.communicate(timeout=60)
+    assert err.decode() == "", err.decode()
+    # argparse itself ignores a failed write of --help; an unbuffered one therefore ends normally
+    expected = {0, 141} if "--help" in args and buffering == "unbuffered" else {141}
+    assert proc.returncode in expected, proc.returncode
+
+
+def test_models_list_piped_into_head(home):
+    store = SQLiteStore(path=str(home / "store.sqlite"))
+    for version in range(3, 603):  # far more than a pipe buffer, so the writer outlives `head`
+        store.register_model(ModelRecord(batch="a/b", version=version, run_id=f"run-{version}", artifact="a.zip",
+                                         artifact_uri="/a.zip", metrics={"top_k_accuracy": 0.9}, parent_version=version - 1))
+    exe = Path(sys.executable).with_name("logloop")
+    for command, buffering in [("models list", "buffered"), ("models list --json", "unbuffered"),
+                               ("tasks list", "buffered")]:
+        out = subprocess.run(["bash", "-o", "pipefail", "-c", f"'{exe}' {command} | head -1"], capture_output=True,
+                             text=True, timeout=60, env=_env(buffering))
+        assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr
+        assert out.stderr == "" and len(out.stdout.splitlines()) == 1, (command, out.stderr)
+        assert out.returncode in (0, 141) if command == "tasks list" else out.returncode == 141, (command, out.returncode)

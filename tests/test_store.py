@@ -444,3 +444,20 @@ def test_anomaly_counts_are_a_time_series_and_rerecording_replaces(store):
     assert [a.window_start_ms for a in store.anomaly_counts(HOSTILE, start_ms=10)] == [10]
     assert [a.batch for a in store.anomaly_counts("other")] == ["other"]
     assert store.anomaly_counts("nobody") == []
+
+
+def test_tdengine_store_repr_and_str_hide_the_password(monkeypatch):
+    from dagster import EnvVar
+
+    secret = "pw-" + uuid.uuid4().hex
+    monkeypatch.setenv("LOGLOOP_TEST_TDENGINE_PASSWORD", secret)
+    stores = [
+        TDengineStore(url="http://127.0.0.1:6041", password=secret),
+        TDengineStore(url=f"http://root:{secret}@127.0.0.1:6041", password=secret),  # user info in the url, too
+        TDengineStore(url="127.0.0.1:6041", password=EnvVar("LOGLOOP_TEST_TDENGINE_PASSWORD")).process_config_and_initialize(),
+    ]
+    for store in stores:
+        assert store.password == secret  # still there for the client
+        for shown in (repr(store), str(store), f"{store}", repr([store])):
+            assert secret not in shown and "TDengine" in repr(store) and "127.0.0.1:6041" in shown, shown
+    assert "root:***@127.0.0.1:6041" in repr(stores[1])

@@ -255,3 +255,45 @@ def test_spec_run_config_is_valid_for_the_job_and_the_launchpad_flags_enums():
                                            "nulog_model": {"config": {"device": "tpu"}}}})
     messages = " ".join(e.message for e in bad.errors)
     assert not bad.success and "sometimes" in messages and "tpu" in messages
+
+
+# -- artifactNameTemplate: only the documented variables, and a safe single file name -----------
+
+
+@pytest.mark.parametrize("template,error", [
+    ("{name.__class__}-{uuid}.zip", "unknown template variable {name.__class__}"),
+    ("{name[0]}-{uuid}.zip", "unknown template variable {name[0]}"),
+    ("{version!r}-{uuid}.zip", "conversions (!r) and format specs are not allowed: {version!r}"),
+    ("{uuid:>99999999}.zip", "conversions (!r) and format specs are not allowed: {uuid:>99999999}"),
+    ("{0}-{uuid}.zip", "unknown template variable {0}"),
+    ("{}-{uuid}.zip", "unknown template variable {}"),
+    ("{uuid}}.zip", "not a valid template: Single '}'"),
+    ("{name}-{uuid}", "must end in .zip"),
+    ("{uuid}/../x.zip", "must name a file, not a path"),
+    ("..{uuid}.zip", "must name a file, not a path"),
+    ("{uuid} copy.zip", "' ' is not allowed"),
+    ("{uuid}" * 7 + ".zip", "can render names longer than 200 characters"),
+])
+def test_artifact_name_template_allows_only_the_documented_variables(template, error):
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec(model={"artifactNameTemplate": template}))
+    assert f"spec.model.artifactNameTemplate: {error}" in str(err.value)
+
+
+def test_train_validate_rejects_a_template_with_an_attribute_in_one_line(tmp_path):
+    doc = spec(model={"artifactNameTemplate": "{name.__class__}-{{ .RandomUUID }}.zip"})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(doc))
+    out = logloop("train", "validate", "-f", str(tmp_path / "spec.yaml"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "spec.model.artifactNameTemplate: unknown template variable {name.__class__}" in out.stderr
+
+
+def test_load_spec_file_names_the_file_and_the_byte_of_invalid_utf8(tmp_path):
+    from orchestration.training_spec import load_spec_file
+
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"kind: ModelTraining\nid: caf\xe9\n")
+    with pytest.raises(SpecError) as err:
+        load_spec_file(str(path))
+    assert str(err.value) == (f"spec <unknown> is invalid: {path} is not UTF-8 text: "
+                              "invalid continuation byte 0xe9 at byte offset 27 (line 2)")
