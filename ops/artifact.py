@@ -12,19 +12,23 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 import zipfile
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ops.model import NuLog, NuLogConfig
+from ops.masking import validate_rules
+from ops.model import MAX_PARAMETERS, ModelConfigError, NuLog, NuLogConfig, state_dict_shapes, validate_config
 from ops.vocab import Vocab
 
 FORMAT = 1
 MEMBERS = ("model.safetensors", "vocab.json", "masking_rules.json", "config.json", "metrics.json", "meta.json")
+# Largest member read: the biggest model config.json may describe, in float32, plus room for the
+# header (a member's declared size bounds what zipfile decompresses, so a zip bomb is refused).
+MAX_MEMBER_BYTES = 4 * MAX_PARAMETERS + (64 << 20)
 
 
 class ArtifactError(ValueError):
@@ -41,6 +45,7 @@ class Artifact:
     config: dict          # {"model": {...}, "train": {...}, "format": 1}
     metrics: dict
     meta: dict
+    path: str | None = None  # the file it was read from (None when built or loaded in memory)
 
     @property
     def model_config(self) -> NuLogConfig:
@@ -59,6 +64,7 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
         raise ValueError(f"model_config {model_cfg} does not describe the model ({asdict(model.cfg)})")
     if len(vocab) != model.cfg.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} tokens, the model {model.cfg.vocab_size}")
+    validate_rules(masking_rules)  # what read_artifact would refuse is not written
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     docs = {
         "model.safetensors": st_save(weights),
@@ -81,7 +87,7 @@ def write_artifact(path, model: NuLog, vocab: Vocab, masking_rules, model_config
     """Write atomically: a reader sees the old artifact or the whole new one, never half of it."""
     data = artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta, train_config)
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=os.path.dirname(os.path.abspath(path)))
+    fd, tmp = create_temp_file(os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".zip")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -95,12 +101,29 @@ def write_artifact(path, model: NuLog, vocab: Vocab, masking_rules, model_config
     return path
 
 
+def create_temp_file(folder: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int, str]:
+    """Like tempfile.mkstemp (a new file, O_EXCL, an fd open for writing) but created with mode
+    0o666 less the umask, as open() would, instead of 0600: the file is renamed into place and
+    keeps its mode, so artifacts get the usual permissions. The kernel applies the umask at
+    creation, so nothing reads or changes the process-wide umask (no race with other threads)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(folder, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {folder}")
+
+
 def read_artifact(path) -> Artifact:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ArtifactError(path, "file not found")
     with open(path, "rb") as f:
-        return load_artifact_bytes(f.read(), path)
+        artifact = load_artifact_bytes(f.read(), path)
+    artifact.path = path
+    return artifact
 
 
 def read_artifact_meta(path) -> dict:
@@ -116,6 +139,10 @@ def read_artifact_meta(path) -> dict:
 
 
 def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
+    """Every member is checked before the model is built: config.json's fields (types, ranges,
+    size), the weights' names, shapes, dtype and finiteness, and the masking rules (including
+    their backtracking cost, see ops.masking). Anything wrong raises ArtifactError in one line
+    naming the file, the member and the field, rule or tensor."""
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as e:
@@ -124,6 +151,10 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
         missing = [m for m in MEMBERS if m not in z.namelist()]
         if missing:
             raise ArtifactError(path, f"missing member(s) {', '.join(missing)}")
+        for m in MEMBERS:
+            size = z.getinfo(m).file_size
+            if size > MAX_MEMBER_BYTES:
+                raise ArtifactError(path, f"{m} is too large ({size:,} bytes, at most {MAX_MEMBER_BYTES:,})")
         try:
             raw = {m: z.read(m) for m in MEMBERS}
         except (zipfile.BadZipFile, OSError, EOFError) as e:  # bad CRC, truncated data
@@ -132,32 +163,71 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
     for m in MEMBERS[1:]:
         try:
             docs[m] = json.loads(raw[m])
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ArtifactError(path, f"{m} is not valid JSON ({e})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ArtifactError(path, f"{m} is not valid JSON ({_one_line(e)})") from None
     try:
         vocab = Vocab.from_json(docs["vocab.json"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(path, f"vocab.json is malformed ({e})") from None
-    config = docs["config.json"]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ArtifactError(path, f"vocab.json is malformed ({_one_line(e)})") from None
     try:
-        known = {f.name for f in fields(NuLogConfig)}
-        model_cfg = NuLogConfig(**{k: v for k, v in config["model"].items() if k in known})
-    except (KeyError, TypeError, AttributeError) as e:
-        raise ArtifactError(path, f"config.json has no usable model config ({e})") from None
+        validate_rules(docs["masking_rules.json"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ArtifactError(path, f"masking_rules.json: {_one_line(e)}") from None
+    config = docs["config.json"]
+    if not isinstance(config, dict) or "model" not in config:
+        raise ArtifactError(path, "config.json has no usable model config (no 'model' mapping)")
+    try:
+        model_cfg = validate_config(config["model"])
+    except ModelConfigError as e:
+        raise ArtifactError(path, f"config.json: {e}") from None
+    if model_cfg.vocab_size != len(vocab):
+        raise ArtifactError(path, f"vocabulary mismatch: vocab.json has {len(vocab)} tokens, "
+                                  f"config.json field 'vocab_size' says {model_cfg.vocab_size}")
     try:
         weights = st_load(raw["model.safetensors"])
     except Exception as e:  # the Rust reader raises SafetensorError, others for odd bytes
-        raise ArtifactError(path, f"model.safetensors is corrupt ({type(e).__name__}: {e})") from None
+        raise ArtifactError(path, f"model.safetensors is corrupt ({type(e).__name__}: {_one_line(e)})") from None
     emb = weights.get("tok.weight")
     if emb is None:
         raise ArtifactError(path, "model.safetensors has no token embedding (tok.weight)")
-    if emb.shape[0] != len(vocab) or model_cfg.vocab_size != len(vocab):
+    if emb.dim() != 2 or emb.shape[0] != len(vocab):
         raise ArtifactError(path, f"vocabulary mismatch: vocab.json has {len(vocab)} tokens, the weights "
-                                  f"{emb.shape[0]}, config.json {model_cfg.vocab_size}")
+                                  f"(tok.weight {tuple(emb.shape)}) {emb.shape[0]}, config.json {model_cfg.vocab_size}")
+    problem = _weights_problem(weights, state_dict_shapes(model_cfg))
+    if problem:
+        raise ArtifactError(path, f"model.safetensors does not fit config.json: {problem}")
+    bad = sorted(name for name, t in weights.items() if not bool(torch.isfinite(t).all()))
+    if bad:
+        raise ArtifactError(path, f"model.safetensors has non-finite weights (NaN or infinity) in {', '.join(bad)}")
     model = NuLog(model_cfg)
     try:
         model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ArtifactError(path, f"weights do not fit the model config ({e})") from None
+    except RuntimeError as e:  # not expected after the checks above
+        raise ArtifactError(path, f"weights do not fit the model config ({_one_line(e)})") from None
     model.eval()
     return Artifact(model, vocab, docs["masking_rules.json"], config, docs["metrics.json"], docs["meta.json"])
+
+
+def _weights_problem(weights: dict, shapes: dict) -> str | None:
+    """What is wrong with the tensors' names, shapes or dtype against the config (None: nothing)."""
+    missing = [n for n in shapes if n not in weights]
+    if missing:
+        return f"missing tensor(s) {_names(missing)}"
+    unexpected = [n for n in weights if n not in shapes]
+    if unexpected:
+        return f"unexpected tensor(s) {_names(unexpected)}"
+    for name, shape in shapes.items():
+        t = weights[name]
+        if t.dtype != torch.float32:
+            return f"tensor {name} has dtype {str(t.dtype).removeprefix('torch.')}, expected float32"
+        if tuple(t.shape) != shape:
+            return f"tensor {name} has shape {tuple(t.shape)}, the config gives {shape}"
+    return None
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

@@ -14,7 +14,7 @@ from ops.train import TrainConfig
 from ops.vocab import PAD, Vocab
 
 LINES = [("user <num> logged in from <ip>", 5), ("disk sda full", 2), ("session closed", 1)]
-RULES = [{"name": "num", "pattern": "\\d+", "token": "<num>"}]
+RULES = [{"name": "num", "pattern": "\\d+", "replacement": "<num>"}]  # read_artifact validates the rules
 
 
 @pytest.fixture()
