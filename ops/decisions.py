@@ -4,7 +4,8 @@ CML's rules, with its queue names the right way round: a batch without a model a
 least `min_start_count` samples gets a scratch run; a batch with a model and at least
 `min_update_count` samples newer than the model's data watermark gets a fine-tune, which
 escalates to scratch after `max_finetunes_in_a_row` fine-tunes. A batch with an active
-task is left alone. Pure function of the store's grouped status rows: no Dagster here.
+task or a training run in flight is left alone. Pure function of the store's grouped status
+rows and the in-flight runs: no Dagster here.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ class Decision:
     watermark_ms: Optional[int] = None   # new data starts here (fine-tune); None = all data
 
 
-def decide(statuses, thresholds_for: Callable, max_finetunes_in_a_row: int) -> list[Decision]:
+def decide(statuses, thresholds_for: Callable, max_finetunes_in_a_row: int,
+           in_flight: Optional[dict] = None) -> list[Decision]:
+    """`in_flight`: batch -> run id of training runs queued or running (their task may not be recorded yet)."""
+    in_flight = in_flight or {}
     out = []
     for s in statuses:
         th = thresholds_for(s.batch)
         if s.active_task is not None:
             t = s.active_task
             out.append(Decision(s.batch, "wait", f"busy: task {t.task_id} is {t.state} (run {t.run_id or 'not started'})"))
+        elif s.batch in in_flight:
+            out.append(Decision(s.batch, "wait", f"busy: run {in_flight[s.batch]} is queued or starting"))
         elif s.model_version is None:
             if s.total_count >= th.min_start_count:
                 out.append(Decision(s.batch, "scratch", f"no model and {s.total_count} samples >= {th.min_start_count}"))

@@ -168,3 +168,16 @@ def read_summary(path: str | Path, batch: str) -> Summary:
 
 def read_summary_meta(path: str | Path) -> dict:
     return json.loads(pq.ParquetFile(path).schema_arrow.metadata[b"logloop"])
+
+
+def summary_totals(path: str | Path) -> dict[str, int]:
+    """Lines per batch in a partition file (what the store records for it), without building Summaries."""
+    import pyarrow.compute as pc
+
+    meta = read_summary_meta(path)
+    table = pq.read_table(path, columns=["batch", "count", "tail_key"])
+    exact = table.filter(pc.is_null(table.column("tail_key"))).group_by("batch").aggregate([("count", "sum")])
+    totals = {b: int(n) for b, n in zip(exact.column("batch").to_pylist(), exact.column("count_sum").to_pylist())}
+    for b, tail in meta.get("tail_count", {}).items():
+        totals[b] = totals.get(b, 0) + int(tail)
+    return totals

@@ -2,6 +2,7 @@
 
 
 import json
+import math
 from typing import Optional
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, Config, asset_check
@@ -10,18 +11,18 @@ from pydantic import Field
 from orchestration.assets import nulog_model, read_sample
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions
-from orchestration.upstream import latest_metadata
+from orchestration.upstream import upstream_metadata
 from resources.artifacts import ArtifactStorage
 from resources.store import Store
 
 
 class ValidationConfig(Config):
-    top_k: int = Field(default=50, gt=0, description="k of NuLog's top-k rule (Opni uses 50).")
-    threshold: float = Field(default=0.7, gt=0, le=1, description="A line scoring below this is an anomaly.")
-    min_top_k_accuracy: float = Field(default=0.8, ge=0, le=1, description="Floor on validation top-k accuracy.")
-    max_anomaly_share: float = Field(default=0.2, ge=0, le=1, description="Most validation lines flagged.")
+    top_k: int = Field(default=50, gt=0, le=100_000, description="k of NuLog's top-k rule (Opni uses 50).")
+    threshold: float = Field(default=0.7, gt=0, le=1, allow_inf_nan=False, description="A line scoring below this is an anomaly.")
+    min_top_k_accuracy: float = Field(default=0.8, ge=0, le=1, allow_inf_nan=False, description="Floor on validation top-k accuracy.")
+    max_anomaly_share: float = Field(default=0.2, ge=0, le=1, allow_inf_nan=False, description="Most validation lines flagged.")
     champion_tolerance: Optional[float] = Field(
-        default=None, ge=0, le=1,
+        default=None, ge=0, le=1, allow_inf_nan=False,
         description="How much lower the candidate's top-k accuracy may be than the current model's on the "
         "same validation lines; default: the loop settings' champion_tolerance.",
     )
@@ -37,16 +38,25 @@ def nulog_model_quality(
 ) -> AssetCheckResult:
     """Top-k accuracy and flagged share on the validation split must clear the gate, and the
     candidate (challenger) must not be worse than the current model (champion) on the same lines."""
-    from ops.artifact import read_artifact
+    from ops.artifact import ArtifactError, read_artifact
     from ops.evaluate import evaluate
+    from ops.model import nonfinite_parameters
 
     batch = context.partition_key
-    upstream = latest_metadata(context.instance, "nulog_model", batch)
-    with artifacts.reading(upstream["candidate_key"]) as path:
-        candidate = read_artifact(path)
+    upstream = upstream_metadata(context.instance, context.run.run_id, "nulog_model", batch)
+    candidate_key = upstream["candidate_key"]
+    try:
+        with artifacts.reading(candidate_key) as path:
+            candidate = read_artifact(path)
+    except ArtifactError as exc:  # e.g. non-finite weights: a clear failed gate, not a crash
+        return gate_result(artifacts, candidate_key, config, [f"the candidate is unusable: {exc}"], {})
     with artifacts.reading(upstream["sample_key"]) as path:
         _, validation_lines = read_sample(path)
 
+    failures = []
+    broken = nonfinite_parameters(candidate.model)
+    if broken:
+        failures.append(f"the candidate's weights are not finite ({', '.join(broken[:5])})")
     metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
     metrics["oov_share"] = candidate.vocab.oov_share(validation_lines)
     if validation_lines:
@@ -56,12 +66,12 @@ def nulog_model_quality(
         forms = [f for f, _ in validation_lines]
         ranks = token_ranks(candidate.model, candidate.vocab, forms)
         metrics["template_count"] = len(set(masked_templates(dict(zip(forms, ranks)), config.top_k).values()))
-    failures = []
     if not validation_lines:
         failures.append("the validation split is empty")
-    if metrics["top_k_accuracy"] < config.min_top_k_accuracy:
+    # written as "not (good)" so that NaN, for which every comparison is false, fails
+    if not metrics["top_k_accuracy"] >= config.min_top_k_accuracy:
         failures.append(f"top-{config.top_k} accuracy {metrics['top_k_accuracy']:.3f} < {config.min_top_k_accuracy}")
-    if metrics["anomaly_share"] > config.max_anomaly_share:
+    if not metrics["anomaly_share"] <= config.max_anomaly_share:
         failures.append(f"flagged share {metrics['anomaly_share']:.3f} > {config.max_anomaly_share}")
     champion = store.get_model(batch)
     if champion is not None and validation_lines:
@@ -72,18 +82,32 @@ def nulog_model_quality(
         metrics["champion_version"] = champion.version
         metrics["champion_top_k_accuracy"] = champ["top_k_accuracy"]
         metrics["champion_anomaly_share"] = champ["anomaly_share"]
-        if metrics["top_k_accuracy"] < champ["top_k_accuracy"] - tolerance:
+        if not metrics["top_k_accuracy"] >= champ["top_k_accuracy"] - tolerance:
             failures.append(
                 f"challenger top-{config.top_k} accuracy {metrics['top_k_accuracy']:.3f} is worse than champion "
                 f"v{champion.version}'s {champ['top_k_accuracy']:.3f} by more than {tolerance}"
             )
+    nonfinite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if nonfinite:
+        failures.append(f"metric(s) not finite: {', '.join(nonfinite)}")
+    return gate_result(artifacts, candidate_key, config, failures, metrics)
+
+
+def gate_result(artifacts: ArtifactStorage, candidate_key: str, config: ValidationConfig, failures: list[str],
+                metrics: dict) -> AssetCheckResult:
+    """The verdict, written next to the candidate (registration reads it) and returned to Dagster."""
     passed = not failures
-    with artifacts.writing(validation_key(upstream["candidate_key"])) as tmp:
+    with artifacts.writing(validation_key(candidate_key)) as tmp:
         with open(tmp, "w") as f:
-            json.dump({"passed": passed, "failures": failures, "metrics": metrics,
-                       "candidate_key": upstream["candidate_key"], "config": config.model_dump()}, f)
+            # NaN is not JSON: a non-finite figure is stored as null
+            json.dump({"passed": passed, "failures": failures, "metrics": _finite(metrics),
+                       "candidate_key": candidate_key, "config": config.model_dump()}, f, allow_nan=False)
     return AssetCheckResult(
         passed=passed,
         description="; ".join(failures) or "candidate clears the gate",
-        metadata={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        metadata={k: v for k, v in _finite(metrics).items() if isinstance(v, (int, float))},
     )
+
+
+def _finite(metrics: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

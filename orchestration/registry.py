@@ -15,9 +15,13 @@ from resources.store import ModelRecord, Store, VersionConflict
 
 
 def artifact_name(template: str, name: str, version: int, batch: str) -> str:
+    """The artifact's file name: checked by the one template validator specs use (ops.naming)."""
+    from ops.naming import InvalidName, render_artifact_name
+
+    key = batch_key(batch)  # an invalid batch is not the template's fault
     try:
-        return template.format(name=name, version=version, uuid=uuid.uuid4().hex, batch=batch_key(batch))
-    except (KeyError, IndexError, ValueError) as exc:
+        return render_artifact_name(template, name=name, version=version, uuid=uuid.uuid4().hex, batch=key)
+    except InvalidName as exc:
         raise Failure(description=f"artifact name template {template!r} is invalid: {exc}") from exc
 
 
@@ -67,4 +71,18 @@ def register_candidate(
         except VersionConflict:
             artifacts.delete(key)
             parent = store.get_model(batch)
+        except Exception:
+            # a locked or unreachable store: unless the row made it in after all, nothing points
+            # at the artifact, so it goes (when the store cannot say, it stays for a retry to reuse)
+            if _not_registered(store, batch, train_run_id):
+                artifacts.delete(key)
+            raise
     raise Failure(description=f"could not allocate a version for batch {batch!r}: too many concurrent registrations")
+
+
+def _not_registered(store: Store, batch: str, train_run_id: str) -> bool:
+    """True only when the store answers and holds no row for this training run."""
+    try:
+        return not any(m.run_id == train_run_id for m in store.list_models(batch))
+    except Exception:
+        return False

@@ -8,16 +8,20 @@ arrived, keep task records true, and reap tasks that died.
   (the run key). Where the source counts cheaply (OpenSearch), it also catches up: the
   last `catch_up_windows` closed windows that are not summarised and have no ingest run
   in flight are counted in one request, and those holding records get an ingest run.
+  A tick records no task: the run's first asset does when the run starts
+  (orchestration.tasks), so a dropped run request leaves nothing behind. A batch is busy
+  while it has an active task or a training run in flight; a busy batch whose run is no
+  longer alive (finished silently, never launched, or its process killed) is settled on
+  the spot (`orchestration.tasks.reconcile`) and trains again.
 - `training_run_status` sensors mark a task failed or canceled as soon as its run ends
   that way. The `registered_model` asset marks success.
 - `reap_dead_tasks` (every 5 minutes) marks tasks dead once they pass their deadline and
-  terminates their runs. It also settles tasks whose runs ended without telling us.
+  terminates their runs. It also settles tasks whose runs are not alive.
 """
 
 import datetime as dt
 import json
 import os
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -51,20 +55,24 @@ from ops.naming import batch_key
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.loop_settings import LoopSettings, loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
+from orchestration.tasks import (
+    BATCH_TAG,
+    MODE_TAG,
+    TASK_TAG,
+    find_run,
+    in_flight_batches,
+    now_ms,
+    reconcile,
+)
+from orchestration.restore import restore_store
+from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource, LogSourceError
-from resources.store import Store, StoreError
+from resources.store import ACTIVE_STATES, Store, StoreError
 
 SETTINGS: LoopSettings = loop_settings()  # invalid thresholds fail the code location's load
 
-TASK_TAG = "logloop/task_id"
-BATCH_TAG = "logloop/batch"
-MODE_TAG = "logloop/mode"
 CATCH_UP_TAG = "logloop/catch_up"
 _TASK_NS = uuid.UUID("5b0c1f0e-6a57-4f6b-9a57-2f1d0c0ffee0")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def iso(ms: int) -> str:
@@ -188,19 +196,31 @@ def plan_catch_up(context: SensorEvaluationContext, log_source: LogSource, batch
 
 
 def evaluate_new_samples(context: SensorEvaluationContext, store: Store, settings: LoopSettings,
-                         log_source: LogSource | None = None, current_time: dt.datetime | None = None):
+                         log_source: LogSource | None = None, current_time: dt.datetime | None = None,
+                         artifacts: ArtifactStorage | None = None):
     """One sensor tick: a pure function of the store's state, the instance's partitions and
-    runs, and (for catch-up ingestion, where the source counts cheaply) the source's counts."""
+    runs, and (for catch-up ingestion, where the source counts cheaply) the source's counts.
+    An empty store beside existing summaries was lost or replaced: it is restored first."""
     try:
         statuses = store.batch_statuses()
+        if not statuses and artifacts is not None and artifacts.list("summaries"):
+            restore_store(store, artifacts, context.log)
+            statuses = store.batch_statuses()
     except StoreError as exc:
         raise StoreError(f"new_samples_sensor: the store is unreachable, nothing launched this tick: {exc}") from exc
-    decisions = decide(statuses, settings.thresholds_for, settings.max_finetunes_in_a_row)
+    # A busy batch whose run is not alive is settled now, so it trains again this tick.
+    for s in statuses:
+        if s.active_task is not None:
+            outcome = reconcile(context.instance, store, s.active_task)
+            if outcome:
+                context.log.warning(f"{s.batch}: task {s.active_task.task_id} settled ({outcome})")
+                s.active_task = None
+    in_flight = in_flight_batches(context.instance)
+    decisions = decide(statuses, settings.thresholds_for, settings.max_finetunes_in_a_row, in_flight)
 
     known = set(context.instance.get_dynamic_partitions(batch_partitions.name))
     new_batches = sorted({s.batch for s in statuses} - known)
     launches = [d for d in decisions if d.action != "wait"]
-    # Before any task is recorded: a tick that fails here leaves no task without its run.
     catch_up = CatchUp()
     if log_source is not None and log_source.counts_cheaply and settings.catch_up_windows:
         try:
@@ -216,14 +236,9 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
             if t.state in ("failed", "dead"):
                 attempts[t.batch] = attempts.get(t.batch, 0) + 1
     requests = []
-    deadline = now_ms() + settings.task_time_limit_s * 1000
     for d in launches:
         run_key = f"{batch_key(d.batch)}:{d.watermark_ms or 0}:{d.action}:{attempts.get(d.batch, 0)}"
-        task_id = uuid.uuid5(_TASK_NS, run_key).hex
-        store.record_task_event(
-            task_id, d.batch, "scheduling", mode=d.action, window_start_ms=d.watermark_ms,
-            deadline_ms=deadline, message=d.reason,
-        )
+        task_id = uuid.uuid5(_TASK_NS, run_key).hex  # recorded by the run itself when it starts
         requests.append(RunRequest(
             job_name=train_model_job.name,
             run_key=run_key,
@@ -262,8 +277,9 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
     description="Launch scratch or fine-tune training runs when enough new samples arrived; "
     "ingest closed windows the schedule missed when the source counts cheaply.",
 )
-def new_samples_sensor(context: SensorEvaluationContext, store: Store, log_source: LogSource):
-    return evaluate_new_samples(context, store, SETTINGS, log_source)
+def new_samples_sensor(context: SensorEvaluationContext, store: Store, log_source: LogSource,
+                       artifacts: ArtifactStorage):
+    return evaluate_new_samples(context, store, SETTINGS, log_source, artifacts=artifacts)
 
 
 ingest_logs_schedule = build_schedule_from_partitioned_job(
@@ -279,14 +295,21 @@ def task_of_run(store: Store, run):
     return store.get_task(task_id)
 
 
-ACTIVE = ("unknown", "scheduling", "running")
-
-
 def _settle(store: Store, context: RunStatusSensorContext, state: str) -> None:
     run = context.dagster_run
     task = task_of_run(store, run)
-    if task is None or task.state not in ACTIVE:
-        return  # not a training task, or already settled (e.g. reaped as dead)
+    if task is None:
+        batch = run.tags.get(BATCH_TAG) or run.tags.get("dagster/partition")
+        if run.job_name != train_model_job.name or not batch:
+            return  # not a training run
+        # it ended before its first asset recorded the task: record it, so the attempt counts
+        store.record_task_event(run.tags.get(TASK_TAG) or run.run_id, batch, state, run_id=run.run_id,
+                                mode=run.tags.get(MODE_TAG) if run.tags.get(MODE_TAG) in ("scratch", "finetune") else None,
+                                message=f"run {run.run_id} ended {run.status.value} before it started training")
+        context.log.info(f"task of run {run.run_id}, batch {batch!r}: {state}")
+        return
+    if task.state not in ACTIVE_STATES:
+        return  # already settled (e.g. reaped as dead)
     store.record_task_event(task.task_id, task.batch, state, run_id=run.run_id,
                             message=f"run {run.run_id} ended {run.status.value}")
     context.log.info(f"task {task.task_id} of batch {task.batch!r}: {state}")
@@ -340,17 +363,6 @@ def raw_logs_observer(context: SensorEvaluationContext, log_source: LogSource):
 
 # ---- the reaper -------------------------------------------------------------------
 
-FINISHED = {DagsterRunStatus.SUCCESS: "succeeded", DagsterRunStatus.FAILURE: "failed",
-            DagsterRunStatus.CANCELED: "failed"}
-
-
-def find_run(instance, task):
-    if task.run_id:
-        return instance.get_run_by_id(task.run_id)
-    runs = instance.get_runs(RunsFilter(tags={TASK_TAG: task.task_id}), limit=1)
-    return runs[0] if runs else None
-
-
 def terminate(instance, run, log) -> str:
     """Cancel through the run coordinator; force-mark canceled when nobody answers."""
     try:
@@ -366,19 +378,17 @@ def terminate(instance, run, log) -> str:
 
 
 def reap(instance, store: Store, log, at_ms: int | None = None) -> dict:
-    """Mark dead every working task past its deadline; settle tasks whose runs ended silently."""
+    """Mark dead every working task past its deadline; settle tasks whose runs are not alive."""
     at_ms = at_ms or now_ms()
     report = {"dead": [], "settled": [], "checked": 0}
     for task in store.active_tasks():
         report["checked"] += 1
-        run = find_run(instance, task)
-        if run is not None and run.status in FINISHED:
-            store.record_task_event(task.task_id, task.batch, FINISHED[run.status], run_id=run.run_id,
-                                    message=f"settled by the reaper: run ended {run.status.value}")
+        if reconcile(instance, store, task, at_ms):
             report["settled"].append(task.task_id)
             continue
         if task.deadline_ms is None or at_ms <= task.deadline_ms:
             continue
+        run = find_run(instance, task)
         outcome = terminate(instance, run, log) if run is not None else "no run"
         store.record_task_event(task.task_id, task.batch, "dead", run_id=run.run_id if run else task.run_id,
                                 message=f"reaped: past its deadline {iso(task.deadline_ms)}; run {outcome}")

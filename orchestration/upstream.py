@@ -1,13 +1,53 @@
-"""Finding what an upstream asset wrote: the storage keys it recorded in metadata."""
+"""Finding what an upstream asset wrote: the storage keys it recorded in metadata.
+
+A run reads the upstream outputs it produced itself (or that the run it re-executes
+produced), never those of another run of the same partition that happens to be newer:
+two runs of one batch at once each train on their own sample and register their own
+candidate. Only a run that did not materialize the upstream reads its latest
+materialization.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Optional
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Failure
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, Failure
 
 from orchestration.partitions import PARTITION_FMT
+
+
+def _plain(run_id: str, materialization) -> dict:
+    return {"run_id": run_id, **{k: getattr(v, "value", v) for k, v in materialization.metadata.items()}}
+
+
+def _lineage(instance: DagsterInstance, run_id: str) -> list[str]:
+    """This run, then the runs it re-executes (parent first), as Dagster's re-execution records them."""
+    out, seen = [], set()
+    while run_id and run_id not in seen and len(out) < 50:
+        seen.add(run_id)
+        out.append(run_id)
+        run = instance.get_run_by_id(run_id)
+        run_id = run.parent_run_id if run is not None else None
+    return out
+
+
+def produced_in_run(instance: DagsterInstance, run_id: str, asset: str, partition: str) -> Optional[dict]:
+    """Metadata of `asset`'s latest materialization of `partition` in this run or the runs it re-executes."""
+    key = AssetKey(asset)
+    for rid in _lineage(instance, run_id):
+        records = instance.get_records_for_run(rid, of_type=DagsterEventType.ASSET_MATERIALIZATION, ascending=False).records
+        for record in records:
+            m = record.event_log_entry.asset_materialization
+            if m is not None and m.asset_key == key and m.partition == partition:
+                return _plain(rid, m)
+    return None
+
+
+def upstream_metadata(instance: DagsterInstance, run_id: str, asset: str, partition: str) -> dict:
+    """What `asset` recorded for `partition`: this run's own materialization when it made one
+    (or the run it re-executes did), else the latest materialization from any run."""
+    return produced_in_run(instance, run_id, asset, partition) or latest_metadata(instance, asset, partition)
 
 
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:
@@ -18,8 +58,7 @@ def latest_metadata(instance: DagsterInstance, asset: str, partition: str) -> di
     if not result.records:
         raise Failure(description=f"{asset} has never been materialized for {partition!r}; materialize it first")
     record = result.records[0]
-    meta = record.asset_materialization.metadata
-    return {"run_id": record.run_id, **{k: getattr(v, "value", v) for k, v in meta.items()}}
+    return _plain(record.run_id, record.asset_materialization)
 
 
 def parse_time_ms(value: Optional[str]) -> Optional[int]:

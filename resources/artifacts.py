@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterator
@@ -15,8 +15,36 @@ from dagster import ConfigurableResource
 from ops.naming import validate_key
 
 
+def _create_temp_file(folder: str, prefix: str, suffix: str) -> tuple[int, str]:
+    """Like tempfile.mkstemp (a new file, O_EXCL) but with mode 0o666 less the umask, as open()
+    gives, instead of 0600: the temp file is renamed into place and keeps its mode. The kernel
+    applies the umask at creation, so the process-wide umask is never read or changed (no race
+    with other threads). ops.artifact.create_temp_file is the same; this module avoids torch."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(folder, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {folder}")
+
+
+class ArtifactStorageError(RuntimeError):
+    """The storage itself failed (a missing bucket, denied credentials, an unreachable endpoint, an
+    upload that still failed after retries): one line naming the storage, never a secret. A key
+    that is simply not there is FileNotFoundError instead."""
+
+
 class ArtifactStorage(ConfigurableResource, ABC):
-    """Keys are relative, validated paths like 'summaries/2026-11-23-07-00.parquet'."""
+    """Keys are relative, validated paths like 'summaries/2026-11-23-07-00.parquet'.
+
+    Implementations: LocalArtifactStorage (a folder) and resources.object_artifacts.
+    ObjectArtifactStorage (s3://, gs://, az://). Both keep the same promises: a reader sees the
+    old object or the new one, never half of one; a failed write leaves nothing behind;
+    `reading` a missing key raises FileNotFoundError; faults of the storage itself raise
+    ArtifactStorageError.
+    """
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -37,6 +65,10 @@ class ArtifactStorage(ConfigurableResource, ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """The keys of the finished objects under the folder `prefix`, sorted (no temp files)."""
+
 
 class LocalArtifactStorage(ArtifactStorage):
     """A folder on local disk (the embedded default)."""
@@ -56,7 +88,7 @@ class LocalArtifactStorage(ArtifactStorage):
     def writing(self, key: str) -> Iterator[str]:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
+        fd, tmp = _create_temp_file(str(target.parent), prefix=".tmp-", suffix=target.suffix)
         os.close(fd)
         try:
             yield tmp
@@ -78,3 +110,10 @@ class LocalArtifactStorage(ArtifactStorage):
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+    def list(self, prefix: str) -> list[str]:
+        root, folder = Path(self.root), self._path(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(p.relative_to(root).as_posix() for p in folder.rglob("*")
+                      if p.is_file() and not p.name.startswith(".tmp-"))

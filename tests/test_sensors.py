@@ -14,6 +14,7 @@ from ops.decisions import decide
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, Thresholds, load_loop_settings
 from orchestration.partitions import time_partitions
 from orchestration.sensors import TASK_TAG, evaluate_new_samples, reap, training_run_config
+from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, LogSource, LogSourceError
 from resources.opensearch_source import OpenSearchLogSource
 from resources.store import ModelRecord, SQLiteStore, StoreError
@@ -71,20 +72,23 @@ def test_scratch_when_no_model_and_enough_samples(instance, store):
     assert launched[HOSTILE].tags["logloop/batch"] == HOSTILE
     assert launched["a"].run_config["ops"]["training_sample"]["config"] == {"mode": "scratch"}
     assert set(result.dynamic_partitions_requests[0].partition_keys) == {"a", "b", "big", HOSTILE}
-    task = store.get_task(launched["a"].tags[TASK_TAG])
-    assert task.state == "scheduling" and task.mode == "scratch" and task.deadline_ms > 0
+    # the tick records nothing: the run records its task when it starts
+    assert store.get_task(launched["a"].tags[TASK_TAG]) is None and store.list_tasks() == []
 
 
 def test_same_state_gives_the_same_run_key_and_busy_batches_wait(instance, store):
+    from dagster._core.test_utils import create_run_for_test
+
     counts(store, 0, a=200)
     first = tick(instance, store)
-    second = tick(instance, store)  # the task of the first tick is active: the batch is busy
-    assert len(first.run_requests) == 1
-    assert second.run_requests == [] and "busy" in second.skip_reason.skip_message
-    # two racing ticks (both before the task was recorded) produce the same run key: one run
-    other = SQLiteStore(path=store.path + ".2")
-    counts(other, 0, a=200)
-    assert tick(instance, other).run_requests[0].run_key == first.run_requests[0].run_key
+    # two ticks before the run exists produce the same run key: the daemon launches one run
+    assert tick(instance, store).run_requests[0].run_key == first.run_requests[0].run_key
+    [request] = first.run_requests
+    queued = create_run_for_test(instance, job_name="train_model", tags=request.tags, status=DagsterRunStatus.STARTING)
+    second = tick(instance, store)  # its run is starting, its task not recorded yet: busy
+    assert second.run_requests == [] and f"busy: run {queued.run_id}" in second.skip_reason.skip_message
+    store.record_task_event(request.tags[TASK_TAG], "a", "running", run_id=queued.run_id)
+    assert "busy: task" in tick(instance, store).skip_reason.skip_message
 
 
 def test_finetune_after_enough_new_samples_since_the_watermark(instance, store):
@@ -363,7 +367,8 @@ def test_a_source_that_does_not_count_cheaply_is_never_counted(instance, store, 
     # the sensor itself, with its resources (and the shipped settings): trains, never counts the folder
     other = SQLiteStore(path=str(tmp_path / "other.sqlite"))
     counts(other, 0, b=10**6)
-    context = build_sensor_context(instance=instance, resources={"store": other, "log_source": source})
+    context = build_sensor_context(instance=instance, resources={
+        "store": other, "log_source": source, "artifacts": LocalArtifactStorage(root=str(tmp_path / "artifacts"))})
     result = new_samples_sensor(context)
     assert [r.job_name for r in result.run_requests] == ["train_model"]
     assert source.calls == []
@@ -407,7 +412,7 @@ def test_catch_up_windows_zero_turns_catch_up_off(instance, store, tmp_path):
             load_loop_settings(str(good))
 
 
-def test_the_sensor_requests_resolve_against_both_jobs(instance, store):
+def test_the_sensor_requests_resolve_against_both_jobs(instance, store, tmp_path):
     """Through the repository, as the daemon evaluates it: each request names a job the sensor
     targets and a partition of that job (the training one gets its batch, the catch-up its window)."""
     from dagster._core.definitions.partitions.context import partition_loading_context
@@ -420,7 +425,8 @@ def test_the_sensor_requests_resolve_against_both_jobs(instance, store):
     window = last_closed_keys(2)[0]  # closed over an hour ago
     repo = defs.get_repository_def()
     context = build_sensor_context(instance=instance, repository_def=repo,
-                                   resources={"store": store, "log_source": CountingSource(records={window: {"a": 5}})})
+                                   resources={"store": store, "log_source": CountingSource(records={window: {"a": 5}}),
+                                              "artifacts": LocalArtifactStorage(root=str(tmp_path / "artifacts"))})
     with partition_loading_context(dynamic_partitions_store=instance):
         data = repo.get_sensor_def("new_samples_sensor").evaluate_tick(context)
     resolved = {(r.job_name, r.partition_key, r.tags["dagster/partition"]) for r in data.run_requests}

@@ -1,0 +1,73 @@
+"""Rebuilding the store from artifact storage, which holds everything the store indexes.
+
+A lost or replaced store (a deleted SQLite file, a fresh TDengine database) would otherwise
+stall the loop: windows already summarised are never read again, so their sample counts
+would never come back, and model versions would start over at 1. Each window's summary
+holds its per-batch line counts, and each registered model's artifact holds its registry
+row (meta.json and metrics.json), so both are re-recorded from there.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+from ops.artifact import ArtifactError, read_artifact_meta
+from ops.summary import read_summary_meta, summary_totals
+from orchestration.partitions import time_partitions
+from resources.artifacts import ArtifactStorage
+from resources.store import ModelRecord, Store, VersionConflict
+
+
+def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:
+    """Re-record every window's sample counts from its summary, and every registered model that
+    the registry lacks from its artifact. Idempotent: recording a window again replaces it, and
+    a model already registered is left alone. Returns what was done, by kind."""
+    report = {"windows": 0, "models": 0, "problems": []}
+    for key in artifacts.list("summaries"):
+        if not key.endswith(".parquet"):
+            continue
+        try:
+            with artifacts.reading(key) as path:
+                meta, totals = read_summary_meta(path), summary_totals(path)
+            start, end = int(meta["window_start_ms"]), int(meta["window_end_ms"])
+        except Exception as exc:  # one unreadable file must not stop the rest
+            report["problems"].append(f"{key}: {type(exc).__name__}: {exc}")
+            continue
+        partition_key = time_partitions.get_partition_key_for_timestamp(start / 1000)
+        store.record_sample_counts(partition_key, start, end, totals)
+        report["windows"] += 1
+
+    registered = {(m.batch, m.version) for m in store.list_models()}
+    found = []
+    for key in artifacts.list("models"):
+        if not key.endswith(".zip"):
+            continue
+        try:
+            with artifacts.reading(key) as path:
+                meta = read_artifact_meta(path)
+                with zipfile.ZipFile(path) as z:
+                    metrics = json.loads(z.read("metrics.json")) if "metrics.json" in z.namelist() else {}
+            found.append((meta["batch"], int(meta["version"]), key, meta, metrics))
+        except (ArtifactError, KeyError, ValueError, TypeError, zipfile.BadZipFile, OSError) as exc:
+            report["problems"].append(f"{key}: {exc}")
+    for batch, version, key, meta, metrics in sorted(found, key=lambda f: (f[0], f[1])):
+        if (batch, version) in registered:
+            continue
+        record = ModelRecord(
+            batch=batch, version=version, run_id=str(meta.get("train_run_id") or key), artifact=key,
+            artifact_uri=artifacts.uri(key), metrics=metrics if isinstance(metrics, dict) else {},
+            window_start_ms=meta.get("window_start_ms"), window_end_ms=meta.get("window_end_ms"),
+            parent_version=meta.get("parent_version"), mode=meta.get("mode") or "scratch",
+        )
+        try:
+            store.register_model(record)
+            registered.add((batch, version))
+            report["models"] += 1
+        except VersionConflict as exc:
+            report["problems"].append(f"{key}: version {version} of {batch!r} is taken by another run ({exc})")
+    if log is not None and (report["windows"] or report["models"] or report["problems"]):
+        log.warning(f"restored the store from artifact storage: {report['windows']} window(s) of sample counts, "
+                    f"{report['models']} model version(s)"
+                    + (f"; {len(report['problems'])} problem(s): {report['problems'][:5]}" if report["problems"] else ""))
+    return report
