@@ -1,8 +1,9 @@
 """The store: sample counts per batch and window, the model registry and training tasks.
 
-One interface, swappable implementations: SQLite (embedded default) here; TDengine
-for production lives in resources/tdengine_store.py. Batch names are always bound
-as values, never spliced into SQL.
+One interface, swappable implementations: SQLStore in resources/sql_store.py, on
+SQLite (SQLiteStore, the embedded default) or PostgreSQL; TDengineStore for production
+in resources/tdengine_store.py. `SQLiteStore` and `SQLStore` are importable from here
+too. Batch names are always bound as values, never spliced into SQL.
 
 Task lifecycle: a task is a sequence of appended events (TDengine has no UPDATE);
 its current state is its last event. States: unknown, scheduling, running (the
@@ -11,15 +12,11 @@ ACTIVE ones) and succeeded, failed, dead (terminal).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sqlite3
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from dagster import ConfigurableResource
 
@@ -182,7 +179,6 @@ class Store(ConfigurableResource, ABC):
         """One status per batch known to the store, by batch name, read with one grouped query per table."""
 
     @abstractmethod
-    @abstractmethod
     def record_anomaly_counts(self, counts: list[AnomalyCount]) -> None:
         """Anomaly counts per batch and window; recording a (batch, window) again replaces it."""
 
@@ -274,290 +270,8 @@ def task_sort_key(task: Task):
     return (task.started_ms, task.updated_ms, task.task_id)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS anomaly_counts (
-    batch TEXT NOT NULL,
-    window_start_ms INTEGER NOT NULL,
-    window_end_ms INTEGER NOT NULL,
-    lines INTEGER NOT NULL,
-    anomalies INTEGER NOT NULL,
-    model_version INTEGER NOT NULL,
-    recorded_ms INTEGER NOT NULL,
-    PRIMARY KEY (batch, window_start_ms)
-);
-CREATE TABLE IF NOT EXISTS sample_counts (
-    partition_key TEXT NOT NULL,
-    batch TEXT NOT NULL,
-    window_start_ms INTEGER NOT NULL,
-    window_end_ms INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    recorded_ms INTEGER NOT NULL,
-    PRIMARY KEY (partition_key, batch)
-);
-CREATE INDEX IF NOT EXISTS sample_counts_batch ON sample_counts (batch, window_start_ms);
-CREATE TABLE IF NOT EXISTS models (
-    batch TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    run_id TEXT NOT NULL,
-    artifact TEXT NOT NULL,
-    artifact_uri TEXT NOT NULL,
-    metrics TEXT NOT NULL,
-    window_start_ms INTEGER,
-    window_end_ms INTEGER,
-    created_ms INTEGER NOT NULL,
-    parent_version INTEGER,
-    mode TEXT NOT NULL,
-    PRIMARY KEY (batch, version),
-    UNIQUE (batch, run_id)
-);
-CREATE TABLE IF NOT EXISTS task_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_id TEXT NOT NULL,
-    batch TEXT NOT NULL,
-    state TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    window_start_ms INTEGER,
-    window_end_ms INTEGER,
-    deadline_ms INTEGER,
-    message TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
--- the current state of each task (its last event), kept in step with task_events
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    batch TEXT NOT NULL,
-    state TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    window_start_ms INTEGER,
-    window_end_ms INTEGER,
-    started_ms INTEGER NOT NULL,
-    deadline_ms INTEGER,
-    updated_ms INTEGER NOT NULL,
-    message TEXT NOT NULL,
-    first_seq INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_batch ON tasks (batch, first_seq);
-CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, first_seq);
-"""
-
-_TASK_COLS = (
-    "task_id, batch, state, run_id, mode, window_start_ms, window_end_ms, started_ms, deadline_ms, updated_ms, message"
-)
-
-
-_SCHEMA_READY: set = set()
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class SQLiteStore(Store):
-    """The embedded store: one SQLite file, safe for several processes (WAL)."""
-
-    path: str
-    timeout_s: float = 30.0
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
-        try:
-            # WAL + synchronous=NORMAL: durable at checkpoints, no fsync per small commit
-            conn.execute("PRAGMA synchronous=NORMAL")
-            key = (os.path.realpath(self.path), os.getpid())
-            if key not in _SCHEMA_READY or conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:  # once per file and process, not per call
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
-                _SCHEMA_READY.add(key)
-            yield conn
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store at {self.path}: {exc}") from exc
-        finally:
-            conn.close()
-
-    def record_sample_counts(self, partition_key, window_start_ms, window_end_ms, counts):
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM sample_counts WHERE partition_key = ?", (partition_key,))
-            conn.executemany(
-                "INSERT INTO sample_counts VALUES (?, ?, ?, ?, ?, ?)",
-                [(partition_key, b, window_start_ms, window_end_ms, int(c), now_ms()) for b, c in counts.items()],
-            )
-            conn.execute("COMMIT")
-
-    def _windows_of(self, columns: str, table: str, batch, start_ms, end_ms) -> list[tuple]:
-        """Rows of `table` for `batch` whose window overlaps [start_ms, end_ms), oldest first."""
-        sql = f"SELECT {columns} FROM {table} WHERE batch = ?"  # columns and table are ours, never input
-        args: list = [batch]
-        if start_ms is not None:
-            sql += " AND window_end_ms > ?"
-            args.append(start_ms)
-        if end_ms is not None:
-            sql += " AND window_start_ms < ?"
-            args.append(end_ms)
-        with self._connect() as conn:
-            return conn.execute(sql + " ORDER BY window_start_ms", args).fetchall()
-
-    def partition_counts(self, batch, start_ms=None, end_ms=None):
-        rows = self._windows_of("partition_key, batch, window_start_ms, window_end_ms, count", "sample_counts",
-                                batch, start_ms, end_ms)
-        return [PartitionCount(*r) for r in rows]
-
-    def register_model(self, record):
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")  # serialises version allocation across processes
-            existing = conn.execute(
-                "SELECT * FROM models WHERE batch = ? AND run_id = ?", (record.batch, record.run_id)
-            ).fetchone()
-            if existing:
-                conn.execute("COMMIT")
-                return _model_from_row(existing)
-            (latest,) = conn.execute("SELECT MAX(version) FROM models WHERE batch = ?", (record.batch,)).fetchone()
-            if record.version != (latest or 0) + 1:
-                conn.execute("ROLLBACK")
-                raise VersionConflict(f"batch {record.batch!r} is at version {latest}, not {record.version - 1}")
-            record.created_ms = record.created_ms or now_ms()
-            conn.execute(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.batch, record.version, record.run_id, record.artifact, record.artifact_uri,
-                    json.dumps(record.metrics), record.window_start_ms, record.window_end_ms,
-                    record.created_ms, record.parent_version, record.mode,
-                ),
-            )
-            conn.execute("COMMIT")
-        return record
-
-    def list_models(self, batch=None):
-        sql, args = "SELECT * FROM models", ()
-        if batch is not None:
-            sql, args = sql + " WHERE batch = ?", (batch,)
-        with self._connect() as conn:
-            rows = conn.execute(sql + " ORDER BY batch, version", args).fetchall()
-        return [_model_from_row(r) for r in rows]
-
-
-    # -- tasks -------------------------------------------------------------------------------
-
-    def record_task_event(self, task_id, batch, state, *, run_id=None, mode=None, window_start_ms=None,
-                          window_end_ms=None, deadline_ms=None, message=""):
-        check_task_args(state, mode)
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-                current = Task(*row) if row else None
-                task = merge_task_event(
-                    current, task_id, batch, state, now_ms(), run_id=run_id, mode=mode,
-                    window_start_ms=window_start_ms, window_end_ms=window_end_ms, deadline_ms=deadline_ms,
-                    message=message,
-                )
-            except ValueError:
-                conn.execute("ROLLBACK")
-                raise
-            cur = conn.execute(
-                "INSERT INTO task_events (task_id, batch, state, run_id, mode, window_start_ms, window_end_ms,"
-                " deadline_ms, message, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (task.task_id, task.batch, task.state, task.run_id, task.mode, task.window_start_ms,
-                 task.window_end_ms, task.deadline_ms, task.message, task.updated_ms),
-            )
-            values = (task.task_id, task.batch, task.state, task.run_id, task.mode, task.window_start_ms,
-                      task.window_end_ms, task.started_ms, task.deadline_ms, task.updated_ms, task.message)
-            if current is None:
-                conn.execute(f"INSERT INTO tasks ({_TASK_COLS}, first_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             values + (cur.lastrowid,))
-            else:
-                conn.execute(
-                    "UPDATE tasks SET state = ?, run_id = ?, mode = ?, window_start_ms = ?, window_end_ms = ?,"
-                    " deadline_ms = ?, updated_ms = ?, message = ? WHERE task_id = ?",
-                    (task.state, task.run_id, task.mode, task.window_start_ms, task.window_end_ms,
-                     task.deadline_ms, task.updated_ms, task.message, task.task_id),
-                )
-            conn.execute("COMMIT")
-        return task
-
-    def get_task(self, task_id):
-        with self._connect() as conn:
-            row = conn.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return Task(*row) if row else None
-
-    def list_tasks(self, batch=None, state=None):
-        if state is not None:
-            check_task_args(state, None)
-        sql, where, args = f"SELECT {_TASK_COLS} FROM tasks", [], []
-        if batch is not None:
-            where.append("batch = ?")
-            args.append(batch)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._connect() as conn:
-            rows = conn.execute(sql + " ORDER BY first_seq DESC", args).fetchall()
-        return [Task(*r) for r in rows]
-
-    def active_tasks(self):
-        marks = ", ".join("?" * len(ACTIVE_STATES))
-        with self._connect() as conn:
-            rows = conn.execute(
-                f"SELECT {_TASK_COLS} FROM tasks WHERE state IN ({marks}) ORDER BY first_seq DESC", ACTIVE_STATES
-            ).fetchall()
-        return [Task(*r) for r in rows]
-
-    def batch_statuses(self):
-        marks = ", ".join("?" * len(ACTIVE_STATES))
-        with self._connect() as conn:
-            conn.execute("BEGIN")  # one consistent snapshot for the three reads
-            models = conn.execute(
-                "SELECT batch, version, window_end_ms, mode FROM models ORDER BY batch, version DESC"
-            ).fetchall()
-            counts = conn.execute(  # new = partitions starting at or after the latest model's window end
-                "SELECT s.batch, SUM(CASE WHEN w.wm IS NULL OR s.window_start_ms >= w.wm THEN s.count ELSE 0 END),"
-                " SUM(s.count) FROM sample_counts s LEFT JOIN ("
-                "  SELECT m.batch, m.window_end_ms AS wm FROM models m"
-                "  JOIN (SELECT batch, MAX(version) AS v FROM models GROUP BY batch) l"
-                "  ON m.batch = l.batch AND m.version = l.v"
-                " ) w ON w.batch = s.batch GROUP BY s.batch"
-            ).fetchall()
-            tasks = conn.execute(
-                f"SELECT {_TASK_COLS}, state IN ({marks}) FROM tasks ORDER BY first_seq DESC", ACTIVE_STATES
-            ).fetchall()
-            conn.execute("COMMIT")
-        latest, finetunes = _latest_and_finetunes((b, v, w, m) for b, v, w, m in models)
-        active: dict[str, Task] = {}
-        batches = set(latest) | {c[0] for c in counts}
-        for row in tasks:
-            batches.add(row[1])
-            if row[-1] and row[1] not in active:
-                active[row[1]] = Task(*row[:-1])
-        return build_batch_statuses(batches, latest, finetunes, {b: (n, t) for b, n, t in counts}, active)
-
-    def ping(self):
-        with self._connect() as conn:
-            conn.execute("SELECT 1").fetchone()
-
-    def record_anomaly_counts(self, counts):
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT OR REPLACE INTO anomaly_counts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(c.batch, c.window_start_ms, c.window_end_ms, c.lines, c.anomalies, c.model_version, now_ms())
-                 for c in counts],
-            )
-            conn.execute("COMMIT")
-
-    def anomaly_counts(self, batch, start_ms=None, end_ms=None):
-        rows = self._windows_of("batch, window_start_ms, window_end_ms, lines, anomalies, model_version",
-                                "anomaly_counts", batch, start_ms, end_ms)
-        return [AnomalyCount(*r) for r in rows]
 
 
 def _latest_and_finetunes(models) -> tuple[dict, dict]:
@@ -583,3 +297,13 @@ def _model_from_row(r) -> ModelRecord:
         batch=r[0], version=r[1], run_id=r[2], artifact=r[3], artifact_uri=r[4], metrics=json.loads(r[5]),
         window_start_ms=r[6], window_end_ms=r[7], created_ms=r[8], parent_version=r[9], mode=r[10],
     )
+
+
+def __getattr__(name: str):
+    """`from resources.store import SQLiteStore` (or SQLStore): the SQL store, loaded on first use
+    (resources/sql_store.py imports this module, so it cannot be imported at the top)."""
+    if name in ("SQLiteStore", "SQLStore"):
+        from resources import sql_store
+
+        return getattr(sql_store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

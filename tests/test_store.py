@@ -1,14 +1,20 @@
 """Store contract: every implementation must pass these.
 
-Implementations: "sqlite"; "tdengine-fake" (TDengineStore against the fake taosAdapter in
-tests/taos_rest_server.py, which keeps TDengine's overwrite-on-same-timestamp semantics);
+Implementations: "sqlite" and "postgresql" (SQLStore; PostgreSQL is a real server started by
+tests/postgres_server.py, installed first when missing: never skipped); "tdengine-fake"
+(TDengineStore against the fake taosAdapter in tests/taos_rest_server.py, which keeps
+TDengine's overwrite-on-same-timestamp semantics);
 "tdengine-live" (TDengineStore against a real taosAdapter, only when TDENGINE_URL is set,
 with TDENGINE_USER / TDENGINE_PASSWORD, defaults root / taosdata; each test uses, then drops,
 its own database).
 """
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from types import SimpleNamespace
@@ -16,8 +22,10 @@ from types import SimpleNamespace
 import pytest
 
 from ops.naming import InvalidName, batch_key, validate_batch_name, validate_key
+from resources.sql_store import SQLStore
 from resources.store import ModelRecord, SQLiteStore, StoreError, VersionConflict
 from resources.tdengine_store import TDengineStore, literal
+from tests.postgres_server import PostgresUnavailable, postgres_server
 from tests.taos_rest_server import FakeTaosAdapter, FakeTDengine
 
 HOSTILE = "'; DROP TABLE models; -- \"../../etc\""
@@ -28,13 +36,38 @@ FAKE_PASSWORD = "fake-Pa55'word"
 live_only = pytest.mark.skipif(
     not LIVE_URL, reason="set TDENGINE_URL (and TDENGINE_USER/TDENGINE_PASSWORD) to run against a real TDengine"
 )
-IMPLEMENTATIONS = ["sqlite", "tdengine-fake", pytest.param("tdengine-live", marks=live_only)]
+IMPLEMENTATIONS = ["sqlite", "postgresql", "tdengine-fake", pytest.param("tdengine-live", marks=live_only)]
 
 
 @pytest.fixture(scope="session")
 def fake_taos():
     with FakeTaosAdapter(password=FAKE_PASSWORD) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session; a machine that cannot get one fails these tests."""
+    with contextlib.ExitStack() as stack:
+        t0 = time.monotonic()
+        try:
+            server = stack.enter_context(postgres_server())
+        except PostgresUnavailable as exc:
+            pytest.fail(f"PostgreSQL is needed for the store contract tests: {exc}", pytrace=False)
+        print(f"\nPostgreSQL ready in {time.monotonic() - t0:.1f} s on port {server.port}")
+        yield server
+
+
+@contextlib.contextmanager
+def _postgres_store(server, **kwargs):
+    """An SQLStore on a fresh database of `server` (the password given separately), dropped after."""
+    db = server.create_database()
+    store = SQLStore(url=server.url(db, with_password=False), password=server.password, **kwargs)
+    try:
+        yield store
+    finally:
+        store.dispose()
+        server.drop_database(db)
 
 
 def _fresh_db() -> str:
@@ -45,6 +78,9 @@ def _fresh_db() -> str:
 def store(request, tmp_path):
     if request.param == "sqlite":
         yield SQLiteStore(path=str(tmp_path / "store.sqlite"))
+    elif request.param == "postgresql":
+        with _postgres_store(request.getfixturevalue("postgres")) as pg_store:
+            yield pg_store
     elif request.param == "tdengine-fake":
         server = request.getfixturevalue("fake_taos")
         yield TDengineStore(url=server.url, database=_fresh_db(), password=FAKE_PASSWORD)
@@ -339,6 +375,9 @@ def test_unreachable_store_is_a_clear_error(tmp_path):
         bad.list_models()
     with pytest.raises(StoreError, match="cannot open SQLite store"):
         bad.ping()
+    (tmp_path / "garbage.sqlite").write_bytes(b"not a database, " * 512)
+    with pytest.raises(StoreError, match=r"cannot open SQLite store at .*garbage\.sqlite: file is not a database"):
+        SQLiteStore(path=str(tmp_path / "garbage.sqlite")).list_models()
 
 
 def _closed_port() -> int:
@@ -461,3 +500,258 @@ def test_tdengine_store_repr_and_str_hide_the_password(monkeypatch):
         for shown in (repr(store), str(store), f"{store}", repr([store])):
             assert secret not in shown and "TDengine" in repr(store) and "127.0.0.1:6041" in shown, shown
     assert "root:***@127.0.0.1:6041" in repr(stores[1])
+
+
+# -- the SQL store: concurrency, secrets and PostgreSQL specifics ------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_store(request, tmp_path):
+    if request.param == "sqlite":
+        yield SQLiteStore(path=str(tmp_path / "store.sqlite"))
+    else:
+        with _postgres_store(request.getfixturevalue("postgres")) as pg_store:
+            yield pg_store
+
+
+def test_concurrent_registrations_get_distinct_versions(sql_store):
+    """Writers racing on one batch, each retrying at latest + 1 after a VersionConflict: every run
+    ends with its own version, 1..n, none lost, none doubled."""
+    sql_store.ping()  # the schema exists before the race
+    n, barrier, got, errors = 8, threading.Barrier(8), {}, []
+
+    def register(i):
+        try:
+            barrier.wait(timeout=30)
+            for _ in range(100):
+                latest = sql_store.get_model("a")
+                try:
+                    got[i] = sql_store.register_model(record("a", f"run-{i}", (latest.version if latest else 0) + 1)).version
+                    return
+                except VersionConflict:
+                    continue
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert sorted(got.values()) == list(range(1, n + 1))
+    models = sql_store.list_models("a")
+    assert [m.version for m in models] == list(range(1, n + 1))
+    assert {m.run_id: m.version for m in models} == {f"run-{i}": v for i, v in got.items()}
+
+
+@pytest.mark.parametrize("same_run", [False, True])
+def test_postgresql_registration_that_loses_at_the_unique_constraint(postgres, monkeypatch, same_run):
+    """Without the advisory lock, two registrations both read "no version yet" and both insert v1:
+    the unique constraints decide. The loser gets a VersionConflict, or the winner's row when it
+    was the same run (registration stays idempotent)."""
+    barrier = threading.Barrier(2)
+
+    def racing_lock(conn, kind, key):  # both transactions pass here before either reads
+        if kind == "models":
+            barrier.wait(timeout=30)
+
+    with _postgres_store(postgres) as pg_store:
+        pg_store.ping()
+        monkeypatch.setattr(SQLStore, "_lock", staticmethod(racing_lock))
+        outcomes = []
+
+        def register(i):
+            try:
+                outcomes.append(pg_store.register_model(record("a", "run-x" if same_run else f"run-{i}", 1)))
+            except Exception as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=register, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        stored = pg_store.list_models("a")
+        assert len(stored) == 1
+        if same_run:
+            assert all(isinstance(o, ModelRecord) and o.version == 1 and o.run_id == "run-x" for o in outcomes), outcomes
+        else:
+            conflicts = [o for o in outcomes if isinstance(o, Exception)]
+            assert len(conflicts) == 1 and isinstance(conflicts[0], VersionConflict), outcomes
+            assert f"just taken by run {stored[0].run_id!r}" in str(conflicts[0])
+
+
+def test_sql_store_repr_and_errors_hide_the_password(postgres, monkeypatch):
+    from dagster import EnvVar
+
+    secret = "pw-" + uuid.uuid4().hex
+    monkeypatch.setenv("LOGLOOP_TEST_STORE_PASSWORD", secret)
+    stores = [
+        SQLStore(url="postgresql://logloop@db:5432/logloop", password=secret),
+        SQLStore(url=f"postgresql://logloop:{secret}@db:5432/logloop"),
+        SQLStore(url="postgresql://logloop@db:5432/logloop",
+                 password=EnvVar("LOGLOOP_TEST_STORE_PASSWORD")).process_config_and_initialize(),
+    ]
+    for store in stores:
+        for shown in (repr(store), str(store), repr([store])):
+            assert secret not in shown and "db:5432/logloop" in shown, shown
+    assert stores[0].password == secret and stores[2].password == secret
+    assert "logloop:***@db:5432" in repr(stores[1])
+    # a wrong password: PostgreSQL's own reason, the store named, the password nowhere
+    db = postgres.create_database()
+    wrong = SQLStore(url=postgres.url(db, with_password=False), password=secret)
+    in_url = SQLStore(url=f"postgresql://{postgres.user}:{secret}@127.0.0.1:{postgres.port}/{db}")
+    for bad in (wrong, in_url):
+        with pytest.raises(StoreError, match=r"cannot open PostgreSQL store at postgresql\+psycopg2://logloop:\*\*\*@127\.0\.0\.1:\d+/t_\w+: .*password authentication failed") as err:
+            bad.list_models()
+        assert secret not in str(err.value) and err.value.__cause__ is None
+    # an unreachable server
+    gone = SQLStore(url=f"postgresql://logloop@127.0.0.1:{_closed_port()}/logloop", password=secret, timeout_s=2)
+    for call in (gone.ping, gone.batch_statuses, lambda: gone.register_model(record("a", "r", 1))):
+        with pytest.raises(StoreError, match=r"cannot open PostgreSQL store at .*127\.0\.0\.1:\d+/logloop: .*refused") as err:
+            call()
+        assert secret not in str(err.value)
+    postgres.drop_database(db)
+
+
+def test_postgresql_query_errors_are_store_errors(postgres):
+    with _postgres_store(postgres) as pg_store:
+        with pytest.raises(StoreError, match=r"^PostgreSQL store at postgresql\+psycopg2://logloop:\*\*\*@127\.0\.0\.1:\d+/t_\w+: "
+                                             r".*bigint out of range"):
+            pg_store.record_sample_counts("p", 0, 1, {"a": 2**70})
+        assert pg_store.partition_counts("a") == []  # rolled back
+        with pytest.raises(ValueError, match="NUL"):  # PostgreSQL text holds no NUL (TDengine refuses it too)
+            pg_store.record_sample_counts("p", 0, 1, {"nul\x00": 1})
+        pg_store.record_task_event("t", "a", "failed", message="a NUL \x00 in a traceback")  # kept, marked
+        assert pg_store.get_task("t").message == "a NUL \ufffd in a traceback"
+
+
+def test_sqlite_store_reads_a_file_written_before_sqlalchemy(tmp_path):
+    """Store files written by the raw-sqlite3 store (same tables) keep working."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE models (batch TEXT NOT NULL, version INTEGER NOT NULL, run_id TEXT NOT NULL,
+            artifact TEXT NOT NULL, artifact_uri TEXT NOT NULL, metrics TEXT NOT NULL, window_start_ms INTEGER,
+            window_end_ms INTEGER, created_ms INTEGER NOT NULL, parent_version INTEGER, mode TEXT NOT NULL,
+            PRIMARY KEY (batch, version), UNIQUE (batch, run_id));
+        INSERT INTO models VALUES ('a', 1, 'r1', 'x', 'y', '{"k": 1}', NULL, 7, 5, NULL, 'scratch');
+    """)
+    conn.close()
+    store = SQLiteStore(path=str(path))
+    assert [(m.version, m.metrics, m.window_end_ms) for m in store.list_models("a")] == [(1, {"k": 1}, 7)]
+    assert store.register_model(record("a", "r2", 2)).version == 2
+    store.record_task_event("t", "a", "running")
+    assert store.batch_statuses()[0].model_version == 2
+
+
+# -- choosing the store from the environment ---------------------------------------------------------
+
+_STORE_VARS = ("LOGLOOP_STORE_URL", "LOGLOOP_STORE_PASSWORD", "LOGLOOP_TDENGINE_URL", "LOGLOOP_TDENGINE_PASSWORD",
+               "LOGLOOP_EXECUTOR", "LOGLOOP_SHARED_VOLUME", "LOGLOOP_OPENSEARCH_HOSTS")
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for var in _STORE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOGLOOP_HOME", str(tmp_path))
+    return monkeypatch
+
+
+def test_store_url_selects_the_store(clean_env, tmp_path):
+    from orchestration.resources import build_store
+
+    default = build_store()
+    assert type(default) is SQLiteStore and default.path == str(tmp_path / "store.sqlite")
+    clean_env.setenv("LOGLOOP_STORE_URL", "sqlite:////srv/logloop/store.sqlite")
+    assert type(build_store()) is SQLiteStore and build_store().path == "/srv/logloop/store.sqlite"
+    clean_env.setenv("LOGLOOP_STORE_URL", "sqlite:///relative/store.sqlite")
+    assert build_store().path == "relative/store.sqlite"
+
+    clean_env.setenv("LOGLOOP_STORE_URL", "postgresql://logloop@db:5432/logloop")
+    pg = build_store()
+    assert type(pg) is SQLStore and pg.url == "postgresql://logloop@db:5432/logloop" and pg.password is None
+    secret = "pg-" + uuid.uuid4().hex
+    clean_env.setenv("LOGLOOP_STORE_PASSWORD", secret)
+    pg = build_store()
+    assert secret not in repr(pg) and pg.process_config_and_initialize().password == secret  # an EnvVar
+    clean_env.delenv("LOGLOOP_STORE_PASSWORD")
+    clean_env.setenv("LOGLOOP_STORE_URL", f"postgresql://logloop:{secret}@db:5432/logloop")
+    pg = build_store()
+    assert secret not in repr(pg) and "LOGLOOP_STORE_URL" in repr(pg)  # the URL itself kept as an EnvVar
+    ready = pg.process_config_and_initialize()
+    assert ready.url.endswith("@db:5432/logloop") and secret not in repr(ready)
+
+    for bad, says in [(f"mysql://u:{secret}@db/x", "unsupported database 'mysql'"), ("sqlite://", "names no file"),
+                      ("not a url", "not a database URL")]:
+        clean_env.setenv("LOGLOOP_STORE_URL", bad)
+        with pytest.raises(ValueError, match="LOGLOOP_STORE_URL") as err:
+            build_store()
+        assert says in str(err.value) and secret not in str(err.value)
+    clean_env.setenv("LOGLOOP_STORE_URL", "postgresql://logloop@db/logloop")
+    clean_env.setenv("LOGLOOP_TDENGINE_URL", "http://taos:6041")
+    with pytest.raises(ValueError, match="both set"):
+        build_store()
+    clean_env.delenv("LOGLOOP_STORE_URL")
+    clean_env.setenv("LOGLOOP_TDENGINE_PASSWORD", "x")
+    assert type(build_store()) is TDengineStore
+
+
+def test_the_environment_built_postgresql_store_is_shared(clean_env, postgres):
+    """LOGLOOP_STORE_URL + LOGLOOP_STORE_PASSWORD against the real server: what one process's
+    resource writes, another's reads."""
+    from orchestration.resources import resource
+
+    db = postgres.create_database()
+    clean_env.setenv("LOGLOOP_STORE_URL", postgres.url(db, with_password=False))
+    clean_env.setenv("LOGLOOP_STORE_PASSWORD", postgres.password)
+    store = resource("store")
+    assert isinstance(store, SQLStore) and store.password == postgres.password
+    store.register_model(record("a", "run-1", 1))
+    store.dispose()
+    code = ("from orchestration.resources import resource; s = resource('store'); "
+            "print([(m.batch, m.version, m.run_id) for m in s.list_models()])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[('a', 1, 'run-1')]"
+    postgres.drop_database(db)
+
+
+# -- refusing what cannot work on Kubernetes ----------------------------------------------------------
+
+
+def test_k8s_refuses_a_sqlite_store_on_the_pods_disk(clean_env):
+    from orchestration.resources import build_resources, check_shared_state
+
+    clean_env.setenv("LOGLOOP_EXECUTOR", "k8s")
+    for url in (None, "sqlite:////opt/logloop/data/store.sqlite"):
+        if url:
+            clean_env.setenv("LOGLOOP_STORE_URL", url)
+        with pytest.raises(ValueError, match=r"LOGLOOP_EXECUTOR=k8s .* the store is SQLite .*set LOGLOOP_STORE_URL=postgresql"
+                                             r".*LOGLOOP_TDENGINE_URL.*LOGLOOP_SHARED_VOLUME=true"):
+            build_resources()
+    # shared stores pass the store check (other resources have checks of their own)
+    for shared in (SQLStore(url="postgresql://logloop@db/logloop"), TDengineStore(url="http://taos:6041", password="x")):
+        check_shared_state({"store": shared})
+    # the escape hatch: a ReadWriteMany volume at LOGLOOP_HOME
+    clean_env.setenv("LOGLOOP_SHARED_VOLUME", "true")
+    check_shared_state({"store": SQLiteStore(path="/opt/logloop/data/store.sqlite")})
+    clean_env.delenv("LOGLOOP_SHARED_VOLUME")
+    # other executors run on one disk
+    for executor in ("multiprocess", "in_process"):
+        clean_env.setenv("LOGLOOP_EXECUTOR", executor)
+        check_shared_state({"store": SQLiteStore(path="/opt/logloop/data/store.sqlite")})
+
+
+def test_k8s_code_location_with_a_sqlite_store_fails_to_load(clean_env):
+    env = {k: v for k, v in os.environ.items() if k not in _STORE_VARS}
+    env["LOGLOOP_EXECUTOR"] = "k8s"
+    out = subprocess.run([sys.executable, "-c", "import orchestration.definitions"], capture_output=True, text=True,
+                         timeout=180, env=env)
+    assert out.returncode != 0
+    assert "ValueError: LOGLOOP_EXECUTOR=k8s runs every step in its own pod" in out.stderr
+    assert "LOGLOOP_STORE_URL" in out.stderr
