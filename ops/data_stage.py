@@ -251,9 +251,18 @@ def mask_messages(raws: list[str], masking_rules=None, cache_size: int = DEFAULT
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak resident memory. On Linux getrusage's ru_maxrss of a spawned
+    worker starts from its parent's peak at spawn time, so /proc's VmHWM is read instead."""
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 

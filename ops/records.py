@@ -43,6 +43,7 @@ REASONS = {
     "no_message": "message field missing or not a string",
     "bad_batch": "batch name is invalid",
     "empty_after_masking": "nothing left after masking",
+    "corrupt_compression": "compressed file is truncated or corrupt; lines before this one were read, the rest of the file was not",
 }
 
 

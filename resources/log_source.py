@@ -7,7 +7,9 @@ consumes. Shards are picklable, so the data stage reads them in worker processes
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Optional, Protocol
 
 from dagster import ConfigurableResource
@@ -75,29 +77,54 @@ class LogSource(ConfigurableResource, ABC):
 
 
 class LocalLogSource(LogSource):
-    """A folder of log files: JSON Lines in Opni's shape, or plain text (see ops.local_files)."""
+    """Log files in a folder: a local path or any fsspec URL (s3://bucket/prefix/, file://,
+    gs://, az://). JSON Lines in Opni's shape or plain text, either of them plain or
+    compressed (.gz, .zst); see ops.local_files. Credentials and endpoints for a URL come
+    from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL...)."""
 
-    path: str
-    index_path: Optional[str] = Field(default=None, description="Where to remember each file's time range.")
+    path: str = Field(description="The log folder: a local path or an fsspec URL such as s3://archive/k8s/.")
+    index_path: Optional[str] = Field(
+        default=None,
+        description="Where to remember each file's time range: a local path or an fsspec URL "
+        "(e.g. <artifacts URL>/source-index.json). None: not remembered.",
+    )
     block_size_bytes: int = 1 << 20
 
     def describe(self) -> str:
-        return f"local folder {self.path}"
+        where = "local folder" if local_files.is_local_url(self.path) else "log files at"
+        return f"{where} {local_files.shown(self.path)}"
 
     def shards(self, windows):
-        index = local_files.load_index(self.index_path) if self.index_path else {}
         try:
+            index = local_files.load_index(self.index_path) if self.index_path else {}
             return local_files.plan_shards(self.path, self.record_format, windows, index, self.block_size_bytes)
-        except FileNotFoundError as exc:
-            raise LogSourceError(str(exc)) from exc
+        except (FileNotFoundError, local_files.SourceUnavailable) as exc:
+            raise LogSourceError(str(exc)) from None
 
     def remember(self, time_ranges):
         if not self.index_path:
             return
-        index = local_files.load_index(self.index_path)
-        for path, (planned_id, lo, hi) in time_ranges.items():
-            # keyed by the identity the file had when planned: a file that grew
-            # since no longer matches and is read again
-            if planned_id:
-                index[path] = {"id": planned_id, "lo": lo, "hi": hi}
-        local_files.save_index(self.index_path, index)
+        try:
+            index = local_files.load_index(self.index_path)
+            for path, (planned_id, lo, hi) in time_ranges.items():
+                # keyed by the identity the file had when planned: a file that grew
+                # since no longer matches and is read again
+                if planned_id:
+                    index[path] = {"id": planned_id, "lo": lo, "hi": hi}
+            local_files.save_index(self.index_path, index)
+        except local_files.SourceUnavailable as exc:
+            raise LogSourceError(str(exc)) from None
+
+
+def file_source_location(default_logs: str | Path, default_index: str | Path) -> dict:
+    """`path` and `index_path` of the file source, from the environment.
+
+    The logs: LOGLOOP_LOGS_URL (any fsspec URL or path), else `default_logs` (today's
+    LOGLOOP_LOGS_DIR or $LOGLOOP_HOME/logs). The index: in artifact storage when
+    LOGLOOP_ARTIFACTS_URL is set (`<that URL>/source-index.json`, shared by every pod),
+    else `default_index` (today's $LOGLOOP_HOME/source-index.json).
+    """
+    logs = os.environ.get("LOGLOOP_LOGS_URL", "").strip() or str(default_logs)
+    artifacts = os.environ.get("LOGLOOP_ARTIFACTS_URL", "").strip()
+    index = f"{artifacts.rstrip('/')}/source-index.json" if artifacts else str(default_index)
+    return {"path": logs, "index_path": index}

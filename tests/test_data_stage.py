@@ -442,3 +442,128 @@ def test_fast_path_groups_rows_by_their_batch_values(monkeypatch, key_limit):
     names, idx = records.FastJsonBlocks(THREE)._batch_index([pa.array(col, pa.string()) for col in zip(*rows)])
     assert len(set(names)) == len(names)
     assert [names[i] for i in idx.tolist()] == [records.batch_name(r, "default") for r in rows]
+
+
+# ---- compressed files (issue 12, part 2) ----------------------------------------
+
+def _gz_members(data: bytes, parts: int = 3) -> bytes:
+    """gzip members concatenated (what appending shippers write), with zero padding after."""
+    import gzip
+
+    step = -(-len(data) // parts)
+    return b"".join(gzip.compress(data[i : i + step]) for i in range(0, len(data), step)) + bytes(7)
+
+
+def _zst_frames(data: bytes, parts: int = 3) -> bytes:
+    """zstd frames concatenated, with and without checksums, a skippable frame between."""
+    import zstandard
+
+    step = -(-len(data) // parts)
+    frames = [zstandard.ZstdCompressor(level=3, write_checksum=bool(i % 2)).compress(data[i * step : (i + 1) * step])
+              for i in range(parts)]
+    skippable = (0x184D2A53).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"12345"
+    return frames[0] + skippable + b"".join(frames[1:])
+
+
+def _shard_results(root, fmt, windows, block_size):
+    """(counts from read_counts, counts from read, bad records) over every shard of `root`."""
+    from collections import Counter
+
+    from ops.records import TimeRange
+
+    fast, slow, bad_fast, bad_slow = Counter(), Counter(), BadRecords(), BadRecords()
+    for shard in local_files.plan_shards(root, fmt, windows, block_size=block_size):
+        for chunk in shard.read_counts(windows, bad_fast, TimeRange()):
+            for (w, batch), counts in chunk.items():
+                for msg, n in counts.items():
+                    fast[(w, batch, msg)] += n
+        for chunk in shard.read(windows, bad_slow, TimeRange()):
+            for (w, batch), msgs in chunk.items():
+                for msg in msgs:
+                    slow[(w, batch, msg)] += 1
+    assert fast == slow and dict(bad_fast.counts) == dict(bad_slow.counts)
+    assert sorted(bad_fast.examples) == sorted(bad_slow.examples)
+    return fast, bad_fast
+
+
+@pytest.mark.parametrize("block_size", [256, 4096, 1 << 20])
+def test_gzip_and_zstd_files_read_like_plain_ones(tmp_path, block_size):
+    import gzip
+
+    import zstandard
+
+    mixed = _mixed_file(600)
+    text = b"".join(f"GET /item/{i % 7} took {i % 3}ms\n".encode() for i in range(3000)) + b"\xff bad\n\nlast"
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    write(plain / "mixed.jsonl", mixed)
+    write(plain / "svc" / "app.log", text)
+    write(packed / "mixed.jsonl.gz", _gz_members(mixed))
+    write(packed / "svc" / "app.log.zst", _zst_frames(text))
+    write(packed / "empty.jsonl.gz", b"")                       # an empty file: nothing, no error
+    write(packed / "empty2.jsonl.zst", zstandard.ZstdCompressor().compress(b""))
+    write(packed / "nothing.log.gz", gzip.compress(b""))
+    for f in (plain / "svc" / "app.log", packed / "svc" / "app.log.zst", packed / "nothing.log.gz"):
+        os.utime(f, (100, 100))
+    windows = Windows([(0, 1000_000), (1000_000, 4 * 1000_000)])
+    want, want_bad = _shard_results(plain, FMT, windows, block_size)
+    got, got_bad = _shard_results(packed, FMT, windows, block_size)
+    assert got == want and dict(got_bad.counts) == dict(want_bad.counts)
+    unsuffixed = sorted(e.replace(".gz:", ":").replace(".zst:", ":") for e in got_bad.examples)
+    assert unsuffixed == sorted(want_bad.examples)
+    assert sum(n for (_, b, _), n in got.items() if b == "svc") == 3001  # the text file: its folder's batch
+    assert "corrupt_compression" not in got_bad.counts and got_bad.counts["not_utf8"] >= 2
+
+
+def test_json_or_text_is_decided_by_the_suffix_before_the_compression_one():
+    shard = lambda p: local_files.FileShard(p, p, FMT, "default")  # noqa: E731
+    assert shard("a/app.jsonl.gz").is_json and shard("s3://b/k/app.ndjson.ZST").is_json
+    assert shard("app.json.zstd").compression == "zstd" and shard("app.jsonl.gzip").compression == "gzip"
+    assert not shard("app.log.gz").is_json and not shard("app.gz").is_json and shard("app.jsonl").compression is None
+
+
+def test_zstd_frame_follower_tells_a_whole_stream_from_a_cut_one():
+    import zstandard
+
+    data = b"".join(f"line {i}\n".encode() for i in range(50_000))
+    whole = _zst_frames(data, 4) + zstandard.ZstdCompressor(level=1).compress(b"")
+    frames = local_files._ZstdFrames()
+    for i in range(0, len(whole), 1000):
+        frames.feed(whole[i : i + 1000])
+    assert frames.complete
+    for cut in (1, 3, 5, len(whole) // 3, len(whole) - 1):
+        partial = local_files._ZstdFrames()
+        partial.feed(whole[:cut])
+        assert not partial.complete, cut
+    junk = local_files._ZstdFrames()
+    junk.feed(b"not zstd at all")
+    assert junk.bad and not junk.complete
+
+
+@pytest.mark.parametrize("kind", ["gz", "zst"])
+def test_compressed_files_stream_in_bounded_memory(tmp_path, kind):
+    """A 64 MB line that compresses to a few KB (a decompression bomb, or a crash's NUL run)
+    is never held: memory stays near the block size, and the line counts as too long."""
+    import gzip
+    import tracemalloc
+
+    import zstandard
+
+    from ops.records import TimeRange
+
+    data = jl(time=1, log="before") + b"a" * (64 << 20) + b"\n" + jl(time=2, log="after")
+    packed = gzip.compress(data, 6) if kind == "gz" else zstandard.ZstdCompressor(level=3).compress(data)
+    assert len(packed) < 1 << 20
+    write(tmp_path / "logs" / f"bomb.jsonl.{kind}", packed)
+    del data
+    windows = Windows([(0, HOUR)])
+    (shard,) = local_files.plan_shards(tmp_path / "logs", FMT, windows)
+    bad, lines = BadRecords(), 0
+    tracemalloc.start()
+    try:
+        for chunk in shard.read_counts(windows, bad, TimeRange()):
+            lines += sum(sum(c.values()) for c in chunk.values())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert lines == 2 and dict(bad.counts) == {"too_long": 1}
+    assert peak < 16 << 20, peak  # the line is 64 MB; blocks are 1 MB (first-use imports count too)
