@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import socket
 import time
@@ -82,6 +83,17 @@ class TrainConfig:
     compile: bool = False       # torch.compile the forward (worth trying on GPU only)
     log_every: int = 50         # steps between progress calls (plus one per epoch)
     world_size: int | str = 1   # DDP processes; "auto" or 0: every visible GPU on CUDA (see module doc)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the weights are garbage from here on, so training stops."""
+
+    def __init__(self, epoch: int, step: int, loss: float, cfg: "TrainConfig"):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(
+            f"training diverged: the loss became {loss} at epoch {epoch}, step {step} "
+            f"(lr {cfg.lr}, weight_decay {cfg.weight_decay}, batch_size {cfg.batch_size}); "
+            "no model or checkpoint was written from it. Lower lr and train again.")
 
 
 @dataclass
@@ -262,8 +274,13 @@ def _amp(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
 
 def train(train_lines, vocab: Vocab, cfg: TrainConfig | None = None, model: NuLog | None = None,
           progress: Callable[[dict], None] | None = None, checkpoint_path: str | None = None,
-          model_config: NuLogConfig | None = None) -> TrainResult:
+          model_config: NuLogConfig | None = None,
+          on_checkpoint: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or fine-tune `model`, which must use `vocab`) on (masked_line, count) pairs.
+
+    A checkpoint at the local `checkpoint_path` is resumed when it belongs to this run, and
+    rewritten after each epoch; `on_checkpoint(checkpoint_path)` is then called in the calling
+    process (with DDP too), e.g. to copy it to artifact storage.
 
     With a world size above 1 (see `TrainConfig.world_size`) the work is spread over that many
     DDP processes (`train_distributed`); the result is the same either way.
@@ -284,10 +301,11 @@ def train(train_lines, vocab: Vocab, cfg: TrainConfig | None = None, model: NuLo
     n_lines, n_rows = round(float(data.weight.double().sum())), round(row_weight_total)
 
     if ws > 1:
-        stats = train_distributed(model, data, cfg, device, ws, fp, checkpoint_path, progress, t0)
+        stats = train_distributed(model, data, cfg, device, ws, fp, checkpoint_path, progress, t0, on_checkpoint)
     else:
         model.to(device).train()
-        stats = _fit(model, data.to(device), cfg, device, fp, checkpoint_path, progress, t0)
+        stats = _fit(model, data.to(device), cfg, device, fp, checkpoint_path, progress, t0,
+                     saved=(lambda epoch: on_checkpoint(checkpoint_path)) if on_checkpoint else None)
     train_s = time.perf_counter() - t0
     model.eval()
     use_amp, amp_dtype = _amp(cfg, device)
@@ -304,7 +322,8 @@ def train(train_lines, vocab: Vocab, cfg: TrainConfig | None = None, model: NuLo
 
 def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: str,
          checkpoint_path: str | None, report: Callable[[dict], None] | None, t0: float,
-         rank: int = 0, world_size: int = 1, reporting: bool | None = None) -> dict:
+         rank: int = 0, world_size: int = 1, reporting: bool | None = None,
+         saved: Callable[[int], None] | None = None) -> dict:
     """The training loop of one process: all of it (world_size 1) or rank `rank`'s shard of it.
 
     `model` and `data` are on `device`. With world_size > 1 the process group is up; every rank
@@ -368,7 +387,10 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
             steps += 1
             if real:
                 computed += len(ce)
-                ep_loss += float((ce.detach() * w).sum())
+                step_loss = float((ce.detach() * w).sum())
+                if not math.isfinite(step_loss) and ws == 1 and not scaler.is_enabled():
+                    raise TrainingDiverged(epoch + 1, i + 1, step_loss, cfg)
+                ep_loss += step_loss
                 ep_w += float(w.sum())
                 lines_done += float((w * share).sum())
                 rows_done += float(w.sum())
@@ -378,6 +400,9 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
                     report(_report(epoch, glob[0] / glob[1], glob[2], glob[3], t0, i + 1, len(batches)))
         glob = _all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
         losses.append(glob[0] / glob[1] if glob[1] else float("nan"))
+        # the same all-reduced figure on every rank, so all ranks stop together
+        if glob[1] and not math.isfinite(losses[-1]):
+            raise TrainingDiverged(epoch + 1, len(batches), losses[-1], cfg)
         if report:
             report(_report(epoch, losses[-1], glob[2], glob[3], t0, len(batches), len(batches)))
         if checkpoint_path and rank == 0:
@@ -387,6 +412,8 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
                 "rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),
             })
+            if saved:
+                saved(epoch + 1)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return dict(losses=losses, steps=steps, start_epoch=start_epoch,
@@ -451,7 +478,7 @@ def _free_port() -> int:
 
 def train_distributed(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, world_size: int,
                       fp: str, checkpoint_path: str | None, progress: Callable[[dict], None] | None,
-                      t0: float) -> dict:
+                      t0: float, on_checkpoint: Callable[[str], None] | None = None) -> dict:
     """Run `_fit` on `world_size` spawned DDP processes (one per GPU on CUDA, nccl; gloo on CPU)
     and load rank 0's final weights into `model` (moved to `device`). Rank 0's progress reports
     come back through a queue and are passed to `progress` here, in the calling process.
@@ -489,6 +516,9 @@ def train_distributed(model: NuLog, data: Data, cfg: TrainConfig, device: torch.
             if kind == "progress":
                 if progress:
                     progress(msg[0])
+            elif kind == "checkpoint":  # rank 0 wrote the epoch's checkpoint
+                if on_checkpoint:
+                    on_checkpoint(checkpoint_path)
             else:
                 result = msg
         while not procs.join():
@@ -524,7 +554,8 @@ def _worker(rank: int, world_size: int, addr: str, port: int, state: dict, model
         t0 = time.perf_counter() - (time.time() - wall0)
         report = (lambda p: q.put(("progress", p))) if rank == 0 and reporting else None
         stats = _fit(model, data.to(device), cfg, device, fp, checkpoint_path, report, t0,
-                     rank=rank, world_size=world_size, reporting=reporting)
+                     rank=rank, world_size=world_size, reporting=reporting,
+                     saved=(lambda epoch: q.put(("checkpoint", epoch))) if rank == 0 else None)
         if rank == 0:
             buf = io.BytesIO()
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)

@@ -15,6 +15,8 @@ from typing import Literal, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
+    AllPartitionMapping,
+    AssetDep,
     AssetExecutionContext,
     AssetSpec,
     Config,
@@ -23,23 +25,22 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ops.data_stage import summarize_windows
 from ops.records import Windows
 from ops.masking import load_rules
-from ops.naming import batch_key, partition_slug
+from ops.naming import batch_key, partition_slug, validate_artifact_template
 from ops.sampling import combine, replay, resample
 from ops.summary import Summary, read_summary, write_summaries
 from orchestration.k8s import backfill_policy, data_step_k8s_config, train_step_k8s_config
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
-from orchestration.upstream import latest_metadata, parse_time_ms
+from orchestration.tasks import start_task
+from orchestration.upstream import parse_time_ms, upstream_metadata
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
-from resources.store import Store, now_ms
-
-TASK_TAG = "logloop/task_id"
+from resources.store import Store
 
 raw_logs = AssetSpec(
     "raw_logs",
@@ -52,10 +53,16 @@ raw_logs = AssetSpec(
 # ---- data stage --------------------------------------------------------------------
 
 
+# Every numeric run-config field has finite, sane bounds here. Specs are validated by these
+# same classes (orchestration.training_spec), so this is the one place ranges are set.
+# Floats are finite (pydantic lets inf through a bare `gt=0`).
+MAX_TIME_MS = 253_402_300_800_000  # 10000-01-01T00:00Z, the end of ISO-8601 years
+
+
 class DataStageConfig(Config):
     force: bool = Field(default=False, description="Re-read windows that already have a summary.")
-    workers: int = Field(default=0, ge=0, description="Worker processes for multi-window runs; 0 = CPU count.")
-    cap: int = Field(default=100_000, gt=0, description="Distinct masked lines kept per batch before compacting.")
+    workers: int = Field(default=0, ge=0, le=1024, description="Worker processes for multi-window runs; 0 = CPU count.")
+    cap: int = Field(default=100_000, gt=0, le=100_000_000, description="Distinct masked lines kept per batch before compacting.")
 
 
 def summary_key(partition_key: str) -> str:
@@ -144,17 +151,17 @@ def partition_summaries(
 
 
 class TimeInterval(Config):
-    start_ms: int = Field(ge=0, description="Epoch milliseconds, inclusive.")
-    end_ms: int = Field(gt=0, description="Epoch milliseconds, exclusive.")
+    start_ms: int = Field(ge=0, lt=MAX_TIME_MS, description="Epoch milliseconds, inclusive.")
+    end_ms: int = Field(gt=0, le=MAX_TIME_MS, description="Epoch milliseconds, exclusive.")
 
 
 class ResampleConfig(Config):
-    t: int = Field(default=128_000, gt=0, description="Training-set size to draw.")
-    validation_share: float = Field(default=0.2, ge=0.0, lt=1.0)
-    seed: int = 0
+    t: int = Field(default=128_000, gt=0, le=100_000_000, description="Training-set size to draw.")
+    validation_share: float = Field(default=0.2, ge=0.0, lt=1.0, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=0, lt=2**32)
     window_start: Optional[str] = Field(default=None, description="ISO time or partition key; default: all data.")
     window_end: Optional[str] = Field(default=None, description="ISO time or partition key (exclusive).")
-    merge_cap: int = Field(default=1_000_000, gt=0, description="Distinct forms kept while merging windows.")
+    merge_cap: int = Field(default=1_000_000, gt=0, le=100_000_000, description="Distinct forms kept while merging windows.")
     # Literal types become enums in Dagster's config schema, so the launchpad flags bad values
     mode: Literal["scratch", "finetune", "auto"] = Field(default="scratch",
                       description="finetune: new data since the current model's watermark plus a replay share; "
@@ -169,7 +176,9 @@ def run_folder(batch: str, run_id: str) -> str:
 
 @asset(
     partitions_def=batch_partitions,
-    deps=[partition_summaries],
+    # A batch's sample draws on every time window that holds its lines: each batch partition
+    # depends on all window partitions (the store says which of them hold the batch).
+    deps=[AssetDep(partition_summaries, partition_mapping=AllPartitionMapping())],
     group_name="model",
     kinds={"python", "parquet"},
 )
@@ -189,7 +198,7 @@ def training_sample(
         if parent is None and mode == "finetune":
             context.log.warning(f"batch {batch!r} has no model to fine-tune; training from scratch")
         mode = "finetune" if parent is not None else "scratch"
-    task_id = start_task(context, store, batch, mode)
+    task_id = start_task(context, store, batch, mode, settings.task_time_limit_s)
 
     start_ms = parse_time_ms(config.window_start)
     if parent is not None and start_ms is None:
@@ -227,7 +236,7 @@ def training_sample(
             sample.train = combine(sample.train, replayed)
         else:
             context.log.warning(f"v{parent.version}'s training sample is gone; fine-tuning on new data only")
-    key = f"{run_folder(batch, context.run_id)}/sample.parquet"
+    key = f"{run_folder(batch, context.run.run_id)}/sample.parquet"
     with artifacts.writing(key) as tmp:
         write_sample(tmp, sample)
     return MaterializeResult(
@@ -249,16 +258,6 @@ def training_sample(
             "windows": len(parts),
         }
     )
-
-
-def start_task(context: AssetExecutionContext, store: Store, batch: str, mode: str) -> str:
-    """Record this run as the batch's running task (the sensor's task, or a new one for a manual run)."""
-    task_id = context.run.tags.get(TASK_TAG) or context.run_id
-    existing = store.get_task(task_id)
-    deadline = existing.deadline_ms if existing and existing.deadline_ms else now_ms() + loop_settings().task_time_limit_s * 1000
-    store.record_task_event(task_id, batch, "running", run_id=context.run_id, mode=mode, deadline_ms=deadline,
-                            message=f"run {context.run_id} started")
-    return task_id
 
 
 def parent_sample_key(parent, artifacts: ArtifactStorage):
@@ -289,19 +288,19 @@ def read_sample(path: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]
 
 
 class TrainAssetConfig(Config):
-    epochs: int = Field(default=3, gt=0)
-    batch_size: int = Field(default=256, gt=0, description="Masked rows per optimiser step.")
-    spread: float = Field(default=0.5, ge=0, le=1, description=(
+    epochs: int = Field(default=3, gt=0, le=1000)
+    batch_size: int = Field(default=256, gt=0, le=1_000_000, description="Masked rows per optimiser step.")
+    spread: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False, description=(
         "A distinct line sampled c times is trained as ceil(c**spread) weighted copies an epoch. "
         "1.0 trains every sampled line as its own copy: per epoch it learns as much as the plain "
         "loop, at several times the cost on CPU; 0.5 is fast but needs more epochs (see README)."))
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.005, ge=0)
-    seed: int = 0
+    lr: float = Field(default=1e-3, gt=0, le=1, allow_inf_nan=False, description="Adam's learning rate.")
+    weight_decay: float = Field(default=0.005, ge=0, le=1, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=0, lt=2**32)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="Mixed precision on GPU.")
     max_len: int = Field(default=64, ge=4, le=512)
-    world_size: int = Field(default=0, ge=0, description="Processes for DistributedDataParallel: 0 = every visible GPU (1 on CPU).")
+    world_size: int = Field(default=0, ge=0, le=1024, description="Processes for DistributedDataParallel: 0 = every visible GPU (1 on CPU).")
 
 
 @asset(
@@ -317,11 +316,11 @@ def nulog_model(
     """Train NuLog on the batch's training sample; checkpoint each epoch so a retry resumes."""
     from ops.artifact import read_artifact, write_artifact
     from ops.model import NuLogConfig
-    from ops.train import TrainConfig, train
+    from ops.train import TrainConfig, TrainingDiverged, train
     from ops.vocab import Vocab
 
     batch = context.partition_key
-    upstream = latest_metadata(context.instance, "training_sample", batch)
+    upstream = upstream_metadata(context.instance, context.run.run_id, "training_sample", batch)
     with artifacts.reading(upstream["sample_key"]) as path:
         train_lines, validation_lines = read_sample(path)
     mode, start_model, escalation = upstream.get("mode", "scratch"), None, None
@@ -345,8 +344,25 @@ def nulog_model(
     )
     model_cfg = start_model.cfg if start_model is not None else NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
     checkpoint_key = f"checkpoints/{batch_key(batch)}/{upstream['run_id']}.pt"
-    checkpoint = artifacts.uri(checkpoint_key)
-    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+    # The checkpoint lives in artifact storage (a retry may run in another pod, on another disk):
+    # fetched to a local temp file before training, put back after each epoch.
+    import shutil
+    import tempfile
+
+    from resources.artifacts import ArtifactStorageError
+
+    checkpoint_dir = tempfile.mkdtemp(prefix="logloop-checkpoint-")
+    checkpoint = os.path.join(checkpoint_dir, "checkpoint.pt")
+    if artifacts.exists(checkpoint_key):
+        with artifacts.reading(checkpoint_key) as path:
+            shutil.copyfile(path, checkpoint)
+
+    def upload_checkpoint(path: str) -> None:
+        try:
+            with artifacts.writing(checkpoint_key) as tmp:
+                shutil.copyfile(path, tmp)
+        except (ArtifactStorageError, OSError) as exc:  # costs only the resume point, not the training
+            context.log.warning(f"epoch checkpoint not saved to {artifacts.uri(checkpoint_key)}: {exc}")
 
     def progress(p: dict) -> None:
         context.log.info(
@@ -354,9 +370,14 @@ def nulog_model(
             f"{p.get('samples_per_s', 0):.0f} samples/s, {p.get('rows_per_s', 0):.0f} rows/s"
         )
 
-    result = train(train_lines, vocab, cfg, model=start_model, progress=progress, checkpoint_path=checkpoint,
-                   model_config=model_cfg)
-    candidate_key = f"{run_folder(batch, context.run_id)}/candidate.zip"
+    try:
+        result = train(train_lines, vocab, cfg, model=start_model, progress=progress, checkpoint_path=checkpoint,
+                       model_config=model_cfg, on_checkpoint=upload_checkpoint)
+    except TrainingDiverged as exc:
+        raise Failure(description=f"batch {batch!r}: {exc}", metadata={"batch": batch, "outcome": "diverged"}) from exc
+    finally:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    candidate_key = f"{run_folder(batch, context.run.run_id)}/candidate.zip"
     with artifacts.writing(candidate_key) as tmp:
         write_artifact(
             tmp, result.model, vocab, load_rules(), model_cfg,
@@ -368,6 +389,7 @@ def nulog_model(
     return MaterializeResult(
         metadata={
             "candidate_key": candidate_key,
+            "checkpoint_key": checkpoint_key,
             "sample_key": upstream["sample_key"],
             "sample_run_id": upstream["run_id"],
             "mode": mode,
@@ -397,6 +419,11 @@ class RegisterConfig(Config):
     artifact_name_template: str = Field(default="{name}-{version}-{uuid}.zip")
     model_version_label: Optional[str] = Field(default=None, description="A human version label (Odahu's spec.model.version).")
 
+    @field_validator("artifact_name_template")
+    @classmethod
+    def _safe_template(cls, template: str) -> str:
+        return validate_artifact_template(template)  # before training, not after it
+
 
 @asset(partitions_def=batch_partitions, deps=[nulog_model], group_name="model", kinds={"python"})
 def registered_model(
@@ -410,7 +437,7 @@ def registered_model(
     from orchestration.registry import register_candidate
 
     batch = context.partition_key
-    upstream = latest_metadata(context.instance, "nulog_model", batch)
+    upstream = upstream_metadata(context.instance, context.run.run_id, "nulog_model", batch)
     record = register_candidate(
         batch=batch,
         candidate_key=upstream["candidate_key"],
@@ -423,9 +450,11 @@ def registered_model(
         artifacts=artifacts,
     )
     context.log.info(f"batch {batch!r}: version {record.version} at {record.artifact_uri}")
+    if upstream.get("checkpoint_key"):  # the model is safe in the registry; the resume point is not needed
+        artifacts.delete(upstream["checkpoint_key"])
     task_id = upstream.get("task_id")
     if task_id:
-        store.record_task_event(task_id, batch, "succeeded", run_id=context.run_id,
+        store.record_task_event(task_id, batch, "succeeded", run_id=context.run.run_id,
                                 message=f"registered version {record.version}")
     return MaterializeResult(
         metadata={

@@ -9,6 +9,7 @@ import os
 import sys
 from dataclasses import asdict
 
+from resources.artifacts import ArtifactStorageError
 from resources.store import StoreError
 
 
@@ -55,6 +56,20 @@ def cmd_models_show(args) -> int:
 TASK_STATES = ("unknown", "scheduling", "running", "succeeded", "failed", "dead")
 
 
+def cmd_store_restore(args) -> int:
+    from orchestration.resources import resource
+    from orchestration.restore import restore_store
+
+    report = restore_store(_store(), resource("artifacts"))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"restored {report['windows']} window(s) of sample counts and {report['models']} model version(s)")
+        for problem in report["problems"]:
+            print(f"problem: {problem}", file=sys.stderr)
+    return 1 if report["problems"] else 0
+
+
 def cmd_tasks_list(args) -> int:
     tasks = _store().list_tasks(batch=args.batch, state=args.state)
     if args.json:
@@ -87,16 +102,17 @@ class CliError(Exception):
 def _load_registered_artifact(batch: str, version):
     from ops.artifact import read_artifact
     from orchestration.resources import resource
+    from resources.artifacts import ArtifactStorageError
 
     resources = {"store": resource("store"), "artifacts": resource("artifacts")}
     record = resources["store"].get_model(batch, version)
     if record is None:
         what = f"version {version} of batch {batch!r}" if version else f"batch {batch!r}"
         raise CliError(f"no model registered for {what}")
-    try:
+    try:  # from the configured artifact storage: a local folder or an object store
         with resources["artifacts"].reading(record.artifact) as path:
             return read_artifact(path), record
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ArtifactStorageError) as e:
         raise CliError(f"model v{record.version} of batch {batch!r}: {e}") from None
 
 
@@ -201,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.set_defaults(func=cmd_tasks_list)
 
+    store = sub.add_parser("store", help="the store").add_subparsers(dest="store_command", required=True)
+    p = store.add_parser("restore", help="re-record sample counts and registered models from artifact storage "
+                         "(after the store was lost or replaced; safe to repeat)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_store_restore)
+
     p = sub.add_parser(
         "score", help="score log lines with a registered model",
         description="Score each non-blank line of FILE (or stdin for '-') with NuLog: the share of its "
@@ -234,7 +256,7 @@ def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except StoreError as exc:
+    except (StoreError, ArtifactStorageError) as exc:  # the store or the bucket: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

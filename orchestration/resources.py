@@ -6,8 +6,8 @@ import os
 
 from orchestration import settings
 from resources.artifacts import LocalArtifactStorage
-from resources.log_source import LocalLogSource
-from resources.store import SQLiteStore
+from resources.log_source import LocalLogSource, file_source_location
+from resources.sql_store import SQLiteStore
 
 DEFAULT_BATCH_FIELDS = "cluster_id,kubernetes.namespace_name,deployment"
 
@@ -50,6 +50,93 @@ def tdengine_store(url: str):
                          user=os.environ.get("LOGLOOP_TDENGINE_USER", "root"), password=EnvVar("LOGLOOP_TDENGINE_PASSWORD"))
 
 
+def sql_store(url: str):
+    """SQLiteStore or SQLStore (PostgreSQL) from LOGLOOP_STORE_URL; the password as an EnvVar
+    (LOGLOOP_STORE_PASSWORD), or, when the URL carries one, the whole URL as an EnvVar, so that no
+    password ever lands in the resource's config (which the Dagster UI shows)."""
+    from dagster import EnvVar
+    from sqlalchemy import make_url
+
+    from resources.sql_store import SQLStore, store_backend
+
+    try:
+        backend = store_backend(url)
+    except ValueError as exc:
+        raise ValueError(f"LOGLOOP_STORE_URL: {exc}") from None
+    parsed = make_url(url)
+    if backend == "sqlite":
+        if not parsed.database:
+            raise ValueError("LOGLOOP_STORE_URL=sqlite:// names no file: use sqlite:///relative/path or sqlite:////absolute/path")
+        return SQLiteStore(path=parsed.database)
+    secrets = {"password": EnvVar("LOGLOOP_STORE_PASSWORD")} if os.environ.get("LOGLOOP_STORE_PASSWORD") else {}
+    return SQLStore(url=EnvVar("LOGLOOP_STORE_URL") if parsed.password else url, **secrets)
+
+
+def build_store():
+    """The store the environment asks for: TDengine (LOGLOOP_TDENGINE_URL), SQLite or PostgreSQL
+    (LOGLOOP_STORE_URL), else SQLite at $LOGLOOP_HOME/store.sqlite."""
+    tdengine = os.environ.get("LOGLOOP_TDENGINE_URL", "").strip()
+    url = os.environ.get("LOGLOOP_STORE_URL", "").strip()
+    if tdengine and url:
+        raise ValueError("LOGLOOP_TDENGINE_URL and LOGLOOP_STORE_URL are both set: the store is one or the other; unset one")
+    if tdengine:
+        return tdengine_store(tdengine)
+    if url:
+        return sql_store(url)
+    return SQLiteStore(path=str(settings.store_path()))
+
+
+def artifact_storage():
+    """Where artifacts live: LOGLOOP_ARTIFACTS_URL, an object-store URL (s3://bucket/prefix, gs://…,
+    az://…; credentials from the provider's own environment variables, see
+    resources.object_artifacts) or a local folder (a path or file:// URL); unset: $LOGLOOP_HOME/artifacts."""
+    url = os.environ.get("LOGLOOP_ARTIFACTS_URL", "").strip()
+    if not url:
+        return LocalArtifactStorage(root=str(settings.artifacts_dir()))
+    if url.startswith("file://") or "://" not in url:
+        return LocalArtifactStorage(root=url.removeprefix("file://"))
+    from resources.object_artifacts import ObjectArtifactStorage, parse_artifacts_url
+
+    try:
+        parse_artifacts_url(url)
+    except ValueError as exc:
+        raise ValueError(f"LOGLOOP_ARTIFACTS_URL: {exc}") from None
+    return ObjectArtifactStorage(url=url)
+
+
+def _true(var: str) -> bool:
+    return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_shared_state(resources: dict) -> None:
+    """Refuse what cannot work under LOGLOOP_EXECUTOR=k8s: there every step is its own pod, so state
+    on one pod's disk is lost to the others. Raises ValueError naming the variable to set, unless
+    LOGLOOP_SHARED_VOLUME=true says a ReadWriteMany volume is mounted at LOGLOOP_HOME.
+
+    Each check appends a problem; the artifacts check (local ArtifactStorage) joins the list here.
+    """
+    if os.environ.get("LOGLOOP_EXECUTOR", "").strip() != "k8s" or _true("LOGLOOP_SHARED_VOLUME"):
+        return
+    problems = []
+    store = resources.get("store")
+    if isinstance(store, SQLiteStore):
+        problems.append(
+            f"the store is SQLite at {store.path}, on the pod's own disk: set LOGLOOP_STORE_URL=postgresql://USER@HOST/DB "
+            "(password in LOGLOOP_STORE_PASSWORD) or LOGLOOP_TDENGINE_URL"
+        )
+    artifacts = resources.get("artifacts")
+    if isinstance(artifacts, LocalArtifactStorage):
+        problems.append(
+            f"artifacts are in the folder {artifacts.root}, on the pod's own disk: set "
+            "LOGLOOP_ARTIFACTS_URL=s3://BUCKET/PREFIX (or gs://, az://; credentials in the provider's variables)"
+        )
+    if problems:
+        raise ValueError(
+            "LOGLOOP_EXECUTOR=k8s runs every step in its own pod, but " + "; and ".join(problems)
+            + ". (LOGLOOP_SHARED_VOLUME=true overrides this when a ReadWriteMany volume is mounted at LOGLOOP_HOME.)"
+        )
+
+
 def build_resources() -> dict:
     batch_fields = _csv(os.environ.get("LOGLOOP_BATCH_FIELDS", DEFAULT_BATCH_FIELDS))
     fields = dict(
@@ -62,14 +149,15 @@ def build_resources() -> dict:
         log_source = opensearch_source(hosts, fields)
     else:
         log_source = LocalLogSource(
-            path=str(settings.logs_dir()), index_path=str(settings.data_home() / "source-index.json"), **fields
+            **file_source_location(settings.logs_dir(), settings.data_home() / "source-index.json"), **fields
         )
-    return {
+    built = {
         "log_source": log_source,
-        "store": tdengine_store(tdengine) if (tdengine := os.environ.get("LOGLOOP_TDENGINE_URL", "").strip())
-        else SQLiteStore(path=str(settings.store_path())),
-        "artifacts": LocalArtifactStorage(root=str(settings.artifacts_dir())),
+        "store": build_store(),
+        "artifacts": artifact_storage(),
     }
+    check_shared_state(built)
+    return built
 
 
 def resource(name: str):
