@@ -575,7 +575,6 @@ class FastJsonBlocks:
         if (b"NaN" in data or b"Inf" in data) and _NON_FINITE.search(data):
             return None
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.json as pj
 
         try:
