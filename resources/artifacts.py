@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -12,22 +11,8 @@ from typing import Iterator
 
 from dagster import ConfigurableResource
 
+from ops.files import create_temp_file
 from ops.naming import validate_key
-
-
-def _create_temp_file(folder: str, prefix: str, suffix: str) -> tuple[int, str]:
-    """Like tempfile.mkstemp (a new file, O_EXCL) but with mode 0o666 less the umask, as open()
-    gives, instead of 0600: the temp file is renamed into place and keeps its mode. The kernel
-    applies the umask at creation, so the process-wide umask is never read or changed (no race
-    with other threads). ops.artifact.create_temp_file is the same; this module avoids torch."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        name = os.path.join(folder, f"{prefix}{secrets.token_hex(8)}{suffix}")
-        try:
-            return os.open(name, flags, 0o666), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary file name in {folder}")
 
 
 class ArtifactStorageError(RuntimeError):
@@ -88,7 +73,7 @@ class LocalArtifactStorage(ArtifactStorage):
     def writing(self, key: str) -> Iterator[str]:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _create_temp_file(str(target.parent), prefix=".tmp-", suffix=target.suffix)
+        fd, tmp = create_temp_file(str(target.parent), prefix=".tmp-", suffix=target.suffix)
         os.close(fd)
         try:
             yield tmp
