@@ -117,3 +117,21 @@ def test_storage_keys_refuse_a_segment_ending_in_a_newline():
         validate_key("models/x\n/nulog.zip")
     with pytest.raises(InvalidName):
         validate_key("models/x\n")
+
+
+def test_a_failed_registration_leaves_no_artifact_behind(env, monkeypatch):  # noqa: F811
+    from resources.sql_store import SQLStore
+    from resources.store import StoreError
+
+    def locked(self, record):
+        raise StoreError("SQLite store: database is locked")
+
+    monkeypatch.setattr(SQLStore, "register_model", locked)
+    instance, resources = env
+    ingest(instance, resources, hours=1)
+    result = materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
+                         instance=instance, resources=resources, run_config=train_config(), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "database is locked" in failure.step_failure_data.error.to_string()
+    assert resources["artifacts"].list("models") == []  # the written artifact went with the failed row
