@@ -117,6 +117,14 @@ def _names(exc: BaseException) -> set[str]:
     return {c.__name__ for c in type(exc).__mro__}
 
 
+def _denied(exc: BaseException) -> bool:
+    """Access denied: s3fs and gcsfs raise PermissionError; azure-storage raises ClientAuthenticationError
+    for a bad signature (AuthenticationFailed) but a bare HttpResponseError with status 403 for other
+    refusals (AuthorizationFailure, also what Azurite answers to a wrong key)."""
+    return (isinstance(exc, PermissionError) or "ClientAuthenticationError" in _names(exc)
+            or getattr(exc, "status_code", None) in (401, 403))
+
+
 class ObjectArtifactStorage(ArtifactStorage):
     """Artifacts under an object-store URL (see the module docstring for the promises and faults)."""
 
@@ -186,7 +194,7 @@ class ObjectArtifactStorage(ArtifactStorage):
         detail = _one_line(exc) or type(exc).__name__
         if "NoCredentialsError" in names or "PartialCredentialsError" in names:
             reason = f"no credentials found: set {CREDENTIAL_HINT[self._protocol()]}"
-        elif isinstance(exc, PermissionError) or "ClientAuthenticationError" in names:
+        elif _denied(exc):
             reason = f"access denied ({detail}); check the credentials: {CREDENTIAL_HINT[self._protocol()]}"
         elif names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                       "ClientConnectorError", "ServerDisconnectedError", "FSTimeoutError", "ServiceRequestError",
@@ -216,15 +224,15 @@ class ObjectArtifactStorage(ArtifactStorage):
         if self._state["ready"]:
             return
         bucket = self._state["root"].split("/", 1)[0]
+        noun = "container" if self._protocol() in ("az", "abfs") else "bucket"  # Azure's word for it
         try:
             fs.info(bucket)
         except FileNotFoundError:
             raise ArtifactStorageError(
-                f"artifact storage {self.base_url}: bucket {bucket!r} does not exist{self._endpoint()}") from None
-        except PermissionError:
-            pass
+                f"artifact storage {self.base_url}: {noun} {bucket!r} does not exist{self._endpoint()}") from None
         except Exception as exc:  # noqa: BLE001
-            raise self._error("checking the bucket", exc) from None
+            if not _denied(exc):
+                raise self._error(f"checking the {noun}", exc) from None
         self._state["ready"] = True
 
     def _info(self, key: str) -> Optional[dict]:
