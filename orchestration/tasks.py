@@ -111,7 +111,7 @@ def stop_orphaned_steps(instance, run) -> list[int]:
             pid = int(getattr(pid, "value", pid))
         except (TypeError, ValueError):
             continue
-        # a step started after its run's worker; a reused pid belongs to someone else
+        # only a live process that still looks like a Dagster step: a reused pid belongs to someone else
         if pid > 0 and process_alive(pid, None) and _cmdline_is_dagster_step(pid):
             try:
                 os.kill(pid, signal.SIGTERM)
