@@ -37,6 +37,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests import processes
+
 AZURITE_VERSION = "3.37.0"   # `npm view azurite version` when this was written
 ADLFS_REQUIREMENT = "adlfs==2026.8.0"  # as the `azure` and `test` extras in pyproject.toml
 ACCOUNT = "devstoreaccount1"
@@ -132,18 +134,8 @@ class AzuriteServer:
     @contextlib.contextmanager
     def environment(self):
         """os.environ with `env` set and CLEARED unset (restored after)."""
-        saved = {k: os.environ.get(k) for k in (*self.env, *CLEARED)}
-        for k in CLEARED:
-            os.environ.pop(k, None)
-        os.environ.update(self.env)
-        try:
+        with processes.environment(self.env, CLEARED):
             yield self
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def start(self) -> "AzuriteServer":
         if self.proc is not None and self.proc.poll() is None:

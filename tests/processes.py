@@ -1,5 +1,6 @@
-"""Stopping the server processes the end-to-end tests start (dagster dev, dagster-daemon)."""
+"""Helpers for the server processes tests start: stopping them, and their client environments."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,3 +14,20 @@ def stop_process_group(proc: subprocess.Popen, log) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+
+
+@contextlib.contextmanager
+def environment(env: dict, cleared=()):
+    """os.environ with `env` set and the `cleared` variables unset, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in (*env, *cleared)}
+    for k in cleared:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -31,6 +31,8 @@ import urllib.request
 
 import pytest
 
+from tests import processes
+
 ACCESS_KEY = "testing-access-key"
 SECRET_KEY = "testing-secret-key-do-not-log"   # a recognisable secret: tests assert it never shows
 REGION = "us-east-1"
@@ -75,18 +77,8 @@ class S3Server:
     @contextlib.contextmanager
     def environment(self):
         """os.environ with `env` set and CLEARED unset (restored after)."""
-        saved = {k: os.environ.get(k) for k in (*self.env, *CLEARED)}
-        for k in CLEARED:
-            os.environ.pop(k, None)
-        os.environ.update(self.env)
-        try:
+        with processes.environment(self.env, CLEARED):
             yield self
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def start(self) -> "S3Server":
         if self.proc is not None and self.proc.poll() is None:
