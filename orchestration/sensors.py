@@ -195,17 +195,31 @@ def plan_catch_up(context: SensorEvaluationContext, log_source: LogSource, batch
     return out
 
 
+def _cursor(context: SensorEvaluationContext) -> dict:
+    try:
+        value = json.loads(context.cursor or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def evaluate_new_samples(context: SensorEvaluationContext, store: Store, settings: LoopSettings,
                          log_source: LogSource | None = None, current_time: dt.datetime | None = None,
                          artifacts: ArtifactStorage | None = None):
     """One sensor tick: a pure function of the store's state, the instance's partitions and
     runs, and (for catch-up ingestion, where the source counts cheaply) the source's counts.
     An empty store beside existing summaries was lost or replaced: it is restored first."""
+    # The summaries a restore was last made from (in the cursor): windows that held no records
+    # leave the store empty, so the same summaries are not read again every tick.
+    restored_from = _cursor(context).get("restored_from")
     try:
         statuses = store.batch_statuses()
-        if not statuses and artifacts is not None and artifacts.list("summaries"):
-            restore_store(store, artifacts, context.log)
-            statuses = store.batch_statuses()
+        if not statuses and artifacts is not None:
+            summaries = len(artifacts.list("summaries"))
+            if summaries and summaries != restored_from:
+                restore_store(store, artifacts, context.log)
+                restored_from = summaries
+                statuses = store.batch_statuses()
     except StoreError as exc:
         raise StoreError(f"new_samples_sensor: the store is unreachable, nothing launched this tick: {exc}") from exc
     # A busy batch whose run is not alive is settled now, so it trains again this tick.
@@ -254,7 +268,7 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
     context.log.info(f"{len(statuses)} batches: {len(requests)} run(s) requested, {len(waiting)} waiting"
                      + (f", {len(catch_up.requests)} window(s) to catch up" if catch_up.requests else ""))
     cursor = json.dumps({"tick_ms": now_ms(), "batches": len(statuses), "launched": len(requests),
-                         "catch_up": len(catch_up.requests)})
+                         "catch_up": len(catch_up.requests), "restored_from": restored_from})
     partitions = [batch_partitions.build_add_request(new_batches)] if new_batches else []
     if not requests:
         why = "; ".join(f"{d.batch}: {d.reason}{catch_up.describe(d.batch)}" for d in waiting[:20]) or "no batches with samples yet"

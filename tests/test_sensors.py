@@ -462,3 +462,24 @@ def test_catch_up_with_the_opensearch_source_is_one_count_request(instance, stor
                                messages=messages)
         assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("train_model", "c1")]
         assert "not catching up this tick" in str(messages)
+
+
+def test_an_empty_store_beside_empty_windows_is_restored_once_not_every_tick(instance, store, tmp_path, monkeypatch):
+    import orchestration.sensors as sensors
+    from ops.summary import write_summaries
+
+    artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
+    with artifacts.writing("summaries/2026-11-23-07-00.parquet") as tmp:  # a window that held no records
+        write_summaries(tmp, {}, extra_meta={"window_start_ms": 0, "window_end_ms": HOUR})
+    calls = []
+    real = sensors.restore_store
+    monkeypatch.setattr(sensors, "restore_store", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = evaluate_new_samples(build_sensor_context(instance=instance), store, SETTINGS, artifacts=artifacts)
+    assert len(calls) == 1 and store.batch_statuses() == []
+    again = evaluate_new_samples(build_sensor_context(instance=instance, cursor=first.cursor), store, SETTINGS,
+                                 artifacts=artifacts)
+    assert len(calls) == 1 and "no batches with samples yet" in again.skip_reason.skip_message
+    with artifacts.writing("summaries/2026-11-23-08-00.parquet") as tmp:  # a new summary: worth another look
+        write_summaries(tmp, {}, extra_meta={"window_start_ms": HOUR, "window_end_ms": 2 * HOUR})
+    evaluate_new_samples(build_sensor_context(instance=instance, cursor=again.cursor), store, SETTINGS, artifacts=artifacts)
+    assert len(calls) == 2
