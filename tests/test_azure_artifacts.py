@@ -11,7 +11,6 @@ Credentials reach adlfs only through AZURE_STORAGE_CONNECTION_STRING, as in a de
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from ops.naming import InvalidName
 from resources.artifacts import ArtifactStorageError
 from resources.object_artifacts import ObjectArtifactStorage
+from tests.artifact_checks import replace_under_readers
 from tests.azurite_server import ACCOUNT_KEY, CLEARED, AzuriteServer, AzuriteUnavailable, ensure_adlfs
 
 PREFIX = "logloop"
@@ -121,32 +121,7 @@ def test_azure_failed_write_leaves_nothing_and_replace_is_atomic(azurite, contai
         assert not os.path.exists(tmp)
     assert blobs(azurite, container) == [f"{PREFIX}/models/m.zip"] and st.list("models") == ["models/m.zip"]
 
-    seen, errors, stop = set(), [], threading.Event()
-
-    def reader():
-        other = storage(tmp_path, container)  # its own client, the same cache folder
-        while not stop.is_set():
-            try:
-                with other.reading("models/m.zip") as path:
-                    data = Path(path).read_bytes()
-                assert len(data) == size and len(set(data)) == 1, "a torn object"
-                seen.add(data[:1])
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-                return
-
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for i in range(6):
-        with st.writing("models/m.zip") as tmp:
-            Path(tmp).write_bytes((b"b" if i % 2 == 0 else b"a") * size)
-        time.sleep(0.05)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    assert not errors, errors
-    assert seen <= {b"a", b"b"} and seen
+    replace_under_readers(st, lambda: storage(tmp_path, container), "models/m.zip", size)  # each its own client
     # replaced by another writer: a new ETag, so the cached copy is not served
     azurite.service_client().get_blob_client(container, f"{PREFIX}/models/m.zip").upload_blob(b"c" * size, overwrite=True)
     with st.reading("models/m.zip") as path:

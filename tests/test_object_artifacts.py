@@ -28,6 +28,7 @@ import pytest
 from ops.naming import InvalidName
 from resources.artifacts import ArtifactStorageError, LocalArtifactStorage
 from resources.object_artifacts import ObjectArtifactStorage, parse_artifacts_url
+from tests.artifact_checks import replace_under_readers
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, free_port, s3, s3_server  # noqa: F401 (fixtures)
 
 BUCKET = "artifacts"
@@ -227,32 +228,7 @@ def test_readers_see_the_old_object_or_the_new_one_never_half(bucket, tmp_path):
     size = 2 * 1024 * 1024
     with st.writing("models/m.zip") as tmp:
         Path(tmp).write_bytes(b"a" * size)
-    seen, errors, stop = set(), [], threading.Event()
-
-    def reader():
-        other = storage(tmp_path)  # its own client, the same cache folder
-        while not stop.is_set():
-            try:
-                with other.reading("models/m.zip") as path:
-                    data = Path(path).read_bytes()
-                assert len(data) == size and len(set(data)) == 1, "a torn object"
-                seen.add(data[:1])
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-                return
-
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for i in range(6):
-        with st.writing("models/m.zip") as tmp:
-            Path(tmp).write_bytes((b"b" if i % 2 == 0 else b"a") * size)
-        time.sleep(0.05)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    assert not errors, errors
-    assert seen <= {b"a", b"b"} and seen
+    replace_under_readers(st, lambda: storage(tmp_path), "models/m.zip", size)  # each its own client
     with st.reading("models/m.zip") as path:  # the last version, not a stale cache entry
         assert Path(path).read_bytes()[:1] == b"a"
 
