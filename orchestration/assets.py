@@ -40,6 +40,7 @@ from orchestration.tasks import start_task
 from orchestration.upstream import parse_time_ms, upstream_metadata
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
+from resources.nats_bus import ModelEvents
 from resources.store import Store
 
 raw_logs = AssetSpec(
@@ -427,13 +428,15 @@ class RegisterConfig(Config):
 
 @asset(partitions_def=batch_partitions, deps=[nulog_model], group_name="model", kinds={"python"})
 def registered_model(
-    context: AssetExecutionContext, config: RegisterConfig, store: Store, artifacts: ArtifactStorage
+    context: AssetExecutionContext, config: RegisterConfig, store: Store, artifacts: ArtifactStorage,
+    model_events: ModelEvents,
 ) -> MaterializeResult:
-    """Publish the validated candidate as the batch's next model version.
+    """Publish the validated candidate as the batch's next model version, and announce it (model_ready).
 
     Registration is keyed by the run that trained the candidate, so registering the
     same candidate twice (a retry, a re-execution) never creates a second version.
     """
+    from orchestration.model_events import announce, model_ready
     from orchestration.registry import register_candidate
 
     batch = context.partition_key
@@ -456,6 +459,8 @@ def registered_model(
     if task_id:
         store.record_task_event(task_id, batch, "succeeded", run_id=context.run.run_id,
                                 message=f"registered version {record.version}")
+    announced = announce(model_events, artifacts, "model_ready", *model_ready(record, config.model_name, context.run.tags),
+                         log=context.log)
     return MaterializeResult(
         metadata={
             "version": record.version,
@@ -465,5 +470,6 @@ def registered_model(
             "artifact_uri": MetadataValue.path(record.artifact_uri),
             "top_k_accuracy": record.metrics.get("top_k_accuracy"),
             "anomaly_share": record.metrics.get("anomaly_share"),
+            **({"model_ready_published": announced} if model_events.enabled else {}),
         }
     )

@@ -13,6 +13,7 @@ from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions
 from orchestration.upstream import upstream_metadata
 from resources.artifacts import ArtifactStorage
+from resources.nats_bus import ModelEvents
 from resources.store import Store
 
 
@@ -34,23 +35,38 @@ def validation_key(candidate_key: str) -> str:
 
 @asset_check(asset=nulog_model, blocking=True, partitions_def=batch_partitions)
 def nulog_model_quality(
-    context: AssetCheckExecutionContext, config: ValidationConfig, artifacts: ArtifactStorage, store: Store
+    context: AssetCheckExecutionContext, config: ValidationConfig, artifacts: ArtifactStorage, store: Store,
+    model_events: ModelEvents,
 ) -> AssetCheckResult:
     """Top-k accuracy and flagged share on the validation split must clear the gate, and the
-    candidate (challenger) must not be worse than the current model (champion) on the same lines."""
+    candidate (challenger) must not be worse than the current model (champion) on the same lines.
+    A failed gate is announced (model_rejected)."""
+    batch = context.partition_key
+    upstream = upstream_metadata(context.instance, context.run.run_id, "nulog_model", batch)
+    failures, metrics = judge(upstream["candidate_key"], upstream["sample_key"], batch, config, artifacts, store)
+    result = gate_result(artifacts, upstream["candidate_key"], config, failures, metrics)
+    if failures:
+        from orchestration.model_events import announce, model_rejected
+
+        announce(model_events, artifacts, "model_rejected",
+                 *model_rejected(batch, upstream.get("run_id") or context.run.run_id, upstream["candidate_key"],
+                                 failures, _finite(metrics), context.run.tags), log=context.log)
+    return result
+
+
+def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationConfig, artifacts: ArtifactStorage,
+          store: Store) -> tuple[list[str], dict]:
+    """The gate's failures (none: it passes) and the metrics they rest on."""
     from ops.artifact import ArtifactError, read_artifact
     from ops.evaluate import evaluate
     from ops.model import nonfinite_parameters
 
-    batch = context.partition_key
-    upstream = upstream_metadata(context.instance, context.run.run_id, "nulog_model", batch)
-    candidate_key = upstream["candidate_key"]
     try:
         with artifacts.reading(candidate_key) as path:
             candidate = read_artifact(path)
     except ArtifactError as exc:  # e.g. non-finite weights: a clear failed gate, not a crash
-        return gate_result(artifacts, candidate_key, config, [f"the candidate is unusable: {exc}"], {})
-    with artifacts.reading(upstream["sample_key"]) as path:
+        return [f"the candidate is unusable: {exc}"], {}
+    with artifacts.reading(sample_key) as path:
         _, validation_lines = read_sample(path)
 
     failures = []
@@ -90,7 +106,7 @@ def nulog_model_quality(
     nonfinite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if nonfinite:
         failures.append(f"metric(s) not finite: {', '.join(nonfinite)}")
-    return gate_result(artifacts, candidate_key, config, failures, metrics)
+    return failures, metrics
 
 
 def gate_result(artifacts: ArtifactStorage, candidate_key: str, config: ValidationConfig, failures: list[str],

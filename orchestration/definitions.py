@@ -1,5 +1,7 @@
 """The code location: one Definitions object."""
 
+import os
+
 from dagster import Definitions
 
 from orchestration.assets import nulog_model, partition_summaries, raw_logs, registered_model, training_sample
@@ -18,12 +20,19 @@ from orchestration.sensors import (
     training_run_failed,
 )
 
+# Opni's training controller: only with a NATS server (nothing about NATS loads without one)
+nats_sensors = []
+if os.environ.get("LOGLOOP_NATS_URL", "").strip():
+    from orchestration.nats_sensor import build_nats_sensor
+
+    nats_sensors.append(build_nats_sensor())
+
 defs = Definitions(
     assets=[raw_logs, partition_summaries, training_sample, nulog_model, registered_model, anomaly_scores],
     asset_checks=[nulog_model_quality],
     jobs=[ingest_logs_job, train_model_job, reap_dead_tasks_job],
     schedules=[ingest_logs_schedule, reap_dead_tasks],
-    sensors=[new_samples_sensor, training_run_failed, training_run_canceled, raw_logs_observer],
+    sensors=[new_samples_sensor, training_run_failed, training_run_canceled, raw_logs_observer, *nats_sensors],
     resources=build_resources(),
     executor=executor_def(),
 )

@@ -104,6 +104,55 @@ def artifact_storage():
     return ObjectArtifactStorage(url=url)
 
 
+NATS_SETTINGS = {  # NatsBus field -> environment variable (plain settings, not secrets)
+    "request_subject": "LOGLOOP_NATS_SUBJECT",
+    "request_rejected_subject": "LOGLOOP_NATS_REJECTED_SUBJECT",
+    "ready_subject": "LOGLOOP_NATS_READY_SUBJECT",
+    "model_rejected_subject": "LOGLOOP_NATS_MODEL_REJECTED_SUBJECT",
+    "stream": "LOGLOOP_NATS_STREAM",
+    "consumer": "LOGLOOP_NATS_CONSUMER",
+    "default_batch": "LOGLOOP_NATS_DEFAULT_BATCH",
+    "max_intervals": "LOGLOOP_NATS_MAX_INTERVALS",
+    "max_per_tick": "LOGLOOP_NATS_MAX_PER_TICK",
+    "ack_wait_s": "LOGLOOP_NATS_ACK_WAIT_S",
+    "max_deliveries": "LOGLOOP_NATS_MAX_DELIVERIES",
+    "creds_file": "LOGLOOP_NATS_CREDS",
+    "user": "LOGLOOP_NATS_USER",
+}
+NATS_SECRETS = {"password": "LOGLOOP_NATS_PASSWORD", "token": "LOGLOOP_NATS_TOKEN"}
+
+
+def model_events():
+    """NatsBus from LOGLOOP_NATS_* when LOGLOOP_NATS_URL is set (a URL with user info, and the
+    password and token, as EnvVars), else NoModelEvents: nothing about NATS is imported."""
+    from resources.nats_bus import NoModelEvents
+
+    url = os.environ.get("LOGLOOP_NATS_URL", "").strip()
+    if not url:
+        return NoModelEvents()
+    from dagster import EnvVar
+    from pydantic import ValidationError
+
+    from ops.naming import InvalidName, validate_batch_name
+    from resources.nats_bus import NatsBus
+
+    if not all(u.strip().startswith(("nats://", "tls://", "ws://", "wss://")) for u in url.split(",")):
+        raise ValueError("LOGLOOP_NATS_URL must be nats://HOST:PORT (or tls://, ws://, wss://), comma-separated for several")
+    fields = {field: os.environ[var].strip() for field, var in NATS_SETTINGS.items() if os.environ.get(var, "").strip()}
+    fields.update({field: EnvVar(var) for field, var in NATS_SECRETS.items() if os.environ.get(var)})
+    if "default_batch" in fields:
+        try:
+            validate_batch_name(fields["default_batch"])
+        except InvalidName as exc:
+            raise ValueError(f"LOGLOOP_NATS_DEFAULT_BATCH: {exc}") from None
+    try:
+        return NatsBus(url=EnvVar("LOGLOOP_NATS_URL") if "@" in url else url, **fields)
+    except ValidationError as exc:
+        names = {**NATS_SETTINGS, **NATS_SECRETS}
+        problems = "; ".join(f"{names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"NATS settings are invalid: {problems}") from None
+
+
 def _true(var: str) -> bool:
     return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -155,6 +204,7 @@ def build_resources() -> dict:
         "log_source": log_source,
         "store": build_store(),
         "artifacts": artifact_storage(),
+        "model_events": model_events(),
     }
     check_shared_state(built)
     return built

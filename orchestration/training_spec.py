@@ -342,20 +342,31 @@ def load_spec_file(path: str) -> TrainingSpec:
     return parse_spec(doc)
 
 
-def from_opni_request(payload: Any, batch: str = "default", spec_id: Optional[str] = None) -> TrainingSpec:
-    """Opni's {"model_to_train": "nulog", "time_intervals": [{"start_ts": ns, "end_ts": ns}, ...]}."""
+def from_opni_request(payload: Any, batch: str = "default", spec_id: Optional[str] = None,
+                      max_intervals: Optional[int] = None) -> TrainingSpec:
+    """Opni's {"model_to_train": "nulog", "time_intervals": [{"start_ts": ns, "end_ts": ns}, ...]}.
+
+    Opni names no batch: `batch` is the default, and an optional "batch" field (a logloop
+    extension) overrides it. `max_intervals` caps the number of intervals."""
     errors: list[str] = []
     if not isinstance(payload, dict):
         raise SpecError(spec_id or "<opni request>", [f"the request must be a JSON object, got {type(payload).__name__}"])
     if payload.get("model_to_train") != "nulog":
-        errors.append(f"model_to_train {payload.get('model_to_train')!r} is not a model this service trains (nulog)")
-    unknown = set(payload) - {"model_to_train", "time_intervals"}
+        errors.append(f"model_to_train {_short(payload.get('model_to_train'))} is not a model this service trains (nulog)")
+    unknown = set(payload) - {"model_to_train", "time_intervals", "batch"}
     if unknown:
-        errors.append(f"unknown key(s) {', '.join(sorted(unknown))}")
+        errors.append(f"unknown key(s) {_short(', '.join(sorted(map(str, unknown))))}")
+    if "batch" in payload:
+        if not isinstance(payload["batch"], str):
+            errors.append(f"batch must be a string, got {type(payload['batch']).__name__}")
+        else:
+            batch = payload["batch"]
     intervals = payload.get("time_intervals")
     converted = []
     if not isinstance(intervals, list) or not intervals:
         errors.append("time_intervals must be a non-empty list of {start_ts, end_ts} in nanoseconds")
+    elif max_intervals is not None and len(intervals) > max_intervals:
+        errors.append(f"time_intervals has {len(intervals)} intervals; at most {max_intervals} are accepted")
     else:
         for i, iv in enumerate(intervals):
             if not isinstance(iv, dict) or set(iv) != {"start_ts", "end_ts"}:
@@ -373,6 +384,11 @@ def from_opni_request(payload: Any, batch: str = "default", spec_id: Optional[st
         raise SpecError(label, errors)
     return parse_spec({"kind": "ModelTraining", "id": label,
                        "spec": {"data": {"batch": batch, "time_intervals": converted}, "mode": "auto"}})
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_config(spec: TrainingSpec, now_ms: Optional[int] = None, executor: Optional[str] = None) -> dict:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from ops.naming import InvalidName
+from resources.nats_bus import NoModelEvents
 from resources.artifacts import ArtifactStorageError, LocalArtifactStorage
 from resources.object_artifacts import ObjectArtifactStorage, parse_artifacts_url
 from tests.artifact_checks import replace_under_readers
@@ -477,6 +478,7 @@ def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bu
                                      index_path=str(tmp_path / "index.json")),
         "store": SQLiteStore(path=str(store_path)),
         "artifacts": storage(tmp_path),
+        "model_events": NoModelEvents(),
     }
     (tmp_path / "dagster_home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:

@@ -11,6 +11,7 @@ from ops import demo_logs
 from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
 from orchestration.checks import nulog_model_quality
 from orchestration.partitions import PARTITION_FMT
+from resources.nats_bus import NoModelEvents
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.store import SQLiteStore
@@ -45,6 +46,7 @@ def env(tmp_path):
         ),
         "store": SQLiteStore(path=str(tmp_path / "store.sqlite")),
         "artifacts": LocalArtifactStorage(root=str(tmp_path / "artifacts")),
+        "model_events": NoModelEvents(),
     }
     (tmp_path / "dagster_home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:

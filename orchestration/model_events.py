@@ -1,0 +1,163 @@
+"""News of models for other services: `model_ready` when a version is registered, `model_rejected`
+when a candidate fails the gate (NATS subjects; see resources/nats_bus.py).
+
+Publishing never undoes what happened: the message goes to an outbox in artifact storage
+first (outbox/nats/), is published with retries, and leaves the outbox once the server has
+it. What could not be published stays there, and the NATS request sensor sends it on a later
+tick (`flush_outbox`). Every message carries a Nats-Msg-Id, so a consumer that sees one twice
+(a retry after a lost answer) can drop the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Optional
+
+from resources.artifacts import ArtifactStorage
+from resources.nats_bus import ModelEvents, NatsError, Outgoing
+from resources.store import ModelRecord, now_ms
+
+OUTBOX = "outbox/nats"
+CORRUPT = "outbox/corrupt"
+RETRY_PAUSES_S = (0.5, 2.0)  # between the three tries a registration makes before leaving it to the sensor
+
+
+def started_by(tags: dict) -> str:
+    if tags.get("logloop/nats_seq"):
+        return "nats"
+    if tags.get("dagster/sensor_name"):
+        return f"sensor:{tags['dagster/sensor_name']}"
+    if tags.get("dagster/schedule_name"):
+        return f"schedule:{tags['dagster/schedule_name']}"
+    return "manual"
+
+
+def _request(tags: dict) -> dict:
+    return {"task_id": tags.get("logloop/task_id"), "nats_seq": _int(tags.get("logloop/nats_seq")),
+            "nats_msg_id": tags.get("logloop/nats_msg_id"), "started_by": started_by(tags)}
+
+
+def _int(value) -> Optional[int]:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _ns(ms: Optional[int]) -> Optional[int]:
+    return None if ms is None else ms * 1_000_000
+
+
+def model_ready(record: ModelRecord, model_name: str, tags: dict) -> tuple[dict, str]:
+    """The payload and its message id."""
+    payload = {
+        "event": "model_ready", "model": model_name, "batch": record.batch, "version": record.version,
+        "mode": record.mode, "parent_version": record.parent_version, "artifact_uri": record.artifact_uri,
+        "artifact": record.artifact, "metrics": record.metrics, "run_id": record.run_id,
+        "window": {"start_ms": record.window_start_ms, "end_ms": record.window_end_ms,
+                   "start_ts": _ns(record.window_start_ms), "end_ts": _ns(record.window_end_ms)},
+        "registered_ms": record.created_ms or now_ms(), "request": _request(tags),
+    }
+    return payload, f"logloop:model_ready:{record.batch}:v{record.version}:{record.run_id}"
+
+
+def model_rejected(batch: str, run_id: str, candidate_key: str, failures: list[str], metrics: dict,
+                   tags: dict) -> tuple[dict, str]:
+    payload = {
+        "event": "model_rejected", "batch": batch, "run_id": run_id, "candidate": candidate_key,
+        "reason": "; ".join(failures), "failures": failures, "metrics": metrics, "rejected_ms": now_ms(),
+        "request": _request(tags),
+    }
+    return payload, f"logloop:model_rejected:{batch}:{run_id}"
+
+
+def outbox_key(msg_id: str) -> str:
+    return f"{OUTBOX}/{hashlib.sha256(msg_id.encode()).hexdigest()[:32]}.json"
+
+
+def announce(events: ModelEvents, artifacts: ArtifactStorage, kind: str, payload: dict, msg_id: str, log,
+             pauses_s=RETRY_PAUSES_S) -> bool:
+    """Publish one event; True once the server has it. Never raises: a failure leaves the message
+    in the outbox and a warning in the log."""
+    if not events.enabled:
+        return False
+    message = Outgoing(events.subject_for(kind), json.dumps(payload, allow_nan=False, default=str).encode(), msg_id)
+    key = outbox_key(msg_id)
+    try:
+        with artifacts.writing(key) as tmp, open(tmp, "w") as f:
+            json.dump({"subject": message.subject, "msg_id": msg_id, "kind": kind, "created_ms": now_ms(),
+                       "payload": payload}, f, allow_nan=False, default=str)
+        kept = True
+    except Exception as exc:  # the publish may still work; if it does not, the log is all that is left
+        log.error(f"{kind} {msg_id}: could not write the outbox entry {key}: {exc}")
+        kept = False
+    last: Optional[Exception] = None
+    for pause in (*pauses_s, None):
+        try:
+            events.publish([message])
+        except NatsError as exc:
+            last = exc
+            if pause is not None:
+                time.sleep(pause)
+            continue
+        if kept:
+            _delete(artifacts, key, log)
+        return True
+    where = f"it waits in the outbox ({key}) for the next tick of the NATS sensor" if kept else \
+        f"it is LOST (no outbox entry either); payload: {message.payload.decode()[:2000]}"
+    log.warning(f"{kind} {msg_id} was not published to {message.subject} after {len(pauses_s) + 1} tries ({last}); {where}")
+    return False
+
+
+def pending(artifacts: ArtifactStorage) -> list[str]:
+    return [k for k in artifacts.list(OUTBOX) if k.endswith(".json")]
+
+
+def flush_outbox(events: ModelEvents, artifacts: ArtifactStorage, log, limit: int = 100, session=None) -> tuple[int, int]:
+    """Publish what the outbox holds, oldest first, through `session` (a NatsSession) if given.
+    Returns (sent, still waiting); raises NatsError when the server fails midway (what was sent is gone
+    from the outbox, the rest stays)."""
+    entries = []
+    for key in pending(artifacts):
+        try:
+            with artifacts.reading(key) as path, open(path) as f:
+                entry = json.load(f)
+            message = Outgoing(entry["subject"], json.dumps(entry["payload"]).encode(), entry["msg_id"])
+        except FileNotFoundError:
+            continue  # sent by another process meanwhile
+        except (ValueError, KeyError, TypeError) as exc:
+            _set_aside(artifacts, key, exc, log)
+            continue
+        entries.append((entry.get("created_ms", 0), key, message))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    sent = 0
+    for _, key, message in entries[:limit]:
+        if session is not None:
+            session.publish(message)
+            session.flush()
+        else:
+            events.publish([message])
+        _delete(artifacts, key, log)
+        sent += 1
+    return sent, len(entries) - sent
+
+
+def _delete(artifacts: ArtifactStorage, key: str, log) -> None:
+    try:
+        artifacts.delete(key)
+    except Exception as exc:  # it is published; a copy sent again later carries the same Nats-Msg-Id
+        log.warning(f"published, but could not remove outbox entry {key}: {exc}")
+
+
+def _set_aside(artifacts: ArtifactStorage, key: str, exc: Exception, log) -> None:
+    target = f"{CORRUPT}/{key.rsplit('/', 1)[-1]}"
+    try:
+        with artifacts.reading(key) as src, artifacts.writing(target) as tmp:
+            with open(src, "rb") as a, open(tmp, "wb") as b:
+                b.write(a.read())
+        artifacts.delete(key)
+        log.error(f"outbox entry {key} is unreadable ({exc}); moved to {target}")
+    except Exception as move_exc:
+        log.error(f"outbox entry {key} is unreadable ({exc}) and could not be moved aside: {move_exc}")
