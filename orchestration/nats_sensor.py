@@ -36,6 +36,7 @@ from orchestration.loop_settings import loop_settings
 from orchestration.model_events import flush_outbox
 from orchestration.nats_requests import Accepted, Rejected, parse, rejection_message
 from orchestration.partitions import batch_partitions
+from orchestration.sensors import merge_run_config
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents, NatsBus, NatsError
 from resources.store import now_ms
@@ -148,8 +149,10 @@ def drain(bus: NatsBus, instance, artifacts: ArtifactStorage, pending: list, log
             if batch not in known_batches and not instance.has_dynamic_partition(batch_partitions.name, batch):
                 tick.new_batches.append(batch)
             known_batches.add(batch)
-            tick.run_requests.append(RunRequest(run_key=result.run_key, partition_key=batch,
-                                                run_config=result.run_config(), tags=result.tags()))
+            # the loop's training settings, as for sensor-started runs; the request's own fields win
+            config = merge_run_config(loop_settings().training_run_config, result.run_config())
+            tick.run_requests.append(RunRequest(run_key=result.run_key, partition_key=batch, run_config=config,
+                                                tags=result.tags()))
             tick.counts["runs"] += 1
         if alive:
             try:

@@ -79,10 +79,10 @@ def iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat()
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_run_config(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_run_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -90,7 +90,7 @@ def training_run_config(mode: str, watermark_ms, settings: LoopSettings) -> dict
     sample = {"mode": mode}
     if mode == "finetune" and watermark_ms is not None:
         sample["window_start"] = iso(watermark_ms)
-    return _merge({"ops": {"training_sample": {"config": sample}}}, settings.training_run_config)
+    return merge_run_config({"ops": {"training_sample": {"config": sample}}}, settings.training_run_config)
 
 
 def last_closed_keys(n: int, current_time: dt.datetime | None = None) -> list[str]:

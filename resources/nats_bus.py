@@ -148,8 +148,9 @@ class NatsBus(ModelEvents):
             s.flush()
 
     def connect_options(self, timeout_s: float) -> dict:
+        # nats-py reads max_reconnect_attempts=0 as "forever" while connecting; 1 gives each server two tries
         options = dict(servers=self.servers, name="logloop", connect_timeout=max(1, int(timeout_s)),
-                       allow_reconnect=False, max_reconnect_attempts=0)
+                       allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2)
         if self.user:
             options["user"] = self.user
         if self.password:
@@ -186,16 +187,21 @@ class NatsSession:
     def __enter__(self) -> "NatsSession":
         import nats
 
-        async def quiet(*_args):  # nats-py would log every disconnect; the caller reports what matters
-            return None
+        errors: list[Exception] = []
+
+        async def remember(exc):  # instead of nats-py's logging of each failed attempt: the caller reports
+            errors.append(exc)
 
         self._loop = asyncio.new_event_loop()
         try:
-            self._nc = self._run(nats.connect(**self.bus.connect_options(self.timeout_s), error_cb=quiet),
-                                 self.timeout_s + 1)
-        except NatsError as exc:
+            self._nc = self._loop.run_until_complete(asyncio.wait_for(
+                nats.connect(**self.bus.connect_options(self.timeout_s), error_cb=remember), self.timeout_s * 2 + 1))
+        except Exception as exc:
             self._loop.close()
-            raise NatsError(f"cannot reach NATS at {self.bus.where}: {str(exc).split(': ', 1)[-1]}") from exc
+            cause = errors[-1] if errors else exc
+            why = "no answer in time" if isinstance(cause, (asyncio.TimeoutError, TimeoutError)) else \
+                f"{type(cause).__name__}: {_clean(cause)}"
+            raise NatsError(f"cannot reach NATS at {self.bus.where}: {why}") from exc
         self._js = self._nc.jetstream(timeout=self.timeout_s)
         return self
 

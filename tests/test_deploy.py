@@ -303,6 +303,8 @@ def test_the_pods_env_makes_the_code_location_load_under_k8s(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     resources = build_resources()  # raises under LOGLOOP_EXECUTOR=k8s if state were on the pod's disk
     assert type(resources["store"]).__name__ == "SQLStore"
+    nats = resources["model_events"]  # Opni compatibility is configured: requests in, model_ready out
+    assert type(nats).__name__ == "NatsBus" and nats.request_subject == "train" and nats.user == "nats_client"
     monkeypatch.setenv("LOGLOOP_STORE_URL", "sqlite:////opt/logloop/data/store.sqlite")
     with pytest.raises(ValueError, match="LOGLOOP_STORE_URL"):
         build_resources()
