@@ -457,3 +457,19 @@ def test_credentials_are_used_and_a_refusal_names_the_server_but_no_secret(tmp_p
     with pytest.raises(NatsError, match=r"cannot reach NATS at nats://127.0.0.1:1: ConnectionRefusedError"):
         with refused.session():
             pass
+
+
+def test_model_ready_says_what_started_the_run_and_carries_the_registry_record():
+    from orchestration.model_events import model_ready
+    from resources.store import ModelRecord
+
+    record = ModelRecord(batch=BATCH, version=4, run_id="r-1", artifact="models/x/nulog-4.zip",
+                         artifact_uri="s3://b/models/x/nulog-4.zip", metrics={"top_k_accuracy": 0.9},
+                         window_start_ms=1_000, window_end_ms=2_000, created_ms=3_000, parent_version=3, mode="finetune")
+    payload, msg_id = model_ready(record, "nulog", {"dagster/sensor_name": "new_samples_sensor", "logloop/task_id": "t-9"})
+    assert msg_id == f"logloop:model_ready:{BATCH}:v4:r-1"
+    assert payload["request"] == {"task_id": "t-9", "nats_seq": None, "nats_msg_id": None,
+                                  "started_by": "sensor:new_samples_sensor"}
+    assert (payload["version"], payload["parent_version"], payload["mode"]) == (4, 3, "finetune")
+    assert payload["window"] == {"start_ms": 1_000, "end_ms": 2_000, "start_ts": 1_000 * NS, "end_ts": 2_000 * NS}
+    assert model_ready(record, "nulog", {})[0]["request"]["started_by"] == "manual"  # the UI or `dagster asset materialize`
