@@ -13,7 +13,9 @@ Debian's `nats-server` package provides the server; when no `nats-server` is on 
 then `apt-get install -y nats-server`, which needs root) under a file lock, so parallel test
 processes install once. The server runs with JetStream on (`-js`), listening only on
 127.0.0.1 on a free port (clients only: no HTTP monitor, no cluster port), with its store
-and log in a temporary folder, in its own process group so it never outlives the tests.
+and log in a temporary folder, in its own process group, set to be SIGKILLed if the process
+that started it dies (Linux PR_SET_PDEATHSIG), so it never outlives the tests. (That signal
+follows the starting *thread*: start it from a thread that lives as long as the server.)
 Optional authentication: user and password (`--user/--pass`) or a token (`--auth`).
 The context manager stops it (SIGTERM, then SIGKILL) and deletes the folder on exit.
 
@@ -25,6 +27,8 @@ never skip.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import shutil
@@ -85,6 +89,27 @@ def ensure_installed(timeout_s: float = 900) -> str:
                 f"mirror reachable?):\napt-get update: {update.stderr[-1500:]}\n"
                 f"apt-get install: {done.stdout[-1500:]}{done.stderr[-2000:]}")
         return found
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+except OSError:  # not glibc/Linux: the server then relies on stop() alone
+    _LIBC = None
+
+
+def _die_with_parent(parent_pid: int):
+    """A preexec_fn: the child gets SIGKILL when its parent dies (Linux PR_SET_PDEATHSIG).
+
+    Its own session keeps terminal signals (Ctrl-C) away from the server, but would let it outlive
+    a test process that is killed before its `finally` runs; this ties the two together again.
+    """
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec
 
 
 def _free_port() -> int:
@@ -175,7 +200,8 @@ class NatsServer:
         offset = self._log_size()  # only this start's "Server is ready" counts
         self._out = open(self._out_path, "ab")
         self.proc = subprocess.Popen(self._command(exe), stdin=subprocess.DEVNULL, stdout=self._out,
-                                     stderr=subprocess.STDOUT, cwd=str(self.root), start_new_session=True)
+                                     stderr=subprocess.STDOUT, cwd=str(self.root), start_new_session=True,
+                                     preexec_fn=_die_with_parent(os.getpid()))
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             if self.proc.poll() is not None:
