@@ -15,14 +15,34 @@ Protocols (see /work/shared/BENCHMARKS.md):
   them, unlabelled; score the last 400 with ops.scoring.Scorer (top-k 50, threshold 0.7: the
   defaults); report P/R/F1 at the threshold and the best F1 over all thresholds.
 
+Anchors, measured in the same run on the same lines and labels (skip them with --no-anchors):
+
+* anchors.drain3.systems.<name>.grouping_accuracy: Drain3 (the `bench` extra) with its default
+  configuration, one for every system: TemplateMinerConfig() built explicitly (so no drain3.ini in
+  the working directory is read), no masking instructions, no persistence. Every Content line is
+  added with add_log_message; a line's template is the final template of the cluster it was
+  assigned to, once all lines are in (the Loghub benchmark's way).
+* anchors.bgl_baselines.<method>.{precision,recall,f1}, on the BGL protocol's 400 test lines:
+  keyword: the message contains error, fatal, fail, exception, interrupt or panic (any case,
+    substring; the header is part of the message, so a FATAL level matches "fatal");
+  level: the level field (the 8th whitespace-separated field of the message, the Level column of
+    BGL_2k.log_structured_corrected.csv) is FATAL, ERROR, SEVERE or FAILURE;
+  drain3_novelty: Drain3's default configuration plus the masking instructions of Drain3's own
+    example (examples/drain3.ini, [MASKING] only), trained with add_log_message on the 1,600
+    training messages; a test message is flagged when match() (no adding) finds no cluster.
+    It reproduces BENCHMARKS.md's 0.190; unmasked it gives F1 0.181, and after logloop's Masker 0.135
+    (drain3 0.9.11, masking rules of this writing).
+
 Nothing here is tuned per system: every system gets the same epochs, seed, k and rules.
-Output with --json: {"systems": {"<name>": {"grouping_accuracy": ...}, ...}, "bgl": {...}}.
+Output with --json: {"systems": {"<name>": {"grouping_accuracy": ...}, ...}, "bgl": {...},
+"anchors": {"drain3": {"systems": {"<name>": {"grouping_accuracy": ...}}}, "bgl_baselines": {...}}}.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import sys
 import time
@@ -36,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from ops.artifact import Artifact  # noqa: E402
 from ops.masking import Masker  # noqa: E402
-from ops.scoring import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Scorer  # noqa: E402
+from ops.scoring import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Scorer, judge  # noqa: E402
 from ops.templates import line_templates  # noqa: E402
 from ops.train import TrainConfig, train  # noqa: E402
 from ops.vocab import Vocab  # noqa: E402
@@ -121,11 +141,18 @@ def bgl_quality(path: Path, epochs: int, seed: int, n_train: int = 1600) -> dict
     scored = scorer.score(test_msgs)
     scores = [s.score for s in scored]
     p, r, f1 = prf([s.anomaly for s in scored], test_labels)
+    # the best F1 over thresholds of the product's whole verdict (ops.scoring.judge: severity, and a
+    # score below t unless the form is established), not of the score alone
+    counts = Counter(s.masked for s in scored)
+    forms = list(counts)
+    form_scores = {s.masked: s.score for s in scored}
     best = (0.0, None)
-    for t in sorted(set(scores)) + [1.0 + 1e-9]:  # anomaly: score < t
-        f = prf([s < t for s in scores], test_labels)[2]
+    for t in sorted(set(scores)) + [1.0 + 1e-9]:
+        verdict = dict(zip(forms, judge(forms, [form_scores[f] for f in forms], [counts[f] for f in forms], t)))
+        f = prf([verdict[s.masked][0] for s in scored], test_labels)[2]
         if f > best[0]:
             best = (f, t)
+    reasons = Counter(s.reason for s in scored if s.anomaly)
     train_masked = {scorer.masker.mask(m) for m in train_msgs}
     novel_normal = sum(1 for s, y in zip(scored, test_labels) if not y and s.masked not in train_masked)
     return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4), "best_f1": round(best[0], 4),
@@ -133,7 +160,120 @@ def bgl_quality(path: Path, epochs: int, seed: int, n_train: int = 1600) -> dict
             "threshold": scorer.threshold, "top_k": scorer.top_k, "flagged": sum(s.anomaly for s in scored),
             "test_lines": len(test_msgs), "test_anomalies": sum(test_labels),
             "novel_masked_normal_lines": novel_normal, "train_anomalies_unlabelled": sum(labels[:n_train]),
-            **info}
+            "flagged_by": dict(reasons), **info}
+
+
+# ---- anchors: other methods on the same lines, in the same run -------------------------------
+
+BENCH_EXTRA_HINT = "drain3 is not installed: install the bench extra (pip install -e '.[bench]')"
+
+# The [MASKING] instructions of Drain3's own example configuration (logpai/Drain3, examples/drain3.ini,
+# MIT licence), as (regex_pattern, mask_with). Used only by the drain3_novelty baseline.
+DRAIN3_EXAMPLE_MASKING = [
+    (r"((?<=[^A-Za-z0-9])|^)(([0-9a-f]{2,}:){3,}([0-9a-f]{2,}))((?=[^A-Za-z0-9])|$)", "ID"),
+    (r"((?<=[^A-Za-z0-9])|^)(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})((?=[^A-Za-z0-9])|$)", "IP"),
+    (r"((?<=[^A-Za-z0-9])|^)([0-9a-f]{6,} ?){3,}((?=[^A-Za-z0-9])|$)", "SEQ"),
+    (r"((?<=[^A-Za-z0-9])|^)([0-9A-F]{4} ?){4,}((?=[^A-Za-z0-9])|$)", "SEQ"),
+    (r"((?<=[^A-Za-z0-9])|^)(0x[a-f0-9A-F]+)((?=[^A-Za-z0-9])|$)", "HEX"),
+    (r"((?<=[^A-Za-z0-9])|^)([\-\+]?\d+)((?=[^A-Za-z0-9])|$)", "NUM"),
+    (r'(?<=executed cmd )(".+?")', "CMD"),
+]
+KEYWORDS = ("error", "fatal", "fail", "exception", "interrupt", "panic")
+BAD_LEVELS = frozenset({"FATAL", "ERROR", "SEVERE", "FAILURE"})
+# 0-based index of the level in a BGL message (the line without its label field):
+# Timestamp Date Node Time NodeRepeat Type Component Level Content...
+BGL_LEVEL_FIELD = 7
+
+
+def drain3_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("drain3")
+    except PackageNotFoundError:
+        return None
+
+
+def require_drain3() -> None:
+    """Raise RuntimeError (saying to install the bench extra) when drain3 cannot be imported."""
+    try:
+        importlib.import_module("drain3")
+    except ImportError as e:
+        raise RuntimeError(BENCH_EXTRA_HINT) from e
+
+
+def drain3_miner(masking: list[tuple[str, str]] | None = None):
+    """A Drain3 TemplateMiner with the default configuration, built explicitly (never drain3.ini), in memory."""
+    require_drain3()
+    from drain3 import TemplateMiner
+    from drain3.masking import MaskingInstruction
+    from drain3.template_miner_config import TemplateMinerConfig
+
+    config = TemplateMinerConfig()  # the defaults; TemplateMiner(config=None) would read ./drain3.ini
+    if masking:
+        config.masking_instructions = [MaskingInstruction(pattern, name) for pattern, name in masking]
+    return TemplateMiner(persistence_handler=None, config=config)
+
+
+def drain3_templates(messages: list[str]) -> list[str]:
+    """Each message's template: the final template of the Drain3 cluster it was assigned to."""
+    miner = drain3_miner()
+    cluster_ids = [miner.add_log_message(m)["cluster_id"] for m in messages]
+    final = {c.cluster_id: c.get_template() for c in miner.drain.clusters}
+    return [final[c] for c in cluster_ids]
+
+
+def drain3_system(folder: Path, name: str) -> dict:
+    messages, truth = read_structured(folder / name / f"{name}_2k.log_structured_corrected.csv")
+    t0 = time.perf_counter()
+    predicted = drain3_templates(messages)
+    parse_s = time.perf_counter() - t0
+    return {"grouping_accuracy": round(grouping_accuracy(predicted, truth), 4), "templates": len(set(predicted)),
+            "lines": len(messages), "parse_s": round(parse_s, 3)}
+
+
+def keyword_flags(messages: list[str]) -> list[bool]:
+    return [any(k in m.lower() for k in KEYWORDS) for m in messages]
+
+
+def level_flags(messages: list[str]) -> list[bool]:
+    """BGL messages (label removed) whose level field is FATAL, ERROR, SEVERE or FAILURE."""
+    flags = []
+    for m in messages:
+        fields = m.split()
+        flags.append(len(fields) > BGL_LEVEL_FIELD and fields[BGL_LEVEL_FIELD] in BAD_LEVELS)
+    return flags
+
+
+def drain3_novelty_flags(train_msgs: list[str], test_msgs: list[str],
+                         masking: list[tuple[str, str]] | None = DRAIN3_EXAMPLE_MASKING) -> list[bool]:
+    """Test messages that match no cluster Drain3 learned from train_msgs (match() adds nothing)."""
+    miner = drain3_miner(masking)
+    for m in train_msgs:
+        miner.add_log_message(m)
+    return [miner.match(m) is None for m in test_msgs]
+
+
+def _prf_dict(flagged: list[bool], labels: list[bool]) -> dict:
+    p, r, f1 = prf(flagged, labels)
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4), "flagged": sum(flagged)}
+
+
+def bgl_baselines(path: Path, n_train: int = 1600) -> dict:
+    """The BGL protocol's baselines: same split and labels as bgl_quality."""
+    messages, labels = read_bgl(path)
+    train_msgs, test_msgs, test_labels = messages[:n_train], messages[n_train:], labels[n_train:]
+    return {"keyword": {**_prf_dict(keyword_flags(test_msgs), test_labels), "keywords": list(KEYWORDS)},
+            "drain3_novelty": {**_prf_dict(drain3_novelty_flags(train_msgs, test_msgs), test_labels),
+                               "masking": "Drain3's example masking instructions (examples/drain3.ini)"},
+            "level": {**_prf_dict(level_flags(test_msgs), test_labels), "levels": sorted(BAD_LEVELS)}}
+
+
+def anchors(folder: Path, names: list[str], bgl: Path | None) -> dict:
+    out: dict = {"drain3": {"version": drain3_version(), "config": "TemplateMinerConfig() defaults, no masking",
+                            "systems": {name: drain3_system(folder, name) for name in names}}}
+    if bgl is not None:
+        out["bgl_baselines"] = bgl_baselines(bgl)
+    return out
 
 
 def systems_in(folder: Path) -> list[str]:
@@ -148,11 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--systems", help="comma-separated subset of the systems in --data (default: all)")
     ap.add_argument("--no-bgl", action="store_true", help="skip the BGL anomaly protocol")
+    ap.add_argument("--no-anchors", action="store_true", help="skip the anchors (Drain3, BGL baselines)")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"error: {args.data} is not a folder", file=sys.stderr)
         return 2
+    if not args.no_anchors:
+        try:
+            require_drain3()
+        except RuntimeError as e:
+            print(f"error: {e}, or pass --no-anchors", file=sys.stderr)
+            return 2
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     names = systems_in(args.data)
     if args.systems:
@@ -164,8 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print(f"{name}: {out['systems'][name]}", file=sys.stderr)
     bgl = args.data / "BGL" / "BGL_2k.log"
-    if bgl.is_file() and not args.no_bgl:
+    run_bgl = bgl.is_file() and not args.no_bgl
+    if run_bgl:
         out["bgl"] = bgl_quality(bgl, args.epochs, args.seed)
+    if not args.no_anchors:  # after logloop's own figures, which they leave untouched
+        out["anchors"] = anchors(args.data, names, bgl if run_bgl else None)
+        if not args.json:
+            print(f"anchors: {out['anchors']}", file=sys.stderr)
     out["config"] = {"epochs": args.epochs, "seed": args.seed, "top_k": DEFAULT_TOP_K, "threshold": DEFAULT_THRESHOLD}
     print(json.dumps(out, indent=None if args.json else 2))
     return 0

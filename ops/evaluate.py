@@ -100,7 +100,11 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
 
 def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = 50, threshold: float = 0.7,
              batch_size: int = 4096) -> dict:
-    """Quality on (masked_line, count) pairs; every figure is weighted by count."""
+    """Quality on (masked_line, count) pairs; every figure is weighted by count. anomaly_share is the
+    share of lines the product's verdict flags (ops.scoring.judge, without labels), the pairs being
+    the lines judged together."""
+    from ops.scoring import judge
+
     merged: dict[str, int] = {}
     for line, n in lines_with_counts:
         merged[line] = merged.get(line, 0) + int(n)
@@ -114,7 +118,8 @@ def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = 50, thr
         "top_k": top_k,
         "threshold": threshold,
         "top_k_accuracy": float((row_w * hits).sum() / n_tokens) if n_tokens else float("nan"),
-        "anomaly_share": float(counts[scores < threshold].sum() / counts.sum()) if len(counts) else 0.0,
+        "anomaly_share": float(sum(c for c, (flag, _) in zip(counts, judge(lines, scores.tolist(), counts.tolist(), threshold))
+                                   if flag) / counts.sum()) if len(counts) else 0.0,
         "score_p01": weighted_quantile(scores, counts, 0.01),
         "score_p05": weighted_quantile(scores, counts, 0.05),
         "score_p50": weighted_quantile(scores, counts, 0.50),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 RULES_PATH = Path(__file__).with_name("masking_rules.yaml")
 _KEYS = ("name", "pattern", "replacement")
-_OPTIONAL_KEYS = ("requires",)
+_OPTIONAL_KEYS = ("requires", "case_sensitive")
 
 # CSI sequences (colours: ESC [ 31 m), OSC sequences (ESC ] ... BEL or ESC \), and the
 # remaining two-character escapes (ESC followed by one character).
@@ -76,6 +76,8 @@ def validate_rules(rules) -> None:
         unknown = sorted(set(rule) - set(_KEYS) - set(_OPTIONAL_KEYS))
         if unknown:
             bad(f"unknown key(s) {', '.join(map(repr, unknown))}")
+        if "case_sensitive" in rule and not isinstance(rule["case_sensitive"], bool):
+            bad(f"'case_sensitive' must be true or false, got {rule['case_sensitive']!r}")
         if not name:
             bad("'name' is empty")
         if name in seen:
@@ -384,12 +386,15 @@ class Masker:
         else:
             validate_rules(rules)
         self.rules: list[dict] = copy.deepcopy(rules)
+        # case-sensitive rules see the line as written, before it is lower-cased (and before the others)
+        self._raw_steps = [(re.compile(r["pattern"]).sub, r["replacement"]) for r in self.rules if r.get("case_sensitive")]
+        lowered = [r for r in self.rules if not r.get("case_sensitive")]
         # (required substrings or None, bound re.sub, replacement), in rule order
         self._steps = [
             (tuple(r["requires"]) if "requires" in r else None, re.compile(r["pattern"]).sub, r["replacement"])
-            for r in self.rules
+            for r in lowered
         ]
-        self._piecewise = piecewise_safe(self.rules)
+        self._piecewise = piecewise_safe(lowered)
         self._pieces: dict[str, str] = {}
         # When most pieces are new (high-cardinality text), masking piece by piece costs
         # more than the whole line: switch to whole lines for a while, then look again.
@@ -399,13 +404,18 @@ class Masker:
     def mask(self, line: str) -> str:
         if "\x1b" in line:
             line = _ANSI.sub("", line)
-        s = line.lower()
+        s = self._case_sensitive(line).lower()
         if not self._piecewise:
             return self._mask_lowered(s)
         if self._whole_for:
             self._whole_for -= 1
             return self._mask_lowered(s)
         return self._mask_piecewise(s)
+
+    def _case_sensitive(self, line: str) -> str:
+        for sub, replacement in self._raw_steps:
+            line = sub(replacement, line)
+        return line
 
     def _mask_piecewise(self, s: str) -> str:
         """The rules act within whitespace-separated pieces (see piecewise_safe), so each

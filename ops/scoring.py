@@ -2,8 +2,16 @@
 
 `Scorer(artifact)` masks lines with the artifact's own masking rules, encodes them with its own
 vocabulary and scores each line as NuLog does: the share of its tokens whose true value the model
-ranks within its top k when that token is masked (ops/evaluate.py; unknown tokens miss). A line
-scoring below the threshold is an anomaly.
+ranks within its top k when that token is masked (ops/evaluate.py; unknown tokens miss).
+
+Whether a line is an anomaly (`judge`), in this order:
+1. a label given as feedback for its masked form decides: normal is never flagged, anomaly always;
+2. a form holding <severe> (an upper-case level word at error severity or above, from the
+   masking rules) is flagged;
+3. a form scoring below the threshold is flagged, unless it is established among the lines judged
+   together: at least ESTABLISHED_SHARE of them and ESTABLISHED_MIN_LINES lines. A message type
+   that many lines share is a new normal (a deployment's new message), not a rare event; the
+   score alone cannot tell the two apart, since every unseen form scores low.
 
 Logs repeat heavily once masked, so the work is done once per DISTINCT masked line: a bounded LRU
 cache maps masked line -> score across calls, and the distinct lines a call has not seen before
@@ -18,7 +26,7 @@ artifact raises ops.artifact.ArtifactError naming the path.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -27,13 +35,40 @@ from ops.masking import Masker
 
 DEFAULT_TOP_K = 50
 DEFAULT_THRESHOLD = 0.7
+SEVERE = "<severe>"
+# A form is established when it makes up at least 1% of the lines judged together and at least
+# 10 lines: an anomaly is rare by definition, and 10 lines is past what one incident's retries
+# usually repeat. Chosen by that reasoning, not fitted to any data set.
+ESTABLISHED_SHARE = 0.01
+ESTABLISHED_MIN_LINES = 10
 
 
 @dataclass(frozen=True)
 class ScoredLine:
     score: float     # share of the line's tokens predicted within top k (1.0 for a line without tokens)
-    anomaly: bool    # score < threshold
+    anomaly: bool    # the verdict (see the module docstring)
     masked: str      # the masked form the score belongs to (the line's event key)
+    reason: str = ""  # why flagged or not: "label", "severity", "score", "established" or ""
+
+
+def judge(forms: list[str], scores: list[float], counts: list[int], threshold: float,
+          labels: dict[str, str] | None = None, total: int | None = None) -> list[tuple[bool, str]]:
+    """(anomaly, reason) per distinct form, given its score and how many of the `total` lines judged
+    together (default: sum(counts)) it holds (see the module docstring)."""
+    total = sum(counts) if total is None else total
+    out = []
+    for form, score, count in zip(forms, scores, counts):
+        label = labels.get(form) if labels else None
+        if label is not None:
+            out.append((label == "anomaly", "label"))
+        elif SEVERE in form.split(" "):
+            out.append((True, "severity"))
+        elif score < threshold:
+            established = count >= ESTABLISHED_MIN_LINES and count >= ESTABLISHED_SHARE * total
+            out.append((False, "established") if established else (True, "score"))
+        else:
+            out.append((False, ""))
+    return out
 
 
 def _metric(artifact: Artifact, key: str):
@@ -43,7 +78,7 @@ def _metric(artifact: Artifact, key: str):
 
 class Scorer:
     def __init__(self, artifact: Artifact, top_k: int | None = None, threshold: float | None = None,
-                 cache_size: int = 100_000, batch_size: int = 4096):
+                 cache_size: int = 100_000, batch_size: int = 4096, labels: dict[str, str] | None = None):
         if not isinstance(artifact, Artifact):
             raise TypeError(f"Scorer needs an ops.artifact.Artifact, got {type(artifact).__name__}")
         where = artifact.meta.get("path", "in memory") if isinstance(artifact.meta, dict) else "in memory"
@@ -68,6 +103,8 @@ class Scorer:
         self.cache_size, self.batch_size = int(cache_size), int(batch_size)
         self._cache: OrderedDict[str, float] = OrderedDict()
         self.hits = self.misses = 0  # cache statistics, per distinct masked line of each call
+        # masked form -> "normal" | "anomaly": the batch's feedback, which overrides every other rule
+        self.labels: dict[str, str] = dict(labels or {})
 
     @classmethod
     def from_path(cls, path, **kwargs) -> "Scorer":
@@ -116,9 +153,12 @@ class Scorer:
             if m is None:
                 m = masked_by_raw[line] = mask(line)
             masked.append(m)
-        scores = self.score_masked(masked)
-        th = self.threshold
-        return [ScoredLine(s, s < th, m) for s, m in zip(scores, masked)]
+        counts = Counter(masked)
+        forms = list(counts)
+        scores = dict(zip(forms, self.score_masked(forms)))
+        verdicts = dict(zip(forms, judge(forms, [scores[f] for f in forms], [counts[f] for f in forms],
+                                         self.threshold, self.labels)))
+        return [ScoredLine(scores[m], verdicts[m][0], m, verdicts[m][1]) for m in masked]
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -128,7 +168,7 @@ class Scorer:
         return len(self._cache)
 
 
-__all__ = ["ArtifactError", "ScoredLine", "Scorer", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]
+__all__ = ["ArtifactError", "ScoredLine", "Scorer", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K", "SEVERE", "judge"]
 
 
 def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
@@ -138,12 +178,16 @@ def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
     flagged share of the kept tail sample is applied to the tail's line count.
     """
     forms = list(summary.counts)
-    scores = dict(zip(forms, scorer.score_masked(forms))) if forms else {}
-    anomalies = sum(c for f, c in summary.counts.items() if scores[f] < scorer.threshold)
-    lines = sum(summary.counts.values())
+    lines = sum(summary.counts.values()) + summary.tail_count
+    counts = [summary.counts[f] for f in forms]
+    scores = scorer.score_masked(forms) if forms else []
+    # established against the whole window (the tail's forms were seen once each: never established)
+    verdicts = judge(forms, scores, counts, scorer.threshold, scorer.labels, total=lines)
+    anomalies = sum(c for c, (flag, _) in zip(counts, verdicts) if flag)
     if summary.tail_count:
         tail = list(summary.tail_lines)
-        flagged = sum(s < scorer.threshold for s in scorer.score_masked(tail)) if tail else 0
+        tail_verdicts = judge(tail, scorer.score_masked(tail), [1] * len(tail), scorer.threshold, scorer.labels,
+                              total=lines) if tail else []
+        flagged = sum(flag for flag, _ in tail_verdicts)
         anomalies += round(summary.tail_count * flagged / len(tail)) if tail else 0
-        lines += summary.tail_count
     return lines, anomalies

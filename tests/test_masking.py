@@ -60,6 +60,10 @@ CASES = [
     ("size", "5 bits and v2.kb and 3 bees", "<num> bits and <token> . kb and <num> bees"),
     ("duration", "took 150ms then 2.5s then 1h30m and 10us", "took <duration> then <duration> then <duration> and <duration>"),
     ("duration", "the ms and s units", "the ms and s units"),
+    ("severity", "2026-01-02 ERROR [main] boom", "<date> <severe> [ main ] boom"),
+    ("severity", "RAS KERNEL FATAL data TLB error interrupt", "ras kernel <severe> data tlb error interrupt"),
+    ("severity", "instruction cache parity error corrected", "instruction cache parity error corrected"),
+    ("severity", "ERROR_CODE=5 ERR.x FATAL-1 Error", "error_code = <num> err . x <token> error"),
     ("num", "retry 3 of -7 at 3.14", "retry <num> of <num> at <num>"),
     ("num", "no numbers here", "no numbers here"),
     ("token", "block blk_-1234 attempt appattempt_1445_0020_01 node r02-m1-n0-c", "block <token> attempt <token> node <token>"),
@@ -78,7 +82,8 @@ def test_every_rule_has_a_case():
 
 
 def test_ansi_is_stripped_and_text_lower_cased(masker):
-    assert masker.mask("\x1b[31mERROR\x1b[0m Disk \x1b]0;title\x07FULL") == "error disk full"
+    assert masker.mask("\x1b[31mWarning\x1b[0m Disk \x1b]0;title\x07FULL") == "warning disk full"
+    assert masker.mask("\x1b[31mERROR\x1b[0m Disk FULL") == "<severe> disk full"  # a level word, seen as written
 
 
 def test_placeholders_survive_later_rules(masker):
@@ -90,6 +95,14 @@ def test_placeholders_survive_later_rules(masker):
 def test_tokenization(masker):
     assert masker.mask("user=bob,  status:ok") == "user = bob , status : ok"
     assert tokens("") == []
+
+
+def test_case_sensitive_rules_see_the_line_as_written_and_run_first():
+    rules = [{"name": "lvl", "pattern": r"\bWARN\b", "replacement": "<warnlevel>", "case_sensitive": True},
+             {"name": "word", "pattern": r"\bwarn\b", "replacement": "<word>"}]
+    assert Masker(rules).mask("WARN warn Warn") == "<warnlevel> <word> <word>"
+    with pytest.raises(ValueError, match="'case_sensitive' must be true or false"):
+        Masker([{**rules[0], "case_sensitive": "yes"}])
 
 
 def test_custom_rules_are_data():
@@ -149,7 +162,8 @@ def test_default_rules_mask_piecewise_and_equal_the_whole_line_on_every_loghub_l
     differ = [line for line in lines if m._mask_piecewise(line.lower()) != m._mask_lowered(line.lower())]
     assert differ == []
     assert 0 < len(m._pieces) < sum(len(line.split()) for line in lines)  # pieces are shared
-    assert [m.mask(line) for line in sorted(lines)[:500]] == [m._mask_lowered(line.lower()) for line in sorted(lines)[:500]]
+    assert [m.mask(line) for line in sorted(lines)[:500]] == [m._mask_lowered(m._case_sensitive(line).lower())
+                                                              for line in sorted(lines)[:500]]
 
 
 FRAGMENTS = [

@@ -51,7 +51,9 @@ def test_scores_match_uncached_evaluation_and_cache_is_reused(artifact):
     expected = score_lines(artifact.model, artifact.vocab, masked, top_k=5)
     assert [s.masked for s in first] == masked
     assert [s.score for s in first] == pytest.approx(expected)
-    assert [s.anomaly for s in first] == [e < 0.7 for e in expected]
+    counts = Counter(masked)  # a form of 10+ lines and 1%+ of the call is established: not flagged by its score
+    assert [s.anomaly for s in first] == [e < 0.7 and not (counts[m] >= 10 and counts[m] >= 0.01 * len(masked))
+                                          for e, m in zip(expected, masked)]
     distinct = len(set(masked))
     assert scorer.misses == distinct and scorer.hits == 0 and scorer.cache_len == distinct
     again = scorer.score(reversed(probe))
@@ -213,3 +215,27 @@ def test_cli_errors_are_one_line(home):
     assert code == 1 and "not found" in err
     out = logloop("score", "--batch", "nobody", "-", stdin="x\n")  # as users run it: no traceback
     assert out.returncode == 1 and out.stderr.strip() == "error: no model registered for batch 'nobody'"
+
+
+def test_the_verdict_label_first_then_severity_then_a_score_that_is_not_established():
+    from ops.scoring import judge
+
+    forms = ["a b", "x <severe> y", "rare new form", "common new form", "labelled ok", "labelled bad"]
+    scores = [0.9, 1.0, 0.1, 0.1, 0.0, 1.0]
+    counts = [500, 1, 3, 40, 1, 1]  # of 546 lines: 40 lines (7%) make a form established
+    verdicts = judge(forms, scores, counts, 0.7, labels={"labelled ok": "normal", "labelled bad": "anomaly",
+                                                          "x <severe> y": "normal"})
+    assert verdicts == [(False, ""), (False, "label"), (True, "score"), (False, "established"), (False, "label"),
+                        (True, "label")]
+    assert judge(["x <severe> y"], [1.0], [1], 0.7) == [(True, "severity")]
+    # 10 lines are not enough when they are under 1% of what is judged
+    assert judge(["f"], [0.1], [10], 0.7, total=5_000) == [(True, "score")]
+    assert judge(["f"], [0.1], [9], 0.7, total=10) == [(True, "score")]
+    assert judge(["f"], [0.1], [10], 0.7, total=10) == [(False, "established")]
+
+
+def test_feedback_labels_override_the_score_in_the_scorer(artifact):
+    plain = Scorer(artifact).score(["totally new words never seen"])[0]
+    assert plain.anomaly and plain.reason == "score"
+    labelled = Scorer(artifact, labels={plain.masked: "normal"}).score(["totally new words never seen"])[0]
+    assert not labelled.anomaly and labelled.reason == "label" and labelled.score == plain.score
