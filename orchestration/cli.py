@@ -196,10 +196,11 @@ def _add_model_args(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    from orchestration import cli_nats, cli_train
+    from orchestration import cli_feedback, cli_nats, cli_train
 
     cli_train.add_parser(sub)
     cli_nats.add_parser(sub)
+    cli_feedback.add_parser(sub)
 
     models = sub.add_parser("models", help="registered models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="list registered models with lineage")

@@ -8,7 +8,7 @@ repr(), logs or errors.
 Concurrency. Writes are transactions. On SQLite a write transaction starts with BEGIN
 IMMEDIATE, which serialises writers across processes. On PostgreSQL (READ COMMITTED) a write
 takes a transaction-scoped advisory lock on what it changes (a batch's models, a task, a
-partition), so two registrations of one batch run one after the other and get distinct
+partition, a label's form), so two registrations of one batch run one after the other and get distinct
 versions; the (batch, version) and (batch, run_id) unique constraints stay the backstop: a
 registration that loses a race there is a VersionConflict, as on SQLite. batch_statuses
 reads its three tables in one snapshot (a deferred transaction on SQLite, REPEATABLE READ on
@@ -32,6 +32,7 @@ from sqlalchemy import exc as sa_exc
 from resources.store import (
     ACTIVE_STATES,
     AnomalyCount,
+    Label,
     PartitionCount,
     Store,
     StoreError,
@@ -40,7 +41,9 @@ from resources.store import (
     _latest_and_finetunes,
     _model_from_row,
     build_batch_statuses,
+    check_label,
     check_task_args,
+    label_key,
     merge_task_event,
     now_ms,
 )
@@ -123,6 +126,37 @@ tasks = sa.Table(
     sa.Index("tasks_batch", "batch", "first_seq"),
     sa.Index("tasks_state", "state", "first_seq"),
 )
+# labels: every label given, appended (the history), and the current label of each
+# (batch, form), kept in step; form_key = label_key(batch, masked): forms can be 4000
+# characters, too long for a PostgreSQL btree entry, so they are keyed by their hash.
+label_events = sa.Table(
+    "label_events", metadata,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("form_key", sa.Text, nullable=False),
+    sa.Column("masked", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("model_version", sa.BigInteger),
+    sa.Column("example", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Index("label_events_form", "batch", "form_key", "seq"),
+    sqlite_autoincrement=True,
+)
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("form_key", sa.Text, nullable=False),
+    sa.Column("masked", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("model_version", sa.BigInteger),
+    sa.Column("example", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # the label_events row of the current label
+    sa.PrimaryKeyConstraint("batch", "form_key"),
+    sa.Index("labels_seq", "seq"),
+)
 
 _TASK_COLS = [tasks.c[name] for name in (
     "task_id", "batch", "state", "run_id", "mode", "window_start_ms", "window_end_ms", "started_ms",
@@ -131,6 +165,9 @@ _TASK_COLS = [tasks.c[name] for name in (
 _MODEL_COLS = [models.c[name] for name in (
     "batch", "version", "run_id", "artifact", "artifact_uri", "metrics", "window_start_ms", "window_end_ms",
     "created_ms", "parent_version", "mode",
+)]
+_LABEL_COLS = [labels.c[name] for name in (
+    "batch", "masked", "label", "created_ms", "source", "model_version", "example",
 )]
 BACKENDS = ("sqlite", "postgresql")
 FLAVOURS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
@@ -516,6 +553,35 @@ class SQLStore(Store):
         rows = self._windows_of(anomaly_counts, [c.batch, c.window_start_ms, c.window_end_ms, c.lines, c.anomalies,
                                                  c.model_version], batch, start_ms, end_ms, [c.window_start_ms])
         return [AnomalyCount(*r) for r in rows]
+
+    # -- labels -----------------------------------------------------------------------------------
+
+    def record_label(self, batch, masked, label, *, source="", model_version=None, example=""):
+        new = check_label(batch, masked, label, source, model_version, example)  # no NUL left: PostgreSQL-safe
+        key = label_key(new.batch, new.masked)
+        with self._tx(write=True) as conn:
+            self._lock(conn, "label", key)
+            row = conn.execute(sa.select(*_LABEL_COLS).where(labels.c.batch == new.batch,
+                                                             labels.c.form_key == key)).first()
+            previous = Label(*row) if row else None
+            fields = dict(masked=new.masked, label=new.label, source=new.source, model_version=new.model_version,
+                          example=new.example, created_ms=new.created_ms)
+            seq = conn.execute(sa.insert(label_events).values(batch=new.batch, form_key=key, **fields)
+                               ).inserted_primary_key[0]
+            if previous is None:
+                conn.execute(sa.insert(labels).values(batch=new.batch, form_key=key, seq=seq, **fields))
+            else:
+                conn.execute(sa.update(labels).where(labels.c.batch == new.batch, labels.c.form_key == key)
+                             .values(seq=seq, **fields))
+        return new, previous
+
+    def labels(self, batch=None):
+        query = sa.select(*_LABEL_COLS)
+        if batch is not None:
+            query = query.where(labels.c.batch == batch)
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(labels.c.seq)).all()
+        return [Label(*r) for r in rows]
 
 
 class SQLiteStore(SQLStore):

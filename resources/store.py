@@ -8,17 +8,28 @@ too. Batch names are always bound as values, never spliced into SQL.
 Task lifecycle: a task is a sequence of appended events (TDengine has no UPDATE);
 its current state is its last event. States: unknown, scheduling, running (the
 ACTIVE ones) and succeeded, failed, dead (terminal).
+
+Labels (user feedback): "this masked form of batch B is normal / an anomaly". Labels are
+appended events too; the current label of a (batch, masked form) is its latest event, so a
+correction simply appends another. The form a label is stored under is `label_form(masked)`:
+control characters become U+FFFD and a form longer than MAX_LABEL_FORM characters is cut
+(the rest replaced by "...", as task messages are); readers matching scored lines against
+labels compare `label_form(masker.mask(line))`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from dagster import ConfigurableResource
+
+from ops.naming import validate_batch_name
 
 
 class StoreError(RuntimeError):
@@ -33,6 +44,10 @@ TASK_STATES = ("unknown", "scheduling", "running", "succeeded", "failed", "dead"
 ACTIVE_STATES = ("unknown", "scheduling", "running")
 TASK_MODES = ("scratch", "finetune")
 MAX_TASK_MESSAGE = 4000  # characters kept of a task event's message (the rest is cut, marked with "...")
+LABELS = ("normal", "anomaly")
+MAX_LABEL_FORM = 4000     # characters kept of a labelled masked form (see label_form)
+MAX_LABEL_EXAMPLE = 2000  # characters kept of a label's example line
+MAX_LABEL_SOURCE = 200    # characters kept of a label's source
 
 
 @dataclass
@@ -108,6 +123,22 @@ class AnomalyCount:
     lines: int
     anomalies: int
     model_version: int
+
+
+@dataclass
+class Label:
+    """The label of one masked form of a batch: what a user said its lines are."""
+
+    batch: str
+    masked: str                         # the masked form (the lines' event key), as label_form() stores it
+    label: str                          # "normal" | "anomaly"
+    created_ms: int                     # when this label was given
+    source: str = ""                    # who or what labelled it, e.g. "cli:alice"
+    model_version: Optional[int] = None  # the batch's latest registered version when labelled
+    example: str = ""                   # a raw line of the form, as given (cut to MAX_LABEL_EXAMPLE)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class Store(ConfigurableResource, ABC):
@@ -186,6 +217,26 @@ class Store(ConfigurableResource, ABC):
     def anomaly_counts(self, batch: str, start_ms: Optional[int] = None, end_ms: Optional[int] = None) -> list[AnomalyCount]:
         """The batch's anomaly counts over time, oldest window first."""
 
+    # -- labels (user feedback) ------------------------------------------------------------------
+
+    @abstractmethod
+    def record_label(
+        self, batch: str, masked: str, label: str, *, source: str = "", model_version: Optional[int] = None,
+        example: str = "",
+    ) -> tuple[Label, Optional[Label]]:
+        """Append a label of `masked` (a masked form of `batch`); the latest label of a form wins.
+
+        Returns (the new label, the form's label before this one, None if it had none), so a
+        caller can say "was anomaly, now normal". The form is stored as label_form(masked), the
+        example and source cut to their maximum lengths (see check_label). ValueError for an
+        invalid batch name, an unknown label, an empty form, or a model_version that is not an int.
+        """
+
+    @abstractmethod
+    def labels(self, batch: Optional[str] = None) -> list[Label]:
+        """The current label of each (batch, masked form), of one batch or all: the latest wins.
+        Oldest first, by when each form got its current label (a relabelled form moves last)."""
+
     def ping(self) -> None:
         """Raise StoreError (naming the store, never its password) unless the store answers."""
 
@@ -195,6 +246,51 @@ def check_task_args(state: str, mode: Optional[str]) -> None:
         raise ValueError(f"unknown task state {state!r}; expected one of {', '.join(TASK_STATES)}")
     if mode is not None and mode not in TASK_MODES:
         raise ValueError(f"unknown task mode {mode!r}; expected one of {', '.join(TASK_MODES)}")
+
+
+_LABEL_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def label_form(masked: str) -> str:
+    """The form a label of `masked` is stored and looked up under: control characters (and
+    unencodable lone surrogates) become U+FFFD, and a form over MAX_LABEL_FORM characters is
+    cut to that length, ending in "..." (masked forms never hold "...": Masker separates every
+    punctuation token by a space, so a cut form cannot equal an uncut one). ValueError for a
+    non-string or a form that is empty or only whitespace."""
+    if not isinstance(masked, str):
+        raise ValueError(f"masked form {masked!r} is not a string")
+    if not masked.strip():
+        raise ValueError("masked form is empty: there is nothing to label")
+    return _cut(_LABEL_CONTROL.sub("\ufffd", masked), MAX_LABEL_FORM)
+
+
+def label_key(batch: str, form: str) -> str:
+    """A fixed-length key of a (batch, stored form): what stores index and lock on instead of a
+    form that may be 4000 characters long."""
+    return hashlib.sha256(json.dumps([batch, form]).encode("utf-8")).hexdigest()
+
+
+def check_label(batch: str, masked: str, label: str, source: str = "", model_version: Optional[int] = None,
+                example: str = "", at_ms: Optional[int] = None) -> Label:
+    """Validate a label's arguments and return the Label as stores keep it (see Store.record_label)."""
+    validate_batch_name(batch)
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
+    form = label_form(masked)
+    if model_version is not None and (isinstance(model_version, bool) or not isinstance(model_version, int)):
+        raise ValueError(f"model_version {model_version!r} is not an integer")
+    for name, value in (("source", source), ("example", example)):
+        if not isinstance(value, str):
+            raise ValueError(f"label {name} {value!r} is not a string")
+    return Label(
+        batch=batch, masked=form, label=label, created_ms=now_ms() if at_ms is None else at_ms,
+        source=_cut(_LABEL_CONTROL.sub("\ufffd", source), MAX_LABEL_SOURCE), model_version=model_version,
+        example=_cut(_LABEL_CONTROL.sub("\ufffd", example), MAX_LABEL_EXAMPLE),
+    )
 
 
 def merge_task_event(

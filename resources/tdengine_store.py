@@ -13,6 +13,8 @@ with the real batch name as the tag `batch`):
   deadline_ms, message, started_ms, updated_ms, started_ns) TAGS (batch)
 - models (ts, version, run_id, artifact, artifact_uri, metrics, window_start_ms,
   window_end_ms, created_ms, parent_version, mode) TAGS (batch)
+- labels (ts, form_key, label_value, masked_form, example_line, label_source, model_version,
+  created_ms, label_ns) TAGS (batch)
 
 `count` and `state` are TDengine keywords, hence `line_count` and `task_state`.
 
@@ -47,6 +49,11 @@ Task events are appended with every field resolved (carry-over happens at write 
 task's current state is simply LAST_ROW per (batch, task_id). Events of one task written by
 different hosts are ordered by their clocks.
 
+Labels are appended the same way: the current label of a form is LAST_ROW per (batch,
+form_key), form_key being the hash store.label_key(batch, form) (forms can be 4000 characters).
+A new label's timestamp is also later than that of the label it read as current, so a
+correction wins even when the previous label came from a host whose clock runs ahead.
+
 Model registration has no transaction to lean on; see register_model for the race and how the
 caller's retry (orchestration/registry.py) resolves it.
 """
@@ -69,6 +76,7 @@ from resources.store import (
     ACTIVE_STATES,
     AnomalyCount,
     BatchStatus,
+    Label,
     ModelRecord,
     PartitionCount,
     Store,
@@ -77,7 +85,9 @@ from resources.store import (
     VersionConflict,
     build_batch_statuses,
     count_new_and_total,
+    check_label,
     check_task_args,
+    label_key,
     merge_task_event,
     now_ms,
 )
@@ -141,10 +151,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-def allocate_ns() -> int:
-    """A nanosecond timestamp no earlier call in this process has had: max(now, last + 1)."""
+def allocate_ns(after: int = 0) -> int:
+    """A nanosecond timestamp no earlier call in this process has had: max(now, last + 1),
+    and later than `after` (a timestamp this write must follow)."""
     with _clock_lock:
-        ts = max(time.time_ns(), _clock["last_ns"] + 1)
+        ts = max(time.time_ns(), _clock["last_ns"] + 1, after + 1)
         _clock["last_ns"] = ts
         return ts
 
@@ -179,8 +190,13 @@ _STABLES = {
         "metrics VARCHAR(8192), window_start_ms BIGINT, window_end_ms BIGINT, created_ms BIGINT, "
         "parent_version BIGINT, mode VARCHAR(16)"
     ),
+    # store.MAX_LABEL_FORM, MAX_LABEL_EXAMPLE and MAX_LABEL_SOURCE characters
+    "labels": (
+        "ts TIMESTAMP, form_key VARCHAR(64), label_value VARCHAR(16), masked_form NCHAR(4000), "
+        "example_line NCHAR(2000), label_source NCHAR(200), model_version BIGINT, created_ms BIGINT, label_ns BIGINT"
+    ),
 }
-_PREFIX = {"sample_counts": "sc", "task_events": "te", "models": "md", "anomaly_counts": "ac"}
+_PREFIX = {"sample_counts": "sc", "task_events": "te", "models": "md", "anomaly_counts": "ac", "labels": "lb"}
 _VOID_BATCH = ""  # reserved tag of the marker row an empty recording writes
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_SQL = 512 * 1024  # bytes per INSERT statement (TDengine's default limit is 1 MiB)
@@ -192,6 +208,11 @@ _TASK_SELECT = (
     "LAST_ROW(mode) AS mode, LAST_ROW(window_start_ms) AS window_start_ms, "
     "LAST_ROW(window_end_ms) AS window_end_ms, LAST_ROW(started_ms) AS started_ms, "
     "LAST_ROW(deadline_ms) AS deadline_ms, LAST_ROW(updated_ms) AS updated_ms, LAST_ROW(message) AS message"
+)
+_LABEL_SELECT = (
+    "LAST_ROW(label_ns) AS label_ns, LAST_ROW(label_value) AS label_value, LAST_ROW(masked_form) AS masked_form, "
+    "LAST_ROW(example_line) AS example_line, LAST_ROW(label_source) AS label_source, "
+    "LAST_ROW(model_version) AS model_version, LAST_ROW(created_ms) AS created_ms"
 )
 _MODEL_COLS = (
     "batch, version, run_id, artifact, artifact_uri, metrics, window_start_ms, window_end_ms, created_ms, "
@@ -489,6 +510,41 @@ class TDengineStore(Store):
             check_task_args(state, None)
         where = f" WHERE batch = {literal(batch)}" if batch is not None else ""
         return [t for _, t in self._tasks(where) if state is None or t.state == state]
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def _labels(self, where: str = "") -> list[tuple[int, Label]]:
+        """(timestamp of the current label, label) of each (batch, form), oldest first."""
+        rows = self._rows(
+            f"SELECT batch, form_key, {_LABEL_SELECT} FROM {self.database}.labels{where} PARTITION BY batch, form_key",
+            "cannot read labels",
+        )
+        out = [
+            (r["label_ns"], Label(
+                batch=r["batch"], masked=r["masked_form"], label=r["label_value"], created_ms=r["created_ms"],
+                source=r["label_source"] or "", model_version=r["model_version"], example=r["example_line"] or "",
+            ))
+            for r in rows
+        ]
+        out.sort(key=lambda nl: (nl[0], nl[1].batch, nl[1].masked))
+        return out
+
+    def record_label(self, batch, masked, label, *, source="", model_version=None, example=""):
+        new = check_label(batch, masked, label, source, model_version, example)
+        key = label_key(new.batch, new.masked)
+        for text in (new.batch, new.masked, new.source, new.example):
+            literal(text)  # reject bad text before any I/O
+        current = self._labels(f" WHERE batch = {literal(new.batch)} AND form_key = {literal(key)}")
+        previous_ns, previous = current[-1] if current else (0, None)
+        ts = allocate_ns(after=previous_ns)
+        new.created_ms = ts // 1_000_000
+        values = (ts, key, new.label, new.masked, new.example, new.source, new.model_version, new.created_ms, ts)
+        self._insert("labels", [(new.batch, values)], f"cannot record a label of batch {new.batch!r}")
+        return new, previous
+
+    def labels(self, batch=None):
+        where = f" WHERE batch = {literal(batch)}" if batch is not None else ""
+        return [lab for _, lab in self._labels(where)]
 
     # -- status ---------------------------------------------------------------------------------
 

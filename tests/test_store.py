@@ -11,6 +11,7 @@ its own database).
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 
 from ops.naming import InvalidName, batch_key, validate_batch_name, validate_key
 from resources.sql_store import SQLStore
-from resources.store import ModelRecord, SQLiteStore, StoreError, VersionConflict
+from resources.store import LABELS, ModelRecord, SQLiteStore, StoreError, VersionConflict
 from resources.tdengine_store import TDengineStore, literal
 from tests.postgres_server import PostgresUnavailable, postgres_server
 from tests.taos_rest_server import FakeTaosAdapter, FakeTDengine
@@ -483,6 +484,153 @@ def test_anomaly_counts_are_a_time_series_and_rerecording_replaces(store):
     assert [a.window_start_ms for a in store.anomaly_counts(HOSTILE, start_ms=10)] == [10]
     assert [a.batch for a in store.anomaly_counts("other")] == ["other"]
     assert store.anomaly_counts("nobody") == []
+
+
+# -- labels (user feedback) -------------------------------------------------------------------------
+
+
+def test_the_latest_label_of_a_form_wins_and_the_previous_one_is_returned(store):
+    form = "connection from <ip> port <num> accepted"
+    first, before = store.record_label(HOSTILE, form, "anomaly", source="cli:alice", model_version=3,
+                                       example="connection from 10.0.0.1 port 4000 accepted")
+    assert before is None
+    assert (first.batch, first.masked, first.label, first.source, first.model_version) == (
+        HOSTILE, form, "anomaly", "cli:alice", 3)
+    assert first.created_ms > 0
+    second, before = store.record_label(HOSTILE, form, "normal", source="cli:bob")
+    assert before == first  # what it was, as stored
+    assert (second.label, second.source, second.model_version, second.example) == ("normal", "cli:bob", None, "")
+    assert second.created_ms >= first.created_ms
+    assert store.labels(HOSTILE) == [second]
+    third, before = store.record_label(HOSTILE, form, "normal")
+    assert before == second and store.labels() == [third]
+
+
+def test_labels_are_per_batch_and_oldest_first(store):
+    form = "user <*> logged in"
+    store.record_label("a", form, "normal")
+    store.record_label(UNICODE, form, "anomaly")  # the same form in another batch: independent
+    store.record_label("a", "disk <num> full", "anomaly")
+    store.record_label("a", "kernel panic", "anomaly")
+    assert [(lb.batch, lb.masked, lb.label) for lb in store.labels("a")] == [
+        ("a", form, "normal"), ("a", "disk <num> full", "anomaly"), ("a", "kernel panic", "anomaly")]
+    assert [(lb.masked, lb.label) for lb in store.labels(UNICODE)] == [(form, "anomaly")]
+    _, before = store.record_label("a", form, "anomaly")  # relabelled: now the newest
+    assert before.label == "normal" and before.batch == "a"
+    assert [lb.masked for lb in store.labels("a")] == ["disk <num> full", "kernel panic", form]
+    assert [(lb.batch, lb.label) for lb in store.labels() if lb.masked == form] == [(UNICODE, "anomaly"), ("a", "anomaly")]
+    assert len(store.labels()) == 4
+    assert store.labels("nobody") == []
+    assert store.list_models() == [] and store.list_tasks() == []  # labels alone make no batch
+
+
+def test_label_text_round_trips_and_long_text_is_cut(store):
+    from resources.store import MAX_LABEL_EXAMPLE, MAX_LABEL_FORM, label_form
+
+    example = f"it's \"quoted\"; -- {UNICODE}\ttab \x1b[31mred\x1b[0m nul\x00"
+    got, _ = store.record_label("a", "nul \x00 bell \x07 quote ' back \\", "anomaly", source=HOSTILE, example=example)
+    assert got.masked == "nul \ufffd bell \ufffd quote ' back \\"  # control characters: U+FFFD, in every store
+    assert got.example == example.replace("\x1b", "\ufffd").replace("\x00", "\ufffd")
+    assert store.labels("a") == [got] and got.source == HOSTILE
+    # the same form given again (control characters and all) is the same label
+    assert store.record_label("a", "nul \x00 bell \x07 quote ' back \\", "normal")[1] == got
+    long_form = "日本 <num> " * 1000  # 8000 characters, 4 UTF-8 bytes and more per character
+    cut, _ = store.record_label("a", long_form, "anomaly", example="x" * 10_000)
+    assert cut.masked == label_form(long_form) and len(cut.masked) == MAX_LABEL_FORM and cut.masked.endswith("...")
+    assert len(cut.example) == MAX_LABEL_EXAMPLE and cut.example.endswith("...")
+    again, before = store.record_label("a", long_form, "normal")
+    assert before == cut and again.masked == cut.masked
+    assert [lb.label for lb in store.labels("a") if lb.masked == cut.masked] == ["normal"]
+
+
+@pytest.mark.parametrize("batch,masked,label,extra,says", [
+    ("a", "x", "weird", {}, "unknown label 'weird'; expected one of normal, anomaly"),
+    ("a", "x", "Normal", {}, "unknown label"),
+    ("a", "", "normal", {}, "masked form is empty"),
+    ("a", " \t ", "normal", {}, "masked form is empty"),
+    ("a", None, "normal", {}, "is not a string"),
+    ("", "x", "normal", {}, "batch name is empty"),
+    ("a\nb", "x", "normal", {}, "control characters"),
+    ("a...b", "x", "normal", {}, "Dagster partition keys forbid"),
+    ("x" * 201, "x", "normal", {}, "longer than 200"),
+    ("a", "x", "normal", {"model_version": "3"}, "model_version '3' is not an integer"),
+    ("a", "x", "normal", {"model_version": True}, "not an integer"),
+    ("a", "x", "normal", {"example": b"raw"}, "label example b'raw' is not a string"),
+])
+def test_bad_labels_are_refused_before_anything_is_written(store, batch, masked, label, extra, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        store.record_label(batch, masked, label, **extra)
+    assert store.labels() == []
+
+
+def test_concurrent_labels_of_one_form_chain_their_previous_labels(sql_store):
+    """Writers labelling one new form at once: one finds no label, every other finds the one
+    written just before its own; one current label remains, every event kept."""
+    sql_store.ping()
+    n, barrier, got, errors = 8, threading.Barrier(8), [], []
+
+    def label(i):
+        try:
+            barrier.wait(timeout=30)
+            got.append(sql_store.record_label("a", "f <num>", LABELS[i % 2], source=f"w{i}"))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=label, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert sum(before is None for _, before in got) == 1
+    sources = {new.source for new, _ in got}
+    assert {before.source for _, before in got if before} == sources - {sql_store.labels("a")[0].source}
+    assert len(sql_store.labels("a")) == 1
+
+
+def test_a_store_made_before_labels_gets_its_label_tables(tmp_path, fake_taos):
+    """An existing database gains the label tables on first use, as every table is created."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    SQLiteStore(path=str(path)).register_model(record("a", "r1", 1))
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE labels; DROP TABLE label_events;")
+    conn.close()
+    old = SQLiteStore(path=str(path))
+    old.dispose()  # a new process: the schema is checked again
+    assert old.labels() == [] and old.record_label("a", "f", "normal")[1] is None
+    assert old.get_model("a").version == 1
+    # TDengine: a database holding only the older super tables
+    store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    store._sql(f"CREATE DATABASE {store.database} PRECISION 'ns'")
+    store._sql(f"CREATE STABLE {store.database}.models ({tds_stables()['models']}) TAGS (batch NCHAR(256))")
+    assert store.labels() == [] and store.record_label("a", "f", "anomaly")[0].label == "anomaly"
+
+
+def tds_stables():
+    import resources.tdengine_store as tds
+
+    return tds._STABLES
+
+
+def test_tdengine_relabel_wins_over_a_label_from_a_clock_ahead(fake_taos, monkeypatch):
+    """Host A (clock ahead) labels; host B, whose clock is 10 s behind, corrects it: B's label
+    is written after the one it read, so it is the current one."""
+    import resources.tdengine_store as tds
+
+    store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    now = time.time_ns()
+    monkeypatch.setattr(tds, "time", SimpleNamespace(time_ns=lambda: now))
+    monkeypatch.setitem(tds._clock, "writer", "aaaaaaaaaaaaaaaa")
+    first, _ = store.record_label("a", "f", "anomaly")
+    monkeypatch.setattr(tds, "time", SimpleNamespace(time_ns=lambda: now - 10_000_000_000))
+    monkeypatch.setitem(tds._clock, "writer", "bbbbbbbbbbbbbbbb")
+    monkeypatch.setitem(tds._clock, "last_ns", 0)
+    second, before = store.record_label("a", "f", "normal")
+    assert before == first and [lb.label for lb in store.labels("a")] == ["normal"]
+    children = {row[0] for row in fake_taos.engine.raw_rows(store.database, "labels")}
+    assert len(children) == 2 and all(c.startswith("lb_" + tds.name_hash("a") + "_") for c in children)
 
 
 def test_tdengine_store_repr_and_str_hide_the_password(monkeypatch):
