@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ops.artifact import Artifact  # noqa: E402
+from ops.feedback import without_anomalies  # noqa: E402
 from ops.masking import Masker  # noqa: E402
 from ops.scoring import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Scorer, judge  # noqa: E402
 from ops.templates import line_templates  # noqa: E402
@@ -85,17 +86,20 @@ def grouping_accuracy(predicted: list[str], truth: list[str]) -> float:
 
 
 def train_artifact(messages: list[str], epochs: int, seed: int, top_k: int = DEFAULT_TOP_K,
-                   threshold: float = DEFAULT_THRESHOLD) -> tuple[Artifact, dict]:
-    """Train like the product (default masking rules, vocabulary, NuLog defaults) -> in-memory artifact."""
+                   threshold: float = DEFAULT_THRESHOLD, feedback: dict | None = None) -> tuple[Artifact, dict]:
+    """Train like the product (default masking rules, vocabulary, NuLog defaults) -> in-memory artifact.
+    With feedback ({masked form: label}), as the product does: lines labelled (or nearest to) anomaly
+    are left out of training, and the labels travel in the artifact's meta."""
     masker = Masker()
     counts = Counter(masker.mask(m) for m in messages)
-    vocab = Vocab.build(counts.items())
+    lines, dropped = without_anomalies(counts.items(), feedback or {})
+    vocab = Vocab.build(lines)
     cfg = TrainConfig(epochs=epochs, seed=seed, device="cpu")
-    result = train(counts.items(), vocab, cfg)
+    result = train(lines, vocab, cfg)
     artifact = Artifact(result.model, vocab, masker.rules, {"model": {}, "train": {}},
-                        {"top_k": top_k, "threshold": threshold}, {})
+                        {"top_k": top_k, "threshold": threshold}, {"feedback": feedback} if feedback else {})
     info = {"train_s": round(result.train_s, 2), "final_loss": round(result.losses[-1], 4) if result.losses else None,
-            "vocab": len(vocab), "distinct_masked": len(counts)}
+            "vocab": len(vocab), "distinct_masked": len(counts), "dropped_labelled_anomaly_lines": dropped}
     return artifact, info
 
 
@@ -276,6 +280,22 @@ def anchors(folder: Path, names: list[str], bgl: Path | None) -> dict:
     return out
 
 
+def bgl_feedback_quality(path: Path, epochs: int, seed: int, n_train: int = 1600) -> dict:
+    """The BGL protocol with feedback: the labels of the first n_train lines are given (each line's
+    masked form gets its line's label; a later line's label wins), the model is trained on those
+    lines with the labels, and the last lines are scored at the default threshold."""
+    messages, labels = read_bgl(path)
+    masker = Masker()
+    feedback = {masker.mask(m): ("anomaly" if y else "normal") for m, y in zip(messages[:n_train], labels[:n_train])}
+    artifact, info = train_artifact(messages[:n_train], epochs, seed, feedback=feedback)
+    scored = Scorer(artifact).score(messages[n_train:])
+    p, r, f1 = prf([s.anomaly for s in scored], labels[n_train:])
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
+            "flagged": sum(s.anomaly for s in scored), "flagged_by": dict(Counter(s.reason for s in scored if s.anomaly)),
+            "labelled_forms": len(feedback), "labelled_anomalous_forms": sum(v == "anomaly" for v in feedback.values()),
+            "test_lines_with_a_labelled_form": sum(s.masked in feedback for s in scored), **info}
+
+
 def systems_in(folder: Path) -> list[str]:
     return sorted(p.parent.name for p in folder.glob("*/*_2k.log_structured_corrected.csv")
                   if p.name == f"{p.parent.name}_2k.log_structured_corrected.csv")
@@ -314,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     run_bgl = bgl.is_file() and not args.no_bgl
     if run_bgl:
         out["bgl"] = bgl_quality(bgl, args.epochs, args.seed)
+        out["bgl_feedback"] = bgl_feedback_quality(bgl, args.epochs, args.seed)
     if not args.no_anchors:  # after logloop's own figures, which they leave untouched
         out["anchors"] = anchors(args.data, names, bgl if run_bgl else None)
         if not args.json:

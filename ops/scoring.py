@@ -5,7 +5,9 @@ vocabulary and scores each line as NuLog does: the share of its tokens whose tru
 ranks within its top k when that token is masked (ops/evaluate.py; unknown tokens miss).
 
 Whether a line is an anomaly (`judge`), in this order:
-1. a label given as feedback for its masked form decides: normal is never flagged, anomaly always;
+1. feedback decides: a form labelled normal is never flagged, one labelled anomaly always, and an
+   unlabelled form follows its nearest labelled form when they are near enough (ops/feedback.py).
+   The labels are those the model was trained with (its meta.json) and those given to the Scorer;
 2. a form holding <severe> (an upper-case level word at error severity or above, from the
    masking rules) is flagged;
 3. a form scoring below the threshold is flagged, unless it is established among the lines judged
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ops.artifact import Artifact, ArtifactError, read_artifact
+from ops.feedback import LabelIndex
 from ops.masking import Masker
 
 DEFAULT_TOP_K = 50
@@ -103,8 +106,13 @@ class Scorer:
         self.cache_size, self.batch_size = int(cache_size), int(batch_size)
         self._cache: OrderedDict[str, float] = OrderedDict()
         self.hits = self.misses = 0  # cache statistics, per distinct masked line of each call
-        # masked form -> "normal" | "anomaly": the batch's feedback, which overrides every other rule
-        self.labels: dict[str, str] = dict(labels or {})
+        # feedback: the labels the model was trained with (its meta), then the given ones (newer) over them;
+        # a form takes its own label or its nearest labelled form's (ops.feedback), over every other rule
+        trained = artifact.meta.get("feedback") if isinstance(artifact.meta, dict) else None
+        try:
+            self.feedback = LabelIndex({**dict(trained or {}), **dict(labels or {})})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"the feedback labels are unusable ({where}): {e}") from None
 
     @classmethod
     def from_path(cls, path, **kwargs) -> "Scorer":
@@ -157,8 +165,11 @@ class Scorer:
         forms = list(counts)
         scores = dict(zip(forms, self.score_masked(forms)))
         verdicts = dict(zip(forms, judge(forms, [scores[f] for f in forms], [counts[f] for f in forms],
-                                         self.threshold, self.labels)))
+                                         self.threshold, self.labels_for(forms))))
         return [ScoredLine(scores[m], verdicts[m][0], m, verdicts[m][1]) for m in masked]
+
+    def labels_for(self, forms) -> dict[str, str]:
+        return self.feedback.labels_for(forms) if len(self.feedback) else {}
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -182,12 +193,12 @@ def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
     counts = [summary.counts[f] for f in forms]
     scores = scorer.score_masked(forms) if forms else []
     # established against the whole window (the tail's forms were seen once each: never established)
-    verdicts = judge(forms, scores, counts, scorer.threshold, scorer.labels, total=lines)
+    verdicts = judge(forms, scores, counts, scorer.threshold, scorer.labels_for(forms), total=lines)
     anomalies = sum(c for c, (flag, _) in zip(counts, verdicts) if flag)
     if summary.tail_count:
         tail = list(summary.tail_lines)
-        tail_verdicts = judge(tail, scorer.score_masked(tail), [1] * len(tail), scorer.threshold, scorer.labels,
-                              total=lines) if tail else []
+        tail_verdicts = judge(tail, scorer.score_masked(tail), [1] * len(tail), scorer.threshold,
+                              scorer.labels_for(tail), total=lines) if tail else []
         flagged = sum(flag for flag, _ in tail_verdicts)
         anomalies += round(summary.tail_count * flagged / len(tail)) if tail else 0
     return lines, anomalies
