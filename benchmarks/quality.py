@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ops.artifact import Artifact  # noqa: E402
-from ops.feedback import without_anomalies  # noqa: E402
+from ops.feedback import train_classifier, without_anomalies  # noqa: E402
 from ops.masking import Masker  # noqa: E402
 from ops.scoring import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Scorer, judge  # noqa: E402
 from ops.templates import line_templates  # noqa: E402
@@ -96,8 +96,9 @@ def train_artifact(messages: list[str], epochs: int, seed: int, top_k: int = DEF
     vocab = Vocab.build(lines)
     cfg = TrainConfig(epochs=epochs, seed=seed, device="cpu")
     result = train(lines, vocab, cfg)
+    meta = {"feedback": feedback, "feedback_model": train_classifier(feedback)} if feedback else {}
     artifact = Artifact(result.model, vocab, masker.rules, {"model": {}, "train": {}},
-                        {"top_k": top_k, "threshold": threshold}, {"feedback": feedback} if feedback else {})
+                        {"top_k": top_k, "threshold": threshold}, meta)
     info = {"train_s": round(result.train_s, 2), "final_loss": round(result.losses[-1], 4) if result.losses else None,
             "vocab": len(vocab), "distinct_masked": len(counts), "dropped_labelled_anomaly_lines": dropped}
     return artifact, info

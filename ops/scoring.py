@@ -108,9 +108,10 @@ class Scorer:
         self.hits = self.misses = 0  # cache statistics, per distinct masked line of each call
         # feedback: the labels the model was trained with (its meta), then the given ones (newer) over them;
         # a form takes its own label or its nearest labelled form's (ops.feedback), over every other rule
-        trained = artifact.meta.get("feedback") if isinstance(artifact.meta, dict) else None
+        meta = artifact.meta if isinstance(artifact.meta, dict) else {}
         try:
-            self.feedback = LabelIndex({**dict(trained or {}), **dict(labels or {})})
+            self.feedback = LabelIndex({**dict(meta.get("feedback") or {}), **dict(labels or {})},
+                                       classifier=meta.get("feedback_model"))
         except (ValueError, TypeError) as e:
             raise ValueError(f"the feedback labels are unusable ({where}): {e}") from None
 

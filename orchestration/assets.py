@@ -28,6 +28,7 @@ from dagster import (
 from pydantic import Field, field_validator
 
 from ops.data_stage import summarize_windows
+from ops.feedback import train_classifier, without_anomalies
 from ops.records import Windows
 from ops.masking import load_rules
 from ops.naming import batch_key, partition_slug, validate_artifact_template
@@ -237,12 +238,22 @@ def training_sample(
             sample.train = combine(sample.train, replayed)
         else:
             context.log.warning(f"v{parent.version}'s training sample is gone; fine-tuning on new data only")
+    # feedback: the model never learns a line labelled (or nearest to) anomaly as normal; the labels
+    # travel to the model (nulog_model) through a snapshot next to the sample
+    labels = {label.masked: label.label for label in store.labels(batch)}
+    sample.train, dropped = without_anomalies(sample.train, labels)
     key = f"{run_folder(batch, context.run.run_id)}/sample.parquet"
     with artifacts.writing(key) as tmp:
         write_sample(tmp, sample)
+    labels_key = f"{run_folder(batch, context.run.run_id)}/labels.json"
+    with artifacts.writing(labels_key) as tmp, open(tmp, "w") as f:
+        json.dump(labels, f)
     return MaterializeResult(
         metadata={
             "sample_key": key,
+            "labels_key": labels_key,
+            "labels": len(labels),
+            "dropped_labelled_anomaly_lines": dropped,
             "mode": mode,
             "task_id": task_id,
             "parent_version": parent.version if parent else None,
@@ -378,13 +389,18 @@ def nulog_model(
         raise Failure(description=f"batch {batch!r}: {exc}", metadata={"batch": batch, "outcome": "diverged"}) from exc
     finally:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    labels = {}
+    if upstream.get("labels_key"):  # runs sampled before feedback existed have none
+        with artifacts.reading(upstream["labels_key"]) as path, open(path) as f:
+            labels = json.load(f)
     candidate_key = f"{run_folder(batch, context.run.run_id)}/candidate.zip"
     with artifacts.writing(candidate_key) as tmp:
         write_artifact(
             tmp, result.model, vocab, load_rules(), model_cfg,
             metrics={"loss_curve": result.losses},
             meta={"batch": batch, "sample_key": upstream["sample_key"], "mode": mode, "escalation": escalation,
-                  "parent_version": upstream.get("parent_version"), "task_id": upstream.get("task_id")},
+                  "parent_version": upstream.get("parent_version"), "task_id": upstream.get("task_id"),
+                  "feedback": labels, "feedback_model": train_classifier(labels) if labels else None},
             train_config=cfg,
         )
     return MaterializeResult(

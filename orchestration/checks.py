@@ -58,7 +58,7 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
           store: Store) -> tuple[list[str], dict]:
     """The gate's failures (none: it passes) and the metrics they rest on."""
     from ops.artifact import ArtifactError, read_artifact
-    from ops.evaluate import evaluate
+    from ops.evaluate import evaluate, score_lines
     from ops.model import nonfinite_parameters
 
     try:
@@ -82,6 +82,19 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
         forms = [f for f, _ in validation_lines]
         ranks = token_ranks(candidate.model, candidate.vocab, forms)
         metrics["template_count"] = len(set(masked_templates(dict(zip(forms, ranks)), config.top_k).values()))
+    labels = candidate.meta.get("feedback") or {}
+    if labels and validation_lines:
+        # how the verdict without feedback (model and severity) agrees with the users' labels
+        from ops.feedback import precision_recall
+        from ops.scoring import judge
+
+        labelled = [(f, c) for f, c in validation_lines if f in labels]
+        if labelled:
+            forms = [f for f, _ in labelled]
+            scores = score_lines(candidate.model, candidate.vocab, forms, config.top_k)
+            flags = [flag for flag, _ in judge(forms, scores, [c for _, c in labelled], config.threshold,
+                                               total=sum(c for _, c in validation_lines))]
+            metrics.update(precision_recall(flags, [labels[f] for f in forms], [c for _, c in labelled]))
     if not validation_lines:
         failures.append("the validation split is empty")
     # written as "not (good)" so that NaN, for which every comparison is false, fails

@@ -99,6 +99,13 @@ class CliError(Exception):
     """A user-facing error: printed as one line on stderr, exit status 1."""
 
 
+def _labels(batch: str) -> dict[str, str]:
+    """The batch's current feedback labels: they take effect at once, before the next training."""
+    from orchestration.resources import resource
+
+    return {label.masked: label.label for label in resource("store").labels(batch)}
+
+
 def _load_registered_artifact(batch: str, version):
     from ops.artifact import read_artifact
     from orchestration.resources import resource
@@ -150,7 +157,7 @@ def cmd_score(args) -> int:
 
         lines = _read_lines(args.file)
         artifact, record = _load_registered_artifact(args.batch, args.version)
-        scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold)
+        scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold, labels=_labels(args.batch))
         scored = scorer.score([line for _, line in lines])
         out = sys.stdout
         for (n, _), s in zip(lines, scored):

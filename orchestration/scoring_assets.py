@@ -51,7 +51,9 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
                         scorers[batch] = None
                     else:
                         with artifacts.reading(model.artifact) as model_path:
-                            scorers[batch] = Scorer.from_path(model_path)
+                            # the batch's feedback takes effect at once, over what the model was trained with
+                            scorers[batch] = Scorer.from_path(
+                                model_path, labels={label.masked: label.label for label in store.labels(batch)})
                         versions[batch] = model.version
                 scorer = scorers[batch]
                 if scorer is None:

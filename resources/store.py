@@ -29,6 +29,7 @@ from typing import Optional
 
 from dagster import ConfigurableResource
 
+from ops.feedback import LABELS, MAX_LABEL_FORM, label_form  # noqa: F401  (re-exported: stores and CLI use them here)
 from ops.naming import validate_batch_name
 
 
@@ -44,8 +45,6 @@ TASK_STATES = ("unknown", "scheduling", "running", "succeeded", "failed", "dead"
 ACTIVE_STATES = ("unknown", "scheduling", "running")
 TASK_MODES = ("scratch", "finetune")
 MAX_TASK_MESSAGE = 4000  # characters kept of a task event's message (the rest is cut, marked with "...")
-LABELS = ("normal", "anomaly")
-MAX_LABEL_FORM = 4000     # characters kept of a labelled masked form (see label_form)
 MAX_LABEL_EXAMPLE = 2000  # characters kept of a label's example line
 MAX_LABEL_SOURCE = 200    # characters kept of a label's source
 
@@ -248,24 +247,11 @@ def check_task_args(state: str, mode: Optional[str]) -> None:
         raise ValueError(f"unknown task mode {mode!r}; expected one of {', '.join(TASK_MODES)}")
 
 
-_LABEL_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_LABEL_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # also in source and example
 
 
 def _cut(text: str, most: int) -> str:
     return text if len(text) <= most else text[: most - 3] + "..."
-
-
-def label_form(masked: str) -> str:
-    """The form a label of `masked` is stored and looked up under: control characters (and
-    unencodable lone surrogates) become U+FFFD, and a form over MAX_LABEL_FORM characters is
-    cut to that length, ending in "..." (masked forms never hold "...": Masker separates every
-    punctuation token by a space, so a cut form cannot equal an uncut one). ValueError for a
-    non-string or a form that is empty or only whitespace."""
-    if not isinstance(masked, str):
-        raise ValueError(f"masked form {masked!r} is not a string")
-    if not masked.strip():
-        raise ValueError("masked form is empty: there is nothing to label")
-    return _cut(_LABEL_CONTROL.sub("\ufffd", masked), MAX_LABEL_FORM)
 
 
 def label_key(batch: str, form: str) -> str:
