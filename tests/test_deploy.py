@@ -87,6 +87,26 @@ def test_dagster_definitions_validate_passes(tmp_path):
     assert "All code locations passed validation" in proc.stdout + proc.stderr
 
 
+def test_dg_loads_the_same_definitions(tmp_path):
+    """`dg` (dagster-dg-cli, [tool.dg] in pyproject.toml) finds the project and loads the one
+    Definitions object: `dg check defs` passes and `dg list defs` shows the jobs and sensors."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOGLOOP_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    env.pop("LOGLOOP_NATS_URL", None)
+    dg = str(Path(sys.executable).with_name("dg"))
+    check = subprocess.run([dg, "check", "defs"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and "All definitions loaded successfully" in check.stdout + check.stderr, \
+        check.stdout[-3000:] + check.stderr[-3000:]
+    listed = subprocess.run([dg, "list", "defs", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    defs = json.loads(listed.stdout)
+    assert {"ingest_logs", "train_model"} <= {j["name"] for j in defs["jobs"]}
+    assert "new_samples_sensor" in {s["name"] for s in defs["sensors"]}
+
+
 # ---- what the pods get: the chart's rendering, then dagster-k8s's own launch code -------------
 #
 # No cluster and no `helm` here: the two chart templates that turn values into pod config are
