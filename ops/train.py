@@ -36,7 +36,9 @@ run, spread out:
   floating-point summation order (with dropout 0; dropout masks are drawn per rank, seeded by
   (seed, epoch, rank) so a resumed run draws the same masks).
 * Epoch losses and throughput tallies are summed over ranks (one all-reduce per epoch, plus
-  one per `log_every` steps when there is a progress callback).
+  one per `log_every` steps when there is a progress callback). The time-based progress
+  reports in between (`log_every_s`) need no collective: rank 0 reports its own shard's loss
+  and its throughput times world_size.
 * Rank 0 alone writes checkpoints (same format, model keys without DDP's "module." prefix;
   the fingerprint leaves world_size out, so a run may resume on another number of GPUs) and
   sends its progress reports through a multiprocessing queue to the calling process, which
@@ -82,6 +84,7 @@ class TrainConfig:
     factored: bool = True       # all rows of a line in one pass; False = one sequence per row
     compile: bool = False       # torch.compile the forward (worth trying on GPU only)
     log_every: int = 50         # steps between progress calls (plus one per epoch)
+    log_every_s: float = 10.0   # and a progress call at least this often (seconds; 0: steps only)
     world_size: int | str = 1   # DDP processes; "auto" or 0: every visible GPU on CUDA (see module doc)
 
 
@@ -240,7 +243,7 @@ def loss_on(model: NuLog, vocab: Vocab, lines_with_counts, cfg: TrainConfig | No
 def fingerprint(vocab: Vocab, model: NuLog, cfg: TrainConfig, data: Data) -> str:
     """Identifies a training run so a checkpoint is only resumed by the same run."""
     h = hashlib.sha256()
-    not_the_run = ("epochs", "device", "log_every", "compile", "world_size")  # same updates either way
+    not_the_run = ("epochs", "device", "log_every", "log_every_s", "compile", "world_size")  # same updates either way
     same_run = {k: v for k, v in asdict(cfg).items() if k not in not_the_run}
     h.update(json.dumps([vocab.itos, asdict(model.cfg), same_run], sort_keys=True).encode())
     for t in (data.ids, data.weight, *model.state_dict().values()):
@@ -363,12 +366,14 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
     steps = computed = 0
     lines_done = rows_done = 0.0
     glob = [0.0] * 5  # global ep_loss, ep_w, lines_done, rows_done, computed at the last reduction
+    clock = _Clock(t0, cfg, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         if ws > 1:  # dropout streams per (seed, epoch, rank): a resumed run draws the same masks
             torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + rank + 1)
         batches = plan_batches(data, cfg, epoch)
         norm = row_weight_total / max(1, len(batches))
         ep_loss = ep_w = 0.0
+        clock.new_epoch(epoch, len(batches))
         for i, (line, pos) in enumerate(batches):
             line, pos = line.to(device), None if pos is None else pos.to(device)
             real = True
@@ -394,17 +399,21 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
                 ep_w += float(w.sum())
                 lines_done += float((w * share).sum())
                 rows_done += float(w.sum())
-            if reporting and (i + 1) % cfg.log_every == 0 and i + 1 < len(batches):
-                glob = _all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
-                if report:
-                    report(_report(epoch, glob[0] / glob[1], glob[2], glob[3], t0, i + 1, len(batches)))
+            if i + 1 < len(batches):
+                if reporting and (i + 1) % cfg.log_every == 0:  # every rank takes part in the reduction
+                    glob = _all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
+                    if report:
+                        report(clock.report(i + 1, glob, reduced=True))
+                elif report and clock.due():  # rank 0 alone: its own figures, no collective
+                    report(clock.report(i + 1, [ep_loss, ep_w, lines_done * ws, rows_done * ws, computed * ws],
+                                        reduced=ws == 1))
         glob = _all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
         losses.append(glob[0] / glob[1] if glob[1] else float("nan"))
         # the same all-reduced figure on every rank, so all ranks stop together
         if glob[1] and not math.isfinite(losses[-1]):
             raise TrainingDiverged(epoch + 1, len(batches), losses[-1], cfg)
         if report:
-            report(_report(epoch, losses[-1], glob[2], glob[3], t0, len(batches), len(batches)))
+            report(clock.report(len(batches), glob, reduced=True))
         if checkpoint_path and rank == 0:
             save_checkpoint(checkpoint_path, {
                 "fingerprint": fp, "epoch": epoch + 1, "losses": losses,
@@ -564,7 +573,73 @@ def _worker(rank: int, world_size: int, addr: str, port: int, state: dict, model
         dist.destroy_process_group()
 
 
-def _report(epoch, loss, lines_done, rows_done, t0, step, steps) -> dict:
-    dt = max(time.perf_counter() - t0, 1e-9)
-    return dict(epoch=epoch + 1, loss=loss, samples_per_s=lines_done / dt, rows_per_s=rows_done / dt,
-                step=step, steps=steps)
+class _Clock:
+    """When progress is due, and the progress report: figures so far, the loss since the last
+    report, and the time left.
+
+    A report (a dict) has epoch and epochs (1-based, of the whole run), step and steps (within
+    the epoch), loss (the epoch's weighted mean row loss so far), recent_loss (the same over the
+    steps since the previous report of this epoch: a per-step curve at report granularity),
+    samples_per_s and rows_per_s (input lines and rows per second since `train` began),
+    elapsed_s (since `train` began) and eta_s (the time left, from this call's mean seconds per
+    step times the steps left; None before a step is done).
+    """
+
+    def __init__(self, t0: float, cfg: TrainConfig, start_epoch: int):
+        self.t0, self.cfg = t0, cfg
+        self.start = self.last = time.perf_counter()  # this call's loop, after encoding and resuming
+        self.epoch, self.steps = start_epoch, 0
+        self.before = 0  # steps of this call in the epochs before the current one
+        self.marks: dict[bool, tuple[float, float]] = {}
+
+    def new_epoch(self, epoch: int, steps: int) -> None:
+        if epoch > self.epoch:
+            self.before += self.steps
+        self.epoch, self.steps = epoch, steps
+        self.marks = {True: (0.0, 0.0), False: (0.0, 0.0)}  # (loss sum, weight) at the last report
+
+    def due(self) -> bool:
+        return self.cfg.log_every_s > 0 and time.perf_counter() - self.last >= self.cfg.log_every_s
+
+    def report(self, step: int, figures: list[float], reduced: bool) -> dict:
+        """`figures`: ep_loss, ep_w, lines_done, rows_done (and computed), global when `reduced`
+        (rank 0's own shard otherwise; its loss sums are kept apart from the global ones)."""
+        now = time.perf_counter()
+        self.last = now
+        ep_loss, ep_w, lines_done, rows_done = figures[:4]
+        mark_loss, mark_w = self.marks[reduced]
+        self.marks[reduced] = (ep_loss, ep_w)
+        done = self.before + step
+        left = (self.steps - step) + (self.cfg.epochs - self.epoch - 1) * self.steps
+        dt = max(now - self.t0, 1e-9)
+        return dict(epoch=self.epoch + 1, epochs=self.cfg.epochs, step=step, steps=self.steps,
+                    loss=ep_loss / ep_w if ep_w else float("nan"),
+                    recent_loss=(ep_loss - mark_loss) / (ep_w - mark_w) if ep_w > mark_w else float("nan"),
+                    samples_per_s=lines_done / dt, rows_per_s=rows_done / dt, elapsed_s=now - self.t0,
+                    eta_s=(now - self.start) / done * left if done else None)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_line(p: dict) -> str:
+    """One progress report as a log line, e.g. "epoch 2/3, step 120/400 (30%): loss 2.4811 (recent
+    2.3907), 1,234 samples/s, 52,000 rows/s, 1m05s elapsed, ETA 2m31s"."""
+    epochs = f"/{p['epochs']}" if p.get("epochs") else ""
+    where = f"epoch {p['epoch']}{epochs}"
+    if p.get("steps"):
+        where += f", step {p['step']}/{p['steps']} ({p['step'] / p['steps']:.0%})"
+    loss = f"loss {p['loss']:.4f}"
+    recent = p.get("recent_loss")
+    if recent is not None and math.isfinite(recent) and round(recent, 4) != round(p["loss"], 4):
+        loss += f" (recent {recent:.4f})"
+    parts = [loss, f"{p.get('samples_per_s', 0):,.0f} samples/s", f"{p.get('rows_per_s', 0):,.0f} rows/s"]
+    if p.get("elapsed_s") is not None:
+        parts.append(f"{_duration(p['elapsed_s'])} elapsed")
+    if p.get("eta_s") is not None:
+        parts.append("done" if p["eta_s"] <= 0 else f"ETA {_duration(p['eta_s'])}")
+    return f"{where}: " + ", ".join(parts)

@@ -130,22 +130,27 @@ def partition_summaries(
     new = [b for b in sorted(batches) if not context.instance.has_dynamic_partition(batch_partitions.name, b)]
     if new:
         context.instance.add_dynamic_partitions(batch_partitions.name, new)
+    from ops.plots import tidy_metadata
+
     return MaterializeResult(
-        metadata={
+        metadata=tidy_metadata({
             "source": log_source.describe(),
             "windows_read": len(todo),
             "windows_skipped": len(skipped),
+            **({"first_window": MetadataValue.timestamp(min(s for s, _ in windows.bounds) / 1000),
+                "last_window_end": MetadataValue.timestamp(max(e for _, e in windows.bounds) / 1000)} if todo else {}),
             "shards": result.shards,
             "lines": result.lines,
-            "lines_per_s": round(result.lines / result.seconds, 1) if result.seconds else 0.0,
-            "peak_worker_rss_mb": round(result.peak_worker_rss_mb, 1),
+            "lines_per_s": result.lines / result.seconds if result.seconds else None,
+            "seconds": result.seconds,
+            "peak_worker_rss_mb": result.peak_worker_rss_mb,
             "bad_records": result.bad.total,
             "bad_by_reason": MetadataValue.json(dict(result.bad.counts)),
             "bad_examples": MetadataValue.json(result.bad.examples),
             "batches": MetadataValue.json(sorted(batches)),
             "new_batches": MetadataValue.json(new),
             "windows": MetadataValue.json(rows[:200]),
-        }
+        })
     )
 
 
@@ -248,8 +253,11 @@ def training_sample(
     labels_key = f"{run_folder(batch, context.run.run_id)}/labels.json"
     with artifacts.writing(labels_key) as tmp, open(tmp, "w") as f:
         json.dump(labels, f)
+    from ops.plots import tidy_metadata
+
     return MaterializeResult(
-        metadata={
+        # None (no parent) is left out, not shown as "null"; readers use .get()
+        metadata=tidy_metadata({
             "sample_key": key,
             "labels_key": labels_key,
             "labels": len(labels),
@@ -265,10 +273,13 @@ def training_sample(
             "validation_lines": sample.validation_lines,
             "distinct_train_forms": len(sample.train),
             "exact_counts": merged.exact,
+            # the ms ints are read downstream (nulog_model, registered_model); the timestamps are for people
             "window_start_ms": parts[0].window_start_ms,
             "window_end_ms": parts[-1].window_end_ms,
+            "window_start": MetadataValue.timestamp(parts[0].window_start_ms / 1000),
+            "window_end": MetadataValue.timestamp(parts[-1].window_end_ms / 1000),
             "windows": len(parts),
-        }
+        })
     )
 
 
@@ -376,11 +387,14 @@ def nulog_model(
         except (ArtifactStorageError, OSError) as exc:  # costs only the resume point, not the training
             context.log.warning(f"epoch checkpoint not saved to {artifacts.uri(checkpoint_key)}: {exc}")
 
+    step_losses: list[tuple[float, float]] = []  # (fractional epoch, loss since the last report)
+
     def progress(p: dict) -> None:
-        context.log.info(
-            f"epoch {p['epoch']} step {p.get('step')}/{p.get('steps')}: loss {p['loss']:.4f}, "
-            f"{p.get('samples_per_s', 0):.0f} samples/s, {p.get('rows_per_s', 0):.0f} rows/s"
-        )
+        from ops.train import progress_line
+
+        context.log.info(progress_line(p))
+        if p.get("steps"):
+            step_losses.append((p["epoch"] - 1 + p["step"] / p["steps"], p.get("recent_loss", p["loss"])))
 
     try:
         result = train(train_lines, vocab, cfg, model=start_model, progress=progress, checkpoint_path=checkpoint,
@@ -403,8 +417,18 @@ def nulog_model(
                   "feedback": labels, "feedback_model": train_classifier(labels) if labels else None},
             train_config=cfg,
         )
+    from ops.plots import loss_curve_png, markdown_image, round_sig, sparkline, tidy_metadata
+
+    window = {f"window_{end}": MetadataValue.timestamp(upstream[f"window_{end}_ms"] / 1000)
+              for end in ("start", "end") if upstream.get(f"window_{end}_ms") is not None}
+    # the UI shows short markdown inline (the trend, an SVG) and long markdown behind "[Show Markdown]" (the plot)
+    trend = sparkline([loss for _, loss in step_losses] or result.losses, alt="loss trend")
     return MaterializeResult(
-        metadata={
+        metadata=tidy_metadata({
+            "final_loss": result.losses[-1] if result.losses else None,
+            **({"loss_trend": MetadataValue.md(trend)} if trend else {}),
+            "loss_plot": MetadataValue.md(markdown_image(
+                loss_curve_png(result.losses, step_losses, title=f"{batch}: training loss"), "loss curve")),
             "candidate_key": candidate_key,
             "checkpoint_key": checkpoint_key,
             "sample_key": upstream["sample_key"],
@@ -413,18 +437,22 @@ def nulog_model(
             "escalation": escalation or "",
             "parent_version": upstream.get("parent_version"),
             "task_id": upstream.get("task_id"),
+            # the ms ints are read by registered_model; the timestamps are for people
             "window_start_ms": upstream.get("window_start_ms"),
             "window_end_ms": upstream.get("window_end_ms"),
-            "loss_curve": MetadataValue.json({"epoch": list(range(1, len(result.losses) + 1)), "loss": result.losses}),
-            "final_loss": result.losses[-1] if result.losses else None,
+            **window,
+            # the loss per epoch as data (tests and scripts read it); the plot above is for people
+            "loss_curve": MetadataValue.json({"epoch": list(range(1, len(result.losses) + 1)),
+                                              "loss": [round_sig(x) for x in result.losses]}),
+            "epochs": len(result.losses),
             "vocab_size": len(vocab),
             "oov_share_validation": vocab.oov_share(validation_lines),
-            "logs_per_s": round(result.logs_per_s, 1),
-            "rows_per_s": round(result.rows_per_s, 1),
-            "train_s": round(result.train_s, 2),
+            "logs_per_s": result.logs_per_s,
+            "rows_per_s": result.rows_per_s,
+            "train_s": result.train_s,
             "device": result.device,
             "resumed_from_epoch": result.resumed_from,
-        }
+        })
     )
 
 

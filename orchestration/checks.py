@@ -131,10 +131,38 @@ def gate_result(artifacts: ArtifactStorage, candidate_key: str, config: Validati
             # NaN is not JSON: a non-finite figure is stored as null
             json.dump({"passed": passed, "failures": failures, "metrics": _finite(metrics),
                        "candidate_key": candidate_key, "config": config.model_dump()}, f, allow_nan=False)
+    from dagster import MetadataValue
+
+    from ops.plots import histogram, markdown_image, round_sig, score_histogram_png
+
+    # the figures, rounded for people (validation.json above keeps them exact); absent ones left out
+    metadata = {k: round_sig(v) if isinstance(v, float) else v
+                for k, v in _finite(metrics).items() if isinstance(v, (int, float))}
+    # The validation scores' histogram: from the metrics when they carry one ({"edges", "counts"}),
+    # else from the candidate's scores on its validation split (one more scoring pass).
+    hist = metrics.get("score_histogram")
+    if not hist and metrics and metrics.get("n_lines"):
+        from ops.artifact import ArtifactError, read_artifact
+        from ops.evaluate import score_lines
+        from resources.artifacts import ArtifactStorageError
+
+        try:
+            with artifacts.reading(candidate_key) as path:
+                candidate = read_artifact(path)
+            with artifacts.reading(candidate.meta["sample_key"]) as path:
+                _, validation_lines = read_sample(path)
+            scores = score_lines(candidate.model, candidate.vocab, [f for f, _ in validation_lines], config.top_k)
+            edges, counts = histogram(scores, [c for _, c in validation_lines])
+            hist = {"edges": edges, "counts": counts}
+        except (ArtifactError, ArtifactStorageError, OSError, KeyError, ValueError):  # no plot, same verdict
+            hist = None
+    if hist:
+        png = score_histogram_png(hist["edges"], hist["counts"], threshold=config.threshold)
+        metadata["score_histogram"] = MetadataValue.md(markdown_image(png, "validation score histogram"))
     return AssetCheckResult(
         passed=passed,
         description="; ".join(failures) or "candidate clears the gate",
-        metadata={k: v for k, v in _finite(metrics).items() if isinstance(v, (int, float))},
+        metadata=metadata,
     )
 
 

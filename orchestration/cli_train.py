@@ -107,6 +107,53 @@ def reachable(url: str) -> str | None:
         return str(getattr(exc, "reason", exc))
 
 
+RUN_EVENTS = """
+query($runId: ID!, $cursor: String, $limit: Int) {
+  logsForRun(runId: $runId, afterCursor: $cursor, limit: $limit) {
+    __typename
+    ... on EventConnection {
+      cursor
+      hasMore
+      events {
+        __typename
+        ... on MessageEvent { message level stepKey }
+        ... on ErrorEvent { error { message } }
+        ... on AssetCheckEvaluationEvent { evaluation { checkName success description } }
+      }
+    }
+    ... on RunNotFoundError { message }
+    ... on PythonError { message }
+  }
+}"""
+SHOWN_LEVELS = ("INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def run_event_lines(client, run_id: str, cursor: str | None) -> tuple[list[str], str | None]:
+    """The run's own messages since `cursor`, as lines to print, and the new cursor: what its steps
+    logged (context.log at INFO and above: the train step's epoch, loss, samples/s and ETA), step
+    failures with their errors, and check results. Dagster's own DEBUG events are left out."""
+    lines = []
+    while True:
+        got = client._execute(RUN_EVENTS, {"runId": run_id, "cursor": cursor, "limit": 1000})["logsForRun"]
+        if got["__typename"] != "EventConnection":
+            raise RuntimeError(got.get("message") or got["__typename"])
+        for e in got["events"]:
+            step = f"[{e['stepKey']}] " if e.get("stepKey") else ""
+            kind = e["__typename"]
+            if kind == "LogMessageEvent" and e.get("level") in SHOWN_LEVELS:
+                lines.append(f"  {step}{e['level'] + ': ' if e['level'] != 'INFO' else ''}{e['message']}")
+            elif kind in ("ExecutionStepFailureEvent", "RunFailureEvent"):
+                error = (e.get("error") or {}).get("message", "").strip()
+                lines.append(f"  {step}{e['message']}" + (f"\n{error}" if error else ""))
+            elif kind == "AssetCheckEvaluationEvent":
+                ev = e["evaluation"]
+                lines.append(f"  {step}check {ev['checkName']}: {'passed' if ev['success'] else 'FAILED'}"
+                             + (f": {ev['description']}" if ev.get("description") else ""))
+        cursor = got["cursor"] or cursor
+        if not got.get("hasMore") or not got["events"]:
+            return lines, cursor
+
+
 def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     from dagster_graphql import DagsterGraphQLClientError
 
@@ -137,13 +184,26 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     print(f"training {spec.id}: run {run_id} launched")
     if not wait:
         return 0
-    last = None
+    # Follow the run: its status changes, and its own log lines (epoch, loss, samples/s, ETA) read
+    # from its event log over GraphQL with a cursor, as they come.
+    last, cursor, events_ok = None, None, True
     while True:
         status = client.get_run_status(run_id).value
-        if status != last:
+        if status != last and status not in FINISHED:  # a final status is printed after the run's last lines
             print(f"training {spec.id}: {status}", flush=True)
-            last = status
+        last = status
+        if events_ok:
+            try:
+                lines, cursor = run_event_lines(client, run_id, cursor)
+            except Exception as exc:  # an older webserver, a dropped connection: status alone still works
+                print(f"training {spec.id}: the run's log lines cannot be read ({type(exc).__name__}: {exc}); "
+                      "following its status only", flush=True)
+                events_ok = False
+            else:
+                for line in lines:
+                    print(line, flush=True)
         if status in FINISHED:
+            print(f"training {spec.id}: {status}", flush=True)
             return 0 if status == "SUCCESS" else 1
         time.sleep(2)
 

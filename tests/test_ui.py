@@ -2,7 +2,11 @@
 
 - a browser opens the asset graph, launches one batch's training from the launchpad with a
   ModelTraining spec's run config, waits for success, and finds the loss curve on the run page;
-- `logloop train create --wait` launches a training through the webserver's GraphQL API.
+  on the model's page the loss trend (an inline SVG) and the loss plot (a PNG behind "[Show
+  Markdown]") load as images, and so does the gate's score histogram on the check's page
+  (screenshots: model-page.png and check-page.png in the server's home, printed with -s);
+- `logloop train create --wait` launches a training through the webserver's GraphQL API and
+  streams the run's own progress lines (epoch, loss, samples/s, ETA) while it waits.
 
 Chromium and its driver come from Debian (installed here when missing); selenium is a test extra.
 """
@@ -12,11 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -104,7 +110,14 @@ def test_train_create_waits_for_the_run_through_graphql(server, tmp_path):
     out = subprocess.run([str(BIN / "logloop"), "train", "create", "-f", str(tmp_path / "spec.yaml"), "--wait"],
                          capture_output=True, text=True, env=server["env"], timeout=420)
     assert out.returncode == 0, (out.stdout, out.stderr, server["log"].read_text(errors="replace")[-3000:])
+    print(out.stdout)  # (seen with -s)
     assert "run " in out.stdout and "training ui-create: SUCCESS" in out.stdout
+    # the run's own progress lines, read from its event log over GraphQL while waiting
+    progress = re.findall(r"^  \[nulog_model\] epoch \d+/3, step \d+/\d+ \(\d+%\): loss \d+\.\d{4}.*"
+                          r"samples/s.*(?:ETA \d+\w|done)$", out.stdout, flags=re.M)
+    assert progress and progress[-1].endswith("done"), out.stdout
+    assert out.stdout.index("STARTED") < out.stdout.index(progress[0]) < out.stdout.index("SUCCESS")
+    assert "STEP_START" not in out.stdout and "DEBUG" not in out.stdout  # Dagster's own event stream stays out
     got = json.loads(subprocess.run([str(BIN / "logloop"), "train", "get", "ui-create", "--json"], capture_output=True,
                                     text=True, env=server["env"], timeout=60).stdout)
     assert got[0]["state"] == "succeeded" and got[0]["artifacts"]
@@ -198,6 +211,40 @@ def test_browser_launches_a_batch_from_the_launchpad_and_sees_the_loss_curve(ser
         box.send_keys(Keys.ENTER)
         # (tall metadata tables are clipped on screen, so look at the DOM's text, not the visible text)
         WebDriverWait(driver, 60).until(lambda d: "loss_curve" in d.execute_script("return document.body.textContent"))
+
+        def loaded_image(d, alt: str):
+            """The <img> with this alt text once its data loaded and decoded (naturalWidth > 0)."""
+            return d.execute_script(
+                "const i = [...document.images].find(i => i.alt === arguments[0]);"
+                "return i && i.complete && i.naturalWidth > 0 ? [i.naturalWidth, i.naturalHeight, i.src.split(',')[0]] : null",
+                alt)
+
+        # The model's page: the latest materialization's metadata. Short markdown (the loss trend,
+        # an SVG) shows inline; the PNG plot is longer than the UI's 1,000-character inline limit,
+        # so it opens from "[Show Markdown]" in its row.
+        driver.get(server["url"] + "/assets/nulog_model?partition=" + urllib.parse.quote(batch, safe=""))
+        dismiss_modal()
+        assert WebDriverWait(driver, 60).until(lambda d: loaded_image(d, "loss trend"))[2] == "data:image/svg+xml;base64"
+        row = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.XPATH, "//tr[.//*[text()='loss_plot']]"))
+        click(row.find_element(By.XPATH, ".//*[contains(text(), 'Show Markdown')]"))
+        width, height, src = WebDriverWait(driver, 30).until(lambda d: loaded_image(d, "loss curve"))
+        assert [width, height, src] == [480, 240, "data:image/png;base64"]
+        time.sleep(1)  # the dialog fades in; the screenshot is for people
+        shot = server["home"] / "model-page.png"
+        driver.save_screenshot(str(shot))
+        print(f"screenshot of the model's page with its loss plot: {shot}")
+
+        # The gate's page: the validation score histogram in the check's metadata.
+        driver.get(server["url"] + "/assets/nulog_model?view=checks&checkDetail=nulog_model_quality")
+        dismiss_modal()
+        row = WebDriverWait(driver, 60).until(
+            lambda d: d.find_element(By.XPATH, "//tr[.//*[text()='score_histogram']]"))
+        click(row.find_element(By.XPATH, ".//*[contains(text(), 'Show Markdown')]"))
+        assert WebDriverWait(driver, 30).until(lambda d: loaded_image(d, "validation score histogram"))[:2] == [480, 240]
+        time.sleep(1)
+        shot = server["home"] / "check-page.png"
+        driver.save_screenshot(str(shot))
+        print(f"screenshot of the check's page with its score histogram: {shot}")
     except Exception:
         driver.save_screenshot(str(server["home"] / "failure.png"))
         raise
