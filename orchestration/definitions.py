@@ -5,17 +5,19 @@ import os
 from dagster import Definitions
 
 from orchestration.assets import nulog_model, partition_summaries, raw_logs, registered_model, training_sample
+from orchestration.alerts import alert_sensors
+from orchestration.anomaly_checks import anomaly_rate_jump
 from orchestration.checks import nulog_model_quality
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.k8s import executor_def
 from orchestration.resources import build_resources
+from orchestration.retention import retention_sensor
 from orchestration.scoring_assets import anomaly_scores
 from orchestration.sensors import (
+    dead_task_reaper,
     ingest_logs_schedule,
     new_samples_sensor,
     raw_logs_observer,
-    reap_dead_tasks,
-    reap_dead_tasks_job,
     training_run_canceled,
     training_run_failed,
 )
@@ -29,10 +31,11 @@ if os.environ.get("LOGLOOP_NATS_URL", "").strip():
 
 defs = Definitions(
     assets=[raw_logs, partition_summaries, training_sample, nulog_model, registered_model, anomaly_scores],
-    asset_checks=[nulog_model_quality],
-    jobs=[ingest_logs_job, train_model_job, reap_dead_tasks_job],
-    schedules=[ingest_logs_schedule, reap_dead_tasks],
-    sensors=[new_samples_sensor, training_run_failed, training_run_canceled, raw_logs_observer, *nats_sensors],
+    asset_checks=[nulog_model_quality, anomaly_rate_jump],
+    jobs=[ingest_logs_job, train_model_job],
+    schedules=[ingest_logs_schedule],
+    sensors=[new_samples_sensor, training_run_failed, training_run_canceled, raw_logs_observer, dead_task_reaper, retention_sensor,
+             *nats_sensors, *alert_sensors()],
     resources=build_resources(),
     executor=executor_def(),
 )

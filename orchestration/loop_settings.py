@@ -15,6 +15,8 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestration.retention import RetentionPolicy
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,6 +25,51 @@ class Thresholds(BaseModel):
 
     min_start_count: int = Field(default=5_000, gt=0, description="Samples a batch needs for its first (scratch) model.")
     min_update_count: int = Field(default=5_000, gt=0, description="New samples since the model's watermark for a fine-tune.")
+
+
+class AnomalyJump(BaseModel):
+    """When the `anomaly_rate_jump` check (orchestration/anomaly_checks.py) fails for a batch's window:
+
+    rate(W) > max(factor x median(rates of the previous windows), min_rate)
+
+    where rate = anomalies / lines, the previous windows are the batch's last `baseline_windows`
+    scored windows before W (looked for within 4 x baseline_windows window lengths), and only
+    windows with at least `min_lines` lines count, as W or as baseline. With fewer than
+    `min_baseline_windows` such previous windows, W is not judged.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    factor: float = Field(default=3.0, ge=1, le=1000, allow_inf_nan=False,
+                          description="How many times the baseline (median) rate a window's rate must exceed.")
+    min_rate: float = Field(default=0.02, ge=0, le=1, allow_inf_nan=False,
+                            description="A window's rate must also exceed this floor (a share of its lines).")
+    baseline_windows: int = Field(default=24, ge=1, le=24 * 31, description="Previous windows whose median rate is the baseline.")
+    min_baseline_windows: int = Field(default=6, ge=1, le=24 * 31, description="Fewest previous windows to judge a window at all.")
+    min_lines: int = Field(default=100, ge=1, description="Windows with fewer scored lines are neither judged nor baseline.")
+
+    @model_validator(mode="after")
+    def _min_not_above_baseline(self):
+        if self.min_baseline_windows > self.baseline_windows:
+            raise ValueError(f"min_baseline_windows ({self.min_baseline_windows}) is more than baseline_windows "
+                             f"({self.baseline_windows})")
+        return self
+
+    def describe(self) -> str:
+        return (f"rate > max({self.factor:g} x median rate of the previous {self.baseline_windows} windows, "
+                f"{self.min_rate:g}), with >= {self.min_baseline_windows} previous windows; windows of >= "
+                f"{self.min_lines} lines")
+
+
+def cron_interval_s(cron: str) -> int:
+    """The shortest gap between two ticks of `cron` over a sample of its ticks (for `reaper_cron`)."""
+    import datetime as dt
+
+    from dagster._utils.schedules import cron_string_iterator
+
+    ticks = cron_string_iterator(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp(), cron, "UTC")
+    times = [next(ticks).timestamp() for _ in range(50)]
+    return int(min(b - a for a, b in zip(times, times[1:])))
 
 
 class LoopSettings(BaseModel):
@@ -43,9 +90,32 @@ class LoopSettings(BaseModel):
         description="Last closed windows new_samples_sensor checks for records not yet ingested (sources that "
         "count cheaply only); 0 = no catch-up.",
     )
-    reaper_cron: str = Field(default="*/5 * * * *", description="When the reaper runs.")
+    reaper_interval_s: int = Field(
+        default=300, ge=5, le=24 * 3600,
+        description="How often the dead_task_reaper sensor checks active tasks (it starts no run). The former "
+        "`reaper_cron` is still read: its shortest gap between ticks becomes this interval.",
+    )
+    partition_start: Optional[str] = Field(
+        default=None,
+        description="The first time window (YYYY-MM-DD-HH:MM, UTC); LOGLOOP_PARTITION_START wins over it. "
+        "Unset: derived from the data when the code location loads (orchestration/partitions.py).",
+    )
+    partition_lookback_days: float = Field(
+        default=7, gt=0, le=3660, allow_inf_nan=False,
+        description="Without an explicit start and with no data known (nothing ingested, no log file read), "
+        "the windows begin this many days ago. With OpenSearch the start is never later than this either.",
+    )
+    partition_max_days: float = Field(
+        default=400, gt=0, le=36600, allow_inf_nan=False,
+        description="A start derived from the log files' times is never more than this many days back "
+        "(ingested windows always count, however old).",
+    )
+    anomaly_jump: AnomalyJump = Field(default_factory=AnomalyJump,
+                                      description="The anomaly_rate_jump check's rule on anomaly_scores.")
     score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy,
+                                       description="What artifact storage keeps (orchestration/retention.py).")
 
     @model_validator(mode="after")
     def _overrides_name_valid_batches(self):
@@ -58,12 +128,34 @@ class LoopSettings(BaseModel):
                 raise ValueError(f"batch_overrides: {exc}") from exc
         return self
 
-    @model_validator(mode="after")
-    def _reaper_cron_is_valid(self):
+    @model_validator(mode="before")
+    @classmethod
+    def _reaper_cron_becomes_an_interval(cls, data):
+        """`reaper_cron` (a schedule, before the reaper became a sensor) still loads: its shortest
+        gap between ticks is the interval ('*/5 * * * *' -> 300 s, '* * * * *' -> 60 s)."""
+        if not isinstance(data, dict) or "reaper_cron" not in data:
+            return data
         from dagster._utils.schedules import is_valid_cron_string
 
-        if not is_valid_cron_string(self.reaper_cron):
-            raise ValueError(f"reaper_cron {self.reaper_cron!r} is not a valid cron string")
+        data = dict(data)
+        cron = data.pop("reaper_cron")
+        if "reaper_interval_s" in data:
+            raise ValueError("reaper_cron and reaper_interval_s are both set: reaper_cron is replaced by "
+                             "reaper_interval_s (seconds); remove reaper_cron")
+        if not isinstance(cron, str) or not is_valid_cron_string(cron):
+            raise ValueError(f"reaper_cron {cron!r} is not a valid cron string (better: reaper_interval_s, in seconds)")
+        data["reaper_interval_s"] = max(5, min(24 * 3600, cron_interval_s(cron)))
+        return data
+
+    @model_validator(mode="after")
+    def _partition_start_is_a_window(self):
+        if self.partition_start is not None:
+            import datetime as dt
+
+            try:
+                dt.datetime.strptime(self.partition_start, "%Y-%m-%d-%H:%M")
+            except (TypeError, ValueError):
+                raise ValueError(f"partition_start {self.partition_start!r} is not YYYY-MM-DD-HH:MM") from None
         return self
 
     def thresholds_for(self, batch: str) -> Thresholds:

@@ -1,17 +1,243 @@
-"""Partitions: log data by time window, models by batch (one model per batch)."""
+"""Partitions: log data by time window, models by batch (one model per batch).
+
+Where the time windows begin (`time_partitions`' start), first match wins:
+
+1. `LOGLOOP_PARTITION_START` (YYYY-MM-DD-HH:MM, UTC), the explicit override;
+2. `partition_start` in the loop settings (config/loop.yaml);
+3. the data, read when the code location loads: the earliest of
+   - the earliest window already summarised (`summaries/<window>.parquet` in artifact storage),
+     so a window that was ever materialized always stays a partition;
+   - with the file source, the earliest record of the log files (the source index's time
+     ranges; files it does not know yet: a JSON file's first record, a text file's mtime),
+     never more than `partition_max_days` back;
+   - `partition_lookback_days` ago when the source's earliest record is unknown (OpenSearch,
+     an empty or unreadable folder): then there are windows for catch-up and backfills;
+   floored to its window, and never later than the last closed window.
+
+Deriving it lists one folder (or prefix) and reads the first line of at most
+PEEK_MAX_FILES files, in a thread given START_TIMEOUT_S: what was not found by then counts as
+unknown, and any error there counts as no data. It never fails the load. The daemon, the
+webserver and the run workers each derive it when they load the code, so they agree when they
+see the same LOGLOOP_* environment; as data only ever adds windows, a start never moves past
+a window that was summarised (unless summaries are deleted).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from dagster import DynamicPartitionsDefinition, TimeWindowPartitionsDefinition
 
 PARTITION_FMT = "%Y-%m-%d-%H:%M"
+PARTITION_CRON = os.environ.get("LOGLOOP_PARTITION_CRON", "0 * * * *")  # "0 0 * * *": daily windows
+START_TIMEOUT_S = 5.0
+PEEK_MAX_FILES = 500
+PEEK_MAX_BYTES = 1 << 20
+DAY_MS = 86_400_000
+_SUMMARY_FMT = "%Y-%m-%d-%H-%M"  # partition_slug() of a PARTITION_FMT key
 
-# Hourly by default; LOGLOOP_PARTITION_CRON="0 0 * * *" makes windows daily.
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Start:
+    key: str      # the first window's start, PARTITION_FMT (UTC)
+    reason: str   # where it comes from, for logs and `logloop` output
+
+
+def _utc(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+
+
+def _fmt(ms: int) -> str:
+    return _utc(ms).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def window_floor_ms(ms: int, cron: str = PARTITION_CRON) -> int:
+    """The start of the window (of `cron`, UTC) that holds `ms`."""
+    probe = TimeWindowPartitionsDefinition(cron_schedule=cron, start=_utc(ms - 800 * DAY_MS), fmt=PARTITION_FMT,
+                                           timezone="UTC")
+    key = probe.get_partition_key_for_timestamp(ms / 1000)
+    return int(probe.time_window_for_partition_key(key).start.timestamp() * 1000)
+
+
+def last_closed_window_ms(now_ms: int, cron: str = PARTITION_CRON) -> int:
+    """The start of the last window that has ended by `now_ms`."""
+    current = window_floor_ms(now_ms, cron)
+    return window_floor_ms(current - 1, cron)
+
+
+# ---- what the data says ------------------------------------------------------------------
+
+
+def earliest_summary_ms(keys: list[str]) -> Optional[int]:
+    """The earliest window among artifact keys `summaries/<window>.parquet`."""
+    found = []
+    for key in keys:
+        name = key.rsplit("/", 1)[-1]
+        if not name.endswith(".parquet"):
+            continue
+        try:
+            when = dt.datetime.strptime(name[: -len(".parquet")], _SUMMARY_FMT).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue
+        found.append(int(when.timestamp() * 1000))
+    return min(found) if found else None
+
+
+def _first_record_ms(path: str, compression: Optional[str], time_field: str) -> Optional[int]:
+    """The time of the first record (of the first 10 lines) of a JSON Lines file."""
+    import json
+
+    from ops.local_files import open_stream
+    from ops.records import get_field, parse_time_ms
+
+    with open_stream(path, compression) as stream:
+        data = b""
+        while data.count(b"\n") < 10 and len(data) < PEEK_MAX_BYTES:
+            chunk = stream.read(64 * 1024)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.split(b"\n")[:10]:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            ms = parse_time_ms(get_field(doc, time_field))
+            if ms is not None:
+                return ms
+    return None
+
+
+def earliest_file_record_ms(root: str, index: dict, time_field: str, deadline: float) -> Optional[int]:
+    """The earliest record time of the log files under `root`: the index's range for a file it
+    knows (same size and version), else a JSON file's first record or a text file's mtime."""
+    from pathlib import PurePosixPath
+
+    from ops.local_files import COMPRESSION_SUFFIXES, JSON_SUFFIXES, list_files
+
+    earliest = None
+    peeked = 0
+    for file in list_files(root):
+        if time.monotonic() > deadline:
+            break
+        entry = index.get(file.path)
+        if isinstance(entry, dict) and entry.get("id") == file.file_id and isinstance(entry.get("lo"), int):
+            ms = entry["lo"]
+        else:
+            name = PurePosixPath(file.path)
+            compression = COMPRESSION_SUFFIXES.get(name.suffix.lower())
+            if (name.with_suffix("") if compression else name).suffix.lower() in JSON_SUFFIXES:
+                if peeked >= PEEK_MAX_FILES:
+                    continue
+                peeked += 1
+                try:
+                    ms = _first_record_ms(file.path, compression, time_field)
+                except Exception:  # noqa: BLE001 - an unreadable file tells nothing here; the data stage reports it
+                    ms = None
+            else:
+                ms = file.mtime_ms  # a text file's lines take its mtime
+        if ms is not None and (earliest is None or ms < earliest):
+            earliest = ms
+    return earliest
+
+
+def _probe_summaries() -> Optional[int]:
+    from orchestration.resources import artifact_storage
+
+    return earliest_summary_ms(artifact_storage().list("summaries"))
+
+
+def _probe_source(deadline: float) -> Optional[int]:
+    """The file source's earliest record; None when it is unknown (OpenSearch, no files)."""
+    if os.environ.get("LOGLOOP_OPENSEARCH_HOSTS", "").strip():
+        return None
+    from ops.local_files import load_index
+    from orchestration import settings
+    from resources.log_source import file_source_location
+
+    where = file_source_location(settings.logs_dir(), settings.data_home() / "source-index.json")
+    try:
+        index = load_index(where["index_path"])
+    except Exception:  # noqa: BLE001 - the index only saves reading the files
+        index = {}
+    return earliest_file_record_ms(str(where["path"]), index, os.environ.get("LOGLOOP_TIME_FIELD", "time"), deadline)
+
+
+def derive_start(now_ms: int, cron: str = PARTITION_CRON, *, lookback_days: float = 7, max_days: float = 400,
+                 timeout_s: float = START_TIMEOUT_S,
+                 probe_summaries: Callable[[], Optional[int]] = _probe_summaries,
+                 probe_source: Callable[[float], Optional[int]] = _probe_source) -> Start:
+    """The first window from the data (see the module's docstring). Never raises."""
+    # imported here, not in the thread: a thread that imports while this module is being imported
+    # could wait on the import lock until the timeout
+    import importlib
+
+    for module in ("ops.local_files", "ops.records", "orchestration.resources", "resources.log_source"):
+        importlib.import_module(module)
+
+    found: dict = {}
+    deadline = time.monotonic() + timeout_s
+
+    def probe() -> None:
+        for name, fn in (("summaries", probe_summaries), ("source", lambda: probe_source(deadline))):
+            try:
+                found[name] = fn()
+            except Exception as exc:  # noqa: BLE001 - no data known from there; never fail the load
+                found[name] = None
+                log.debug("partition start: %s unreadable: %s", name, exc)
+
+    worker = threading.Thread(target=probe, name="logloop-partition-start", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("partition start: the data did not answer in %.0f s; windows begin %g days back unless "
+                    "earlier data was found (set LOGLOOP_PARTITION_START to fix the start)", timeout_s, lookback_days)
+    candidates = []
+    summaries, source = found.get("summaries"), found.get("source")
+    if summaries is not None:
+        candidates.append((summaries, f"the earliest summarised window {_fmt(summaries)}"))
+    if source is not None:
+        floor = now_ms - int(max_days * DAY_MS)
+        candidates.append((max(source, floor), f"the earliest log record {_fmt(source)}"
+                           + (f", at most {max_days:g} days back" if source < floor else "")))
+    else:
+        candidates.append((now_ms - int(lookback_days * DAY_MS),
+                           f"{lookback_days:g} days back (the source's earliest record is not known)"))
+    ms, reason = min(candidates)
+    start = min(window_floor_ms(ms, cron), last_closed_window_ms(now_ms, cron))
+    return Start(_utc(start).strftime(PARTITION_FMT), f"from the data: {reason}")
+
+
+def partition_start(now_ms: Optional[int] = None) -> Start:
+    """The first window: LOGLOOP_PARTITION_START, else the loop settings' partition_start, else the data."""
+    explicit = os.environ.get("LOGLOOP_PARTITION_START", "").strip()
+    if explicit:
+        return Start(explicit, "LOGLOOP_PARTITION_START")
+    from orchestration.loop_settings import loop_settings
+
+    settings = loop_settings()  # invalid settings fail the load, as everywhere
+    if settings.partition_start:
+        return Start(settings.partition_start, "partition_start in the loop settings")
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    return derive_start(now_ms, PARTITION_CRON, lookback_days=settings.partition_lookback_days,
+                        max_days=settings.partition_max_days)
+
+
+START = partition_start()
+log.info("time windows begin at %s (%s)", START.key, START.reason)
+
 time_partitions = TimeWindowPartitionsDefinition(
-    cron_schedule=os.environ.get("LOGLOOP_PARTITION_CRON", "0 * * * *"),
-    start=os.environ.get("LOGLOOP_PARTITION_START", "2025-01-01-00:00"),
+    cron_schedule=PARTITION_CRON,
+    start=START.key,
     fmt=PARTITION_FMT,
     timezone="UTC",
 )

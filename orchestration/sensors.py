@@ -15,8 +15,11 @@ arrived, keep task records true, and reap tasks that died.
   the spot (`orchestration.tasks.reconcile`) and trains again.
 - `training_run_status` sensors mark a task failed or canceled as soon as its run ends
   that way. The `registered_model` asset marks success.
-- `reap_dead_tasks` (every 5 minutes) marks tasks dead once they pass their deadline and
-  terminates their runs. It also settles tasks whose runs are not alive.
+- `dead_task_reaper`, a sensor (every `reaper_interval_s`, 5 minutes by default), marks tasks
+  dead once they pass their deadline and terminates their runs. It also settles tasks whose
+  runs are not alive. It starts no run: what it did is its tick's log and skip reason. (It
+  replaced the `reap_dead_tasks` schedule and job; a new name, because Dagster keeps a
+  schedule's state under its name, and a sensor of that name would read it.)
 """
 
 import datetime as dt
@@ -34,18 +37,14 @@ from dagster import (
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
-    OpExecutionContext,
     MetadataValue,
     RunRequest,
     RunsFilter,
     RunStatusSensorContext,
-    ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     build_schedule_from_partitioned_job,
-    job,
-    op,
     run_status_sensor,
     sensor,
 )
@@ -392,13 +391,18 @@ def terminate(instance, run, log) -> str:
 
 
 def reap(instance, store: Store, log, at_ms: int | None = None) -> dict:
-    """Mark dead every working task past its deadline; settle tasks whose runs are not alive."""
+    """Mark dead every working task past its deadline; settle tasks whose runs are not alive.
+
+    Returns {"checked": n, "dead": [task ids], "settled": [task ids], "events": [one line per task acted on]}."""
     at_ms = at_ms or now_ms()
-    report = {"dead": [], "settled": [], "checked": 0}
+    report = {"dead": [], "settled": [], "checked": 0, "events": []}
     for task in store.active_tasks():
         report["checked"] += 1
-        if reconcile(instance, store, task, at_ms):
+        outcome = reconcile(instance, store, task, at_ms)
+        if outcome:
             report["settled"].append(task.task_id)
+            report["events"].append(f"{task.task_id} ({task.batch}) settled: {outcome}")
+            log.info(f"task {task.task_id} of batch {task.batch!r} settled ({outcome})")
             continue
         if task.deadline_ms is None or at_ms <= task.deadline_ms:
             continue
@@ -408,24 +412,44 @@ def reap(instance, store: Store, log, at_ms: int | None = None) -> dict:
                                 message=f"reaped: past its deadline {iso(task.deadline_ms)}; run {outcome}")
         log.warning(f"task {task.task_id} of batch {task.batch!r} is dead (run {outcome})")
         report["dead"].append(task.task_id)
+        report["events"].append(f"{task.task_id} ({task.batch}) dead: past its deadline {iso(task.deadline_ms)}, "
+                                + (f"run {outcome}" if run is not None else "it had no run"))
     return report
 
 
-@op(description="Mark tasks past their deadline dead and terminate their runs.")
-def reap_dead_tasks_op(context: OpExecutionContext, store: Store) -> None:
-    report = reap(context.instance, store, context.log)
-    context.log.info(f"reaper: checked {report['checked']}, dead {report['dead']}, settled {report['settled']}")
+def describe_reap(report: dict, most: int = 10) -> str:
+    """One line for the tick: what the reaper did, or why it did nothing."""
+    acted = len(report["dead"]) + len(report["settled"])
+    if not acted:
+        if not report["checked"]:
+            return "nothing to reap: no active tasks"
+        return f"nothing to reap: {report['checked']} active task(s), all alive and within their deadlines"
+    events = report["events"]
+    more = f"; and {len(events) - most} more" if len(events) > most else ""
+    return (f"reaped {acted} task(s) of {report['checked']} active ({len(report['dead'])} dead, "
+            f"{len(report['settled'])} settled): " + "; ".join(events[:most]) + more)
 
 
-@job(name="reap_dead_tasks_job", description="Reap dead training tasks.")
-def reap_dead_tasks_job():
-    reap_dead_tasks_op()
+def evaluate_reaper(context: SensorEvaluationContext, store: Store, at_ms: int | None = None) -> SensorResult:
+    """One reaper tick: it acts on the store and the runs directly and requests no run; what it did
+    is the tick's skip reason and log."""
+    try:
+        report = reap(context.instance, store, context.log, at_ms)
+    except StoreError as exc:
+        raise StoreError(f"dead_task_reaper: the store is unreachable, nothing reaped this tick: {exc}") from exc
+    summary = describe_reap(report)
+    context.log.info(summary)
+    cursor = json.dumps({"tick_ms": at_ms or now_ms(), "checked": report["checked"], "dead": len(report["dead"]),
+                         "settled": len(report["settled"])})
+    return SensorResult(skip_reason=SkipReason(summary), cursor=cursor)
 
 
-reap_dead_tasks = ScheduleDefinition(
-    name="reap_dead_tasks",
-    job=reap_dead_tasks_job,
-    cron_schedule=SETTINGS.reaper_cron,
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Reap tasks that passed their time limit (every 5 minutes by default).",
+@sensor(
+    name="dead_task_reaper",
+    minimum_interval_seconds=SETTINGS.reaper_interval_s,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Mark tasks past their deadline dead and terminate their runs; settle tasks whose runs are not "
+    "alive. Starts no run: its decisions are the tick's log and skip reason.",
 )
+def dead_task_reaper(context: SensorEvaluationContext, store: Store):
+    return evaluate_reaper(context, store)

@@ -32,7 +32,8 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"raw_logs", "partition_summaries", "training_sample", "nulog_model", "registered_model"} <= keys
     assert {"ingest_logs", "train_model"} <= {j.name for j in repo.get_all_jobs()}
-    assert repo.asset_graph.get_check_spec(next(iter(repo.asset_graph.asset_check_keys))).blocking
+    checks = {k.name: repo.asset_graph.get_check_spec(k) for k in repo.asset_graph.asset_check_keys}
+    assert checks["nulog_model_quality"].blocking and not checks["anomaly_rate_jump"].blocking
 
 
 @pytest.fixture

@@ -1,0 +1,145 @@
+"""`logloop anomalies`: lines, anomalies and the anomaly rate per window, as `anomaly_scores` recorded them.
+
+    logloop anomalies [--batch B] [--since 24h] [--json]
+
+Every batch with counts (or one), oldest window first. The JUMP column applies the rule of the
+`anomaly_rate_jump` check (loop settings `anomaly_jump`) to each window, against the windows
+before it (also those before --since). Times in the table are UTC and to the minute; --json gives
+the exact values (epoch milliseconds, rates as fractions).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+import time
+
+from orchestration.cli import CliError
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DESCRIPTION = (
+    "Lines scored, anomalies and the anomaly rate per time window and batch, oldest first, from the counts "
+    "the anomaly_scores asset records. JUMP marks a window whose rate is well above the batch's recent "
+    "baseline, by the rule of the anomaly_rate_jump check (loop settings anomaly_jump); 'no': judged, no jump; "
+    "'-': not judged (too few lines or previous windows). Times are UTC. With --json: a list of objects with exact values "
+    "(window_start_ms, window_end_ms, lines, anomalies, rate, baseline_rate, threshold, jump, model_version)."
+)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("anomalies", help="lines, anomalies and anomaly rate per window (anomaly trends)",
+                       description=DESCRIPTION)
+    p.add_argument("--batch", help="only this batch (default: every batch with anomaly counts)")
+    p.add_argument("--since", default="24h",
+                   help="windows that end after this: a duration back from now (90m, 24h, 7d, 2w) or a UTC time "
+                        "(2026-11-23T07:00Z, 2026-11-23); default 24h")
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects (exact values)")
+    p.set_defaults(func=cmd_anomalies)
+
+
+def parse_since(text: str, now_ms: int) -> int:
+    """Epoch ms from a duration back from now ('24h') or an ISO time / date (UTC unless it says)."""
+    value = (text or "").strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value.lower())
+    if match:
+        seconds = float(match.group(1)) * UNITS[match.group(2)]
+        if seconds <= 0 or seconds > 100 * 366 * 86400:
+            raise CliError(f"--since {text!r}: the duration must be more than 0 and at most 100 years")
+        return now_ms - int(seconds * 1000)
+    from ops.records import parse_time_ms
+
+    iso = value.upper().replace(" ", "T")
+    ms = parse_time_ms(iso) if iso and not iso.isdigit() else None
+    if ms is None:
+        raise CliError(f"--since {text!r} is neither a duration (90m, 24h, 7d, 2w) nor a UTC time "
+                       "(2026-11-23T07:00Z, 2026-11-23)")
+    if ms > now_ms:
+        raise CliError(f"--since {text!r} is in the future")
+    return ms
+
+
+def _when(ms: int) -> str:
+    """'2026-11-30 02:00Z': UTC, to the minute."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
+
+
+def _rate(x) -> str:
+    from orchestration.anomaly_checks import pct
+
+    return pct(x)
+
+
+def cmd_anomalies(args) -> int:
+    try:
+        return _anomalies(args)
+    except (CliError, ValueError) as exc:  # StoreError: cli._run prints it
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _anomalies(args) -> int:
+    from ops.naming import InvalidName, validate_batch_name
+    from orchestration.anomaly_checks import judge_series, lookback_ms
+    from orchestration.loop_settings import load_loop_settings
+    from orchestration.resources import resource
+
+    now_ms = int(time.time() * 1000)
+    since_ms = parse_since(args.since, now_ms)
+    rule = load_loop_settings().anomaly_jump
+    store = resource("store")
+    known = [s.batch for s in store.batch_statuses()]
+    if args.batch is not None:
+        try:
+            validate_batch_name(args.batch)
+        except InvalidName as exc:
+            raise CliError(str(exc)) from None
+        if args.batch not in known and not store.anomaly_counts(args.batch):
+            shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+            raise CliError(f"unknown batch {args.batch!r}" + (f"; known batches: {shown}" if known else
+                                                               "; the store knows no batches yet"))
+        batches = [args.batch]
+    else:
+        batches = known
+
+    rows = []
+    for batch in batches:
+        recent = store.anomaly_counts(batch, since_ms, None)
+        if not recent:
+            continue
+        first = recent[0]
+        earlier = store.anomaly_counts(
+            batch, first.window_start_ms - lookback_ms(rule, first.window_end_ms - first.window_start_ms),
+            first.window_start_ms)
+        earlier = [c for c in earlier if c.window_start_ms < first.window_start_ms]
+        judged = judge_series(earlier + recent, rule)
+        rows.extend(r for r in judged if r.window_end_ms > since_ms)
+
+    if args.json:
+        print(json.dumps([{
+            "batch": r.batch, "window_start_ms": r.window_start_ms, "window_end_ms": r.window_end_ms,
+            "window_start": dt.datetime.fromtimestamp(r.window_start_ms / 1000, dt.timezone.utc).isoformat(),
+            "lines": r.lines, "anomalies": r.anomalies, "rate": r.rate, "baseline_rate": r.baseline_rate,
+            "threshold": r.threshold, "jump": r.jump, "not_judged_because": r.why or None,
+            "model_version": r.model_version} for r in rows], indent=2))
+        return 0
+    what = f"batch {args.batch!r}" if args.batch is not None else "any batch"
+    if not rows:
+        print(f"no anomaly counts for {what} in windows since {_when(since_ms)} "
+              "(anomaly_scores records them for batches with a registered model)")
+        return 0
+    from orchestration.cli import _table  # rich: at most 120 columns, names never cut
+
+    table = [("BATCH", "WINDOW", "LINES", "ANOMALIES", "RATE", "BASELINE", "JUMP", "MODEL")]
+    table += [(r.batch, _when(r.window_start_ms), f"{r.lines:,}", f"{r.anomalies:,}", _rate(r.rate),
+               _rate(r.baseline_rate), "JUMP" if r.jump else "-" if r.jump is None else "no", f"v{r.model_version}")
+              for r in rows]
+    _table(table, nowrap=("WINDOW", "LINES", "ANOMALIES", "RATE", "BASELINE", "JUMP", "MODEL"), keep=("BATCH",))
+    lines, anomalies = sum(r.lines for r in rows), sum(r.anomalies for r in rows)
+    jumps = sum(1 for r in rows if r.jump)
+    print(f"\n{len(rows)} window(s) of {len({r.batch for r in rows})} batch(es) since {_when(since_ms)}: "
+          f"{lines:,} lines, {anomalies:,} anomalies ({_rate(anomalies / lines if lines else None)}), "
+          f"{jumps} jump(s)")
+    print(f"jump: {rule.describe()}")
+    return 0
