@@ -1,11 +1,16 @@
-"""The `logloop` command line: inspect registered models and training tasks."""
+"""The `logloop` command line: models (orchestration/cli_models.py), tasks, training, scoring, feedback.
+
+Tables are laid out by rich (`_table`): at most 120 columns, ids whole, times for people;
+`--json` prints exact values."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
+import shutil
 import sys
 from dataclasses import asdict
 
@@ -19,38 +24,139 @@ def _store():
     return resource("store")
 
 
-def _iso(ms):
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ") if ms else "-"
+TABLE_WIDTH = 120  # tables fit this many columns (or a narrower terminal)
 
 
-def cmd_models_list(args) -> int:
-    models = _store().list_models(args.batch)
-    if args.json:
-        print(json.dumps([m.to_dict() for m in models], indent=2))
-        return 0
-    if not models:
-        print("no models registered" + (f" for batch {args.batch!r}" if args.batch else ""))
-        return 0
-    rows = [("BATCH", "VERSION", "MODE", "PARENT", "TOP-K ACC", "FLAGGED", "DATA UNTIL", "ARTIFACT")]
-    for m in models:
-        rows.append((
-            m.batch, str(m.version), m.mode, str(m.parent_version or "-"),
-            f"{m.metrics.get('top_k_accuracy', float('nan')):.3f}",
-            f"{m.metrics.get('anomaly_share', float('nan')):.3f}",
-            _iso(m.window_end_ms), m.artifact_uri,
-        ))
-    _table(rows)
-    return 0
+def _iso(ms) -> str:
+    """A time for people: '2026-11-30 02:14Z' (UTC, to the minute); '-' for none. --json keeps exact ms."""
+    if ms is None or ms == 0:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
 
 
-def cmd_models_show(args) -> int:
-    model = _store().get_model(args.batch, args.version)
-    if model is None:
-        what = f"version {args.version} of batch {args.batch!r}" if args.version else f"batch {args.batch!r}"
-        print(f"error: no model registered for {what}", file=sys.stderr)
-        return 1
-    print(json.dumps(model.to_dict(), indent=2))
-    return 0
+def _num(value) -> str:
+    """A metric for people: floats to 4 significant digits (large ones as whole numbers), '-' for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 100_000 else str(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+
+
+def _table_width() -> int:
+    columns = shutil.get_terminal_size((TABLE_WIDTH, 24)).columns  # COLUMNS, else the terminal, else 120
+    return max(40, min(TABLE_WIDTH, columns))
+
+
+def _table(rows, *, nowrap=(), keep=(), header: bool = True, out=None) -> None:
+    """Print `rows` (the first one names the columns) as a table at most TABLE_WIDTH columns wide.
+
+    rich lays it out: a cell too long for its column wraps inside it (at spaces, else anywhere),
+    so ids and names are never cut. Columns named in `nowrap` (short values: times, numbers)
+    never wrap; columns named in `keep` (names, ids) get their full width, up to 40, before the
+    other columns share what is left. Plain text: no colours, no borders, no trailing spaces;
+    cell text is never read as markup.
+    """
+    _grouped_table(rows[0], [(None, rows[1:])], nowrap=nowrap, keep=keep, header=header, out=out)
+
+
+def _grouped_table(names, groups, *, nowrap=(), keep=(), header: bool = True, out=None) -> None:
+    """Like _table, for groups of rows that share the columns: each group is (heading, rows); a
+    heading (a line of its own, wrapped to the width) and the column names start each group, the
+    groups apart by a blank line, the columns as wide in every group."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    names = [str(n) for n in names]
+    groups = [(heading, [["-" if c is None else str(c) for c in row] for row in rows]) for heading, rows in groups]
+    every = [row for _, rows in groups for row in rows]
+    natural = [max([len(n) if header else 1] + [_cell_width(r[i]) for r in every]) for i, n in enumerate(names)]
+    total = _table_width()
+    widths = [n if w is None else w for n, w in
+              zip(natural, _column_widths(natural, [n in nowrap for n in names], [n in keep for n in names], total))]
+    console = Console(file=io.StringIO(), width=total, color_system=None, force_terminal=False, highlight=False,
+                      markup=False, emoji=False, soft_wrap=False)
+    write = (out or sys.stdout).write
+
+    def emit(renderable) -> None:
+        with console.capture() as captured:
+            console.print(renderable)
+        for line in captured.get().splitlines():
+            write(line.rstrip() + "\n")
+
+    for number, (heading, cells) in enumerate(groups):
+        if heading is not None:
+            if number:
+                write("\n")
+            emit(Text(heading, overflow="fold"))
+        # rendered TABLE_CHUNK rows at a time with the same widths: output starts at once, and a
+        # reader that goes away (`| head -1`) stops the command at its next write
+        for start in range(0, max(len(cells), 1), TABLE_CHUNK):
+            table = Table(box=None, show_header=header and start == 0, show_edge=False, pad_edge=False,
+                          padding=(0, 1), header_style="")
+            for name, width in zip(names, widths):
+                table.add_column(Text(name), overflow="fold", no_wrap=name in nowrap, width=width)
+            for row in cells[start:start + TABLE_CHUNK]:
+                table.add_row(*(Text(c) for c in row))
+            emit(table)
+
+
+def _cell_width(text: str) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+TABLE_CHUNK = 50     # rows rendered at a time
+TABLE_GAP = 2        # spaces between columns
+KEEP_WIDTH = 40      # the most a `keep` column is given before the others
+MIN_SHARED = 12      # what a `keep` column leaves each other wrapping column, at least
+
+
+def _column_widths(natural: list[int], nowrap: list[bool], keep: list[bool], total: int) -> list:
+    """Each column's width (None: its natural width) so that the table fits `total` characters.
+
+    Columns that do not wrap keep their natural width. The wrapping ones share the rest: first each
+    `keep` column gets what it needs (up to KEEP_WIDTH) while every other wrapping column keeps at
+    least MIN_SHARED; then the widest ones give way first (water-filling), as rich does."""
+    budget = total - TABLE_GAP * (len(natural) - 1)
+    if sum(natural) <= budget:
+        return [None] * len(natural)
+    budget -= sum(w for w, fixed in zip(natural, nowrap) if fixed)
+    flexible = [i for i, fixed in enumerate(nowrap) if not fixed]
+    widths: list = [None if fixed else 0 for fixed in nowrap]
+    if budget <= 0 or not flexible:
+        return [w if w is None else 1 for w in widths]
+    kept = [i for i in flexible if keep[i]]
+    rest = [i for i in flexible if not keep[i]]
+    left = budget
+    for n, i in enumerate(kept):
+        reserve = sum(min(natural[j], MIN_SHARED) for j in rest + kept[n + 1:])
+        widths[i] = max(1, min(natural[i], KEEP_WIDTH, left - reserve))
+        left -= widths[i]
+    share = rest if kept else flexible
+    if not kept:
+        left = budget
+    # water-fill `left` over `share`: the largest cap c with sum(min(natural, c)) <= left
+    cap, remaining, todo = 0, left, sorted(share, key=lambda j: natural[j])
+    while todo:
+        even = remaining // len(todo)
+        if natural[todo[0]] <= even:
+            j = todo.pop(0)
+            widths[j] = natural[j]
+            remaining -= natural[j]
+            continue
+        cap = max(1, even)
+        extra = remaining - cap * len(todo)
+        for k, j in enumerate(sorted(todo)):
+            widths[j] = cap + (1 if k < extra else 0)
+        break
+    return widths
 
 
 TASK_STATES = ("unknown", "scheduling", "running", "succeeded", "failed", "dead")
@@ -78,18 +184,18 @@ def cmd_tasks_list(args) -> int:
     if not tasks:
         print("no tasks" + (f" for batch {args.batch!r}" if args.batch else "") + (f" in state {args.state}" if args.state else ""))
         return 0
-    rows = [("TASK", "BATCH", "STATE", "MODE", "STARTED", "DEADLINE", "RUN", "MESSAGE")]
-    for t in tasks:
-        rows.append((t.task_id[:12], t.batch, t.state, t.mode, _iso(t.started_ms), _iso(t.deadline_ms),
-                     (t.run_id or "-")[:8], (t.message or "")[:60]))
-    _table(rows)
+    rows = [("TASK", "BATCH", "STATE", "MODE", "STARTED", "RUN", "MESSAGE")]
+    for t in tasks:  # ids whole; the message shortened, the deadline left out (--json has them)
+        rows.append((t.task_id, t.batch, t.state, t.mode, _iso(t.started_ms), t.run_id or "-",
+                     _short(t.message or "", 60) or "-"))
+    _table(rows, nowrap=("STATE", "MODE", "STARTED"), keep=("TASK", "BATCH"))
     return 0
 
 
-def _table(rows) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+def _short(text: str, most: int) -> str:
+    """One line of at most `most` characters (for free text in tables, never for ids)."""
+    text = " ".join(text.split())
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 # -- scoring and templates with a registered model ------------------------------------------------
@@ -114,7 +220,7 @@ def _load_registered_artifact(batch: str, version):
     resources = {"store": resource("store"), "artifacts": resource("artifacts")}
     record = resources["store"].get_model(batch, version)
     if record is None:
-        what = f"version {version} of batch {batch!r}" if version else f"batch {batch!r}"
+        what = f"version {version} of batch {batch!r}" if version is not None else f"batch {batch!r}"
         raise CliError(f"no model registered for {what}")
     try:  # from the configured artifact storage: a local folder or an object store
         with resources["artifacts"].reading(record.artifact) as path:
@@ -195,7 +301,8 @@ def cmd_templates(args) -> int:
 
 def _add_model_args(p) -> None:
     p.add_argument("--batch", required=True, help="the batch whose registered model is used")
-    p.add_argument("--version", type=int, help="model version (default: the batch's latest registered model)")
+    p.add_argument("--version", type=int, help="model version (default: the batch's production model: "
+                   "the pinned version, else the latest)")
     p.add_argument("--top-k", type=int, dest="top_k",
                    help="k of NuLog's top-k rule (default: the model's own, else 50)")
 
@@ -203,21 +310,17 @@ def _add_model_args(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    from orchestration import cli_feedback, cli_nats, cli_train
+    from orchestration import cli_anomalies, cli_feedback, cli_nats, cli_retention, cli_train
 
     cli_train.add_parser(sub)
     cli_nats.add_parser(sub)
     cli_feedback.add_parser(sub)
+    cli_anomalies.add_parser(sub)
+    cli_retention.add_parser(sub)
 
-    models = sub.add_parser("models", help="registered models").add_subparsers(dest="models_command", required=True)
-    p = models.add_parser("list", help="list registered models with lineage")
-    p.add_argument("--batch", help="only this batch")
-    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
-    p.set_defaults(func=cmd_models_list)
-    p = models.add_parser("show", help="show one model (the latest version by default)")
-    p.add_argument("batch")
-    p.add_argument("version", nargs="?", type=int)
-    p.set_defaults(func=cmd_models_show)
+    from orchestration import cli_models
+
+    cli_models.add_parser(sub)
 
     tasks = sub.add_parser("tasks", help="training tasks").add_subparsers(dest="tasks_command", required=True)
     p = tasks.add_parser("list", help="list training tasks, newest first")

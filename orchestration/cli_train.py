@@ -288,11 +288,11 @@ def cmd_get(args) -> int:
     if not rows:
         print("no trainings")
         return 0
+    from orchestration.cli import _table
+
     table = [("ID", "BATCH", "STATE", "MODE", "RUN", "ARTIFACT")]
     for r in rows:
         art = r["artifacts"][0]["artifactName"] if r["artifacts"] else "-"
-        table.append((r["task_id"][:32], r["batch"], r["state"], r["mode"], (r["run_id"] or "-")[:8], art))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        table.append((r["task_id"], r["batch"], r["state"], r["mode"], r["run_id"] or "-", art))
+    _table(table, nowrap=("STATE", "MODE"), keep=("ID", "BATCH"))
     return 0

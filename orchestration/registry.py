@@ -1,8 +1,16 @@
-"""Registration: the validated candidate becomes the batch's next versioned artifact."""
+"""Registration: the validated candidate becomes the batch's next versioned artifact.
+
+Versions are numbered after the batch's LATEST registered version. Whether the new version
+becomes production: a batch that follows its latest version (no pin) moves to it, and the
+change is recorded (action "register"); a pinned batch stays on its pinned version unless
+LOGLOOP_PROMOTE_NEW_VERSIONS is true, which moves production to the new version and unpins
+the batch.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 from dagster import Failure
@@ -25,19 +33,36 @@ def artifact_name(template: str, name: str, version: int, batch: str) -> str:
         raise Failure(description=f"artifact name template {template!r} is invalid: {exc}") from exc
 
 
-def lineage_parent(candidate_meta: dict, latest):
-    """A fine-tune's parent is the model it started from; a scratch model's, the one it replaces."""
+PROMOTE_NEW_VERSIONS = "LOGLOOP_PROMOTE_NEW_VERSIONS"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def promote_new_versions() -> bool:
+    """LOGLOOP_PROMOTE_NEW_VERSIONS: true moves a pinned batch's production to each newly
+    registered version (and unpins it); false (the default) leaves a pin where it is."""
+    value = os.environ.get(PROMOTE_NEW_VERSIONS, "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise Failure(description=f"{PROMOTE_NEW_VERSIONS}={value!r} is not a boolean "
+                                  f"(use one of {', '.join(v for v in _TRUE + _FALSE if v)})")
+    return value in _TRUE
+
+
+def lineage_parent(candidate_meta: dict, production):
+    """A fine-tune's parent is the model it started from; a scratch model's, the production model
+    it was gated against and would replace."""
     if candidate_meta.get("mode") == "finetune" and candidate_meta.get("parent_version") is not None:
         return candidate_meta["parent_version"]
-    return latest.version if latest else None
+    return production.version if production else None
 
 
 def register_candidate(
     *, batch, candidate_key, train_run_id, window, name, template, store: Store, artifacts: ArtifactStorage,
     version_label=None,
 ) -> ModelRecord:
+    move_pin = promote_new_versions()  # a bad value fails before anything is written
     existing = [m for m in store.list_models(batch) if m.run_id == train_run_id]
-    if existing:
+    if existing:  # registered before: its production change may not have been recorded yet
+        store.record_new_version(batch, existing[0].version, source=f"registry:{train_run_id}", move_pin=move_pin)
         return existing[0]
     try:
         with artifacts.reading(validation_key(candidate_key)) as path, open(path) as f:
@@ -49,13 +74,13 @@ def register_candidate(
 
     with artifacts.reading(candidate_key) as path:
         candidate = read_artifact(path)
-    parent = store.get_model(batch)
+    latest, production = store.latest_model(batch), store.get_model(batch)
     for _ in range(5):  # another writer may take the version between read and insert
-        version = (parent.version if parent else 0) + 1
+        version = (latest.version if latest else 0) + 1
         key = f"models/{batch_key(batch)}/{artifact_name(template, name, version, batch)}"
         meta = {
             **candidate.meta, "batch": batch, "version": version, "window_start_ms": window[0],
-            "window_end_ms": window[1], "parent_version": lineage_parent(candidate.meta, parent),
+            "window_end_ms": window[1], "parent_version": lineage_parent(candidate.meta, production),
             "mode": candidate.meta.get("mode", "scratch"), "train_run_id": train_run_id, "version_label": version_label,
         }
         with artifacts.writing(key) as tmp:
@@ -67,16 +92,19 @@ def register_candidate(
             parent_version=meta["parent_version"], mode=meta["mode"],
         )
         try:
-            return store.register_model(record)
+            registered = store.register_model(record)
         except VersionConflict:
             artifacts.delete(key)
-            parent = store.get_model(batch)
+            latest, production = store.latest_model(batch), store.get_model(batch)
+            continue
         except Exception:
             # a locked or unreachable store: unless the row made it in after all, nothing points
             # at the artifact, so it goes (when the store cannot say, it stays for a retry to reuse)
             if _not_registered(store, batch, train_run_id):
                 artifacts.delete(key)
             raise
+        store.record_new_version(batch, registered.version, source=f"registry:{train_run_id}", move_pin=move_pin)
+        return registered
     raise Failure(description=f"could not allocate a version for batch {batch!r}: too many concurrent registrations")
 
 

@@ -7,8 +7,8 @@ repr(), logs or errors.
 
 Concurrency. Writes are transactions. On SQLite a write transaction starts with BEGIN
 IMMEDIATE, which serialises writers across processes. On PostgreSQL (READ COMMITTED) a write
-takes a transaction-scoped advisory lock on what it changes (a batch's models, a task, a
-partition, a label's form), so two registrations of one batch run one after the other and get distinct
+takes a transaction-scoped advisory lock on what it changes (a batch's models or its production, a
+task, a partition, a label's form), so two registrations of one batch run one after the other and get distinct
 versions; the (batch, version) and (batch, run_id) unique constraints stay the backstop: a
 registration that loses a race there is a VersionConflict, as on SQLite. batch_statuses
 reads its three tables in one snapshot (a deferred transaction on SQLite, REPEATABLE READ on
@@ -34,6 +34,7 @@ from resources.store import (
     AnomalyCount,
     Label,
     PartitionCount,
+    ProductionEvent,
     Store,
     StoreError,
     Task,
@@ -158,6 +159,21 @@ labels = sa.Table(
     sa.Index("labels_seq", "seq"),
 )
 
+# production changes of each batch, appended (the last one wins; see resources/store.py)
+production_events = sa.Table(
+    "production_events", metadata,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("previous_version", sa.BigInteger),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Index("production_events_batch", "batch", "seq"),
+    sqlite_autoincrement=True,
+)
+
 _TASK_COLS = [tasks.c[name] for name in (
     "task_id", "batch", "state", "run_id", "mode", "window_start_ms", "window_end_ms", "started_ms",
     "deadline_ms", "updated_ms", "message",
@@ -165,6 +181,9 @@ _TASK_COLS = [tasks.c[name] for name in (
 _MODEL_COLS = [models.c[name] for name in (
     "batch", "version", "run_id", "artifact", "artifact_uri", "metrics", "window_start_ms", "window_end_ms",
     "created_ms", "parent_version", "mode",
+)]
+_PRODUCTION_COLS = [production_events.c[name] for name in (
+    "batch", "version", "previous_version", "action", "source", "reason", "created_ms",
 )]
 _LABEL_COLS = [labels.c[name] for name in (
     "batch", "masked", "label", "created_ms", "source", "model_version", "example",
@@ -461,6 +480,37 @@ class SQLStore(Store):
             rows = conn.execute(query).all()
         # sorted here, by code point: database collations order names differently
         return sorted((_model_from_row(r) for r in rows), key=lambda m: (m.batch, m.version))
+
+    # -- production ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_production(conn: sa.Connection, batch) -> tuple[list, list[ProductionEvent]]:
+        models_q = sa.select(*_MODEL_COLS).where(models.c.batch == batch).order_by(models.c.version)
+        events_q = (sa.select(*_PRODUCTION_COLS).where(production_events.c.batch == batch)
+                    .order_by(production_events.c.seq))
+        return ([_model_from_row(r) for r in conn.execute(models_q).all()],
+                [ProductionEvent(*r) for r in conn.execute(events_q).all()])
+
+    def _production_inputs(self, batch):
+        with self._tx(snapshot=True) as conn:  # models and events from one snapshot
+            return self._read_production(conn, batch)
+
+    def production_events(self, batch=None):
+        query = sa.select(*_PRODUCTION_COLS)
+        if batch is not None:
+            query = query.where(production_events.c.batch == batch)
+        with self._tx() as conn:
+            return [ProductionEvent(*r) for r in conn.execute(query.order_by(production_events.c.seq)).all()]
+
+    def _change_production(self, batch, plan):
+        with self._tx(write=True) as conn:
+            self._lock(conn, "production", batch)  # one change of a batch's production at a time
+            event = plan(*self._read_production(conn, batch))
+            if event is not None:
+                conn.execute(sa.insert(production_events).values(
+                    batch=event.batch, version=event.version, previous_version=event.previous_version,
+                    action=event.action, source=event.source, reason=event.reason, created_ms=event.created_ms))
+        return event
 
     # -- tasks ------------------------------------------------------------------------------------
 

@@ -15,6 +15,14 @@ correction simply appends another. The form a label is stored under is `label_fo
 control characters become U+FFFD and a form longer than MAX_LABEL_FORM characters is cut
 (the rest replaced by "...", as task messages are); readers matching scored lines against
 labels compare `label_form(masker.mask(line))`.
+
+Production (which version of a batch scores, is fine-tuned from and is the gate's champion):
+`get_model(batch)` returns it, `latest_model(batch)` the newest registered version. A batch
+follows its latest version until someone pins it (`promote`, `rollback`); a pinned batch stays
+on its version when newer ones register (`follow_latest` unpins it). Every change is an appended
+`ProductionEvent` (who, when, why; the last one wins, as for tasks and labels), in every store.
+`production_state` and `production_history` derive production and the rollback stack from the
+batch's models and events; the stores only keep the events.
 """
 
 from __future__ import annotations
@@ -46,7 +54,13 @@ ACTIVE_STATES = ("unknown", "scheduling", "running")
 TASK_MODES = ("scratch", "finetune")
 MAX_TASK_MESSAGE = 4000  # characters kept of a task event's message (the rest is cut, marked with "...")
 MAX_LABEL_EXAMPLE = 2000  # characters kept of a label's example line
-MAX_LABEL_SOURCE = 200    # characters kept of a label's source
+MAX_LABEL_SOURCE = 200    # characters kept of a label's source (and of a production change's)
+MAX_CHANGE_REASON = 1000  # characters kept of a production change's reason
+# production changes: promote and rollback pin the batch to a version; register (a new version
+# became production: the batch follows its latest, or LOGLOOP_PROMOTE_NEW_VERSIONS moved the pin)
+# and follow (unpinned: production is the latest version again) leave it following its latest
+PRODUCTION_ACTIONS = ("promote", "rollback", "register", "follow")
+PINNING_ACTIONS = ("promote", "rollback")
 
 
 @dataclass
@@ -73,6 +87,11 @@ class Task:
 
 @dataclass
 class BatchStatus:
+    """What the new-sample sensor decides on. The version and watermark are the LATEST registered
+    model's, not production's: "new data" is data no registered model has seen yet, so that a
+    pinned batch whose newer versions are not promoted is not retrained on the same data every
+    tick. (A fine-tune still starts from production: training_sample's parent is get_model.)"""
+
     batch: str
     model_version: Optional[int]    # latest registered version
     watermark_ms: Optional[int]     # the latest model's window_end_ms
@@ -140,6 +159,32 @@ class Label:
         return asdict(self)
 
 
+class ProductionError(ValueError):
+    """A production change that cannot be made: unknown batch or version, already production,
+    nothing to roll back to. The message says why, in words for the CLI."""
+
+
+@dataclass
+class ProductionEvent:
+    """One change of a batch's production model: what it became, what it was, who, when and why."""
+
+    batch: str
+    version: int                        # the production version after the change
+    previous_version: Optional[int]     # the production version before it (None: there was none)
+    action: str                         # promote | rollback | register | follow (PRODUCTION_ACTIONS)
+    source: str = ""                    # who or what changed it: "cli:alice", "registry:<run id>"
+    reason: str = ""
+    created_ms: int = 0
+
+    @property
+    def pinned(self) -> bool:
+        """After this change the batch stays on `version` whatever registers next."""
+        return self.action in PINNING_ACTIONS
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "pinned": self.pinned}
+
+
 class Store(ConfigurableResource, ABC):
     @abstractmethod
     def record_sample_counts(
@@ -165,8 +210,119 @@ class Store(ConfigurableResource, ABC):
     def list_models(self, batch: Optional[str] = None) -> list[ModelRecord]: ...
 
     def get_model(self, batch: str, version: Optional[int] = None) -> Optional[ModelRecord]:
-        models = [m for m in self.list_models(batch) if version is None or m.version == version]
+        """Version `version` of the batch; without one, its PRODUCTION model (the pinned version,
+        else the latest): what scoring, fine-tuning and the gate's champion use."""
+        if version is not None:
+            return next((m for m in self.list_models(batch) if m.version == version), None)
+        return self.production(batch)[0]
+
+    def latest_model(self, batch: str) -> Optional[ModelRecord]:
+        """The newest registered version of the batch, production or not (version numbering)."""
+        models = self.list_models(batch)
         return models[-1] if models else None
+
+    # -- production ------------------------------------------------------------------------------
+
+    def production(self, batch: str) -> tuple[Optional[ModelRecord], bool]:
+        """(the batch's production model, whether it is pinned); (None, False) without models."""
+        models, events = self._production_inputs(batch)
+        return production_state(models, events)
+
+    def _production_inputs(self, batch: str) -> tuple[list[ModelRecord], list[ProductionEvent]]:
+        """The batch's models (by version) and production events (oldest first); a store reads
+        them in one snapshot where it can."""
+        return self.list_models(batch), self.production_events(batch)
+
+    @abstractmethod
+    def production_events(self, batch: Optional[str] = None) -> list[ProductionEvent]:
+        """Every recorded change of production, of one batch or all, oldest first."""
+
+    @abstractmethod
+    def _change_production(self, batch: str, plan) -> Optional[ProductionEvent]:
+        """Read the batch's models and events, call plan(models, events) -> event or None, append
+        the event; on stores with transactions, all in one, serialised per batch. Returns the event."""
+
+    def promote(self, batch: str, version: int, *, source: str = "", reason: str = "") -> ProductionEvent:
+        """Pin production of `batch` to `version`. ProductionError for an unknown batch or version,
+        a version whose registry metrics show a failed gate (gate_problem), or a version that is
+        production and pinned already (pinning the version a batch follows is
+        a change: the batch stops following its latest)."""
+        check_version(version)
+        source, reason = check_change_text(batch, source, reason)
+
+        def plan(models, events):
+            if not models:
+                raise ProductionError(f"no model registered for batch {batch!r}")
+            current, pinned = production_state(models, events)
+            problem = gate_problem(_version_of(batch, models, version))
+            if problem:
+                raise ProductionError(f"version {version} of batch {batch!r} cannot be production: {problem}")
+            if current.version == version and pinned:
+                raise ProductionError(f"version {version} is already production of batch {batch!r} (pinned)")
+            return ProductionEvent(batch, version, current.version, "promote", source, reason, now_ms())
+
+        return self._change_production(batch, plan)
+
+    def rollback(self, batch: str, *, source: str = "", reason: str = "") -> ProductionEvent:
+        """Pin production of `batch` back to the version that was production before the current
+        one; each further rollback goes one step further back (see production_history).
+        ProductionError when the batch has no model, no earlier production version, or that
+        version is no longer registered."""
+        source, reason = check_change_text(batch, source, reason)
+
+        def plan(models, events):
+            current, _ = production_state(models, events)
+            if current is None:
+                raise ProductionError(f"no model registered for batch {batch!r}")
+            target = rollback_target(models, events, current.version)
+            if target is None:
+                raise ProductionError(f"batch {batch!r} has no earlier production version than v{current.version} "
+                                      "to roll back to")
+            if not any(m.version == target for m in models):
+                raise ProductionError(f"the previous production version v{target} of batch {batch!r} is no longer "
+                                      "registered; promote another version instead ('logloop models promote')")
+            return ProductionEvent(batch, target, current.version, "rollback", source, reason, now_ms())
+
+        return self._change_production(batch, plan)
+
+    def follow_latest(self, batch: str, *, source: str = "", reason: str = "") -> ProductionEvent:
+        """Unpin `batch`: production is its latest version again, and moves with each new one.
+        ProductionError when the batch has no model or is not pinned."""
+        source, reason = check_change_text(batch, source, reason)
+
+        def plan(models, events):
+            current, pinned = production_state(models, events)
+            if current is None:
+                raise ProductionError(f"no model registered for batch {batch!r}")
+            if not pinned:
+                raise ProductionError(f"batch {batch!r} already follows its latest version (v{current.version})")
+            return ProductionEvent(batch, models[-1].version, current.version, "follow", source, reason, now_ms())
+
+        return self._change_production(batch, plan)
+
+    def record_new_version(self, batch: str, version: int, *, source: str = "", move_pin: bool = False,
+                           reason: str = "") -> Optional[ProductionEvent]:
+        """After registering `version`: record that it became production (the batch follows its
+        latest), or make it production of a pinned batch when `move_pin`, unpinning it. None when
+        nothing changed: the batch is pinned (and not move_pin), `version` is not the latest, or
+        its change is recorded already (a repeated registration)."""
+        check_version(version)
+        source, reason = check_change_text(batch, source, reason)
+
+        def plan(models, events):
+            if not models or models[-1].version != version:
+                return None
+            if any(e.version == version and e.action == "register" for e in events):
+                return None
+            before, pinned = production_state(models[:-1], events)  # production just before this version
+            if pinned and not move_pin:
+                return None
+            why = reason or (f"v{version} registered; LOGLOOP_PROMOTE_NEW_VERSIONS moves the pin from v{before.version}"
+                             if pinned else f"v{version} registered; the batch follows its latest version")
+            return ProductionEvent(batch, version, before.version if before else None, "register", source,
+                                   _cut(why, MAX_CHANGE_REASON), now_ms())
+
+        return self._change_production(batch, plan)
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -238,6 +394,97 @@ class Store(ConfigurableResource, ABC):
 
     def ping(self) -> None:
         """Raise StoreError (naming the store, never its password) unless the store answers."""
+
+
+def check_version(version) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ProductionError(f"model version {version!r} is not a positive integer")
+
+
+def check_change_text(batch: str, source, reason) -> tuple[str, str]:
+    """A production change's batch, source and reason checked; the texts as stores keep them
+    (control characters U+FFFD, cut to MAX_LABEL_SOURCE and MAX_CHANGE_REASON characters)."""
+    validate_batch_name(batch)
+    for name, value in (("source", source), ("reason", reason)):
+        if not isinstance(value, str):
+            raise ValueError(f"production change {name} {value!r} is not a string")
+    return (_cut(_LABEL_CONTROL.sub("\ufffd", source), MAX_LABEL_SOURCE),
+            _cut(_LABEL_CONTROL.sub("\ufffd", reason), MAX_CHANGE_REASON))
+
+
+def gate_problem(model: ModelRecord) -> Optional[str]:
+    """Why the registry row of `model` does not show a passed gate, or None.
+
+    Only candidates that passed their gate are registered, so this holds for every version the
+    registry made; it catches rows without the gate's figures (a store rebuilt from an artifact
+    that lost its metrics.json) and non-finite figures (stored as null), which fail the gate."""
+    metrics = model.metrics if isinstance(model.metrics, dict) else {}
+    accuracy = metrics.get("top_k_accuracy")
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or accuracy != accuracy:
+        return "its registry row has no gate metrics (top_k_accuracy), so it cannot be shown to have passed its gate"
+    nulls = sorted(k for k in ("top_k_accuracy", "anomaly_share") if k in metrics and metrics[k] is None)
+    if nulls:
+        return f"its gate metrics are not finite ({', '.join(nulls)}): it failed its gate"
+    return None
+
+
+def _version_of(batch: str, models: list[ModelRecord], version: int) -> ModelRecord:
+    found = next((m for m in models if m.version == version), None)
+    if found is None:
+        versions = [m.version for m in models]
+        shown = ", ".join(map(str, versions[-10:])) + (f" (and {len(versions) - 10} older)" if len(versions) > 10 else "")
+        raise ProductionError(f"batch {batch!r} has no version {version} (registered: {shown})")
+    return found
+
+
+def production_state(models: list[ModelRecord], events: list[ProductionEvent]) -> tuple[Optional[ModelRecord], bool]:
+    """(production model, pinned) from the batch's models (by version) and events (oldest first).
+
+    The last event decides: a promote or rollback pins its version; otherwise (no events, or a
+    register or follow event) production is the latest version. A pinned version that is no
+    longer registered (a store rebuilt from artifacts keeps no events) falls back to the latest.
+    """
+    latest = models[-1] if models else None
+    if events and events[-1].pinned:
+        pinned = next((m for m in models if m.version == events[-1].version), None)
+        if pinned is not None:
+            return pinned, True
+    return latest, False
+
+
+def production_history(events: list[ProductionEvent]) -> list[int]:
+    """The stack of production versions, oldest first, that rollback walks back down.
+
+    Each change pushes its version (and first its previous version, when that is not on top:
+    a change that was not recorded, such as a version registered before production was
+    tracked); a rollback pops back down to the version it went to. So v1, v2, v3 registered,
+    then promote v1: rollback gives v3, rollback again v2, then v1."""
+    stack: list[int] = []
+    for e in events:
+        if e.action == "rollback":
+            while stack and stack[-1] != e.version:
+                stack.pop()
+            if not stack:
+                stack.append(e.version)
+            continue
+        if e.previous_version is not None and (not stack or stack[-1] != e.previous_version):
+            stack.append(e.previous_version)
+        if not stack or stack[-1] != e.version:
+            stack.append(e.version)
+    return stack
+
+
+def rollback_target(models: list[ModelRecord], events: list[ProductionEvent], current: int) -> Optional[int]:
+    """The version a rollback from production version `current` goes to, None when there is none.
+    Before its first recorded change a batch followed its latest version, so below the bottom of
+    the recorded history the previous production version is the newest one registered before."""
+    stack = production_history(events)
+    bottom = stack[0] if stack else current
+    while stack and stack[-1] == current:
+        stack.pop()
+    if stack:
+        return stack[-1]
+    return max((m.version for m in models if m.version < bottom), default=None)
 
 
 def check_task_args(state: str, mode: Optional[str]) -> None:

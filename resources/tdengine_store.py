@@ -15,6 +15,8 @@ with the real batch name as the tag `batch`):
   window_end_ms, created_ms, parent_version, mode) TAGS (batch)
 - labels (ts, form_key, label_value, masked_form, example_line, label_source, model_version,
   created_ms, label_ns) TAGS (batch)
+- production (ts, prod_version, prev_version, change_action, change_source, change_reason,
+  created_ms, event_ns) TAGS (batch)
 
 `count` and `state` are TDengine keywords, hence `line_count` and `task_state`.
 
@@ -54,6 +56,11 @@ form_key), form_key being the hash store.label_key(batch, form) (forms can be 40
 A new label's timestamp is also later than that of the label it read as current, so a
 correction wins even when the previous label came from a host whose clock runs ahead.
 
+Production changes (promote, rollback, ...) are appended the same way: the batch's events in
+timestamp order are its history, the last one wins, and a new event's timestamp is later than
+that of the last event it read, so a change made on a host whose clock is behind still comes
+last. Two changes of one batch at the same moment both land; the later timestamp wins.
+
 Model registration has no transaction to lean on; see register_model for the race and how the
 caller's retry (orchestration/registry.py) resolves it.
 """
@@ -78,6 +85,7 @@ from resources.store import (
     BatchStatus,
     Label,
     ModelRecord,
+    ProductionEvent,
     PartitionCount,
     Store,
     StoreError,
@@ -195,8 +203,14 @@ _STABLES = {
         "ts TIMESTAMP, form_key VARCHAR(64), label_value VARCHAR(16), masked_form NCHAR(4000), "
         "example_line NCHAR(2000), label_source NCHAR(200), model_version BIGINT, created_ms BIGINT, label_ns BIGINT"
     ),
+    # store.MAX_CHANGE_REASON and MAX_LABEL_SOURCE characters; change_action one of PRODUCTION_ACTIONS
+    "production": (
+        "ts TIMESTAMP, prod_version BIGINT, prev_version BIGINT, change_action VARCHAR(16), "
+        "change_source NCHAR(200), change_reason NCHAR(1000), created_ms BIGINT, event_ns BIGINT"
+    ),
 }
-_PREFIX = {"sample_counts": "sc", "task_events": "te", "models": "md", "anomaly_counts": "ac", "labels": "lb"}
+_PREFIX = {"sample_counts": "sc", "task_events": "te", "models": "md", "anomaly_counts": "ac", "labels": "lb",
+           "production": "pd"}
 _VOID_BATCH = ""  # reserved tag of the marker row an empty recording writes
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_SQL = 512 * 1024  # bytes per INSERT statement (TDengine's default limit is 1 MiB)
@@ -463,6 +477,40 @@ class TDengineStore(Store):
                 f"{holder.run_id if holder else '?'!r} at the same time"
             )
         return holder
+
+    # -- production -----------------------------------------------------------------------------
+
+    def _production_events(self, batch: Optional[str]) -> list[tuple[int, ProductionEvent]]:
+        """(timestamp, event) of the batch's production changes (or all batches'), oldest first."""
+        where = f" WHERE batch = {literal(batch)}" if batch is not None else ""
+        rows = self._rows(
+            "SELECT batch, prod_version, prev_version, change_action, change_source, change_reason, created_ms, "
+            f"event_ns FROM {self.database}.production{where} ORDER BY ts",
+            "cannot read production changes",
+        )
+        out = [(r["event_ns"], ProductionEvent(
+            batch=r["batch"], version=r["prod_version"], previous_version=r["prev_version"],
+            action=r["change_action"], source=r["change_source"] or "", reason=r["change_reason"] or "",
+            created_ms=r["created_ms"],
+        )) for r in rows]
+        out.sort(key=lambda ne: (ne[0], ne[1].batch))
+        return out
+
+    def production_events(self, batch=None):
+        return [e for _, e in self._production_events(batch)]
+
+    def _change_production(self, batch, plan):
+        literal(batch)  # reject bad text before any I/O
+        timed = self._production_events(batch)
+        event = plan(self.list_models(batch), [e for _, e in timed])
+        if event is None:
+            return None
+        ts = allocate_ns(after=timed[-1][0] if timed else 0)  # after the change it read, whatever the clocks
+        event.created_ms = ts // 1_000_000
+        values = (ts, event.version, event.previous_version, event.action, event.source, event.reason,
+                  event.created_ms, ts)
+        self._insert("production", [(batch, values)], f"cannot record a production change of batch {batch!r}")
+        return event
 
     # -- tasks ----------------------------------------------------------------------------------
 

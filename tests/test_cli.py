@@ -28,6 +28,15 @@ def home(tmp_path, monkeypatch):
     return tmp_path
 
 
+def column(table: str, name: str) -> str:
+    """The text of one column of a printed table, its wrapped lines joined (headers are one word)."""
+    lines = table.splitlines()
+    starts = [i for i in range(len(lines[0])) if lines[0][i] != " " and (i == 0 or lines[0][i - 1] == " ")]
+    start = lines[0].index(name)
+    end = next((s for s in starts if s > start), None)
+    return "".join(line[start:end].strip() for line in lines[1:])
+
+
 def logloop(*args, env=None):
     exe = Path(sys.executable).with_name("logloop")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60)
@@ -37,26 +46,91 @@ def test_models_list_json_is_a_list_of_objects_with_lineage(home):
     out = logloop("models", "list", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert [(r["batch"], r["version"], r["parent_version"], r["mode"]) for r in rows] == [
-        ("a/b", 1, None, "scratch"), ("a/b", 2, 1, "finetune"), (HOSTILE, 1, None, "scratch")]
+    assert [(r["batch"], r["version"], r["parent_version"], r["mode"], r["production"]) for r in rows] == [
+        ("a/b", 1, None, "scratch", False), ("a/b", 2, 1, "finetune", True), (HOSTILE, 1, None, "scratch", True)]
+    assert rows[0]["artifact_uri"] == "/data/models/x/nulog-1-u.zip" and rows[0]["window_end_ms"] == 3_600_000  # exact
 
 
 def test_models_list_filters_by_batch_and_shows_a_table(home):
     out = logloop("models", "list", "--batch", "a/b")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split()[:4] == ["BATCH", "VERSION", "MODE", "PARENT"]
-    assert [ln.split()[:4] for ln in lines[1:]] == [["a/b", "1", "scratch", "-"], ["a/b", "2", "finetune", "1"]]
+    assert lines[0] == "a/b  (artifacts in models/x/)"  # the batch, and its artifacts' folder under the artifact root
+    assert lines[1].split() == ["VERSION", "PROD", "MODE", "PARENT", "TOP-K", "ACC", "FLAGGED", "DATA", "UNTIL", "ARTIFACT"]
+    assert [ln.split() for ln in lines[2:]] == [
+        ["1", "-", "scratch", "-", "0.950", "0.010", "1970-01-01", "01:00Z", "nulog-1-u.zip"],
+        ["2", "yes", "finetune", "1", "0.950", "0.010", "1970-01-01", "02:00Z", "nulog-2-u.zip"]]
+    assert "/data/" not in out.stdout  # artifact names relative to the artifact root, not absolute paths
+    every = logloop("models", "list").stdout.splitlines()
+    assert every[:4] == lines and every[4:6] == ["", f"{HOSTILE}  (artifacts in models/x/)"]  # batch by batch
     assert "no models registered for batch 'nope'" in logloop("models", "list", "--batch", "nope").stdout
 
 
-def test_models_show_latest_and_given_version(home):
-    latest = json.loads(logloop("models", "show", "a/b").stdout)
-    assert latest["version"] == 2 and latest["parent_version"] == 1
-    assert json.loads(logloop("models", "show", "a/b", "1").stdout)["version"] == 1
-    assert json.loads(logloop("models", "show", HOSTILE).stdout)["batch"] == HOSTILE
+def test_models_show_production_and_given_version(home):
+    latest = json.loads(logloop("models", "show", "a/b", "--json").stdout)
+    assert latest["version"] == 2 and latest["parent_version"] == 1 and latest["production"] is True
+    assert latest["window_end_ms"] == 7_200_000 and latest["metrics"] == {"top_k_accuracy": 0.95, "anomaly_share": 0.01}
+    one = json.loads(logloop("models", "show", "a/b", "1", "--json").stdout)
+    assert (one["version"], one["production"], one["pinned"]) == (1, False, False)
+    assert json.loads(logloop("models", "show", HOSTILE, "--json").stdout)["batch"] == HOSTILE
     missing = logloop("models", "show", "a/b", "9")
     assert missing.returncode == 1 and "no model registered for version 9 of batch 'a/b'" in missing.stderr
+    nobody = logloop("models", "show", "nope")
+    assert nobody.returncode == 1 and "no model registered for batch 'nope'" in nobody.stderr
+
+
+def test_models_show_prints_human_times_and_rounded_figures(home):
+    store = SQLiteStore(path=str(home / "store.sqlite"))
+    store.register_model(ModelRecord(
+        batch="a/b", version=3, run_id="run-3", artifact="models/x/nulog-3-u.zip", artifact_uri="/data/models/x/nulog-3-u.zip",
+        metrics={"top_k_accuracy": 0.9941234567891234, "anomaly_share": 0.01412345678, "n_lines": 123456,
+                 "labelled_precision": None}, window_start_ms=1795410000000, window_end_ms=1795417200000,
+        created_ms=1796004840000, parent_version=2, mode="finetune"))
+    out = logloop("models", "show", "a/b")
+    assert out.returncode == 0, out.stderr
+    shown = {ln.split()[0]: ln.split(None, 1)[1] for ln in out.stdout.splitlines()}
+    assert shown["version"] == "3  production (follows the latest version)"
+    assert shown["mode"] == "finetune, parent v2"
+    assert shown["registered"] == "2026-11-30 02:14Z"
+    assert shown["data"] == "2026-11-23 05:00Z to 2026-11-23 07:00Z"
+    assert shown["artifact"] == "models/x/nulog-3-u.zip"
+    assert (shown["top_k_accuracy"], shown["anomaly_share"], shown["n_lines"], shown["labelled_precision"]) == (
+        "0.994", "0.014", "123,456", "-")
+    assert "1795410000000" not in out.stdout and "0.99412" not in out.stdout
+    exact = json.loads(logloop("models", "show", "a/b", "--json").stdout)
+    assert exact["metrics"]["top_k_accuracy"] == 0.9941234567891234 and exact["created_ms"] == 1796004840000
+
+
+def test_tables_fit_120_columns_and_keep_ids_whole(home):
+    """Long names and ids wrap inside their column (rich), never past 120 columns and never cut."""
+    store = SQLiteStore(path=str(home / "store.sqlite"))
+    long_batch = "team/" + "very-long-namespace-" * 4 + "deployment"
+    for version in (1, 2):
+        key = f"models/{'x' * 40}/nulog-{version}-{'0123456789abcdef' * 2}.zip"
+        store.register_model(ModelRecord(
+            batch=long_batch, version=version, run_id=f"r{version}", artifact=key, artifact_uri=f"/very/long/abs/{key}",
+            metrics={"top_k_accuracy": 0.91, "anomaly_share": 0.02}, window_start_ms=0, window_end_ms=3_600_000))
+    task_id = "checkout-nightly-" + "x" * 50
+    run_id = "3f2c8a1e-5b7d-4c9e-8a6f-0123456789ab"
+    store.record_task_event(task_id, long_batch, "running", run_id=run_id, message="epoch 3 " * 40)
+    store.promote(long_batch, 1, source="cli:test", reason="why " * 100)
+    store.register_model(ModelRecord(batch="b" * 200, version=1, run_id="r", artifact="models/" + "y" * 150 + "/m.zip",
+                                     artifact_uri="/y", metrics={"top_k_accuracy": 0.9}))
+    for args in (["models", "list"], ["tasks", "list"], ["models", "history", long_batch], ["models", "show", long_batch],
+                 ["feedback", "list"]):
+        out = logloop(*args)
+        assert out.returncode == 0, (args, out.stderr)
+        assert max(len(line) for line in out.stdout.splitlines()) <= 120, (args, out.stdout)
+        assert not any(line != line.rstrip() for line in out.stdout.splitlines())
+    tasks = logloop("tasks", "list").stdout
+    assert column(tasks, "TASK") == task_id and column(tasks, "RUN") == run_id and column(tasks, "BATCH") == long_batch
+    listed = logloop("models", "list", "--batch", long_batch).stdout.splitlines()
+    header = next(i for i, line in enumerate(listed) if line.startswith("VERSION "))
+    assert " ".join(listed[:header]) == f"{long_batch}  (artifacts in models/{'x' * 40}/)"  # wrapped at the space
+    assert column("\n".join(listed[header:]), "ARTIFACT") == "".join(
+        f"nulog-{v}-{'0123456789abcdef' * 2}.zip" for v in (1, 2))
+    assert "/very/long/abs/" not in "".join(listed)
+    assert json.loads(logloop("tasks", "list", "--json").stdout)[0]["task_id"] == task_id
 
 
 def test_bad_arguments_and_unusable_store_fail_clearly(home, tmp_path):
@@ -171,7 +245,8 @@ def _env(buffering):
 
 @pytest.mark.parametrize("buffering", ["buffered", "unbuffered"])  # the write fails at exit, or at once
 @pytest.mark.parametrize("args", [
-    ("models", "list"), ("models", "list", "--json"), ("models", "show", "a/b"), ("tasks", "list"),
+    ("models", "list"), ("models", "list", "--json"), ("models", "show", "a/b"), ("models", "history", "a/b"),
+    ("tasks", "list"),
     ("train", "get"), ("--help",), ("models", "list", "--help"),
 ])
 def test_output_into_a_closed_pipe_exits_quietly(home, args, buffering):

@@ -529,9 +529,10 @@ def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bu
     env.update(bucket.env, LOGLOOP_HOME=str(sandbox / "home"), LOGLOOP_STORE_URL=f"sqlite:///{store_path}",
                LOGLOOP_ARTIFACTS_URL=URL, TMPDIR=str(sandbox / "tmp"))
     exe = str(Path(sys.executable).with_name("logloop"))
-    listed = subprocess.run([exe, "models", "list"], capture_output=True, text=True, env=env, cwd=sandbox, timeout=120)
+    listed = subprocess.run([exe, "models", "list", "--json"], capture_output=True, text=True, env=env, cwd=sandbox,
+                            timeout=120)
     assert listed.returncode == 0, listed.stderr
-    assert model.artifact_uri in listed.stdout
+    assert [m["artifact_uri"] for m in json.loads(listed.stdout)] == [model.artifact_uri]
     lines = [json.loads(line)["log"] for line in next(logs.glob("*.jsonl")).read_text().splitlines()[:30]]
     (sandbox / "lines.txt").write_text("\n".join(lines) + "\n")
     scored = subprocess.run([exe, "score", "--batch", BATCH, "--json", str(sandbox / "lines.txt")], capture_output=True,

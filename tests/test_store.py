@@ -24,7 +24,7 @@ import pytest
 
 from ops.naming import InvalidName, batch_key, validate_batch_name, validate_key
 from resources.sql_store import SQLStore
-from resources.store import LABELS, ModelRecord, SQLiteStore, StoreError, VersionConflict
+from resources.store import LABELS, ModelRecord, ProductionError, SQLiteStore, StoreError, VersionConflict
 from resources.tdengine_store import TDengineStore, literal
 from tests.postgres_server import PostgresUnavailable, postgres_server
 from tests.taos_rest_server import FakeTaosAdapter, FakeTDengine
@@ -648,6 +648,163 @@ def test_tdengine_store_repr_and_str_hide_the_password(monkeypatch):
         for shown in (repr(store), str(store), f"{store}", repr([store])):
             assert secret not in shown and "TDengine" in repr(store) and "127.0.0.1:6041" in shown, shown
     assert "root:***@127.0.0.1:6041" in repr(stores[1])
+
+
+# -- production: promote, rollback, follow; every change recorded ---------------------------------------
+
+
+def _versions(store, batch, n, **metrics):
+    for v in range(1, n + 1):
+        rec = record(batch, f"run-{v}", v, window_end_ms=10 * v)
+        rec.metrics = {"top_k_accuracy": 0.9, "anomaly_share": 0.01, **metrics}
+        store.register_model(rec)
+
+
+def test_production_follows_the_latest_until_pinned(store):
+    _versions(store, HOSTILE, 2)
+    assert store.get_model(HOSTILE).version == 2 and store.production(HOSTILE)[1] is False
+    assert store.production_events(HOSTILE) == []
+    event = store.promote(HOSTILE, 1, source="cli:alice", reason="v2 flags every restart")
+    assert (event.batch, event.version, event.previous_version, event.action, event.pinned) == (HOSTILE, 1, 2, "promote", True)
+    assert store.get_model(HOSTILE).version == 1 and store.production(HOSTILE)[1] is True
+    assert store.latest_model(HOSTILE).version == 2 and store.get_model(HOSTILE, 2).version == 2
+    store.register_model(record(HOSTILE, "run-3", 3, window_end_ms=30))  # a newer version does not move the pin
+    assert store.record_new_version(HOSTILE, 3, source="registry:run-3") is None
+    assert store.get_model(HOSTILE).version == 1 and store.latest_model(HOSTILE).version == 3
+    # the sensor's watermark is the latest model's: data since v3 is new, whatever production is
+    [status] = store.batch_statuses()
+    assert (status.model_version, status.watermark_ms) == (3, 30)
+    moved = store.record_new_version(HOSTILE, 3, source="registry:run-3", move_pin=True)  # LOGLOOP_PROMOTE_NEW_VERSIONS
+    assert (moved.version, moved.previous_version, moved.action, moved.pinned) == (3, 1, "register", False)
+    assert "LOGLOOP_PROMOTE_NEW_VERSIONS" in moved.reason
+    assert store.record_new_version(HOSTILE, 3, move_pin=True) is None  # recorded once
+    assert store.get_model(HOSTILE).version == 3 and store.production(HOSTILE)[1] is False
+    store.register_model(record(HOSTILE, "run-4", 4))  # following again: v4 is production at once
+    assert store.get_model(HOSTILE).version == 4
+    followed = store.record_new_version(HOSTILE, 4, source="registry:run-4")
+    assert (followed.version, followed.previous_version, followed.action) == (4, 3, "register")
+    assert store.record_new_version(HOSTILE, 2) is None  # not the latest version: nothing to record
+    assert [e.action for e in store.production_events(HOSTILE)] == ["promote", "register", "register"]
+
+
+def test_rollback_walks_back_through_the_history_and_follow_unpins(store):
+    _versions(store, "a", 3)
+    assert store.rollback("a", source="cli:bob").version == 2  # no history yet: v3's predecessor
+    assert store.promote("a", 3).previous_version == 2
+    back = store.rollback("a", reason="v3 again is no better")
+    assert (back.version, back.previous_version, back.action, back.pinned) == (2, 3, "rollback", True)
+    assert store.get_model("a").version == 2
+    assert store.rollback("a").version == 1  # a stack: v1 -> v2 -> v3, so before v2 came v1
+    with pytest.raises(ProductionError, match="batch 'a' has no earlier production version than v1 to roll back to"):
+        store.rollback("a")
+    unpinned = store.follow_latest("a", source="cli:carol", reason="v3 is fine after all")
+    assert (unpinned.version, unpinned.previous_version, unpinned.action, unpinned.pinned) == (3, 1, "follow", False)
+    assert store.get_model("a").version == 3 and store.production("a") == (store.latest_model("a"), False)
+    with pytest.raises(ProductionError, match=r"batch 'a' already follows its latest version \(v3\)"):
+        store.follow_latest("a")
+    assert store.rollback("a").version == 1  # back to what production was before the follow
+    assert store.promote("a", 2).previous_version == 1
+    assert store.rollback("a").version == 1
+    with pytest.raises(ProductionError, match="no earlier production version than v1"):
+        store.rollback("a")
+
+
+def test_production_changes_that_cannot_be_made_are_refused(store):
+    for change in (lambda: store.promote("nope", 1), lambda: store.rollback("nope"), lambda: store.follow_latest("nope")):
+        with pytest.raises(ProductionError, match="no model registered for batch 'nope'"):
+            change()
+    _versions(store, "a", 2)
+    with pytest.raises(ProductionError, match=re.escape("batch 'a' has no version 7 (registered: 1, 2)")):
+        store.promote("a", 7)
+    for bad in (0, -1, "2", True, None):
+        with pytest.raises(ProductionError, match="is not a positive integer"):
+            store.promote("a", bad)
+    store.promote("a", 2)  # pinning the version the batch follows is a change: it stops following
+    with pytest.raises(ProductionError, match=re.escape("version 2 is already production of batch 'a' (pinned)")):
+        store.promote("a", 2)
+    _versions(store, "one", 1)
+    with pytest.raises(ProductionError, match="batch 'one' has no earlier production version than v1"):
+        store.rollback("one")
+    with pytest.raises(ValueError, match="control characters"):
+        store.promote("a\nb", 1)
+    with pytest.raises(ValueError, match="reason 7 is not a string"):
+        store.promote("a", 1, reason=7)
+    # a row whose gate figures are missing or were not finite (null) never becomes production
+    failed = record("g", "run-1", 1)
+    failed.metrics = {"top_k_accuracy": None, "anomaly_share": 0.5}
+    store.register_model(failed)
+    store.register_model(record("g", "run-2", 2))
+    with pytest.raises(ProductionError, match="version 1 of batch 'g' cannot be production: .*cannot be shown to have "
+                                              "passed its gate"):
+        store.promote("g", 1)
+    assert len(store.production_events()) == 1 and store.get_model("a").version == 2
+
+
+def test_production_changes_record_who_when_and_why(store):
+    _versions(store, UNICODE, 2)
+    _versions(store, "b", 2)
+    before = int(time.time() * 1000) - 1
+    store.promote(UNICODE, 1, source="cli:alice", reason=f"it's \"quoted\"; -- {UNICODE}\ttab nul\x00 \x1b[31m")
+    store.promote("b", 1, source=HOSTILE, reason="x" * 5000)
+    store.rollback(UNICODE, source="cli:bob")
+    events = store.production_events(UNICODE)
+    assert [(e.action, e.version, e.previous_version, e.source) for e in events] == [
+        ("promote", 1, 2, "cli:alice"), ("rollback", 2, 1, "cli:bob")]
+    assert events[0].reason == f"it's \"quoted\"; -- {UNICODE}\ttab nul\ufffd \ufffd[31m"  # control characters: U+FFFD
+    assert events[1].reason == "" and before <= events[0].created_ms <= events[1].created_ms <= int(time.time() * 1000)
+    [b] = store.production_events("b")
+    assert b.source == HOSTILE and len(b.reason) == 1000 and b.reason.endswith("...")
+    assert [e.batch for e in store.production_events()] == [UNICODE, "b", UNICODE]  # every batch, oldest first
+    assert store.production_events("nobody") == []
+    assert events[0].to_dict()["pinned"] is True
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_sql_store_made_before_production_gets_its_table(tmp_path, request, kind):
+    """An existing database gains the production_events table on first use, as every table is created."""
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            store = SQLiteStore(path=str(tmp_path / "old.sqlite"))
+        else:
+            store = stack.enter_context(_postgres_store(request.getfixturevalue("postgres")))
+        store.register_model(record("a", "r1", 1))
+        store.register_model(record("a", "r2", 2))
+        with store._tx(write=True) as conn:
+            conn.exec_driver_sql("DROP TABLE production_events")
+        store.dispose()  # a new process: the schema is checked again
+        assert store.get_model("a").version == 2 and store.production_events() == []
+        assert store.promote("a", 1).previous_version == 2 and store.get_model("a").version == 1
+
+
+def test_tdengine_database_made_before_production_gets_its_super_table(fake_taos):
+    store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    store._sql(f"CREATE DATABASE {store.database} PRECISION 'ns'")
+    store._sql(f"CREATE STABLE {store.database}.models ({tds_stables()['models']}) TAGS (batch NCHAR(256))")
+    store.register_model(record("a", "r1", 1))
+    store.register_model(record("a", "r2", 2))
+    assert store.get_model("a").version == 2 and store.promote("a", 1).version == 1
+    assert store.get_model("a").version == 1
+
+
+def test_tdengine_production_change_wins_over_one_from_a_clock_ahead(fake_taos, monkeypatch):
+    """Host A (clock 10 s ahead) promotes v1; host B rolls back: B's event is written after the one it
+    read, so the rollback is the current state, and each host wrote its own child table."""
+    import resources.tdengine_store as tds
+
+    store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
+    _versions(store, "a", 2)
+    now = time.time_ns()
+    monkeypatch.setattr(tds, "time", SimpleNamespace(time_ns=lambda: now))
+    monkeypatch.setitem(tds._clock, "writer", "aaaaaaaaaaaaaaaa")
+    store.promote("a", 1, source="host-a")
+    monkeypatch.setattr(tds, "time", SimpleNamespace(time_ns=lambda: now - 10_000_000_000))
+    monkeypatch.setitem(tds._clock, "writer", "bbbbbbbbbbbbbbbb")
+    monkeypatch.setitem(tds._clock, "last_ns", 0)
+    assert store.rollback("a", source="host-b").version == 2
+    assert [e.source for e in store.production_events("a")] == ["host-a", "host-b"]
+    assert store.get_model("a").version == 2 and store.production("a")[1] is True
+    children = {row[0] for row in fake_taos.engine.raw_rows(store.database, "production")}
+    assert len(children) == 2 and all(c.startswith("pd_" + tds.name_hash("a") + "_") for c in children)
 
 
 # -- the SQL store: concurrency, secrets and PostgreSQL specifics ------------------------------------
