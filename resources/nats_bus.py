@@ -93,8 +93,8 @@ class NatsBus(ModelEvents):
 
     url: str = Field(description="nats://host:4222 (several: comma-separated)")
     user: Optional[str] = None
-    password: Optional[str] = None
-    token: Optional[str] = None
+    password: Optional[str] = Field(default=None, repr=False, description="use EnvVar")
+    token: Optional[str] = Field(default=None, repr=False, description="use EnvVar")
     creds_file: Optional[str] = Field(default=None, description="a .creds file (JWT and NKey seed)")
     request_subject: str = "train"
     request_rejected_subject: str = "train.rejected"
@@ -122,6 +122,11 @@ class NatsBus(ModelEvents):
         if not NAME_RE.match(value or ""):
             raise ValueError(f"{value!r} is not a JetStream stream or consumer name (1-64 letters, digits, '-', '_')")
         return value
+
+    def __repr_args__(self):
+        """What repr() and str() show: servers without their user info (a NATS URL may hold a password or token)."""
+        for name, value in super().__repr_args__():
+            yield name, (self.where if name == "url" and isinstance(value, str) else value)
 
     @property
     def servers(self) -> list[str]:

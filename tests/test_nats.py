@@ -100,6 +100,7 @@ def test_nats_settings_come_from_the_environment_and_secrets_stay_out_of_config(
     assert "VfU6TcAl9x" not in repr(events) and "s3cret-token" not in repr(events)
     live = events.process_config_and_initialize()
     assert live.request_subject == "opni.train" and live.token == "s3cret-token"
+    assert "VfU6TcAl9x" not in repr(live) and "s3cret-token" not in repr(live) and "s3cret-token" not in str(live)
     assert live.where == "nats://***@nats.example:4222"
     monkeypatch.setenv("LOGLOOP_NATS_REJECTED_SUBJECT", "train.>")
     with pytest.raises(ValueError, match="LOGLOOP_NATS_REJECTED_SUBJECT.*not a NATS subject"):
