@@ -127,4 +127,13 @@ def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = 50, thr
         "n_lines": int(counts.sum()),
         "n_distinct": len(lines),
         "n_tokens": int(n_tokens),
+        "score_histogram": _histogram(scores, counts),
     }
+
+
+def _histogram(scores: np.ndarray, counts: np.ndarray) -> dict:
+    """The count-weighted score histogram the gate plots (ops.plots draws it; only numpy here)."""
+    from ops.plots import histogram
+
+    edges, weights = histogram(scores.tolist(), counts.tolist())
+    return {"edges": edges, "counts": weights}

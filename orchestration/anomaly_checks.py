@@ -39,15 +39,9 @@ MAX_JUMPS_KEPT = 100
 
 
 @dataclass
-class WindowRate:
-    """One window of a batch and the rule's verdict on it."""
+class WindowRate(AnomalyCount):
+    """One window of a batch (its anomaly counts) and the rule's verdict on it."""
 
-    batch: str
-    window_start_ms: int
-    window_end_ms: int
-    lines: int
-    anomalies: int
-    model_version: int
     rate: Optional[float]             # anomalies / lines; None without lines
     baseline_rate: Optional[float]    # median rate of the previous windows used
     baseline_windows: int             # how many previous windows were used

@@ -44,7 +44,8 @@ def nulog_model_quality(
     batch = context.partition_key
     upstream = upstream_metadata(context.instance, context.run.run_id, "nulog_model", batch)
     failures, metrics = judge(upstream["candidate_key"], upstream["sample_key"], batch, config, artifacts, store)
-    result = gate_result(artifacts, upstream["candidate_key"], config, failures, metrics)
+    histogram = metrics.pop("score_histogram", None)  # plotted, not kept with the model's metrics
+    result = gate_result(artifacts, upstream["candidate_key"], config, failures, metrics, histogram)
     if failures:
         from orchestration.model_events import announce, model_rejected
 
@@ -76,12 +77,11 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
     metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
     metrics["oov_share"] = candidate.vocab.oov_share(validation_lines)
     if validation_lines:
-        from ops.evaluate import token_ranks
         from ops.templates import masked_templates
 
         forms = [f for f, _ in validation_lines]
-        ranks = token_ranks(candidate.model, candidate.vocab, forms)
-        metrics["template_count"] = len(set(masked_templates(dict(zip(forms, ranks)), config.top_k).values()))
+        # templates come from the lines themselves, not from the model's ranks (ops/templates.py)
+        metrics["template_count"] = len(set(masked_templates(dict.fromkeys(forms, []), config.top_k).values()))
     labels = candidate.meta.get("feedback") or {}
     if labels and validation_lines:
         # how the verdict without feedback (model and severity) agrees with the users' labels
@@ -123,7 +123,7 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
 
 
 def gate_result(artifacts: ArtifactStorage, candidate_key: str, config: ValidationConfig, failures: list[str],
-                metrics: dict) -> AssetCheckResult:
+                metrics: dict, histogram: dict | None = None) -> AssetCheckResult:
     """The verdict, written next to the candidate (registration reads it) and returned to Dagster."""
     passed = not failures
     with artifacts.writing(validation_key(candidate_key)) as tmp:
@@ -133,29 +133,13 @@ def gate_result(artifacts: ArtifactStorage, candidate_key: str, config: Validati
                        "candidate_key": candidate_key, "config": config.model_dump()}, f, allow_nan=False)
     from dagster import MetadataValue
 
-    from ops.plots import histogram, markdown_image, round_sig, score_histogram_png
+    from ops.plots import markdown_image, round_sig, score_histogram_png
 
     # the figures, rounded for people (validation.json above keeps them exact); absent ones left out
     metadata = {k: round_sig(v) if isinstance(v, float) else v
                 for k, v in _finite(metrics).items() if isinstance(v, (int, float))}
-    # The validation scores' histogram: from the metrics when they carry one ({"edges", "counts"}),
-    # else from the candidate's scores on its validation split (one more scoring pass).
-    hist = metrics.get("score_histogram")
-    if not hist and metrics and metrics.get("n_lines"):
-        from ops.artifact import ArtifactError, read_artifact
-        from ops.evaluate import score_lines
-        from resources.artifacts import ArtifactStorageError
-
-        try:
-            with artifacts.reading(candidate_key) as path:
-                candidate = read_artifact(path)
-            with artifacts.reading(candidate.meta["sample_key"]) as path:
-                _, validation_lines = read_sample(path)
-            scores = score_lines(candidate.model, candidate.vocab, [f for f, _ in validation_lines], config.top_k)
-            edges, counts = histogram(scores, [c for _, c in validation_lines])
-            hist = {"edges": edges, "counts": counts}
-        except (ArtifactError, ArtifactStorageError, OSError, KeyError, ValueError):  # no plot, same verdict
-            hist = None
+    # the validation scores' histogram ({"edges", "counts"}, from ops.evaluate.evaluate)
+    hist = histogram
     if hist:
         png = score_histogram_png(hist["edges"], hist["counts"], threshold=config.threshold)
         metadata["score_histogram"] = MetadataValue.md(markdown_image(png, "validation score histogram"))

@@ -5,7 +5,7 @@
     logloop feedback list [--batch B] [--json]         # the current labels
 
 A label belongs to a line's masked form (its event key), masked with the rules of the batch's
-production model (the pinned version, else the latest) (the default rules while the batch has none), so it covers every line
+production model (the pinned version, else the latest; the default rules while the batch has none), so it covers every line
 of that form. One label is recorded per distinct form, its first line kept as the example;
 labelling a form again replaces its label: the latest label wins (the store keeps them all).
 """
@@ -21,7 +21,7 @@ from orchestration.cli import CliError, _iso, _table
 
 DESCRIPTION = (
     "Label log lines of a batch as normal or anomalous. Each line is masked with the masking rules "
-    "of the batch's production model (the pinned version, else the latest) (the default rules while it has none) and the label is "
+    "of the batch's production model (the pinned version, else the latest; the default rules while it has none), and the label is "
     "recorded for its masked form, so it applies to every line of that form; one label per distinct "
     "form, printed as 'LABEL  FORM'. Labelling a form again replaces its label (the latest label "
     "wins; the output says what it was). The lines come from LINE, or from -f FILE (blank lines "
