@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
-from ops.data_stage import masker_and_cache, peak_rss_mb, summarize_windows  # noqa: E402
-from ops.local_files import filesystem, plan_shards  # noqa: E402
-from ops.records import RecordFormat, Windows  # noqa: E402
+from ops.mask.data_stage import masker_and_cache, peak_rss_mb, summarize_windows  # noqa: E402
+from ops.fetch.local_files import filesystem, plan_shards  # noqa: E402
+from ops.fetch.records import RecordFormat, Windows  # noqa: E402
 
 HOUR = 3_600_000
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()

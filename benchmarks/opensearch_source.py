@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ops.data_stage import peak_rss_mb, summarize_windows  # noqa: E402
-from ops.records import Windows  # noqa: E402
+from ops.mask.data_stage import peak_rss_mb, summarize_windows  # noqa: E402
+from ops.fetch.records import Windows  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from data_stage import loghub_lines  # noqa: E402  (the same Loghub lines as the local benchmark)

@@ -6,13 +6,13 @@ Protocols (see /work/shared/BENCHMARKS.md):
 
 * Grouping accuracy, per system present in --data (<S>/<S>_2k.log_structured_corrected.csv):
   messages are the Content column, truth the EventTemplate column. A model is trained on the
-  system's 2,000 messages exactly as the product does (Masker -> Vocab.build -> ops.train.train),
-  templates come from ops.templates, and a line is correct when the set of lines sharing its
+  system's 2,000 messages exactly as the product does (Masker -> Vocab.build -> ops.train.loop.train),
+  templates come from ops.validate.templates, and a line is correct when the set of lines sharing its
   predicted template equals the set sharing its true template.
 * BGL anomaly detection, when BGL/BGL_2k.log is present: a line is an anomaly when its first field
   is not "-"; the message is the line without that field (the whole rest of the line: header
   fields and Content, as a deployment would see it). Train on the first 1,600 messages, all of
-  them, unlabelled; score the last 400 with ops.scoring.Scorer (top-k 50, threshold 0.7: the
+  them, unlabelled; score the last 400 with ops.validate.scoring.Scorer (top-k 50, threshold 0.7: the
   defaults); report P/R/F1 at the threshold and the best F1 over all thresholds.
 
 Anchors, measured in the same run on the same lines and labels (skip them with --no-anchors):
@@ -54,13 +54,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ops.artifact import Artifact  # noqa: E402
-from ops.feedback import train_classifier, without_anomalies  # noqa: E402
-from ops.masking import Masker  # noqa: E402
-from ops.scoring import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Scorer, judge  # noqa: E402
-from ops.templates import line_templates  # noqa: E402
-from ops.train import TrainConfig, train  # noqa: E402
-from ops.vocab import Vocab  # noqa: E402
+from ops.register.artifact import Artifact  # noqa: E402
+from ops.validate.feedback import train_classifier, without_anomalies  # noqa: E402
+from ops.mask.masking import Masker  # noqa: E402
+from ops.validate.scoring import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Scorer, judge  # noqa: E402
+from ops.validate.templates import line_templates  # noqa: E402
+from ops.train.loop import TrainConfig, train  # noqa: E402
+from ops.train.vocab import Vocab  # noqa: E402
 
 DEFAULT_EPOCHS = 10
 
@@ -146,7 +146,7 @@ def bgl_quality(path: Path, epochs: int, seed: int, n_train: int = 1600) -> dict
     scored = scorer.score(test_msgs)
     scores = [s.score for s in scored]
     p, r, f1 = prf([s.anomaly for s in scored], test_labels)
-    # the best F1 over thresholds of the product's whole verdict (ops.scoring.judge: severity, and a
+    # the best F1 over thresholds of the product's whole verdict (ops.validate.scoring.judge: severity, and a
     # score below t unless the form is established), not of the score alone
     counts = Counter(s.masked for s in scored)
     forms = list(counts)

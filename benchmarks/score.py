@@ -1,4 +1,4 @@
-"""Scoring throughput of ops.scoring.Scorer on the Loghub lines.
+"""Scoring throughput of ops.validate.scoring.Scorer on the Loghub lines.
 
     python benchmarks/score.py --data ../shared/data/loghub2k [--epochs 1] [--repeats 3]
 
@@ -28,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ops.artifact import Artifact  # noqa: E402
-from ops.masking import Masker  # noqa: E402
-from ops.scoring import Scorer  # noqa: E402
-from ops.train import TrainConfig, train  # noqa: E402
-from ops.vocab import Vocab  # noqa: E402
+from ops.register.artifact import Artifact  # noqa: E402
+from ops.mask.masking import Masker  # noqa: E402
+from ops.validate.scoring import Scorer  # noqa: E402
+from ops.train.loop import TrainConfig, train  # noqa: E402
+from ops.train.vocab import Vocab  # noqa: E402
 
 OPNI_LOGS_PER_S = 69.0
 

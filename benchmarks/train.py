@@ -25,10 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ops.evaluate import evaluate  # noqa: E402
-from ops.masking import Masker  # noqa: E402
-from ops.train import TrainConfig, train  # noqa: E402
-from ops.vocab import Vocab  # noqa: E402
+from ops.validate.evaluate import evaluate  # noqa: E402
+from ops.mask.masking import Masker  # noqa: E402
+from ops.train.loop import TrainConfig, train  # noqa: E402
+from ops.train.vocab import Vocab  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -27,18 +27,18 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
-from ops.data_stage import summarize_windows
-from ops.feedback import train_classifier, without_anomalies
-from ops.records import Windows
-from ops.masking import load_rules
+from ops.mask.data_stage import summarize_windows
+from ops.validate.feedback import train_classifier, without_anomalies
+from ops.windows import Windows
+from ops.mask.masking import load_rules
 from ops.naming import batch_key, partition_slug, validate_artifact_template
-from ops.sampling import combine, replay, resample
-from ops.summary import Summary, read_summary, write_summaries
+from ops.sample.sampling import combine, replay, resample
+from ops.mask.summary import Summary, read_summary, write_summaries
 from orchestration.k8s import backfill_policy, data_step_k8s_config, train_step_k8s_config
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
 from orchestration.tasks import start_task
-from orchestration.upstream import parse_time_ms, upstream_metadata
+from orchestration.upstream import upstream_metadata, window_bound_ms
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
 from resources.nats_bus import ModelEvents
@@ -207,10 +207,10 @@ def training_sample(
         mode = "finetune" if parent is not None else "scratch"
     task_id = start_task(context, store, batch, mode, settings.task_time_limit_s)
 
-    start_ms = parse_time_ms(config.window_start)
+    start_ms = window_bound_ms(config.window_start)
     if parent is not None and start_ms is None:
         start_ms = parent.window_end_ms
-    end_ms = parse_time_ms(config.window_end)
+    end_ms = window_bound_ms(config.window_end)
     if config.time_intervals:
         # whole windows overlapping any interval: summaries are per window
         parts = sorted({(p.window_start_ms, p.partition_key): p for iv in config.time_intervals
@@ -284,7 +284,7 @@ def training_sample(
 
 
 def parent_sample_key(parent, artifacts: ArtifactStorage):
-    from ops.artifact import read_artifact_meta
+    from ops.register.artifact import read_artifact_meta
 
     with artifacts.reading(parent.artifact) as path:
         return read_artifact_meta(path).get("sample_key")
@@ -337,10 +337,10 @@ def nulog_model(
     context: AssetExecutionContext, config: TrainAssetConfig, artifacts: ArtifactStorage
 ) -> MaterializeResult:
     """Train NuLog on the batch's training sample; checkpoint each epoch so a retry resumes."""
-    from ops.artifact import read_artifact, write_artifact
-    from ops.model import NuLogConfig
-    from ops.train import TrainConfig, TrainingDiverged, train
-    from ops.vocab import Vocab
+    from ops.register.artifact import read_artifact, write_artifact
+    from ops.train.model import NuLogConfig
+    from ops.train.loop import TrainConfig, TrainingDiverged, train
+    from ops.train.vocab import Vocab
 
     batch = context.partition_key
     upstream = upstream_metadata(context.instance, context.run.run_id, "training_sample", batch)
@@ -390,7 +390,7 @@ def nulog_model(
     step_losses: list[tuple[float, float]] = []  # (fractional epoch, loss since the last report)
 
     def progress(p: dict) -> None:
-        from ops.train import progress_line
+        from ops.train.loop import progress_line
 
         context.log.info(progress_line(p))
         if p.get("steps"):

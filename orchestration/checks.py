@@ -58,9 +58,9 @@ def nulog_model_quality(
 def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationConfig, artifacts: ArtifactStorage,
           store: Store) -> tuple[list[str], dict]:
     """The gate's failures (none: it passes) and the metrics they rest on."""
-    from ops.artifact import ArtifactError, read_artifact
-    from ops.evaluate import evaluate, score_lines
-    from ops.model import nonfinite_parameters
+    from ops.register.artifact import ArtifactError, read_artifact
+    from ops.validate.evaluate import evaluate, score_lines
+    from ops.train.model import nonfinite_parameters
 
     try:
         with artifacts.reading(candidate_key) as path:
@@ -77,16 +77,16 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
     metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
     metrics["oov_share"] = candidate.vocab.oov_share(validation_lines)
     if validation_lines:
-        from ops.templates import masked_templates
+        from ops.validate.templates import masked_templates
 
         forms = [f for f, _ in validation_lines]
-        # templates come from the lines themselves, not from the model's ranks (ops/templates.py)
+        # templates come from the lines themselves, not from the model's ranks (ops/validate/templates.py)
         metrics["template_count"] = len(set(masked_templates(dict.fromkeys(forms, []), config.top_k).values()))
     labels = candidate.meta.get("feedback") or {}
     if labels and validation_lines:
         # how the verdict without feedback (model and severity) agrees with the users' labels
-        from ops.feedback import precision_recall
-        from ops.scoring import judge
+        from ops.validate.feedback import precision_recall
+        from ops.validate.scoring import judge
 
         labelled = [(f, c) for f, c in validation_lines if f in labels]
         if labelled:
@@ -138,7 +138,7 @@ def gate_result(artifacts: ArtifactStorage, candidate_key: str, config: Validati
     # the figures, rounded for people (validation.json above keeps them exact); absent ones left out
     metadata = {k: round_sig(v) if isinstance(v, float) else v
                 for k, v in _finite(metrics).items() if isinstance(v, (int, float))}
-    # the validation scores' histogram ({"edges", "counts"}, from ops.evaluate.evaluate)
+    # the validation scores' histogram ({"edges", "counts"}, from ops.validate.evaluate.evaluate)
     hist = histogram
     if hist:
         png = score_histogram_png(hist["edges"], hist["counts"], threshold=config.threshold)

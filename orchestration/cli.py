@@ -213,7 +213,7 @@ def _labels(batch: str) -> dict[str, str]:
 
 
 def _load_registered_artifact(batch: str, version):
-    from ops.artifact import read_artifact
+    from ops.register.artifact import read_artifact
     from orchestration.resources import resource
     from resources.artifacts import ArtifactStorageError
 
@@ -248,7 +248,7 @@ def _read_lines(source: str) -> list[tuple[int, str]]:
 
 
 def _run_user_command(fn, args) -> int:
-    from ops.artifact import ArtifactError
+    from ops.register.artifact import ArtifactError
 
     try:
         return fn(args)
@@ -259,7 +259,7 @@ def _run_user_command(fn, args) -> int:
 
 def cmd_score(args) -> int:
     def run(args) -> int:
-        from ops.scoring import Scorer
+        from ops.validate.scoring import Scorer
 
         lines = _read_lines(args.file)
         artifact, record = _load_registered_artifact(args.batch, args.version)
@@ -283,7 +283,7 @@ def cmd_score(args) -> int:
 
 def cmd_templates(args) -> int:
     def run(args) -> int:
-        from ops.templates import templates
+        from ops.validate.templates import templates
 
         lines = _read_lines(args.file)
         artifact, _ = _load_registered_artifact(args.batch, args.version)

@@ -48,7 +48,7 @@ def parse_since(text: str, now_ms: int) -> int:
         if seconds <= 0 or seconds > 100 * 366 * 86400:
             raise CliError(f"--since {text!r}: the duration must be more than 0 and at most 100 years")
         return now_ms - int(seconds * 1000)
-    from ops.records import parse_time_ms
+    from ops.windows import parse_time_ms
 
     iso = value.upper().replace(" ", "T")
     ms = parse_time_ms(iso) if iso and not iso.isdigit() else None

@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_feedback(args) -> int:
-    from ops.artifact import ArtifactError
+    from ops.register.artifact import ArtifactError
 
     try:
         if args.line == "list" and not args.normal and not args.anomaly:
@@ -132,8 +132,8 @@ def _label(args) -> int:
 def _masker(store, artifacts, batch: str):
     """The Masker of the batch's production model (the pinned version, else the latest) and its version; the default one and None
     while the batch has no model."""
-    from ops.artifact import read_artifact
-    from ops.masking import Masker
+    from ops.register.artifact import read_artifact
+    from ops.mask.masking import Masker
 
     record = store.get_model(batch)
     if record is None:

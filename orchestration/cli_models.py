@@ -291,7 +291,7 @@ def model_diff(batch: str, v1: int, v2: int) -> dict:
     if "final_loss" not in metrics and any(v is not None for v in losses):
         metrics["final_loss"] = {"v1": losses[0], "v2": losses[1],
                                  "change": losses[1] - losses[0] if None not in losses else None}
-    from ops.vocab import SPECIALS
+    from ops.train.vocab import SPECIALS
 
     t1 = [t for t in a.vocab.itos if t not in SPECIALS]
     t2 = [t for t in b.vocab.itos if t not in SPECIALS]

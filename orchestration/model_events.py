@@ -17,7 +17,8 @@ from typing import Optional
 
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents, NatsError, Outgoing
-from resources.store import ModelRecord, now_ms
+from ops.windows import now_ms
+from resources.store import ModelRecord
 
 OUTBOX = "outbox/nats"
 CORRUPT = "outbox/corrupt"

@@ -39,7 +39,7 @@ from orchestration.partitions import batch_partitions
 from orchestration.sensors import merge_run_config
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents, NatsBus, NatsError
-from resources.store import now_ms
+from ops.windows import now_ms
 
 SENSOR_NAME = "nats_training_requests"
 RUN_KEY_TAG = "dagster/run_key"

@@ -95,8 +95,9 @@ def _first_record_ms(path: str, compression: Optional[str], time_field: str) -> 
     """The time of the first record (of the first 10 lines) of a JSON Lines file."""
     import json
 
-    from ops.local_files import open_stream
-    from ops.records import get_field, parse_time_ms
+    from ops.fetch.local_files import open_stream
+    from ops.fetch.records import get_field
+    from ops.windows import parse_time_ms
 
     with open_stream(path, compression) as stream:
         data = b""
@@ -122,7 +123,7 @@ def earliest_file_record_ms(root: str, index: dict, time_field: str, deadline: f
     knows (same size and version), else a JSON file's first record or a text file's mtime."""
     from pathlib import PurePosixPath
 
-    from ops.local_files import COMPRESSION_SUFFIXES, JSON_SUFFIXES, list_files
+    from ops.fetch.local_files import COMPRESSION_SUFFIXES, JSON_SUFFIXES, list_files
 
     earliest = None
     peeked = 0
@@ -160,7 +161,7 @@ def _probe_source(deadline: float) -> Optional[int]:
     """The file source's earliest record; None when it is unknown (OpenSearch, no files)."""
     if os.environ.get("LOGLOOP_OPENSEARCH_HOSTS", "").strip():
         return None
-    from ops.local_files import load_index
+    from ops.fetch.local_files import load_index
     from orchestration import settings
     from resources.log_source import file_source_location
 
@@ -181,7 +182,7 @@ def derive_start(now_ms: int, cron: str = PARTITION_CRON, *, lookback_days: floa
     # could wait on the import lock until the timeout
     import importlib
 
-    for module in ("ops.local_files", "ops.records", "orchestration.resources", "resources.log_source"):
+    for module in ("ops.fetch.local_files", "ops.fetch.records", "orchestration.resources", "resources.log_source"):
         importlib.import_module(module)
 
     found: dict = {}

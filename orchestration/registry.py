@@ -15,7 +15,7 @@ import uuid
 
 from dagster import Failure
 
-from ops.artifact import read_artifact, write_artifact
+from ops.register.artifact import read_artifact, write_artifact
 from ops.naming import batch_key
 from orchestration.checks import validation_key
 from resources.artifacts import ArtifactStorage

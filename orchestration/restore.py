@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import zipfile
 
-from ops.artifact import ArtifactError, read_artifact_meta
-from ops.summary import read_summary_meta, summary_totals
+from ops.register.artifact import ArtifactError, read_artifact_meta
+from ops.mask.summary import read_summary_meta, summary_totals
 from orchestration.partitions import time_partitions
 from resources.artifacts import ArtifactStorage
 from resources.store import ModelRecord, Store, VersionConflict

@@ -29,8 +29,8 @@ class AnomalyScoresConfig(Config):
 def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, store: Store,
                    artifacts: ArtifactStorage) -> MaterializeResult:
     """Score each window's lines with the batch's production model; record anomaly counts per batch."""
-    from ops.scoring import Scorer, score_summary
-    from ops.summary import read_summary, read_summary_meta
+    from ops.validate.scoring import Scorer, score_summary
+    from ops.mask.summary import read_summary, read_summary_meta
 
     enabled = config.batches if config.batches is not None else loop_settings().score_batches
     scorers: dict[str, Optional[Scorer]] = {}

@@ -4,7 +4,7 @@ arrived, keep task records true, and reap tasks that died.
 - `ingest_logs_schedule` materializes each time window as it closes, which records new
   sample counts in the store.
 - `new_samples_sensor` reads one grouped status row per batch from the store and
-  launches scratch or fine-tune runs (ops.decisions), one per batch, watermark and mode
+  launches scratch or fine-tune runs (ops.train.decisions), one per batch, watermark and mode
   (the run key). Where the source counts cheaply (OpenSearch), it also catches up: the
   last `catch_up_windows` closed windows that are not summarised and have no ingest run
   in flight are counted in one request, and those holding records get an ingest run.
@@ -49,7 +49,7 @@ from dagster import (
     sensor,
 )
 
-from ops.decisions import decide
+from ops.train.decisions import decide
 from ops.naming import batch_key
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.loop_settings import LoopSettings, loop_settings
@@ -154,7 +154,7 @@ def plan_catch_up(context: SensorEvaluationContext, log_source: LogSource, batch
     catch-up run for it already ran (its run key is spent; re-run it from the UI). The
     rest are counted for the known batches in one `log_source.count` call.
     """
-    from ops.records import Windows
+    from ops.windows import Windows
     from orchestration.assets import window_ms
 
     now = current_time or dt.datetime.now(dt.timezone.utc)
@@ -345,7 +345,7 @@ def training_run_canceled(context: RunStatusSensorContext, store: Store):
 
 def observe_source(context: SensorEvaluationContext, log_source: LogSource, windows_back: int, current_time=None):
     """Counts of the last closed windows per known batch, as observations of raw_logs' partitions."""
-    from ops.records import Windows
+    from ops.windows import Windows
     from orchestration.assets import window_ms
 
     batches = sorted(context.instance.get_dynamic_partitions(batch_partitions.name))

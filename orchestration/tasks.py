@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 from typing import Optional
 
 from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
+from ops.windows import now_ms
 from resources.store import Store, Task
 
 TASK_TAG = "logloop/task_id"
@@ -30,10 +30,6 @@ NO_RUN_GRACE_S = 120
 FINISHED = {DagsterRunStatus.SUCCESS: "succeeded", DagsterRunStatus.FAILURE: "failed",
             DagsterRunStatus.CANCELED: "failed"}
 WAITING = (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 # ---- which process runs a run ----------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import ValidationError
 
-from ops import records
+from ops import windows
 from ops.naming import InvalidName, validate_artifact_template, validate_batch_name
 
 ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -103,13 +103,14 @@ def convert_template(template: str) -> str:
     return validate_artifact_template(re.sub(r"\{\{\s*\.(\w+)\s*\}\}", go, template))
 
 
-def parse_time_ms(value, what: str) -> int:
+def required_time_ms(value, what: str) -> int:
+    """`ops.windows.parse_time_ms`, refusing what it cannot read with a message naming the field."""
     if isinstance(value, bool):
         raise ValueError(f"{what} must be an ISO-8601 time or epoch milliseconds, got {value!r}")
     if isinstance(value, dt.datetime):  # YAML reads unquoted timestamps as datetimes
         value = (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
-    ms = records.parse_time_ms(value if isinstance(value, (int, float)) else str(value))
-    if ms is None:  # records' one valid range: 1970 up to year 10000, finite
+    ms = windows.parse_time_ms(value if isinstance(value, (int, float)) else str(value))
+    if ms is None:  # ops.windows' one valid range: 1970 up to year 10000, finite
         raise ValueError(f"{what} {value!r} is not an ISO-8601 time or epoch milliseconds from 1970 to 9999")
     return ms
 
@@ -180,7 +181,7 @@ def parse_spec(doc: Any) -> TrainingSpec:
                 try:
                     if not isinstance(iv, dict) or set(iv) != {"start", "end"}:
                         raise ValueError("must be {start, end}")
-                    start, end = parse_time_ms(iv["start"], "start"), parse_time_ms(iv["end"], "end")
+                    start, end = required_time_ms(iv["start"], "start"), required_time_ms(iv["end"], "end")
                     if start >= end:
                         raise ValueError(f"start must be before end ({iv['start']} >= {iv['end']})")
                     out.time_intervals.append((start, end))

@@ -14,6 +14,7 @@ from typing import Optional
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, Failure
 
+from ops.windows import parse_time_ms
 from orchestration.partitions import PARTITION_FMT
 
 
@@ -61,19 +62,16 @@ def latest_metadata(instance: DagsterInstance, asset: str, partition: str) -> di
     return _plain(record.run_id, record.asset_materialization)
 
 
-def parse_time_ms(value: Optional[str]) -> Optional[int]:
-    """An ISO-8601 time or a partition key ('2026-11-23-07:00') as epoch ms (UTC)."""
+def window_bound_ms(value: Optional[str]) -> Optional[int]:
+    """A partition key ('2026-11-23-07:00'), else anything `ops.windows.parse_time_ms` reads
+    (ISO-8601, epoch ms), as epoch ms (UTC); None for no bound."""
     if value is None or value == "":
         return None
-    for parse in (
-        lambda v: dt.datetime.strptime(v, PARTITION_FMT),
-        lambda v: dt.datetime.fromisoformat(v.replace("Z", "+00:00")),
-    ):
-        try:
-            parsed = parse(value)
-        except ValueError:
-            continue
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt.timezone.utc)
-        return int(parsed.timestamp() * 1000)
-    raise Failure(description=f"window bound {value!r} is neither ISO-8601 nor a partition key like 2026-11-23-07:00")
+    try:
+        return int(dt.datetime.strptime(value, PARTITION_FMT).replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
+    except ValueError:
+        pass
+    ms = parse_time_ms(value)
+    if ms is None:
+        raise Failure(description=f"window bound {value!r} is neither ISO-8601 nor a partition key like 2026-11-23-07:00")
+    return ms

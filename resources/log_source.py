@@ -15,8 +15,9 @@ from typing import Optional, Protocol
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ops import local_files
-from ops.records import BadRecords, RecordFormat, TimeRange, Windows
+from ops.fetch import local_files
+from ops.fetch.records import BadRecords, RecordFormat
+from ops.windows import TimeRange, Windows
 
 
 class LogSourceError(RuntimeError):
@@ -64,7 +65,8 @@ class LogSource(ConfigurableResource, ABC):
         Sources with a count API answer in one request (OpenSearch); the default reads the
         windows' shards and counts lines, which costs a full read.
         """
-        from ops.records import BadRecords, TimeRange
+        from ops.fetch.records import BadRecords
+        from ops.windows import TimeRange
 
         wanted = set(batches)
         out = {(w, b): 0 for w in range(len(windows)) for b in batches}
@@ -79,7 +81,7 @@ class LogSource(ConfigurableResource, ABC):
 class LocalLogSource(LogSource):
     """Log files in a folder: a local path or any fsspec URL (s3://bucket/prefix/, file://,
     gs://, az://). JSON Lines in Opni's shape or plain text, either of them plain or
-    compressed (.gz, .zst); see ops.local_files. Credentials and endpoints for a URL come
+    compressed (.gz, .zst); see ops.fetch.local_files. Credentials and endpoints for a URL come
     from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL...)."""
 
     path: str = Field(description="The log folder: a local path or an fsspec URL such as s3://archive/k8s/.")

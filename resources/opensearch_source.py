@@ -1,7 +1,7 @@
 """The production log source: an OpenSearch index (Opni's `logs` by default).
 
 Each data-stage run splits the windows' documents into `slices` PIT slices; each slice
-is one `ops.opensearch_read.OpenSearchShard`, read in a worker process with
+is one `ops.fetch.opensearch.OpenSearchShard`, read in a worker process with
 `search_after` pages (see that module for retries, PIT expiry and failure handling).
 
 Credentials come from Dagster `EnvVar`s, e.g.
@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 
-from ops.opensearch_read import (
+from ops.fetch.opensearch import (
     Connection,
     OpenSearchReadError,
     OpenSearchShard,
@@ -40,7 +40,7 @@ from ops.opensearch_read import (
     call_with_retries,
     range_query,
 )
-from ops.records import Windows
+from ops.windows import Windows
 from resources.log_source import LogSource, LogSourceError
 from resources.urls import url_without_password
 
@@ -121,7 +121,7 @@ class OpenSearchLogSource(LogSource):
         fields = list(self.batch_fields)
         if not fields:
             return {"match_all": {}}
-        values = self.record_format.batch_values(batch)  # the inverse of ops.records.batch_name
+        values = self.record_format.batch_values(batch)  # the inverse of ops.fetch.records.batch_name
         if values is None:
             raise LogSourceError(f"batch {batch!r} is not a name the batch fields {fields} give")
         clauses = []

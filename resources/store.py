@@ -30,15 +30,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from dagster import ConfigurableResource
 
-from ops.feedback import LABELS, MAX_LABEL_FORM, label_form  # noqa: F401  (re-exported: stores and CLI use them here)
+from ops.validate.feedback import LABELS, MAX_LABEL_FORM, label_form  # noqa: F401  (re-exported: stores and CLI use them here)
 from ops.naming import validate_batch_name
+from ops.windows import now_ms
 
 
 class StoreError(RuntimeError):
@@ -597,10 +597,6 @@ def build_batch_statuses(
 
 def task_sort_key(task: Task):
     return (task.started_ms, task.updated_ms, task.task_id)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _latest_and_finetunes(models) -> tuple[dict, dict]:

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ops import demo_logs  # noqa: E402
+from scripts import demo_logs  # noqa: E402
 from orchestration import settings  # noqa: E402
 
 HOURS = int(os.environ.get("DEMO_HOURS", "3"))

@@ -2,7 +2,7 @@
 
 It listens on 127.0.0.1:<free port> (a threaded `http.server`) and answers, in
 OpenSearch's documented request and response shapes, the subset of the REST API that
-`ops.opensearch_read` and `resources.opensearch_source` use; the client under test is
+`ops.fetch.opensearch` and `resources.opensearch_source` use; the client under test is
 the real opensearch-py. Emulated, exactly:
 
 - `GET /` and `HEAD /`: cluster info (`version.number`, default "3.3.0").
@@ -63,7 +63,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from ops.records import get_field, parse_time_ms
+from ops.fetch.records import get_field
+from ops.windows import parse_time_ms
 
 HOUR = 3_600_000
 MISSING_LONG = 9223372036854775807

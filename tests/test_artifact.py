@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ops.artifact import MEMBERS, ArtifactError, artifact_bytes, load_artifact_bytes, read_artifact, write_artifact
-from ops.model import NuLog, NuLogConfig
-from ops.train import TrainConfig
-from ops.vocab import PAD, Vocab
+from ops.register.artifact import MEMBERS, ArtifactError, artifact_bytes, load_artifact_bytes, read_artifact, write_artifact
+from ops.train.model import NuLog, NuLogConfig
+from ops.train.loop import TrainConfig
+from ops.train.vocab import PAD, Vocab
 
 LINES = [("user <num> logged in from <ip>", 5), ("disk sda full", 2), ("session closed", 1)]
 RULES = [{"name": "num", "pattern": "\\d+", "replacement": "<num>"}]  # read_artifact validates the rules

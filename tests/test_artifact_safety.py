@@ -20,14 +20,14 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-import ops.artifact
-from ops.artifact import ArtifactError, read_artifact, write_artifact
-from ops.masking import Masker, load_rules, validate_rules
-import ops.model
-from ops.model import NuLog, NuLogConfig
-from ops.scoring import Scorer
-from ops.train import TrainConfig
-from ops.vocab import Vocab
+import ops.register.artifact
+from ops.register.artifact import ArtifactError, read_artifact, write_artifact
+from ops.mask.masking import Masker, load_rules, validate_rules
+import ops.train.model
+from ops.train.model import NuLog, NuLogConfig
+from ops.validate.scoring import Scorer
+from ops.train.loop import TrainConfig
+from ops.train.vocab import Vocab
 from resources.artifacts import LocalArtifactStorage
 
 LINES = [("user <num> logged in from <ip>", 5), ("disk sda full", 2), ("session closed", 1)]
@@ -70,7 +70,7 @@ def no_model_built(monkeypatch):
     def refuse(cfg):
         raise AssertionError(f"the model was built before its config was checked: {cfg}")
 
-    monkeypatch.setattr(ops.artifact, "NuLog", refuse)
+    monkeypatch.setattr(ops.register.artifact, "NuLog", refuse)
 
 
 def members(path: Path) -> dict[str, bytes]:
@@ -204,11 +204,11 @@ def test_non_finite_weights_are_refused(good, no_model_built, bad):
 
 def test_nonfinite_parameters_names_the_poisoned_parameters(parts):
     model, _ = parts
-    assert ops.model.nonfinite_parameters(model) == []
+    assert ops.train.model.nonfinite_parameters(model) == []
     with torch.no_grad():
         model.head.bias[0] = float("nan")
         model.blocks[0].ff.fc.weight[0, 0] = float("inf")
-    assert ops.model.nonfinite_parameters(model) == ["blocks.0.ff.fc.weight", "head.bias"]
+    assert ops.train.model.nonfinite_parameters(model) == ["blocks.0.ff.fc.weight", "head.bias"]
 
 
 # ---- item 6: masking rules are checked at load, and every error names the artifact ------------
@@ -309,10 +309,10 @@ def test_rule_files_and_custom_rules_are_checked_naming_the_file(tmp_path):
 
 
 def test_the_check_runs_at_load_not_per_line(monkeypatch):
-    import ops.masking
+    import ops.mask.masking
 
     masker = Masker()
-    monkeypatch.setattr(ops.masking, "backtracking_risk", lambda *a, **k: pytest.fail("checked per line"))
+    monkeypatch.setattr(ops.mask.masking, "backtracking_risk", lambda *a, **k: pytest.fail("checked per line"))
     assert masker.mask("user 42 from 10.0.0.1 took 3ms") == "user <num> from <ip> took <duration>"
 
 

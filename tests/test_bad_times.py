@@ -1,4 +1,4 @@
-"""Times outside the valid range (ops.records.MIN_TIME_MS <= ms < MAX_TIME_MS) are bad
+"""Times outside the valid range (ops.windows.MIN_TIME_MS <= ms < MAX_TIME_MS) are bad
 records (`bad_time`), counted and named, on every path of the data stage: the careful
 line-by-line parser, the msgspec and pyarrow fast paths, and OpenSearch hits.
 
@@ -12,18 +12,12 @@ import math
 
 import pytest
 
-from ops import local_files
-from ops.data_stage import summarize_windows
-from ops.opensearch_read import hits_to_chunk
-from ops.records import (
-    REASONS,
-    BadRecords,
-    FastJsonBlocks,
-    RecordFormat,
-    TimeRange,
-    Windows,
-    parse_time_ms,
-)
+from ops.fetch import local_files
+from ops.mask.data_stage import summarize_windows
+from ops.fetch.opensearch import hits_to_chunk
+from ops.fetch.fast_json import FastJsonBlocks
+from ops.fetch.records import REASONS, BadRecords, RecordFormat
+from ops.windows import TimeRange, Windows, parse_time_ms
 
 START = 1_732_345_200_000  # 2024-11-23T07:00:00Z
 HOUR = 3_600_000
@@ -140,9 +134,9 @@ def test_the_fast_paths_refuse_blocks_with_out_of_range_integer_times(fmt):
 
 
 def test_the_valid_range_bounds():
-    from ops import records
+    from ops import windows
 
-    assert (records.MIN_TIME_MS, records.MAX_TIME_MS) == (0, MAX_TIME_MS)  # 1970-01-01 .. 10000-01-01 UTC
+    assert (windows.MIN_TIME_MS, windows.MAX_TIME_MS) == (0, MAX_TIME_MS)  # 1970-01-01 .. 10000-01-01 UTC
     assert parse_time_ms(0) == 0
     assert parse_time_ms(MAX_TIME_MS - 1) == MAX_TIME_MS - 1
     assert parse_time_ms(1_732_345_200_000.9) == 1_732_345_200_000

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops import demo_logs
+from scripts import demo_logs
 from resources.store import SQLiteStore, SQLStore
 from tests.postgres_server import postgres_server
 from tests.processes import stop_process_group

@@ -6,11 +6,13 @@ import os
 
 import pytest
 
-from ops import local_files
-from ops.data_stage import WindowSummarizer, summarize_chunks, summarize_windows
-from ops.masking import Masker
-from ops.records import BadRecords, RecordFormat, Windows, read_line_blocks
-from ops.summary import read_summary, read_summary_meta, write_summaries
+from ops.fetch import local_files
+from ops.mask.data_stage import WindowSummarizer, summarize_chunks, summarize_windows
+from ops.mask.masking import Masker
+from ops.fetch.framing import read_line_blocks
+from ops.fetch.records import BadRecords, RecordFormat
+from ops.windows import Windows
+from ops.mask.summary import read_summary, read_summary_meta, write_summaries
 
 FMT = RecordFormat(batch_fields=("cluster_id", "kubernetes.namespace_name"))
 # flat field names take the msgspec fast path; dotted ones the pyarrow one
@@ -163,12 +165,12 @@ def test_windows_from_shards_merge_exactly_and_round_trip_parquet(tmp_path):
 
 def _careful(root, fmt, windows):
     """Summaries and bad counts from the per-line reader (FileShard.read) only."""
-    from ops.data_stage import WindowSummarizer
+    from ops.mask.data_stage import WindowSummarizer
 
     masker, bad = Masker(), BadRecords()
     per_window = [WindowSummarizer(masker.mask, bad=bad) for _ in range(len(windows))]
     lines = [0] * len(windows)
-    from ops.records import TimeRange
+    from ops.windows import TimeRange
 
     for shard in local_files.plan_shards(root, fmt, windows):
         for chunk in shard.read(windows, bad, TimeRange()):
@@ -255,7 +257,7 @@ def test_fast_path_matches_careful_path(tmp_path, block_size, fmt):
 
 
 def test_fast_path_is_taken_for_clean_blocks_and_refused_for_odd_ones():
-    from ops.records import FastJsonBlocks
+    from ops.fetch.fast_json import FastJsonBlocks
 
     fast = FastJsonBlocks(FMT)
     w = Windows([(0, HOUR)])
@@ -312,7 +314,8 @@ def test_pool_defers_masking_to_the_parent_and_counts_stay_exact(tmp_path):
 def test_plain_text_counting_equals_the_careful_path(tmp_path):
     from collections import Counter
 
-    from ops.records import BadRecords, RecordFormat, TimeRange, Windows
+    from ops.fetch.records import BadRecords, RecordFormat
+    from ops.windows import TimeRange, Windows
 
     logs = tmp_path / "logs"
     clean = b"".join(f"GET /item/{i % 7} took {i % 3}ms é\r\n".encode("utf-8") for i in range(5000))
@@ -378,7 +381,7 @@ def test_partial_batch_fields_give_names_without_empty_segments_or_collisions(tm
     from collections import Counter
 
     from ops.naming import validate_batch_name
-    from ops.records import FastJsonBlocks
+    from ops.fetch.fast_json import FastJsonBlocks
 
     data = b"".join(
         _partial_doc(fmt, values, 1000 * (3 * i + j), f"line {i}", nulls=j == 1)
@@ -434,12 +437,12 @@ def test_fast_path_groups_rows_by_their_batch_values(monkeypatch, key_limit):
 
     import pyarrow as pa
 
-    from ops import records
+    from ops.fetch import fast_json, records
 
-    monkeypatch.setattr(records, "_KEY_LIMIT", key_limit)
+    monkeypatch.setattr(fast_json, "_KEY_LIMIT", key_limit)
     rng = random.Random(3)
     rows = [[rng.choice([None, "", "a", "b", "-", "default"]) for _ in range(3)] for _ in range(500)]
-    names, idx = records.FastJsonBlocks(THREE)._batch_index([pa.array(col, pa.string()) for col in zip(*rows)])
+    names, idx = fast_json.FastJsonBlocks(THREE)._batch_index([pa.array(col, pa.string()) for col in zip(*rows)])
     assert len(set(names)) == len(names)
     assert [names[i] for i in idx.tolist()] == [records.batch_name(r, "default") for r in rows]
 
@@ -469,7 +472,7 @@ def _shard_results(root, fmt, windows, block_size):
     """(counts from read_counts, counts from read, bad records) over every shard of `root`."""
     from collections import Counter
 
-    from ops.records import TimeRange
+    from ops.windows import TimeRange
 
     fast, slow, bad_fast, bad_slow = Counter(), Counter(), BadRecords(), BadRecords()
     for shard in local_files.plan_shards(root, fmt, windows, block_size=block_size):
@@ -548,7 +551,7 @@ def test_compressed_files_stream_in_bounded_memory(tmp_path, kind):
 
     import zstandard
 
-    from ops.records import TimeRange
+    from ops.windows import TimeRange
 
     data = jl(time=1, log="before") + b"a" * (64 << 20) + b"\n" + jl(time=2, log="after")
     packed = gzip.compress(data, 6) if kind == "gz" else zstandard.ZstdCompressor(level=3).compress(data)

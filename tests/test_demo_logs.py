@@ -1,4 +1,4 @@
-"""Tests for ops.demo_logs, the synthetic Kubernetes log generator."""
+"""Tests for scripts.demo_logs, the synthetic Kubernetes log generator."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import demo_logs
-from ops.demo_logs import DEFAULT_BATCHES, HOUR_MS, default_start_ms, generate, iter_records, parse_batch
+from scripts import demo_logs
+from scripts.demo_logs import DEFAULT_BATCHES, HOUR_MS, default_start_ms, generate, iter_records, parse_batch
 
 START = 1_732_345_200_000  # 2024-11-23T07:00:00Z
 

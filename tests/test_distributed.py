@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ops.model import NuLogConfig
-from ops.train import TrainConfig, encode, plan_batches, resolve_world_size, shard, train
-from ops.vocab import Vocab
+from ops.train.model import NuLogConfig
+from ops.train.loop import TrainConfig, encode, plan_batches, resolve_world_size, shard, train
+from ops.train.vocab import Vocab
 from tests.test_train import synthetic_lines
 
 TINY = dict(d_model=32, n_heads=4, d_ff=32, dropout=0.0)

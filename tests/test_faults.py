@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 
-from ops import demo_logs
+from scripts import demo_logs
 from orchestration.loop_settings import LoopSettings, Thresholds
 from resources.store import SQLiteStore
 

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 from dagster import materialize
 
-from ops.artifact import read_artifact
-from ops.feedback import LabelIndex, classifier_probability, train_classifier, without_anomalies
+from ops.register.artifact import read_artifact
+from ops.validate.feedback import LabelIndex, classifier_probability, train_classifier, without_anomalies
 from orchestration.assets import nulog_model, registered_model, training_sample
 from orchestration.checks import nulog_model_quality
 from tests.test_pipeline import BATCH, env, ingest, train_config  # noqa: F401  (env is a fixture)
@@ -82,7 +82,7 @@ def test_the_next_training_learns_from_the_batch_labels_and_the_gate_reports_the
     assert labelled > 0 and check.metadata["labelled_lines"].value > 0
     assert 0 <= check.metadata["labelled_recall"].value <= 1
 
-    from ops.scoring import Scorer
+    from ops.validate.scoring import Scorer
 
     # the model carries its labels: scoring with the artifact alone (no store) follows them
     assert Scorer(v2).labels_for(common) == {common[0]: "anomaly", **{f: "normal" for f in common[1:]}}

@@ -39,10 +39,10 @@ def _store(home) -> SQLiteStore:
 
 def register_tiny_model(home, batch: str, version: int = 1) -> ModelRecord:
     """A registered model whose artifact masks user names as <user> (an untrained two-token-wide NuLog)."""
-    from ops.artifact import write_artifact
-    from ops.masking import load_rules
-    from ops.model import NuLog, NuLogConfig
-    from ops.vocab import Vocab
+    from ops.register.artifact import write_artifact
+    from ops.mask.masking import load_rules
+    from ops.train.model import NuLog, NuLogConfig
+    from ops.train.vocab import Vocab
 
     vocab = Vocab.build([("user <user> logged in", 1)])
     model = NuLog(NuLogConfig(vocab_size=len(vocab), d_model=8, n_heads=2, d_ff=8, max_len=16))

@@ -42,8 +42,8 @@ def test_specs_are_held_to_the_same_bounds():
 
 
 def test_a_diverging_training_stops_at_once_with_a_clear_error():
-    from ops.train import TrainConfig, TrainingDiverged, train
-    from ops.vocab import Vocab
+    from ops.train.loop import TrainConfig, TrainingDiverged, train
+    from ops.train.vocab import Vocab
 
     lines = [(f"user <num> logged in from host{i % 7}", 3) for i in range(60)]
     vocab = Vocab.build(lines)
@@ -53,9 +53,9 @@ def test_a_diverging_training_stops_at_once_with_a_clear_error():
 
 
 def test_a_candidate_with_nan_weights_fails_the_gate_and_is_not_registered(env, monkeypatch):  # noqa: F811
-    import ops.train
+    import ops.train.loop
 
-    real_train = ops.train.train
+    real_train = ops.train.loop.train
 
     def train_then_break(*args, **kwargs):  # weights gone bad without the loss showing it
         result = real_train(*args, **kwargs)
@@ -63,7 +63,7 @@ def test_a_candidate_with_nan_weights_fails_the_gate_and_is_not_registered(env, 
             next(result.model.parameters()).fill_(math.nan)
         return result
 
-    monkeypatch.setattr(ops.train, "train", train_then_break)
+    monkeypatch.setattr(ops.train.loop, "train", train_then_break)
     instance, resources = env
     ingest(instance, resources, hours=1)
     result = materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
@@ -76,14 +76,14 @@ def test_a_candidate_with_nan_weights_fails_the_gate_and_is_not_registered(env, 
 
 
 def test_nan_metrics_fail_the_gate(env, monkeypatch):  # noqa: F811
-    import ops.evaluate
+    import ops.validate.evaluate
 
-    real_evaluate = ops.evaluate.evaluate
+    real_evaluate = ops.validate.evaluate.evaluate
 
     def nan_accuracy(*args, **kwargs):
         return {**real_evaluate(*args, **kwargs), "top_k_accuracy": math.nan}
 
-    monkeypatch.setattr(ops.evaluate, "evaluate", nan_accuracy)
+    monkeypatch.setattr(ops.validate.evaluate, "evaluate", nan_accuracy)
     instance, resources = env
     ingest(instance, resources, hours=1)
     result = materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,

@@ -210,9 +210,9 @@ def test_promoting_the_current_production_is_refused(home, capsys):
 
 
 def _model(home_dir, store, version: int, lines: list[str], rules, metrics: dict) -> None:
-    from ops.artifact import write_artifact
-    from ops.model import NuLog, NuLogConfig
-    from ops.vocab import Vocab
+    from ops.register.artifact import write_artifact
+    from ops.train.model import NuLog, NuLogConfig
+    from ops.train.vocab import Vocab
 
     vocab = Vocab.build([(line, 1) for line in lines])
     model = NuLog(NuLogConfig(vocab_size=len(vocab), d_model=8, n_heads=2, d_ff=8, max_len=16))
@@ -226,7 +226,7 @@ def _model(home_dir, store, version: int, lines: list[str], rules, metrics: dict
 
 
 def test_diff_compares_metrics_vocabulary_rules_and_templates(home, tmp_path, capsys):
-    from ops.masking import load_rules
+    from ops.mask.masking import load_rules
 
     rules = load_rules()
     extra = {"name": "user", "pattern": r"\b(?:alice|bob)\b", "replacement": "<user>"}

@@ -13,9 +13,10 @@ import re
 import pytest
 import zstandard
 
-from ops import local_files
-from ops.data_stage import summarize_windows
-from ops.records import BadRecords, RecordFormat, TimeRange, Windows
+from ops.fetch import local_files
+from ops.mask.data_stage import summarize_windows
+from ops.fetch.records import BadRecords, RecordFormat
+from ops.windows import TimeRange, Windows
 from resources.log_source import LocalLogSource, LogSourceError, file_source_location
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, s3, s3_server  # noqa: F401  (fixtures)
 from tests.test_data_stage import _mixed_file, jl

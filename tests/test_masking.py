@@ -6,7 +6,7 @@ import collections
 import csv
 import pytest
 
-from ops.masking import Masker, load_rules, tokens, validate_rules
+from ops.mask.masking import Masker, load_rules, tokens, validate_rules
 
 
 
@@ -229,7 +229,7 @@ def test_piecewise_stays_on_for_rules_that_cannot_see_whitespace(rule):
 def test_high_cardinality_text_switches_to_whole_lines_for_a_while():
     import random
 
-    from ops import masking
+    from ops.mask import masking
 
     m, rng = Masker(), random.Random(3)
     words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=8)) for _ in range(8 * masking.PROBE_LINES)]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ops.model import NuLog, NuLogConfig
-from ops.vocab import CLS, MASK, PAD, SPECIALS, UNK, Vocab
+from ops.train.model import NuLog, NuLogConfig
+from ops.train.vocab import CLS, MASK, PAD, SPECIALS, UNK, Vocab
 
 
 def lines_batch(vocab_size=60, lengths=(9, 4, 1, 0, 6, 9), seed=0):

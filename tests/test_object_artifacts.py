@@ -459,7 +459,7 @@ BATCH = "demo/shop/payments"
 def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bucket, tmp_path):
     from dagster import instance_for_test, materialize
 
-    from ops import demo_logs
+    from scripts import demo_logs
     from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
     from orchestration.checks import nulog_model_quality
     from orchestration.partitions import PARTITION_FMT
@@ -553,13 +553,13 @@ def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bu
 
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_train_hands_each_epoch_checkpoint_over_for_upload(tmp_path, world_size):
-    """ops.train calls on_checkpoint in the calling process after each epoch's checkpoint (with DDP,
+    """ops.train.loop calls on_checkpoint in the calling process after each epoch's checkpoint (with DDP,
     rank 0 says so through its queue): nulog_model uploads it to artifact storage from there."""
     import torch
 
-    from ops.model import NuLogConfig
-    from ops.train import TrainConfig, train
-    from ops.vocab import Vocab
+    from ops.train.model import NuLogConfig
+    from ops.train.loop import TrainConfig, train
+    from ops.train.vocab import Vocab
     from tests.test_train import synthetic_lines
 
     lines = synthetic_lines(n=120, seed=5)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ops.data_stage import summarize_windows
-from ops.opensearch_read import OpenSearchReadError
-from ops.records import BadRecords, TimeRange, Windows
+from ops.mask.data_stage import summarize_windows
+from ops.fetch.opensearch import OpenSearchReadError
+from ops.fetch.records import BadRecords
+from ops.windows import TimeRange, Windows
 from resources.log_source import LocalLogSource, LogSourceError
 from resources.opensearch_source import OpenSearchLogSource
 from tests.opensearch_server import FakeOpenSearch, ListCorpus

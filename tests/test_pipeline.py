@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 
-from ops import demo_logs
+from scripts import demo_logs
 from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
 from orchestration.checks import nulog_model_quality
 from orchestration.partitions import PARTITION_FMT
@@ -106,7 +106,7 @@ def test_chain_materializes_and_registers_a_version(env):
     assert [m.version for m in models] == [1]
     assert models[0].artifact.endswith(".zip") and "nulog-1-" in models[0].artifact
     assert resources["artifacts"].exists(models[0].artifact)
-    from ops.artifact import read_artifact
+    from ops.register.artifact import read_artifact
 
     with resources["artifacts"].reading(models[0].artifact) as path:
         art = read_artifact(path)

@@ -106,9 +106,9 @@ def test_rounding_and_absent_values():
 def test_progress_is_time_based_too_with_an_eta():
     """The train step reports at least every log_every_s seconds, whatever log_every says, and
     each report says where it is and how long is left."""
-    from ops.model import NuLogConfig
-    from ops.train import TrainConfig, progress_line, train
-    from ops.vocab import Vocab
+    from ops.train.model import NuLogConfig
+    from ops.train.loop import TrainConfig, progress_line, train
+    from ops.train.vocab import Vocab
 
     lines = [(f"user <num> logged in from host{i % 7} port <num>", 1 + i % 5) for i in range(60)]
     vocab = Vocab.build(lines)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops import demo_logs
+from scripts import demo_logs
 from tests.postgres_server import postgres_server
 from tests.s3_server import S3Server
 from tests.sandbox_executor import ROOT_ENV, sandbox_env

@@ -19,8 +19,8 @@ import pytest
 from dagster import DagsterRunStatus, SkipReason, build_sensor_context, instance_for_test, materialize
 from dagster._core.test_utils import create_run_for_test
 
-from ops import demo_logs
-from ops.artifact import ArtifactError, read_artifact, read_artifact_meta
+from scripts import demo_logs
+from ops.register.artifact import ArtifactError, read_artifact, read_artifact_meta
 from ops.naming import batch_key
 from orchestration import cli, cli_retention, retention
 from orchestration.assets import (
@@ -154,7 +154,7 @@ def policy(at_ms: int, **changes) -> RetentionPolicy:
 
 
 def sample_of(artifacts, version: int) -> str:
-    from ops.artifact import read_artifact_meta
+    from ops.register.artifact import read_artifact_meta
 
     store_key = next(k for k in artifacts.list("models") if f"nulog-{version}-" in k)
     with artifacts.reading(store_key) as path:

@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ops.sampling import resample, sqrt_quotas, weighted_draw
-from ops.summary import Summary
+from ops.sample.sampling import resample, sqrt_quotas, weighted_draw
+from ops.mask.summary import Summary
 
 
 def skewed_window(n_forms=400, seed=1):
@@ -138,7 +138,7 @@ def test_sample_from_compacted_summary_keeps_size_and_weights_tail_as_singletons
 
 
 def test_replay_draws_without_replacement_and_keeps_shares():
-    from ops.sampling import combine, replay
+    from ops.sample.sampling import combine, replay
 
     previous = [("a", 600), ("b", 300), ("c", 100)]
     got = dict(replay(previous, 500, seed=1))

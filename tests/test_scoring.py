@@ -1,4 +1,4 @@
-"""ops.scoring.Scorer, ops.templates and the `logloop score` / `logloop templates` commands."""
+"""ops.validate.scoring.Scorer, ops.validate.templates and the `logloop score` / `logloop templates` commands."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ops.artifact import Artifact, ArtifactError, write_artifact
-from ops.evaluate import score_lines
-from ops.masking import Masker
-from ops.model import NuLogConfig
-from ops.scoring import Scorer
-from ops.templates import VARIABLE, collapse, generalize, templates, token_template
-from ops.train import TrainConfig, train
-from ops.vocab import Vocab
+from ops.register.artifact import Artifact, ArtifactError, write_artifact
+from ops.validate.evaluate import score_lines
+from ops.mask.masking import Masker
+from ops.train.model import NuLogConfig
+from ops.validate.scoring import Scorer
+from ops.validate.templates import VARIABLE, collapse, generalize, templates, token_template
+from ops.train.loop import TrainConfig, train
+from ops.train.vocab import Vocab
 from resources.artifacts import LocalArtifactStorage
 from resources.store import ModelRecord, SQLiteStore
 
@@ -218,7 +218,7 @@ def test_cli_errors_are_one_line(home):
 
 
 def test_the_verdict_label_first_then_severity_then_a_score_that_is_not_established():
-    from ops.scoring import judge
+    from ops.validate.scoring import judge
 
     forms = ["a b", "x <severe> y", "rare new form", "common new form", "labelled ok", "labelled bad"]
     scores = [0.9, 1.0, 0.1, 0.1, 0.0, 1.0]

@@ -10,7 +10,7 @@ import pytest
 from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context, instance_for_test
 from pydantic import Field
 
-from ops.decisions import decide
+from ops.train.decisions import decide
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, Thresholds, load_loop_settings
 from orchestration.partitions import time_partitions
 from orchestration.sensors import TASK_TAG, evaluate_new_samples, reap, training_run_config
@@ -182,7 +182,7 @@ def test_raw_logs_observer_counts_the_last_closed_windows_per_batch(instance, tm
     import time as _time
     from collections import Counter
 
-    from ops import demo_logs
+    from scripts import demo_logs
     from orchestration.sensors import observe_source
     from resources.log_source import LocalLogSource
 
@@ -436,7 +436,7 @@ def test_the_sensor_requests_resolve_against_both_jobs(instance, store, tmp_path
 def test_catch_up_with_the_opensearch_source_is_one_count_request(instance, store, messages):
     """The real OpenSearch source over HTTP (tests/opensearch_server.py): one aggregation
     request counts the unsummarised windows; a server error only costs the catch-up."""
-    from ops.records import Windows
+    from ops.windows import Windows
     from orchestration.assets import window_ms
     from tests.opensearch_server import FakeOpenSearch, ListCorpus
 
@@ -466,7 +466,7 @@ def test_catch_up_with_the_opensearch_source_is_one_count_request(instance, stor
 
 def test_an_empty_store_beside_empty_windows_is_restored_once_not_every_tick(instance, store, tmp_path, monkeypatch):
     import orchestration.sensors as sensors
-    from ops.summary import write_summaries
+    from ops.mask.summary import write_summaries
 
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
     with artifacts.writing("summaries/2026-11-23-07-00.parquet") as tmp:  # a window that held no records

@@ -1,4 +1,4 @@
-"""ops.templates: masking, units and the statistical pass, on small invented lines.
+"""ops.validate.templates: masking, units and the statistical pass, on small invented lines.
 
 Most cases go through masked_templates with every token ranked 0, i.e. a model that predicts
 every token (k = 50 over a small vocabulary): NuLog's top-k rule then keeps every word, which is
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ops.masking import Masker, tokens
-from ops.templates import VARIABLE, collapse, line_templates, masked_templates, templates, units
+from ops.mask.masking import Masker, tokens
+from ops.validate.templates import VARIABLE, collapse, line_templates, masked_templates, templates, units
 
 MASKER = Masker()
 

@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
-from ops.evaluate import evaluate, score_lines, topk_hits
-from ops.model import NuLog, NuLogConfig
-from ops.train import TrainConfig, adam, batch_loss, encode, loss_on, plan_batches, train
-from ops.vocab import Vocab
+from ops.validate.evaluate import evaluate, score_lines, topk_hits
+from ops.train.model import NuLog, NuLogConfig
+from ops.train.loop import TrainConfig, adam, batch_loss, encode, loss_on, plan_batches, train
+from ops.train.vocab import Vocab
 
 SMALL = NuLogConfig(vocab_size=0, d_model=64, n_heads=4, d_ff=64)
 BASELINE = dict(dedup=False, pad_to_max=True, factored=False)
@@ -188,7 +188,7 @@ def test_scores_and_hits_agree_and_keep_order(data):
 
 
 def test_learns_real_hdfs_logs(loghub):
-    from ops.masking import Masker
+    from ops.mask.masking import Masker
 
     masker = Masker()
     with open(loghub / "HDFS" / "HDFS_2k.log_structured_corrected.csv", newline="") as f:

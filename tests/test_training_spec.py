@@ -196,7 +196,7 @@ def test_train_create_reports_an_unreachable_webserver(tmp_path):
 def test_train_local_and_opni_request_register_versions(tmp_path):
     from dagster import instance_for_test, materialize
 
-    from ops import demo_logs
+    from scripts import demo_logs
     from orchestration.assets import partition_summaries
     from resources.artifacts import LocalArtifactStorage
     from resources.log_source import LocalLogSource

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops import demo_logs
+from scripts import demo_logs
 from orchestration.training_spec import parse_spec, run_config
 from tests.processes import stop_process_group
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ops.vocab import MASK
+from ops.train.vocab import MASK
 
 
 @dataclass

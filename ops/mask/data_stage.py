@@ -1,9 +1,9 @@
 """The data stage for time windows: stream records, mask them, summarise per batch.
 
 Raw logs pass through in chunks and are dropped once counted; only the per-batch
-summaries (bounded, see ops.summary) survive the window. A chunk maps a key to
+summaries (bounded, see ops.mask.summary) survive the window. A chunk maps a key to
 {raw message: count} (`FileShard.read_counts`: JSON blocks are parsed and counted
-vectorised, see ops.local_files), so Python touches each distinct raw message of a
+vectorised, see ops.fetch.local_files), so Python touches each distinct raw message of a
 block once, not each line; counts add with their multiplicity.
 
 Masking is the cost that dominates, so it is done once per distinct raw message:
@@ -26,8 +26,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ops.records import BadRecords, TimeRange, Windows
-from ops.summary import DEFAULT_CAP, DEFAULT_TAIL_SAMPLE, Summary
+from ops.fetch.records import BadRecords
+from ops.windows import TimeRange, Windows
+from ops.mask.summary import DEFAULT_CAP, DEFAULT_TAIL_SAMPLE, Summary
 
 DEFAULT_CACHE = 100_000
 DEFAULT_DEFER = 20_000       # distinct raw messages a shard may leave to the parent to mask
@@ -41,7 +42,7 @@ def masker_and_cache(masking_rules=None):
     key = "default" if masking_rules is None else json.dumps(masking_rules, sort_keys=True)
     got = _MASKERS.get(key)
     if got is None:
-        from ops.masking import Masker
+        from ops.mask.masking import Masker
 
         got = _MASKERS[key] = (Masker(masking_rules), {})
     return got

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 
-from ops.masking import tokens
+from ops.mask.masking import tokens
 
 PAD, CLS, MASK, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<cls>", "<mask>", "<unk>")

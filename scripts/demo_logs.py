@@ -23,7 +23,7 @@ are held in memory at a time.
 
 CLI::
 
-    python -m ops.demo_logs --out DIR --hours 3 --lines-per-hour 2000 --seed 0
+    python -m scripts.demo_logs --out DIR --hours 3 --lines-per-hour 2000 --seed 0
 
 This module has no Dagster import.
 """
@@ -846,7 +846,7 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ops.demo_logs", description="Write synthetic Kubernetes-style logs (JSON Lines, Opni shape).")
+    p = argparse.ArgumentParser(prog="python -m scripts.demo_logs", description="Write synthetic Kubernetes-style logs (JSON Lines, Opni shape).")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--hours", type=int, default=3)
     p.add_argument("--lines-per-hour", type=int, default=2000, help="lines per hour, all batches together")

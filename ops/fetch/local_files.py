@@ -26,19 +26,19 @@ object at a path or fsspec URL (`load_index`, `save_index`).
 Two ways to read a shard, with the same results:
 
 - `FileShard.read` yields {(window index, batch): [message, ...]}: every line parsed
-  one by one (`ops.records.parse_json_lines`). It is the reference, and what
+  one by one (`ops.fetch.records.parse_json_lines`). It is the reference, and what
   `read_window` uses.
 - `FileShard.read_counts`, which the data stage uses, yields
   {(window index, batch): {raw message: count}}. A JSON block (whole lines, about
-  `block_size` bytes) goes through `ops.records.FastJsonBlocks`: msgspec decodes just
+  `block_size` bytes) goes through `ops.fetch.fast_json.FastJsonBlocks`: msgspec decodes just
   the needed fields when their names are flat (pyarrow, with a schema of those
   fields, when a name is dotted), times are routed to windows, and identical
-  (window, batch, message) rows are counted across blocks in C (`ops.records.Tally`,
+  (window, batch, message) rows are counted across blocks in C (`ops.fetch.fast_json.Tally`,
   at most TALLY_LIMIT distinct messages before it is handed on). Any block the fast
   path cannot vouch for (a bad line of any kind, ISO or float times, a time outside
-  ops.records' valid range, a missing field, non-UTF-8, an overlong line...) is parsed
+  ops.windows' valid range, a missing field, non-UTF-8, an overlong line...) is parsed
   line by line by the careful path instead, so bad lines are still counted and named
-  exactly. Both paths name batches with `ops.records.batch_name`.
+  exactly. Both paths name batches with `ops.fetch.records.batch_name`.
 """
 
 from __future__ import annotations
@@ -55,21 +55,10 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from ops.naming import InvalidName, validate_batch_name
-from ops.records import (
-    MAX_LINE_BYTES,
-    BadRecords,
-    OverlongLine,
-    FastJsonBlocks,
-    RecordFormat,
-    Tally,
-    TimeRange,
-    Windows,
-    decode_text_lines,
-    parse_json_lines,
-    read_line_blocks,
-    read_raw_blocks,
-    split_lines,
-)
+from ops.fetch.fast_json import FastJsonBlocks, Tally
+from ops.fetch.framing import MAX_LINE_BYTES, OverlongLine, read_line_blocks, read_raw_blocks, split_lines
+from ops.fetch.records import BadRecords, RecordFormat, decode_text_lines, parse_json_lines
+from ops.windows import TimeRange, Windows
 
 JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}

@@ -65,8 +65,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ops.model import NuLog, NuLogConfig
-from ops.vocab import CLS, MASK, PAD, Vocab
+from ops.train.model import NuLog, NuLogConfig
+from ops.train.vocab import CLS, MASK, PAD, Vocab
 
 
 @dataclass

@@ -6,7 +6,7 @@ replaced by placeholders such as <num> or <ip> while constant words are kept.
 
 The masking rules are data, in the style of Drain3's masking instructions: an ordered list
 of {name, pattern, replacement} regex substitutions, by default read from
-ops/masking_rules.yaml (which documents every placeholder). The rules a model was trained
+ops/mask/masking_rules.yaml (which documents every placeholder). The rules a model was trained
 with are stored in its artifact, so `Masker.rules` stays JSON-serialisable.
 
 `Masker.mask` does, in order: strip ANSI escape sequences, lower-case, apply the rules
@@ -42,7 +42,7 @@ WHOLE_LINES = 20_000   # lines then masked whole when more than half the pieces 
 
 
 def load_rules(path=None) -> list[dict]:
-    """The rules in a YAML file (default: ops/masking_rules.yaml), validated."""
+    """The rules in a YAML file (default: ops/mask/masking_rules.yaml), validated."""
     import yaml
 
     path = Path(path if path is not None else RULES_PATH)
@@ -378,7 +378,7 @@ def backtracking_risk(pattern: str) -> str | None:
 
 
 class Masker:
-    """Masks log lines with an ordered list of regex rules (default: ops/masking_rules.yaml)."""
+    """Masks log lines with an ordered list of regex rules (default: ops/mask/masking_rules.yaml)."""
 
     def __init__(self, rules: list[dict] | None = None):
         if rules is None:

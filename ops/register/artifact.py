@@ -20,9 +20,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ops.files import create_temp_file
-from ops.masking import validate_rules
-from ops.model import MAX_PARAMETERS, ModelConfigError, NuLog, NuLogConfig, state_dict_shapes, validate_config
-from ops.vocab import Vocab
+from ops.mask.masking import validate_rules
+from ops.train.model import MAX_PARAMETERS, ModelConfigError, NuLog, NuLogConfig, state_dict_shapes, validate_config
+from ops.train.vocab import Vocab
 
 FORMAT = 1
 MEMBERS = ("model.safetensors", "vocab.json", "masking_rules.json", "config.json", "metrics.json", "meta.json")
@@ -126,7 +126,7 @@ def read_artifact_meta(path) -> dict:
 def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
     """Every member is checked before the model is built: config.json's fields (types, ranges,
     size), the weights' names, shapes, dtype and finiteness, and the masking rules (including
-    their backtracking cost, see ops.masking). Anything wrong raises ArtifactError in one line
+    their backtracking cost, see ops.mask.masking). Anything wrong raises ArtifactError in one line
     naming the file, the member and the field, rule or tensor."""
     try:
         z = zipfile.ZipFile(io.BytesIO(data))

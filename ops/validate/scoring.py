@@ -2,11 +2,11 @@
 
 `Scorer(artifact)` masks lines with the artifact's own masking rules, encodes them with its own
 vocabulary and scores each line as NuLog does: the share of its tokens whose true value the model
-ranks within its top k when that token is masked (ops/evaluate.py; unknown tokens miss).
+ranks within its top k when that token is masked (ops/validate/evaluate.py; unknown tokens miss).
 
 Whether a line is an anomaly (`judge`), in this order:
 1. feedback decides: a form labelled normal is never flagged, one labelled anomaly always, and an
-   unlabelled form follows its nearest labelled form when they are near enough (ops/feedback.py).
+   unlabelled form follows its nearest labelled form when they are near enough (ops/validate/feedback.py).
    The labels are those the model was trained with (its meta.json) and those given to the Scorer;
 2. a form holding <severe> (an upper-case level word at error severity or above, from the
    masking rules) is flagged;
@@ -21,8 +21,8 @@ go through the model together, batched by length (`NuLog.masked_rows`, all posit
 in one pass). The defaults for k and the threshold come from the artifact's metrics (the values
 its quality gate used), else Opni's 50 and 0.7.
 
-Models are read with ops.artifact only (safetensors + json, never pickle); a missing or corrupt
-artifact raises ops.artifact.ArtifactError naming the path.
+Models are read with ops.register.artifact only (safetensors + json, never pickle); a missing or corrupt
+artifact raises ops.register.artifact.ArtifactError naming the path.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
-from ops.artifact import Artifact, ArtifactError, read_artifact
-from ops.feedback import LabelIndex
-from ops.masking import Masker
+from ops.register.artifact import Artifact, ArtifactError, read_artifact
+from ops.validate.feedback import LabelIndex
+from ops.mask.masking import Masker
 
 DEFAULT_TOP_K = 50
 DEFAULT_THRESHOLD = 0.7
@@ -83,7 +83,7 @@ class Scorer:
     def __init__(self, artifact: Artifact, top_k: int | None = None, threshold: float | None = None,
                  cache_size: int = 100_000, batch_size: int = 4096, labels: dict[str, str] | None = None):
         if not isinstance(artifact, Artifact):
-            raise TypeError(f"Scorer needs an ops.artifact.Artifact, got {type(artifact).__name__}")
+            raise TypeError(f"Scorer needs an ops.register.artifact.Artifact, got {type(artifact).__name__}")
         where = artifact.meta.get("path", "in memory") if isinstance(artifact.meta, dict) else "in memory"
         n_out = artifact.model.cfg.vocab_size
         if len(artifact.vocab) != n_out or artifact.model.tok.num_embeddings != n_out:
@@ -107,7 +107,7 @@ class Scorer:
         self._cache: OrderedDict[str, float] = OrderedDict()
         self.hits = self.misses = 0  # cache statistics, per distinct masked line of each call
         # feedback: the labels the model was trained with (its meta), then the given ones (newer) over them;
-        # a form takes its own label or its nearest labelled form's (ops.feedback), over every other rule
+        # a form takes its own label or its nearest labelled form's (ops.validate.feedback), over every other rule
         meta = artifact.meta if isinstance(artifact.meta, dict) else {}
         try:
             self.feedback = LabelIndex({**dict(meta.get("feedback") or {}), **dict(labels or {})},
@@ -122,7 +122,7 @@ class Scorer:
 
     def score_masked(self, masked_lines: list[str]) -> list[float]:
         """Scores of already-masked lines, through the cache."""
-        from ops.evaluate import score_lines
+        from ops.validate.evaluate import score_lines
 
         distinct = list(dict.fromkeys(masked_lines))
         cache = self._cache
@@ -184,7 +184,7 @@ __all__ = ["ArtifactError", "ScoredLine", "Scorer", "DEFAULT_THRESHOLD", "DEFAUL
 
 
 def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
-    """(lines, anomalies) of one window summary (ops.summary.Summary), scoring each masked form once.
+    """(lines, anomalies) of one window summary (ops.mask.summary.Summary), scoring each masked form once.
 
     Exact for the counted forms; for a compacted tail (forms seen once each, sampled), the
     flagged share of the kept tail sample is applied to the tail's line count.

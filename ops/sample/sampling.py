@@ -4,7 +4,7 @@ Opni's rule: a line whose masked form occurs c times has weight sqrt(c)/c, so a
 form's total share of the sample is proportional to sqrt(c). Frequent forms are
 damped, rare ones lifted, and memory is bounded by the sample size t.
 
-We apply the rule to *global* counts (merged summaries, see ops.summary) rather than
+We apply the rule to *global* counts (merged summaries, see ops.mask.summary) rather than
 per page as Opni did, and draw without replacement: no form is drawn more often
 than it occurs. A form whose proportional quota exceeds its count is taken whole
 and the rest of t is shared among the others (water-filling); the remainder is
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ops.summary import Summary
+from ops.mask.summary import Summary
 
 
 @dataclass
@@ -90,7 +90,7 @@ def resample(
     """Draw min(t, lines) samples by the sqrt rule and split them train/validation.
 
     The split is a uniform draw per sampled line (as CML does), deterministic for a seed.
-    Tail lines (see ops.summary) stand for forms seen once each.
+    Tail lines (see ops.mask.summary) stand for forms seen once each.
     """
     if t <= 0:
         raise ValueError(f"sample size t must be positive, got {t}")

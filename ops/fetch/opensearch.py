@@ -55,17 +55,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 import orjson
 
-from ops.records import (
-    MAX_TIME_MS,
-    MIN_TIME_MS,
-    BadRecords,
-    RecordFormat,
-    TimeRange,
-    Windows,
-    get_field,
-    parse_time_ms,
-    route,
-)
+from ops.fetch.records import BadRecords, RecordFormat, get_field, route
+from ops.windows import MAX_TIME_MS, MIN_TIME_MS, TimeRange, Windows, parse_time_ms
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
@@ -303,8 +294,8 @@ def hits_to_chunk(
 ) -> dict[tuple[int, str], list[str]]:
     """A page of hits as {(window index, batch): [message, ...]}, the chunk shape of
     `FileShard.read`. The time is the hit's first sort value (epoch ms, as OpenSearch
-    gives for date and long fields) and must lie in ops.records' valid range
-    [MIN_TIME_MS, MAX_TIME_MS), as in files; bad records are counted under ops.records reasons."""
+    gives for date and long fields) and must lie in ops.windows' valid range
+    [MIN_TIME_MS, MAX_TIME_MS), as in files; bad records are counted under ops.fetch.records reasons."""
     out: dict[tuple[int, str], list[str]] = {}
     window_of = windows.index
     mf = fmt.message_field

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.model import NuLog
-from ops.train import encode_ids
-from ops.vocab import PAD, UNK, Vocab
+from ops.train.model import NuLog
+from ops.train.loop import encode_ids
+from ops.train.vocab import PAD, UNK, Vocab
 
 
 @torch.no_grad()
@@ -101,9 +101,9 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
 def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = 50, threshold: float = 0.7,
              batch_size: int = 4096) -> dict:
     """Quality on (masked_line, count) pairs; every figure is weighted by count. anomaly_share is the
-    share of lines the product's verdict flags (ops.scoring.judge, without labels), the pairs being
+    share of lines the product's verdict flags (ops.validate.scoring.judge, without labels), the pairs being
     the lines judged together."""
-    from ops.scoring import judge
+    from ops.validate.scoring import judge
 
     merged: dict[str, int] = {}
     for line, n in lines_with_counts:

@@ -1,6 +1,6 @@
 """Log templates: which parts of a log line are its event and which are variables.
 
-A template is a masked line (ops.masking) with its variables replaced by `<*>`; lines with the
+A template is a masked line (ops.mask.masking) with its variables replaced by `<*>`; lines with the
 same template are the same event. Templates are decided over all the given lines together
 (pass them in one call), in three steps:
 
@@ -56,7 +56,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Iterable
 
-from ops.masking import Masker, tokens
+from ops.mask.masking import Masker, tokens
 
 VARIABLE = "<*>"
 DEFAULT_TOP_K = 50
