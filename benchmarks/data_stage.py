@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 
 from ops.mask.data_stage import masker_and_cache, peak_rss_mb, summarize_windows  # noqa: E402
-from ops.fetch.local_files import filesystem, plan_shards  # noqa: E402
+from ops.fetch.local_files import plan_shards  # noqa: E402
+from ops.fetch.locations import filesystem  # noqa: E402
 from ops.fetch.records import RecordFormat, Windows  # noqa: E402
 
 HOUR = 3_600_000

@@ -95,7 +95,7 @@ def _first_record_ms(path: str, compression: Optional[str], time_field: str) -> 
     """The time of the first record (of the first 10 lines) of a JSON Lines file."""
     import json
 
-    from ops.fetch.local_files import open_stream
+    from ops.fetch.streams import open_stream
     from ops.fetch.records import get_field
     from ops.windows import parse_time_ms
 
@@ -123,7 +123,8 @@ def earliest_file_record_ms(root: str, index: dict, time_field: str, deadline: f
     knows (same size and version), else a JSON file's first record or a text file's mtime."""
     from pathlib import PurePosixPath
 
-    from ops.fetch.local_files import COMPRESSION_SUFFIXES, JSON_SUFFIXES, list_files
+    from ops.fetch.local_files import COMPRESSION_SUFFIXES, JSON_SUFFIXES
+    from ops.fetch.locations import list_files
 
     earliest = None
     peeked = 0

@@ -15,7 +15,7 @@ from typing import Optional, Protocol
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ops.fetch import local_files
+from ops.fetch import local_files, locations
 from ops.fetch.records import BadRecords, RecordFormat
 from ops.windows import TimeRange, Windows
 
@@ -93,14 +93,14 @@ class LocalLogSource(LogSource):
     block_size_bytes: int = 1 << 20
 
     def describe(self) -> str:
-        where = "local folder" if local_files.is_local_url(self.path) else "log files at"
-        return f"{where} {local_files.shown(self.path)}"
+        where = "local folder" if locations.is_local_url(self.path) else "log files at"
+        return f"{where} {locations.shown(self.path)}"
 
     def shards(self, windows):
         try:
             index = local_files.load_index(self.index_path) if self.index_path else {}
             return local_files.plan_shards(self.path, self.record_format, windows, index, self.block_size_bytes)
-        except (FileNotFoundError, local_files.SourceUnavailable) as exc:
+        except (FileNotFoundError, locations.SourceUnavailable) as exc:
             raise LogSourceError(str(exc)) from None
 
     def remember(self, time_ranges):
@@ -114,7 +114,7 @@ class LocalLogSource(LogSource):
                 if planned_id:
                     index[path] = {"id": planned_id, "lo": lo, "hi": hi}
             local_files.save_index(self.index_path, index)
-        except local_files.SourceUnavailable as exc:
+        except locations.SourceUnavailable as exc:
             raise LogSourceError(str(exc)) from None
 
 

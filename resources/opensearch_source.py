@@ -31,15 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 
-from ops.fetch.opensearch import (
-    Connection,
-    OpenSearchReadError,
-    OpenSearchShard,
-    QuerySpec,
-    Secret,
-    call_with_retries,
-    range_query,
-)
+from ops.fetch.opensearch import OpenSearchShard, QuerySpec, range_query
+from ops.fetch.opensearch_client import Connection, OpenSearchReadError, Secret, call_with_retries
 from ops.windows import Windows
 from resources.log_source import LogSource, LogSourceError
 from resources.urls import url_without_password

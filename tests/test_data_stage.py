@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ops.fetch import local_files
+from ops.fetch import local_files, streams
 from ops.mask.data_stage import WindowSummarizer, summarize_chunks, summarize_windows
 from ops.mask.masking import Masker
 from ops.fetch.framing import read_line_blocks
@@ -529,15 +529,15 @@ def test_zstd_frame_follower_tells_a_whole_stream_from_a_cut_one():
 
     data = b"".join(f"line {i}\n".encode() for i in range(50_000))
     whole = _zst_frames(data, 4) + zstandard.ZstdCompressor(level=1).compress(b"")
-    frames = local_files._ZstdFrames()
+    frames = streams._ZstdFrames()
     for i in range(0, len(whole), 1000):
         frames.feed(whole[i : i + 1000])
     assert frames.complete
     for cut in (1, 3, 5, len(whole) // 3, len(whole) - 1):
-        partial = local_files._ZstdFrames()
+        partial = streams._ZstdFrames()
         partial.feed(whole[:cut])
         assert not partial.complete, cut
-    junk = local_files._ZstdFrames()
+    junk = streams._ZstdFrames()
     junk.feed(b"not zstd at all")
     assert junk.bad and not junk.complete
 

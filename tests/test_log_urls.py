@@ -13,7 +13,7 @@ import re
 import pytest
 import zstandard
 
-from ops.fetch import local_files
+from ops.fetch import local_files, locations
 from ops.mask.data_stage import summarize_windows
 from ops.fetch.records import BadRecords, RecordFormat
 from ops.windows import TimeRange, Windows
@@ -187,7 +187,7 @@ def test_missing_bucket_fails_with_one_line_naming_the_url(s3):
     shards = LocalLogSource(path="s3://going/k8s/").shards(WINDOWS)
     client.delete_object(Bucket="going", Key="k8s/a.jsonl.gz")
     client.delete_bucket(Bucket="going")
-    with pytest.raises(local_files.SourceUnavailable) as err:
+    with pytest.raises(locations.SourceUnavailable) as err:
         summarize_windows(shards, WINDOWS)
     _one_line_naming(err.value, "s3://going/k8s/a.jsonl.gz")
 
@@ -199,7 +199,7 @@ def test_unreachable_endpoint_fails_with_one_line_naming_the_url(s3, monkeypatch
     shards = LocalLogSource(path="s3://archive/k8s/").shards(WINDOWS)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     s3.stop()  # the server goes away mid-run
-    with pytest.raises(local_files.SourceUnavailable) as err:
+    with pytest.raises(locations.SourceUnavailable) as err:
         summarize_windows(shards, WINDOWS)
     assert "Could not connect" in _one_line_naming(err.value, "s3://archive/k8s/a.jsonl.zst")
     with pytest.raises(LogSourceError) as err:

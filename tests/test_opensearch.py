@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ops.mask.data_stage import summarize_windows
-from ops.fetch.opensearch import OpenSearchReadError
+from ops.fetch.opensearch_client import OpenSearchReadError
 from ops.fetch.records import BadRecords
 from ops.windows import TimeRange, Windows
 from resources.log_source import LocalLogSource, LogSourceError

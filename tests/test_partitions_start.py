@@ -106,7 +106,7 @@ def test_earliest_log_record_of_json_gzip_and_text_files(tmp_path):
     os.utime(text, (ms("2026-11-20 09:00") / 1000,) * 2)  # a text file's lines take its mtime
     assert earliest_file_record_ms(str(logs), {}, "time", deadline) == ms("2026-11-20 09:00")
     # a file the index knows (same size and version) is not read: its recorded range counts
-    from ops.fetch.local_files import list_files
+    from ops.fetch.locations import list_files
 
     a = next(f for f in list_files(str(logs)) if f.rel == "a.jsonl")
     index = {a.path: {"id": a.file_id, "lo": ms("2026-11-01 00:00"), "hi": ms("2026-11-25 10:30")}}
