@@ -33,7 +33,7 @@ Two ways to read a shard, with the same results:
   `block_size` bytes) goes through `ops.fetch.fast_json.FastJsonBlocks`: msgspec decodes just
   the needed fields when their names are flat (pyarrow, with a schema of those
   fields, when a name is dotted), times are routed to windows, and identical
-  (window, batch, message) rows are counted across blocks in C (`ops.fetch.fast_json.Tally`,
+  (window, batch, message) rows are counted across blocks in C (`ops.fetch.tally.Tally`,
   at most TALLY_LIMIT distinct messages before it is handed on). Any block the fast
   path cannot vouch for (a bad line of any kind, ISO or float times, a time outside
   ops.windows' valid range, a missing field, non-UTF-8, an overlong line...) is parsed
@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ops.fetch.fast_json import FastJsonBlocks, Tally
+from ops.fetch.fast_json import FastJsonBlocks
+from ops.fetch.tally import Tally
 from ops.fetch.framing import MAX_LINE_BYTES, OverlongLine, read_line_blocks, read_raw_blocks, split_lines
 from ops.fetch.locations import SourceUnavailable, filesystem, is_local, list_files, modification_ms, reason, shown
 from ops.fetch.records import BadRecords, RecordFormat, decode_text_lines, parse_json_lines
