@@ -390,7 +390,7 @@ def nulog_model(
     step_losses: list[tuple[float, float]] = []  # (fractional epoch, loss since the last report)
 
     def progress(p: dict) -> None:
-        from ops.train.loop import progress_line
+        from ops.train.progress import progress_line
 
         context.log.info(progress_line(p))
         if p.get("steps"):

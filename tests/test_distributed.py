@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ops.train.model import NuLogConfig
-from ops.train.loop import TrainConfig, encode, plan_batches, resolve_world_size, shard, train
+from ops.train.ddp import shard
+from ops.train.loop import TrainConfig, encode, plan_batches, resolve_world_size, train
 from ops.train.vocab import Vocab
 from tests.test_train import synthetic_lines
 

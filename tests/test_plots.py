@@ -107,7 +107,8 @@ def test_progress_is_time_based_too_with_an_eta():
     """The train step reports at least every log_every_s seconds, whatever log_every says, and
     each report says where it is and how long is left."""
     from ops.train.model import NuLogConfig
-    from ops.train.loop import TrainConfig, progress_line, train
+    from ops.train.loop import TrainConfig, train
+    from ops.train.progress import progress_line
     from ops.train.vocab import Vocab
 
     lines = [(f"user <num> logged in from host{i % 7} port <num>", 1 + i % 5) for i in range(60)]

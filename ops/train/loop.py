@@ -57,7 +57,6 @@ import io
 import json
 import math
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -65,7 +64,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ops.train.ddp import Rows, all_sum, backend, free_port, shard
 from ops.train.model import NuLog, NuLogConfig
+from ops.train.progress import Clock
 from ops.train.vocab import CLS, MASK, PAD, Vocab
 
 
@@ -320,7 +321,7 @@ def train(train_lines, vocab: Vocab, cfg: TrainConfig | None = None, model: NuLo
                        n_lines=n_lines, n_distinct=len({line for line, n in train_lines if n > 0}),
                        n_rows=n_rows, device=str(device),
                        extra={"amp": str(amp_dtype).removeprefix("torch.") if use_amp else "off",
-                              **({"world_size": ws, "backend": _backend(device)} if ws > 1 else {})})
+                              **({"world_size": ws, "backend": backend(device)} if ws > 1 else {})})
 
 
 def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: str,
@@ -342,7 +343,7 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
 
         # DDP only syncs gradients for calls through its own forward, so the forward batch_loss
         # needs (masked_rows or the plain forward) is wrapped as a module's forward.
-        forward = DDP(_Rows(model, cfg.factored), device_ids=[device.index] if device.type == "cuda" else None)
+        forward = DDP(Rows(model, cfg.factored), device_ids=[device.index] if device.type == "cuda" else None)
     opt = adam(model, cfg)
     use_amp, amp_dtype = _amp(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -366,7 +367,7 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
     steps = computed = 0
     lines_done = rows_done = 0.0
     glob = [0.0] * 5  # global ep_loss, ep_w, lines_done, rows_done, computed at the last reduction
-    clock = _Clock(t0, cfg, start_epoch)
+    clock = Clock(t0, cfg, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         if ws > 1:  # dropout streams per (seed, epoch, rank): a resumed run draws the same masks
             torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + rank + 1)
@@ -401,13 +402,13 @@ def _fit(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, fp: s
                 rows_done += float(w.sum())
             if i + 1 < len(batches):
                 if reporting and (i + 1) % cfg.log_every == 0:  # every rank takes part in the reduction
-                    glob = _all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
+                    glob = all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
                     if report:
                         report(clock.report(i + 1, glob, reduced=True))
                 elif report and clock.due():  # rank 0 alone: its own figures, no collective
                     report(clock.report(i + 1, [ep_loss, ep_w, lines_done * ws, rows_done * ws, computed * ws],
                                         reduced=ws == 1))
-        glob = _all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
+        glob = all_sum([ep_loss, ep_w, lines_done, rows_done, computed], ws, device)
         losses.append(glob[0] / glob[1] if glob[1] else float("nan"))
         # the same all-reduced figure on every rank, so all ranks stop together
         if glob[1] and not math.isfinite(losses[-1]):
@@ -440,51 +441,6 @@ def adam(model: NuLog, cfg: TrainConfig) -> torch.optim.Adam:
         return torch.optim.Adam(params, **hyper)
 
 
-class _Rows(torch.nn.Module):
-    """NuLog's forward for training batches (all rows of lines, or single masked rows) as a module
-    forward, so that DistributedDataParallel can wrap it."""
-
-    def __init__(self, model: NuLog, factored: bool):
-        super().__init__()
-        self.model, self.factored = model, factored
-
-    def forward(self, ids: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.masked_rows(ids, pad_mask) if self.factored else self.model(ids, pad_mask)
-
-
-def shard(line: torch.Tensor, pos: torch.Tensor | None, rank: int, world_size: int
-          ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """Rank `rank`'s share of a global batch: a contiguous, near-equal slice of its lines (rows
-    when not factored); the slices of all ranks partition the batch. A rank whose slice is empty
-    gets the batch's first entry and `real` False: it must still run forward and backward (DDP's
-    all-reduce needs every rank) but with a zero loss weight."""
-    idx = torch.arange(len(line), device=line.device).tensor_split(world_size)[rank]
-    real = len(idx) > 0
-    if not real:
-        idx = torch.zeros(1, dtype=torch.long, device=line.device)
-    return line[idx], None if pos is None else pos[idx], real
-
-
-def _all_sum(values: list[float], world_size: int, device: torch.device) -> list[float]:
-    if world_size == 1:
-        return list(values)
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _backend(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_distributed(model: NuLog, data: Data, cfg: TrainConfig, device: torch.device, world_size: int,
                       fp: str, checkpoint_path: str | None, progress: Callable[[dict], None] | None,
                       t0: float, on_checkpoint: Callable[[str], None] | None = None) -> dict:
@@ -502,7 +458,7 @@ def train_distributed(model: NuLog, data: Data, cfg: TrainConfig, device: torch.
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    port = int(os.environ.get("MASTER_PORT") or _free_port())
+    port = int(os.environ.get("MASTER_PORT") or free_port())
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     wall0 = time.time() - (time.perf_counter() - t0)  # t0 on the wall clock, for the workers' rates
     procs = mp.start_processes(
@@ -555,7 +511,7 @@ def _worker(rank: int, world_size: int, addr: str, port: int, state: dict, model
         torch.cuda.set_device(device)
     else:  # share the cores instead of every rank using all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    dist.init_process_group(_backend(device), rank=rank, world_size=world_size)
+    dist.init_process_group(backend(device), rank=rank, world_size=world_size)
     try:
         model = NuLog(model_cfg)
         model.load_state_dict(state)
@@ -571,75 +527,3 @@ def _worker(rank: int, world_size: int, addr: str, port: int, state: dict, model
             q.put(("result", buf.getvalue(), stats))
     finally:
         dist.destroy_process_group()
-
-
-class _Clock:
-    """When progress is due, and the progress report: figures so far, the loss since the last
-    report, and the time left.
-
-    A report (a dict) has epoch and epochs (1-based, of the whole run), step and steps (within
-    the epoch), loss (the epoch's weighted mean row loss so far), recent_loss (the same over the
-    steps since the previous report of this epoch: a per-step curve at report granularity),
-    samples_per_s and rows_per_s (input lines and rows per second since `train` began),
-    elapsed_s (since `train` began) and eta_s (the time left, from this call's mean seconds per
-    step times the steps left; None before a step is done).
-    """
-
-    def __init__(self, t0: float, cfg: TrainConfig, start_epoch: int):
-        self.t0, self.cfg = t0, cfg
-        self.start = self.last = time.perf_counter()  # this call's loop, after encoding and resuming
-        self.epoch, self.steps = start_epoch, 0
-        self.before = 0  # steps of this call in the epochs before the current one
-        self.marks: dict[bool, tuple[float, float]] = {}
-
-    def new_epoch(self, epoch: int, steps: int) -> None:
-        if epoch > self.epoch:
-            self.before += self.steps
-        self.epoch, self.steps = epoch, steps
-        self.marks = {True: (0.0, 0.0), False: (0.0, 0.0)}  # (loss sum, weight) at the last report
-
-    def due(self) -> bool:
-        return self.cfg.log_every_s > 0 and time.perf_counter() - self.last >= self.cfg.log_every_s
-
-    def report(self, step: int, figures: list[float], reduced: bool) -> dict:
-        """`figures`: ep_loss, ep_w, lines_done, rows_done (and computed), global when `reduced`
-        (rank 0's own shard otherwise; its loss sums are kept apart from the global ones)."""
-        now = time.perf_counter()
-        self.last = now
-        ep_loss, ep_w, lines_done, rows_done = figures[:4]
-        mark_loss, mark_w = self.marks[reduced]
-        self.marks[reduced] = (ep_loss, ep_w)
-        done = self.before + step
-        left = (self.steps - step) + (self.cfg.epochs - self.epoch - 1) * self.steps
-        dt = max(now - self.t0, 1e-9)
-        return dict(epoch=self.epoch + 1, epochs=self.cfg.epochs, step=step, steps=self.steps,
-                    loss=ep_loss / ep_w if ep_w else float("nan"),
-                    recent_loss=(ep_loss - mark_loss) / (ep_w - mark_w) if ep_w > mark_w else float("nan"),
-                    samples_per_s=lines_done / dt, rows_per_s=rows_done / dt, elapsed_s=now - self.t0,
-                    eta_s=(now - self.start) / done * left if done else None)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def progress_line(p: dict) -> str:
-    """One progress report as a log line, e.g. "epoch 2/3, step 120/400 (30%): loss 2.4811 (recent
-    2.3907), 1,234 samples/s, 52,000 rows/s, 1m05s elapsed, ETA 2m31s"."""
-    epochs = f"/{p['epochs']}" if p.get("epochs") else ""
-    where = f"epoch {p['epoch']}{epochs}"
-    if p.get("steps"):
-        where += f", step {p['step']}/{p['steps']} ({p['step'] / p['steps']:.0%})"
-    loss = f"loss {p['loss']:.4f}"
-    recent = p.get("recent_loss")
-    if recent is not None and math.isfinite(recent) and round(recent, 4) != round(p["loss"], 4):
-        loss += f" (recent {recent:.4f})"
-    parts = [loss, f"{p.get('samples_per_s', 0):,.0f} samples/s", f"{p.get('rows_per_s', 0):,.0f} rows/s"]
-    if p.get("elapsed_s") is not None:
-        parts.append(f"{_duration(p['elapsed_s'])} elapsed")
-    if p.get("eta_s") is not None:
-        parts.append("done" if p["eta_s"] <= 0 else f"ETA {_duration(p['eta_s'])}")
-    return f"{where}: " + ", ".join(parts)
