@@ -28,7 +28,6 @@ import importlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,12 +55,6 @@ class AzuriteUnavailable(RuntimeError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LOGLOOP_AZURITE_DIR") or Path.home() / ".cache" / "logloop-azurite")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_azurite() -> Path:
@@ -113,7 +106,7 @@ class AzuriteServer:
     """`azurite-blob` on 127.0.0.1:`port` (a free one by default), data in a temporary folder."""
 
     def __init__(self, port: int | None = None, start_timeout_s: float = 60.0):
-        self.port = port or free_port()
+        self.port = port or processes.free_port()
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self._log = None

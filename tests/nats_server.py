@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import os
 import shutil
 import signal
@@ -40,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-INSTALL_LOCK = Path(tempfile.gettempdir()) / "logloop-nats-server-install.lock"
+from tests.processes import apt_install, free_port
+
 READY_LINE = "Server is ready"  # what nats-server logs once it accepts clients
 _SBIN_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin")  # Debian puts it in /usr/sbin
 
@@ -62,33 +62,7 @@ def _find_binary() -> Optional[str]:
 
 def ensure_installed(timeout_s: float = 900) -> str:
     """The nats-server executable, installing Debian's nats-server first when it is missing."""
-    found = _find_binary()
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise NatsUnavailable("nats-server is not installed (not on PATH nor in /usr/sbin) and we are not root "
-                              "to install it: run `apt-get install -y nats-server`")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    INSTALL_LOCK.touch(exist_ok=True)
-    with open(INSTALL_LOCK) as lock:  # parallel test processes install once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _find_binary()
-        if found:
-            return found
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nats-server"]
-        try:
-            update = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env,
-                                    timeout=timeout_s)
-            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=timeout_s)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise NatsUnavailable(f"could not install Debian's nats-server: {exc}") from exc
-        found = _find_binary()
-        if done.returncode != 0 or not found:
-            raise NatsUnavailable(
-                "could not install Debian's nats-server (needed for the NATS tests; is the package "
-                f"mirror reachable?):\napt-get update: {update.stderr[-1500:]}\n"
-                f"apt-get install: {done.stdout[-1500:]}{done.stderr[-2000:]}")
-        return found
+    return apt_install("nats-server", _find_binary, NatsUnavailable, "the NATS tests", timeout_s)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -110,12 +84,6 @@ def _die_with_parent(parent_pid: int):
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(1)
     return preexec
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -144,7 +112,7 @@ class NatsServer:
             raise ValueError("give user/password or token, not both")
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="logloop-nats-"))
         self._fixed_port = port is not None  # a port we were given (or used before) is not re-chosen
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.user, self.password, self.token = user, password, token
         self.start_timeout_s = start_timeout_s
         self.store_dir = str(self.root / "store")          # -sd; JetStream keeps its files in store/jetstream
@@ -237,7 +205,7 @@ class NatsServer:
             except NatsUnavailable:
                 if attempt + 1 == attempts or "address already in use" not in self.log()[-2000:]:
                     raise
-                self.port = _free_port()
+                self.port = free_port()
         self._fixed_port = True  # restart() must come back on the same port
         return self
 

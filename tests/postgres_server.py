@@ -22,13 +22,11 @@ PostgresUnavailable with the reason and the server's log: tests must fail on it,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from tests.processes import apt_install, free_port
+
 RUN_AS = "nobody"  # the OS user the server runs as, when we are root
-INSTALL_LOCK = Path(tempfile.gettempdir()) / "logloop-postgresql-install.lock"
 
 
 class PostgresUnavailable(RuntimeError):
@@ -60,39 +59,7 @@ def _bin_dir() -> Optional[Path]:
 
 def ensure_installed(timeout_s: float = 900) -> Path:
     """The server's bin directory, installing Debian's postgresql first when it is missing."""
-    found = _bin_dir()
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise PostgresUnavailable("PostgreSQL is not installed (no initdb/pg_ctl under /usr/lib/postgresql/*/bin) "
-                                  "and we are not root to install it: run `apt-get install -y postgresql`")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    INSTALL_LOCK.touch(exist_ok=True)
-    with open(INSTALL_LOCK) as lock:  # parallel test processes install once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _bin_dir()
-        if found:
-            return found
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-        try:
-            update = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env,
-                                    timeout=timeout_s)
-            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=timeout_s)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise PostgresUnavailable(f"could not install Debian's postgresql: {exc}") from exc
-        found = _bin_dir()
-        if done.returncode != 0 or not found:
-            raise PostgresUnavailable(
-                "could not install Debian's postgresql (needed for the PostgreSQL tests; is the package "
-                f"mirror reachable?):\napt-get update: {update.stderr[-1500:]}\n"
-                f"apt-get install: {done.stdout[-1500:]}{done.stderr[-2000:]}")
-        return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return apt_install("postgresql", _bin_dir, PostgresUnavailable, "the PostgreSQL tests", timeout_s)
 
 
 @dataclass
@@ -194,7 +161,7 @@ def postgres_server(database: str = "logloop", user: str = "logloop", password: 
         }
         last_error: Optional[Exception] = None
         for _ in range(3):  # the free port may be taken between choosing and binding it
-            port = _free_port()
+            port = free_port()
             with open(data / "postgresql.auto.conf", "a") as f:
                 for name, value in {**conf, "port": str(port)}.items():
                     f.write(f"{name} = {value}\n")

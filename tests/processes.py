@@ -1,9 +1,13 @@
 """Helpers for the server processes tests start: stopping them, and their client environments."""
 
 import contextlib
+import fcntl
 import os
 import signal
+import socket
 import subprocess
+import tempfile
+from pathlib import Path
 
 
 def stop_process_group(proc: subprocess.Popen, log) -> None:
@@ -31,3 +35,44 @@ def environment(env: dict, cleared=()):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the server binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def apt_install(package: str, find, unavailable: type[Exception], what: str, timeout_s: float = 900):
+    """What `find()` returns, installing Debian's `package` first when it returns nothing.
+
+    Parallel test processes install once (a file lock); without root, or when apt-get fails,
+    `unavailable` is raised with apt's own words. `what` names the tests that need it."""
+    found = find()
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise unavailable(f"{package} is not installed and we are not root to install it: "
+                          f"run `apt-get install -y {package}`")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    lock_path = Path(tempfile.gettempdir()) / f"logloop-{package}-install.lock"
+    lock_path.touch(exist_ok=True)
+    with open(lock_path) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = find()
+        if found:
+            return found
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+        try:
+            update = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env,
+                                    timeout=timeout_s)
+            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise unavailable(f"could not install Debian's {package}: {exc}") from exc
+        found = find()
+        if done.returncode != 0 or not found:
+            raise unavailable(
+                f"could not install Debian's {package} (needed for {what}; is the package mirror reachable?):\n"
+                f"apt-get update: {update.stderr[-1500:]}\napt-get install: {done.stdout[-1500:]}{done.stderr[-2000:]}")
+        return found

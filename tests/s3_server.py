@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,17 +39,11 @@ REGION = "us-east-1"
 CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class S3Server:
     """`python -m moto.server` on 127.0.0.1:`port` (a free one by default)."""
 
     def __init__(self, port: int | None = None, start_timeout_s: float = 60.0):
-        self.port = port or free_port()
+        self.port = port or processes.free_port()
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self._log = None

@@ -30,7 +30,8 @@ from resources.nats_bus import NoModelEvents
 from resources.artifacts import ArtifactStorageError, LocalArtifactStorage
 from resources.object_artifacts import ObjectArtifactStorage, parse_artifacts_url
 from tests.artifact_checks import replace_under_readers
-from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, free_port, s3, s3_server  # noqa: F401 (fixtures)
+from tests.processes import free_port
+from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, s3, s3_server  # noqa: F401 (fixtures)
 
 BUCKET = "artifacts"
 URL = f"s3://{BUCKET}/logloop"
