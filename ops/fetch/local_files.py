@@ -134,32 +134,25 @@ class FileShard:
         key = self._text_key(windows, bad, seen)
         if key is None:
             return
-        line_no = 1
-        with self._open() as f:
-            try:
-                for first_line_no, lines in read_line_blocks(f, self.block_size):
-                    line_no = first_line_no + len(lines)
-                    raw_counts = Counter(lines)
-                    counts: dict[str, int] = {}
-                    for raw, n in raw_counts.items():
-                        if not raw or len(raw) > MAX_LINE_BYTES or isinstance(raw, OverlongLine):
-                            break
-                        try:
-                            text = raw.decode("utf-8")
-                        except UnicodeDecodeError:
-                            break
-                        if not text.strip():
-                            break
-                        counts[text] = n
-                    else:
-                        if counts:
-                            yield {key: counts}
-                        continue
-                    messages = decode_text_lines(lines, bad, self.source, first_line_no)
-                    if messages:
-                        yield {key: Counter(messages)}
-            except CorruptCompression as exc:
-                self._corrupt(bad, line_no, exc)
+        for first_line_no, lines in self._line_blocks(bad):
+            counts: dict[str, int] = {}
+            for raw, n in Counter(lines).items():
+                if not raw or len(raw) > MAX_LINE_BYTES or isinstance(raw, OverlongLine):
+                    break
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    break
+                if not text.strip():
+                    break
+                counts[text] = n
+            else:
+                if counts:
+                    yield {key: counts}
+                continue
+            messages = decode_text_lines(lines, bad, self.source, first_line_no)
+            if messages:
+                yield {key: Counter(messages)}
 
     def read(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict[tuple[int, str], list[str]]]:
         key = None
@@ -167,19 +160,25 @@ class FileShard:
             key = self._text_key(windows, bad, seen)
             if key is None:
                 return
+        for first_line_no, lines in self._line_blocks(bad):
+            if key is None:
+                chunk = parse_json_lines(lines, self.fmt, windows, bad, self.source, first_line_no, seen)
+                if chunk:
+                    yield chunk
+            else:
+                messages = decode_text_lines(lines, bad, self.source, first_line_no)
+                if messages:
+                    yield {key: messages}
+
+    def _line_blocks(self, bad: BadRecords) -> Iterator[tuple[int, list]]:
+        """(first line number, lines) of the file, a block at a time; a corrupt compressed file
+        ends early with one bad record naming the line where the damage begins."""
         line_no = 1
         with self._open() as f:
             try:
                 for first_line_no, lines in read_line_blocks(f, self.block_size):
                     line_no = first_line_no + len(lines)
-                    if key is None:
-                        chunk = parse_json_lines(lines, self.fmt, windows, bad, self.source, first_line_no, seen)
-                        if chunk:
-                            yield chunk
-                    else:
-                        messages = decode_text_lines(lines, bad, self.source, first_line_no)
-                        if messages:
-                            yield {key: messages}
+                    yield first_line_no, lines
             except CorruptCompression as exc:
                 self._corrupt(bad, line_no, exc)
 
