@@ -8,10 +8,12 @@ from typing import Optional
 from dagster import AssetCheckExecutionContext, AssetCheckResult, Config, asset_check
 from pydantic import Field
 
-from orchestration.assets import nulog_model, read_sample
+from ops.sample.sampling import read_sample
+from orchestration.assets import nulog_model
+from orchestration.contract import validation_key
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions
-from orchestration.upstream import upstream_metadata
+from orchestration.upstream import upstream_candidate
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents
 from resources.store import Store
@@ -29,10 +31,6 @@ class ValidationConfig(Config):
     )
 
 
-def validation_key(candidate_key: str) -> str:
-    return candidate_key.rsplit("/", 1)[0] + "/validation.json"
-
-
 @asset_check(asset=nulog_model, blocking=True, partitions_def=batch_partitions)
 def nulog_model_quality(
     context: AssetCheckExecutionContext, config: ValidationConfig, artifacts: ArtifactStorage, store: Store,
@@ -42,16 +40,16 @@ def nulog_model_quality(
     candidate (challenger) must not be worse than the current model (champion) on the same lines.
     A failed gate is announced (model_rejected)."""
     batch = context.partition_key
-    upstream = upstream_metadata(context.instance, context.run.run_id, "nulog_model", batch)
-    failures, metrics = judge(upstream["candidate_key"], upstream["sample_key"], batch, config, artifacts, store)
+    candidate = upstream_candidate(context.instance, context.run.run_id, batch)
+    failures, metrics = judge(candidate.key, candidate.sample.key, batch, config, artifacts, store)
     histogram = metrics.pop("score_histogram", None)  # plotted, not kept with the model's metrics
-    result = gate_result(artifacts, upstream["candidate_key"], config, failures, metrics, histogram)
+    result = gate_result(artifacts, candidate.key, config, failures, metrics, histogram)
     if failures:
         from orchestration.model_events import announce, model_rejected
 
         announce(model_events, artifacts, "model_rejected",
-                 *model_rejected(batch, upstream.get("run_id") or context.run.run_id, upstream["candidate_key"],
-                                 failures, _finite(metrics), context.run.tags), log=context.log)
+                 *model_rejected(batch, candidate.run_id, candidate.key, failures, _finite(metrics), context.run.tags),
+                 log=context.log)
     return result
 
 

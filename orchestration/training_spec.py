@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from ops import windows
 from ops.naming import InvalidName, validate_artifact_template, validate_batch_name
+from orchestration.contract import BATCH_TAG, MODE_TAG, PARTITION_TAG, TASK_TAG, TRAINING_ID_TAG
 
 ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -418,5 +419,5 @@ def run_config(spec: TrainingSpec, now_ms: Optional[int] = None, executor: Optio
 
 
 def run_tags(spec: TrainingSpec) -> dict:
-    return {"logloop/task_id": spec.id, "logloop/training_id": spec.id, "logloop/batch": spec.batch,
-            "logloop/mode": spec.mode, "dagster/partition": spec.batch}
+    return {TASK_TAG: spec.id, TRAINING_ID_TAG: spec.id, BATCH_TAG: spec.batch, MODE_TAG: spec.mode,
+            PARTITION_TAG: spec.batch}
