@@ -23,13 +23,14 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from pydantic import Field, field_validator
+from pydantic import Field, create_model, field_validator
 
 from ops.mask.data_stage import summarize_windows
 from ops.validate.feedback import train_classifier, without_anomalies
 from ops.windows import Windows
 from ops.mask.masking import load_rules
 from ops.naming import validate_artifact_template
+from ops.train.config import NuLogConfig, TrainConfig, tunable_fields
 from ops.sample.sampling import combine, read_sample, replay, resample, write_sample
 from ops.mask.summary import Summary, read_summary, write_summaries
 from orchestration import contract
@@ -283,20 +284,13 @@ def parent_sample_key(parent_artifact: str, artifacts: ArtifactStorage) -> Optio
 # ---- train -------------------------------------------------------------------------
 
 
-class TrainAssetConfig(Config):
-    epochs: int = Field(default=3, gt=0, le=1000)
-    batch_size: int = Field(default=256, gt=0, le=1_000_000, description="Masked rows per optimiser step.")
-    spread: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False, description=(
-        "A distinct line sampled c times is trained as ceil(c**spread) weighted copies an epoch. "
-        "1.0 trains every sampled line as its own copy: per epoch it learns as much as the plain "
-        "loop, at several times the cost on CPU; 0.5 is fast but needs more epochs (see README)."))
-    lr: float = Field(default=1e-3, gt=0, le=1, allow_inf_nan=False, description="Adam's learning rate.")
-    weight_decay: float = Field(default=0.005, ge=0, le=1, allow_inf_nan=False)
-    seed: int = Field(default=0, ge=0, lt=2**32)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(default=True, description="Mixed precision on GPU.")
-    max_len: int = Field(default=64, ge=4, le=512)
-    world_size: int = Field(default=0, ge=0, le=1024, description="Processes for DistributedDataParallel: 0 = every visible GPU (1 on CPU).")
+# The tunable fields of the training loop's and the model's configs (ops.train.config: defaults,
+# bounds, descriptions), as the nulog_model asset's run config.
+TrainAssetConfig = create_model(
+    "TrainAssetConfig", __base__=Config, __module__=__name__,
+    **{name: (typ, Field(default=default, **kwargs))
+       for name, (typ, default, kwargs) in tunable_fields(TrainConfig, NuLogConfig).items()},
+)
 
 
 @asset(
@@ -311,8 +305,7 @@ def nulog_model(
 ) -> MaterializeResult:
     """Train NuLog on the batch's training sample; checkpoint each epoch so a retry resumes."""
     from ops.register.artifact import read_artifact, write_artifact
-    from ops.train.model import NuLogConfig
-    from ops.train.loop import TrainConfig, TrainingDiverged, train
+    from ops.train.loop import TrainingDiverged, train
     from ops.train.vocab import Vocab
 
     batch = context.partition_key
@@ -333,11 +326,7 @@ def nulog_model(
             context.log.info(f"fine-tuning v{sample.parent_version} (OOV share of new data {oov:.3f})")
     if start_model is None:
         vocab = Vocab.build(train_lines)
-    cfg = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, spread=config.spread, lr=config.lr,
-        weight_decay=config.weight_decay, seed=config.seed, device=config.device, amp=config.amp,
-        world_size=config.world_size,
-    )
+    cfg = TrainConfig(**{name: getattr(config, name) for name in tunable_fields(TrainConfig)})
     model_cfg = start_model.cfg if start_model is not None else NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
     # keyed by the run that drew the sample: a re-execution of this step resumes it
     checkpoint_key = contract.checkpoint_key(batch, sample.run_id)
