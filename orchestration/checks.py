@@ -9,6 +9,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, Config, asset_
 from pydantic import Field
 
 from ops.sample.sampling import read_sample
+from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from orchestration.assets import nulog_model
 from orchestration.contract import validation_key
 from orchestration.loop_settings import loop_settings
@@ -20,8 +21,8 @@ from resources.store import Store
 
 
 class ValidationConfig(Config):
-    top_k: int = Field(default=50, gt=0, le=100_000, description="k of NuLog's top-k rule (Opni uses 50).")
-    threshold: float = Field(default=0.7, gt=0, le=1, allow_inf_nan=False, description="A line scoring below this is an anomaly.")
+    top_k: int = Field(default=DEFAULT_TOP_K, gt=0, le=100_000, description="k of NuLog's top-k rule (Opni uses 50).")
+    threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1, allow_inf_nan=False, description="A line scoring below this is an anomaly.")
     min_top_k_accuracy: float = Field(default=0.8, ge=0, le=1, allow_inf_nan=False, description="Floor on validation top-k accuracy.")
     max_anomaly_share: float = Field(default=0.2, ge=0, le=1, allow_inf_nan=False, description="Most validation lines flagged.")
     champion_tolerance: Optional[float] = Field(
