@@ -74,7 +74,6 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
     if broken:
         failures.append(f"the candidate's weights are not finite ({', '.join(broken[:5])})")
     metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
-    metrics["oov_share"] = candidate.vocab.oov_share(validation_lines)
     if validation_lines:
         from ops.validate.templates import masked_templates
 

@@ -7,9 +7,10 @@ damped, rare ones lifted, and memory is bounded by the sample size t.
 We apply the rule to *global* counts (merged summaries, see ops.mask.summary) rather than
 per page as Opni did, and draw without replacement: no form is drawn more often
 than it occurs. A form whose proportional quota exceeds its count is taken whole
-and the rest of t is shared among the others (water-filling); the remainder is
-drawn multinomially, so E[sampled share of form m] = sqrt(c_m) / sum sqrt(c) for
-every form not capped by its own count.
+and the rest of t is shared among the others (water-filling). Each quota's whole part
+is taken; the fractional parts are rounded by systematic sampling (one uniform start,
+forms in a seeded random order), so the total is exactly t and E[sampled share of form m]
+= sqrt(c_m) / sum sqrt(c) for every form not capped by its own count.
 
 A sample is stored as Parquet (`write_sample` / `read_sample`): one row per distinct
 masked line with its count and split ("train" or "validation").
