@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
+from benchmarks.loghub import loghub_lines  # noqa: E402
 from ops.mask.data_stage import masker_and_cache, peak_rss_mb, summarize_windows  # noqa: E402
 from ops.fetch.local_files import plan_shards  # noqa: E402
 from ops.fetch.locations import filesystem  # noqa: E402
@@ -45,16 +46,6 @@ from ops.fetch.records import RecordFormat, Windows  # noqa: E402
 
 HOUR = 3_600_000
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
-
-
-def loghub_lines(data: Path) -> list[str]:
-    files = sorted(data.glob("*/*_2k.log"))
-    if not files:
-        raise SystemExit(f"no */*_2k.log files under {data}")
-    lines = []
-    for f in files:
-        lines.extend(line for line in f.read_text(errors="replace").splitlines() if line.strip())
-    return lines
 
 
 def distinct_lines(n: int, seed: int = 0):
@@ -181,8 +172,7 @@ def main() -> int:
             ap.error("--compress is only for file sources")
         if args.distinct:
             ap.error("--distinct is only implemented for --source local")
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from opensearch_source import run  # noqa: E402
+        from benchmarks.opensearch_source import run
 
         out = run(args.lines, workers=args.workers, windows=args.windows, data=args.data, cache_size=args.cache_size)
         print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))

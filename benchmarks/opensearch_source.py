@@ -28,9 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from ops.mask.data_stage import peak_rss_mb, summarize_windows  # noqa: E402
 from ops.fetch.records import Windows  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from data_stage import loghub_lines  # noqa: E402  (the same Loghub lines as the local benchmark)
+from benchmarks.loghub import loghub_lines  # noqa: E402  (the same Loghub lines as the local benchmark)
 
 HOUR = 3_600_000
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "loghub2k"

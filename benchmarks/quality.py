@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT))
 from ops.register.artifact import Artifact  # noqa: E402
 from ops.validate.feedback import train_classifier, without_anomalies  # noqa: E402
 from ops.mask.masking import Masker  # noqa: E402
-from ops.validate.scoring import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Scorer, judge  # noqa: E402
+from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K  # noqa: E402
+from ops.validate.scoring import Scorer, judge  # noqa: E402
 from ops.validate.templates import line_templates  # noqa: E402
 from ops.train.loop import TrainConfig, train  # noqa: E402
 from ops.train.vocab import Vocab  # noqa: E402

@@ -12,8 +12,6 @@ import multiprocessing
 import os
 from typing import Literal, Optional
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster import (
     AllPartitionMapping,
     AssetDep,
@@ -25,20 +23,23 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from pydantic import Field, field_validator
+from pydantic import Field, create_model, field_validator
 
 from ops.mask.data_stage import summarize_windows
 from ops.validate.feedback import train_classifier, without_anomalies
 from ops.windows import Windows
 from ops.mask.masking import load_rules
-from ops.naming import batch_key, partition_slug, validate_artifact_template
-from ops.sample.sampling import combine, replay, resample
+from ops.naming import validate_artifact_template
+from ops.train.config import NuLogConfig, TrainConfig, tunable_fields
+from ops.sample.sampling import combine, read_sample, replay, resample, write_sample
 from ops.mask.summary import Summary, read_summary, write_summaries
+from orchestration import contract
+from orchestration.contract import FINETUNE, SCRATCH, CandidateRef, ModelRef, SampleRef
 from orchestration.k8s import backfill_policy, data_step_k8s_config, train_step_k8s_config
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
 from orchestration.tasks import start_task
-from orchestration.upstream import upstream_metadata, window_bound_ms
+from orchestration.upstream import upstream_candidate, upstream_sample, window_bound_ms
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
 from resources.nats_bus import ModelEvents
@@ -65,10 +66,6 @@ class DataStageConfig(Config):
     force: bool = Field(default=False, description="Re-read windows that already have a summary.")
     workers: int = Field(default=0, ge=0, le=1024, description="Worker processes for multi-window runs; 0 = CPU count.")
     cap: int = Field(default=100_000, gt=0, le=100_000_000, description="Distinct masked lines kept per batch before compacting.")
-
-
-def summary_key(partition_key: str) -> str:
-    return f"summaries/{partition_slug(partition_key)}.parquet"
 
 
 def window_ms(partition_key: str) -> tuple[int, int]:
@@ -98,7 +95,7 @@ def partition_summaries(
     """
     todo, skipped = [], []
     for key in context.partition_keys:
-        (skipped if artifacts.exists(summary_key(key)) and not config.force else todo).append(key)
+        (skipped if artifacts.exists(contract.summary_key(key)) and not config.force else todo).append(key)
     if skipped:
         context.log.info(f"{len(skipped)} window(s) already summarised, not read again: {skipped[:5]}")
     windows = Windows([window_ms(k) for k in todo])
@@ -119,7 +116,7 @@ def partition_summaries(
 
     rows, batches = [], set()
     for key, (start, end), window in zip(todo, windows.bounds, result.windows):
-        with artifacts.writing(summary_key(key)) as tmp:  # visible only once complete
+        with artifacts.writing(contract.summary_key(key)) as tmp:  # visible only once complete
             write_summaries(tmp, window.summaries, extra_meta={"window_start_ms": start, "window_end_ms": end})
         counts = {b: s.total for b, s in window.summaries.items()}
         store.record_sample_counts(key, start, end, counts)
@@ -177,10 +174,6 @@ class ResampleConfig(Config):
         default=None, description="Train on the windows overlapping these intervals (instead of window_start/end).")
 
 
-def run_folder(batch: str, run_id: str) -> str:
-    return f"runs/{batch_key(batch)}/{run_id}"
-
-
 @asset(
     partitions_def=batch_partitions,
     # A batch's sample draws on every time window that holds its lines: each batch partition
@@ -227,7 +220,7 @@ def training_sample(
 
     def summaries():
         for p in parts:
-            with artifacts.reading(summary_key(p.partition_key)) as path:
+            with artifacts.reading(contract.summary_key(p.partition_key)) as path:
                 yield read_summary(path, batch)
 
     replay_n = round(config.t * settings.replay_share) if parent is not None else 0
@@ -235,7 +228,7 @@ def training_sample(
     sample = resample(merged, config.t - replay_n, seed=config.seed, validation_share=config.validation_share)
     replayed = []
     if parent is not None:
-        previous_key = parent_sample_key(parent, artifacts)
+        previous_key = parent_sample_key(parent.artifact, artifacts)
         if previous_key and artifacts.exists(previous_key):
             with artifacts.reading(previous_key) as path:
                 previous_train, _ = read_sample(path)
@@ -247,25 +240,25 @@ def training_sample(
     # travel to the model (nulog_model) through a snapshot next to the sample
     labels = {label.masked: label.label for label in store.labels(batch)}
     sample.train, dropped = without_anomalies(sample.train, labels)
-    key = f"{run_folder(batch, context.run.run_id)}/sample.parquet"
-    with artifacts.writing(key) as tmp:
+    ref = SampleRef(
+        batch=batch, run_id=context.run.run_id, key=contract.sample_key(batch, context.run.run_id),
+        labels_key=contract.labels_key(batch, context.run.run_id), task_id=task_id,
+        parent_version=parent.version if parent else None, parent_artifact=parent.artifact if parent else None,
+        window_start_ms=parts[0].window_start_ms, window_end_ms=parts[-1].window_end_ms,
+    )
+    with artifacts.writing(ref.key) as tmp:
         write_sample(tmp, sample)
-    labels_key = f"{run_folder(batch, context.run.run_id)}/labels.json"
-    with artifacts.writing(labels_key) as tmp, open(tmp, "w") as f:
+    with artifacts.writing(ref.labels_key) as tmp, open(tmp, "w") as f:
         json.dump(labels, f)
     from ops.plots import tidy_metadata
 
     return MaterializeResult(
-        # None (no parent) is left out, not shown as "null"; readers use .get()
+        # the reference nulog_model reads (None, e.g. no parent, is left out, not shown as "null"),
+        # then figures for people
         metadata=tidy_metadata({
-            "sample_key": key,
-            "labels_key": labels_key,
+            **ref.to_metadata(),
             "labels": len(labels),
             "dropped_labelled_anomaly_lines": dropped,
-            "mode": mode,
-            "task_id": task_id,
-            "parent_version": parent.version if parent else None,
-            "parent_artifact": parent.artifact if parent else None,
             "population": sample.population,
             "sample_size": sample.size,
             "replayed_lines": sum(c for _, c in replayed),
@@ -273,9 +266,6 @@ def training_sample(
             "validation_lines": sample.validation_lines,
             "distinct_train_forms": len(sample.train),
             "exact_counts": merged.exact,
-            # the ms ints are read downstream (nulog_model, registered_model); the timestamps are for people
-            "window_start_ms": parts[0].window_start_ms,
-            "window_end_ms": parts[-1].window_end_ms,
             "window_start": MetadataValue.timestamp(parts[0].window_start_ms / 1000),
             "window_end": MetadataValue.timestamp(parts[-1].window_end_ms / 1000),
             "windows": len(parts),
@@ -283,47 +273,24 @@ def training_sample(
     )
 
 
-def parent_sample_key(parent, artifacts: ArtifactStorage):
+def parent_sample_key(parent_artifact: str, artifacts: ArtifactStorage) -> Optional[str]:
+    """The training sample of a parent model, from its artifact's meta.json (to replay it)."""
     from ops.register.artifact import read_artifact_meta
 
-    with artifacts.reading(parent.artifact) as path:
-        return read_artifact_meta(path).get("sample_key")
-
-
-def write_sample(path: str, sample) -> None:
-    rows = [(f, c, "train") for f, c in sample.train] + [(f, c, "validation") for f, c in sample.validation]
-    table = pa.table(
-        {"masked": [r[0] for r in rows], "count": [r[1] for r in rows], "split": [r[2] for r in rows]}
-    )
-    table = table.replace_schema_metadata({"logloop": json.dumps({"population": sample.population})})
-    pq.write_table(table, path, compression="zstd")
-
-
-def read_sample(path: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    table = pq.read_table(path)
-    train, validation = [], []
-    for f, c, s in zip(*(table.column(n).to_pylist() for n in ("masked", "count", "split"))):
-        (train if s == "train" else validation).append((f, c))
-    return train, validation
+    with artifacts.reading(parent_artifact) as path:
+        return ModelRef.from_meta(read_artifact_meta(path)).sample_key
 
 
 # ---- train -------------------------------------------------------------------------
 
 
-class TrainAssetConfig(Config):
-    epochs: int = Field(default=3, gt=0, le=1000)
-    batch_size: int = Field(default=256, gt=0, le=1_000_000, description="Masked rows per optimiser step.")
-    spread: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False, description=(
-        "A distinct line sampled c times is trained as ceil(c**spread) weighted copies an epoch. "
-        "1.0 trains every sampled line as its own copy: per epoch it learns as much as the plain "
-        "loop, at several times the cost on CPU; 0.5 is fast but needs more epochs (see README)."))
-    lr: float = Field(default=1e-3, gt=0, le=1, allow_inf_nan=False, description="Adam's learning rate.")
-    weight_decay: float = Field(default=0.005, ge=0, le=1, allow_inf_nan=False)
-    seed: int = Field(default=0, ge=0, lt=2**32)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(default=True, description="Mixed precision on GPU.")
-    max_len: int = Field(default=64, ge=4, le=512)
-    world_size: int = Field(default=0, ge=0, le=1024, description="Processes for DistributedDataParallel: 0 = every visible GPU (1 on CPU).")
+# The tunable fields of the training loop's and the model's configs (ops.train.config: defaults,
+# bounds, descriptions), as the nulog_model asset's run config.
+TrainAssetConfig = create_model(
+    "TrainAssetConfig", __base__=Config, __module__=__name__,
+    **{name: (typ, Field(default=default, **kwargs))
+       for name, (typ, default, kwargs) in tunable_fields(TrainConfig, NuLogConfig).items()},
+)
 
 
 @asset(
@@ -338,35 +305,31 @@ def nulog_model(
 ) -> MaterializeResult:
     """Train NuLog on the batch's training sample; checkpoint each epoch so a retry resumes."""
     from ops.register.artifact import read_artifact, write_artifact
-    from ops.train.model import NuLogConfig
-    from ops.train.loop import TrainConfig, TrainingDiverged, train
+    from ops.train.loop import TrainingDiverged, train
     from ops.train.vocab import Vocab
 
     batch = context.partition_key
-    upstream = upstream_metadata(context.instance, context.run.run_id, "training_sample", batch)
-    with artifacts.reading(upstream["sample_key"]) as path:
+    sample = upstream_sample(context.instance, context.run.run_id, batch)
+    with artifacts.reading(sample.key) as path:
         train_lines, validation_lines = read_sample(path)
-    mode, start_model, escalation = upstream.get("mode", "scratch"), None, None
-    if mode == "finetune":
-        with artifacts.reading(upstream["parent_artifact"]) as path:
+    mode, start_model, escalation = sample.mode, None, None
+    if mode == FINETUNE:
+        with artifacts.reading(sample.parent_artifact) as path:
             parent = read_artifact(path)
         oov = parent.vocab.oov_share(train_lines)
         if oov > loop_settings().max_oov_share:
             escalation = f"new data's OOV share {oov:.3f} > {loop_settings().max_oov_share}: trained from scratch"
             context.log.warning(escalation)
-            mode = "scratch"
+            mode = SCRATCH
         else:
             vocab, start_model = parent.vocab, parent.model
-            context.log.info(f"fine-tuning v{upstream['parent_version']} (OOV share of new data {oov:.3f})")
+            context.log.info(f"fine-tuning v{sample.parent_version} (OOV share of new data {oov:.3f})")
     if start_model is None:
         vocab = Vocab.build(train_lines)
-    cfg = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, spread=config.spread, lr=config.lr,
-        weight_decay=config.weight_decay, seed=config.seed, device=config.device, amp=config.amp,
-        world_size=config.world_size,
-    )
+    cfg = TrainConfig(**{name: getattr(config, name) for name in tunable_fields(TrainConfig)})
     model_cfg = start_model.cfg if start_model is not None else NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
-    checkpoint_key = f"checkpoints/{batch_key(batch)}/{upstream['run_id']}.pt"
+    # keyed by the run that drew the sample: a re-execution of this step resumes it
+    checkpoint_key = contract.checkpoint_key(batch, sample.run_id)
     # The checkpoint lives in artifact storage (a retry may run in another pod, on another disk):
     # fetched to a local temp file before training, put back after each epoch.
     import shutil
@@ -404,23 +367,23 @@ def nulog_model(
     finally:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     labels = {}
-    if upstream.get("labels_key"):  # runs sampled before feedback existed have none
-        with artifacts.reading(upstream["labels_key"]) as path, open(path) as f:
+    if sample.labels_key:  # runs sampled before feedback existed have none
+        with artifacts.reading(sample.labels_key) as path, open(path) as f:
             labels = json.load(f)
-    candidate_key = f"{run_folder(batch, context.run.run_id)}/candidate.zip"
-    with artifacts.writing(candidate_key) as tmp:
+    candidate = CandidateRef(sample=sample, run_id=context.run.run_id, key=contract.candidate_key(batch, context.run.run_id),
+                             checkpoint_key=checkpoint_key, mode=mode, escalation=escalation)
+    with artifacts.writing(candidate.key) as tmp:
         write_artifact(
             tmp, result.model, vocab, load_rules(), model_cfg,
             metrics={"loss_curve": result.losses},
-            meta={"batch": batch, "sample_key": upstream["sample_key"], "mode": mode, "escalation": escalation,
-                  "parent_version": upstream.get("parent_version"), "task_id": upstream.get("task_id"),
+            meta={**ModelRef.of_candidate(candidate).to_meta(),
                   "feedback": labels, "feedback_model": train_classifier(labels) if labels else None},
             train_config=cfg,
         )
     from ops.plots import loss_curve_png, markdown_image, round_sig, sparkline, tidy_metadata
 
-    window = {f"window_{end}": MetadataValue.timestamp(upstream[f"window_{end}_ms"] / 1000)
-              for end in ("start", "end") if upstream.get(f"window_{end}_ms") is not None}
+    window = {f"window_{end}": MetadataValue.timestamp(ms / 1000)
+              for end, ms in (("start", sample.window_start_ms), ("end", sample.window_end_ms)) if ms is not None}
     # the UI shows short markdown inline (the trend, an SVG) and long markdown behind "[Show Markdown]" (the plot)
     trend = sparkline([loss for _, loss in step_losses] or result.losses, alt="loss trend")
     return MaterializeResult(
@@ -429,17 +392,8 @@ def nulog_model(
             **({"loss_trend": MetadataValue.md(trend)} if trend else {}),
             "loss_plot": MetadataValue.md(markdown_image(
                 loss_curve_png(result.losses, step_losses, title=f"{batch}: training loss"), "loss curve")),
-            "candidate_key": candidate_key,
-            "checkpoint_key": checkpoint_key,
-            "sample_key": upstream["sample_key"],
-            "sample_run_id": upstream["run_id"],
-            "mode": mode,
-            "escalation": escalation or "",
-            "parent_version": upstream.get("parent_version"),
-            "task_id": upstream.get("task_id"),
-            # the ms ints are read by registered_model; the timestamps are for people
-            "window_start_ms": upstream.get("window_start_ms"),
-            "window_end_ms": upstream.get("window_end_ms"),
+            # the reference the gate and registered_model read; the timestamps are for people
+            **candidate.to_metadata(),
             **window,
             # the loss per epoch as data (tests and scripts read it); the plot above is for people
             "loss_curve": MetadataValue.json({"epoch": list(range(1, len(result.losses) + 1)),
@@ -481,15 +435,12 @@ def registered_model(
     same candidate twice (a retry, a re-execution) never creates a second version.
     """
     from orchestration.model_events import announce, model_ready
-    from orchestration.registry import register_candidate
+    from orchestration.registry import register_candidate  # here, not above: it loads torch
 
     batch = context.partition_key
-    upstream = upstream_metadata(context.instance, context.run.run_id, "nulog_model", batch)
+    candidate = upstream_candidate(context.instance, context.run.run_id, batch)
     record = register_candidate(
-        batch=batch,
-        candidate_key=upstream["candidate_key"],
-        train_run_id=upstream["run_id"],
-        window=(upstream.get("window_start_ms"), upstream.get("window_end_ms")),
+        candidate,
         name=config.model_name,
         template=config.artifact_name_template,
         version_label=config.model_version_label,
@@ -497,11 +448,10 @@ def registered_model(
         artifacts=artifacts,
     )
     context.log.info(f"batch {batch!r}: version {record.version} at {record.artifact_uri}")
-    if upstream.get("checkpoint_key"):  # the model is safe in the registry; the resume point is not needed
-        artifacts.delete(upstream["checkpoint_key"])
-    task_id = upstream.get("task_id")
-    if task_id:
-        store.record_task_event(task_id, batch, "succeeded", run_id=context.run.run_id,
+    if candidate.checkpoint_key:  # the model is safe in the registry; the resume point is not needed
+        artifacts.delete(candidate.checkpoint_key)
+    if candidate.sample.task_id:
+        store.record_task_event(candidate.sample.task_id, batch, "succeeded", run_id=context.run.run_id,
                                 message=f"registered version {record.version}")
     announced = announce(model_events, artifacts, "model_ready", *model_ready(record, config.model_name, context.run.tags),
                          log=context.log)

@@ -8,18 +8,21 @@ from typing import Optional
 from dagster import AssetCheckExecutionContext, AssetCheckResult, Config, asset_check
 from pydantic import Field
 
-from orchestration.assets import nulog_model, read_sample
+from ops.sample.sampling import read_sample
+from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+from orchestration.assets import nulog_model
+from orchestration.contract import validation_key
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions
-from orchestration.upstream import upstream_metadata
+from orchestration.upstream import upstream_candidate
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents
 from resources.store import Store
 
 
 class ValidationConfig(Config):
-    top_k: int = Field(default=50, gt=0, le=100_000, description="k of NuLog's top-k rule (Opni uses 50).")
-    threshold: float = Field(default=0.7, gt=0, le=1, allow_inf_nan=False, description="A line scoring below this is an anomaly.")
+    top_k: int = Field(default=DEFAULT_TOP_K, gt=0, le=100_000, description="k of NuLog's top-k rule (Opni uses 50).")
+    threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1, allow_inf_nan=False, description="A line scoring below this is an anomaly.")
     min_top_k_accuracy: float = Field(default=0.8, ge=0, le=1, allow_inf_nan=False, description="Floor on validation top-k accuracy.")
     max_anomaly_share: float = Field(default=0.2, ge=0, le=1, allow_inf_nan=False, description="Most validation lines flagged.")
     champion_tolerance: Optional[float] = Field(
@@ -27,10 +30,6 @@ class ValidationConfig(Config):
         description="How much lower the candidate's top-k accuracy may be than the current model's on the "
         "same validation lines; default: the loop settings' champion_tolerance.",
     )
-
-
-def validation_key(candidate_key: str) -> str:
-    return candidate_key.rsplit("/", 1)[0] + "/validation.json"
 
 
 @asset_check(asset=nulog_model, blocking=True, partitions_def=batch_partitions)
@@ -42,16 +41,16 @@ def nulog_model_quality(
     candidate (challenger) must not be worse than the current model (champion) on the same lines.
     A failed gate is announced (model_rejected)."""
     batch = context.partition_key
-    upstream = upstream_metadata(context.instance, context.run.run_id, "nulog_model", batch)
-    failures, metrics = judge(upstream["candidate_key"], upstream["sample_key"], batch, config, artifacts, store)
+    candidate = upstream_candidate(context.instance, context.run.run_id, batch)
+    failures, metrics = judge(candidate.key, candidate.sample.key, batch, config, artifacts, store)
     histogram = metrics.pop("score_histogram", None)  # plotted, not kept with the model's metrics
-    result = gate_result(artifacts, upstream["candidate_key"], config, failures, metrics, histogram)
+    result = gate_result(artifacts, candidate.key, config, failures, metrics, histogram)
     if failures:
         from orchestration.model_events import announce, model_rejected
 
         announce(model_events, artifacts, "model_rejected",
-                 *model_rejected(batch, upstream.get("run_id") or context.run.run_id, upstream["candidate_key"],
-                                 failures, _finite(metrics), context.run.tags), log=context.log)
+                 *model_rejected(batch, candidate.run_id, candidate.key, failures, _finite(metrics), context.run.tags),
+                 log=context.log)
     return result
 
 
@@ -75,7 +74,6 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
     if broken:
         failures.append(f"the candidate's weights are not finite ({', '.join(broken[:5])})")
     metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
-    metrics["oov_share"] = candidate.vocab.oov_share(validation_lines)
     if validation_lines:
         from ops.validate.templates import masked_templates
 

@@ -14,6 +14,7 @@ import shutil
 import sys
 from dataclasses import asdict
 
+from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from resources.artifacts import ArtifactStorageError
 from resources.store import StoreError
 
@@ -304,7 +305,7 @@ def _add_model_args(p) -> None:
     p.add_argument("--version", type=int, help="model version (default: the batch's production model: "
                    "the pinned version, else the latest)")
     p.add_argument("--top-k", type=int, dest="top_k",
-                   help="k of NuLog's top-k rule (default: the model's own, else 50)")
+                   help=f"k of NuLog's top-k rule (default: the model's own, else {DEFAULT_TOP_K})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "JSON Lines, one object per input line: {\"line\": N (1-based line number in the input), "
                     "\"score\": float, \"anomaly\": bool, \"masked\": str}.")
     _add_model_args(p)
-    p.add_argument("--threshold", type=float, help="a line scoring below this is an anomaly (default: the model's, else 0.7)")
+    p.add_argument("--threshold", type=float, help=f"a line scoring below this is an anomaly (default: the model's, else {DEFAULT_THRESHOLD})")
     p.add_argument("--json", action="store_true", help="print JSON Lines (one object per scored line)")
     p.add_argument("file", metavar="FILE", help="log file, one message per line; '-' reads standard input")
     p.set_defaults(func=cmd_score)

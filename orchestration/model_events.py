@@ -15,18 +15,17 @@ import json
 import time
 from typing import Optional
 
+from orchestration.contract import CORRUPT_OUTBOX as CORRUPT, NATS_MSG_ID_TAG, NATS_SEQ_TAG, OUTBOX, TASK_TAG
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents, NatsError, Outgoing
 from ops.windows import now_ms
 from resources.store import ModelRecord
 
-OUTBOX = "outbox/nats"
-CORRUPT = "outbox/corrupt"
 RETRY_PAUSES_S = (0.5, 2.0)  # between the three tries a registration makes before leaving it to the sensor
 
 
 def started_by(tags: dict) -> str:
-    if tags.get("logloop/nats_seq"):
+    if tags.get(NATS_SEQ_TAG):
         return "nats"
     if tags.get("dagster/sensor_name"):
         return f"sensor:{tags['dagster/sensor_name']}"
@@ -36,8 +35,8 @@ def started_by(tags: dict) -> str:
 
 
 def _request(tags: dict) -> dict:
-    return {"task_id": tags.get("logloop/task_id"), "nats_seq": _int(tags.get("logloop/nats_seq")),
-            "nats_msg_id": tags.get("logloop/nats_msg_id"), "started_by": started_by(tags)}
+    return {"task_id": tags.get(TASK_TAG), "nats_seq": _int(tags.get(NATS_SEQ_TAG)),
+            "nats_msg_id": tags.get(NATS_MSG_ID_TAG), "started_by": started_by(tags)}
 
 
 def _int(value) -> Optional[int]:

@@ -12,11 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from orchestration.contract import NATS_MSG_ID_TAG, NATS_SEQ_TAG, PARTITION_TAG
 from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, run_config, run_tags
 from resources.nats_bus import MSG_ID_HEADER, Incoming, NatsBus, Outgoing
 
-NATS_SEQ_TAG = "logloop/nats_seq"
-NATS_MSG_ID_TAG = "logloop/nats_msg_id"
 MAX_TAG_CHARS = 200  # a longer Nats-Msg-Id is kept as its hash
 MAX_ATTACHED_BYTES = 64 * 1024  # of the original, on the error subject (NATS caps a message at 1 MB by default)
 
@@ -35,7 +34,7 @@ class Accepted:
         msg_id = message_id(self.incoming)
         if msg_id:
             tags[NATS_MSG_ID_TAG] = _bounded(msg_id)
-        return {k: v for k, v in tags.items() if k != "dagster/partition"}  # the RunRequest sets the partition
+        return {k: v for k, v in tags.items() if k != PARTITION_TAG}  # the RunRequest sets the partition
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from dataclasses import replace
 
 from dagster import Failure
 
 from ops.register.artifact import read_artifact, write_artifact
 from ops.naming import batch_key
-from orchestration.checks import validation_key
+from orchestration.contract import FINETUNE, CandidateRef, ModelRef, model_key
 from resources.artifacts import ArtifactStorage
 from resources.store import ModelRecord, Store, VersionConflict
 
@@ -47,25 +48,27 @@ def promote_new_versions() -> bool:
     return value in _TRUE
 
 
-def lineage_parent(candidate_meta: dict, production):
+def lineage_parent(candidate: ModelRef, production):
     """A fine-tune's parent is the model it started from; a scratch model's, the production model
     it was gated against and would replace."""
-    if candidate_meta.get("mode") == "finetune" and candidate_meta.get("parent_version") is not None:
-        return candidate_meta["parent_version"]
+    if candidate.mode == FINETUNE and candidate.parent_version is not None:
+        return candidate.parent_version
     return production.version if production else None
 
 
 def register_candidate(
-    *, batch, candidate_key, train_run_id, window, name, template, store: Store, artifacts: ArtifactStorage,
-    version_label=None,
+    candidate: CandidateRef, *, name, template, store: Store, artifacts: ArtifactStorage, version_label=None,
 ) -> ModelRecord:
+    """The candidate as the batch's next version: keyed by the run that trained it (idempotent)."""
+    batch, candidate_key, train_run_id = candidate.batch, candidate.key, candidate.run_id
+    window = (candidate.sample.window_start_ms, candidate.sample.window_end_ms)
     move_pin = promote_new_versions()  # a bad value fails before anything is written
     existing = [m for m in store.list_models(batch) if m.run_id == train_run_id]
     if existing:  # registered before: its production change may not have been recorded yet
         store.record_new_version(batch, existing[0].version, source=f"registry:{train_run_id}", move_pin=move_pin)
         return existing[0]
     try:
-        with artifacts.reading(validation_key(candidate_key)) as path, open(path) as f:
+        with artifacts.reading(candidate.validation_key) as path, open(path) as f:
             validation = json.load(f)
     except FileNotFoundError:
         raise Failure(description=f"candidate {candidate_key} was never validated; run the nulog_model_quality check")
@@ -73,23 +76,23 @@ def register_candidate(
         raise Failure(description=f"candidate {candidate_key} failed validation: {validation.get('failures')}")
 
     with artifacts.reading(candidate_key) as path:
-        candidate = read_artifact(path)
+        artifact = read_artifact(path)
+    lineage = ModelRef.from_meta(artifact.meta)
     latest, production = store.latest_model(batch), store.get_model(batch)
     for _ in range(5):  # another writer may take the version between read and insert
         version = (latest.version if latest else 0) + 1
-        key = f"models/{batch_key(batch)}/{artifact_name(template, name, version, batch)}"
-        meta = {
-            **candidate.meta, "batch": batch, "version": version, "window_start_ms": window[0],
-            "window_end_ms": window[1], "parent_version": lineage_parent(candidate.meta, production),
-            "mode": candidate.meta.get("mode", "scratch"), "train_run_id": train_run_id, "version_label": version_label,
-        }
+        key = model_key(batch, artifact_name(template, name, version, batch))
+        version_ref = replace(lineage, batch=batch, version=version, window_start_ms=window[0],
+                              window_end_ms=window[1], parent_version=lineage_parent(lineage, production),
+                              train_run_id=train_run_id, version_label=version_label)
+        meta = {**artifact.meta, **version_ref.to_meta()}  # the feedback labels and classifier stay
         with artifacts.writing(key) as tmp:
-            write_artifact(tmp, candidate.model, candidate.vocab, candidate.masking_rules, candidate.model_config,
-                           metrics=validation["metrics"], meta=meta, train_config=candidate.config.get("train"))
+            write_artifact(tmp, artifact.model, artifact.vocab, artifact.masking_rules, artifact.model_config,
+                           metrics=validation["metrics"], meta=meta, train_config=artifact.config.get("train"))
         record = ModelRecord(
             batch=batch, version=version, run_id=train_run_id, artifact=key, artifact_uri=artifacts.uri(key),
             metrics=validation["metrics"], window_start_ms=window[0], window_end_ms=window[1],
-            parent_version=meta["parent_version"], mode=meta["mode"],
+            parent_version=version_ref.parent_version, mode=version_ref.mode,
         )
         try:
             registered = store.register_model(record)

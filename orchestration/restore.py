@@ -14,6 +14,7 @@ import zipfile
 
 from ops.register.artifact import ArtifactError, read_artifact_meta
 from ops.mask.summary import read_summary_meta, summary_totals
+from orchestration.contract import MODELS, SUMMARIES, ModelRef
 from orchestration.partitions import time_partitions
 from resources.artifacts import ArtifactStorage
 from resources.store import ModelRecord, Store, VersionConflict
@@ -24,7 +25,7 @@ def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:
     the registry lacks from its artifact. Idempotent: recording a window again replaces it, and
     a model already registered is left alone. Returns what was done, by kind."""
     report = {"windows": 0, "models": 0, "problems": []}
-    for key in artifacts.list("summaries"):
+    for key in artifacts.list(SUMMARIES):
         if not key.endswith(".parquet"):
             continue
         try:
@@ -40,7 +41,7 @@ def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:
 
     registered = {(m.batch, m.version) for m in store.list_models()}
     found = []
-    for key in artifacts.list("models"):
+    for key in artifacts.list(MODELS):
         if not key.endswith(".zip"):
             continue
         try:
@@ -48,17 +49,17 @@ def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:
                 meta = read_artifact_meta(path)
                 with zipfile.ZipFile(path) as z:
                     metrics = json.loads(z.read("metrics.json")) if "metrics.json" in z.namelist() else {}
-            found.append((meta["batch"], int(meta["version"]), key, meta, metrics))
+            found.append((meta["batch"], int(meta["version"]), key, ModelRef.from_meta(meta), metrics))
         except (ArtifactError, KeyError, ValueError, TypeError, zipfile.BadZipFile, OSError) as exc:
             report["problems"].append(f"{key}: {exc}")
-    for batch, version, key, meta, metrics in sorted(found, key=lambda f: (f[0], f[1])):
+    for batch, version, key, ref, metrics in sorted(found, key=lambda f: (f[0], f[1])):
         if (batch, version) in registered:
             continue
         record = ModelRecord(
-            batch=batch, version=version, run_id=str(meta.get("train_run_id") or key), artifact=key,
+            batch=batch, version=version, run_id=ref.train_run_id or key, artifact=key,
             artifact_uri=artifacts.uri(key), metrics=metrics if isinstance(metrics, dict) else {},
-            window_start_ms=meta.get("window_start_ms"), window_end_ms=meta.get("window_end_ms"),
-            parent_version=meta.get("parent_version"), mode=meta.get("mode") or "scratch",
+            window_start_ms=ref.window_start_ms, window_end_ms=ref.window_end_ms,
+            parent_version=ref.parent_version, mode=ref.mode,
         )
         try:
             store.register_model(record)

@@ -22,7 +22,7 @@ What is kept, whatever the policy:
   run whose task is still active, and of a run that finished less than `finished_run_grace_hours`
   ago (a retry resumes from its checkpoint, a re-execution from failure reads its sample). Of the
   other runs, the training sample of every kept model version stays (a fine-tune replays its
-  parent's training split, `orchestration.assets.parent_sample_key`); the rest goes.
+  parent's training split, `orchestration.contract.ModelRef.sample_key`); the rest goes.
 - **summaries/**: windows that ended less than `keep_summaries_days` ago. An older window goes
   with its sample counts in the store (re-recorded as empty, which every store reads as "this
   window holds no samples"), so no count points at a missing summary: the window simply drops out
@@ -62,17 +62,18 @@ from dagster import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from ops.naming import batch_key, partition_slug
+from ops.naming import batch_key
+from orchestration.contract import CHECKPOINTS, MODELS, RUNS, SAMPLE_FILE, SUMMARIES, ModelRef, summary_key
 from resources.artifacts import ArtifactStorage, LocalArtifactStorage
 from resources.store import ACTIVE_STATES, Store
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 # The only folders retention looks in or deletes from; outbox/ and everything else is not its business.
-PREFIXES = ("checkpoints", "runs", "models", "summaries")
+PREFIXES = (CHECKPOINTS, RUNS, MODELS, SUMMARIES)
 KINDS = ("checkpoint", "run", "model", "summary")  # also the order of deletion: the cheapest to lose first
 # (a "model" item is retired, not deleted: see retire_model)
-SAMPLE = "sample.parquet"
+SAMPLE = SAMPLE_FILE
 FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 NOT_FINISHED_STATUSES = tuple(s for s in DagsterRunStatus if s not in FINISHED_STATUSES)  # queued ... canceling
 # The sensor ticks this often; it sweeps every `interval_s` (sooner while a sweep was cut short).
@@ -349,11 +350,6 @@ def plan(store: Store, artifacts: ArtifactStorage, policy: RetentionPolicy, now_
     return out
 
 
-def summary_key(partition_key: str) -> str:
-    """Where a window's summary lives: the same key as orchestration.assets.summary_key."""
-    return f"summaries/{partition_slug(partition_key)}.parquet"
-
-
 _SUMMARY_NAME = re.compile(r"^summaries/(\d{4}-\d{2}-\d{2}-\d{2})-(\d{2})\.parquet$")
 
 
@@ -415,13 +411,13 @@ def _kept_samples(artifacts: ArtifactStorage, kept_models, unregistered: list[st
         if bkey not in batch_keys:
             continue
         try:
-            sample = _artifact_meta(artifacts, artifact).get("sample_key")
+            sample = ModelRef.from_meta(_artifact_meta(artifacts, artifact)).sample_key
         except Exception as exc:  # an unreadable zip: keep every sample of its batch rather than guess
             unsure.add(bkey)
             notes.append(f"{artifact}: meta.json unreadable ({type(exc).__name__}: {exc}); every training sample "
                          f"under runs/{bkey}/ stays")
             continue
-        if isinstance(sample, str):
+        if sample:
             protected.add(sample)
     return protected, unsure
 

@@ -18,12 +18,9 @@ from typing import Optional
 from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
 from ops.windows import now_ms
+from orchestration.contract import BATCH_TAG, MODE_TAG, TASK_TAG, WORKER_TAG  # noqa: F401 (re-exported)
 from resources.store import Store, Task
 
-TASK_TAG = "logloop/task_id"
-BATCH_TAG = "logloop/batch"
-MODE_TAG = "logloop/mode"
-WORKER_TAG = "logloop/worker"  # host:pid:start of the process that runs the run's steps
 # A task with no run after this long never got one (a dropped run request, a failed launch).
 NO_RUN_GRACE_S = 120
 

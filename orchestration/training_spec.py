@@ -23,6 +23,7 @@ reported together: "spec <id> is invalid: <e1>; <e2>".
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 
 from ops import windows
 from ops.naming import InvalidName, validate_artifact_template, validate_batch_name
+from orchestration.contract import BATCH_TAG, MODE_TAG, PARTITION_TAG, TASK_TAG, TRAINING_ID_TAG
 
 ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -42,26 +44,20 @@ MODES = ("scratch", "finetune", "auto")
 DURATION_RE = re.compile(r"^(\d+)(m|h|d)$")
 DURATION_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
-# hyperParameter -> (asset config section, field name)
-HYPERPARAMETERS = {
-    "t": ("training_sample", "t"),
-    "validation_share": ("training_sample", "validation_share"),
-    "seed": ("training_sample", "seed"),
-    "epochs": ("nulog_model", "epochs"),
-    "batch_size": ("nulog_model", "batch_size"),
-    "spread": ("nulog_model", "spread"),
-    "lr": ("nulog_model", "lr"),
-    "weight_decay": ("nulog_model", "weight_decay"),
-    "device": ("nulog_model", "device"),
-    "amp": ("nulog_model", "amp"),
-    "max_len": ("nulog_model", "max_len"),
-    "world_size": ("nulog_model", "world_size"),
-    "top_k": ("nulog_model_nulog_model_quality", "top_k"),
-    "threshold": ("nulog_model_nulog_model_quality", "threshold"),
-    "min_top_k_accuracy": ("nulog_model_nulog_model_quality", "min_top_k_accuracy"),
-    "max_anomaly_share": ("nulog_model_nulog_model_quality", "max_anomaly_share"),
-    "champion_tolerance": ("nulog_model_nulog_model_quality", "champion_tolerance"),
-}
+# The sampling fields a spec may set; "seed" is the sample's (the training loop keeps its default).
+SAMPLE_HYPERPARAMETERS = ("t", "validation_share", "seed")
+GATE_SECTION = "nulog_model_nulog_model_quality"  # the check's op in run config
+
+
+@functools.lru_cache(maxsize=1)
+def hyperparameters() -> dict[str, tuple[str, str]]:
+    """hyperParameter -> (asset config section, field name): the sampling fields above, every
+    field of the nulog_model and gate configs (the training ones come from ops.train.config)."""
+    classes = _config_classes()
+    out = {name: ("training_sample", name) for name in SAMPLE_HYPERPARAMETERS}
+    for section in ("nulog_model", GATE_SECTION):
+        out.update({name: (section, name) for name in classes[section].model_fields if name not in out})
+    return out
 
 
 class SpecError(ValueError):
@@ -119,8 +115,7 @@ def _config_classes():
     from orchestration.assets import ResampleConfig, TrainAssetConfig
     from orchestration.checks import ValidationConfig
 
-    return {"training_sample": ResampleConfig, "nulog_model": TrainAssetConfig,
-            "nulog_model_nulog_model_quality": ValidationConfig}
+    return {"training_sample": ResampleConfig, "nulog_model": TrainAssetConfig, GATE_SECTION: ValidationConfig}
 
 
 def parse_spec(doc: Any) -> TrainingSpec:
@@ -203,22 +198,23 @@ def parse_spec(doc: Any) -> TrainingSpec:
     if not isinstance(hp, dict):
         errors.append("spec.hyperParameters must be a mapping")
         hp = {}
-    unknown_hp = sorted(set(hp) - set(HYPERPARAMETERS))
+    known_hp = hyperparameters()
+    unknown_hp = sorted(set(hp) - set(known_hp))
     if unknown_hp:
-        errors.append(f"spec.hyperParameters: unknown key(s) {', '.join(unknown_hp)} (known: {', '.join(sorted(HYPERPARAMETERS))})")
+        errors.append(f"spec.hyperParameters: unknown key(s) {', '.join(unknown_hp)} (known: {', '.join(sorted(known_hp))})")
     classes = _config_classes()
     for section, cls in classes.items():
-        given = {HYPERPARAMETERS[k][1]: v for k, v in hp.items() if k in HYPERPARAMETERS and HYPERPARAMETERS[k][0] == section}
+        given = {known_hp[k][1]: v for k, v in hp.items() if k in known_hp and known_hp[k][0] == section}
         if not given:
             continue
         try:
             typed = cls.model_validate(given)  # strings like "3" coerce, as in Odahu
         except ValidationError as exc:
             for e in exc.errors():
-                key = next(k for k, (s, f) in HYPERPARAMETERS.items() if s == section and f == e["loc"][0])
+                key = next(k for k, (s, f) in known_hp.items() if s == section and f == e["loc"][0])
                 errors.append(f"spec.hyperParameters.{key}: {e['msg']} (got {e.get('input')!r})")
             continue
-        for k, (s, f) in HYPERPARAMETERS.items():
+        for k, (s, f) in known_hp.items():
             if s == section and f in given:
                 out.hyper_parameters[k] = getattr(typed, f)
 
@@ -408,7 +404,7 @@ def run_config(spec: TrainingSpec, now_ms: Optional[int] = None, executor: Optio
     if intervals:
         ops["training_sample"]["config"]["time_intervals"] = [{"start_ms": s, "end_ms": e} for s, e in intervals]
     for key, value in spec.hyper_parameters.items():
-        section, name = HYPERPARAMETERS[key]
+        section, name = hyperparameters()[key]
         ops.setdefault(section, {"config": {}})["config"][name] = value
     config: dict = {"ops": ops}
     if (executor or current_executor()) == "k8s":
@@ -418,5 +414,5 @@ def run_config(spec: TrainingSpec, now_ms: Optional[int] = None, executor: Optio
 
 
 def run_tags(spec: TrainingSpec) -> dict:
-    return {"logloop/task_id": spec.id, "logloop/training_id": spec.id, "logloop/batch": spec.batch,
-            "logloop/mode": spec.mode, "dagster/partition": spec.batch}
+    return {TASK_TAG: spec.id, TRAINING_ID_TAG: spec.id, BATCH_TAG: spec.batch, MODE_TAG: spec.mode,
+            PARTITION_TAG: spec.batch}

@@ -1,4 +1,5 @@
-"""Finding what an upstream asset wrote: the storage keys it recorded in metadata.
+"""Finding what an upstream asset wrote: the typed reference (orchestration.contract) it recorded
+in its materialization metadata.
 
 A run reads the upstream outputs it produced itself (or that the run it re-executes
 produced), never those of another run of the same partition that happens to be newer:
@@ -15,6 +16,7 @@ from typing import Optional
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, Failure
 
 from ops.windows import parse_time_ms
+from orchestration.contract import CandidateRef, SampleRef
 from orchestration.partitions import PARTITION_FMT
 
 
@@ -49,6 +51,16 @@ def upstream_metadata(instance: DagsterInstance, run_id: str, asset: str, partit
     """What `asset` recorded for `partition`: this run's own materialization when it made one
     (or the run it re-executes did), else the latest materialization from any run."""
     return produced_in_run(instance, run_id, asset, partition) or latest_metadata(instance, asset, partition)
+
+
+def upstream_sample(instance: DagsterInstance, run_id: str, batch: str) -> SampleRef:
+    """The training sample this run drew for `batch` (else the latest one)."""
+    return SampleRef.from_metadata(batch, upstream_metadata(instance, run_id, "training_sample", batch))
+
+
+def upstream_candidate(instance: DagsterInstance, run_id: str, batch: str) -> CandidateRef:
+    """The candidate this run trained for `batch` (else the latest one)."""
+    return CandidateRef.from_metadata(batch, upstream_metadata(instance, run_id, "nulog_model", batch))
 
 
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from typing import Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -35,15 +35,7 @@ from ops.fetch.opensearch import OpenSearchShard, QuerySpec, range_query
 from ops.fetch.opensearch_client import Connection, OpenSearchReadError, Secret, call_with_retries
 from ops.windows import Windows
 from resources.log_source import LogSource, LogSourceError
-from resources.urls import url_without_password
-
-
-def _strip_userinfo(host: str) -> str:
-    parts = urlsplit(host if "://" in host else f"http://{host}")
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) if "://" in host else netloc
+from resources.urls import url_without_password, url_without_userinfo
 
 
 class OpenSearchLogSource(LogSource):
@@ -159,7 +151,7 @@ class OpenSearchLogSource(LogSource):
             yield name, ([url_without_password(h) for h in value] if name == "hosts" and isinstance(value, list) else value)
 
     def describe(self) -> str:
-        hosts = ", ".join(_strip_userinfo(h) for h in self.hosts)
+        hosts = ", ".join(url_without_userinfo(h) for h in self.hosts)
         return f"OpenSearch index {self.index!r} at {hosts}"
 
     def shards(self, windows: Windows) -> list[OpenSearchShard]:

@@ -1,4 +1,8 @@
-"""URLs in what resources show (repr, logs, errors): never with a password in them."""
+"""URLs in what resources show (repr, logs, errors): never with a password in them.
+
+The one home of URL scrubbing for resources: `url_without_password` keeps the user name,
+`url_without_userinfo` keeps only scheme, host, port and path.
+"""
 
 from __future__ import annotations
 
@@ -19,3 +23,13 @@ def url_without_password(url):
         return redacted if "://" in url else redacted.split("://", 1)[1]
     except ValueError:
         return "<unparseable url>"
+
+
+def url_without_userinfo(url: str) -> str:
+    """`url` as scheme://host[:port]/path: no user info, query or fragment (host[:port]/path when
+    `url` has no scheme)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) if "://" in url else netloc

@@ -55,7 +55,7 @@ def test_the_next_training_learns_from_the_batch_labels_and_the_gate_reports_the
     forms = Counter()
     with resources["artifacts"].reading(
             first.asset_materializations_for_node("training_sample")[0].metadata["sample_key"].value) as path:
-        from orchestration.assets import read_sample
+        from ops.sample.sampling import read_sample
 
         train_lines, validation_lines = read_sample(path)
     forms.update(dict(train_lines))

@@ -27,11 +27,10 @@ from orchestration.assets import (
     nulog_model,
     partition_summaries,
     registered_model,
-    run_folder,
-    summary_key,
     training_sample,
 )
 from orchestration.checks import nulog_model_quality
+from orchestration.contract import run_folder, summary_key
 from orchestration.retention import Item, Plan, RetentionPolicy, apply, dry_run, plan
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource

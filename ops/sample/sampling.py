@@ -7,16 +7,23 @@ damped, rare ones lifted, and memory is bounded by the sample size t.
 We apply the rule to *global* counts (merged summaries, see ops.mask.summary) rather than
 per page as Opni did, and draw without replacement: no form is drawn more often
 than it occurs. A form whose proportional quota exceeds its count is taken whole
-and the rest of t is shared among the others (water-filling); the remainder is
-drawn multinomially, so E[sampled share of form m] = sqrt(c_m) / sum sqrt(c) for
-every form not capped by its own count.
+and the rest of t is shared among the others (water-filling). Each quota's whole part
+is taken; the fractional parts are rounded by systematic sampling (one uniform start,
+forms in a seeded random order), so the total is exactly t and E[sampled share of form m]
+= sqrt(c_m) / sum sqrt(c) for every form not capped by its own count.
+
+A sample is stored as Parquet (`write_sample` / `read_sample`): one row per distinct
+masked line with its count and split ("train" or "validation").
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ops.mask.summary import Summary
 
@@ -145,3 +152,22 @@ def combine(*parts: list[tuple[str, int]]) -> list[tuple[str, int]]:
         for f, c in part:
             total[f] = total.get(f, 0) + c
     return sorted(total.items())
+
+
+def write_sample(path: str, sample: Sample) -> None:
+    """The sample as Parquet: (masked, count, split) rows; the population in the schema metadata."""
+    rows = [(f, c, "train") for f, c in sample.train] + [(f, c, "validation") for f, c in sample.validation]
+    table = pa.table(
+        {"masked": [r[0] for r in rows], "count": [r[1] for r in rows], "split": [r[2] for r in rows]}
+    )
+    table = table.replace_schema_metadata({"logloop": json.dumps({"population": sample.population})})
+    pq.write_table(table, path, compression="zstd")
+
+
+def read_sample(path: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, validation) of a sample written by `write_sample`."""
+    table = pq.read_table(path)
+    train, validation = [], []
+    for f, c, s in zip(*(table.column(n).to_pylist() for n in ("masked", "count", "split"))):
+        (train if s == "train" else validation).append((f, c))
+    return train, validation

@@ -64,29 +64,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ops.train.config import TrainConfig
 from ops.train.ddp import Rows, all_sum, backend, free_port, shard
 from ops.train.model import NuLog, NuLogConfig
 from ops.train.progress import Clock
 from ops.train.vocab import CLS, MASK, PAD, Vocab
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 256       # masked rows per optimiser step
-    lr: float = 1e-3
-    weight_decay: float = 0.005
-    seed: int = 0
-    device: str = "auto"        # auto | cpu | cuda
-    amp: bool = True            # autocast on CUDA only; CPU always trains in fp32
-    dedup: bool = True
-    spread: float = 0.5         # a line seen c times is trained ceil(c**spread) times per epoch (see encode)
-    pad_to_max: bool = False
-    factored: bool = True       # all rows of a line in one pass; False = one sequence per row
-    compile: bool = False       # torch.compile the forward (worth trying on GPU only)
-    log_every: int = 50         # steps between progress calls (plus one per epoch)
-    log_every_s: float = 10.0   # and a progress call at least this often (seconds; 0: steps only)
-    world_size: int | str = 1   # DDP processes; "auto" or 0: every visible GPU on CUDA (see module doc)
 
 
 class TrainingDiverged(RuntimeError):

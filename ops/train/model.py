@@ -13,24 +13,15 @@ running L copies of the line (see its docstring), which is where most of the spe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ops.train.config import NuLogConfig
 from ops.train.vocab import MASK
 
 
-@dataclass
-class NuLogConfig:
-    vocab_size: int
-    d_model: int = 256
-    n_heads: int = 8
-    d_ff: int = 256
-    n_layers: int = 1
-    max_len: int = 64  # including <cls>
-    dropout: float = 0.1
 
 
 # Bounds on a model config read from outside (an artifact's config.json): far above any model

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ops.train.loop import TrainConfig
+    from ops.train.config import TrainConfig
 
 
 class Clock:

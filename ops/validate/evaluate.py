@@ -17,6 +17,7 @@ import torch
 from ops.train.model import NuLog
 from ops.train.loop import encode_ids
 from ops.train.vocab import PAD, UNK, Vocab
+from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 
 
 @torch.no_grad()
@@ -70,7 +71,7 @@ def token_ranks(model: NuLog, vocab: Vocab, masked_lines: list[str], batch_size:
     return [r.tolist() for r in np.split(ranks, np.cumsum(lengths)[:-1])] if len(lengths) else []
 
 
-def topk_hits(model: NuLog, vocab: Vocab, masked_lines: list[str], top_k: int = 50,
+def topk_hits(model: NuLog, vocab: Vocab, masked_lines: list[str], top_k: int = DEFAULT_TOP_K,
               batch_size: int = 4096) -> list[list[bool]]:
     """Per line, per token (up to max_len-1 tokens): is the true token in the model's top k?"""
     hits, lengths = _hits(model, vocab, masked_lines, top_k, batch_size)
@@ -83,7 +84,7 @@ def _scores(hits: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.where(lengths > 0, sums / np.maximum(lengths, 1), 1.0)
 
 
-def score_lines(model: NuLog, vocab: Vocab, masked_lines: list[str], top_k: int = 50,
+def score_lines(model: NuLog, vocab: Vocab, masked_lines: list[str], top_k: int = DEFAULT_TOP_K,
                 batch_size: int = 4096) -> list[float]:
     """Share of each line's tokens that the model predicts within top k (1.0 for no tokens)."""
     return _scores(*_hits(model, vocab, masked_lines, top_k, batch_size)).tolist()
@@ -98,7 +99,7 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
     return float(values[order][min(np.searchsorted(cum, q * cum[-1]), len(cum) - 1)])
 
 
-def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = 50, threshold: float = 0.7,
+def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = DEFAULT_TOP_K, threshold: float = DEFAULT_THRESHOLD,
              batch_size: int = 4096) -> dict:
     """Quality on (masked_line, count) pairs; every figure is weighted by count. anomaly_share is the
     share of lines the product's verdict flags (ops.validate.scoring.judge, without labels), the pairs being

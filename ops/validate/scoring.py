@@ -19,7 +19,7 @@ Logs repeat heavily once masked, so the work is done once per DISTINCT masked li
 cache maps masked line -> score across calls, and the distinct lines a call has not seen before
 go through the model together, batched by length (`NuLog.masked_rows`, all positions of a line
 in one pass). The defaults for k and the threshold come from the artifact's metrics (the values
-its quality gate used), else Opni's 50 and 0.7.
+its quality gate used), else Opni's (ops/validate/defaults.py).
 
 Models are read with ops.register.artifact only (safetensors + json, never pickle); a missing or corrupt
 artifact raises ops.register.artifact.ArtifactError naming the path.
@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ops.register.artifact import Artifact, ArtifactError, read_artifact
+from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from ops.validate.feedback import LabelIndex
 from ops.mask.masking import Masker
 
-DEFAULT_TOP_K = 50
-DEFAULT_THRESHOLD = 0.7
 SEVERE = "<severe>"
 # A form is established when it makes up at least 1% of the lines judged together and at least
 # 10 lines: an anomaly is rare by definition, and 10 lines is past what one incident's retries

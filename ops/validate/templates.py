@@ -57,9 +57,9 @@ from collections import Counter, defaultdict
 from typing import Iterable
 
 from ops.mask.masking import Masker, tokens
+from ops.validate.defaults import DEFAULT_TOP_K
 
 VARIABLE = "<*>"
-DEFAULT_TOP_K = 50
 MIN_VALUES = 4   # distinct values that make a column a variable
 MIN_CONTEXT = 2  # constant units a group must share for any of its columns to be judged
 _PLACEHOLDER = re.compile(r"<[a-z][a-z0-9]*>")
@@ -70,7 +70,7 @@ _PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 
 def default_top_k(artifact) -> int:
-    """The artifact's scoring k (metrics["top_k"], else 50), for callers that show it."""
+    """The artifact's scoring k (metrics["top_k"], else DEFAULT_TOP_K), for callers that show it."""
     k = (getattr(artifact, "metrics", None) or {}).get("top_k")
     return int(k) if isinstance(k, (int, float)) and k >= 1 else DEFAULT_TOP_K
 
