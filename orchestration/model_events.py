@@ -18,7 +18,7 @@ from typing import Optional
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents, NatsError, Outgoing
 from ops.windows import now_ms
-from resources.store import ModelRecord
+from resources.store_records import ModelRecord
 
 OUTBOX = "outbox/nats"
 CORRUPT = "outbox/corrupt"

@@ -16,7 +16,8 @@ from ops.register.artifact import ArtifactError, read_artifact_meta
 from ops.mask.summary import read_summary_meta, summary_totals
 from orchestration.partitions import time_partitions
 from resources.artifacts import ArtifactStorage
-from resources.store import ModelRecord, Store, VersionConflict
+from resources.store import Store, VersionConflict
+from resources.store_records import ModelRecord
 
 
 def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:

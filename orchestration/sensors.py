@@ -66,7 +66,8 @@ from orchestration.tasks import (
 from orchestration.restore import restore_store
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource, LogSourceError
-from resources.store import ACTIVE_STATES, Store, StoreError
+from resources.store import Store, StoreError
+from resources.store_records import ACTIVE_STATES
 
 SETTINGS: LoopSettings = loop_settings()  # invalid thresholds fail the code location's load
 

@@ -18,7 +18,8 @@ from typing import Optional
 from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
 from ops.windows import now_ms
-from resources.store import Store, Task
+from resources.store import Store
+from resources.store_records import Task
 
 TASK_TAG = "logloop/task_id"
 BATCH_TAG = "logloop/batch"

@@ -22,7 +22,7 @@ from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 
 from scripts import demo_logs
 from orchestration.loop_settings import LoopSettings, Thresholds
-from resources.store import SQLiteStore
+from resources.sqlite_store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

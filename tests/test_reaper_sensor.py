@@ -11,7 +11,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, load_loop_settings
 from orchestration.sensors import dead_task_reaper, describe_reap, evaluate_reaper
-from resources.store import SQLiteStore
+from resources.sqlite_store import SQLiteStore
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from orchestration.sensors import TASK_TAG, evaluate_new_samples, reap, training
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, LogSource, LogSourceError
 from resources.opensearch_source import OpenSearchLogSource
-from resources.store import ModelRecord, SQLiteStore, StoreError
+from resources.sqlite_store import SQLiteStore
+from resources.store import StoreError
+from resources.store_records import ModelRecord
 
 HOSTILE = "x'; DROP TABLE tasks; --/../../etc"
 SETTINGS = LoopSettings(thresholds=Thresholds(min_start_count=100, min_update_count=50),
