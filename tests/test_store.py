@@ -369,8 +369,21 @@ def _append_raw(store, rec):
 # -- reachability -------------------------------------------------------------------------------------
 
 
-def test_ping_answers_on_a_working_store(store):
+def test_ping_answers_on_a_working_store(store, tmp_path):
+    """ping answers on the store, and raises StoreError once the same store is out of reach: it
+    must really talk to the database, not just return."""
     store.ping()
+    if isinstance(store, SQLiteStore):
+        (tmp_path / "a-file").write_text("x")  # a store under a file cannot be opened
+        broken = SQLiteStore(path=str(tmp_path / "a-file" / "store.sqlite"))
+    elif isinstance(store, TDengineStore):
+        broken = TDengineStore(url=f"http://127.0.0.1:{_closed_port()}", database=store.database,
+                               password=FAKE_PASSWORD, timeout_s=2)
+    else:
+        broken = SQLStore(url=f"postgresql://logloop@127.0.0.1:{_closed_port()}/logloop", timeout_s=2)
+    with pytest.raises(StoreError):
+        broken.ping()
+    store.ping()  # the working store still answers
 
 
 def test_unreachable_store_is_a_clear_error(tmp_path):
