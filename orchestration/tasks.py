@@ -151,6 +151,7 @@ def reconcile(instance, store: Store, task: Task, at_ms: Optional[int] = None) -
     store.record_task_event(task.task_id, task.batch, TaskState.FAILED, run_id=run.run_id,
                             message=f"run {run.run_id} failed: {why}"
                             + (f"; stopped its orphaned step process(es) {stopped}" if stopped else ""))
+    return "worker gone"
 
 
 # ---- run-status sensors -------------------------------------------------------------------
