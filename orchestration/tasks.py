@@ -99,8 +99,6 @@ def fail_task(store: Store, task_id: str, batch: str, run_id: str, message: str)
     return store.record_task_event(task_id, batch, TaskState.FAILED, run_id=run_id, message=message)
 
 
-
-
 def find_run(instance, task: Task):
     if task.run_id:
         run = instance.get_run_by_id(task.run_id)
@@ -192,7 +190,6 @@ def training_run_failed(context: RunStatusSensorContext, store: Store):
                    name="training_run_canceled", description="Mark a training task failed when its run is canceled.")
 def training_run_canceled(context: RunStatusSensorContext, store: Store):
     settle_run(store, context, TaskState.FAILED)
-
 
 
 # ---- the reaper -------------------------------------------------------------------
