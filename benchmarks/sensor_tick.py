@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 from dagster import build_sensor_context, instance_for_test  # noqa: E402
 
 from orchestration.loop_settings import LoopSettings, Thresholds  # noqa: E402
-from orchestration.sensors import evaluate_new_samples  # noqa: E402
-from resources.store import ModelRecord, SQLiteStore  # noqa: E402
+from orchestration.training_trigger import evaluate_new_samples  # noqa: E402
+from resources.sqlite_store import SQLiteStore  # noqa: E402
+from resources.store_records import ModelRecord  # noqa: E402
 
 HOUR = 3_600_000
 

@@ -38,7 +38,7 @@ from orchestration.contract import FINETUNE, SCRATCH, CandidateRef, ModelRef, Sa
 from orchestration.k8s import backfill_policy, data_step_k8s_config, train_step_k8s_config
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
-from orchestration.tasks import start_task
+from orchestration.tasks import start_task, succeed_task
 from orchestration.upstream import upstream_candidate, upstream_sample, window_bound_ms
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
@@ -451,8 +451,7 @@ def registered_model(
     if candidate.checkpoint_key:  # the model is safe in the registry; the resume point is not needed
         artifacts.delete(candidate.checkpoint_key)
     if candidate.sample.task_id:
-        store.record_task_event(candidate.sample.task_id, batch, "succeeded", run_id=context.run.run_id,
-                                message=f"registered version {record.version}")
+        succeed_task(store, candidate.sample.task_id, batch, context.run.run_id, record.version)
     announced = announce(model_events, artifacts, "model_ready", *model_ready(record, config.model_name, context.run.tags),
                          log=context.log)
     return MaterializeResult(

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from resources.artifacts import ArtifactStorageError
 from resources.store import StoreError
+from resources.store_records import TASK_STATES
 
 
 def _store():
@@ -158,9 +159,6 @@ def _column_widths(natural: list[int], nowrap: list[bool], keep: list[bool], tot
             widths[j] = cap + (1 if k < extra else 0)
         break
     return widths
-
-
-TASK_STATES = ("unknown", "scheduling", "running", "succeeded", "failed", "dead")
 
 
 def cmd_store_restore(args) -> int:

@@ -85,7 +85,7 @@ def _list(args) -> int:
 def _label(args) -> int:
     from ops.naming import validate_batch_name
     from orchestration.resources import resource
-    from resources.store import label_form
+    from ops.validate.feedback import label_form
 
     if args.json:
         raise CliError("--json belongs to 'logloop feedback list'")

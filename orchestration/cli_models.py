@@ -84,7 +84,7 @@ def add_parser(sub) -> None:
 
 def _production_by_batch(store, batches) -> dict:
     """batch -> (production version, pinned), from one read of the production history."""
-    from resources.store import production_state
+    from resources.store_records import production_state
 
     events: dict[str, list] = {}
     for e in store.production_events():

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict
 from urllib.parse import urlparse
 
+from orchestration.contract import PARTITION_TAG
 from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, load_spec_file, run_config, run_tags
 
 JOB = "train_model"
@@ -171,7 +172,9 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
         kind = added["addDynamicPartition"]["__typename"]
         if kind not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
             return _fail(f"could not add batch {spec.batch!r}: {added['addDynamicPartition'].get('message', kind)}")
-        _store().record_task_event(spec.id, spec.batch, "scheduling", mode=task_mode(spec), message="launched by logloop train")
+        from orchestration.tasks import schedule_task
+
+        schedule_task(_store(), spec.id, spec.batch, task_mode(spec), "launched by logloop train")
         run_id = client.submit_job_execution(
             JOB, repository_location_name=info.repository_location_name, repository_name=info.repository_name,
             run_config=run_config(spec), tags=run_tags(spec),
@@ -222,21 +225,20 @@ def run_local(spec: TrainingSpec) -> int:
     from orchestration.assets import nulog_model, registered_model, training_sample
     from orchestration.checks import nulog_model_quality
     from orchestration.resources import build_resources
+    from orchestration.tasks import fail_task, schedule_task
 
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     if not instance.has_dynamic_partition("batches", spec.batch):
         instance.add_dynamic_partitions("batches", [spec.batch])
     store = _store()
-    store.record_task_event(spec.id, spec.batch, "scheduling", mode=task_mode(spec), message="logloop train local")
+    schedule_task(store, spec.id, spec.batch, task_mode(spec), "logloop train local")
     result = materialize(
         [training_sample, nulog_model, nulog_model_quality, registered_model], partition_key=spec.batch,
         instance=instance, resources=build_resources(), run_config=run_config(spec, executor="in_process"),
-        tags={k: v for k, v in run_tags(spec).items() if k != "dagster/partition"}, raise_on_error=False,
+        tags={k: v for k, v in run_tags(spec).items() if k != PARTITION_TAG}, raise_on_error=False,
     )
-    task = store.get_task(spec.id)
     if not result.success:
-        if task and task.state in ("scheduling", "running"):
-            store.record_task_event(spec.id, spec.batch, "failed", run_id=result.run_id, message="local run failed")
+        fail_task(store, spec.id, spec.batch, result.run_id, "local run failed")
         failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
         reason = failure.step_failure_data.error.message.strip() if failure and failure.step_failure_data.error else "see the run's logs"
         return _fail(f"training {spec.id} failed: {reason}")

@@ -35,6 +35,7 @@ WORKER_TAG = "logloop/worker"  # host:pid:start of the process that runs the run
 NATS_SEQ_TAG = "logloop/nats_seq"
 NATS_MSG_ID_TAG = "logloop/nats_msg_id"
 PARTITION_TAG = "dagster/partition"  # Dagster's own
+CATCH_UP_TAG = "logloop/catch_up"  # a run the training trigger started to fill a missed window
 
 # ---- storage keys --------------------------------------------------------------------------
 

@@ -13,14 +13,9 @@ from orchestration.k8s import executor_def
 from orchestration.resources import build_resources
 from orchestration.retention import retention_sensor
 from orchestration.scoring_assets import anomaly_scores
-from orchestration.sensors import (
-    dead_task_reaper,
-    ingest_logs_schedule,
-    new_samples_sensor,
-    raw_logs_observer,
-    training_run_canceled,
-    training_run_failed,
-)
+from orchestration.observer import raw_logs_observer
+from orchestration.tasks import dead_task_reaper, training_run_canceled, training_run_failed
+from orchestration.training_trigger import ingest_logs_schedule, new_samples_sensor
 
 # Opni's training controller: only with a NATS server (nothing about NATS loads without one)
 nats_sensors = []

@@ -4,6 +4,7 @@ from dagster import AssetSelection, define_asset_job
 
 from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
 from orchestration.partitions import batch_partitions, time_partitions
+from orchestration.tasks import TRAIN_JOB
 
 ingest_logs_job = define_asset_job(
     "ingest_logs",
@@ -13,7 +14,7 @@ ingest_logs_job = define_asset_job(
 )
 
 train_model_job = define_asset_job(
-    "train_model",
+    TRAIN_JOB,
     selection=AssetSelection.assets(training_sample, nulog_model, registered_model),
     partitions_def=batch_partitions,
     description="Resample, train, validate and register one batch's model.",

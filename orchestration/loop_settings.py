@@ -193,3 +193,12 @@ def loop_settings() -> LoopSettings:
     if _loaded is None:
         _loaded = load_loop_settings()
     return _loaded
+
+
+def merge_run_config(base: dict, extra: dict) -> dict:
+    """`base` with `extra` merged in, nested dicts key by key (`extra` wins): how the loop's
+    training_run_config meets a run's own config (sensor- and NATS-launched runs)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge_run_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

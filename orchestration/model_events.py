@@ -19,7 +19,7 @@ from orchestration.contract import CORRUPT_OUTBOX as CORRUPT, NATS_MSG_ID_TAG, N
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents, NatsError, Outgoing
 from ops.windows import now_ms
-from resources.store import ModelRecord
+from resources.store_records import ModelRecord
 
 RETRY_PAUSES_S = (0.5, 2.0)  # between the three tries a registration makes before leaving it to the sensor
 

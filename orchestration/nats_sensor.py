@@ -32,11 +32,10 @@ from dagster import (
 )
 
 from orchestration.jobs import train_model_job
-from orchestration.loop_settings import loop_settings
+from orchestration.loop_settings import loop_settings, merge_run_config
 from orchestration.model_events import flush_outbox
 from orchestration.nats_requests import Accepted, Rejected, parse, rejection_message
 from orchestration.partitions import batch_partitions
-from orchestration.sensors import merge_run_config
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents, NatsBus, NatsError
 from ops.windows import now_ms

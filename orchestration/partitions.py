@@ -245,3 +245,21 @@ time_partitions = TimeWindowPartitionsDefinition(
 )
 
 batch_partitions = DynamicPartitionsDefinition(name="batches")
+
+
+def iso(ms: int) -> str:
+    """A time in ms since the epoch as ISO 8601 (UTC), as run configs and messages show it."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat()
+
+
+def last_closed_keys(n: int, current_time: dt.datetime | None = None) -> list[str]:
+    """The keys of the last n closed time windows, oldest first (without listing every key)."""
+    now = current_time or dt.datetime.now(dt.timezone.utc)
+    window = time_partitions.time_window_for_partition_key(time_partitions.get_partition_key_for_timestamp(now.timestamp()))
+    keys: list[str] = []
+    while len(keys) < n:
+        window = time_partitions.get_prev_partition_window(window.start)
+        if window is None:
+            break
+        keys.append(time_partitions.get_partition_key_for_timestamp(window.start.timestamp()))
+    return keys[::-1]

@@ -7,7 +7,7 @@ import os
 from orchestration import settings
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, file_source_location
-from resources.sql_store import SQLiteStore
+from resources.sqlite_store import SQLiteStore
 
 DEFAULT_BATCH_FIELDS = "cluster_id,kubernetes.namespace_name,deployment"
 
@@ -57,7 +57,8 @@ def sql_store(url: str):
     from dagster import EnvVar
     from sqlalchemy import make_url
 
-    from resources.sql_store import SQLStore, store_backend
+    from resources.sql_engine import store_backend
+    from resources.sql_store import SQLStore
 
     try:
         backend = store_backend(url)

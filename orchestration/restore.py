@@ -17,7 +17,8 @@ from ops.mask.summary import read_summary_meta, summary_totals
 from orchestration.contract import MODELS, SUMMARIES, ModelRef
 from orchestration.partitions import time_partitions
 from resources.artifacts import ArtifactStorage
-from resources.store import ModelRecord, Store, VersionConflict
+from resources.store import Store, VersionConflict
+from resources.store_records import ModelRecord
 
 
 def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:

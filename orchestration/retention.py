@@ -65,7 +65,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ops.naming import batch_key
 from orchestration.contract import CHECKPOINTS, MODELS, RUNS, SAMPLE_FILE, SUMMARIES, ModelRef, summary_key
 from resources.artifacts import ArtifactStorage, LocalArtifactStorage
-from resources.store import ACTIVE_STATES, Store
+from resources.store import Store
+from resources.store_records import ACTIVE_STATES
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

@@ -1,129 +1,68 @@
-"""Training tasks and the runs behind them: who is working on a batch, and whether they still are.
+"""The task lifecycle: the one owner of every transition of a training task's state.
 
 A task is recorded when its run starts (`start_task`, from the first asset of the run), not
 when a sensor asks for the run: a tick whose run requests are dropped (a preview, a
-dropped tick) leaves nothing behind. The run is tagged with its worker, `host:pid:start`,
-so that a run whose process was killed is noticed on that host at once (`liveness`) instead
-of at its deadline. `reconcile` settles an active task whose run finished, never appeared,
-or lost its worker; the sensor calls it for busy batches every tick and the reaper for all.
+dropped tick) leaves nothing behind; `logloop train` records it as scheduling first
+(`schedule_task`). The run is tagged with its worker, `host:pid:start`, so that a run whose
+process was killed is noticed on that host at once (orchestration/run_liveness.py) instead of
+at its deadline. The transitions, all here (states: resources.store_records.TaskState):
+
+- start_task: running, when the run's first asset starts;
+- succeed_task: succeeded, when the model is registered;
+- the `training_run_failed` / `training_run_canceled` sensors (settle_run): failed as soon as
+  the run ends that way;
+- reconcile: settle an active task whose run finished, never appeared, or lost its worker; the
+  training trigger calls it for busy batches every tick and the reaper for all;
+- `dead_task_reaper`, a sensor (every `reaper_interval_s`, 5 minutes by default): dead once a
+  task passes its deadline, and its run is terminated. It starts no run: what it did is its
+  tick's log and skip reason. (It replaced the `reap_dead_tasks` schedule and job; a new name,
+  because Dagster keeps a schedule's state under its name, and a sensor of that name would read it.)
+- schedule_task / fail_task: `logloop train` (orchestration/cli_train.py).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
+import json
 from typing import Optional
 
-from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunsFilter,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_status_sensor,
+    sensor,
+)
 
 from ops.windows import now_ms
-from orchestration.contract import BATCH_TAG, MODE_TAG, TASK_TAG, WORKER_TAG  # noqa: F401 (re-exported)
-from resources.store import Store, Task
+from orchestration.contract import BATCH_TAG, MODE_TAG, PARTITION_TAG, TASK_TAG, WORKER_TAG
+from orchestration.loop_settings import loop_settings
+from orchestration.partitions import iso
+from orchestration.run_liveness import run_worker_pid, stop_orphaned_steps, worker_alive, worker_tag
+from resources.store import Store, StoreError
+from resources.store_records import ACTIVE_STATES, TASK_MODES, Task, TaskState
 
+TRAIN_JOB = "train_model"  # orchestration/jobs.py's train_model_job
 # A task with no run after this long never got one (a dropped run request, a failed launch).
 NO_RUN_GRACE_S = 120
 
-FINISHED = {DagsterRunStatus.SUCCESS: "succeeded", DagsterRunStatus.FAILURE: "failed",
-            DagsterRunStatus.CANCELED: "failed"}
+FINISHED = {DagsterRunStatus.SUCCESS: TaskState.SUCCEEDED, DagsterRunStatus.FAILURE: TaskState.FAILED,
+            DagsterRunStatus.CANCELED: TaskState.FAILED}
 WAITING = (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED)
+UNSUCCESSFUL = (TaskState.FAILED, TaskState.DEAD)  # attempts that count against a retry's run key
 
-
-# ---- which process runs a run ----------------------------------------------------------
-
-
-def _start_ticks(pid: int) -> Optional[str]:
-    """The process's start time in clock ticks since boot (Linux), which tells a reused pid apart;
-    None where /proc has no such process or is absent."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in (b"Z", b"X"):  # killed, waiting to be reaped by its parent: gone
-        return "gone"
-    return fields[19].decode()
-
-
-def process_alive(pid: int, start: Optional[str]) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    ticks = _start_ticks(pid)
-    if ticks == "gone":
-        return False
-    # a different start time is another process that got the same pid
-    return not start or ticks is None or ticks == start
-
-
-def run_worker_pid(instance, run_id: str) -> int:
-    """The pid of the process executing the run's steps, from the executor's own engine event
-    ("Executing steps in process" / "... multiprocess executor: parent process"); this process
-    when the executor said nothing (a step pod runs in its own process)."""
-    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records:
-        event = record.event_log_entry.dagster_event
-        message = (event.message if event else "") or ""
-        data = getattr(event, "event_specific_data", None)
-        pid = getattr(data, "metadata", {}).get("pid") if data is not None else None
-        if message.startswith("Executing steps") and pid is not None:
-            return int(getattr(pid, "value", pid))
-    return os.getpid()
-
-
-def worker_tag(pid: int) -> str:
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or ''}"
+SETTINGS = loop_settings()
 
 
 def liveness(run) -> Optional[bool]:
-    """Is the run's worker process alive? None when unknown: no worker tag yet, or another host
-    (a pod: Dagster's run monitoring watches those through the run launcher)."""
-    tag = run.tags.get(WORKER_TAG)
-    if not tag:
-        return None
-    parts = tag.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
-        return None
-    return process_alive(int(parts[1]), parts[2])
+    """Is the run's worker process alive? None when unknown: no worker tag yet, or another host."""
+    return worker_alive(run.tags.get(WORKER_TAG))
 
 
-def stop_orphaned_steps(instance, run) -> list[int]:
-    """Terminate the run's step subprocesses that outlived their killed parent (same host only);
-    they would train on for nothing."""
-    if liveness(run) is not False:
-        return []
-    stopped = []
-    for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_WORKER_STARTED).records:
-        event = record.event_log_entry.dagster_event
-        pid = getattr(getattr(event, "event_specific_data", None), "metadata", {}).get("pid")
-        try:
-            pid = int(getattr(pid, "value", pid))
-        except (TypeError, ValueError):
-            continue
-        # only a live process that still looks like a Dagster step: a reused pid belongs to someone else
-        if pid > 0 and process_alive(pid, None) and _cmdline_is_dagster_step(pid):
-            try:
-                os.kill(pid, signal.SIGTERM)
-                stopped.append(pid)
-            except OSError:
-                pass
-    return stopped
-
-
-def _cmdline_is_dagster_step(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
-    except OSError:
-        return False
-    return b"multiprocessing" in cmd or b"dagster" in cmd
-
-
-# ---- the task lifecycle -----------------------------------------------------------------
+# ---- transitions ------------------------------------------------------------------------
 
 
 def start_task(context, store: Store, batch: str, mode: str, time_limit_s: int) -> str:
@@ -134,9 +73,27 @@ def start_task(context, store: Store, batch: str, mode: str, time_limit_s: int) 
     context.instance.add_run_tags(context.run.run_id, {WORKER_TAG: worker_tag(run_worker_pid(context.instance, context.run.run_id))})
     existing = store.get_task(task_id)
     deadline = existing.deadline_ms if existing and existing.deadline_ms else now_ms() + time_limit_s * 1000
-    store.record_task_event(task_id, batch, "running", run_id=context.run.run_id, mode=mode, deadline_ms=deadline,
+    store.record_task_event(task_id, batch, TaskState.RUNNING, run_id=context.run.run_id, mode=mode, deadline_ms=deadline,
                             message=f"run {context.run.run_id} started")
     return task_id
+
+def succeed_task(store: Store, task_id: str, batch: str, run_id: str, version: int) -> Task:
+    """The task's model is registered as `version`."""
+    return store.record_task_event(task_id, batch, TaskState.SUCCEEDED, run_id=run_id,
+                                   message=f"registered version {version}")
+
+
+def schedule_task(store: Store, task_id: str, batch: str, mode: str, message: str) -> Task:
+    """A task asked for by hand (`logloop train`), before its run starts."""
+    return store.record_task_event(task_id, batch, TaskState.SCHEDULING, mode=mode, message=message)
+
+
+def fail_task(store: Store, task_id: str, batch: str, run_id: str, message: str) -> Optional[Task]:
+    """Fail the task if it is still active (a local run that failed); None when it was settled already."""
+    task = store.get_task(task_id)
+    if task is None or task.state not in ACTIVE_STATES:
+        return None
+    return store.record_task_event(task_id, batch, TaskState.FAILED, run_id=run_id, message=message)
 
 
 def find_run(instance, task: Task):
@@ -152,10 +109,10 @@ def in_flight_batches(instance) -> dict[str, str]:
     """batch -> run id of each training run that is queued, starting or running (one query)."""
     from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-    runs = instance.get_runs(RunsFilter(job_name="train_model", statuses=list(IN_PROGRESS_RUN_STATUSES)))
+    runs = instance.get_runs(RunsFilter(job_name=TRAIN_JOB, statuses=list(IN_PROGRESS_RUN_STATUSES)))
     out = {}
     for run in runs:
-        batch = run.tags.get(BATCH_TAG) or run.tags.get("dagster/partition")
+        batch = run.tags.get(BATCH_TAG) or run.tags.get(PARTITION_TAG)
         if batch:
             out.setdefault(batch, run.run_id)
     return out
@@ -174,7 +131,7 @@ def reconcile(instance, store: Store, task: Task, at_ms: Optional[int] = None) -
     if run is None:
         if at_ms - task.started_ms < NO_RUN_GRACE_S * 1000:
             return None
-        store.record_task_event(task.task_id, task.batch, "failed",
+        store.record_task_event(task.task_id, task.batch, TaskState.FAILED,
                                 message=f"no run exists for this task {NO_RUN_GRACE_S} s after it was recorded")
         return "no run"
     if run.status in FINISHED:
@@ -183,10 +140,132 @@ def reconcile(instance, store: Store, task: Task, at_ms: Optional[int] = None) -
         return f"run ended {run.status.value}"
     if run.status in WAITING or liveness(run) is not False:
         return None
-    stopped = stop_orphaned_steps(instance, run)
+    stopped = stop_orphaned_steps(instance, run.run_id)
     why = f"the process running it ({run.tags.get(WORKER_TAG)}) is gone"
     instance.report_run_failed(run, message=f"logloop: {why}")
-    store.record_task_event(task.task_id, task.batch, "failed", run_id=run.run_id,
+    store.record_task_event(task.task_id, task.batch, TaskState.FAILED, run_id=run.run_id,
                             message=f"run {run.run_id} failed: {why}"
                             + (f"; stopped its orphaned step process(es) {stopped}" if stopped else ""))
     return "worker gone"
+
+
+# ---- run-status sensors -------------------------------------------------------------------
+
+
+def task_of_run(store: Store, run):
+    task_id = run.tags.get(TASK_TAG) or run.run_id
+    return store.get_task(task_id)
+
+
+def settle_run(store: Store, context: RunStatusSensorContext, state: str) -> None:
+    run = context.dagster_run
+    task = task_of_run(store, run)
+    if task is None:
+        batch = run.tags.get(BATCH_TAG) or run.tags.get(PARTITION_TAG)
+        if run.job_name != TRAIN_JOB or not batch:
+            return  # not a training run
+        # it ended before its first asset recorded the task: record it, so the attempt counts
+        store.record_task_event(run.tags.get(TASK_TAG) or run.run_id, batch, state, run_id=run.run_id,
+                                mode=run.tags.get(MODE_TAG) if run.tags.get(MODE_TAG) in TASK_MODES else None,
+                                message=f"run {run.run_id} ended {run.status.value} before it started training")
+        context.log.info(f"task of run {run.run_id}, batch {batch!r}: {state}")
+        return
+    if task.state not in ACTIVE_STATES:
+        return  # already settled (e.g. reaped as dead)
+    store.record_task_event(task.task_id, task.batch, state, run_id=run.run_id,
+                            message=f"run {run.run_id} ended {run.status.value}")
+    context.log.info(f"task {task.task_id} of batch {task.batch!r}: {state}")
+
+
+@run_status_sensor(run_status=DagsterRunStatus.FAILURE, default_status=DefaultSensorStatus.RUNNING,
+                   name="training_run_failed", description="Mark a training task failed as soon as its run fails.")
+def training_run_failed(context: RunStatusSensorContext, store: Store):
+    settle_run(store, context, TaskState.FAILED)
+
+
+@run_status_sensor(run_status=DagsterRunStatus.CANCELED, default_status=DefaultSensorStatus.RUNNING,
+                   name="training_run_canceled", description="Mark a training task failed when its run is canceled.")
+def training_run_canceled(context: RunStatusSensorContext, store: Store):
+    settle_run(store, context, TaskState.FAILED)
+
+
+# ---- the reaper -------------------------------------------------------------------
+
+def terminate(instance, run, log) -> str:
+    """Cancel through the run coordinator; force-mark canceled when nobody answers."""
+    try:
+        if instance.run_coordinator.cancel_run(run.run_id):
+            return "canceled"
+    except Exception as exc:  # the code server may be gone with the run
+        log.warning(f"run {run.run_id}: cancel failed ({exc}); forcing")
+    run = instance.get_run_by_id(run.run_id)
+    if run and not run.is_finished:
+        instance.report_run_canceled(run, message="logloop reaper: the task passed its deadline; forced cancel")
+        return "force-canceled"
+    return "already finished"
+
+
+def reap(instance, store: Store, log, at_ms: int | None = None) -> dict:
+    """Mark dead every working task past its deadline; settle tasks whose runs are not alive.
+
+    Returns {"checked": n, TaskState.DEAD: [task ids], "settled": [task ids], "events": [one line per task acted on]}."""
+    at_ms = at_ms or now_ms()
+    report = {"dead": [], "settled": [], "checked": 0, "events": []}
+    for task in store.active_tasks():
+        report["checked"] += 1
+        outcome = reconcile(instance, store, task, at_ms)
+        if outcome:
+            report["settled"].append(task.task_id)
+            report["events"].append(f"{task.task_id} ({task.batch}) settled: {outcome}")
+            log.info(f"task {task.task_id} of batch {task.batch!r} settled ({outcome})")
+            continue
+        if task.deadline_ms is None or at_ms <= task.deadline_ms:
+            continue
+        run = find_run(instance, task)
+        outcome = terminate(instance, run, log) if run is not None else "no run"
+        store.record_task_event(task.task_id, task.batch, TaskState.DEAD, run_id=run.run_id if run else task.run_id,
+                                message=f"reaped: past its deadline {iso(task.deadline_ms)}; run {outcome}")
+        log.warning(f"task {task.task_id} of batch {task.batch!r} is dead (run {outcome})")
+        report["dead"].append(task.task_id)
+        report["events"].append(f"{task.task_id} ({task.batch}) dead: past its deadline {iso(task.deadline_ms)}, "
+                                + (f"run {outcome}" if run is not None else "it had no run"))
+    return report
+
+
+def describe_reap(report: dict, most: int = 10) -> str:
+    """One line for the tick: what the reaper did, or why it did nothing."""
+    acted = len(report["dead"]) + len(report["settled"])
+    if not acted:
+        if not report["checked"]:
+            return "nothing to reap: no active tasks"
+        return f"nothing to reap: {report['checked']} active task(s), all alive and within their deadlines"
+    events = report["events"]
+    more = f"; and {len(events) - most} more" if len(events) > most else ""
+    return (f"reaped {acted} task(s) of {report['checked']} active ({len(report['dead'])} dead, "
+            f"{len(report['settled'])} settled): " + "; ".join(events[:most]) + more)
+
+
+def evaluate_reaper(context: SensorEvaluationContext, store: Store, at_ms: int | None = None) -> SensorResult:
+    """One reaper tick: it acts on the store and the runs directly and requests no run; what it did
+    is the tick's skip reason and log."""
+    try:
+        report = reap(context.instance, store, context.log, at_ms)
+    except StoreError as exc:
+        raise StoreError(f"dead_task_reaper: the store is unreachable, nothing reaped this tick: {exc}") from exc
+    summary = describe_reap(report)
+    context.log.info(summary)
+    cursor = json.dumps({"tick_ms": at_ms or now_ms(), "checked": report["checked"], "dead": len(report["dead"]),
+                         "settled": len(report["settled"])})
+    return SensorResult(skip_reason=SkipReason(summary), cursor=cursor)
+
+
+@sensor(
+    name="dead_task_reaper",
+    minimum_interval_seconds=SETTINGS.reaper_interval_s,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Mark tasks past their deadline dead and terminate their runs; settle tasks whose runs are not "
+    "alive. Starts no run: its decisions are the tick's log and skip reason.",
+)
+def dead_task_reaper(context: SensorEvaluationContext, store: Store):
+    return evaluate_reaper(context, store)
+

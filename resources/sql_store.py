@@ -1,4 +1,5 @@
-"""The SQL store: one implementation for SQLite (the embedded default) and PostgreSQL.
+"""The SQL store: one implementation for SQLite and PostgreSQL (SQLiteStore, the embedded default, is
+this store on one file: resources/sqlite_store.py).
 
 Built on SQLAlchemy Core (no ORM). The URL picks the database: `sqlite:///path/store.sqlite`
 or `postgresql://user@host:5432/logloop` (psycopg2; `postgresql+psycopg://` for psycopg 3 if installed). A password goes in the separate
@@ -13,15 +14,15 @@ versions; the (batch, version) and (batch, run_id) unique constraints stay the b
 registration that loses a race there is a VersionConflict, as on SQLite. batch_statuses
 reads its three tables in one snapshot (a deferred transaction on SQLite, REPEATABLE READ on
 PostgreSQL). Batch names, keys and messages are always bound parameters.
+
+Tables: resources/sql_schema.py; engines: resources/sql_engine.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -29,239 +30,41 @@ import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy import exc as sa_exc
 
-from resources.store import (
+from ops.windows import now_ms
+from resources.sql_engine import BACKENDS, FLAVOURS, SCHEMA_READY, dispose_engine, engine_for, engine_key
+from resources.sql_schema import (
+    LABEL_COLS,
+    MODEL_COLS,
+    PRODUCTION_COLS,
+    STATUS_QUERIES,
+    TASK_COLS,
+    anomaly_counts,
+    label_events,
+    labels,
+    metadata,
+    model_from_row,
+    models,
+    production_events,
+    sample_counts,
+    task_events,
+    tasks,
+)
+from resources.store import Store, StoreError, VersionConflict
+from resources.store_records import (
     ACTIVE_STATES,
     AnomalyCount,
     Label,
     PartitionCount,
     ProductionEvent,
-    Store,
-    StoreError,
     Task,
-    VersionConflict,
-    _latest_and_finetunes,
-    _model_from_row,
     build_batch_statuses,
     check_label,
     check_task_args,
     label_key,
+    latest_and_finetunes,
     merge_task_event,
-    now_ms,
 )
 from resources.urls import url_without_password
-
-# -- schema (the same tables and column names as the SQLite files written before SQLAlchemy) ------
-
-metadata = sa.MetaData()
-_SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
-
-anomaly_counts = sa.Table(
-    "anomaly_counts", metadata,
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("window_start_ms", sa.BigInteger, nullable=False, autoincrement=False),
-    sa.Column("window_end_ms", sa.BigInteger, nullable=False),
-    sa.Column("lines", sa.BigInteger, nullable=False),
-    sa.Column("anomalies", sa.BigInteger, nullable=False),
-    sa.Column("model_version", sa.BigInteger, nullable=False),
-    sa.Column("recorded_ms", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("batch", "window_start_ms"),
-)
-sample_counts = sa.Table(
-    "sample_counts", metadata,
-    sa.Column("partition_key", sa.Text, nullable=False),
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("window_start_ms", sa.BigInteger, nullable=False),
-    sa.Column("window_end_ms", sa.BigInteger, nullable=False),
-    sa.Column("count", sa.BigInteger, nullable=False),
-    sa.Column("recorded_ms", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("partition_key", "batch"),
-    sa.Index("sample_counts_batch", "batch", "window_start_ms"),
-)
-models = sa.Table(
-    "models", metadata,
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("version", sa.BigInteger, nullable=False, autoincrement=False),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("artifact", sa.Text, nullable=False),
-    sa.Column("artifact_uri", sa.Text, nullable=False),
-    sa.Column("metrics", sa.Text, nullable=False),
-    sa.Column("window_start_ms", sa.BigInteger),
-    sa.Column("window_end_ms", sa.BigInteger),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-    sa.Column("parent_version", sa.BigInteger),
-    sa.Column("mode", sa.Text, nullable=False),
-    sa.PrimaryKeyConstraint("batch", "version"),
-    sa.UniqueConstraint("batch", "run_id"),
-)
-task_events = sa.Table(
-    "task_events", metadata,
-    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
-    sa.Column("task_id", sa.Text, nullable=False),
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("state", sa.Text, nullable=False),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("mode", sa.Text, nullable=False),
-    sa.Column("window_start_ms", sa.BigInteger),
-    sa.Column("window_end_ms", sa.BigInteger),
-    sa.Column("deadline_ms", sa.BigInteger),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("at_ms", sa.BigInteger, nullable=False),
-    sa.Index("task_events_task", "task_id", "seq"),
-    sqlite_autoincrement=True,
-)
-# the current state of each task (its last event), kept in step with task_events
-tasks = sa.Table(
-    "tasks", metadata,
-    sa.Column("task_id", sa.Text, primary_key=True),
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("state", sa.Text, nullable=False),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("mode", sa.Text, nullable=False),
-    sa.Column("window_start_ms", sa.BigInteger),
-    sa.Column("window_end_ms", sa.BigInteger),
-    sa.Column("started_ms", sa.BigInteger, nullable=False),
-    sa.Column("deadline_ms", sa.BigInteger),
-    sa.Column("updated_ms", sa.BigInteger, nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("first_seq", sa.BigInteger, nullable=False),
-    sa.Index("tasks_batch", "batch", "first_seq"),
-    sa.Index("tasks_state", "state", "first_seq"),
-)
-# labels: every label given, appended (the history), and the current label of each
-# (batch, form), kept in step; form_key = label_key(batch, masked): forms can be 4000
-# characters, too long for a PostgreSQL btree entry, so they are keyed by their hash.
-label_events = sa.Table(
-    "label_events", metadata,
-    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("form_key", sa.Text, nullable=False),
-    sa.Column("masked", sa.Text, nullable=False),
-    sa.Column("label", sa.Text, nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("model_version", sa.BigInteger),
-    sa.Column("example", sa.Text, nullable=False),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-    sa.Index("label_events_form", "batch", "form_key", "seq"),
-    sqlite_autoincrement=True,
-)
-labels = sa.Table(
-    "labels", metadata,
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("form_key", sa.Text, nullable=False),
-    sa.Column("masked", sa.Text, nullable=False),
-    sa.Column("label", sa.Text, nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("model_version", sa.BigInteger),
-    sa.Column("example", sa.Text, nullable=False),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),  # the label_events row of the current label
-    sa.PrimaryKeyConstraint("batch", "form_key"),
-    sa.Index("labels_seq", "seq"),
-)
-
-# production changes of each batch, appended (the last one wins; see resources/store.py)
-production_events = sa.Table(
-    "production_events", metadata,
-    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("version", sa.BigInteger, nullable=False),
-    sa.Column("previous_version", sa.BigInteger),
-    sa.Column("action", sa.Text, nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-    sa.Index("production_events_batch", "batch", "seq"),
-    sqlite_autoincrement=True,
-)
-
-_TASK_COLS = [tasks.c[name] for name in (
-    "task_id", "batch", "state", "run_id", "mode", "window_start_ms", "window_end_ms", "started_ms",
-    "deadline_ms", "updated_ms", "message",
-)]
-_MODEL_COLS = [models.c[name] for name in (
-    "batch", "version", "run_id", "artifact", "artifact_uri", "metrics", "window_start_ms", "window_end_ms",
-    "created_ms", "parent_version", "mode",
-)]
-_PRODUCTION_COLS = [production_events.c[name] for name in (
-    "batch", "version", "previous_version", "action", "source", "reason", "created_ms",
-)]
-_LABEL_COLS = [labels.c[name] for name in (
-    "batch", "masked", "label", "created_ms", "source", "model_version", "example",
-)]
-BACKENDS = ("sqlite", "postgresql")
-FLAVOURS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
-
-# engines per (url, timeout, process): a forked or spawned process builds its own
-_ENGINES: dict = {}
-_ENGINES_LOCK = threading.Lock()
-_SCHEMA_READY: set = set()
-
-
-def store_backend(url: str) -> str:
-    """'sqlite' or 'postgresql' for a store URL; ValueError (without the URL's password) otherwise."""
-    try:
-        backend = sa.make_url(url).get_backend_name()
-    except (sa_exc.ArgumentError, ValueError):
-        raise ValueError(f"{url_without_password(url)!r} is not a database URL "
-                         "(expected sqlite:///path or postgresql://user@host/database)") from None
-    if backend not in BACKENDS:
-        raise ValueError(f"store URL {url_without_password(url)!r}: unsupported database {backend!r} "
-                         f"(expected {' or '.join(BACKENDS)})")
-    return backend
-
-
-def _create_engine(url: sa.URL, timeout_s: float) -> sa.Engine:
-    if url.get_backend_name() == "sqlite":
-        # a connection per call, as before: nothing held open between calls, nothing shared across forks
-        engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"timeout": timeout_s})
-
-        @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):
-            dbapi_conn.isolation_level = None  # the driver's own BEGINs off: the "begin" hook below emits them
-            # with WAL (set once, with the schema): durable at checkpoints, no fsync per small commit
-            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-
-        @sa.event.listens_for(engine, "begin")
-        def _on_begin(conn):
-            # IMMEDIATE: a writer takes the write lock up front, so read-then-write never deadlocks
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("logloop_write") else "BEGIN")
-
-        return engine
-    connect_args = {}
-    if url.get_driver_name() in ("psycopg2", "psycopg"):
-        connect_args["connect_timeout"] = max(1, int(timeout_s))
-    engine = sa.create_engine(url, pool_size=2, max_overflow=8, pool_pre_ping=True, pool_recycle=1800,
-                              connect_args=connect_args)
-    lock_timeout_ms = int(timeout_s * 1000)
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_pg_connect(dbapi_conn, _record):
-        cur = dbapi_conn.cursor()
-        cur.execute(f"SET lock_timeout = {lock_timeout_ms}")  # our own number: waits for a lock are bounded
-        cur.close()
-        dbapi_conn.commit()
-
-    return engine
-
-
-def _status_queries():
-    """batch_statuses' three grouped reads (built once: SQLAlchemy then reuses their compiled form)."""
-    m, s = models.alias("m"), sample_counts.alias("s")
-    latest = sa.select(models.c.batch, sa.func.max(models.c.version).label("v")).group_by(models.c.batch).subquery("l")
-    watermark = (sa.select(m.c.batch, m.c.window_end_ms.label("wm"))
-                 .join(latest, sa.and_(m.c.batch == latest.c.batch, m.c.version == latest.c.v)).subquery("w"))
-    is_new = sa.or_(watermark.c.wm.is_(None), s.c.window_start_ms >= watermark.c.wm)
-    counts_query = (  # new = partitions starting at or after the latest model's window end
-        sa.select(s.c.batch, sa.func.sum(sa.case((is_new, s.c["count"]), else_=0)), sa.func.sum(s.c["count"]))
-        .select_from(s.outerjoin(watermark, watermark.c.batch == s.c.batch)).group_by(s.c.batch)
-    )
-    models_query = sa.select(models.c.batch, models.c.version, models.c.window_end_ms, models.c.mode)
-    tasks_query = (sa.select(*_TASK_COLS, tasks.c.state.in_(ACTIVE_STATES).label("active"))
-                   .order_by(tasks.c.first_seq.desc()))
-    return models_query, counts_query, tasks_query
-
-
-_STATUS_QUERIES = _status_queries()
 
 
 class SQLStore(Store):
@@ -313,42 +116,28 @@ class SQLStore(Store):
         return StoreError(text.strip())
 
     def _engine(self) -> sa.Engine:
-        url = self._target()
-        key = (url.render_as_string(hide_password=False), self.timeout_s, os.getpid())
-        engine = _ENGINES.get(key)
-        if engine is None:
-            with _ENGINES_LOCK:
-                engine = _ENGINES.get(key)
-                if engine is None:
-                    engine = _ENGINES[key] = _create_engine(url, self.timeout_s)
-        return engine
+        return engine_for(self._target(), self.timeout_s)
 
     def dispose(self) -> None:
         """Close this process's pooled connections to the store (they reopen on the next call)."""
-        url = self._target()
-        key = (url.render_as_string(hide_password=False), self.timeout_s, os.getpid())
-        with _ENGINES_LOCK:
-            engine = _ENGINES.pop(key, None)
-        if engine is not None:
-            engine.dispose()
-        _SCHEMA_READY.discard(key)
+        dispose_engine(self._target(), self.timeout_s)
 
     def _ensure_schema(self, conn: sa.Connection, key) -> None:
         """Create missing tables: once per store and process (on SQLite again if the file was emptied)."""
         if conn.dialect.name == "sqlite":
             raw = conn.connection.dbapi_connection  # outside any transaction (the driver is in autocommit)
-            if key in _SCHEMA_READY and raw.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            if key in SCHEMA_READY and raw.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
                 return
             raw.execute("PRAGMA journal_mode=WAL")
             conn.execution_options(logloop_write=True)
             with conn.begin():
                 metadata.create_all(conn)
             conn.execution_options(logloop_write=False)
-        elif key not in _SCHEMA_READY:
+        elif key not in SCHEMA_READY:
             with conn.begin():
                 self._lock(conn, "schema", "")  # two processes creating the tables at once would collide
                 metadata.create_all(conn)
-        _SCHEMA_READY.add(key)
+        SCHEMA_READY.add(key)
 
     @contextlib.contextmanager
     def _tx(self, write: bool = False, snapshot: bool = False,
@@ -360,7 +149,7 @@ class SQLStore(Store):
         Database errors become StoreError, except the types in `passthrough`.
         """
         engine = self._engine()
-        key = (engine.url.render_as_string(hide_password=False), self.timeout_s, os.getpid())
+        key = engine_key(engine.url, self.timeout_s)
         try:
             if engine.dialect.name == "sqlite":
                 Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -409,6 +198,20 @@ class SQLStore(Store):
             index_elements=keys, set_={c.name: stmt.excluded[c.name] for c in table.c if c.name not in keys})
         conn.execute(stmt, rows)
 
+    @staticmethod
+    def _append_event(conn: sa.Connection, table: sa.Table, row: dict) -> int:
+        """Append `row` to an event table (task_events, label_events, production_events); its seq."""
+        return conn.execute(sa.insert(table).values(**row)).inserted_primary_key[0]
+
+    @staticmethod
+    def _keep_current(conn: sa.Connection, table: sa.Table, key: dict, row: dict, first: Optional[dict]) -> None:
+        """Keep the current-state row of `key` in `table` (tasks, labels) in step with its latest event:
+        insert it, with the columns in `first` too, on the key's first event (`first` given), else update it."""
+        if first is not None:
+            conn.execute(sa.insert(table).values(**key, **first, **row))
+        else:
+            conn.execute(sa.update(table).where(*(table.c[k] == v for k, v in key.items())).values(**row))
+
     # -- sample counts ----------------------------------------------------------------------------
 
     def record_sample_counts(self, partition_key, window_start_ms, window_end_ms, counts):
@@ -446,12 +249,12 @@ class SQLStore(Store):
                 # this run's row and the latest one, in one statement: one snapshot even in READ COMMITTED
                 latest_version = (sa.select(sa.func.max(models.c.version)).where(models.c.batch == record.batch)
                                   .scalar_subquery())
-                rows = conn.execute(sa.select(*_MODEL_COLS).where(
+                rows = conn.execute(sa.select(*MODEL_COLS).where(
                     models.c.batch == record.batch,
                     sa.or_(models.c.run_id == record.run_id, models.c.version == latest_version))).all()
                 existing = [r for r in rows if r[2] == record.run_id]
                 if existing:
-                    return _model_from_row(existing[0])
+                    return model_from_row(existing[0])
                 latest = max((r[1] for r in rows), default=None)
                 if record.version != (latest or 0) + 1:
                     raise VersionConflict(f"batch {record.batch!r} is at version {latest}, not {record.version - 1}")
@@ -473,22 +276,22 @@ class SQLStore(Store):
         return record
 
     def list_models(self, batch=None):
-        query = sa.select(*_MODEL_COLS)
+        query = sa.select(*MODEL_COLS)
         if batch is not None:
             query = query.where(models.c.batch == batch)
         with self._tx() as conn:
             rows = conn.execute(query).all()
         # sorted here, by code point: database collations order names differently
-        return sorted((_model_from_row(r) for r in rows), key=lambda m: (m.batch, m.version))
+        return sorted((model_from_row(r) for r in rows), key=lambda m: (m.batch, m.version))
 
     # -- production ---------------------------------------------------------------------------------
 
     @staticmethod
     def _read_production(conn: sa.Connection, batch) -> tuple[list, list[ProductionEvent]]:
-        models_q = sa.select(*_MODEL_COLS).where(models.c.batch == batch).order_by(models.c.version)
-        events_q = (sa.select(*_PRODUCTION_COLS).where(production_events.c.batch == batch)
+        models_q = sa.select(*MODEL_COLS).where(models.c.batch == batch).order_by(models.c.version)
+        events_q = (sa.select(*PRODUCTION_COLS).where(production_events.c.batch == batch)
                     .order_by(production_events.c.seq))
-        return ([_model_from_row(r) for r in conn.execute(models_q).all()],
+        return ([model_from_row(r) for r in conn.execute(models_q).all()],
                 [ProductionEvent(*r) for r in conn.execute(events_q).all()])
 
     def _production_inputs(self, batch):
@@ -496,7 +299,7 @@ class SQLStore(Store):
             return self._read_production(conn, batch)
 
     def production_events(self, batch=None):
-        query = sa.select(*_PRODUCTION_COLS)
+        query = sa.select(*PRODUCTION_COLS)
         if batch is not None:
             query = query.where(production_events.c.batch == batch)
         with self._tx() as conn:
@@ -507,7 +310,7 @@ class SQLStore(Store):
             self._lock(conn, "production", batch)  # one change of a batch's production at a time
             event = plan(*self._read_production(conn, batch))
             if event is not None:
-                conn.execute(sa.insert(production_events).values(
+                self._append_event(conn, production_events, dict(
                     batch=event.batch, version=event.version, previous_version=event.previous_version,
                     action=event.action, source=event.source, reason=event.reason, created_ms=event.created_ms))
         return event
@@ -521,37 +324,30 @@ class SQLStore(Store):
             message = message.replace("\x00", "\ufffd")  # PostgreSQL text holds no NUL
         with self._tx(write=True) as conn:
             self._lock(conn, "task", task_id)
-            row = conn.execute(sa.select(*_TASK_COLS).where(tasks.c.task_id == task_id)).first()
+            row = conn.execute(sa.select(*TASK_COLS).where(tasks.c.task_id == task_id)).first()
             current = Task(*row) if row else None
             task = merge_task_event(
                 current, task_id, batch, state, now_ms(), run_id=run_id, mode=mode,
                 window_start_ms=window_start_ms, window_end_ms=window_end_ms, deadline_ms=deadline_ms,
                 message=message,
             )
-            seq = conn.execute(sa.insert(task_events).values(
-                task_id=task.task_id, batch=task.batch, state=task.state, run_id=task.run_id, mode=task.mode,
-                window_start_ms=task.window_start_ms, window_end_ms=task.window_end_ms,
-                deadline_ms=task.deadline_ms, message=task.message, at_ms=task.updated_ms,
-            )).inserted_primary_key[0]
             fields = dict(state=task.state, run_id=task.run_id, mode=task.mode, window_start_ms=task.window_start_ms,
-                          window_end_ms=task.window_end_ms, deadline_ms=task.deadline_ms,
-                          updated_ms=task.updated_ms, message=task.message)
-            if current is None:
-                conn.execute(sa.insert(tasks).values(task_id=task.task_id, batch=task.batch,
-                                                     started_ms=task.started_ms, first_seq=seq, **fields))
-            else:
-                conn.execute(sa.update(tasks).where(tasks.c.task_id == task.task_id).values(**fields))
+                          window_end_ms=task.window_end_ms, deadline_ms=task.deadline_ms, message=task.message)
+            seq = self._append_event(conn, task_events, dict(task_id=task.task_id, batch=task.batch, **fields,
+                                                             at_ms=task.updated_ms))
+            self._keep_current(conn, tasks, dict(task_id=task.task_id), {**fields, "updated_ms": task.updated_ms},
+                               first=None if current else dict(batch=task.batch, started_ms=task.started_ms, first_seq=seq))
         return task
 
     def get_task(self, task_id):
         with self._tx() as conn:
-            row = conn.execute(sa.select(*_TASK_COLS).where(tasks.c.task_id == task_id)).first()
+            row = conn.execute(sa.select(*TASK_COLS).where(tasks.c.task_id == task_id)).first()
         return Task(*row) if row else None
 
     def list_tasks(self, batch=None, state=None):
         if state is not None:
             check_task_args(state, None)
-        query = sa.select(*_TASK_COLS)
+        query = sa.select(*TASK_COLS)
         if batch is not None:
             query = query.where(tasks.c.batch == batch)
         if state is not None:
@@ -561,19 +357,19 @@ class SQLStore(Store):
         return [Task(*r) for r in rows]
 
     def active_tasks(self):
-        query = sa.select(*_TASK_COLS).where(tasks.c.state.in_(ACTIVE_STATES)).order_by(tasks.c.first_seq.desc())
+        query = sa.select(*TASK_COLS).where(tasks.c.state.in_(ACTIVE_STATES)).order_by(tasks.c.first_seq.desc())
         with self._tx() as conn:
             rows = conn.execute(query).all()
         return [Task(*r) for r in rows]
 
     def batch_statuses(self):
-        models_query, counts_query, tasks_query = _STATUS_QUERIES
+        models_query, counts_query, tasks_query = STATUS_QUERIES
         with self._tx(snapshot=True) as conn:  # one consistent snapshot for the three reads
             model_rows = conn.execute(models_query).all()
             counts = conn.execute(counts_query).all()
             task_rows = conn.execute(tasks_query).all()
         model_rows = sorted(((b, v, w, mode) for b, v, w, mode in model_rows), key=lambda r: (r[0], -r[1]))
-        latest_models, finetunes = _latest_and_finetunes(model_rows)
+        latest_models, finetunes = latest_and_finetunes(model_rows)
         active: dict[str, Task] = {}
         batches = set(latest_models) | {c[0] for c in counts}
         for row in task_rows:
@@ -611,39 +407,20 @@ class SQLStore(Store):
         key = label_key(new.batch, new.masked)
         with self._tx(write=True) as conn:
             self._lock(conn, "label", key)
-            row = conn.execute(sa.select(*_LABEL_COLS).where(labels.c.batch == new.batch,
+            row = conn.execute(sa.select(*LABEL_COLS).where(labels.c.batch == new.batch,
                                                              labels.c.form_key == key)).first()
             previous = Label(*row) if row else None
             fields = dict(masked=new.masked, label=new.label, source=new.source, model_version=new.model_version,
                           example=new.example, created_ms=new.created_ms)
-            seq = conn.execute(sa.insert(label_events).values(batch=new.batch, form_key=key, **fields)
-                               ).inserted_primary_key[0]
-            if previous is None:
-                conn.execute(sa.insert(labels).values(batch=new.batch, form_key=key, seq=seq, **fields))
-            else:
-                conn.execute(sa.update(labels).where(labels.c.batch == new.batch, labels.c.form_key == key)
-                             .values(seq=seq, **fields))
+            seq = self._append_event(conn, label_events, dict(batch=new.batch, form_key=key, **fields))
+            self._keep_current(conn, labels, dict(batch=new.batch, form_key=key), dict(seq=seq, **fields),
+                               first=None if previous else {})
         return new, previous
 
     def labels(self, batch=None):
-        query = sa.select(*_LABEL_COLS)
+        query = sa.select(*LABEL_COLS)
         if batch is not None:
             query = query.where(labels.c.batch == batch)
         with self._tx() as conn:
             rows = conn.execute(query.order_by(labels.c.seq)).all()
         return [Label(*r) for r in rows]
-
-
-class SQLiteStore(SQLStore):
-    """The embedded store: one SQLite file, safe for several processes on one host (WAL)."""
-
-    path: str = Field(description="The SQLite file.")
-    url: str = Field(default="", description="Not used: the file is `path`.")
-
-    def __repr_args__(self):
-        for name, value in super().__repr_args__():
-            if name != "url":
-                yield name, value
-
-    def _target(self) -> sa.URL:
-        return sa.URL.create("sqlite", database=self.path)

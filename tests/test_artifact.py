@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -68,13 +69,34 @@ def test_bytes_are_reproducible_and_loadable(parts):
     assert load_artifact_bytes(a).meta == {"v": 1}
 
 
-def test_overwrite_is_atomic_replacement(parts, tmp_path):
+def test_overwrite_is_atomic_replacement(parts, tmp_path, monkeypatch):
+    """An overwrite replaces the file whole (a new inode renamed over the old one, never the old
+    file rewritten in place), and a write that crashes before it is done leaves the old artifact
+    intact and no partial file behind."""
+    import types
+
+    import ops.register.artifact as artifact_module
+
     model, vocab = parts
     path = write(tmp_path, model, vocab)
+    old_bias = model.head.bias.detach().clone()
+    old_inode = path.stat().st_ino
     with torch.no_grad():
         model.head.bias.add_(1.0)
     write(tmp_path, model, vocab)
     torch.testing.assert_close(read_artifact(path).model.head.bias, model.head.bias)
+    assert path.stat().st_ino != old_inode  # replaced, not rewritten in place
+
+    def crash(fd):
+        raise OSError("disk full")  # the bytes are written, not yet durable
+
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    monkeypatch.setattr(artifact_module, "os", types.SimpleNamespace(**{**vars(os), "fsync": crash}))
+    with pytest.raises(OSError, match="disk full"):
+        write(tmp_path, model, vocab)
+    torch.testing.assert_close(read_artifact(path).model.head.bias, old_bias + 1.0)  # the previous write, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zip"]  # no partial or temporary file left
 
 
 def test_missing_file(tmp_path):

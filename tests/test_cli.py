@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from resources.store import ModelRecord, SQLiteStore
+from resources.sqlite_store import SQLiteStore
+from resources.store_records import ModelRecord
 
 HOSTILE = "team'; DROP TABLE models; --/../x"
 

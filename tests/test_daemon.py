@@ -37,7 +37,8 @@ import pytest
 import yaml
 
 from scripts import demo_logs
-from resources.store import SQLiteStore, SQLStore
+from resources.sql_store import SQLStore
+from resources.sqlite_store import SQLiteStore
 from tests.postgres_server import postgres_server
 from tests.processes import stop_process_group
 

@@ -22,7 +22,7 @@ from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 
 from scripts import demo_logs
 from orchestration.loop_settings import LoopSettings, Thresholds
-from resources.store import SQLiteStore
+from resources.sqlite_store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -137,7 +137,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_killed_run_is_settled_on_the_next_tick_and_the_batch_retrains(home, tmp_path, monkeypatch):
-    from orchestration.sensors import evaluate_new_samples
+    from orchestration.training_trigger import evaluate_new_samples
 
     env = env_for(home)
     proc = materialize(env, *train_args(tmp_path / "run.json", epochs=500), start_new_session=True)
@@ -178,7 +178,7 @@ def test_a_killed_run_is_settled_on_the_next_tick_and_the_batch_retrains(home, t
 
 
 def test_a_sensor_tick_records_no_task_for_the_runs_it_requests(home):
-    from orchestration.sensors import evaluate_new_samples
+    from orchestration.training_trigger import evaluate_new_samples
 
     store = SQLiteStore(path=str(home / "store.sqlite"))
     instance = DagsterInstance.from_config(str(home / "dagster_home"))
@@ -195,7 +195,7 @@ def test_a_sensor_tick_records_no_task_for_the_runs_it_requests(home):
 
 
 def test_a_deleted_store_is_rebuilt_from_artifact_storage_and_the_loop_goes_on(home, tmp_path):
-    from orchestration.sensors import evaluate_new_samples
+    from orchestration.training_trigger import evaluate_new_samples
     from resources.artifacts import LocalArtifactStorage
 
     finish(materialize(env_for(home), *train_args(tmp_path / "run.json", epochs=1)))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestration import cli
-from resources.store import ModelRecord, SQLiteStore
+from resources.sqlite_store import SQLiteStore
+from resources.store_records import ModelRecord
 
 HOSTILE = "team'; DROP TABLE labels; --/../x"
 ENV_VARS = ("LOGLOOP_STORE_URL", "LOGLOOP_STORE_PASSWORD", "LOGLOOP_TDENGINE_URL", "LOGLOOP_TDENGINE_PASSWORD",

@@ -15,7 +15,8 @@ from dagster import materialize
 from orchestration import cli
 from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
 from orchestration.checks import nulog_model_quality
-from resources.store import ModelRecord, SQLiteStore
+from resources.sqlite_store import SQLiteStore
+from resources.store_records import ModelRecord
 from tests import test_pipeline
 from tests.test_pipeline import BATCH, HOUR_MS, START_MS, hour_key, train_config
 

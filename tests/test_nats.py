@@ -462,7 +462,7 @@ def test_credentials_are_used_and_a_refusal_names_the_server_but_no_secret(tmp_p
 
 def test_model_ready_says_what_started_the_run_and_carries_the_registry_record():
     from orchestration.model_events import model_ready
-    from resources.store import ModelRecord
+    from resources.store_records import ModelRecord
 
     record = ModelRecord(batch=BATCH, version=4, run_id="r-1", artifact="models/x/nulog-4.zip",
                          artifact_uri="s3://b/models/x/nulog-4.zip", metrics={"top_k_accuracy": 0.9},

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from resources.nats_bus import NatsBus
-from resources.store import SQLiteStore
+from resources.sqlite_store import SQLiteStore
 from tests.nats_server import nats_server
 from tests.processes import stop_process_group
 from tests.test_daemon import BATCH, minute_ms, wait_for, write_logs

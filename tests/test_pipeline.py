@@ -14,7 +14,7 @@ from orchestration.partitions import PARTITION_FMT
 from resources.nats_bus import NoModelEvents
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
-from resources.store import SQLiteStore
+from resources.sqlite_store import SQLiteStore
 
 HOUR_MS = 3_600_000
 START_MS = int(dt.datetime(2026, 11, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -199,7 +199,7 @@ def test_failed_runs_settle_their_tasks(env):
 
     from dagster import DagsterRunStatus
 
-    from orchestration.sensors import _settle
+    from orchestration.tasks import settle_run
 
     _, resources = env
     store = resources["store"]
@@ -208,6 +208,6 @@ def test_failed_runs_settle_their_tasks(env):
     log = SimpleNamespace(info=lambda m: None)
     for task_id, run_id in (("t-1", "run-1"), ("t-2", "run-2")):
         run = SimpleNamespace(run_id=run_id, tags={"logloop/task_id": task_id}, status=DagsterRunStatus.FAILURE)
-        _settle(store, SimpleNamespace(dagster_run=run, log=log), "failed")
+        settle_run(store, SimpleNamespace(dagster_run=run, log=log), "failed")
     assert store.get_task("t-1").state == "failed" and "FAILURE" in store.get_task("t-1").message
     assert store.get_task("t-2").state == "dead"  # a reaped task stays dead

@@ -10,8 +10,8 @@ from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
 from dagster._core.test_utils import create_run_for_test
 
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, load_loop_settings
-from orchestration.sensors import dead_task_reaper, describe_reap, evaluate_reaper
-from resources.store import SQLiteStore
+from orchestration.tasks import dead_task_reaper, describe_reap, evaluate_reaper
+from resources.sqlite_store import SQLiteStore
 
 
 @pytest.fixture

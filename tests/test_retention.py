@@ -35,7 +35,7 @@ from orchestration.retention import Item, Plan, RetentionPolicy, apply, dry_run,
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.nats_bus import NoModelEvents
-from resources.store import SQLiteStore
+from resources.sqlite_store import SQLiteStore
 from orchestration.partitions import PARTITION_FMT
 from tests.test_pipeline import BATCH, HOUR_MS
 

@@ -21,7 +21,8 @@ from ops.validate.templates import VARIABLE, collapse, generalize, templates, to
 from ops.train.loop import TrainConfig, train
 from ops.train.vocab import Vocab
 from resources.artifacts import LocalArtifactStorage
-from resources.store import ModelRecord, SQLiteStore
+from resources.sqlite_store import SQLiteStore
+from resources.store_records import ModelRecord
 
 LINES = (
     ["connection from 10.0.0.%d port %d accepted" % (i % 7, 4000 + i) for i in range(60)]

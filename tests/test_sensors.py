@@ -13,11 +13,15 @@ from pydantic import Field
 from ops.train.decisions import decide
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, Thresholds, load_loop_settings
 from orchestration.partitions import time_partitions
-from orchestration.sensors import TASK_TAG, evaluate_new_samples, reap, training_run_config
+from orchestration.contract import TASK_TAG
+from orchestration.tasks import reap
+from orchestration.training_trigger import evaluate_new_samples, training_run_config
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, LogSource, LogSourceError
 from resources.opensearch_source import OpenSearchLogSource
-from resources.store import ModelRecord, SQLiteStore, StoreError
+from resources.sqlite_store import SQLiteStore
+from resources.store import StoreError
+from resources.store_records import ModelRecord
 
 HOSTILE = "x'; DROP TABLE tasks; --/../../etc"
 SETTINGS = LoopSettings(thresholds=Thresholds(min_start_count=100, min_update_count=50),
@@ -183,7 +187,7 @@ def test_raw_logs_observer_counts_the_last_closed_windows_per_batch(instance, tm
     from collections import Counter
 
     from scripts import demo_logs
-    from orchestration.sensors import observe_source
+    from orchestration.observer import observe_source
     from resources.log_source import LocalLogSource
 
     hour = 3_600_000
@@ -325,7 +329,7 @@ def test_unsummarised_closed_windows_with_records_get_catch_up_ingest_runs(insta
 
 
 def test_catch_up_leaves_the_newest_window_to_the_schedule_and_caps_a_tick(instance, store, monkeypatch, messages):
-    import orchestration.sensors as sensors
+    import orchestration.training_trigger as sensors
 
     counts(store, 0, a=30)
     source = CountingSource(records={hour_key(h): {"a": 1_000} for h in range(24)})
@@ -341,7 +345,7 @@ def test_catch_up_leaves_the_newest_window_to_the_schedule_and_caps_a_tick(insta
 
 
 def test_waiting_batches_say_what_is_being_ingested_when_nothing_trains(instance, store, messages):
-    from orchestration.sensors import last_closed_keys
+    from orchestration.partitions import last_closed_keys
 
     counts(store, 0, a=30)
     source = CountingSource(records={hour_key(11): {"a": 70}})
@@ -357,7 +361,7 @@ def test_waiting_batches_say_what_is_being_ingested_when_nothing_trains(instance
 
 
 def test_a_source_that_does_not_count_cheaply_is_never_counted(instance, store, tmp_path):
-    from orchestration.sensors import new_samples_sensor
+    from orchestration.training_trigger import new_samples_sensor
 
     assert not LocalLogSource(path=str(tmp_path)).counts_cheaply
     assert OpenSearchLogSource(hosts=["http://opensearch:9200"]).counts_cheaply
@@ -376,7 +380,7 @@ def test_a_source_that_does_not_count_cheaply_is_never_counted(instance, store, 
 
 
 def test_a_count_failure_still_gives_the_training_decisions(instance, store, messages, monkeypatch):
-    import orchestration.sensors as sensors
+    import orchestration.training_trigger as sensors
 
     counts(store, 0, a=200, b=10)
     source = CountingSource(records={hour_key(11): {"a": 70}}, fail=True)
@@ -418,7 +422,7 @@ def test_the_sensor_requests_resolve_against_both_jobs(instance, store, tmp_path
     from dagster._core.definitions.partitions.context import partition_loading_context
 
     from orchestration.definitions import defs
-    from orchestration.sensors import last_closed_keys
+    from orchestration.partitions import last_closed_keys
 
     counts(store, 0, a=10**6)
     instance.add_dynamic_partitions("batches", ["a"])
@@ -465,7 +469,7 @@ def test_catch_up_with_the_opensearch_source_is_one_count_request(instance, stor
 
 
 def test_an_empty_store_beside_empty_windows_is_restored_once_not_every_tick(instance, store, tmp_path, monkeypatch):
-    import orchestration.sensors as sensors
+    import orchestration.training_trigger as sensors
     from ops.mask.summary import write_summaries
 
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))

@@ -23,9 +23,13 @@ from types import SimpleNamespace
 import pytest
 
 from ops.naming import InvalidName, batch_key, validate_batch_name, validate_key
+from ops.validate.feedback import LABELS
 from resources.sql_store import SQLStore
-from resources.store import LABELS, ModelRecord, ProductionError, SQLiteStore, StoreError, VersionConflict
-from resources.tdengine_store import TDengineStore, literal
+from resources.sqlite_store import SQLiteStore
+from resources.store import StoreError, VersionConflict
+from resources.store_records import ModelRecord, ProductionError
+from resources.tdengine_client import literal
+from resources.tdengine_store import TDengineStore
 from tests.postgres_server import PostgresUnavailable, postgres_server
 from tests.taos_rest_server import FakeTaosAdapter, FakeTDengine
 
@@ -256,7 +260,7 @@ def test_tight_loop_writes_are_all_kept(store, monkeypatch):
     """Many writes, all on the same nanosecond of the clock (frozen here, as a coarse clock or a
     fast loop would have it): TDengine would silently overwrite any two that shared a timestamp
     in one child table, so every write must still get its own."""
-    import resources.tdengine_store as tds
+    import resources.tdengine_client as tds
 
     frozen = time.time_ns()
     monkeypatch.setattr(tds, "time", SimpleNamespace(time_ns=lambda: frozen))
@@ -276,7 +280,7 @@ def test_tight_loop_writes_are_all_kept(store, monkeypatch):
 
 def test_tdengine_writers_on_the_same_nanosecond_use_separate_child_tables(fake_taos, monkeypatch):
     """Two processes whose clocks agree to the nanosecond: their writer ids keep them apart."""
-    import resources.tdengine_store as tds
+    import resources.tdengine_client as tds
 
     frozen = time.time_ns()
     monkeypatch.setattr(tds, "time", SimpleNamespace(time_ns=lambda: frozen))
@@ -293,7 +297,7 @@ def test_tdengine_writers_on_the_same_nanosecond_use_separate_child_tables(fake_
 def test_forked_processes_get_their_own_writer_id():
     import multiprocessing
 
-    import resources.tdengine_store as tds
+    import resources.tdengine_client as tds
 
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
@@ -356,7 +360,7 @@ def test_tdengine_registration_that_loses_a_race_is_a_version_conflict(fake_taos
 
 
 def _append_raw(store, rec):
-    from resources.tdengine_store import allocate_ns
+    from resources.tdengine_client import allocate_ns
 
     store._insert("models", [(rec.batch, (allocate_ns(), rec.version, rec.run_id, rec.artifact, rec.artifact_uri,
                                           "{}", None, None, 1, None, rec.mode))], "rival")
@@ -365,8 +369,21 @@ def _append_raw(store, rec):
 # -- reachability -------------------------------------------------------------------------------------
 
 
-def test_ping_answers_on_a_working_store(store):
+def test_ping_answers_on_a_working_store(store, tmp_path):
+    """ping answers on the store, and raises StoreError once the same store is out of reach: it
+    must really talk to the database, not just return."""
     store.ping()
+    if isinstance(store, SQLiteStore):
+        (tmp_path / "a-file").write_text("x")  # a store under a file cannot be opened
+        broken = SQLiteStore(path=str(tmp_path / "a-file" / "store.sqlite"))
+    elif isinstance(store, TDengineStore):
+        broken = TDengineStore(url=f"http://127.0.0.1:{_closed_port()}", database=store.database,
+                               password=FAKE_PASSWORD, timeout_s=2)
+    else:
+        broken = SQLStore(url=f"postgresql://logloop@127.0.0.1:{_closed_port()}/logloop", timeout_s=2)
+    with pytest.raises(StoreError):
+        broken.ping()
+    store.ping()  # the working store still answers
 
 
 def test_unreachable_store_is_a_clear_error(tmp_path):
@@ -474,7 +491,7 @@ def test_batch_names_and_keys():
 
 
 def test_anomaly_counts_are_a_time_series_and_rerecording_replaces(store):
-    from resources.store import AnomalyCount
+    from resources.store_records import AnomalyCount
 
     store.record_anomaly_counts([AnomalyCount(HOSTILE, 0, 10, 100, 3, 1), AnomalyCount(HOSTILE, 10, 20, 50, 0, 1),
                                  AnomalyCount("other", 0, 10, 7, 7, 2)])
@@ -525,7 +542,8 @@ def test_labels_are_per_batch_and_oldest_first(store):
 
 
 def test_label_text_round_trips_and_long_text_is_cut(store):
-    from resources.store import MAX_LABEL_EXAMPLE, MAX_LABEL_FORM, label_form
+    from ops.validate.feedback import label_form, MAX_LABEL_FORM
+    from resources.store_records import MAX_LABEL_EXAMPLE
 
     example = f"it's \"quoted\"; -- {UNICODE}\ttab \x1b[31mred\x1b[0m nul\x00"
     got, _ = store.record_label("a", "nul \x00 bell \x07 quote ' back \\", "anomaly", source=HOSTILE, example=example)
@@ -609,7 +627,7 @@ def test_a_store_made_before_labels_gets_its_label_tables(tmp_path, fake_taos):
 
 
 def tds_stables():
-    import resources.tdengine_store as tds
+    import resources.tdengine_client as tds
 
     return tds._STABLES
 
@@ -617,7 +635,7 @@ def tds_stables():
 def test_tdengine_relabel_wins_over_a_label_from_a_clock_ahead(fake_taos, monkeypatch):
     """Host A (clock ahead) labels; host B, whose clock is 10 s behind, corrects it: B's label
     is written after the one it read, so it is the current one."""
-    import resources.tdengine_store as tds
+    import resources.tdengine_client as tds
 
     store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
     now = time.time_ns()
@@ -789,7 +807,7 @@ def test_tdengine_database_made_before_production_gets_its_super_table(fake_taos
 def test_tdengine_production_change_wins_over_one_from_a_clock_ahead(fake_taos, monkeypatch):
     """Host A (clock 10 s ahead) promotes v1; host B rolls back: B's event is written after the one it
     read, so the rollback is the current state, and each host wrote its own child table."""
-    import resources.tdengine_store as tds
+    import resources.tdengine_client as tds
 
     store = TDengineStore(url=fake_taos.url, database=_fresh_db(), password=FAKE_PASSWORD)
     _versions(store, "a", 2)

@@ -200,7 +200,7 @@ def test_train_local_and_opni_request_register_versions(tmp_path):
     from orchestration.assets import partition_summaries
     from resources.artifacts import LocalArtifactStorage
     from resources.log_source import LocalLogSource
-    from resources.store import SQLiteStore
+    from resources.sqlite_store import SQLiteStore
 
     home = tmp_path / "home"
     start = int(dt.datetime(2026, 11, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -235,7 +235,7 @@ def test_train_local_and_opni_request_register_versions(tmp_path):
 def _all_counts(home):
     import sqlite3
 
-    from resources.store import PartitionCount
+    from resources.store_records import PartitionCount
 
     with sqlite3.connect(home / "store.sqlite") as conn:
         rows = conn.execute("SELECT partition_key, batch, window_start_ms, window_end_ms, count FROM sample_counts").fetchall()

@@ -100,7 +100,7 @@ def spec_doc(spec_id: str, epochs: int = 3, batch: str = BATCH) -> dict:
 
 
 def models(home: Path, batch: str = BATCH) -> list:
-    from resources.store import SQLiteStore
+    from resources.sqlite_store import SQLiteStore
 
     return SQLiteStore(path=str(home / "store.sqlite")).list_models(batch)
 

@@ -1,5 +1,4 @@
-"""The loop that keeps models fresh: ingest each closed hour, train when enough data
-arrived, keep task records true, and reap tasks that died.
+"""The training trigger: ingest each closed hour, and train when enough data arrived.
 
 - `ingest_logs_schedule` materializes each time window as it closes, which records new
   sample counts in the store.
@@ -9,22 +8,14 @@ arrived, keep task records true, and reap tasks that died.
   last `catch_up_windows` closed windows that are not summarised and have no ingest run
   in flight are counted in one request, and those holding records get an ingest run.
   A tick records no task: the run's first asset does when the run starts
-  (orchestration.tasks), so a dropped run request leaves nothing behind. A batch is busy
-  while it has an active task or a training run in flight; a busy batch whose run is no
-  longer alive (finished silently, never launched, or its process killed) is settled on
+  (orchestration.tasks, the task lifecycle), so a dropped run request leaves nothing behind. A
+  batch is busy while it has an active task or a training run in flight; a busy batch whose run
+  is no longer alive (finished silently, never launched, or its process killed) is settled on
   the spot (`orchestration.tasks.reconcile`) and trains again.
-- `training_run_status` sensors mark a task failed or canceled as soon as its run ends
-  that way. The `registered_model` asset marks success.
-- `dead_task_reaper`, a sensor (every `reaper_interval_s`, 5 minutes by default), marks tasks
-  dead once they pass their deadline and terminates their runs. It also settles tasks whose
-  runs are not alive. It starts no run: what it did is its tick's log and skip reason. (It
-  replaced the `reap_dead_tasks` schedule and job; a new name, because Dagster keeps a
-  schedule's state under its name, and a sensor of that name would read it.)
 """
 
 import datetime as dt
 import json
-import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -32,57 +23,34 @@ from dataclasses import dataclass, field
 
 from dagster import (
     AssetKey,
-    AssetObservation,
     AssetPartitionStatus,
-    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
-    MetadataValue,
     RunRequest,
     RunsFilter,
-    RunStatusSensorContext,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     build_schedule_from_partitioned_job,
-    run_status_sensor,
     sensor,
 )
 
-from ops.train.decisions import decide
 from ops.naming import batch_key
+from ops.train.decisions import decide
+from ops.windows import now_ms
+from orchestration.contract import BATCH_TAG, CATCH_UP_TAG, MODE_TAG, TASK_TAG
 from orchestration.jobs import ingest_logs_job, train_model_job
-from orchestration.loop_settings import LoopSettings, loop_settings
-from orchestration.partitions import batch_partitions, time_partitions
-from orchestration.tasks import (
-    BATCH_TAG,
-    MODE_TAG,
-    TASK_TAG,
-    find_run,
-    in_flight_batches,
-    now_ms,
-    reconcile,
-)
+from orchestration.loop_settings import LoopSettings, loop_settings, merge_run_config
+from orchestration.partitions import batch_partitions, iso, last_closed_keys, time_partitions
 from orchestration.restore import restore_store
+from orchestration.tasks import UNSUCCESSFUL, in_flight_batches, reconcile
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource, LogSourceError
-from resources.store import ACTIVE_STATES, Store, StoreError
+from resources.store import Store, StoreError
 
 SETTINGS: LoopSettings = loop_settings()  # invalid thresholds fail the code location's load
 
-CATCH_UP_TAG = "logloop/catch_up"
 _TASK_NS = uuid.UUID("5b0c1f0e-6a57-4f6b-9a57-2f1d0c0ffee0")
-
-
-def iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat()
-
-
-def merge_run_config(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge_run_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def training_run_config(mode: str, watermark_ms, settings: LoopSettings) -> dict:
@@ -91,18 +59,6 @@ def training_run_config(mode: str, watermark_ms, settings: LoopSettings) -> dict
         sample["window_start"] = iso(watermark_ms)
     return merge_run_config({"ops": {"training_sample": {"config": sample}}}, settings.training_run_config)
 
-
-def last_closed_keys(n: int, current_time: dt.datetime | None = None) -> list[str]:
-    """The keys of the last n closed time windows, oldest first (without listing every key)."""
-    now = current_time or dt.datetime.now(dt.timezone.utc)
-    window = time_partitions.time_window_for_partition_key(time_partitions.get_partition_key_for_timestamp(now.timestamp()))
-    keys: list[str] = []
-    while len(keys) < n:
-        window = time_partitions.get_prev_partition_window(window.start)
-        if window is None:
-            break
-        keys.append(time_partitions.get_partition_key_for_timestamp(window.start.timestamp()))
-    return keys[::-1]
 
 
 # ---- catch-up ingestion ---------------------------------------------------------------
@@ -246,7 +202,7 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
     attempts: dict[str, int] = {}
     if launches:
         for t in store.list_tasks():
-            if t.state in ("failed", "dead"):
+            if t.state in UNSUCCESSFUL:
                 attempts[t.batch] = attempts.get(t.batch, 0) + 1
     requests = []
     for d in launches:
@@ -301,155 +257,3 @@ ingest_logs_schedule = build_schedule_from_partitioned_job(
     description="Summarise each time window as it closes, which records its new sample counts.",
     default_status=DefaultScheduleStatus.RUNNING,
 )
-
-
-def task_of_run(store: Store, run):
-    task_id = run.tags.get(TASK_TAG) or run.run_id
-    return store.get_task(task_id)
-
-
-def _settle(store: Store, context: RunStatusSensorContext, state: str) -> None:
-    run = context.dagster_run
-    task = task_of_run(store, run)
-    if task is None:
-        batch = run.tags.get(BATCH_TAG) or run.tags.get("dagster/partition")
-        if run.job_name != train_model_job.name or not batch:
-            return  # not a training run
-        # it ended before its first asset recorded the task: record it, so the attempt counts
-        store.record_task_event(run.tags.get(TASK_TAG) or run.run_id, batch, state, run_id=run.run_id,
-                                mode=run.tags.get(MODE_TAG) if run.tags.get(MODE_TAG) in ("scratch", "finetune") else None,
-                                message=f"run {run.run_id} ended {run.status.value} before it started training")
-        context.log.info(f"task of run {run.run_id}, batch {batch!r}: {state}")
-        return
-    if task.state not in ACTIVE_STATES:
-        return  # already settled (e.g. reaped as dead)
-    store.record_task_event(task.task_id, task.batch, state, run_id=run.run_id,
-                            message=f"run {run.run_id} ended {run.status.value}")
-    context.log.info(f"task {task.task_id} of batch {task.batch!r}: {state}")
-
-
-@run_status_sensor(run_status=DagsterRunStatus.FAILURE, default_status=DefaultSensorStatus.RUNNING,
-                   name="training_run_failed", description="Mark a training task failed as soon as its run fails.")
-def training_run_failed(context: RunStatusSensorContext, store: Store):
-    _settle(store, context, "failed")
-
-
-@run_status_sensor(run_status=DagsterRunStatus.CANCELED, default_status=DefaultSensorStatus.RUNNING,
-                   name="training_run_canceled", description="Mark a training task failed when its run is canceled.")
-def training_run_canceled(context: RunStatusSensorContext, store: Store):
-    _settle(store, context, "failed")
-
-
-# ---- observing the source --------------------------------------------------------------
-
-
-def observe_source(context: SensorEvaluationContext, log_source: LogSource, windows_back: int, current_time=None):
-    """Counts of the last closed windows per known batch, as observations of raw_logs' partitions."""
-    from ops.windows import Windows
-    from orchestration.assets import window_ms
-
-    batches = sorted(context.instance.get_dynamic_partitions(batch_partitions.name))
-    keys = last_closed_keys(windows_back, current_time)
-    if not batches or not keys:
-        return SensorResult(skip_reason=SkipReason("no known batches or no closed windows to observe yet"))
-    counts = log_source.count(Windows([window_ms(k) for k in keys]), batches)
-    events = []
-    for w, key in enumerate(keys):
-        by_batch = {b: counts.get((w, b), 0) for b in batches}
-        events.append(AssetObservation(
-            asset_key="raw_logs", partition=key,
-            metadata={"records": sum(by_batch.values()), "records_by_batch": MetadataValue.json(by_batch),
-                      "source": log_source.describe()},
-        ))
-    return SensorResult(asset_events=events)
-
-
-@sensor(
-    minimum_interval_seconds=SETTINGS.observe_interval_s,
-    # OpenSearch answers with one count request; the local folder would be read in full
-    default_status=DefaultSensorStatus.RUNNING if os.environ.get("LOGLOOP_OPENSEARCH_HOSTS") else DefaultSensorStatus.STOPPED,
-    description="Observe the source: records per batch in the last closed windows (OpenSearch's count API).",
-)
-def raw_logs_observer(context: SensorEvaluationContext, log_source: LogSource):
-    return observe_source(context, log_source, SETTINGS.observe_windows)
-
-
-# ---- the reaper -------------------------------------------------------------------
-
-def terminate(instance, run, log) -> str:
-    """Cancel through the run coordinator; force-mark canceled when nobody answers."""
-    try:
-        if instance.run_coordinator.cancel_run(run.run_id):
-            return "canceled"
-    except Exception as exc:  # the code server may be gone with the run
-        log.warning(f"run {run.run_id}: cancel failed ({exc}); forcing")
-    run = instance.get_run_by_id(run.run_id)
-    if run and not run.is_finished:
-        instance.report_run_canceled(run, message="logloop reaper: the task passed its deadline; forced cancel")
-        return "force-canceled"
-    return "already finished"
-
-
-def reap(instance, store: Store, log, at_ms: int | None = None) -> dict:
-    """Mark dead every working task past its deadline; settle tasks whose runs are not alive.
-
-    Returns {"checked": n, "dead": [task ids], "settled": [task ids], "events": [one line per task acted on]}."""
-    at_ms = at_ms or now_ms()
-    report = {"dead": [], "settled": [], "checked": 0, "events": []}
-    for task in store.active_tasks():
-        report["checked"] += 1
-        outcome = reconcile(instance, store, task, at_ms)
-        if outcome:
-            report["settled"].append(task.task_id)
-            report["events"].append(f"{task.task_id} ({task.batch}) settled: {outcome}")
-            log.info(f"task {task.task_id} of batch {task.batch!r} settled ({outcome})")
-            continue
-        if task.deadline_ms is None or at_ms <= task.deadline_ms:
-            continue
-        run = find_run(instance, task)
-        outcome = terminate(instance, run, log) if run is not None else "no run"
-        store.record_task_event(task.task_id, task.batch, "dead", run_id=run.run_id if run else task.run_id,
-                                message=f"reaped: past its deadline {iso(task.deadline_ms)}; run {outcome}")
-        log.warning(f"task {task.task_id} of batch {task.batch!r} is dead (run {outcome})")
-        report["dead"].append(task.task_id)
-        report["events"].append(f"{task.task_id} ({task.batch}) dead: past its deadline {iso(task.deadline_ms)}, "
-                                + (f"run {outcome}" if run is not None else "it had no run"))
-    return report
-
-
-def describe_reap(report: dict, most: int = 10) -> str:
-    """One line for the tick: what the reaper did, or why it did nothing."""
-    acted = len(report["dead"]) + len(report["settled"])
-    if not acted:
-        if not report["checked"]:
-            return "nothing to reap: no active tasks"
-        return f"nothing to reap: {report['checked']} active task(s), all alive and within their deadlines"
-    events = report["events"]
-    more = f"; and {len(events) - most} more" if len(events) > most else ""
-    return (f"reaped {acted} task(s) of {report['checked']} active ({len(report['dead'])} dead, "
-            f"{len(report['settled'])} settled): " + "; ".join(events[:most]) + more)
-
-
-def evaluate_reaper(context: SensorEvaluationContext, store: Store, at_ms: int | None = None) -> SensorResult:
-    """One reaper tick: it acts on the store and the runs directly and requests no run; what it did
-    is the tick's skip reason and log."""
-    try:
-        report = reap(context.instance, store, context.log, at_ms)
-    except StoreError as exc:
-        raise StoreError(f"dead_task_reaper: the store is unreachable, nothing reaped this tick: {exc}") from exc
-    summary = describe_reap(report)
-    context.log.info(summary)
-    cursor = json.dumps({"tick_ms": at_ms or now_ms(), "checked": report["checked"], "dead": len(report["dead"]),
-                         "settled": len(report["settled"])})
-    return SensorResult(skip_reason=SkipReason(summary), cursor=cursor)
-
-
-@sensor(
-    name="dead_task_reaper",
-    minimum_interval_seconds=SETTINGS.reaper_interval_s,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Mark tasks past their deadline dead and terminate their runs; settle tasks whose runs are not "
-    "alive. Starts no run: its decisions are the tick's log and skip reason.",
-)
-def dead_task_reaper(context: SensorEvaluationContext, store: Store):
-    return evaluate_reaper(context, store)

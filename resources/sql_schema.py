@@ -1,0 +1,187 @@
+"""The SQL store's tables (SQLAlchemy Core), the column lists its reads select, and the grouped
+reads of batch_statuses. Used by resources/sql_store.py on SQLite and PostgreSQL alike.
+
+Three tables are append-only event logs (task_events, label_events, production_events: see
+`event_table`); tasks and labels keep the current state of each task and labelled form in step
+with their events, so reads never scan the history.
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+
+from resources.store_records import ACTIVE_STATES, ModelRecord
+
+# -- schema (the same tables and column names as the SQLite files written before SQLAlchemy) ------
+
+metadata = sa.MetaData()
+_SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
+
+anomaly_counts = sa.Table(
+    "anomaly_counts", metadata,
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("window_start_ms", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.Column("window_end_ms", sa.BigInteger, nullable=False),
+    sa.Column("lines", sa.BigInteger, nullable=False),
+    sa.Column("anomalies", sa.BigInteger, nullable=False),
+    sa.Column("model_version", sa.BigInteger, nullable=False),
+    sa.Column("recorded_ms", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("batch", "window_start_ms"),
+)
+sample_counts = sa.Table(
+    "sample_counts", metadata,
+    sa.Column("partition_key", sa.Text, nullable=False),
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("window_start_ms", sa.BigInteger, nullable=False),
+    sa.Column("window_end_ms", sa.BigInteger, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("recorded_ms", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("partition_key", "batch"),
+    sa.Index("sample_counts_batch", "batch", "window_start_ms"),
+)
+models = sa.Table(
+    "models", metadata,
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("artifact", sa.Text, nullable=False),
+    sa.Column("artifact_uri", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("window_start_ms", sa.BigInteger),
+    sa.Column("window_end_ms", sa.BigInteger),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("parent_version", sa.BigInteger),
+    sa.Column("mode", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("batch", "version"),
+    sa.UniqueConstraint("batch", "run_id"),
+)
+
+
+def event_table(name: str, index: tuple[str, ...], *columns: sa.Column) -> sa.Table:
+    """An append-only table of events: `seq` numbers them in commit order (AUTOINCREMENT on SQLite,
+    so a number is never reused), and the index on (`index`..., seq) reads one thing's events in order."""
+    return sa.Table(
+        name, metadata,
+        sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+        *columns,
+        sa.Index(f"{name}_{index[0]}", *index[1:], "seq"),
+        sqlite_autoincrement=True,
+    )
+
+
+task_events = event_table(
+    "task_events", ("task", "task_id"),
+    sa.Column("task_id", sa.Text, nullable=False),
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("mode", sa.Text, nullable=False),
+    sa.Column("window_start_ms", sa.BigInteger),
+    sa.Column("window_end_ms", sa.BigInteger),
+    sa.Column("deadline_ms", sa.BigInteger),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+)
+# the current state of each task (its last event), kept in step with task_events
+tasks = sa.Table(
+    "tasks", metadata,
+    sa.Column("task_id", sa.Text, primary_key=True),
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("mode", sa.Text, nullable=False),
+    sa.Column("window_start_ms", sa.BigInteger),
+    sa.Column("window_end_ms", sa.BigInteger),
+    sa.Column("started_ms", sa.BigInteger, nullable=False),
+    sa.Column("deadline_ms", sa.BigInteger),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Index("tasks_batch", "batch", "first_seq"),
+    sa.Index("tasks_state", "state", "first_seq"),
+)
+# labels: every label given, appended (the history), and the current label of each
+# (batch, form), kept in step; form_key = label_key(batch, masked): forms can be 4000
+# characters, too long for a PostgreSQL btree entry, so they are keyed by their hash.
+label_events = event_table(
+    "label_events", ("form", "batch", "form_key"),
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("form_key", sa.Text, nullable=False),
+    sa.Column("masked", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("model_version", sa.BigInteger),
+    sa.Column("example", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("form_key", sa.Text, nullable=False),
+    sa.Column("masked", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("model_version", sa.BigInteger),
+    sa.Column("example", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # the label_events row of the current label
+    sa.PrimaryKeyConstraint("batch", "form_key"),
+    sa.Index("labels_seq", "seq"),
+)
+
+# production changes of each batch, appended (the last one wins; see resources/store_records.py)
+production_events = event_table(
+    "production_events", ("batch", "batch"),
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("previous_version", sa.BigInteger),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+TASK_COLS = [tasks.c[name] for name in (
+    "task_id", "batch", "state", "run_id", "mode", "window_start_ms", "window_end_ms", "started_ms",
+    "deadline_ms", "updated_ms", "message",
+)]
+MODEL_COLS = [models.c[name] for name in (
+    "batch", "version", "run_id", "artifact", "artifact_uri", "metrics", "window_start_ms", "window_end_ms",
+    "created_ms", "parent_version", "mode",
+)]
+PRODUCTION_COLS = [production_events.c[name] for name in (
+    "batch", "version", "previous_version", "action", "source", "reason", "created_ms",
+)]
+LABEL_COLS = [labels.c[name] for name in (
+    "batch", "masked", "label", "created_ms", "source", "model_version", "example",
+)]
+
+
+def model_from_row(r) -> ModelRecord:
+    """A ModelRecord from a row of MODEL_COLS."""
+    return ModelRecord(
+        batch=r[0], version=r[1], run_id=r[2], artifact=r[3], artifact_uri=r[4], metrics=json.loads(r[5]),
+        window_start_ms=r[6], window_end_ms=r[7], created_ms=r[8], parent_version=r[9], mode=r[10],
+    )
+
+
+def _status_queries():
+    """batch_statuses' three grouped reads (built once: SQLAlchemy then reuses their compiled form)."""
+    m, s = models.alias("m"), sample_counts.alias("s")
+    latest = sa.select(models.c.batch, sa.func.max(models.c.version).label("v")).group_by(models.c.batch).subquery("l")
+    watermark = (sa.select(m.c.batch, m.c.window_end_ms.label("wm"))
+                 .join(latest, sa.and_(m.c.batch == latest.c.batch, m.c.version == latest.c.v)).subquery("w"))
+    is_new = sa.or_(watermark.c.wm.is_(None), s.c.window_start_ms >= watermark.c.wm)
+    counts_query = (  # new = partitions starting at or after the latest model's window end
+        sa.select(s.c.batch, sa.func.sum(sa.case((is_new, s.c["count"]), else_=0)), sa.func.sum(s.c["count"]))
+        .select_from(s.outerjoin(watermark, watermark.c.batch == s.c.batch)).group_by(s.c.batch)
+    )
+    models_query = sa.select(models.c.batch, models.c.version, models.c.window_end_ms, models.c.mode)
+    tasks_query = (sa.select(*TASK_COLS, tasks.c.state.in_(ACTIVE_STATES).label("active"))
+                   .order_by(tasks.c.first_seq.desc()))
+    return models_query, counts_query, tasks_query
+
+
+STATUS_QUERIES = _status_queries()

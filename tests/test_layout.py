@@ -1,0 +1,87 @@
+"""The code's layout: no import cycle among the modules of orchestration/ or resources/,
+counting imports inside functions too (they hide a cycle, they do not remove it)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Cycles other work removes (issue 16, part B: typed references between assets; the CLI's shared
+# helpers; the loop settings' retention policy). Listed so that no NEW cycle can appear meanwhile.
+KNOWN = [
+    {"orchestration.assets", "orchestration.checks", "orchestration.registry"},
+    {"orchestration.cli", "orchestration.cli_anomalies", "orchestration.cli_feedback", "orchestration.cli_models",
+     "orchestration.cli_train"},
+    {"orchestration.loop_settings", "orchestration.partitions", "orchestration.retention"},
+]
+
+
+def modules(package: str) -> dict[str, Path]:
+    out = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        out[name[: -len(".__init__")] if name.endswith(".__init__") else name] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict) -> set[str]:
+    """The known modules `name` imports anywhere in its file (`from a import b` counts a.b if it is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    out = set()
+    for target in found:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            out.add(target)
+    return out
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("package", ["orchestration", "resources"])
+def test_no_import_cycle(package):
+    known = modules(package)
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    new = [c for c in cycles(graph) if c not in KNOWN]
+    assert new == [], f"import cycles in {package}/: {new}"
