@@ -310,13 +310,14 @@ def _add_model_args(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    from orchestration import cli_anomalies, cli_feedback, cli_nats, cli_retention, cli_train
+    from orchestration import cli_anomalies, cli_feedback, cli_nats, cli_push, cli_retention, cli_train
 
     cli_train.add_parser(sub)
     cli_nats.add_parser(sub)
     cli_feedback.add_parser(sub)
     cli_anomalies.add_parser(sub)
     cli_retention.add_parser(sub)
+    cli_push.add_parser(sub)
 
     from orchestration import cli_models
 
