@@ -33,6 +33,8 @@ from ops.records import Windows
 from ops.masking import load_rules
 from ops.naming import batch_key, partition_slug, validate_artifact_template
 from ops.sampling import combine, replay, resample
+from ops.flagged_sampling import resample_flagged
+from ops.push import fold_counts, validation_key
 from ops.summary import Summary, read_summary, write_summaries
 from orchestration.k8s import backfill_policy, data_step_k8s_config, train_step_k8s_config
 from orchestration.loop_settings import loop_settings
@@ -121,7 +123,7 @@ def partition_summaries(
     for key, (start, end), window in zip(todo, windows.bounds, result.windows):
         with artifacts.writing(summary_key(key)) as tmp:  # visible only once complete
             write_summaries(tmp, window.summaries, extra_meta={"window_start_ms": start, "window_end_ms": end})
-        counts = {b: s.total for b, s in window.summaries.items()}
+        counts = fold_counts({b: s.total for b, s in window.summaries.items()})  # pushed validation pools count in their batch
         store.record_sample_counts(key, start, end, counts)
         batches.update(counts)
         rows.append({"window": key, "lines": window.lines, "counts": counts,
@@ -225,14 +227,19 @@ def training_sample(
             metadata={"batch": batch, "outcome": "no samples"},
         )
 
-    def summaries():
+    def summaries(key):
         for p in parts:
             with artifacts.reading(summary_key(p.partition_key)) as path:
-                yield read_summary(path, batch)
+                yield read_summary(path, key)
 
     replay_n = round(config.t * settings.replay_share) if parent is not None else 0
-    merged = Summary.merge(summaries(), cap=config.merge_cap, seed=config.seed)
-    sample = resample(merged, config.t - replay_n, seed=config.seed, validation_share=config.validation_share)
+    merged = Summary.merge(summaries(batch), cap=config.merge_cap, seed=config.seed)
+    flagged = Summary.merge(summaries(validation_key(batch)), cap=config.merge_cap, seed=config.seed)
+    if flagged.total:  # pushed samples: each keeps the split it was registered with (ops.flagged_sampling)
+        sample = resample_flagged(merged, flagged, config.t - replay_n, seed=config.seed)
+        merged = Summary(tail_count=merged.tail_count + flagged.tail_count)  # for exact_counts below
+    else:
+        sample = resample(merged, config.t - replay_n, seed=config.seed, validation_share=config.validation_share)
     replayed = []
     if parent is not None:
         previous_key = parent_sample_key(parent, artifacts)
