@@ -86,9 +86,10 @@ def fold_counts(counts: dict[str, int]) -> dict[str, int]:
 class SampleClock:
     """Consecutive, never repeated nanosecond timestamps for this process (fork-safe)."""
 
-    def __init__(self):
+    def __init__(self, now=time.time_ns):
         self._lock = threading.Lock()
         self._last = 0
+        self.now = now  # the receive time (tests replay pushes made earlier)
 
     def block(self, n: int, after: int = 0) -> int:
         """The first of n consecutive timestamps, all later than anything handed out before
@@ -96,7 +97,7 @@ class SampleClock:
         if n <= 0:
             raise ValueError("n must be positive")
         with self._lock:
-            first = max(time.time_ns(), self._last + 1, after + 1)
+            first = max(self.now(), self._last + 1, after + 1)
             self._last = first + n - 1
             return first
 
