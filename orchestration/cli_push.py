@@ -69,6 +69,16 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_samples_count)
 
+    p = samples.add_parser("results", help="inference results recorded by 'logloop score --record'",
+                           description="The batch's recorded inference results, oldest first: time, score, verdict, "
+                                       "model version, masked form. With --json: a list of {ts_ns, score, anomaly, "
+                                       "masked, model_version}.")
+    p.add_argument("--batch", required=True)
+    p.add_argument("--since", help="only results after this: a duration back from now (90m, 24h) or a UTC time")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1,000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_samples_results)
+
     p = sub.add_parser("serve-ingest", help="accept pushed samples over HTTP on loopback",
                        description="Serve POST /push?batch=B[&format=json][&seed=N] (the body: log lines) and "
                                    "GET /count?batch=B on a loopback address until interrupted.")
@@ -165,6 +175,37 @@ def cmd_samples_count(args) -> int:
     else:
         _table([["BATCH", "SAMPLES"] + (["SINCE"] if args.since else []),
                 [args.batch, f"{n:,}"] + ([args.since] if args.since else [])], nowrap=("SAMPLES",), keep=("BATCH",))
+    return 0
+
+
+def record_scores(batch: str, scored, model_version: int) -> None:
+    """`logloop score --record`: one row per scored line in the store."""
+    _table_for_store().record_results(batch, [(s.score, s.anomaly, s.masked) for s in scored], model_version)
+
+
+def cmd_samples_results(args) -> int:
+    from orchestration.cli_anomalies import parse_since
+
+    try:
+        _check_batch(args.batch)
+        if args.limit <= 0:
+            raise CliError("--limit must be positive")
+        since_ns = parse_since(args.since, int(time.time() * 1000)) * 1_000_000 if args.since else None
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rows = _table_for_store().results(args.batch, since_ns=since_ns, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    import datetime as dt
+
+    def when(ns):
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
+
+    _table([["TIME", "SCORE", "VERDICT", "MODEL", "MASKED"]]
+           + [[when(r["ts_ns"]), f"{r['score']:.3f}", "ANOMALY" if r["anomaly"] else "normal", f"v{r['model_version']}",
+               r["masked"]] for r in rows], nowrap=("TIME", "SCORE", "VERDICT", "MODEL"))
     return 0
 
 

@@ -87,6 +87,18 @@ class SampleTable(ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    @abstractmethod
+    def record_results(self, batch: str, results: list[tuple[float, bool, str]], model_version: int) -> tuple[int, int]:
+        """Inference results [(score, anomaly, masked form)], one row each with a unique timestamp
+        (as samples get theirs); returns (first_ns, last_ns)."""
+
+    @abstractmethod
+    def results(self, batch: str, since_ns: Optional[int] = None, limit: int = 1000) -> list[dict]:
+        """The batch's recorded results, oldest first: {ts_ns, score, anomaly, masked, model_version}."""
+
+
+RESULTS_CLOCK = "\x1fresults"  # the results' clock row of a batch (no batch name holds a control character)
+
 
 # ---- SQLite / PostgreSQL ----------------------------------------------------------------------
 
@@ -110,6 +122,16 @@ def _sql_tables():
         "sample_clock", md,
         sa.Column("batch", sa.Text, primary_key=True),
         sa.Column("last_ns", sa.BigInteger, nullable=False),
+    )
+    sa.Table(
+        "inference_results", md,
+        sa.Column("batch", sa.Text, nullable=False),
+        sa.Column("ts_ns", sa.BigInteger, nullable=False, autoincrement=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("anomaly", sa.SmallInteger, nullable=False),
+        sa.Column("masked", sa.Text, nullable=False),
+        sa.Column("model_version", sa.BigInteger, nullable=False),
+        sa.UniqueConstraint("batch", "ts_ns", name="inference_results_batch_ts"),
     )
     return md, samples, clock
 
@@ -166,6 +188,47 @@ class SQLSamples(SampleTable):
                                                 for i, (m, f) in enumerate(zip(messages, flags))])
         return first, first + n - 1
 
+    def _stamp(self, conn, clock, key: str, n: int) -> int:
+        import sqlalchemy as sa
+
+        last = conn.execute(sa.select(clock.c.last_ns).where(clock.c.batch == key)).scalar()
+        first = CLOCK.block(n, after=last or 0)
+        if last is None:
+            conn.execute(clock.insert(), {"batch": key, "last_ns": first + n - 1})
+        else:
+            conn.execute(clock.update().where(clock.c.batch == key).values(last_ns=first + n - 1))
+        return first
+
+    def record_results(self, batch, results, model_version):
+        validate_batch_name(batch)
+        if not results:
+            return (0, 0)
+        md, _, clock = _sql_tables()
+        table = md.tables["inference_results"]
+        store, tx = self._tx(write=True)
+        with tx as conn:
+            store._lock(conn, "results", batch)
+            first = self._stamp(conn, clock, batch + RESULTS_CLOCK, len(results))
+            conn.execute(table.insert(), [
+                {"batch": batch, "ts_ns": first + i, "score": float(sc), "anomaly": int(bool(an)),
+                 "masked": _clean(m), "model_version": int(model_version)}
+                for i, (sc, an, m) in enumerate(results)])
+        return first, first + len(results) - 1
+
+    def results(self, batch, since_ns=None, limit=1000):
+        import sqlalchemy as sa
+
+        md, _, _ = _sql_tables()
+        t = md.tables["inference_results"]
+        q = sa.select(t.c.ts_ns, t.c.score, t.c.anomaly, t.c.masked, t.c.model_version).where(t.c.batch == batch)
+        if since_ns is not None:
+            q = q.where(t.c.ts_ns >= since_ns)
+        q = q.order_by(t.c.ts_ns).limit(limit)
+        _, tx = self._tx()
+        with tx as conn:
+            return [{"ts_ns": r[0], "score": float(r[1]), "anomaly": bool(r[2]), "masked": r[3], "model_version": r[4]}
+                    for r in conn.execute(q)]
+
     def count(self, batch, since_ns=None, until_ns=None):
         import sqlalchemy as sa
 
@@ -210,6 +273,21 @@ _TD_READY: set = set()
 _TD_STABLE = (
     f"ts TIMESTAMP, sample_ns BIGINT, message VARCHAR({MAX_SAMPLE_BYTES}), validation INT"
 )
+# the score in millionths (an integer: exact round trips, and the fake emulates no DOUBLE)
+_TD_RESULTS = (
+    f"ts TIMESTAMP, result_ns BIGINT, score_ppm BIGINT, anomaly INT, masked VARCHAR({MAX_SAMPLE_BYTES}), "
+    "model_version BIGINT"
+)
+
+
+def _clean(text: str) -> str:
+    """A masked form as a stored value: control characters (but tab, LF, CR) as U+FFFD, cut to the limit."""
+    from ops.push import _CONTROL
+
+    text = _CONTROL.sub("\ufffd", text)
+    while len(text.encode("utf-8")) > MAX_SAMPLE_BYTES:
+        text = text[: len(text) * 3 // 4]
+    return text
 
 
 @dataclass
@@ -236,6 +314,8 @@ class TDengineSamples(SampleTable):
             store._ensure_schema()
             store._sql(f"CREATE STABLE IF NOT EXISTS {self.database}.samples ({_TD_STABLE}) "
                        f"TAGS (batch NCHAR(256))", "cannot create super table samples")
+            store._sql(f"CREATE STABLE IF NOT EXISTS {self.database}.inference_results ({_TD_RESULTS}) "
+                       f"TAGS (batch NCHAR(256))", "cannot create super table inference_results")
             _TD_READY.add(key)
         return store
 
@@ -265,6 +345,33 @@ class TDengineSamples(SampleTable):
             size += len(piece) * 4 if not piece.isascii() else len(piece)
         store._sql(head + "".join(parts), f"cannot register samples of batch {batch!r}")
         return first, first + n - 1
+
+    def record_results(self, batch, results, model_version):
+        from resources.tdengine_store import literal, name_hash, writer_id
+
+        validate_batch_name(batch)
+        if not results:
+            return (0, 0)
+        store = self._ready()
+        child = f"{self.database}.ir_{name_hash(batch)}_{writer_id()}"
+        head = f"INSERT INTO {child} USING {self.database}.inference_results TAGS ({literal(batch)}) VALUES "
+        first = CLOCK.block(len(results))
+        rows = [f"({first + i}, {first + i}, {int(round(float(sc) * 1e6))}, {int(bool(an))}, {literal(_clean(m))}, "
+                f"{int(model_version)})" for i, (sc, an, m) in enumerate(results)]
+        for i in range(0, len(rows), 500):
+            store._sql(head + "".join(rows[i:i + 500]), f"cannot record inference results of batch {batch!r}")
+        return first, first + len(results) - 1
+
+    def results(self, batch, since_ns=None, limit=1000):
+        from resources.tdengine_store import literal
+
+        store = self._ready()
+        where = f"batch = {literal(batch)}" + (f" AND ts >= {int(since_ns)}" if since_ns is not None else "")
+        rows = self._rows(store, f"SELECT result_ns, score_ppm, anomaly, masked, model_version FROM "
+                                 f"{self.database}.inference_results WHERE {where} ORDER BY ts LIMIT {int(limit)}",
+                          "cannot read inference results")
+        return [{"ts_ns": r["result_ns"], "score": r["score_ppm"] / 1e6, "anomaly": bool(r["anomaly"]),
+                 "masked": r["masked"], "model_version": r["model_version"]} for r in rows]
 
     def count(self, batch, since_ns=None, until_ns=None):
         from resources.tdengine_store import literal

@@ -337,3 +337,33 @@ def test_source_is_selected_by_configuration(home, monkeypatch):
     monkeypatch.setenv("LOGLOOP_LOG_SOURCE", "nonsense")
     with pytest.raises(ValueError, match="LOGLOOP_LOG_SOURCE"):
         build_resources()
+
+
+# ---- inference results as a time series -----------------------------------------------------------------------
+
+
+def test_inference_results_round_trip_with_unique_timestamps(table):
+    rows = [(i / 100, i % 3 == 0, f"GET /x/<NUM> {UNICODE}") for i in range(120)]
+    first, last = table.record_results(HOSTILE, rows, 4)
+    table.record_results(HOSTILE, rows[:5], 5)
+    got = table.results(HOSTILE, limit=1000)
+    assert len(got) == 125 and len({r["ts_ns"] for r in got}) == 125
+    assert [(r["score"], r["anomaly"], r["masked"]) for r in got[:120]] == [(pytest.approx(s), a, m) for s, a, m in rows]
+    assert {r["model_version"] for r in got} == {4, 5}
+    assert len(table.results(HOSTILE, since_ns=last + 1)) == 5 and table.results("other") == []
+    assert got[0]["ts_ns"] == first
+
+
+def test_cli_reads_recorded_results(home, capsys):
+    from types import SimpleNamespace
+
+    from orchestration.cli_push import record_scores
+
+    record_scores("web/a", [SimpleNamespace(score=0.5, anomaly=True, masked="a <NUM>"),
+                            SimpleNamespace(score=0.9, anomaly=False, masked="b")], 2)
+    rc, out, _ = _cli(["samples", "results", "--batch", "web/a", "--json"], capsys)
+    got = json.loads(out)
+    assert rc == 0 and [(r["score"], r["anomaly"], r["masked"], r["model_version"]) for r in got] == [
+        (0.5, True, "a <NUM>", 2), (0.9, False, "b", 2)]
+    rc, out, _ = _cli(["samples", "results", "--batch", "web/a"], capsys)
+    assert rc == 0 and "ANOMALY" in out and "v2" in out
