@@ -152,6 +152,9 @@ class SQLSamples(SampleTable):
     def describe(self) -> str:
         return f"samples in the store at {url_without_password(self.url)}"
 
+    def __repr__(self) -> str:  # no password, also not one inside the URL
+        return f"SQLSamples(url={url_without_password(self.url)!r}, password={self.password!r})"
+
     def _tx(self, write: bool = False):
         store = self._store()
         key = (self.url, os.getpid())
@@ -306,6 +309,10 @@ class TDengineSamples(SampleTable):
 
     def describe(self) -> str:
         return f"samples in TDengine at {url_without_password(self.url)} (database {self.database})"
+
+    def __repr__(self) -> str:
+        return (f"TDengineSamples(url={url_without_password(self.url)!r}, database={self.database!r}, "
+                f"user={self.user!r}, password={self.password!r})")
 
     def _ready(self):
         store = self._store()

@@ -214,6 +214,9 @@ def test_samples_source_feeds_the_data_stage_with_flags(table):
     assert summaries[validation_key("app")].total == stats.validation
     assert result.lines == 300 and result.bad.total == 0
     assert "Pa55" not in repr(source) and "Pa55" not in source.describe()
+    assert "Pa55" not in repr(source.table()) and "Pa55" not in repr(source.shards(windows))
+    leaky = SQLSamples("postgresql://u:Pa55word@h/db", Secret("Pa55word"))
+    assert "Pa55" not in repr(leaky) and "Pa55" not in leaky.describe()
 
 
 def test_bad_batch_names_are_refused(table):
