@@ -25,14 +25,16 @@ from dagster import (
 )
 from pydantic import Field, create_model, field_validator
 
+from ops.fetch.push import fold_counts, validation_key
 from ops.mask.data_stage import summarize_windows
+from ops.mask.masking import load_rules
+from ops.mask.summary import Summary, read_summary, write_summaries
+from ops.naming import validate_artifact_template
+from ops.sample.flagged import resample_flagged
+from ops.sample.sampling import combine, read_sample, replay, resample, write_sample
+from ops.train.config import NuLogConfig, TrainConfig, tunable_fields
 from ops.validate.feedback import train_classifier, without_anomalies
 from ops.windows import Windows
-from ops.mask.masking import load_rules
-from ops.naming import validate_artifact_template
-from ops.train.config import NuLogConfig, TrainConfig, tunable_fields
-from ops.sample.sampling import combine, read_sample, replay, resample, write_sample
-from ops.mask.summary import Summary, read_summary, write_summaries
 from orchestration import contract
 from orchestration.contract import FINETUNE, SCRATCH, CandidateRef, ModelRef, SampleRef
 from orchestration.k8s import backfill_policy, data_step_k8s_config, train_step_k8s_config
@@ -118,7 +120,7 @@ def partition_summaries(
     for key, (start, end), window in zip(todo, windows.bounds, result.windows):
         with artifacts.writing(contract.summary_key(key)) as tmp:  # visible only once complete
             write_summaries(tmp, window.summaries, extra_meta={"window_start_ms": start, "window_end_ms": end})
-        counts = {b: s.total for b, s in window.summaries.items()}
+        counts = fold_counts({b: s.total for b, s in window.summaries.items()})  # pushed validation pools count in their batch
         store.record_sample_counts(key, start, end, counts)
         batches.update(counts)
         rows.append({"window": key, "lines": window.lines, "counts": counts,
@@ -218,14 +220,19 @@ def training_sample(
             metadata={"batch": batch, "outcome": "no samples"},
         )
 
-    def summaries():
+    def summaries(key):
         for p in parts:
             with artifacts.reading(contract.summary_key(p.partition_key)) as path:
-                yield read_summary(path, batch)
+                yield read_summary(path, key)
 
     replay_n = round(config.t * settings.replay_share) if parent is not None else 0
-    merged = Summary.merge(summaries(), cap=config.merge_cap, seed=config.seed)
-    sample = resample(merged, config.t - replay_n, seed=config.seed, validation_share=config.validation_share)
+    merged = Summary.merge(summaries(batch), cap=config.merge_cap, seed=config.seed)
+    flagged = Summary.merge(summaries(validation_key(batch)), cap=config.merge_cap, seed=config.seed)
+    if flagged.total:  # pushed samples: each keeps the split it was registered with (ops.sample.flagged)
+        sample = resample_flagged(merged, flagged, config.t - replay_n, seed=config.seed)
+        merged = Summary(tail_count=merged.tail_count + flagged.tail_count)  # for exact_counts below
+    else:
+        sample = resample(merged, config.t - replay_n, seed=config.seed, validation_share=config.validation_share)
     replayed = []
     if parent is not None:
         previous_key = parent_sample_key(parent.artifact, artifacts)

@@ -264,6 +264,10 @@ def cmd_score(args) -> int:
         artifact, record = _load_registered_artifact(args.batch, args.version)
         scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold, labels=_labels(args.batch))
         scored = scorer.score([line for _, line in lines])
+        if args.record:  # one row per scored line, unique timestamps (README, "Pushed samples")
+            from orchestration.cli_push import record_scores
+
+            record_scores(args.batch, scored, record.version)
         out = sys.stdout
         for (n, _), s in zip(lines, scored):
             if args.json:
@@ -309,13 +313,14 @@ def _add_model_args(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    from orchestration import cli_anomalies, cli_feedback, cli_nats, cli_retention, cli_train
+    from orchestration import cli_anomalies, cli_feedback, cli_nats, cli_push, cli_retention, cli_train
 
     cli_train.add_parser(sub)
     cli_nats.add_parser(sub)
     cli_feedback.add_parser(sub)
     cli_anomalies.add_parser(sub)
     cli_retention.add_parser(sub)
+    cli_push.add_parser(sub)
 
     from orchestration import cli_models
 
@@ -344,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--threshold", type=float, help=f"a line scoring below this is an anomaly (default: the model's, else {DEFAULT_THRESHOLD})")
     p.add_argument("--json", action="store_true", help="print JSON Lines (one object per scored line)")
+    p.add_argument("--record", action="store_true", help="also store one result per line in the store "
+                   "(score, verdict, masked form, model version; read back with 'logloop samples results')")
     p.add_argument("file", metavar="FILE", help="log file, one message per line; '-' reads standard input")
     p.set_defaults(func=cmd_score)
 

@@ -195,7 +195,17 @@ def build_resources() -> dict:
         batch_fields=batch_fields,
     )
     hosts = os.environ.get("LOGLOOP_OPENSEARCH_HOSTS", "").strip()
-    if hosts:
+    kind = os.environ.get("LOGLOOP_LOG_SOURCE", "").strip().lower()
+    store = build_store()
+    if kind not in ("", "files", "opensearch", "samples"):
+        raise ValueError(f"LOGLOOP_LOG_SOURCE={kind!r}: expected files, opensearch or samples")
+    if kind == "samples":
+        from orchestration.samples_source import samples_source
+
+        log_source = samples_source(store, fields)
+    elif kind == "opensearch" or (hosts and kind != "files"):
+        if not hosts:
+            raise ValueError("LOGLOOP_LOG_SOURCE=opensearch but LOGLOOP_OPENSEARCH_HOSTS is not set")
         log_source = opensearch_source(hosts, fields)
     else:
         log_source = LocalLogSource(
@@ -203,7 +213,7 @@ def build_resources() -> dict:
         )
     built = {
         "log_source": log_source,
-        "store": build_store(),
+        "store": store,
         "artifacts": artifact_storage(),
         "model_events": model_events(),
     }

@@ -37,7 +37,9 @@ def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:
             report["problems"].append(f"{key}: {type(exc).__name__}: {exc}")
             continue
         partition_key = time_partitions.get_partition_key_for_timestamp(start / 1000)
-        store.record_sample_counts(partition_key, start, end, totals)
+        from ops.fetch.push import fold_counts  # a pushed batch's validation pool counts in the batch
+
+        store.record_sample_counts(partition_key, start, end, fold_counts(totals))
         report["windows"] += 1
 
     registered = {(m.batch, m.version) for m in store.list_models()}

@@ -42,7 +42,9 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
             raise Failure(description=f"window {key} has no summary yet; materialize partition_summaries first")
         start, end = window_ms(key)
         with artifacts.reading(summary_key(key)) as path:
-            batches = sorted(read_summary_meta(path).get("tail_count", {}))
+            from ops.fetch.push import real_batches, validation_key  # pushed samples' validation pools: scored with their batch
+
+            batches = real_batches(read_summary_meta(path).get("tail_count", {}))
             for batch in batches:
                 if "*" not in enabled and batch not in enabled:
                     continue
@@ -59,7 +61,13 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
                 scorer = scorers[batch]
                 if scorer is None:
                     continue
-                lines, anomalies = score_summary(scorer, read_summary(path, batch))
+                summary = read_summary(path, batch)
+                pool = read_summary(path, validation_key(batch))
+                if pool.total:
+                    from ops.mask.summary import Summary
+
+                    summary = Summary.merge([summary, pool])
+                lines, anomalies = score_summary(scorer, summary)
                 rows.append(AnomalyCount(batch, start, end, lines, anomalies, versions[batch]))
                 per_window.append({"window": key, "batch": batch, "lines": lines, "anomalies": anomalies,
                                    "model_version": versions[batch]})

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from ops.fetch.opensearch import OpenSearchShard, QuerySpec, range_query
-from ops.fetch.opensearch_client import Connection, OpenSearchReadError, Secret, call_with_retries
+from ops.fetch.opensearch_client import Connection, OpenSearchReadError, call_with_retries
+from ops.secret import Secret
 from ops.windows import Windows
 from resources.log_source import LogSource, LogSourceError
 from resources.urls import url_without_password, url_without_userinfo

@@ -288,6 +288,8 @@ class FakeTDengine:
         self.stables[(db, st)] = {"cols": cols, "tags": tags}
         defs = ", ".join([_q("tbname") + " TEXT NOT NULL"] + [_q(n) for n, _, _ in cols + tags])
         self.conn.execute(f"CREATE TABLE {_q(db + '.' + st)} ({defs}, UNIQUE (tbname, {_q(cols[0][0])}))")
+        # TDengine reads by time: an index on the timestamp keeps the fake's range queries from scanning
+        self.conn.execute(f"CREATE INDEX {_q(db + '.' + st + '.ts')} ON {_q(db + '.' + st)} ({_q(cols[0][0])})")
         return self._affected(0)
 
     # -- INSERT ---------------------------------------------------------------------------------

@@ -1,0 +1,324 @@
+"""`logloop push`, `logloop samples count` and `logloop serve-ingest`: CML's front door.
+
+    logloop push --batch B [-f FILE | -] [--format text|json] [--validation-share 0.2] [--seed N] [--json]
+    logloop samples count --batch B [--since T] [--json]
+    logloop serve-ingest [--host 127.0.0.1] [--port 8765]
+
+Samples go to the configured store's database (resources/samples.py). `push` exits 0 when
+every line was registered, 1 when some lines were bad (the good ones are registered; the bad
+ones are counted by reason), 2 when the store failed. `serve-ingest` listens on loopback only:
+POST /push?batch=B[&format=json][&seed=N] with the lines as the body answers push's JSON;
+GET /count?batch=B[&since_ns=T] answers {"batch", "count"}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from orchestration.cli import CliError, _table
+
+FORMATS = ("text", "json")
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CliError(f"--validation-share {text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise CliError(f"--validation-share {text!r} must be at least 0 and below 1")
+    return value
+
+
+def default_share() -> str:
+    return os.environ.get("LOGLOOP_VALIDATION_SHARE", "").strip() or "0.2"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "push", help="register log lines as samples of a batch (CML's sample registration)",
+        description="Read log lines (plain text, one message per line, or JSON Lines with the message in "
+                    "--message-field) from FILE or standard input and register them as samples of batch B in the "
+                    "store. Each sample gets a unique nanosecond timestamp (its receive time, +1 ns per sample) and a "
+                    "train/validation flag drawn at registration. Bad lines (blank, not UTF-8, over 16,384 bytes, bad "
+                    "JSON) are counted by reason and not registered. Exit status: 0 all registered, 1 some lines bad "
+                    "(or an invalid batch name), 2 the store failed. --json prints {\"registered\": N, \"bad\": M, ...}.")
+    p.add_argument("--batch", required=True, help="the batch the samples belong to")
+    p.add_argument("-f", "--file", dest="file", help="read this file (default: standard input)")
+    p.add_argument("source", nargs="?", metavar="-", help="'-' reads standard input (the default)")
+    p.add_argument("--format", choices=FORMATS, default="text", help="text (default) or json (JSON Lines)")
+    p.add_argument("--message-field", default=None,
+                   help="JSON Lines: the message's field, dotted for a nested one (default: LOGLOOP_MESSAGE_FIELD or log)")
+    p.add_argument("--validation-share", default=None,
+                   help="share of samples flagged validation (default: LOGLOOP_VALIDATION_SHARE or 0.2, CML's 80/20)")
+    p.add_argument("--seed", type=int, help="seed of the train/validation draw (repeatable pushes, tests)")
+    p.add_argument("--chunk", type=int, default=20_000, help="samples per store write (default 20,000)")
+    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    p.set_defaults(func=cmd_push)
+
+    samples = sub.add_parser("samples", help="pushed samples").add_subparsers(dest="samples_command", required=True)
+    p = samples.add_parser("count", help="count the stored samples of a batch",
+                           description="Count the samples stored for batch B (since T). With --json: "
+                                       "{\"batch\": B, \"count\": N}.")
+    p.add_argument("--batch", required=True)
+    p.add_argument("--since", help="only samples received after this: a duration back from now (90m, 24h, 7d) "
+                                   "or a UTC time (2026-11-23T07:00Z)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_samples_count)
+
+    p = samples.add_parser("results", help="inference results recorded by 'logloop score --record'",
+                           description="The batch's recorded inference results, oldest first: time, score, verdict, "
+                                       "model version, masked form. With --json: a list of {ts_ns, score, anomaly, "
+                                       "masked, model_version}.")
+    p.add_argument("--batch", required=True)
+    p.add_argument("--since", help="only results after this: a duration back from now (90m, 24h) or a UTC time")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1,000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_samples_results)
+
+    p = sub.add_parser("serve-ingest", help="accept pushed samples over HTTP on loopback",
+                       description="Serve POST /push?batch=B[&format=json][&seed=N] (the body: log lines) and "
+                                   "GET /count?batch=B on a loopback address until interrupted.")
+    p.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=cmd_serve_ingest)
+
+
+def _table_for_store():
+    from orchestration.resources import resource
+    from resources.samples import samples_for_store
+
+    return samples_for_store(resource("store"))
+
+
+def _check_batch(batch: str) -> None:
+    from ops.naming import InvalidName, validate_batch_name
+
+    try:
+        validate_batch_name(batch)
+    except InvalidName as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_push(args) -> int:
+    from resources.samples import push
+
+    def run() -> int:
+        _check_batch(args.batch)
+        if args.file and args.source:
+            raise CliError("give the input once: -f FILE or '-'")
+        if args.source not in (None, "-"):
+            raise CliError(f"unexpected argument {args.source!r}: read a file with -f FILE")
+        if args.chunk <= 0:
+            raise CliError("--chunk must be positive")
+        share = _share(args.validation_share or default_share())
+        field = args.message_field or os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
+        table = _table_for_store()
+        if args.file:
+            try:
+                stream = open(args.file, "rb")
+            except OSError as e:
+                raise CliError(f"cannot read {args.file}: {e.strerror or e}") from None
+            name = args.file
+        else:
+            if sys.stdin is None:
+                raise CliError("cannot read standard input: it is closed")
+            stream, name = sys.stdin.buffer, "stdin"
+        try:
+            stats = push(args.batch, stream, table, fmt=args.format, message_field=field, validation_share=share,
+                         seed=args.seed, chunk=args.chunk, source=name)
+        finally:
+            if args.file:
+                stream.close()
+        out = stats.to_dict(args.batch)
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"registered {stats.registered:,} sample(s) of batch {args.batch!r} "
+                  f"({out['train']:,} train, {out['validation']:,} validation) in {stats.seconds:.2f} s"
+                  + (f"; {stats.sanitised:,} with control characters replaced" if stats.sanitised else ""))
+        if stats.lines == 0:
+            print(f"warning: {name} held no lines; nothing registered", file=sys.stderr)
+        if stats.bad.total:
+            reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(stats.bad.counts.items()))
+            for example in stats.bad.examples[:5]:
+                print(f"  {example}", file=sys.stderr)
+            print(f"error: {stats.bad.total:,} bad line(s) not registered ({reasons})", file=sys.stderr)
+            return 1
+        return 0
+
+    try:
+        return run()
+    except (CliError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_samples_count(args) -> int:
+    from orchestration.cli_anomalies import parse_since
+
+    try:
+        _check_batch(args.batch)
+        since_ns = parse_since(args.since, int(time.time() * 1000)) * 1_000_000 if args.since else None
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    n = _table_for_store().count(args.batch, since_ns=since_ns)
+    out = {"batch": args.batch, "count": n}
+    if since_ns is not None:
+        out["since_ns"] = since_ns
+    if args.json:
+        print(json.dumps(out))
+    else:
+        _table([["BATCH", "SAMPLES"] + (["SINCE"] if args.since else []),
+                [args.batch, f"{n:,}"] + ([args.since] if args.since else [])], nowrap=("SAMPLES",), keep=("BATCH",))
+    return 0
+
+
+def record_scores(batch: str, scored, model_version: int) -> None:
+    """`logloop score --record`: one row per scored line in the store."""
+    _table_for_store().record_results(batch, [(s.score, s.anomaly, s.masked) for s in scored], model_version)
+
+
+def cmd_samples_results(args) -> int:
+    from orchestration.cli_anomalies import parse_since
+
+    try:
+        _check_batch(args.batch)
+        if args.limit <= 0:
+            raise CliError("--limit must be positive")
+        since_ns = parse_since(args.since, int(time.time() * 1000)) * 1_000_000 if args.since else None
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rows = _table_for_store().results(args.batch, since_ns=since_ns, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    import datetime as dt
+
+    def when(ns):
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
+
+    _table([["TIME", "SCORE", "VERDICT", "MODEL", "MASKED"]]
+           + [[when(r["ts_ns"]), f"{r['score']:.3f}", "ANOMALY" if r["anomaly"] else "normal", f"v{r['model_version']}",
+               r["masked"]] for r in rows], nowrap=("TIME", "SCORE", "VERDICT", "MODEL"))
+    return 0
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------
+
+
+class _Body:
+    """The request body as a binary stream that stops at Content-Length."""
+
+    def __init__(self, rfile, length: int):
+        self._rfile, self._left = rfile, length
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._rfile.read(n)
+        self._left -= len(data)
+        if not data:
+            self._left = 0
+        return data
+
+
+def make_server(host: str, port: int, table=None):
+    """A ThreadingHTTPServer for POST /push and GET /count (not started)."""
+    import ipaddress
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    from ops.naming import InvalidName
+    from resources.samples import push
+    from resources.store import StoreError
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise CliError(f"--host {host!r} is not a loopback address: serve-ingest listens on this machine only")
+    table = table or _table_for_store()
+    share = _share(default_share())
+    field = os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _query(self):
+            url = urlsplit(self.path)
+            return url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}
+
+        def do_GET(self):
+            path, q = self._query()
+            if path != "/count":
+                return self._send(404, {"error": "not found: GET /count?batch=B"})
+            try:
+                since = int(q["since_ns"]) if "since_ns" in q else None
+                self._send(200, {"batch": q.get("batch"), "count": table.count(q["batch"], since_ns=since)})
+            except KeyError:
+                self._send(400, {"error": "batch is missing"})
+            except ValueError as exc:
+                self._send(400, {"error": str(exc)})
+            except StoreError as exc:
+                self._send(503, {"error": str(exc)})
+
+        def do_POST(self):
+            path, q = self._query()
+            if path != "/push":
+                return self._send(404, {"error": "not found: POST /push?batch=B"})
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                return self._send(411, {"error": "Content-Length is required"})
+            body = _Body(self.rfile, length)
+            try:
+                batch = q.get("batch", "")
+                fmt = q.get("format", "text")
+                seed = int(q["seed"]) if "seed" in q else None
+                stats = push(batch, body, table, fmt=fmt, message_field=field, validation_share=share, seed=seed,
+                             source="request")
+                self._send(200, stats.to_dict(batch))
+            except (InvalidName, ValueError) as exc:
+                while body.read(1 << 20):  # drain, so the client reads our answer
+                    pass
+                self._send(400, {"error": str(exc)})
+            except StoreError as exc:
+                self._send(503, {"error": str(exc)})
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def cmd_serve_ingest(args) -> int:
+    try:
+        server = make_server(args.host, args.port)
+    except (CliError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    host, port = server.server_address[:2]
+    print(f"serving POST http://{host}:{port}/push?batch=B and GET /count?batch=B (Ctrl-C stops)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
