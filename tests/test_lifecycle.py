@@ -220,15 +220,26 @@ def test_promote_rollback_follow_and_history_from_the_command_line(home, capsys)
     (["rollback", "nope"], "no model registered for batch 'nope'"),
     (["rollback", HOSTILE], f"batch {HOSTILE!r} has no earlier production version than v1 to roll back to"),
     (["follow", "web"], "batch 'web' already follows its latest version (v4)"),
+    (["follow", "nope"], "no model registered for batch 'nope'"),
     (["history", "nope"], "no model registered for batch 'nope'"),
     (["diff", "nope", "1", "2"], "no model registered for batch 'nope'"),
     (["diff", "web", "1", "7"], "batch 'web' has no version 7 (registered: 1, 2, 3, 4)"),
+    (["diff", "web", "7", "1"], "batch 'web' has no version 7 (registered: 1, 2, 3, 4)"),
 ])
 def test_lifecycle_commands_refuse_clearly(home, capsys, args, says):
     before = home.production_events()
     code, out, err = run(capsys, "models", *args)
     assert_one_line_error(code, err, says)
     assert out == "" and home.production_events() == before
+
+
+def test_a_version_whose_gate_figures_are_not_finite_cannot_be_promoted(home, capsys):
+    home.register_model(ModelRecord(batch="web", version=5, run_id="run-5", artifact="models/x/nulog-5.zip",
+                                    artifact_uri="/x", metrics={"top_k_accuracy": 0.9, "anomaly_share": None}))
+    code, out, err = run(capsys, "models", "promote", "web", "5")
+    assert_one_line_error(code, err, "version 5 of batch 'web' cannot be production: its gate metrics are not finite "
+                                     "(anomaly_share): it failed its gate")
+    assert out == "" and home.production_events("web") == []
 
 
 def test_a_version_retention_retired_cannot_become_production(home, tmp_path, capsys):
