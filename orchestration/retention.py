@@ -31,7 +31,7 @@ What is kept, whatever the policy:
   fine-tune whose parent's watermark is older than that loses the unseen windows before it).
   A backfill of `partition_summaries` for such a window reads the source again, if it still has
   the logs. Windows of a batch with a training in flight wait for the next sweep.
-- Anything else (outbox/, the source index, keys in an unknown layout) is never touched: `apply`
+- Anything else (outbox/, production/ (the production records), the source index, keys in an unknown layout) is never touched: `apply`
   refuses a key outside models/, runs/, checkpoints/ and summaries/.
 
 A store that holds nothing while artifact storage holds summaries or models was lost or replaced:
