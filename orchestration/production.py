@@ -8,9 +8,10 @@
 - **Production in the Dagster UI.** An `AssetObservation` of `registered_model`, partition = the
   batch, with `production_version`, `production_previous_version`, `production_pinned`,
   `production_change` (promote, rollback, follow, register), `production_changed_by` (who or what),
-  `production_reason` and `production_changed_at`: the asset's Events (and its partition's page)
-  show every change. Registration reports production in the materialization's own metadata instead
-  (the same keys, of the batch's last change).
+  `production_reason` and `production_changed_at`: the asset's Events tab (for the batch's
+  partition) shows every change. Registration reports production in the materialization's own
+  metadata instead (the same keys, of the batch's last change). The Overview's metadata table shows
+  the latest materialization's, so after a promote it is the Events tab that tells.
   The CLI records it in the instance of DAGSTER_HOME; without one there is no UI to show it in.
 
 Neither undoes the change when it fails: the store's event is the truth, and the failure is said.
