@@ -461,8 +461,13 @@ def registered_model(
         succeed_task(store, candidate.sample.task_id, batch, context.run.run_id, record.version)
     announced = announce(model_events, artifacts, "model_ready", *model_ready(record, config.model_name, context.run.tags),
                          log=context.log)
+    from orchestration.production import production_metadata
+
+    production, pinned = store.production(batch)  # the new version, or a pinned older one
+    events = store.production_events(batch)
     return MaterializeResult(
         metadata={
+            **production_metadata(events[-1] if events else None, production.version if production else None, pinned),
             "version": record.version,
             "mode": record.mode,
             "parent_version": record.parent_version,

@@ -169,7 +169,8 @@ def cmd_store_restore(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"restored {report['windows']} window(s) of sample counts and {report['models']} model version(s)")
+        print(f"restored {report['windows']} window(s) of sample counts, {report['models']} model version(s) and "
+              f"{report['production_changes']} production change(s)")
         for problem in report["problems"]:
             print(f"problem: {problem}", file=sys.stderr)
     return 1 if report["problems"] else 0

@@ -207,11 +207,38 @@ def _print_follow(event) -> None:
           f"(was v{event.previous_version}, pinned)")
 
 
+def _artifacts():
+    from orchestration.resources import artifact_storage
+
+    return artifact_storage()
+
+
+def _refuse_retired(artifacts, batch: str, model) -> None:
+    """A version whose weights retention deleted cannot be production: it could not score."""
+    from orchestration.retention import retired
+
+    if model is not None and retired(artifacts, model.artifact):
+        raise CliError(f"version {model.version} of batch {batch!r} was retired by the retention policy (its weights "
+                       "are gone) and cannot be production; promote a kept version ('logloop models list')")
+
+
+def _after(store, artifacts, event) -> None:
+    """The production record (for `store restore`) and the Dagster UI's observation; a failure there
+    does not undo the change, it is said on stderr."""
+    from orchestration.production import after_change
+
+    for problem in after_change(store, artifacts, event):
+        print(f"warning: {problem}", file=sys.stderr)
+
+
 def cmd_promote(args) -> int:
     def run(args) -> int:
-        store = _store()
+        store, artifacts = _store(), _artifacts()
         _known(store, args.batch)
-        _print_change(store.promote(args.batch, args.version, source=_source(), reason=args.reason), "is now")
+        _refuse_retired(artifacts, args.batch, store.get_model(args.batch, args.version))
+        event = store.promote(args.batch, args.version, source=_source(), reason=args.reason)
+        _print_change(event, "is now")
+        _after(store, artifacts, event)
         return 0
 
     return _run_user_command(run, args)
@@ -219,9 +246,16 @@ def cmd_promote(args) -> int:
 
 def cmd_rollback(args) -> int:
     def run(args) -> int:
-        store = _store()
-        _known(store, args.batch)
-        _print_change(store.rollback(args.batch, source=_source(), reason=args.reason), "rolled back to")
+        from resources.store import rollback_target
+
+        store, artifacts = _store(), _artifacts()
+        models = _known(store, args.batch)
+        current = store.get_model(args.batch)
+        target = rollback_target(models, store.production_events(args.batch), current.version)
+        _refuse_retired(artifacts, args.batch, next((m for m in models if m.version == target), None))
+        event = store.rollback(args.batch, source=_source(), reason=args.reason)
+        _print_change(event, "rolled back to")
+        _after(store, artifacts, event)
         return 0
 
     return _run_user_command(run, args)
@@ -229,9 +263,11 @@ def cmd_rollback(args) -> int:
 
 def cmd_follow(args) -> int:
     def run(args) -> int:
-        store = _store()
+        store, artifacts = _store(), _artifacts()
         _known(store, args.batch)
-        _print_follow(store.follow_latest(args.batch, source=_source(), reason=args.reason))
+        event = store.follow_latest(args.batch, source=_source(), reason=args.reason)
+        _print_follow(event)
+        _after(store, artifacts, event)
         return 0
 
     return _run_user_command(run, args)

@@ -2,7 +2,8 @@
 
 Versions are numbered after the batch's LATEST registered version. Whether the new version
 becomes production: a batch that follows its latest version (no pin) moves to it, and the
-change is recorded (action "register"); a pinned batch stays on its pinned version unless
+change is recorded (action "register", and in the batch's production record in artifact storage,
+orchestration.production); a pinned batch stays on its pinned version unless
 LOGLOOP_PROMOTE_NEW_VERSIONS is true, which moves production to the new version and unpins
 the batch.
 """
@@ -65,7 +66,8 @@ def register_candidate(
     move_pin = promote_new_versions()  # a bad value fails before anything is written
     existing = [m for m in store.list_models(batch) if m.run_id == train_run_id]
     if existing:  # registered before: its production change may not have been recorded yet
-        store.record_new_version(batch, existing[0].version, source=f"registry:{train_run_id}", move_pin=move_pin)
+        _recorded(store, artifacts, store.record_new_version(batch, existing[0].version, source=f"registry:{train_run_id}",
+                                                             move_pin=move_pin))
         return existing[0]
     try:
         with artifacts.reading(candidate.validation_key) as path, open(path) as f:
@@ -106,9 +108,23 @@ def register_candidate(
             if _not_registered(store, batch, train_run_id):
                 artifacts.delete(key)
             raise
-        store.record_new_version(batch, registered.version, source=f"registry:{train_run_id}", move_pin=move_pin)
+        _recorded(store, artifacts, store.record_new_version(batch, registered.version, source=f"registry:{train_run_id}",
+                                                             move_pin=move_pin))
         return registered
     raise Failure(description=f"could not allocate a version for batch {batch!r}: too many concurrent registrations")
+
+
+def _recorded(store: Store, artifacts: ArtifactStorage, event) -> None:
+    """A new version became production: the batch's production record follows (restore reads it).
+    The run's materialization shows production in the UI (registered_model's metadata)."""
+    if event is None:
+        return
+    from orchestration.production import after_change
+
+    for problem in after_change(store, artifacts, event, observe=False):
+        import logging
+
+        logging.getLogger(__name__).warning(problem)
 
 
 def _not_registered(store: Store, batch: str, train_run_id: str) -> bool:

@@ -4,7 +4,10 @@ A lost or replaced store (a deleted SQLite file, a fresh TDengine database) woul
 stall the loop: windows already summarised are never read again, so their sample counts
 would never come back, and model versions would start over at 1. Each window's summary
 holds its per-batch line counts, and each registered model's artifact holds its registry
-row (meta.json and metrics.json), so both are re-recorded from there.
+row (meta.json and metrics.json), so both are re-recorded from there. Each batch's production
+record (`production/<batch key>.json`, orchestration.production, rewritten at every change of
+production) holds its production history, so pins and the rollback history come back too: its
+events are re-recorded for a batch whose store holds none.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:
     """Re-record every window's sample counts from its summary, and every registered model that
     the registry lacks from its artifact. Idempotent: recording a window again replaces it, and
     a model already registered is left alone. Returns what was done, by kind."""
-    report = {"windows": 0, "models": 0, "problems": []}
+    report = {"windows": 0, "models": 0, "production_changes": 0, "problems": []}
     for key in artifacts.list(SUMMARIES):
         if not key.endswith(".parquet"):
             continue
@@ -70,8 +73,28 @@ def restore_store(store: Store, artifacts: ArtifactStorage, log=None) -> dict:
             report["models"] += 1
         except VersionConflict as exc:
             report["problems"].append(f"{key}: version {version} of {batch!r} is taken by another run ({exc})")
-    if log is not None and (report["windows"] or report["models"] or report["problems"]):
+    _restore_production(store, artifacts, report)
+    if log is not None and (report["windows"] or report["models"] or report["production_changes"] or report["problems"]):
         log.warning(f"restored the store from artifact storage: {report['windows']} window(s) of sample counts, "
-                    f"{report['models']} model version(s)"
+                    f"{report['models']} model version(s), {report['production_changes']} production change(s)"
                     + (f"; {len(report['problems'])} problem(s): {report['problems'][:5]}" if report["problems"] else ""))
     return report
+
+
+def _restore_production(store: Store, artifacts: ArtifactStorage, report: dict) -> None:
+    """Re-record each batch's production history from its production record, where the store holds
+    none for that batch (a store that kept its events knows better than the last record)."""
+    from orchestration.production import event_from_dict, read_records
+
+    records, problems = read_records(artifacts)
+    report["problems"].extend(problems)
+    recorded = {e.batch for e in store.production_events()}
+    for record in records:
+        batch = record["batch"]
+        if batch in recorded:
+            continue
+        try:
+            events = [event_from_dict({**e, "batch": batch}) for e in record["events"] if isinstance(e, dict)]
+            report["production_changes"] += store.restore_production_events(batch, events)
+        except (ValueError, TypeError, KeyError) as exc:
+            report["problems"].append(f"{record['key']}: {type(exc).__name__}: {exc}")

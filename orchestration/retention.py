@@ -8,8 +8,9 @@ listing of artifact storage, what may go (and deletes nothing); `apply` deletes 
 (orchestration.cli_retention) from the command line, with `--dry-run`.
 
 What is kept, whatever the policy:
-- **models/**: per batch the last `keep_versions` versions and the production one
-  (`store.get_model(batch)`), and every zip the registry does not know (a registration in flight,
+- **models/**: per batch the last `keep_versions` versions, the production one
+  (`store.get_model(batch)`), the one `logloop models rollback` would go back to (the previous
+  production version, `resources.store.rollback_target`), and every zip the registry does not know (a registration in flight,
   or a store that lost its rows: `logloop store restore` registers them). An older version is
   *retired*: its zip is replaced, at the same key, by a stub holding only meta.json (marked
   `"retired"`, without the feedback labels and classifier) and metrics.json: the weights, vocabulary
@@ -30,7 +31,7 @@ What is kept, whatever the policy:
   fine-tune whose parent's watermark is older than that loses the unseen windows before it).
   A backfill of `partition_summaries` for such a window reads the source again, if it still has
   the logs. Windows of a batch with a training in flight wait for the next sweep.
-- Anything else (outbox/, the source index, keys in an unknown layout) is never touched: `apply`
+- Anything else (outbox/, production/ (the production records), the source index, keys in an unknown layout) is never touched: `apply`
   refuses a key outside models/, runs/, checkpoints/ and summaries/.
 
 A store that holds nothing while artifact storage holds summaries or models was lost or replaced:
@@ -89,7 +90,8 @@ class RetentionPolicy(BaseModel):
     enabled: bool = Field(default=True, description="Whether retention_sensor deletes anything.")
     keep_versions: int = Field(
         default=5, ge=1, le=100_000,
-        description="Model versions kept per batch (the newest ones); the production version is kept besides.")
+        description="Model versions kept per batch (the newest ones); the production version and the one a "
+        "rollback goes back to are kept besides.")
     keep_summaries_days: Optional[float] = Field(
         default=90, gt=0, allow_inf_nan=False,
         description="Window summaries kept this many days after the window ended; older windows leave the "
@@ -194,17 +196,24 @@ def plan(store: Store, artifacts: ArtifactStorage, policy: RetentionPolicy, now_
     present_models = set(listing["models"])
     kept_models = []
     registered = set()
+    events: dict[str, list] = {}
+    if models:
+        for e in store.production_events():
+            events.setdefault(e.batch, []).append(e)
     for batch in sorted({m.batch for m in models}):
         rows = sorted((m for m in models if m.batch == batch), key=lambda m: m.version)
         registered.update(m.artifact for m in rows)
-        production = store.get_model(batch)
+        production, fallback = _production_and_rollback(store, batch, rows, events.get(batch, []))
         newest = {m.version for m in rows[-policy.keep_versions:]}
         deferred = 0
         for m in rows:
             if m.artifact not in present_models:
                 continue  # gone already (or never under models/)
-            if production is not None and m.version == production.version:
+            if production is not None and m.version == production:
                 keep("model: production")
+                kept_models.append(m)
+            elif fallback is not None and m.version == fallback:
+                keep("model: what 'logloop models rollback' goes back to")
                 kept_models.append(m)
             elif m.version in newest:
                 keep(f"model: one of the last {policy.keep_versions} versions")
@@ -379,6 +388,17 @@ def _window_of(partition_key: Optional[str]) -> Optional[tuple[int, int]]:
     return int(window.start.timestamp() * 1000), int(window.end.timestamp() * 1000)
 
 
+def _production_and_rollback(store: Store, batch: str, rows, events) -> tuple[Optional[int], Optional[int]]:
+    """(the batch's production version, the version `logloop models rollback` would go back to):
+    the two versions retention never retires; None where there is none."""
+    from resources.store import rollback_target
+
+    production = store.get_model(batch)
+    if production is None:
+        return None, None
+    return production.version, rollback_target(rows, events, production.version)
+
+
 def _size(artifacts: ArtifactStorage, key: str) -> Optional[int]:
     """The object's size where that costs nothing (a local file); None elsewhere."""
     if isinstance(artifacts, LocalArtifactStorage):
@@ -486,13 +506,13 @@ def apply(p: Plan, artifacts: ArtifactStorage, log=None, *, store: Optional[Stor
           time_limit_s: Optional[float] = None) -> Report:
     """Delete what the plan lists, in its order; one failure does not stop the rest.
 
-    With `store` (needed for summaries), a model version that became production since the plan
-    is skipped, and a window's sample counts are retired before its summary goes. With
+    With `store` (needed for summaries), a model version that became production (or the rollback
+    target) since the plan is skipped, and a window's sample counts are retired before its summary goes. With
     `time_limit_s`, what is not reached in time is reported as left.
     """
     report = Report(dry_run=False, notes=list(p.notes), kept=dict(p.kept))
     started = time.monotonic()
-    production: dict[str, Optional[int]] = {}
+    protected: dict[str, tuple[Optional[int], Optional[int]]] = {}
     for item in p.items:
         if time_limit_s is not None and time.monotonic() - started > time_limit_s:
             report.left.append(item)
@@ -501,11 +521,15 @@ def apply(p: Plan, artifacts: ArtifactStorage, log=None, *, store: Optional[Stor
             if item.key is not None:
                 check_key(item.key)
             if item.kind == "model" and store is not None:
-                if item.batch not in production:
-                    current = store.get_model(item.batch)
-                    production[item.batch] = current.version if current else None
-                if production[item.batch] == item.version:
+                if item.batch not in protected:
+                    protected[item.batch] = _production_and_rollback(
+                        store, item.batch, store.list_models(item.batch), store.production_events(item.batch))
+                production, fallback = protected[item.batch]
+                if production == item.version:
                     report.skipped.append((item, f"v{item.version} of {item.batch!r} is in production now"))
+                    continue
+                if fallback == item.version:
+                    report.skipped.append((item, f"v{item.version} of {item.batch!r} is what a rollback goes back to now"))
                     continue
             if item.kind == "summary" and item.counts_in_store:
                 if store is None:
@@ -653,7 +677,7 @@ def evaluate_retention(context: SensorEvaluationContext, store: Store, artifacts
     name="retention_sensor",
     minimum_interval_seconds=SENSOR_TICK_S,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Retention: delete old model versions (never production), finished runs' candidates, checkpoints "
+    description="Retention: delete old model versions (never production or its rollback target), finished runs' candidates, checkpoints "
     "and samples no kept model needs, and window summaries past their age. Starts no run; the tick log says "
     "what went. Settings: retention in config/loop.yaml.",
 )

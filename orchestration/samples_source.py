@@ -15,7 +15,8 @@ from resources.samples import SamplesLogSource
 def samples_source(store, fields: dict) -> SamplesLogSource:
     from dagster import EnvVar
 
-    from resources.sql_store import SQLiteStore, SQLStore
+    from resources.sql_store import SQLStore
+    from resources.sqlite_store import SQLiteStore
     from resources.tdengine_store import TDengineStore
 
     page = {"page_size": int(os.environ["LOGLOOP_SAMPLES_PAGE_SIZE"])} if os.environ.get("LOGLOOP_SAMPLES_PAGE_SIZE") else {}

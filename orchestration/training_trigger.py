@@ -4,7 +4,8 @@
   sample counts in the store.
 - `new_samples_sensor` reads one grouped status row per batch from the store and
   launches scratch or fine-tune runs (ops.train.decisions), one per batch, watermark and mode
-  (the run key). Where the source counts cheaply (OpenSearch), it also catches up: the
+  (the run key); a fine-tune's data starts at the production model's watermark (its parent's,
+  which for a pinned batch is older than the latest version's). Where the source counts cheaply (OpenSearch), it also catches up: the
   last `catch_up_windows` closed windows that are not summarised and have no ingest run
   in flight are counted in one request, and those holding records get an ingest run.
   A tick records no task: the run's first asset does when the run starts
@@ -58,6 +59,19 @@ def training_run_config(mode: str, watermark_ms, settings: LoopSettings) -> dict
     if mode == "finetune" and watermark_ms is not None:
         sample["window_start"] = iso(watermark_ms)
     return merge_run_config({"ops": {"training_sample": {"config": sample}}}, settings.training_run_config)
+
+
+def _finetune_start(store: Store, decision):
+    """Where a fine-tune's new data begins: the watermark of the model it starts from, the batch's
+    PRODUCTION model (training_sample's parent), not the latest version's. The two differ for a
+    pinned batch: v1 pinned, v3 registered since; the decision counts new data from v3's watermark
+    (data no model has seen), but v1, the parent, never saw what v2 and v3 learned from."""
+    if decision.action != "finetune":
+        return decision.watermark_ms
+    production = store.get_model(decision.batch)
+    if production is None or production.window_end_ms is None:
+        return decision.watermark_ms
+    return production.window_end_ms
 
 
 
@@ -212,7 +226,7 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
             job_name=train_model_job.name,
             run_key=run_key,
             partition_key=d.batch,
-            run_config=training_run_config(d.action, d.watermark_ms, settings),
+            run_config=training_run_config(d.action, _finetune_start(store, d), settings),
             tags={TASK_TAG: task_id, BATCH_TAG: d.batch, MODE_TAG: d.action,
                   "dagster/max_runtime": str(settings.task_time_limit_s)},
         ))

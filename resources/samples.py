@@ -144,7 +144,8 @@ class SQLSamples(SampleTable):
     timeout_s: float = 30.0
 
     def _store(self):
-        from resources.sql_store import SQLiteStore, SQLStore
+        from resources.sql_store import SQLStore
+        from resources.sqlite_store import SQLiteStore
 
         if self.url.startswith("sqlite:///"):
             return SQLiteStore(path=self.url[len("sqlite:///"):], timeout_s=self.timeout_s)
@@ -333,7 +334,7 @@ class TDengineSamples(SampleTable):
         return [dict(zip(names, row)) for row in resp.get("data") or []]
 
     def register(self, batch, messages, flags):
-        from resources.tdengine_store import _MAX_SQL, literal, name_hash, writer_id
+        from resources.tdengine_client import MAX_SQL, literal, name_hash, writer_id
 
         n = len(messages)
         if n == 0:
@@ -346,7 +347,7 @@ class TDengineSamples(SampleTable):
         for i, (m, f) in enumerate(zip(messages, flags)):
             ts = first + i
             piece = f"({ts}, {ts}, {literal(m)}, {int(f)})"
-            if parts and size + len(piece) * 4 > _MAX_SQL:  # 4: the most UTF-8 bytes per character
+            if parts and size + len(piece) * 4 > MAX_SQL:  # 4: the most UTF-8 bytes per character
                 store._sql(head + "".join(parts), f"cannot register samples of batch {batch!r}")
                 parts, size = [], len(head)
             parts.append(piece)
@@ -355,7 +356,7 @@ class TDengineSamples(SampleTable):
         return first, first + n - 1
 
     def record_results(self, batch, results, model_version):
-        from resources.tdengine_store import literal, name_hash, writer_id
+        from resources.tdengine_client import literal, name_hash, writer_id
 
         validate_batch_name(batch)
         if not results:
@@ -433,7 +434,8 @@ class TDengineSamples(SampleTable):
 
 def samples_for_store(store) -> SampleTable:
     """The sample table next to an initialised store resource."""
-    from resources.sql_store import SQLiteStore, SQLStore
+    from resources.sql_store import SQLStore
+    from resources.sqlite_store import SQLiteStore
     from resources.tdengine_store import TDengineStore
 
     if isinstance(store, TDengineStore):

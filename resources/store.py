@@ -30,6 +30,7 @@ from resources.store_records import (
     Label,
     ModelRecord,
     PartitionCount,
+    PRODUCTION_ACTIONS,
     ProductionError,
     ProductionEvent,
     Task,
@@ -190,6 +191,29 @@ class Store(ConfigurableResource, ABC):
                                    cut(why, MAX_CHANGE_REASON), now_ms())
 
         return self._change_production(batch, plan)
+
+    def restore_production_events(self, batch: str, events: list[ProductionEvent]) -> int:
+        """Re-record `events` of `batch` (oldest first) as they were, skipping any recorded already
+        (same version, previous version, action and time): a store restore. Returns how many.
+        (TDengine stamps each event with its own insert time, so there the times are the restore's.)"""
+        added = 0
+        for event in events:
+            check_version(event.version)
+            if event.batch != batch or event.action not in PRODUCTION_ACTIONS:
+                raise ValueError(f"not a production event of batch {batch!r}: {event}")
+            source, reason = check_change_text(batch, event.source, event.reason)
+            event = ProductionEvent(batch, event.version, event.previous_version, event.action, source, reason,
+                                    event.created_ms)
+
+            def plan(models, existing, event=event):
+                same = (event.version, event.previous_version, event.action, event.created_ms)
+                if any((e.version, e.previous_version, e.action, e.created_ms) == same for e in existing):
+                    return None
+                return event
+
+            if self._change_production(batch, plan) is not None:
+                added += 1
+        return added
 
     # -- tasks -------------------------------------------------------------------------------
 

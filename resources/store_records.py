@@ -89,7 +89,8 @@ class BatchStatus:
     """What the new-sample sensor decides on. The version and watermark are the LATEST registered
     model's, not production's: "new data" is data no registered model has seen yet, so that a
     pinned batch whose newer versions are not promoted is not retrained on the same data every
-    tick. (A fine-tune still starts from production: training_sample's parent is get_model.)"""
+    tick. (A fine-tune still starts from production: training_sample's parent is get_model, and the
+    sensor starts its new data at production's watermark.)"""
 
     batch: str
     model_version: Optional[int]    # latest registered version

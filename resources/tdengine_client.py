@@ -168,7 +168,7 @@ PREFIX = {"sample_counts": "sc", "task_events": "te", "models": "md", "anomaly_c
            "production": "pd"}
 VOID_BATCH = ""  # reserved tag of the marker row an empty recording writes
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_MAX_SQL = 512 * 1024  # bytes per INSERT statement (TDengine's default limit is 1 MiB)
+MAX_SQL = 512 * 1024  # bytes per INSERT statement (TDengine's default limit is 1 MiB)
 _ready: set[tuple] = set()
 _ready_lock = threading.Lock()
 
@@ -282,7 +282,7 @@ class TDengineBase(Store):
             )
         statement, size = [], 0
         for piece in pieces:
-            if statement and size + len(piece.encode("utf-8")) > _MAX_SQL:
+            if statement and size + len(piece.encode("utf-8")) > MAX_SQL:
                 self._sql("INSERT INTO " + " ".join(statement), what)
                 statement, size = [], 0
             statement.append(piece)

@@ -214,6 +214,15 @@ def test_train_create_and_local_read_specs_as_validate_does(tmp_path, verb):
         assert_one_line_error(logloop("train", verb, "-f", path, env=env), path, BAD_SPEC_FILES[kind][1])
 
 
+def test_train_create_wait_with_the_webserver_down_fails_in_one_line(tmp_path):
+    """A usable spec, but nothing answers at LOGLOOP_DAGSTER_URL: one line, exit 1, no task recorded."""
+    env = {"LOGLOOP_HOME": str(tmp_path / "home"), "LOGLOOP_DAGSTER_URL": "http://127.0.0.1:9"}
+    spec = str(Path(__file__).resolve().parents[1] / "examples" / "modeltraining.yaml")
+    out = logloop("train", "create", "-f", spec, "--wait", env=env)
+    assert_one_line_error(out, "cannot reach the Dagster webserver at http://127.0.0.1:9")
+    assert out.stdout == "" and SQLiteStore(path=str(tmp_path / "home" / "store.sqlite")).list_tasks() == []
+
+
 @pytest.mark.parametrize("payload,message", [
     ("", "the request is not valid JSON: Expecting value"),
     ("[" * 50_000, "the request is nested too deeply"),

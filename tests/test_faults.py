@@ -223,5 +223,5 @@ def test_a_deleted_store_is_rebuilt_from_artifact_storage_and_the_loop_goes_on(h
     proc = subprocess.run([str(BIN / "logloop"), "store", "restore", "--json"], cwd=ROOT, env=env_for(home),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"windows": 1, "models": 0, "problems": []}
+    assert json.loads(proc.stdout) == {"windows": 1, "models": 0, "production_changes": 0, "problems": []}
     assert [m.version for m in store.list_models(BATCH)] == [1]

@@ -23,7 +23,8 @@ from tests.test_pipeline import BATCH, HOUR_MS, START_MS, hour_key, train_config
 env = test_pipeline.env  # the same fixture: two batches of demo logs, embedded resources, a Dagster instance
 
 ENV_VARS = ("LOGLOOP_STORE_URL", "LOGLOOP_STORE_PASSWORD", "LOGLOOP_TDENGINE_URL", "LOGLOOP_TDENGINE_PASSWORD",
-            "LOGLOOP_ARTIFACTS_URL", "LOGLOOP_EXECUTOR", "LOGLOOP_NATS_URL", "LOGLOOP_PROMOTE_NEW_VERSIONS")
+            "LOGLOOP_ARTIFACTS_URL", "LOGLOOP_EXECUTOR", "LOGLOOP_NATS_URL", "LOGLOOP_PROMOTE_NEW_VERSIONS",
+            "DAGSTER_HOME")  # the CLI reports production changes to DAGSTER_HOME's instance
 HOSTILE = "team'; DROP TABLE production_events; --/../x"
 CHAIN = [training_sample, nulog_model, registered_model, nulog_model_quality]
 
@@ -119,8 +120,21 @@ def test_a_pinned_version_is_the_scorer_the_fine_tune_parent_and_the_champion(en
     assert "LOGLOOP_PROMOTE_NEW_VERSIONS='maybe' is not a boolean" in failure.step_failure_data.error.message
     monkeypatch.delenv("LOGLOOP_PROMOTE_NEW_VERSIONS")
 
+    monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)  # the CLI tells the UI's instance
     code, out, err = run(capsys, "models", "rollback", BATCH, "--reason", "v3 is worse on nights")
     assert code == 0 and out == f"batch {BATCH!r}: production rolled back to v1 (was v3; pinned)\n", err
+    assert "warning:" not in err
+    # the Dagster UI sees the change: an observation of registered_model's batch partition
+    from dagster import AssetKey
+
+    [seen] = instance.fetch_observations(AssetKey("registered_model"), limit=1).records
+    observed = seen.asset_observation
+    assert observed.partition == BATCH and "production is v1 (was v3), pinned: rollback by cli:" in observed.description
+    assert {k: observed.metadata[k].value for k in ("production_version", "production_previous_version",
+                                                    "production_pinned", "production_change", "production_reason")} \
+        == {"production_version": 1, "production_previous_version": 3, "production_pinned": True,
+            "production_change": "rollback", "production_reason": "v3 is worse on nights"}
+    assert observed.metadata["production_changed_by"].value == _user()
     code, out, _ = run(capsys, "models", "history", BATCH, "--json")
     history = json.loads(out)
     assert [(h["action"], h["previous_version"], h["version"], h["pinned"]) for h in history] == [
@@ -130,6 +144,24 @@ def test_a_pinned_version_is_the_scorer_the_fine_tune_parent_and_the_champion(en
         (_user(), "v2 flags every deploy"), (_user(), "v3 is worse on nights")]
     assert history[3]["source"] == f"registry:{v3.run_id}" and "LOGLOOP_PROMOTE_NEW_VERSIONS" in history[3]["reason"]
     assert all(h["created_ms"] > 0 for h in history)
+    # v3's registration showed production in its materialization (the pin then: v1)
+    from dagster import AssetKey
+
+    [latest] = instance.fetch_materializations(AssetKey("registered_model"), limit=1).records
+    assert latest.asset_materialization.metadata["production_version"].value == 3  # LOGLOOP_PROMOTE_NEW_VERSIONS
+
+    # a lost store: `logloop store restore` brings back the models and the production history, pin and all
+    (tmp_path / "store.sqlite").unlink()
+    code, out, err = run(capsys, "store", "restore", "--json")
+    assert code == 0, err
+    restored = json.loads(out)
+    assert (restored["models"], restored["production_changes"], restored["problems"]) == (3, 5, [])
+    fresh = SQLiteStore(path=str(tmp_path / "store.sqlite"))
+    assert fresh.production(BATCH)[0].version == 1 and fresh.production(BATCH)[1] is True
+    assert [e.to_dict() for e in fresh.production_events(BATCH)] == history
+    code, out, err = run(capsys, "models", "rollback", BATCH)  # the history goes on: v1 came from v2 once
+    assert code == 0 and out == f"batch {BATCH!r}: production rolled back to v2 (was v1; pinned)\n", err
+    assert json.loads(run(capsys, "store", "restore", "--json")[1])["production_changes"] == 0  # idempotent
 
 
 # -- the commands and their errors, on registry rows ----------------------------------------------------
@@ -189,15 +221,45 @@ def test_promote_rollback_follow_and_history_from_the_command_line(home, capsys)
     (["rollback", "nope"], "no model registered for batch 'nope'"),
     (["rollback", HOSTILE], f"batch {HOSTILE!r} has no earlier production version than v1 to roll back to"),
     (["follow", "web"], "batch 'web' already follows its latest version (v4)"),
+    (["follow", "nope"], "no model registered for batch 'nope'"),
     (["history", "nope"], "no model registered for batch 'nope'"),
     (["diff", "nope", "1", "2"], "no model registered for batch 'nope'"),
     (["diff", "web", "1", "7"], "batch 'web' has no version 7 (registered: 1, 2, 3, 4)"),
+    (["diff", "web", "7", "1"], "batch 'web' has no version 7 (registered: 1, 2, 3, 4)"),
 ])
 def test_lifecycle_commands_refuse_clearly(home, capsys, args, says):
     before = home.production_events()
     code, out, err = run(capsys, "models", *args)
     assert_one_line_error(code, err, says)
     assert out == "" and home.production_events() == before
+
+
+def test_a_version_whose_gate_figures_are_not_finite_cannot_be_promoted(home, capsys):
+    home.register_model(ModelRecord(batch="web", version=5, run_id="run-5", artifact="models/x/nulog-5.zip",
+                                    artifact_uri="/x", metrics={"top_k_accuracy": 0.9, "anomaly_share": None}))
+    code, out, err = run(capsys, "models", "promote", "web", "5")
+    assert_one_line_error(code, err, "version 5 of batch 'web' cannot be production: its gate metrics are not finite "
+                                     "(anomaly_share): it failed its gate")
+    assert out == "" and home.production_events("web") == []
+
+
+def test_a_version_retention_retired_cannot_become_production(home, tmp_path, capsys):
+    """Its weights are gone: promote and rollback refuse it, and change nothing."""
+    import zipfile
+
+    for version in (1, 3):
+        path = tmp_path / "artifacts" / f"models/x/nulog-{version}.zip"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("meta.json", json.dumps({"batch": "web", "version": version,
+                                                "retired": {"at_ms": 1, "by": "logloop retention", "reason": "old"}}))
+            z.writestr("metrics.json", "{}")
+    for args in (["promote", "web", "1"], ["rollback", "web"]):  # production v4 rolls back to v3
+        code, out, err = run(capsys, "models", *args)
+        which = args[2] if len(args) > 2 else "3"
+        assert_one_line_error(code, err, f"version {which} of batch 'web' was retired by the retention policy")
+        assert out == "" and home.production_events("web") == []
+    assert run(capsys, "models", "promote", "web", "2")[0] == 0  # a kept version (its zip: not retired)
 
 
 def test_promoting_the_current_production_is_refused(home, capsys):

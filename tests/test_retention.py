@@ -179,7 +179,8 @@ def test_dry_run_deletes_nothing_and_reports_what_apply_deletes(tree):
     assert keys(artifacts) == before and report.dry_run
     assert len(store.partition_counts(BATCH)) == 3  # no counts retired either
     totals = report.totals()
-    assert totals["model"]["count"] == 2 and totals["summary"]["count"] == 1
+    # keep_versions 1: v3 (production) stays, and so does v2 (what a rollback goes back to); v1 goes
+    assert totals["model"]["count"] == 1 and totals["summary"]["count"] == 1
     assert totals["checkpoint"]["count"] == 1 and totals["run"]["count"] > 0
     assert all(t["bytes"] and t["bytes"] > 0 for t in totals.values())  # local files: sizes come free
     assert report.describe().startswith("retention: would delete ")
@@ -241,19 +242,47 @@ def test_the_production_version_is_never_deleted(tree, monkeypatch):
     assert [v for v in (1, 2, 3) if retention.retired(artifacts, artifact[v])] == [2]
 
 
-def test_a_version_promoted_between_plan_and_apply_is_skipped(tree, monkeypatch):
+def test_a_version_promoted_between_plan_and_apply_is_skipped(tree):
     _, resources, _ = tree
     store, artifacts = resources["store"], resources["artifacts"]
     at = now()
     p = plan(store, artifacts, policy(at), at, {IN_FLIGHT})
-    assert {i.version for i in p.items if i.kind == "model"} == {1, 2}
-    latest = SQLiteStore.get_model
-    monkeypatch.setattr(SQLiteStore, "get_model",
-                        lambda self, batch, version=None: latest(self, batch, 2 if version is None else version))
+    assert {i.version for i in p.items if i.kind == "model"} == {1}  # v2: the rollback target, kept
+    store.promote(BATCH, 1, source="test")
     report = apply(p, artifacts, None, store=store)
-    assert [(i.version, why) for i, why in report.skipped] == [(2, f"v2 of {BATCH!r} is in production now")]
-    assert retention.retired(artifacts, store.get_model(BATCH, 2).artifact) is None
-    assert retention.retired(artifacts, store.get_model(BATCH, 1).artifact)
+    assert [(i.version, why) for i, why in report.skipped] == [(1, f"v1 of {BATCH!r} is in production now")]
+    assert retention.retired(artifacts, store.get_model(BATCH, 1).artifact) is None
+
+
+def test_the_version_a_rollback_goes_back_to_is_never_retired(tree):
+    """Production (v3, following the latest) rolls back to v2: keep_versions 1 keeps v3 and v2, and
+    `logloop models rollback` then finds v2's weights. A change between plan and apply is seen too."""
+    _, resources, _ = tree
+    store, artifacts = resources["store"], resources["artifacts"]
+    at = now()
+    p = plan(store, artifacts, policy(at), at, {IN_FLIGHT})
+    assert [(i.kind, i.version) for i in p.items if i.kind == "model"] == [("model", 1)]
+    assert p.kept["model: what 'logloop models rollback' goes back to"] == 1
+    assert p.kept["model: production"] == 1
+    # v1 promoted, then v2: a rollback now goes back to v1, which the plan (made before) would retire
+    store.promote(BATCH, 1, source="test")
+    store.promote(BATCH, 2, source="test")
+    report = apply(p, artifacts, None, store=store)
+    assert [(i.version, why) for i, why in report.skipped] == [
+        (1, f"v1 of {BATCH!r} is what a rollback goes back to now")]
+    assert not [v for v in (1, 2, 3) if retention.retired(artifacts, store.get_model(BATCH, v).artifact)]
+    # a fresh plan: production v2 and its rollback target v1 stay, v3 is one of the last 1 anyway
+    again = plan(store, artifacts, policy(at), at, {IN_FLIGHT})
+    assert not [i for i in again.items if i.kind == "model"]
+    # keep_versions 1 after a rollback: production v1 (pinned), rollback target v3; v2 goes
+    event = store.rollback(BATCH, source="test")
+    assert (event.previous_version, event.version) == (2, 1)
+    after = apply(plan(store, artifacts, policy(at), at, {IN_FLIGHT}), artifacts, None, store=store)
+    assert [(i.kind, i.version) for i in after.deleted if i.kind == "model"] == [("model", 2)]
+    event = store.rollback(BATCH, source="test")
+    assert event.version == 3
+    with artifacts.reading(store.get_model(BATCH).artifact) as path:
+        assert read_artifact(path).meta["version"] == 3  # weights and all
 
 
 def test_finished_runs_go_in_flight_runs_stay_and_kept_samples_stay(tree):
@@ -270,8 +299,10 @@ def test_finished_runs_go_in_flight_runs_stay_and_kept_samples_stay(tree):
     assert not [k for k in after if runs["D"] in k]
     assert not (Path(artifacts.root) / run_folder(BATCH, runs["D"])).exists()
     assert any(runs["D"] in k and k.startswith("checkpoints/") for k in before)
-    # candidates of finished runs go; the sample of the kept version (v3, run C) stays, alone
-    assert [k for k in after if k.startswith("runs/") and IN_FLIGHT not in k] == [sample_of(artifacts, 3)]
+    # candidates of finished runs go; the samples of the kept versions stay: v3's (run C)
+    # (and v2's, run B: what a rollback goes back to)
+    assert {k for k in after if k.startswith("runs/") and IN_FLIGHT not in k} == {sample_of(artifacts, 3),
+                                                                                 sample_of(artifacts, 2)}
     assert sample_of(artifacts, 3) == f"{run_folder(BATCH, runs['C'])}/sample.parquet"
     assert artifacts.list(f"checkpoints/{bkey}") == []
     assert artifacts.list("checkpoints") == [f"checkpoints/{batch_key(IN_FLIGHT_BATCH)}/{IN_FLIGHT}.pt"]
@@ -338,7 +369,7 @@ def test_a_batch_training_now_keeps_its_old_versions_and_windows_until_the_next_
     p = plan(store, artifacts, policy(at), at, {IN_FLIGHT, "busy-run"})
     # its fine-tune may read any model of the batch and any window holding its lines
     assert {i.kind for i in p.items} == {"run", "checkpoint"}
-    assert p.kept["model: its batch has a training in flight"] == 2
+    assert p.kept["model: its batch has a training in flight"] == 1  # v1 (v2: the rollback target, v3: production)
     assert any("training in flight" in n for n in p.notes)
     store.record_task_event("task-busy", BATCH, "succeeded", run_id="busy-run")
     p = plan(store, artifacts, policy(at), at, {IN_FLIGHT})
@@ -473,7 +504,7 @@ def test_cli_dry_run_json_then_cleanup(tree, logloop, capsys):
     assert logloop(["cleanup", "--dry-run", "--json", "--keep-versions", "1", "--keep-summaries-days", days]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dry_run"] and out["policy"]["keep_versions"] == 1
-    assert out["totals"]["model"]["count"] == 2 and out["totals"]["summary"]["count"] == 1
+    assert out["totals"]["model"]["count"] == 1 and out["totals"]["summary"]["count"] == 1  # v1 (v2: rollback target)
     assert keys(artifacts) == before
 
     assert logloop(["cleanup", "--keep-versions", "1", "--keep-summaries-days", days]) == 0

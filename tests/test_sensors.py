@@ -109,6 +109,30 @@ def test_finetune_after_enough_new_samples_since_the_watermark(instance, store):
     assert sample_cfg["mode"] == "finetune" and sample_cfg["window_start"].startswith("1970-01-01T01:00")
 
 
+def test_a_pinned_batch_fine_tunes_from_production_with_its_watermark(instance, store):
+    """v1 pinned, v2 and v3 registered since: the fine-tune's parent is v1 (training_sample reads
+    production), so its new data starts at v1's watermark, not v3's; the decision itself still
+    counts new data from v3's (no retraining on data some model has seen, every tick)."""
+    counts(store, 0, a=500)
+    for version, end_hour in ((1, 1), (2, 2), (3, 3)):
+        store.register_model(ModelRecord(batch="a", version=version, run_id=f"r{version}", artifact="a.zip",
+                                         artifact_uri="/a.zip", window_start_ms=0, window_end_ms=end_hour * HOUR,
+                                         metrics={"top_k_accuracy": 0.9, "anomaly_share": 0.01}))
+    store.promote("a", 1, source="test", reason="v2 and v3 drift")
+    counts(store, 1, a=100)
+    counts(store, 2, a=100)
+    assert tick(instance, store).run_requests == []  # nothing after v3's watermark yet
+    counts(store, 3, a=60)
+    [request] = tick(instance, store).run_requests
+    assert request.tags["logloop/mode"] == "finetune"
+    sample_cfg = request.run_config["ops"]["training_sample"]["config"]
+    assert sample_cfg["window_start"] == "1970-01-01T01:00:00+00:00"  # v1's watermark, not v3's (03:00)
+    assert f":{3 * HOUR}:finetune:" in request.run_key  # the decision's watermark: v3's
+    store.follow_latest("a", source="test")  # unpinned: production is v3 again, and so is the start
+    [request] = tick(instance, store).run_requests
+    assert request.run_config["ops"]["training_sample"]["config"]["window_start"] == "1970-01-01T03:00:00+00:00"
+
+
 def test_finetunes_in_a_row_escalate_to_scratch(instance, store):
     counts(store, 0, a=500)
     register(store, "a", 1, end_hour=1)

@@ -777,6 +777,27 @@ def test_production_changes_record_who_when_and_why(store):
     assert events[0].to_dict()["pinned"] is True
 
 
+def test_production_events_restored_into_a_fresh_store_pin_as_before(store, tmp_path):
+    """A store restore re-records a batch's production history (orchestration.restore): the pin and
+    the rollback stack come back; a second restore adds nothing."""
+    source = SQLiteStore(path=str(tmp_path / "before.sqlite"))
+    for s in (source, store):
+        _versions(s, HOSTILE, 3)
+    source.promote(HOSTILE, 1, source="cli:alice", reason="v3 drifts")
+    source.promote(HOSTILE, 2, source="cli:bob")
+    history = source.production_events(HOSTILE)
+    assert store.restore_production_events(HOSTILE, history) == 2
+    # what the store holds already (same version, previous version, action and time) is not added again
+    # (TDengine stamps its own times, so only the store's own events compare equal everywhere)
+    assert store.restore_production_events(HOSTILE, store.production_events(HOSTILE)) == 0
+    assert [(e.action, e.version, e.previous_version, e.source, e.reason) for e in store.production_events(HOSTILE)] == [
+        (e.action, e.version, e.previous_version, e.source, e.reason) for e in history]
+    assert store.get_model(HOSTILE).version == 2 and store.production(HOSTILE)[1] is True
+    assert store.rollback(HOSTILE, source="cli:carol").version == 1  # the history goes on where it was
+    with pytest.raises(ValueError):
+        store.restore_production_events("other", history)  # events of another batch
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_sql_store_made_before_production_gets_its_table(tmp_path, request, kind):
     """An existing database gains the production_events table on first use, as every table is created."""

@@ -8,7 +8,7 @@ the store-independent part, plain Python without Dagster:
 - **Reading.** Plain text (one message per line) or JSON Lines whose message is in the
   configured `message_field` (the time and batch fields are not used: a pushed sample's time
   is when logloop received it, and its batch is the one it was pushed to). Lines stream in
-  blocks (`ops.records.read_raw_blocks`), so memory stays flat however long the input.
+  blocks (`ops.fetch.framing.read_raw_blocks`), so memory stays flat however long the input.
 - **Bad lines** are counted by reason in a `BadRecords`, as the data stage counts bad
   records, with the first few as examples naming the line: `blank`, `not_utf8`,
   `too_long` (over MAX_SAMPLE_BYTES in UTF-8, the same limit on every store; TDengine's
