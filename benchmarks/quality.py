@@ -58,7 +58,8 @@ from ops.register.artifact import Artifact  # noqa: E402
 from ops.validate.feedback import train_classifier, without_anomalies  # noqa: E402
 from ops.mask.masking import Masker  # noqa: E402
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K  # noqa: E402
-from ops.validate.scoring import Scorer, judge  # noqa: E402
+from ops.validate.scoring import Scorer  # noqa: E402
+from ops.validate.verdict import judge  # noqa: E402
 from ops.validate.templates import line_templates  # noqa: E402
 from ops.train.loop import TrainConfig, train  # noqa: E402
 from ops.train.vocab import Vocab  # noqa: E402
@@ -147,7 +148,7 @@ def bgl_quality(path: Path, epochs: int, seed: int, n_train: int = 1600) -> dict
     scored = scorer.score(test_msgs)
     scores = [s.score for s in scored]
     p, r, f1 = prf([s.anomaly for s in scored], test_labels)
-    # the best F1 over thresholds of the product's whole verdict (ops.validate.scoring.judge: severity, and a
+    # the best F1 over thresholds of the product's whole verdict (ops.validate.verdict.judge: severity, and a
     # score below t unless the form is established), not of the score alone
     counts = Counter(s.masked for s in scored)
     forms = list(counts)

@@ -16,7 +16,7 @@ The check fails when any batch jumped. Its metadata: the jumps (JSON, which the 
 posts), a table of the judged windows, and the anomaly rate per window of the batches that
 jumped (else the highest rates) as small SVG plots, one per batch, in markdown.
 
-`logloop anomalies` (orchestration/cli_anomalies.py) shows the same series and marks the same
+`logloop anomalies` (orchestration/cli/anomalies.py) shows the same series and marks the same
 jumps.
 """
 

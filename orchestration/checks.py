@@ -84,7 +84,7 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
     if labels and validation_lines:
         # how the verdict without feedback (model and severity) agrees with the users' labels
         from ops.validate.feedback import precision_recall
-        from ops.validate.scoring import judge
+        from ops.validate.verdict import judge
 
         labelled = [(f, c) for f, c in validation_lines if f in labels]
         if labelled:

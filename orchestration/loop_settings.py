@@ -15,9 +15,33 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestration.retention import RetentionPolicy
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class RetentionPolicy(BaseModel):
+    """What artifact storage keeps (`retention:` in config/loop.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Whether retention_sensor deletes anything.")
+    keep_versions: int = Field(
+        default=5, ge=1, le=100_000,
+        description="Model versions kept per batch (the newest ones); the production version and the one a "
+        "rollback goes back to are kept besides.")
+    keep_summaries_days: Optional[float] = Field(
+        default=90, gt=0, allow_inf_nan=False,
+        description="Window summaries kept this many days after the window ended; older windows leave the "
+        "store's sample counts too (they drop out of future trainings). null: keep every window.")
+    delete_finished_runs: bool = Field(
+        default=True, description="Delete run folders (candidates, samples no kept model needs) and checkpoints of finished runs.")
+    finished_run_grace_hours: float = Field(
+        default=24, ge=0, allow_inf_nan=False,
+        description="A run's files stay this long after it finished (retries resume from the checkpoint, "
+        "re-executions read the sample).")
+    interval_s: int = Field(default=3600, ge=60, description="How often retention_sensor sweeps.")
+    sweep_time_limit_s: float = Field(
+        default=40, gt=0, le=3600, allow_inf_nan=False,
+        description="retention_sensor stops deleting after this long (a sensor tick has 60 s); the rest goes next tick.")
 
 
 class Thresholds(BaseModel):

@@ -5,7 +5,7 @@ labels), every failed run its checkpoint, every registration one more model zip,
 more window summary. A `RetentionPolicy` says what to keep; `plan` decides, from the store and a
 listing of artifact storage, what may go (and deletes nothing); `apply` deletes it. The
 `retention_sensor` runs both as part of the loop (no run is started) and `logloop cleanup`
-(orchestration.cli_retention) from the command line, with `--dry-run`.
+(orchestration.cli.retention) from the command line, with `--dry-run`.
 
 What is kept, whatever the policy:
 - **models/**: per batch the last `keep_versions` versions, the production one
@@ -61,10 +61,10 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from pydantic import BaseModel, ConfigDict, Field
 
 from ops.naming import batch_key
 from orchestration.contract import CHECKPOINTS, MODELS, RUNS, SAMPLE_FILE, SUMMARIES, ModelRef, summary_key
+from orchestration.loop_settings import RetentionPolicy, loop_settings
 from resources.artifacts import ArtifactStorage, LocalArtifactStorage
 from resources.store import Store
 from resources.store_records import ACTIVE_STATES
@@ -82,36 +82,8 @@ NOT_FINISHED_STATUSES = tuple(s for s in DagsterRunStatus if s not in FINISHED_S
 SENSOR_TICK_S = 300
 
 
-class RetentionPolicy(BaseModel):
-    """What artifact storage keeps (`retention:` in config/loop.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(default=True, description="Whether retention_sensor deletes anything.")
-    keep_versions: int = Field(
-        default=5, ge=1, le=100_000,
-        description="Model versions kept per batch (the newest ones); the production version and the one a "
-        "rollback goes back to are kept besides.")
-    keep_summaries_days: Optional[float] = Field(
-        default=90, gt=0, allow_inf_nan=False,
-        description="Window summaries kept this many days after the window ended; older windows leave the "
-        "store's sample counts too (they drop out of future trainings). null: keep every window.")
-    delete_finished_runs: bool = Field(
-        default=True, description="Delete run folders (candidates, samples no kept model needs) and checkpoints of finished runs.")
-    finished_run_grace_hours: float = Field(
-        default=24, ge=0, allow_inf_nan=False,
-        description="A run's files stay this long after it finished (retries resume from the checkpoint, "
-        "re-executions read the sample).")
-    interval_s: int = Field(default=3600, ge=60, description="How often retention_sensor sweeps.")
-    sweep_time_limit_s: float = Field(
-        default=40, gt=0, le=3600, allow_inf_nan=False,
-        description="retention_sensor stops deleting after this long (a sensor tick has 60 s); the rest goes next tick.")
-
-
 def current_policy() -> RetentionPolicy:
     """The loop settings' `retention` (defaults while the settings have none)."""
-    from orchestration.loop_settings import loop_settings
-
     return getattr(loop_settings(), "retention", None) or RetentionPolicy()
 
 

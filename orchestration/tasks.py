@@ -17,7 +17,7 @@ at its deadline. The transitions, all here (states: resources.store_records.Task
   task passes its deadline, and its run is terminated. It starts no run: what it did is its
   tick's log and skip reason. (It replaced the `reap_dead_tasks` schedule and job; a new name,
   because Dagster keeps a schedule's state under its name, and a sensor of that name would read it.)
-- schedule_task / fail_task: `logloop train` (orchestration/cli_train.py).
+- schedule_task / fail_task: `logloop train` (orchestration/cli/train.py).
 """
 
 from __future__ import annotations

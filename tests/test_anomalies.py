@@ -156,7 +156,7 @@ def test_the_check_runs_in_the_ingest_job_right_after_scoring():
 
 def logloop(*argv):
     """`logloop anomalies ...` as orchestration.cli runs it (its parser, StoreError -> exit 2)."""
-    from orchestration import cli_anomalies
+    from orchestration.cli import anomalies as cli_anomalies
     from resources.store import StoreError
 
     parser = argparse.ArgumentParser(prog="logloop")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration import cli
+from orchestration.cli import app as cli
 from resources.sqlite_store import SQLiteStore
 from resources.store_records import ModelRecord
 

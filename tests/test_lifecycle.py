@@ -12,7 +12,7 @@ import json
 import pytest
 from dagster import materialize
 
-from orchestration import cli
+from orchestration.cli import app as cli
 from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
 from orchestration.checks import nulog_model_quality
 from resources.sqlite_store import SQLiteStore
@@ -43,7 +43,7 @@ def assert_one_line_error(code, err, *fragments):
 
 
 def _user() -> str:
-    from orchestration.cli_feedback import _source
+    from orchestration.cli.feedback import _source
 
     return _source()
 

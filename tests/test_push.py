@@ -268,7 +268,7 @@ def home(tmp_path, monkeypatch):
 
 
 def _cli(argv, capsys, stdin: bytes = b"", monkeypatch=None):
-    from orchestration.cli import main
+    from orchestration.cli.app import main
 
     if monkeypatch is not None:
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin)))
@@ -306,8 +306,8 @@ def test_cli_bad_input_outcomes(home, capsys, monkeypatch):
 
 
 def test_serve_ingest_over_loopback(home):
-    from orchestration.cli import CliError
-    from orchestration.cli_push import make_server
+    from orchestration.cli.common import CliError
+    from orchestration.cli.push import make_server
 
     with pytest.raises(CliError):
         make_server("0.0.0.0", 0)
@@ -360,7 +360,7 @@ def test_inference_results_round_trip_with_unique_timestamps(table):
 def test_cli_reads_recorded_results(home, capsys):
     from types import SimpleNamespace
 
-    from orchestration.cli_push import record_scores
+    from orchestration.cli.push import record_scores
 
     record_scores("web/a", [SimpleNamespace(score=0.5, anomaly=True, masked="a <NUM>"),
                             SimpleNamespace(score=0.9, anomaly=False, masked="b")], 2)

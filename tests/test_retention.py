@@ -22,7 +22,9 @@ from dagster._core.test_utils import create_run_for_test
 from scripts import demo_logs
 from ops.register.artifact import ArtifactError, read_artifact, read_artifact_meta
 from ops.naming import batch_key
-from orchestration import cli, cli_retention, retention
+from orchestration import retention
+from orchestration.cli import app as cli
+from orchestration.cli import retention as cli_retention
 from orchestration.assets import (
     nulog_model,
     partition_summaries,
@@ -31,7 +33,8 @@ from orchestration.assets import (
 )
 from orchestration.checks import nulog_model_quality
 from orchestration.contract import run_folder, summary_key
-from orchestration.retention import Item, Plan, RetentionPolicy, apply, dry_run, plan
+from orchestration.loop_settings import RetentionPolicy
+from orchestration.retention import Item, Plan, apply, dry_run, plan
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.nats_bus import NoModelEvents

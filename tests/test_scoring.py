@@ -185,7 +185,7 @@ def run_main(argv, stdin="", monkeypatch=None):
     import contextlib
     import io
 
-    from orchestration.cli import main
+    from orchestration.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     old_stdin = sys.stdin
@@ -219,7 +219,7 @@ def test_cli_errors_are_one_line(home):
 
 
 def test_the_verdict_label_first_then_severity_then_a_score_that_is_not_established():
-    from ops.validate.scoring import judge
+    from ops.validate.verdict import judge
 
     forms = ["a b", "x <severe> y", "rare new form", "common new form", "labelled ok", "labelled bad"]
     scores = [0.9, 1.0, 0.1, 0.1, 0.0, 1.0]

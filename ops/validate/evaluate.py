@@ -18,6 +18,7 @@ from ops.train.model import NuLog
 from ops.train.loop import encode_ids
 from ops.train.vocab import PAD, UNK, Vocab
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+from ops.validate.verdict import judge
 
 
 @torch.no_grad()
@@ -102,9 +103,8 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
 def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = DEFAULT_TOP_K, threshold: float = DEFAULT_THRESHOLD,
              batch_size: int = 4096) -> dict:
     """Quality on (masked_line, count) pairs; every figure is weighted by count. anomaly_share is the
-    share of lines the product's verdict flags (ops.validate.scoring.judge, without labels), the pairs being
+    share of lines the product's verdict flags (ops.validate.verdict.judge, without labels), the pairs being
     the lines judged together."""
-    from ops.validate.scoring import judge
 
     merged: dict[str, int] = {}
     for line, n in lines_with_counts:

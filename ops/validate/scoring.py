@@ -4,16 +4,7 @@
 vocabulary and scores each line as NuLog does: the share of its tokens whose true value the model
 ranks within its top k when that token is masked (ops/validate/evaluate.py; unknown tokens miss).
 
-Whether a line is an anomaly (`judge`), in this order:
-1. feedback decides: a form labelled normal is never flagged, one labelled anomaly always, and an
-   unlabelled form follows its nearest labelled form when they are near enough (ops/validate/feedback.py).
-   The labels are those the model was trained with (its meta.json) and those given to the Scorer;
-2. a form holding <severe> (an upper-case level word at error severity or above, from the
-   masking rules) is flagged;
-3. a form scoring below the threshold is flagged, unless it is established among the lines judged
-   together: at least ESTABLISHED_SHARE of them and ESTABLISHED_MIN_LINES lines. A message type
-   that many lines share is a new normal (a deployment's new message), not a rare event; the
-   score alone cannot tell the two apart, since every unseen form scores low.
+Whether a line is an anomaly is `ops.validate.verdict.judge`: labels, then severity, then the score.
 
 Logs repeat heavily once masked, so the work is done once per DISTINCT masked line: a bounded LRU
 cache maps masked line -> score across calls, and the distinct lines a call has not seen before
@@ -36,14 +27,7 @@ from ops.register.artifact import Artifact, ArtifactError, read_artifact
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from ops.validate.feedback import LabelIndex
 from ops.mask.masking import Masker
-
-SEVERE = "<severe>"
-# A form is established when it makes up at least 1% of the lines judged together and at least
-# 10 lines: an anomaly is rare by definition, and 10 lines is past what one incident's retries
-# usually repeat. Chosen by that reasoning, not fitted to any data set.
-ESTABLISHED_SHARE = 0.01
-ESTABLISHED_MIN_LINES = 10
-
+from ops.validate.verdict import judge
 
 @dataclass(frozen=True)
 class ScoredLine:
@@ -51,26 +35,6 @@ class ScoredLine:
     anomaly: bool    # the verdict (see the module docstring)
     masked: str      # the masked form the score belongs to (the line's event key)
     reason: str = ""  # why flagged or not: "label", "severity", "score", "established" or ""
-
-
-def judge(forms: list[str], scores: list[float], counts: list[int], threshold: float,
-          labels: dict[str, str] | None = None, total: int | None = None) -> list[tuple[bool, str]]:
-    """(anomaly, reason) per distinct form, given its score and how many of the `total` lines judged
-    together (default: sum(counts)) it holds (see the module docstring)."""
-    total = sum(counts) if total is None else total
-    out = []
-    for form, score, count in zip(forms, scores, counts):
-        label = labels.get(form) if labels else None
-        if label is not None:
-            out.append((label == "anomaly", "label"))
-        elif SEVERE in form.split(" "):
-            out.append((True, "severity"))
-        elif score < threshold:
-            established = count >= ESTABLISHED_MIN_LINES and count >= ESTABLISHED_SHARE * total
-            out.append((False, "established") if established else (True, "score"))
-        else:
-            out.append((False, ""))
-    return out
 
 
 def _metric(artifact: Artifact, key: str):
@@ -179,7 +143,7 @@ class Scorer:
         return len(self._cache)
 
 
-__all__ = ["ArtifactError", "ScoredLine", "Scorer", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K", "SEVERE", "judge"]
+__all__ = ["ArtifactError", "ScoredLine", "Scorer", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]
 
 
 def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:

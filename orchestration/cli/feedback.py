@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from orchestration.cli import CliError, _iso, _table
+from orchestration.cli.common import CliError, human_time, print_table
 
 DESCRIPTION = (
     "Label log lines of a batch as normal or anomalous. Each line is masked with the masking rules "
@@ -74,8 +74,8 @@ def _list(args) -> int:
     rows = [("BATCH", "LABEL", "VERSION", "WHEN", "FORM")]
     for lb in labels:
         version = "-" if lb.model_version is None else str(lb.model_version)
-        rows.append((lb.batch, lb.label, version, _iso(lb.created_ms), lb.masked))
-    _table(rows, nowrap=("LABEL", "VERSION", "WHEN"), keep=("BATCH",))
+        rows.append((lb.batch, lb.label, version, human_time(lb.created_ms), lb.masked))
+    print_table(rows, nowrap=("LABEL", "VERSION", "WHEN"), keep=("BATCH",))
     return 0
 
 

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from orchestration.cli import CliError, _table
+from orchestration.cli.common import CliError, print_table
 
 FORMATS = ("text", "json")
 
@@ -158,7 +158,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_samples_count(args) -> int:
-    from orchestration.cli_anomalies import parse_since
+    from orchestration.cli.anomalies import parse_since
 
     try:
         _check_batch(args.batch)
@@ -173,7 +173,7 @@ def cmd_samples_count(args) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        _table([["BATCH", "SAMPLES"] + (["SINCE"] if args.since else []),
+        print_table([["BATCH", "SAMPLES"] + (["SINCE"] if args.since else []),
                 [args.batch, f"{n:,}"] + ([args.since] if args.since else [])], nowrap=("SAMPLES",), keep=("BATCH",))
     return 0
 
@@ -184,7 +184,7 @@ def record_scores(batch: str, scored, model_version: int) -> None:
 
 
 def cmd_samples_results(args) -> int:
-    from orchestration.cli_anomalies import parse_since
+    from orchestration.cli.anomalies import parse_since
 
     try:
         _check_batch(args.batch)
@@ -203,7 +203,7 @@ def cmd_samples_results(args) -> int:
     def when(ns):
         return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
 
-    _table([["TIME", "SCORE", "VERDICT", "MODEL", "MASKED"]]
+    print_table([["TIME", "SCORE", "VERDICT", "MODEL", "MASKED"]]
            + [[when(r["ts_ns"]), f"{r['score']:.3f}", "ANOMALY" if r["anomaly"] else "normal", f"v{r['model_version']}",
                r["masked"]] for r in rows], nowrap=("TIME", "SCORE", "VERDICT", "MODEL"))
     return 0

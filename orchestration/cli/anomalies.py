@@ -16,7 +16,7 @@ import re
 import sys
 import time
 
-from orchestration.cli import CliError
+from orchestration.cli.common import CliError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DESCRIPTION = (
@@ -129,13 +129,13 @@ def _anomalies(args) -> int:
         print(f"no anomaly counts for {what} in windows since {_when(since_ms)} "
               "(anomaly_scores records them for batches with a registered model)")
         return 0
-    from orchestration.cli import _table  # rich: at most 120 columns, names never cut
+    from orchestration.cli.common import print_table  # rich: at most 120 columns, names never cut
 
-    table = [("BATCH", "WINDOW", "LINES", "ANOMALIES", "RATE", "BASELINE", "JUMP", "MODEL")]
-    table += [(r.batch, _when(r.window_start_ms), f"{r.lines:,}", f"{r.anomalies:,}", _rate(r.rate),
+    cells = [("BATCH", "WINDOW", "LINES", "ANOMALIES", "RATE", "BASELINE", "JUMP", "MODEL")]
+    cells += [(r.batch, _when(r.window_start_ms), f"{r.lines:,}", f"{r.anomalies:,}", _rate(r.rate),
                _rate(r.baseline_rate), "JUMP" if r.jump else "-" if r.jump is None else "no", f"v{r.model_version}")
               for r in rows]
-    _table(table, nowrap=("WINDOW", "LINES", "ANOMALIES", "RATE", "BASELINE", "JUMP", "MODEL"), keep=("BATCH",))
+    print_table(cells, nowrap=("WINDOW", "LINES", "ANOMALIES", "RATE", "BASELINE", "JUMP", "MODEL"), keep=("BATCH",))
     lines, anomalies = sum(r.lines for r in rows), sum(r.anomalies for r in rows)
     jumps = sum(1 for r in rows if r.jump)
     print(f"\n{len(rows)} window(s) of {len({r.batch for r in rows})} batch(es) since {_when(since_ms)}: "

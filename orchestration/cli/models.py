@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 
-from orchestration.cli import CliError, _grouped_table, _iso, _num, _run_user_command, _short, _store, _table
+from orchestration.cli.common import CliError, human_number, human_time, one_line, open_store, print_grouped_table, print_table, run_user_command
 
 DIFF_TOKENS_SHOWN = 20  # tokens listed per side in the text diff (--json lists them all)
 
@@ -104,7 +104,7 @@ def _prod_mark(version: int, production) -> str:
 
 
 def cmd_list(args) -> int:
-    store = _store()
+    store = open_store()
     models = store.list_models(args.batch)
     by_batch: dict[str, list] = {}
     for m in models:
@@ -126,20 +126,20 @@ def cmd_list(args) -> int:
         groups.append((heading, [(
             m.version, _prod_mark(m.version, production[batch]) or "-", m.mode,
             "-" if m.parent_version is None else m.parent_version, _metric(m.metrics.get("top_k_accuracy")),
-            _metric(m.metrics.get("anomaly_share")), _iso(m.window_end_ms),
+            _metric(m.metrics.get("anomaly_share")), human_time(m.window_end_ms),
             m.artifact.rpartition("/")[2] if folder else m.artifact,
         ) for m in versions]))
-    _grouped_table(("VERSION", "PROD", "MODE", "PARENT", "TOP-K ACC", "FLAGGED", "DATA UNTIL", "ARTIFACT"), groups,
+    print_grouped_table(("VERSION", "PROD", "MODE", "PARENT", "TOP-K ACC", "FLAGGED", "DATA UNTIL", "ARTIFACT"), groups,
                    nowrap=("VERSION", "PROD", "MODE", "PARENT", "TOP-K ACC", "FLAGGED", "DATA UNTIL"))
     return 0
 
 
 def _metric(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else _num(value)
+    return f"{value:.3f}" if isinstance(value, float) else human_number(value)
 
 
 def cmd_show(args) -> int:
-    store = _store()
+    store = open_store()
     production, pinned = store.production(args.batch)
     model = production if args.version is None else store.get_model(args.batch, args.version)
     if model is None:
@@ -160,14 +160,14 @@ def cmd_show(args) -> int:
             ("version", f"{model.version}  {status}"),
             ("mode", model.mode + ("" if model.parent_version is None else f", parent v{model.parent_version}")),
             ("run", model.run_id),
-            ("registered", _iso(model.created_ms)),
-            ("data", f"{_iso(model.window_start_ms)} to {_iso(model.window_end_ms)}"),
+            ("registered", human_time(model.created_ms)),
+            ("data", f"{human_time(model.window_start_ms)} to {human_time(model.window_end_ms)}"),
             ("artifact", model.artifact),
             ("uri", model.artifact_uri)]
     for key in _metric_order(model.metrics):
         value = model.metrics[key]
-        rows.append((key, _metric(value) if _scalar(value) else _short(json.dumps(value), 80)))
-    _table(rows, header=False)
+        rows.append((key, _metric(value) if _scalar(value) else one_line(json.dumps(value), 80)))
+    print_table(rows, header=False)
     return 0
 
 
@@ -184,7 +184,7 @@ def _metric_order(metrics: dict) -> list[str]:
 
 
 def _source() -> str:
-    from orchestration.cli_feedback import _source as source
+    from orchestration.cli.feedback import _source as source
 
     return source()
 
@@ -233,7 +233,7 @@ def _after(store, artifacts, event) -> None:
 
 def cmd_promote(args) -> int:
     def run(args) -> int:
-        store, artifacts = _store(), _artifacts()
+        store, artifacts = open_store(), _artifacts()
         _known(store, args.batch)
         _refuse_retired(artifacts, args.batch, store.get_model(args.batch, args.version))
         event = store.promote(args.batch, args.version, source=_source(), reason=args.reason)
@@ -241,14 +241,14 @@ def cmd_promote(args) -> int:
         _after(store, artifacts, event)
         return 0
 
-    return _run_user_command(run, args)
+    return run_user_command(run, args)
 
 
 def cmd_rollback(args) -> int:
     def run(args) -> int:
         from resources.store import rollback_target
 
-        store, artifacts = _store(), _artifacts()
+        store, artifacts = open_store(), _artifacts()
         models = _known(store, args.batch)
         current = store.get_model(args.batch)
         target = rollback_target(models, store.production_events(args.batch), current.version)
@@ -258,24 +258,24 @@ def cmd_rollback(args) -> int:
         _after(store, artifacts, event)
         return 0
 
-    return _run_user_command(run, args)
+    return run_user_command(run, args)
 
 
 def cmd_follow(args) -> int:
     def run(args) -> int:
-        store, artifacts = _store(), _artifacts()
+        store, artifacts = open_store(), _artifacts()
         _known(store, args.batch)
         event = store.follow_latest(args.batch, source=_source(), reason=args.reason)
         _print_follow(event)
         _after(store, artifacts, event)
         return 0
 
-    return _run_user_command(run, args)
+    return run_user_command(run, args)
 
 
 def cmd_history(args) -> int:
     def run(args) -> int:
-        store = _store()
+        store = open_store()
         events = store.production_events(args.batch)
         if not events and not store.list_models(args.batch):
             raise CliError(f"no model registered for batch {args.batch!r}")
@@ -290,27 +290,27 @@ def cmd_history(args) -> int:
             return 0
         rows = [("WHEN", "ACTION", "FROM", "TO", "PINNED", "SOURCE", "REASON")]
         for e in events:
-            rows.append((_iso(e.created_ms), e.action, "-" if e.previous_version is None else e.previous_version,
-                         e.version, "yes" if e.pinned else "no", e.source or "-", _short(e.reason, 200) or "-"))
-        _table(rows, nowrap=("WHEN", "ACTION", "FROM", "TO", "PINNED"))
+            rows.append((human_time(e.created_ms), e.action, "-" if e.previous_version is None else e.previous_version,
+                         e.version, "yes" if e.pinned else "no", e.source or "-", one_line(e.reason, 200) or "-"))
+        print_table(rows, nowrap=("WHEN", "ACTION", "FROM", "TO", "PINNED"))
         print(now)
         return 0
 
-    return _run_user_command(run, args)
+    return run_user_command(run, args)
 
 
 # -- diff ---------------------------------------------------------------------------------------------
 
 
 def _read(batch: str, version: int):
-    from orchestration.cli import _load_registered_artifact
+    from orchestration.cli.common import load_registered_artifact
 
-    return _load_registered_artifact(batch, version)
+    return load_registered_artifact(batch, version)
 
 
 def model_diff(batch: str, v1: int, v2: int) -> dict:
     """The comparison `models diff` prints: exact values, JSON-ready."""
-    store = _store()
+    store = open_store()
     models = {m.version: m for m in _known(store, batch)}
     for v in (v1, v2):
         if v not in models:
@@ -366,15 +366,15 @@ def cmd_diff(args) -> int:
             print(json.dumps(diff, indent=2, ensure_ascii=False))
             return 0
         one, two = diff["v1"], diff["v2"]
-        print(f"batch {args.batch!r}: v{one['version']} ({one['mode']}, data until {_iso(one['window_end_ms'])}) "
-              f"-> v{two['version']} ({two['mode']}, data until {_iso(two['window_end_ms'])})")
+        print(f"batch {args.batch!r}: v{one['version']} ({one['mode']}, data until {human_time(one['window_end_ms'])}) "
+              f"-> v{two['version']} ({two['mode']}, data until {human_time(two['window_end_ms'])})")
         rows = [("METRIC", f"V{one['version']}", f"V{two['version']}", "CHANGE")]
         for key, m in diff["metrics"].items():
             change = m["change"]
             rows.append((key, _metric(m["v1"]), _metric(m["v2"]),
-                         "-" if change is None else ("+" if change > 0 else "") + _num(change)))
+                         "-" if change is None else ("+" if change > 0 else "") + human_number(change)))
         if len(rows) > 1:
-            _table(rows, nowrap=("V" + str(one["version"]), "V" + str(two["version"]), "CHANGE"))
+            print_table(rows, nowrap=("V" + str(one["version"]), "V" + str(two["version"]), "CHANGE"))
         vocab = diff["vocabulary"]
         print(f"vocabulary: {vocab['v1_size']} -> {vocab['v2_size']} tokens, {len(vocab['added'])} added, "
               f"{len(vocab['removed'])} removed")
@@ -389,8 +389,8 @@ def cmd_diff(args) -> int:
         else:
             print(f"masking rules: changed; added {rules['added'] or 'none'}, removed {rules['removed'] or 'none'}")
         templates = diff["templates"]
-        print(f"templates (of each version's validation lines, at its gate): {_num(templates['v1'])} -> "
-              f"{_num(templates['v2'])}")
+        print(f"templates (of each version's validation lines, at its gate): {human_number(templates['v1'])} -> "
+              f"{human_number(templates['v2'])}")
         return 0
 
-    return _run_user_command(run, args)
+    return run_user_command(run, args)

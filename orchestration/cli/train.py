@@ -25,7 +25,7 @@ JOB = "train_model"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
-def _store():
+def open_store():
     from orchestration.resources import resource
 
     return resource("store")
@@ -174,7 +174,7 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
             return _fail(f"could not add batch {spec.batch!r}: {added['addDynamicPartition'].get('message', kind)}")
         from orchestration.tasks import schedule_task
 
-        schedule_task(_store(), spec.id, spec.batch, task_mode(spec), "launched by logloop train")
+        schedule_task(open_store(), spec.id, spec.batch, task_mode(spec), "launched by logloop train")
         run_id = client.submit_job_execution(
             JOB, repository_location_name=info.repository_location_name, repository_name=info.repository_name,
             run_config=run_config(spec), tags=run_tags(spec),
@@ -230,7 +230,7 @@ def run_local(spec: TrainingSpec) -> int:
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     if not instance.has_dynamic_partition("batches", spec.batch):
         instance.add_dynamic_partitions("batches", [spec.batch])
-    store = _store()
+    store = open_store()
     schedule_task(store, spec.id, spec.batch, task_mode(spec), "logloop train local")
     result = materialize(
         [training_sample, nulog_model, nulog_model_quality, registered_model], partition_key=spec.batch,
@@ -272,7 +272,7 @@ def cmd_request(args) -> int:
 
 
 def cmd_get(args) -> int:
-    store = _store()
+    store = open_store()
     tasks = store.list_tasks()
     if args.id:
         tasks = [t for t in tasks if t.task_id == args.id]
@@ -290,11 +290,11 @@ def cmd_get(args) -> int:
     if not rows:
         print("no trainings")
         return 0
-    from orchestration.cli import _table
+    from orchestration.cli.common import print_table
 
-    table = [("ID", "BATCH", "STATE", "MODE", "RUN", "ARTIFACT")]
+    cells = [("ID", "BATCH", "STATE", "MODE", "RUN", "ARTIFACT")]
     for r in rows:
         art = r["artifacts"][0]["artifactName"] if r["artifacts"] else "-"
-        table.append((r["task_id"], r["batch"], r["state"], r["mode"], r["run_id"] or "-", art))
-    _table(table, nowrap=("STATE", "MODE"), keep=("ID", "BATCH"))
+        cells.append((r["task_id"], r["batch"], r["state"], r["mode"], r["run_id"] or "-", art))
+    print_table(cells, nowrap=("STATE", "MODE"), keep=("ID", "BATCH"))
     return 0

@@ -1,0 +1,5 @@
+import sys
+
+from orchestration.cli.app import main
+
+sys.exit(main())

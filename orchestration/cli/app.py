@@ -1,0 +1,108 @@
+"""The `logloop` command: its parser, the tasks and store commands, and the entry point that turns
+store and storage errors into one line and a closed pipe into a quiet exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+from orchestration.cli import anomalies, feedback, models, nats, push, retention, score, train
+from orchestration.cli.common import human_time, one_line, open_store, print_table
+from resources.artifacts import ArtifactStorageError
+from resources.store import StoreError
+from resources.store_records import TASK_STATES
+
+
+def cmd_store_restore(args) -> int:
+    from orchestration.resources import resource
+    from orchestration.restore import restore_store
+
+    report = restore_store(open_store(), resource("artifacts"))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"restored {report['windows']} window(s) of sample counts, {report['models']} model version(s) and "
+              f"{report['production_changes']} production change(s)")
+        for problem in report["problems"]:
+            print(f"problem: {problem}", file=sys.stderr)
+    return 1 if report["problems"] else 0
+
+
+def cmd_tasks_list(args) -> int:
+    tasks = open_store().list_tasks(batch=args.batch, state=args.state)
+    if args.json:
+        print(json.dumps([asdict(t) for t in tasks], indent=2))
+        return 0
+    if not tasks:
+        print("no tasks" + (f" for batch {args.batch!r}" if args.batch else "") + (f" in state {args.state}" if args.state else ""))
+        return 0
+    rows = [("TASK", "BATCH", "STATE", "MODE", "STARTED", "RUN", "MESSAGE")]
+    for t in tasks:  # ids whole; the message shortened, the deadline left out (--json has them)
+        rows.append((t.task_id, t.batch, t.state, t.mode, human_time(t.started_ms), t.run_id or "-",
+                     one_line(t.message or "", 60) or "-"))
+    print_table(rows, nowrap=("STATE", "MODE", "STARTED"), keep=("TASK", "BATCH"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for commands in (train, nats, feedback, anomalies, retention, push, models, score):
+        commands.add_parser(sub)
+
+    tasks = sub.add_parser("tasks", help="training tasks").add_subparsers(dest="tasks_command", required=True)
+    p = tasks.add_parser("list", help="list training tasks, newest first")
+    p.add_argument("--batch", help="only this batch")
+    p.add_argument("--state", choices=TASK_STATES, help="only tasks in this state")
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    p.set_defaults(func=cmd_tasks_list)
+
+    store = sub.add_parser("store", help="the store").add_subparsers(dest="store_command", required=True)
+    p = store.add_parser("restore", help="re-record sample counts and registered models from artifact storage "
+                         "(after the store was lost or replaced; safe to repeat)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_store_restore)
+
+    return parser
+
+
+# What a shell reports for a writer killed by SIGPIPE (`seq 1 100000 | head -1` under pipefail).
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (StoreError, ArtifactStorageError) as exc:  # the store or the bucket: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script. Output into a pipe that its reader closed (`logloop models list | head -1`)
+    ends the command quietly with EXIT_BROKEN_PIPE, for every command, whether the write fails
+    while it runs or when the buffered output is flushed at the end."""
+    try:
+        try:
+            return _run(argv)
+        finally:  # flush here, where a BrokenPipeError can still be caught (also after --help)
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # The interpreter flushes stdout once more at exit; point the descriptor at /dev/null so
+        # that the unwritten rest goes nowhere instead of raising again ("Exception ignored ...").
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # stdout without a descriptor (tests' StringIO)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
