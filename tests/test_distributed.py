@@ -5,7 +5,8 @@ import torch
 
 from ops.train.model import NuLogConfig
 from ops.train.ddp import shard
-from ops.train.loop import TrainConfig, encode, plan_batches, resolve_world_size, train
+from ops.train.batches import encode, plan_batches
+from ops.train.loop import TrainConfig, resolve_world_size, train
 from ops.train.vocab import Vocab
 from tests.test_train import synthetic_lines
 

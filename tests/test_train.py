@@ -10,7 +10,8 @@ import torch
 
 from ops.validate.evaluate import evaluate, score_lines, topk_hits
 from ops.train.model import NuLog, NuLogConfig
-from ops.train.loop import TrainConfig, adam, batch_loss, encode, loss_on, plan_batches, train
+from ops.train.batches import batch_loss, encode, plan_batches
+from ops.train.loop import TrainConfig, adam, loss_on, train
 from ops.train.vocab import Vocab
 
 SMALL = NuLogConfig(vocab_size=0, d_model=64, n_heads=4, d_ff=64)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ops.train.model import NuLog
-from ops.train.loop import encode_ids
+from ops.train.batches import encode_ids
 from ops.train.vocab import PAD, UNK, Vocab
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from ops.validate.verdict import judge
