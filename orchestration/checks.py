@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ops.sample.sampling import read_sample
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
-from orchestration.assets import nulog_model
+from orchestration.assets.train import nulog_model
 from orchestration.contract import validation_key
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions

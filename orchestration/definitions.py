@@ -4,7 +4,10 @@ import os
 
 from dagster import Definitions
 
-from orchestration.assets import nulog_model, partition_summaries, raw_logs, registered_model, training_sample
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import training_sample
+from orchestration.assets.summaries import partition_summaries, raw_logs
+from orchestration.assets.train import nulog_model
 from orchestration.alerts import alert_sensors
 from orchestration.anomaly_checks import anomaly_rate_jump
 from orchestration.checks import nulog_model_quality

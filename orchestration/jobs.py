@@ -2,7 +2,10 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import training_sample
+from orchestration.assets.summaries import partition_summaries
+from orchestration.assets.train import nulog_model
 from orchestration.partitions import batch_partitions, time_partitions
 from orchestration.tasks import TRAIN_JOB
 

@@ -16,7 +16,7 @@ SETTINGS = loop_settings()
 def observe_source(context: SensorEvaluationContext, log_source: LogSource, windows_back: int, current_time=None):
     """Counts of the last closed windows per known batch, as observations of raw_logs' partitions."""
     from ops.windows import Windows
-    from orchestration.assets import window_ms
+    from orchestration.partitions import window_ms
 
     batches = sorted(context.instance.get_dynamic_partitions(batch_partitions.name))
     keys = last_closed_keys(windows_back, current_time)

@@ -263,3 +263,9 @@ def last_closed_keys(n: int, current_time: dt.datetime | None = None) -> list[st
             break
         keys.append(time_partitions.get_partition_key_for_timestamp(window.start.timestamp()))
     return keys[::-1]
+
+
+def window_ms(partition_key: str) -> tuple[int, int]:
+    """The [start, end) of a time partition in epoch ms."""
+    window = time_partitions.time_window_for_partition_key(partition_key)
+    return int(window.start.timestamp() * 1000), int(window.end.timestamp() * 1000)

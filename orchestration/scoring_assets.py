@@ -11,7 +11,8 @@ from typing import Optional
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from orchestration.assets import partition_summaries, window_ms
+from orchestration.assets.summaries import partition_summaries
+from orchestration.partitions import window_ms
 from orchestration.contract import summary_key
 from orchestration.k8s import backfill_policy
 from orchestration.loop_settings import loop_settings

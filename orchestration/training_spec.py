@@ -112,7 +112,8 @@ def required_time_ms(value, what: str) -> int:
 
 
 def _config_classes():
-    from orchestration.assets import ResampleConfig, TrainAssetConfig
+    from orchestration.assets.sample import ResampleConfig
+    from orchestration.assets.train import TrainAssetConfig
     from orchestration.checks import ValidationConfig
 
     return {"training_sample": ResampleConfig, "nulog_model": TrainAssetConfig, GATE_SECTION: ValidationConfig}

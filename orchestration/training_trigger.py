@@ -125,7 +125,7 @@ def plan_catch_up(context: SensorEvaluationContext, log_source: LogSource, batch
     rest are counted for the known batches in one `log_source.count` call.
     """
     from ops.windows import Windows
-    from orchestration.assets import window_ms
+    from orchestration.partitions import window_ms
 
     now = current_time or dt.datetime.now(dt.timezone.utc)
     closed_before = int(now.timestamp() * 1000) - CATCH_UP_GRACE_S * 1000

@@ -211,7 +211,8 @@ def launch_run_and_steps(tmp_path, launcher_config: dict, container_context, k8s
     from dagster_k8s.container_context import K8sContainerContext
     from dagster_k8s.executor import K8sStepHandler
 
-    from orchestration.assets import nulog_model, partition_summaries
+    from orchestration.assets.summaries import partition_summaries
+    from orchestration.assets.train import nulog_model
 
     result = validate_config(K8sRunLauncher.config_type(), launcher_config)
     assert result.success, [e.message for e in result.errors]

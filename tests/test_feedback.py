@@ -10,7 +10,9 @@ from dagster import materialize
 
 from ops.register.artifact import read_artifact
 from ops.validate.feedback import LabelIndex, classifier_probability, train_classifier, without_anomalies
-from orchestration.assets import nulog_model, registered_model, training_sample
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import training_sample
+from orchestration.assets.train import nulog_model
 from orchestration.checks import nulog_model_quality
 from tests.test_pipeline import BATCH, env, ingest, train_config  # noqa: F401  (env is a fixture)
 

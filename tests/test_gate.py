@@ -9,7 +9,9 @@ import torch
 from dagster import materialize
 from pydantic import ValidationError
 
-from orchestration.assets import ResampleConfig, TrainAssetConfig, nulog_model, registered_model, training_sample
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import ResampleConfig, training_sample
+from orchestration.assets.train import TrainAssetConfig, nulog_model
 from orchestration.checks import ValidationConfig, nulog_model_quality
 from orchestration.training_spec import SpecError, parse_spec
 from tests.test_pipeline import BATCH, env, ingest, train_config  # noqa: F401  (env is a fixture)

@@ -13,7 +13,10 @@ import pytest
 from dagster import materialize
 
 from orchestration.cli import app as cli
-from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import training_sample
+from orchestration.assets.summaries import partition_summaries
+from orchestration.assets.train import nulog_model
 from orchestration.checks import nulog_model_quality
 from resources.sqlite_store import SQLiteStore
 from resources.store_records import ModelRecord

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from dagster import build_sensor_context, materialize
 
-from orchestration.assets import nulog_model, registered_model, training_sample
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import training_sample
+from orchestration.assets.train import nulog_model
 from orchestration.checks import nulog_model_quality
 from orchestration.model_events import OUTBOX, announce, flush_outbox, pending
 from orchestration.nats_requests import Accepted, Rejected, parse, run_key

@@ -461,7 +461,10 @@ def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bu
     from dagster import instance_for_test, materialize
 
     from scripts import demo_logs
-    from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
+    from orchestration.assets.register import registered_model
+    from orchestration.assets.sample import training_sample
+    from orchestration.assets.summaries import partition_summaries
+    from orchestration.assets.train import nulog_model
     from orchestration.checks import nulog_model_quality
     from orchestration.partitions import PARTITION_FMT
     from orchestration.scoring_assets import anomaly_scores

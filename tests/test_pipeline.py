@@ -8,7 +8,10 @@ import pytest
 from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 
 from scripts import demo_logs
-from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import training_sample
+from orchestration.assets.summaries import partition_summaries
+from orchestration.assets.train import nulog_model
 from orchestration.checks import nulog_model_quality
 from orchestration.partitions import PARTITION_FMT
 from resources.nats_bus import NoModelEvents

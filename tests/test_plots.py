@@ -131,7 +131,9 @@ def test_progress_is_time_based_too_with_an_eta():
 
 
 def test_materialized_chain_shows_plots_timestamps_and_no_nulls(env):
-    from orchestration.assets import nulog_model, registered_model, training_sample
+    from orchestration.assets.register import registered_model
+    from orchestration.assets.sample import training_sample
+    from orchestration.assets.train import nulog_model
     from orchestration.checks import nulog_model_quality
 
     instance, resources = env

@@ -18,7 +18,10 @@ from scripts import demo_logs
 from ops.mask.masking import Masker
 from ops.secret import Secret
 from ops.fetch.push import CLOCK
-from orchestration.assets import nulog_model, partition_summaries, registered_model, training_sample
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import training_sample
+from orchestration.assets.summaries import partition_summaries
+from orchestration.assets.train import nulog_model
 from orchestration.checks import nulog_model_quality
 from orchestration.loop_settings import LoopSettings, Thresholds
 from orchestration.partitions import PARTITION_FMT

@@ -25,12 +25,10 @@ from ops.naming import batch_key
 from orchestration import retention
 from orchestration.cli import app as cli
 from orchestration.cli import retention as cli_retention
-from orchestration.assets import (
-    nulog_model,
-    partition_summaries,
-    registered_model,
-    training_sample,
-)
+from orchestration.assets.register import registered_model
+from orchestration.assets.sample import training_sample
+from orchestration.assets.summaries import partition_summaries
+from orchestration.assets.train import nulog_model
 from orchestration.checks import nulog_model_quality
 from orchestration.contract import run_folder, summary_key
 from orchestration.loop_settings import RetentionPolicy

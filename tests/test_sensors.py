@@ -465,7 +465,7 @@ def test_catch_up_with_the_opensearch_source_is_one_count_request(instance, stor
     """The real OpenSearch source over HTTP (tests/opensearch_server.py): one aggregation
     request counts the unsummarised windows; a server error only costs the catch-up."""
     from ops.windows import Windows
-    from orchestration.assets import window_ms
+    from orchestration.partitions import window_ms
     from tests.opensearch_server import FakeOpenSearch, ListCorpus
 
     start = {h: window_ms(hour_key(h))[0] for h in (9, 10, 11)}

@@ -141,7 +141,8 @@ def test_spec_resources_env_and_image_reach_the_train_pod():
     assert job.spec.template.spec.tolerations[0].key == "nvidia.com/gpu"
 
     # with no spec, the op tags every launch path uses ask for one GPU
-    from orchestration.assets import nulog_model, partition_summaries
+    from orchestration.assets.summaries import partition_summaries
+    from orchestration.assets.train import nulog_model
 
     tags = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in nulog_model.op.tags.items()}
     default = k8s_job(get_user_defined_k8s_config(tags).to_dict())
@@ -197,7 +198,7 @@ def test_train_local_and_opni_request_register_versions(tmp_path):
     from dagster import instance_for_test, materialize
 
     from scripts import demo_logs
-    from orchestration.assets import partition_summaries
+    from orchestration.assets.summaries import partition_summaries
     from resources.artifacts import LocalArtifactStorage
     from resources.log_source import LocalLogSource
     from resources.sqlite_store import SQLiteStore

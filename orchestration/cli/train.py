@@ -222,7 +222,9 @@ def cmd_create(args) -> int:
 def run_local(spec: TrainingSpec) -> int:
     from dagster import DagsterInstance, materialize
 
-    from orchestration.assets import nulog_model, registered_model, training_sample
+    from orchestration.assets.register import registered_model
+    from orchestration.assets.sample import training_sample
+    from orchestration.assets.train import nulog_model
     from orchestration.checks import nulog_model_quality
     from orchestration.resources import build_resources
     from orchestration.tasks import fail_task, schedule_task

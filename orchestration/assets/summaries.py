@@ -1,0 +1,124 @@
+"""Stages 1 and 2, fetch and mask: `raw_logs` (the logs where they live) and `partition_summaries`,
+one summary per time window, written by the data stage (ops.mask.data_stage)."""
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+
+from dagster import (
+    AssetExecutionContext,
+    AssetSpec,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from ops.fetch.push import fold_counts
+from ops.mask.data_stage import summarize_windows
+from ops.mask.masking import load_rules
+from ops.mask.summary import write_summaries
+from ops.windows import Windows
+from orchestration import contract
+from orchestration.k8s import backfill_policy, data_step_k8s_config
+from orchestration.partitions import batch_partitions, time_partitions
+from resources.artifacts import ArtifactStorage
+from resources.log_source import LogSource
+from resources.store import Store
+from orchestration.partitions import window_ms
+
+
+raw_logs = AssetSpec(
+    "raw_logs",
+    partitions_def=time_partitions,
+    description="The logs where they live (a local folder or an OpenSearch index). Read in windows, never copied.",
+    group_name="data",
+)
+
+
+# Every numeric run-config field has finite, sane bounds here. Specs are validated by these
+# same classes (orchestration.training_spec), so this is the one place ranges are set.
+# Floats are finite (pydantic lets inf through a bare `gt=0`).
+class DataStageConfig(Config):
+    force: bool = Field(default=False, description="Re-read windows that already have a summary.")
+    workers: int = Field(default=0, ge=0, le=1024, description="Worker processes for multi-window runs; 0 = CPU count.")
+    cap: int = Field(default=100_000, gt=0, le=100_000_000, description="Distinct masked lines kept per batch before compacting.")
+
+
+@asset(
+    partitions_def=time_partitions,
+    backfill_policy=backfill_policy(),
+    deps=[raw_logs],
+    group_name="data",
+    kinds={"python", "parquet"},
+    op_tags={"dagster-k8s/config": data_step_k8s_config()},
+)
+def partition_summaries(
+    context: AssetExecutionContext,
+    config: DataStageConfig,
+    log_source: LogSource,
+    store: Store,
+    artifacts: ArtifactStorage,
+) -> MaterializeResult:
+    """Fetch each time window's logs, mask them and summarise them per batch.
+
+    A window already summarised is not read again (unless `force`). Each window's
+    summary goes to artifact storage as Parquet; its line counts per batch go to the store.
+    """
+    todo, skipped = [], []
+    for key in context.partition_keys:
+        (skipped if artifacts.exists(contract.summary_key(key)) and not config.force else todo).append(key)
+    if skipped:
+        context.log.info(f"{len(skipped)} window(s) already summarised, not read again: {skipped[:5]}")
+    windows = Windows([window_ms(k) for k in todo])
+    shards = log_source.shards(windows) if todo else []
+    workers = max(1, min(config.workers or os.cpu_count() or 1, len(shards)))
+    context.log.info(f"reading {len(todo)} window(s) from {log_source.describe()}: {len(shards)} shard(s), {workers} worker(s)")
+
+    def progress(done: int, total: int, lines: int) -> None:
+        context.log.info(f"shard {done}/{total} done, {lines} lines so far")
+
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+    try:
+        result = summarize_windows(shards, windows, load_rules(), pool=pool, cap=config.cap, progress=progress)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    log_source.remember(result.time_ranges)
+
+    rows, batches = [], set()
+    for key, (start, end), window in zip(todo, windows.bounds, result.windows):
+        with artifacts.writing(contract.summary_key(key)) as tmp:  # visible only once complete
+            write_summaries(tmp, window.summaries, extra_meta={"window_start_ms": start, "window_end_ms": end})
+        counts = fold_counts({b: s.total for b, s in window.summaries.items()})  # pushed validation pools count in their batch
+        store.record_sample_counts(key, start, end, counts)
+        batches.update(counts)
+        rows.append({"window": key, "lines": window.lines, "counts": counts,
+                     "distinct": {b: len(s.counts) for b, s in window.summaries.items()}})
+
+    new = [b for b in sorted(batches) if not context.instance.has_dynamic_partition(batch_partitions.name, b)]
+    if new:
+        context.instance.add_dynamic_partitions(batch_partitions.name, new)
+    from ops.plots import tidy_metadata
+
+    return MaterializeResult(
+        metadata=tidy_metadata({
+            "source": log_source.describe(),
+            "windows_read": len(todo),
+            "windows_skipped": len(skipped),
+            **({"first_window": MetadataValue.timestamp(min(s for s, _ in windows.bounds) / 1000),
+                "last_window_end": MetadataValue.timestamp(max(e for _, e in windows.bounds) / 1000)} if todo else {}),
+            "shards": result.shards,
+            "lines": result.lines,
+            "lines_per_s": result.lines / result.seconds if result.seconds else None,
+            "seconds": result.seconds,
+            "peak_worker_rss_mb": result.peak_worker_rss_mb,
+            "bad_records": result.bad.total,
+            "bad_by_reason": MetadataValue.json(dict(result.bad.counts)),
+            "bad_examples": MetadataValue.json(result.bad.examples),
+            "batches": MetadataValue.json(sorted(batches)),
+            "new_batches": MetadataValue.json(new),
+            "windows": MetadataValue.json(rows[:200]),
+        })
+    )
