@@ -10,7 +10,7 @@ written (before timing starts) as JSON Lines in Opni's shape, one file per windo
 With --distinct, most masked lines are unique (random words), which exercises the
 bounded summaries. With --compress gz|zst the files are written compressed (gzip level
 6, zstd level 3) and decompressed as they stream. With --source s3 they are uploaded
-to moto's S3 server (tests/s3_server.py, its own process on loopback, started here)
+to moto's S3 server (tests/servers/s3_server.py, its own process on loopback, started here)
 and read through s3fs, as from a bucket. Prints one JSON object; peak_rss_mb is the
 largest RSS of any worker process as the data stage reports it (getrusage; on Linux a
 spawned worker's figure includes the parent's RSS at spawn), worker_own_peak_rss_mb
@@ -136,7 +136,7 @@ def cycle(lines, n):
 def upload_to_s3(folder: Path, stack: contextlib.ExitStack) -> str:
     """Start moto's S3 server (stopped by `stack`), upload `folder`'s files to a bucket, point
     this process's environment (inherited by spawned workers) at it; the folder's URL."""
-    from tests.s3_server import S3Server
+    from tests.servers.s3_server import S3Server
 
     server = stack.enter_context(S3Server())
     client = server.client()
@@ -157,8 +157,8 @@ def main() -> int:
     ap.add_argument("--distinct", action="store_true", help="mostly unique lines (random words)")
     ap.add_argument("--cache-size", type=int, default=100_000, help="raw-message mask cache; 0 disables it")
     ap.add_argument("--source", default="local", choices=["local", "s3", "opensearch-test"],
-                    help="local files; the same files in moto's S3 server on loopback (tests/s3_server.py); "
-                         "or the protocol-level test OpenSearch (tests/opensearch_server.py)")
+                    help="local files; the same files in moto's S3 server on loopback (tests/servers/s3_server.py); "
+                         "or the protocol-level test OpenSearch (tests/servers/opensearch_server.py)")
     ap.add_argument("--compress", choices=["gz", "zst"], help="write the files compressed")
     ap.add_argument("--format", default="jsonl", choices=["jsonl", "text"],
                     help="jsonl: Opni-shaped JSON Lines (default); text: plain-text log files")

@@ -4,7 +4,7 @@
     python benchmarks/opensearch_source.py --lines 3000000 --json
 
 N Loghub lines from ../shared/data/loghub2k, cycled and spread over hourly windows
-exactly as benchmarks/data_stage.py writes them, are served by tests/opensearch_server.py
+exactly as benchmarks/data_stage.py writes them, are served by tests/servers/opensearch_server.py
 (documents generated on demand, so N costs no memory) in separate processes; the data
 stage reads them with OpenSearchLogSource (PIT slices, search_after pages) in spawned
 workers. Prints one JSON object; peak_rss_mb is the largest RSS of any data-stage
@@ -36,7 +36,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "loghub2k"
 
 def start_server(lines: list[str], n: int, windows: int, processes: int):
     """The fake OpenSearch serving n generated documents as index "logs"; (process, url)."""
-    from tests.opensearch_server import serve_generated
+    from tests.servers.opensearch_server import serve_generated
 
     ctx = multiprocessing.get_context("spawn")
     parent_end, child_end = ctx.Pipe()

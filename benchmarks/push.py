@@ -7,7 +7,7 @@ runs in a fresh spawned process that reads the file and registers every line as 
 batch (`resources.samples.push`: read, count bad lines, draw the split flag, stamp unique
 nanoseconds, write chunks). The process's peak RSS is read from /proc (VmHWM). SQLite is also
 run at N/10, so memory can be compared across a 10x difference in lines (flat = about equal).
-The TDengine fake (tests/taos_rest_server.py) runs in this parent process, so its in-memory
+The TDengine fake (tests/servers/taos_rest_server.py) runs in this parent process, so its in-memory
 rows are not in the pusher's RSS; it parses SQL in Python, so its figure is the fake's, not
 TDengine's.
 
@@ -86,7 +86,7 @@ def main() -> int:
         out["sqlite"] = measure(SQLSamples(f"sqlite:///{tmp / 'a.sqlite'}"), big, args.chunk)
         out["sqlite_tenth"] = measure(SQLSamples(f"sqlite:///{tmp / 'b.sqlite'}"), small, args.chunk)
         if not args.skip_tdengine:
-            from tests.taos_rest_server import FakeTaosAdapter
+            from tests.servers.taos_rest_server import FakeTaosAdapter
 
             with FakeTaosAdapter(password="bench") as server:
                 out["tdengine_fake"] = measure(TDengineSamples(server.url, "bench", password=Secret("bench")), big,

@@ -9,7 +9,7 @@ import pytest
 
 # The tests use fixed dates (2026-01-01, 2026-11-01, ...): pin where the time windows begin rather
 # than derive it from whatever ./data holds (orchestration/partitions.py); subprocesses inherit it.
-# tests/test_partitions_start.py unsets it to test the derivation.
+# tests/orchestration/test_partitions_start.py unsets it to test the derivation.
 os.environ.setdefault("LOGLOOP_PARTITION_START", "2025-01-01-00:00")
 
 _CANDIDATES = [

@@ -284,7 +284,7 @@ def backtracking_risk(pattern: str) -> str | None:
 # could continue across the gap (`PIECES`, a superset of every space those rules can
 # match, judged on the lower-cased line: rule outputs are <placeholders>, whose '<' and
 # '>' none of these rules match, so no earlier rule can create a new place to join), and
-# a line holding a Windows path (C:\\...\\a b) is masked whole. tests/test_masking.py
+# a line holding a Windows path (C:\\...\\a b) is masked whole. tests/ops/mask/test_masking.py
 # checks piecewise == whole-line on every Loghub line and on generated lines.
 
 _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"

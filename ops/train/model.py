@@ -48,7 +48,7 @@ class ModelConfigError(ValueError):
 
 def state_dict_shapes(cfg: NuLogConfig) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor in NuLog(cfg).state_dict(), from the config alone: nothing is
-    allocated (tests/test_artifact_safety.py checks it against the real model)."""
+    allocated (tests/ops/register/test_artifact_safety.py checks it against the real model)."""
     d, f, v = cfg.d_model, cfg.d_ff, cfg.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"tok.weight": (v, d)}
     for i in range(cfg.n_layers):

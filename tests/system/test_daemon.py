@@ -1,0 +1,175 @@
+"""The loop running by itself under the real Dagster daemon, twice: on the embedded defaults and on
+PostgreSQL.
+
+- `sqlite`: Dagster's instance is deploy/dagster.local.yaml (SQLite under DAGSTER_HOME) and the
+  logloop store is SQLite under LOGLOOP_HOME, as on a laptop.
+- `postgres`: a real PostgreSQL server (tests/servers/postgres_server.py: Debian's package, installed when
+  missing, run as a non-root user on 127.0.0.1 in a temporary folder, stopped at the end). Dagster's
+  instance keeps runs, events, schedules and daemon heartbeats there through dagster-postgres, with
+  the `storage:` block of deploy/dagster.k8s.yaml (password from DAGSTER_PG_PASSWORD); the logloop
+  store is there too (LOGLOOP_STORE_URL, password in LOGLOOP_STORE_PASSWORD), in its own database, as
+  in a cluster. Artifacts stay on the local disk: the daemon and its runs share one machine here.
+
+One test, in stages, because every stage needs the previous one's state:
+1. logs arrive; the ingest schedule summarises the closed window; the sensor launches a
+   scratch run; version 1 is registered;
+2. a task of the batch hangs (its run will never report); more logs arrive; the sensor
+   says the batch is busy; the reaper marks the task dead; the next tick launches a
+   fine-tune; version 2 is registered with parent 1 and mode finetune.
+
+Windows are one minute long here (LOGLOOP_PARTITION_CRON) so that the schedules fire
+within the test, and the reaper (a sensor) runs every 30 s. It takes about 3 to 5 minutes per backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scripts import demo_logs
+from resources.sql_store import SQLStore
+from resources.sqlite_store import SQLiteStore
+from tests.servers.postgres_server import postgres_server
+from tests.servers.processes import stop_process_group
+
+ROOT = Path(__file__).resolve().parents[2]
+BATCH = "demo/shop/payments"
+LOOP_YAML = """
+thresholds: {min_start_count: 200, min_update_count: 200}
+max_finetunes_in_a_row: 5
+max_oov_share: 1.0
+champion_tolerance: 0.5
+task_time_limit_s: 600
+sensor_interval_s: 5
+reaper_interval_s: 30
+training_run_config:
+  ops:
+    training_sample: {config: {t: 600}}
+    nulog_model: {config: {epochs: 1}}
+"""
+
+
+def write_logs(folder: Path, name: str, n: int, at_ms: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "w", encoding="utf-8") as f:
+        for i, (_, record, _) in enumerate(demo_logs.iter_records(start_ms=at_ms, hours=1, lines_per_hour=n,
+                                                                  batches=[BATCH], seed=seed)):
+            record["time"] = at_ms + i % 1000  # all inside the current one-minute window
+            f.write(json.dumps(record) + "\n")
+
+
+def minute_ms(offset: int = 0) -> int:
+    return (int(time.time()) // 60 + offset) * 60_000
+
+
+def wait_for(what: str, predicate, timeout_s: float, daemon_log: Path, poll_s: float = 2.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    tail = daemon_log.read_text(errors="replace")[-6000:] if daemon_log.exists() else ""
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n--- daemon log tail ---\n{tail}")
+
+
+def postgres_instance_yaml(port: int) -> str:
+    """deploy/dagster.local.yaml with the `storage:` block of deploy/dagster.k8s.yaml (credentials
+    from DAGSTER_PG_*), on the test server's port instead of 5432."""
+    local = yaml.safe_load((ROOT / "deploy" / "dagster.local.yaml").read_text())
+    storage = yaml.safe_load((ROOT / "deploy" / "dagster.k8s.yaml").read_text())["storage"]
+    storage["postgres"]["postgres_db"]["port"] = port
+    return yaml.safe_dump({**local, "storage": storage}, sort_keys=False)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def loop(request, tmp_path):
+    """(home, store, daemon log, pg or None): a `dagster-daemon run` on the chosen backend."""
+    home = tmp_path / "home"
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    (tmp_path / "loop.yaml").write_text(LOOP_YAML)
+    start = dt.datetime.fromtimestamp(minute_ms(-2) / 1000, dt.timezone.utc).strftime("%Y-%m-%d-%H:%M")
+    env = {
+        **os.environ,
+        "LOGLOOP_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
+        "LOGLOOP_PARTITION_CRON": "* * * * *", "LOGLOOP_PARTITION_START": start,
+        "LOGLOOP_LOOP_CONFIG": str(tmp_path / "loop.yaml"), "PYTHONWARNINGS": "ignore",
+    }
+    for var in ("LOGLOOP_STORE_URL", "LOGLOOP_STORE_PASSWORD", "LOGLOOP_TDENGINE_URL", "LOGLOOP_ARTIFACTS_URL",
+                "LOGLOOP_LOGS_URL", "LOGLOOP_OPENSEARCH_HOSTS", "LOGLOOP_EXECUTOR"):
+        env.pop(var, None)  # whatever the caller's shell says, this test picks its own backends
+    with ExitStack() as stack:
+        pg = None
+        if request.param == "sqlite":
+            shutil.copy(ROOT / "deploy" / "dagster.local.yaml", dagster_home / "dagster.yaml")
+            store = SQLiteStore(path=str(home / "store.sqlite"))
+        else:
+            pg = stack.enter_context(postgres_server(database="dagster"))
+            store_db = pg.create_database("logloop_store")
+            (dagster_home / "dagster.yaml").write_text(postgres_instance_yaml(pg.port))
+            env.update({
+                "DAGSTER_PG_HOST": pg.host, "DAGSTER_PG_USER": pg.user, "DAGSTER_PG_PASSWORD": pg.password,
+                "DAGSTER_PG_DB": pg.database,
+                "LOGLOOP_STORE_URL": pg.url(store_db, with_password=False), "LOGLOOP_STORE_PASSWORD": pg.password,
+            })
+            store = SQLStore(url=pg.url(store_db, with_password=False), password=pg.password)
+            stack.callback(store.dispose)  # runs before the server stops (ExitStack unwinds in reverse)
+        log_path = tmp_path / "daemon.log"
+        log = open(log_path, "wb")
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "orchestration.definitions"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        stack.callback(stop_process_group, daemon, log)
+        yield home, store, log_path, pg
+
+
+def test_sensor_trains_then_fine_tunes_and_the_reaper_unblocks_a_hung_batch(loop):
+    home, store, daemon_log, pg = loop
+    logs = home / "logs"
+
+    # 1. first logs -> scheduled ingest -> scratch run -> v1
+    write_logs(logs, "first.jsonl", 400, minute_ms(), seed=1)
+    v1 = wait_for("version 1", lambda: store.get_model(BATCH, 1), 420, daemon_log)
+    assert v1.mode == "scratch" and v1.parent_version is None
+    [t1] = [t for t in store.list_tasks(batch=BATCH) if t.state == "succeeded"]
+    assert t1.mode == "scratch" and t1.run_id
+
+    # 2. a task hangs; new logs arrive; the batch stays busy until the reaper declares it dead
+    store.record_task_event("hung-task", BATCH, "running", run_id="no-such-run", mode="finetune",
+                            deadline_ms=int(time.time() * 1000) + 5_000, message="simulated hang")
+    write_logs(logs, "second.jsonl", 400, max(minute_ms(), v1.window_end_ms), seed=2)
+    dead = wait_for("the reaper to mark the hung task dead",
+                    lambda: store.get_task("hung-task").state == "dead", 180, daemon_log)
+    assert dead
+    v2 = wait_for("version 2", lambda: store.get_model(BATCH, 2), 420, daemon_log)
+    assert v2.mode == "finetune" and v2.parent_version == 1
+    assert v2.window_end_ms > v1.window_end_ms
+    states = {t.task_id: t.state for t in store.list_tasks(batch=BATCH)}
+    assert states["hung-task"] == "dead" and list(states.values()).count("succeeded") == 2
+
+    if pg is not None:  # everything Dagster kept went to PostgreSQL, nothing to SQLite under DAGSTER_HOME
+        dagster_home = home / "dagster_home"
+        assert not (dagster_home / "history").exists() and not (dagster_home / "schedules").exists()
+        assert not list(dagster_home.rglob("*.db"))
+
+        def succeeded_runs():
+            return pg.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'", database=pg.database)[0][0]
+
+        # the scheduled ingests, the scratch training, the fine-tune (whose run may still be closing)
+        assert wait_for("3 successful runs in PostgreSQL", lambda: succeeded_runs() >= 3, 120, daemon_log)
+        daemons = {r[0] for r in pg.execute("SELECT daemon_type FROM daemon_heartbeats", database=pg.database)}
+        assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= daemons, daemons
+        [(models,)] = pg.execute("SELECT count(*) FROM models", database="logloop_store")
+        assert models == 2
