@@ -75,7 +75,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from ops.secret import Secret
-    from resources.samples import SQLSamples, TDengineSamples
+    from resources.sql_samples import SQLSamples
+    from resources.tdengine_samples import TDengineSamples
 
     out = {"lines": args.lines, "chunk": args.chunk}
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ from orchestration.checks import nulog_model_quality
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.k8s import executor_def
 from orchestration.resources import build_resources
-from orchestration.retention import retention_sensor
+from orchestration.retention_sensor import retention_sensor
 from orchestration.scoring_assets import anomaly_scores
 from orchestration.observer import raw_logs_observer
 from orchestration.tasks import dead_task_reaper, training_run_canceled, training_run_failed

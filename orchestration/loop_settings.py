@@ -139,7 +139,7 @@ class LoopSettings(BaseModel):
     score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy,
-                                       description="What artifact storage keeps (orchestration/retention.py).")
+                                       description="What artifact storage keeps (orchestration/retention_plan.py).")
 
     @model_validator(mode="after")
     def _overrides_name_valid_batches(self):

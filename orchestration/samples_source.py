@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from resources.samples import SamplesLogSource
+from resources.samples_source import SamplesLogSource
 
 
 def samples_source(store, fields: dict) -> SamplesLogSource:

@@ -2,7 +2,7 @@
 
 An application hands log lines to logloop directly (`logloop push`, `resources.samples.push`,
 `logloop serve-ingest`) instead of shipping them to a log store first. Each line becomes a
-*sample* of one batch, stored in the store's database (resources/samples.py). This module is
+*sample* of one batch, stored in the store's database (resources/sample_table.py). This module is
 the store-independent part, plain Python without Dagster:
 
 - **Reading.** Plain text (one message per line) or JSON Lines whose message is in the
@@ -20,8 +20,8 @@ the store-independent part, plain Python without Dagster:
 - **Unique timestamps.** `SampleClock.block(n)` hands out n consecutive nanoseconds starting
   at max(now, last + 1), under a lock: no two samples stamped by one process ever share a
   timestamp, however many arrive at once (CML's "add 1 ns"). Across processes the stores
-  keep them apart (resources/samples.py: a transaction on the SQL stores, a child table per
-  writer process on TDengine).
+  keep them apart (resources/sql_samples.py: a transaction on the SQL stores;
+  resources/tdengine_samples.py: a child table per writer process on TDengine).
 - **The split flag.** Each sample is drawn validation with probability `validation_share`
   (0.2: CML's 80/20), train otherwise, by a uniform draw; a seed makes the draw repeatable.
 

@@ -66,7 +66,7 @@ def add_parser(sub) -> None:
 
 
 def policy_of(args):
-    from orchestration.retention import current_policy
+    from orchestration.retention_sensor import current_policy
 
     policy = current_policy()
     changes = {}
@@ -88,7 +88,8 @@ def _instance():
 
 def cmd_cleanup(args) -> int:
     from orchestration.resources import resource
-    from orchestration.retention import apply, dry_run, plan_with_instance
+    from orchestration.retention import apply, dry_run
+    from orchestration.retention_sensor import plan_with_instance
 
     policy = policy_of(args)
     store, artifacts = resource("store"), resource("artifacts")

@@ -28,7 +28,10 @@ from orchestration.partitions import PARTITION_FMT
 from orchestration.training_trigger import evaluate_new_samples
 from resources.artifacts import LocalArtifactStorage
 from resources.nats_bus import NoModelEvents
-from resources.samples import SamplesLogSource, SQLSamples, TDengineSamples, push
+from resources.samples import push
+from resources.samples_source import SamplesLogSource
+from resources.sql_samples import SQLSamples
+from resources.tdengine_samples import TDengineSamples
 from resources.sqlite_store import SQLiteStore
 from resources.tdengine_store import TDengineStore
 from tests.servers.taos_rest_server import FakeTaosAdapter

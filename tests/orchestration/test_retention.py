@@ -1,4 +1,5 @@
-"""Retention (orchestration.retention): what goes, what stays, and that the loop still works after it.
+"""Retention (orchestration.retention_plan, retention, retention_sensor): what goes, what stays, and
+that the loop still works after it.
 
 The artifact tree is the real one: the chain is materialized once per module (three versions of
 one batch, a run that failed its gate, three hourly windows), then copied for each test. A run in
@@ -22,7 +23,7 @@ from dagster._core.test_utils import create_run_for_test
 from scripts import demo_logs
 from ops.register.artifact import ArtifactError, read_artifact, read_artifact_meta
 from ops.naming import batch_key
-from orchestration import retention
+from orchestration import retention, retention_plan, retention_sensor
 from orchestration.cli import app as cli
 from orchestration.cli import retention as cli_retention
 from orchestration.assets.register import registered_model
@@ -32,7 +33,8 @@ from orchestration.assets.train import nulog_model
 from orchestration.checks import nulog_model_quality
 from orchestration.contract import run_folder, summary_key
 from orchestration.loop_settings import RetentionPolicy
-from orchestration.retention import Item, Plan, apply, dry_run, plan
+from orchestration.retention import apply, dry_run
+from orchestration.retention_plan import Item, Plan, plan
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.nats_bus import NoModelEvents
@@ -168,7 +170,7 @@ def test_policy_defaults_and_limits():
     for bad in ({"keep_versions": 0}, {"keep_summaries_days": 0}, {"finished_run_grace_hours": -1}, {"nope": 1}):
         with pytest.raises(ValueError):
             RetentionPolicy(**bad)
-    assert retention.summary_key("2026-11-01-10:00") == summary_key("2026-11-01-10:00")  # the assets' layout
+    assert retention_plan.summary_key("2026-11-01-10:00") == summary_key("2026-11-01-10:00")  # the assets' layout
 
 
 def test_dry_run_deletes_nothing_and_reports_what_apply_deletes(tree):
@@ -429,7 +431,7 @@ def test_sensor_starts_no_run_deletes_when_due_and_then_waits(tree, monkeypatch)
     sensor_resources = {"store": store, "artifacts": artifacts}
     with _instance(root / "dagster_home_sensor") as instance:
         # the defaults: nothing is old enough yet (versions < 5, runs within 24 h, windows < 90 days)
-        result = retention.retention_sensor(build_sensor_context(instance=instance, resources=sensor_resources))
+        result = retention_sensor.retention_sensor(build_sensor_context(instance=instance, resources=sensor_resources))
         assert not result.run_requests and "nothing to delete" in result.skip_reason.skip_message
         assert json.loads(result.cursor)["left"] == 0
 
@@ -441,9 +443,9 @@ def test_sensor_starts_no_run_deletes_when_due_and_then_waits(tree, monkeypatch)
         create_run_for_test(instance, run_id=running, status=DagsterRunStatus.STARTED)
         create_run_for_test(instance, run_id=str(uuid.uuid4()), status=DagsterRunStatus.NOT_STARTED, parent_run_id=runs["A"],
                             root_run_id=runs["A"])
-        monkeypatch.setattr(retention, "current_policy", lambda: policy(now()))
+        monkeypatch.setattr(retention_sensor, "current_policy", lambda: policy(now()))
         before = keys(artifacts)
-        result = retention.retention_sensor(build_sensor_context(instance=instance, resources=sensor_resources))
+        result = retention_sensor.retention_sensor(build_sensor_context(instance=instance, resources=sensor_resources))
         assert not result.run_requests
         assert result.skip_reason.skip_message.startswith("retention: deleted 1 checkpoint(s)")
         after = keys(artifacts)
@@ -454,23 +456,23 @@ def test_sensor_starts_no_run_deletes_when_due_and_then_waits(tree, monkeypatch)
         assert retention.retired(artifacts, store.get_model(BATCH, 1).artifact)
 
         # the next tick within the interval only says when the next sweep is
-        again = retention.retention_sensor(build_sensor_context(instance=instance, resources=sensor_resources,
+        again = retention_sensor.retention_sensor(build_sensor_context(instance=instance, resources=sensor_resources,
                                                                 cursor=result.cursor))
         assert isinstance(again.skip_reason, SkipReason) and "next sweep at" in again.skip_reason.skip_message
         assert keys(artifacts) == after
 
-        monkeypatch.setattr(retention, "current_policy", lambda: RetentionPolicy(enabled=False))
-        off = retention.retention_sensor(build_sensor_context(instance=instance, resources=sensor_resources))
+        monkeypatch.setattr(retention_sensor, "current_policy", lambda: RetentionPolicy(enabled=False))
+        off = retention_sensor.retention_sensor(build_sensor_context(instance=instance, resources=sensor_resources))
         assert "retention is off" in off.skip_reason.skip_message
 
 
 def test_the_sensor_loads_in_a_code_location(tmp_path):
     from dagster import DefaultSensorStatus, Definitions
 
-    sensor = retention.retention_sensor
+    sensor = retention_sensor.retention_sensor
     assert sensor.name == "retention_sensor" and sensor.default_status == DefaultSensorStatus.RUNNING
     assert {"store", "artifacts"} <= set(sensor.required_resource_keys)
-    assert sensor.minimum_interval_seconds == retention.SENSOR_TICK_S
+    assert sensor.minimum_interval_seconds == retention_sensor.SENSOR_TICK_S
     defs = Definitions(sensors=[sensor], resources={"store": SQLiteStore(path=str(tmp_path / "s.sqlite")),
                                                     "artifacts": LocalArtifactStorage(root=str(tmp_path / "a"))})
     assert defs.get_repository_def().get_sensor_def("retention_sensor") is not None
@@ -486,7 +488,7 @@ def logloop(tree, monkeypatch):
     for var in ("LOGLOOP_STORE_URL", "LOGLOOP_TDENGINE_URL", "LOGLOOP_ARTIFACTS_URL", "DAGSTER_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("LOGLOOP_HOME", str(root))
-    monkeypatch.setattr(retention, "current_policy", lambda: policy(now(), keep_versions=5))
+    monkeypatch.setattr(retention_sensor, "current_policy", lambda: policy(now(), keep_versions=5))
 
     def build_parser():
         parser = argparse.ArgumentParser(prog="logloop")
@@ -560,9 +562,9 @@ def test_cli_asks_the_dagster_instance_when_there_is_one(tree, logloop, monkeypa
 
 
 def test_windows_are_named_from_their_keys():
-    assert retention._partition_key_of("summaries/2024-11-01-10-00.parquet") == "2024-11-01-10:00"
-    assert retention._partition_key_of("summaries/notes.txt") is None
+    assert retention_plan._partition_key_of("summaries/2024-11-01-10-00.parquet") == "2024-11-01-10:00"
+    assert retention_plan._partition_key_of("summaries/notes.txt") is None
     # also a window before the partitions' start (they may begin later than old summaries)
     start = int(dt.datetime(2024, 11, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
-    assert retention._window_of("2024-11-01-10:00") == (start, start + HOUR_MS)
-    assert retention._window_of("2024-13-01-10:00") is None
+    assert retention_plan._window_of("2024-11-01-10:00") == (start, start + HOUR_MS)
+    assert retention_plan._window_of("2024-13-01-10:00") is None

@@ -30,7 +30,10 @@ from ops.fetch.push import (
 from ops.naming import InvalidName
 from ops.windows import Windows
 from ops.mask.summary import Summary
-from resources.samples import SamplesLogSource, SQLSamples, TDengineSamples, push
+from resources.samples import push
+from resources.samples_source import SamplesLogSource
+from resources.sql_samples import SQLSamples
+from resources.tdengine_samples import TDengineSamples
 from tests.servers.postgres_server import PostgresUnavailable, postgres_server
 from tests.servers.taos_rest_server import FakeTaosAdapter
 

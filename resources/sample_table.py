@@ -1,0 +1,60 @@
+"""Where a store keeps pushed samples: the interface every backend implements.
+
+Samples live in the store's own database (ops/fetch/push.py says what a sample is), beside the
+inference results that `logloop score --record` writes. Two backends implement `SampleTable`:
+
+- resources/sql_samples.py: SQLite and PostgreSQL (`SQLSamples`);
+- resources/tdengine_samples.py: TDengine (`TDengineSamples`).
+
+resources/samples.py registers samples (`push()`) and picks the table next to a store;
+resources/samples_source.py reads them back as a LogSource.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Optional
+
+from ops.fetch.push import MAX_SAMPLE_BYTES
+
+
+class SampleTable(ABC):
+    """Where a store keeps pushed samples. Picklable (shards carry it to worker processes)."""
+
+    @abstractmethod
+    def register(self, batch: str, messages: list[str], flags: list[int]) -> tuple[int, int]:
+        """Store the samples with unique timestamps; returns (first_ns, last_ns)."""
+
+    @abstractmethod
+    def count(self, batch: str, since_ns: Optional[int] = None, until_ns: Optional[int] = None) -> int: ...
+
+    @abstractmethod
+    def window_counts(self, lo_ns: int, hi_ns: int) -> dict[str, int]:
+        """Samples per batch with lo_ns <= ts < hi_ns."""
+
+    @abstractmethod
+    def page(self, lo_ns: int, hi_ns: int, after: Optional[tuple], limit: int) -> tuple[list[tuple], Optional[tuple]]:
+        """Up to `limit` samples [(batch, ts_ns, message, validation)] in [lo_ns, hi_ns) after the
+        keyset position `after` (None: from the start), in time order; and the next position."""
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+    @abstractmethod
+    def record_results(self, batch: str, results: list[tuple[float, bool, str]], model_version: int) -> tuple[int, int]:
+        """Inference results [(score, anomaly, masked form)], one row each with a unique timestamp
+        (as samples get theirs); returns (first_ns, last_ns)."""
+
+    @abstractmethod
+    def results(self, batch: str, since_ns: Optional[int] = None, limit: int = 1000) -> list[dict]:
+        """The batch's recorded results, oldest first: {ts_ns, score, anomaly, masked, model_version}."""
+
+
+def clean_masked(text: str) -> str:
+    """A masked form as a stored value: control characters (but tab, LF, CR) as U+FFFD, cut to the limit."""
+    from ops.fetch.push import _CONTROL
+
+    text = _CONTROL.sub("\ufffd", text)
+    while len(text.encode("utf-8")) > MAX_SAMPLE_BYTES:
+        text = text[: len(text) * 3 // 4]
+    return text

@@ -1,0 +1,194 @@
+"""Pushed samples and inference results in SQLite or PostgreSQL (`SQLSamples`).
+
+A table `samples (batch, ts_ns, message, validation)` with a unique key on (ts_ns, batch), and
+`sample_clock (batch, last_ns)`. A write is one transaction that reads the batch's last
+timestamp, stamps its samples after it (CML's +1 ns) and moves the clock: SQLite's BEGIN
+IMMEDIATE serialises writers across processes, PostgreSQL takes a transaction-scoped advisory
+lock on the batch. So a batch's timestamps are unique across every process that pushes to it,
+and the unique key is the backstop (a violation fails the write; nothing is overwritten).
+
+Inference results: a table `inference_results (batch, ts_ns, score, anomaly, masked,
+model_version)`, stamped by the same kind of clock under the batch's results clock row.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from ops.fetch.push import CLOCK
+from ops.naming import validate_batch_name
+from ops.secret import Secret
+from resources.sample_table import SampleTable, clean_masked
+from resources.urls import url_without_password
+
+RESULTS_CLOCK = "\x1fresults"  # the results' clock row of a batch (no batch name holds a control character)
+
+_SQL_READY: set = set()
+_SQL_LOCK = threading.Lock()
+
+
+def _sql_tables():
+    import sqlalchemy as sa
+
+    md = sa.MetaData()
+    samples = sa.Table(
+        "samples", md,
+        sa.Column("batch", sa.Text, nullable=False),
+        sa.Column("ts_ns", sa.BigInteger, nullable=False, autoincrement=False),
+        sa.Column("message", sa.Text, nullable=False),
+        sa.Column("validation", sa.SmallInteger, nullable=False),
+        sa.UniqueConstraint("ts_ns", "batch", name="samples_ts_batch"),
+    )
+    clock = sa.Table(
+        "sample_clock", md,
+        sa.Column("batch", sa.Text, primary_key=True),
+        sa.Column("last_ns", sa.BigInteger, nullable=False),
+    )
+    sa.Table(
+        "inference_results", md,
+        sa.Column("batch", sa.Text, nullable=False),
+        sa.Column("ts_ns", sa.BigInteger, nullable=False, autoincrement=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("anomaly", sa.SmallInteger, nullable=False),
+        sa.Column("masked", sa.Text, nullable=False),
+        sa.Column("model_version", sa.BigInteger, nullable=False),
+        sa.UniqueConstraint("batch", "ts_ns", name="inference_results_batch_ts"),
+    )
+    return md, samples, clock
+
+
+@dataclass
+class SQLSamples(SampleTable):
+    url: str                                  # sqlite:///path or postgresql://user@host/db
+    password: Secret = field(default_factory=lambda: Secret(None))
+    timeout_s: float = 30.0
+
+    def _store(self):
+        from resources.sql_store import SQLStore
+        from resources.sqlite_store import SQLiteStore
+
+        if self.url.startswith("sqlite:///"):
+            return SQLiteStore(path=self.url[len("sqlite:///"):], timeout_s=self.timeout_s)
+        return SQLStore(url=self.url, password=self.password.get(), timeout_s=self.timeout_s)
+
+    def describe(self) -> str:
+        return f"samples in the store at {url_without_password(self.url)}"
+
+    def __repr__(self) -> str:  # no password, also not one inside the URL
+        return f"SQLSamples(url={url_without_password(self.url)!r}, password={self.password!r})"
+
+    def _tx(self, write: bool = False):
+        store = self._store()
+        key = (self.url, os.getpid())
+        if key not in _SQL_READY:
+            with _SQL_LOCK, store._tx(write=True) as conn:
+                store._lock(conn, "schema", "samples")
+                _sql_tables()[0].create_all(conn)
+                _SQL_READY.add(key)
+        return store, store._tx(write=write)
+
+    def register(self, batch, messages, flags):
+        import sqlalchemy as sa
+
+        n = len(messages)
+        if n == 0:
+            return (0, 0)
+        _, samples, clock = _sql_tables()
+        store, tx = self._tx(write=True)
+        with tx as conn:
+            store._lock(conn, "samples", batch)
+            last = conn.execute(sa.select(clock.c.last_ns).where(clock.c.batch == batch)).scalar()
+            first = CLOCK.block(n, after=last or 0)
+            if last is None:
+                conn.execute(clock.insert(), {"batch": batch, "last_ns": first + n - 1})
+            else:
+                conn.execute(clock.update().where(clock.c.batch == batch).values(last_ns=first + n - 1))
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql(
+                    "INSERT INTO samples (batch, ts_ns, message, validation) VALUES (?, ?, ?, ?)",
+                    [(batch, first + i, m, f) for i, (m, f) in enumerate(zip(messages, flags))],
+                )
+            else:
+                conn.execute(samples.insert(), [{"batch": batch, "ts_ns": first + i, "message": m, "validation": f}
+                                                for i, (m, f) in enumerate(zip(messages, flags))])
+        return first, first + n - 1
+
+    def _stamp(self, conn, clock, key: str, n: int) -> int:
+        import sqlalchemy as sa
+
+        last = conn.execute(sa.select(clock.c.last_ns).where(clock.c.batch == key)).scalar()
+        first = CLOCK.block(n, after=last or 0)
+        if last is None:
+            conn.execute(clock.insert(), {"batch": key, "last_ns": first + n - 1})
+        else:
+            conn.execute(clock.update().where(clock.c.batch == key).values(last_ns=first + n - 1))
+        return first
+
+    def record_results(self, batch, results, model_version):
+        validate_batch_name(batch)
+        if not results:
+            return (0, 0)
+        md, _, clock = _sql_tables()
+        table = md.tables["inference_results"]
+        store, tx = self._tx(write=True)
+        with tx as conn:
+            store._lock(conn, "results", batch)
+            first = self._stamp(conn, clock, batch + RESULTS_CLOCK, len(results))
+            conn.execute(table.insert(), [
+                {"batch": batch, "ts_ns": first + i, "score": float(sc), "anomaly": int(bool(an)),
+                 "masked": clean_masked(m), "model_version": int(model_version)}
+                for i, (sc, an, m) in enumerate(results)])
+        return first, first + len(results) - 1
+
+    def results(self, batch, since_ns=None, limit=1000):
+        import sqlalchemy as sa
+
+        md, _, _ = _sql_tables()
+        t = md.tables["inference_results"]
+        q = sa.select(t.c.ts_ns, t.c.score, t.c.anomaly, t.c.masked, t.c.model_version).where(t.c.batch == batch)
+        if since_ns is not None:
+            q = q.where(t.c.ts_ns >= since_ns)
+        q = q.order_by(t.c.ts_ns).limit(limit)
+        _, tx = self._tx()
+        with tx as conn:
+            return [{"ts_ns": r[0], "score": float(r[1]), "anomaly": bool(r[2]), "masked": r[3], "model_version": r[4]}
+                    for r in conn.execute(q)]
+
+    def count(self, batch, since_ns=None, until_ns=None):
+        import sqlalchemy as sa
+
+        _, samples, _ = _sql_tables()
+        q = sa.select(sa.func.count()).select_from(samples).where(samples.c.batch == batch)
+        if since_ns is not None:
+            q = q.where(samples.c.ts_ns >= since_ns)
+        if until_ns is not None:
+            q = q.where(samples.c.ts_ns < until_ns)
+        _, tx = self._tx()
+        with tx as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    def window_counts(self, lo_ns, hi_ns):
+        import sqlalchemy as sa
+
+        _, samples, _ = _sql_tables()
+        q = (sa.select(samples.c.batch, sa.func.count()).where(samples.c.ts_ns >= lo_ns, samples.c.ts_ns < hi_ns)
+             .group_by(samples.c.batch))
+        _, tx = self._tx()
+        with tx as conn:
+            return {b: int(n) for b, n in conn.execute(q)}
+
+    def page(self, lo_ns, hi_ns, after, limit):
+        import sqlalchemy as sa
+
+        _, s, _ = _sql_tables()
+        q = sa.select(s.c.batch, s.c.ts_ns, s.c.message, s.c.validation).where(s.c.ts_ns >= lo_ns, s.c.ts_ns < hi_ns)
+        if after is not None:
+            t, b = after
+            q = q.where(sa.or_(s.c.ts_ns > t, sa.and_(s.c.ts_ns == t, s.c.batch > b)))
+        q = q.order_by(s.c.ts_ns, s.c.batch).limit(limit)
+        _, tx = self._tx()
+        with tx as conn:
+            rows = [tuple(r) for r in conn.execute(q)]
+        return rows, ((rows[-1][1], rows[-1][0]) if rows else after)

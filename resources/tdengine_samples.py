@@ -1,0 +1,168 @@
+"""Pushed samples and inference results in TDengine (`TDengineSamples`).
+
+A super table `samples (ts, sample_ns, message, validation) TAGS (batch)`, named and escaped
+as the store's other tables (resources/tdengine_store.py): a child table per (batch, writer
+process), `sp_<sha256(batch)[:24]>_<writer id>`, the batch name kept as the tag, every value
+through `literal()`. Within its child table a process stamps consecutive nanoseconds
+(ops.fetch.push.SampleClock), and no other process writes that table, so TDengine's
+same-timestamp overwrite can never hit a sample. (The same nanosecond may occur in two
+writers' tables of one batch: they are two rows; a sample's identity is (batch, writer, ts).)
+`sample_ns` repeats ts as a plain integer for reading back.
+
+Inference results: a super table `inference_results` with a child table per (batch, writer
+process), `ir_<sha256(batch)[:24]>_<writer id>`, the score kept in millionths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ops.fetch.push import CLOCK, MAX_SAMPLE_BYTES
+from ops.naming import validate_batch_name
+from ops.secret import Secret
+from resources.sample_table import SampleTable, clean_masked
+from resources.urls import url_without_password
+
+_TD_READY: set = set()
+_TD_STABLE = (
+    f"ts TIMESTAMP, sample_ns BIGINT, message VARCHAR({MAX_SAMPLE_BYTES}), validation INT"
+)
+# the score in millionths (an integer: exact round trips, and the fake emulates no DOUBLE)
+_TD_RESULTS = (
+    f"ts TIMESTAMP, result_ns BIGINT, score_ppm BIGINT, anomaly INT, masked VARCHAR({MAX_SAMPLE_BYTES}), "
+    "model_version BIGINT"
+)
+
+
+@dataclass
+class TDengineSamples(SampleTable):
+    url: str
+    database: str = "logloop"
+    user: str = "root"
+    password: Secret = field(default_factory=lambda: Secret(None))
+    timeout_s: float = 30.0
+
+    def _store(self):
+        from resources.tdengine_store import TDengineStore
+
+        return TDengineStore(url=self.url, database=self.database, user=self.user,
+                             password=self.password.get() or "", timeout_s=self.timeout_s)
+
+    def describe(self) -> str:
+        return f"samples in TDengine at {url_without_password(self.url)} (database {self.database})"
+
+    def __repr__(self) -> str:
+        return (f"TDengineSamples(url={url_without_password(self.url)!r}, database={self.database!r}, "
+                f"user={self.user!r}, password={self.password!r})")
+
+    def _ready(self):
+        store = self._store()
+        key = (self.url, self.database, self.user)
+        if key not in _TD_READY:
+            store._ensure_schema()
+            store._sql(f"CREATE STABLE IF NOT EXISTS {self.database}.samples ({_TD_STABLE}) "
+                       f"TAGS (batch NCHAR(256))", "cannot create super table samples")
+            store._sql(f"CREATE STABLE IF NOT EXISTS {self.database}.inference_results ({_TD_RESULTS}) "
+                       f"TAGS (batch NCHAR(256))", "cannot create super table inference_results")
+            _TD_READY.add(key)
+        return store
+
+    def _rows(self, store, sql: str, what: str) -> list[dict]:
+        resp = store._sql(sql, what)
+        names = [m[0] for m in resp.get("column_meta") or []]
+        return [dict(zip(names, row)) for row in resp.get("data") or []]
+
+    def register(self, batch, messages, flags):
+        from resources.tdengine_client import MAX_SQL, literal, name_hash, writer_id
+
+        n = len(messages)
+        if n == 0:
+            return (0, 0)
+        store = self._ready()
+        child = f"{self.database}.sp_{name_hash(batch)}_{writer_id()}"
+        head = f"INSERT INTO {child} USING {self.database}.samples TAGS ({literal(batch)}) VALUES "
+        first = CLOCK.block(n)
+        parts, size = [], len(head)
+        for i, (m, f) in enumerate(zip(messages, flags)):
+            ts = first + i
+            piece = f"({ts}, {ts}, {literal(m)}, {int(f)})"
+            if parts and size + len(piece) * 4 > MAX_SQL:  # 4: the most UTF-8 bytes per character
+                store._sql(head + "".join(parts), f"cannot register samples of batch {batch!r}")
+                parts, size = [], len(head)
+            parts.append(piece)
+            size += len(piece) * 4 if not piece.isascii() else len(piece)
+        store._sql(head + "".join(parts), f"cannot register samples of batch {batch!r}")
+        return first, first + n - 1
+
+    def record_results(self, batch, results, model_version):
+        from resources.tdengine_client import literal, name_hash, writer_id
+
+        validate_batch_name(batch)
+        if not results:
+            return (0, 0)
+        store = self._ready()
+        child = f"{self.database}.ir_{name_hash(batch)}_{writer_id()}"
+        head = f"INSERT INTO {child} USING {self.database}.inference_results TAGS ({literal(batch)}) VALUES "
+        first = CLOCK.block(len(results))
+        rows = [f"({first + i}, {first + i}, {int(round(float(sc) * 1e6))}, {int(bool(an))}, {literal(clean_masked(m))}, "
+                f"{int(model_version)})" for i, (sc, an, m) in enumerate(results)]
+        for i in range(0, len(rows), 500):
+            store._sql(head + "".join(rows[i:i + 500]), f"cannot record inference results of batch {batch!r}")
+        return first, first + len(results) - 1
+
+    def results(self, batch, since_ns=None, limit=1000):
+        from resources.tdengine_store import literal
+
+        store = self._ready()
+        where = f"batch = {literal(batch)}" + (f" AND ts >= {int(since_ns)}" if since_ns is not None else "")
+        rows = self._rows(store, f"SELECT result_ns, score_ppm, anomaly, masked, model_version FROM "
+                                 f"{self.database}.inference_results WHERE {where} ORDER BY ts LIMIT {int(limit)}",
+                          "cannot read inference results")
+        return [{"ts_ns": r["result_ns"], "score": r["score_ppm"] / 1e6, "anomaly": bool(r["anomaly"]),
+                 "masked": r["masked"], "model_version": r["model_version"]} for r in rows]
+
+    def count(self, batch, since_ns=None, until_ns=None):
+        from resources.tdengine_store import literal
+
+        store = self._ready()
+        where = [f"batch = {literal(batch)}"]
+        if since_ns is not None:
+            where.append(f"ts >= {int(since_ns)}")
+        if until_ns is not None:
+            where.append(f"ts < {int(until_ns)}")
+        rows = self._rows(store, f"SELECT COUNT(ts) AS n FROM {self.database}.samples WHERE {' AND '.join(where)}",
+                          "cannot count samples")
+        return int(rows[0]["n"] or 0) if rows else 0
+
+    def window_counts(self, lo_ns, hi_ns):
+        store = self._ready()
+        rows = self._rows(store, f"SELECT batch, COUNT(ts) AS n FROM {self.database}.samples "
+                                 f"WHERE ts >= {int(lo_ns)} AND ts < {int(hi_ns)} PARTITION BY batch",
+                          "cannot count samples")
+        return {r["batch"]: int(r["n"]) for r in rows if r["n"]}
+
+    def page(self, lo_ns, hi_ns, after, limit):
+        # keyset (ts, table): rows of one timestamp in several writers' tables are few (one per writer),
+        # so the page restarts at the last timestamp and skips the tables already read at it
+        store = self._ready()
+        start, seen = (lo_ns, set()) if after is None else after
+        want = limit + len(seen)
+        while True:
+            rows = self._rows(store, f"SELECT batch, sample_ns, message, validation, tbname FROM {self.database}.samples "
+                                     f"WHERE ts >= {int(start)} AND ts < {int(hi_ns)} ORDER BY ts LIMIT {want}",
+                              "cannot read samples")
+            if len(rows) < want or rows[-1]["sample_ns"] != start:
+                break
+            want *= 2  # a page all at one timestamp: read wider
+        out, last_ts, at_last = [], start, set(seen)
+        for r in rows:
+            ts = r["sample_ns"]
+            if ts == start and r["tbname"] in seen:
+                continue
+            out.append((r["batch"], ts, r["message"], r["validation"]))
+            if ts != last_ts:
+                last_ts, at_last = ts, set()
+            at_last.add(r["tbname"])
+            if len(out) >= limit:
+                break
+        return out, ((last_ts, at_last) if out else after)
