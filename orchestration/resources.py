@@ -224,3 +224,11 @@ def build_resources() -> dict:
 def resource(name: str):
     """One resource, ready to call outside a run (the CLI): EnvVar fields resolved from the environment."""
     return build_resources()[name].process_config_and_initialize()
+
+
+def push_samples(batch: str, lines, **options):
+    """`resources.samples.push` into the configured store's sample table (applications in the
+    same environment may call it directly)."""
+    from resources.samples import push, samples_for_store
+
+    return push(batch, lines, samples_for_store(resource("store")), **options)

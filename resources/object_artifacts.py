@@ -52,7 +52,7 @@ from pydantic import Field, PrivateAttr
 
 from ops.naming import InvalidName, validate_key
 from resources.artifacts import ArtifactStorage, ArtifactStorageError
-from resources.urls import url_without_password
+from ops.urls import url_without_password
 
 # URL scheme -> (fsspec protocol, the package that implements it)
 PROTOCOLS = {

@@ -36,7 +36,7 @@ from ops.fetch.opensearch_client import Connection, OpenSearchReadError, call_wi
 from ops.secret import Secret
 from ops.windows import Windows
 from resources.log_source import LogSource, LogSourceError
-from resources.urls import url_without_password, url_without_userinfo
+from ops.urls import url_without_password, url_without_userinfo
 
 
 class OpenSearchLogSource(LogSource):

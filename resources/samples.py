@@ -54,7 +54,7 @@ def samples_for_store(store) -> SampleTable:
 def push(
     batch: str,
     lines: "IO[bytes] | Iterable[str]",
-    table: Optional[SampleTable] = None,
+    table: SampleTable,
     *,
     fmt: str = "text",
     message_field: str = "log",
@@ -66,17 +66,14 @@ def push(
     """Register log lines as samples of `batch`; returns what happened (PushStats).
 
     `lines`: a binary stream (text or JSON Lines, per `fmt`), or an iterable of messages
-    (str). `table`: where (default: the configured store's). InvalidName for a batch name that
+    (str). `table`: where (`samples_for_store(store)`; `orchestration.resources.push_samples`
+    uses the configured store's). InvalidName for a batch name that
     cannot be one; StoreError when the store fails (the chunks before it stay registered).
     """
     validate_batch_name(batch)
     if chunk <= 0:
         raise ValueError("chunk must be positive")
     draw = SplitDraw(validation_share, seed)
-    if table is None:
-        from orchestration.resources import resource
-
-        table = samples_for_store(resource("store"))
     stats = PushStats()
     t0 = time.perf_counter()
     if hasattr(lines, "read"):

@@ -26,7 +26,7 @@ from resources.sample_table import SampleTable
 from resources.sql_samples import SQLSamples
 from resources.store import StoreError
 from resources.tdengine_samples import TDengineSamples
-from resources.urls import url_without_password
+from ops.urls import url_without_password
 
 NS_PER_MS = 1_000_000
 

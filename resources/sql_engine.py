@@ -10,7 +10,7 @@ import threading
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from resources.urls import url_without_password
+from ops.urls import url_without_password
 
 BACKENDS = ("sqlite", "postgresql")
 FLAVOURS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}

@@ -21,7 +21,7 @@ from ops.fetch.push import CLOCK
 from ops.naming import validate_batch_name
 from ops.secret import Secret
 from resources.sample_table import SampleTable, clean_masked
-from resources.urls import url_without_password
+from ops.urls import url_without_password
 
 RESULTS_CLOCK = "\x1fresults"  # the results' clock row of a batch (no batch name holds a control character)
 

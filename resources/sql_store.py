@@ -64,7 +64,7 @@ from resources.store_records import (
     latest_and_finetunes,
     merge_task_event,
 )
-from resources.urls import url_without_password
+from ops.urls import url_without_password
 
 
 class SQLStore(Store):

@@ -53,7 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field
 
 from resources.store import Store, StoreError
-from resources.urls import url_without_password
+from ops.urls import url_without_password
 
 
 # -- values -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from ops.fetch.push import CLOCK, MAX_SAMPLE_BYTES
 from ops.naming import validate_batch_name
 from ops.secret import Secret
 from resources.sample_table import SampleTable, clean_masked
-from resources.urls import url_without_password
+from ops.urls import url_without_password
 
 _TD_READY: set = set()
 _TD_STABLE = (

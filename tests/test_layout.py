@@ -77,3 +77,18 @@ def test_no_import_cycle(package):
     graph = {name: imports(name, path, known) for name, path in known.items()}
     found = cycles(graph)
     assert found == [], f"import cycles in {package}/: {found}"
+
+
+@pytest.mark.parametrize("package, never", [("ops", ("dagster", "resources", "orchestration")),
+                                             ("resources", ("orchestration",))])
+def test_dependencies_point_one_way(package, never):
+    """orchestration/ -> resources/ -> ops/: ops/ is plain computation (no Dagster, nothing above
+    it) and resources/ never reaches into the wiring, counting imports inside functions."""
+    upward = []
+    for name, path in modules(package).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                       else [])
+            upward += [f"{name} imports {t}" for t in targets if t.split(".")[0] in never]
+    assert upward == []

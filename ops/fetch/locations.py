@@ -60,7 +60,7 @@ def is_local_url(url: str | Path) -> bool:
 
 def shown(url: str | Path) -> str:
     """A URL as errors and logs may show it: any password in it replaced."""
-    from resources.urls import url_without_password
+    from ops.urls import url_without_password
 
     return url_without_password(os.fspath(url))
 

@@ -373,3 +373,16 @@ def test_cli_reads_recorded_results(home, capsys):
         (0.5, True, "a <NUM>", 2), (0.9, False, "b", 2)]
     rc, out, _ = _cli(["samples", "results", "--batch", "web/a"], capsys)
     assert rc == 0 and "ANOMALY" in out and "v2" in out
+
+
+def test_push_samples_goes_to_the_configured_store(tmp_path, monkeypatch):
+    """The application entry point: the store the environment configures (here the embedded SQLite)."""
+    from orchestration.resources import push_samples, resource
+    from resources.samples import samples_for_store
+
+    for var in ("LOGLOOP_STORE_URL", "LOGLOOP_TDENGINE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOGLOOP_HOME", str(tmp_path))
+    stats = push_samples("app/web", ["GET /a 200", "", "GET /b 404"], seed=1)
+    assert (stats.registered, stats.bad.total) == (2, 1)
+    assert samples_for_store(resource("store")).count("app/web") == 2

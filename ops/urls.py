@@ -1,6 +1,6 @@
 """URLs in what resources show (repr, logs, errors): never with a password in them.
 
-The one home of URL scrubbing for resources: `url_without_password` keeps the user name,
+The one home of URL scrubbing (resources and the workers use it): `url_without_password` keeps the user name,
 `url_without_userinfo` keeps only scheme, host, port and path.
 """
 
