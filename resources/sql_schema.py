@@ -105,27 +105,24 @@ tasks = sa.Table(
 # labels: every label given, appended (the history), and the current label of each
 # (batch, form), kept in step; form_key = label_key(batch, masked): forms can be 4000
 # characters, too long for a PostgreSQL btree entry, so they are keyed by their hash.
-label_events = event_table(
-    "label_events", ("form", "batch", "form_key"),
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("form_key", sa.Text, nullable=False),
-    sa.Column("masked", sa.Text, nullable=False),
-    sa.Column("label", sa.Text, nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("model_version", sa.BigInteger),
-    sa.Column("example", sa.Text, nullable=False),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-)
+def _label_columns() -> list[sa.Column]:
+    """A label's columns, the same in its event and in the current label (a Column belongs to one table)."""
+    return [
+        sa.Column("batch", sa.Text, nullable=False),
+        sa.Column("form_key", sa.Text, nullable=False),
+        sa.Column("masked", sa.Text, nullable=False),
+        sa.Column("label", sa.Text, nullable=False),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("model_version", sa.BigInteger),
+        sa.Column("example", sa.Text, nullable=False),
+        sa.Column("created_ms", sa.BigInteger, nullable=False),
+    ]
+
+
+label_events = event_table("label_events", ("form", "batch", "form_key"), *_label_columns())
 labels = sa.Table(
     "labels", metadata,
-    sa.Column("batch", sa.Text, nullable=False),
-    sa.Column("form_key", sa.Text, nullable=False),
-    sa.Column("masked", sa.Text, nullable=False),
-    sa.Column("label", sa.Text, nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("model_version", sa.BigInteger),
-    sa.Column("example", sa.Text, nullable=False),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    *_label_columns(),
     sa.Column("seq", sa.BigInteger, nullable=False),  # the label_events row of the current label
     sa.PrimaryKeyConstraint("batch", "form_key"),
     sa.Index("labels_seq", "seq"),
