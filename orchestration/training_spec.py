@@ -33,6 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from ops import windows
+from ops.fetch.records import not_utf8
 from ops.naming import InvalidName, validate_artifact_template, validate_batch_name
 from orchestration.contract import BATCH_TAG, MODE_TAG, PARTITION_TAG, TASK_TAG, TRAINING_ID_TAG
 
@@ -319,9 +320,7 @@ def load_spec_file(path: str) -> TrainingSpec:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise unusable(f"is not UTF-8 text: {exc.reason} 0x{data[exc.start]:02x} at byte offset {exc.start} "
-                       f"(line {line})") from None
+        raise unusable(not_utf8(data, exc)) from None
     if not text.strip():
         raise unusable("is empty")
     try:

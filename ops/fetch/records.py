@@ -258,3 +258,10 @@ def decode_text_lines(
             continue
         append(text)
     return out
+
+
+def not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where and why `data` is not UTF-8, for an error message: "is not UTF-8 text: invalid start
+    byte 0xff at byte offset 12 (line 2)"."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    return f"is not UTF-8 text: {exc.reason} 0x{data[exc.start]:02x} at byte offset {exc.start} (line {line})"

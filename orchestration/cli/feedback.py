@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from ops.fetch.records import not_utf8
 from orchestration.cli.common import CliError, human_time, print_table
 
 DESCRIPTION = (
@@ -182,9 +183,7 @@ def _lines_of_file(source: str) -> list[tuple[str, str]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise CliError(f"{name} is not UTF-8 text: {exc.reason} 0x{data[exc.start]:02x} at byte offset {exc.start} "
-                       f"(line {line})") from None
+        raise CliError(f"{name} {not_utf8(data, exc)}") from None
     lines = [(f"line {i} of {name}", line) for i, line in enumerate(_split(text), 1) if line.strip()]
     if not lines:
         raise CliError(f"no log lines in {name}: it is empty or blank")
