@@ -10,7 +10,7 @@ writers' tables of one batch: they are two rows; a sample's identity is (batch, 
 `sample_ns` repeats ts as a plain integer for reading back.
 
 Inference results: a super table `inference_results` with a child table per (batch, writer
-process), `ir_<sha256(batch)[:24]>_<writer id>`, the score kept in millionths.
+process), `ir_<sha256(batch)[:24]>_<writer id>`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ _TD_READY: set = set()
 _TD_STABLE = (
     f"ts TIMESTAMP, sample_ns BIGINT, message VARCHAR({MAX_SAMPLE_BYTES}), validation INT"
 )
-# the score in millionths (an integer: exact round trips, and the fake emulates no DOUBLE)
 _TD_RESULTS = (
-    f"ts TIMESTAMP, result_ns BIGINT, score_ppm BIGINT, anomaly INT, masked VARCHAR({MAX_SAMPLE_BYTES}), "
+    f"ts TIMESTAMP, result_ns BIGINT, score DOUBLE, anomaly INT, masked VARCHAR({MAX_SAMPLE_BYTES}), "
     "model_version BIGINT"
 )
 
@@ -104,7 +103,7 @@ class TDengineSamples(SampleTable):
         child = f"{self.database}.ir_{name_hash(batch)}_{writer_id()}"
         head = f"INSERT INTO {child} USING {self.database}.inference_results TAGS ({literal(batch)}) VALUES "
         first = CLOCK.block(len(results))
-        rows = [f"({first + i}, {first + i}, {int(round(float(sc) * 1e6))}, {int(bool(an))}, {literal(clean_masked(m))}, "
+        rows = [f"({first + i}, {first + i}, {float(sc)!r}, {int(bool(an))}, {literal(clean_masked(m))}, "
                 f"{int(model_version)})" for i, (sc, an, m) in enumerate(results)]
         for i in range(0, len(rows), 500):
             store._sql(head + "".join(rows[i:i + 500]), f"cannot record inference results of batch {batch!r}")
@@ -115,10 +114,10 @@ class TDengineSamples(SampleTable):
 
         store = self._ready()
         where = f"batch = {literal(batch)}" + (f" AND ts >= {int(since_ns)}" if since_ns is not None else "")
-        rows = self._rows(store, f"SELECT result_ns, score_ppm, anomaly, masked, model_version FROM "
+        rows = self._rows(store, f"SELECT result_ns, score, anomaly, masked, model_version FROM "
                                  f"{self.database}.inference_results WHERE {where} ORDER BY ts LIMIT {int(limit)}",
                           "cannot read inference results")
-        return [{"ts_ns": r["result_ns"], "score": r["score_ppm"] / 1e6, "anomaly": bool(r["anomaly"]),
+        return [{"ts_ns": r["result_ns"], "score": r["score"], "anomaly": bool(r["anomaly"]),
                  "masked": r["masked"], "model_version": r["model_version"]} for r in rows]
 
     def count(self, batch, since_ns=None, until_ns=None):

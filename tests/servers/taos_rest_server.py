@@ -12,7 +12,7 @@ What it speaks (TDengine 3.x REST, as documented for taosAdapter):
 The SQL subset it executes (exactly what resources/tdengine_store.py emits, on an in-memory SQLite):
 - CREATE DATABASE [IF NOT EXISTS] db [PRECISION 'ms'|'us'|'ns']
 - CREATE STABLE [IF NOT EXISTS] db.st (ts TIMESTAMP, col TYPE[(n)], ...) TAGS (tag TYPE[(n)], ...)
-  with types TIMESTAMP, BIGINT, INT, VARCHAR/BINARY(n), NCHAR(n); lengths are enforced on insert
+  with types TIMESTAMP, BIGINT, INT, DOUBLE, VARCHAR/BINARY(n), NCHAR(n); lengths are enforced on insert
   (VARCHAR in UTF-8 bytes, NCHAR in characters), as TDengine does.
 - INSERT INTO db.child USING db.st TAGS (...) VALUES (...)[(...)] [db.child2 USING ...]...
   (child tables created on first use; their tags then stay as first given). Values are integer
@@ -57,7 +57,7 @@ _TOKEN = re.compile(
     r"""\s*(?:
         (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
       | (?P<bq>`[^`]*`)
-      | (?P<num>-?\d+(?:\.\d+)?)
+      | (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
       | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
       | (?P<op><=|>=|!=|<>|[(),.*=<>;])
     )""",
@@ -65,7 +65,7 @@ _TOKEN = re.compile(
 )
 _UNESCAPE = {"'": "'", '"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t", "%": "\\%", "_": "\\_"}
 _AGGREGATES = {"LAST_ROW", "MAX", "MIN", "SUM", "COUNT"}
-_TYPE_LEN = {"TIMESTAMP": 8, "BIGINT": 8, "INT": 4}
+_TYPE_LEN = {"TIMESTAMP": 8, "BIGINT": 8, "INT": 4, "DOUBLE": 8}
 
 
 class TaosError(Exception):
@@ -99,7 +99,7 @@ def tokenize(sql: str) -> list[tuple[str, object]]:
                     i += 1
             tokens.append(("str", "".join(out)))
         elif kind == "num":
-            tokens.append(("num", float(text) if "." in text else int(text)))
+            tokens.append(("num", float(text) if any(c in text for c in ".eE") else int(text)))
         elif kind == "bq":
             tokens.append(("id", text[1:-1]))
         elif kind == "id":
@@ -299,6 +299,10 @@ class FakeTDengine:
         name, typ, length = col
         if value is None:
             return None
+        if typ == "DOUBLE":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TaosError(INVALID_VALUE, f"invalid value for {typ} column {name}: {value!r}")
+            return float(value)
         if typ in ("BIGINT", "INT", "TIMESTAMP"):
             if not isinstance(value, int):
                 raise TaosError(INVALID_VALUE, f"invalid value for {typ} column {name}: {value!r}")
