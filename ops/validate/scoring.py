@@ -187,12 +187,16 @@ def score_summary_forms(scorer: "Scorer", summary) -> list[ScoredForm]:
     return [ScoredForm(f, n, s, flag, why) for f, (n, s, flag, why) in out.items()]
 
 
-def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
-    """(lines, anomalies) of one window summary: the lines of its flagged forms (score_summary_forms),
-    exact for the counted forms, the flagged forms' estimated share for a compacted tail."""
-    forms = score_summary_forms(scorer, summary)
+def summary_tally(summary, forms: list[ScoredForm]) -> tuple[int, int]:
+    """(lines, anomalies) of a window summary from its scored forms: its lines, and the lines of its
+    flagged forms (exact for the counted forms, the flagged forms' estimated share of a compacted tail)."""
     return summary.total, sum(f.lines for f in forms if f.anomaly)
 
 
+def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
+    """(lines, anomalies) of one window summary (score_summary_forms, then summary_tally)."""
+    return summary_tally(summary, score_summary_forms(scorer, summary))
+
+
 __all__ = ["ArtifactError", "ScoredForm", "ScoredLine", "Scorer", "score_summary", "score_summary_forms",
-           "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]
+           "summary_tally", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]
