@@ -137,6 +137,10 @@ class LoopSettings(BaseModel):
     anomaly_jump: AnomalyJump = Field(default_factory=AnomalyJump,
                                       description="The anomaly_rate_jump check's rule on anomaly_scores.")
     score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
+    record_results_batches: list[str] = Field(
+        default_factory=list,
+        description="Scored batches whose forms anomaly_scores also records as inference results (one row per distinct "
+        "masked form of a window, with its line count, score, verdict and model version); '*' = every scored batch.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy,
                                        description="What artifact storage keeps (orchestration/retention_plan.py).")

@@ -4,6 +4,13 @@
 with counts), so raw logs are never read twice. Each enabled batch's forms are scored once
 with the batch's registered model, and the anomaly count per batch and window goes to the
 store as a time series (CML's inference table; on TDengine, a super table keyed by window).
+
+For the batches `record_results_batches` (loop settings) or the `record_batches` config names,
+each scored form of the window is also written to the store's inference results, as
+`logloop score --record` writes lines (resources/sample_table.py): one row per distinct form with
+its line count, score, verdict and the model version, each with a unique timestamp. A form of a
+compacted tail stands for its share of the tail (ops.validate.scoring.score_summary_forms).
+Each materialization appends its rows: a window scored again is recorded again.
 """
 
 from typing import Optional
@@ -24,61 +31,91 @@ from resources.store import AnomalyCount, Store
 class AnomalyScoresConfig(Config):
     batches: Optional[list[str]] = Field(
         default=None, description="Batches to score; default: the loop settings' score_batches ('*' = every batch with a model).")
+    record_batches: Optional[list[str]] = Field(
+        default=None, description="Scored batches whose forms are recorded as inference results (one row per distinct "
+        "form of the window, with its line count); default: the loop settings' record_results_batches ('*' = every "
+        "scored batch, [] = none).")
+
+
+def _named(batch: str, names: list[str]) -> bool:
+    return "*" in names or batch in names
+
+
+class _Scorers:
+    """Each batch's production Scorer and version, loaded once per run (None: no registered model)."""
+
+    def __init__(self, store: Store, artifacts: ArtifactStorage):
+        self.store, self.artifacts, self.scorers, self.versions = store, artifacts, {}, {}
+
+    def get(self, batch: str):
+        from ops.validate.scoring import Scorer
+
+        if batch not in self.scorers:
+            model = self.store.get_model(batch)
+            if model is None:
+                self.scorers[batch] = None
+            else:
+                with self.artifacts.reading(model.artifact) as model_path:
+                    # the batch's feedback takes effect at once, over what the model was trained with
+                    self.scorers[batch] = Scorer.from_path(
+                        model_path, labels={label.masked: label.label for label in self.store.labels(batch)})
+                self.versions[batch] = model.version
+        return self.scorers[batch]
+
+
+def _batch_summary(path, batch: str):
+    """The batch's window summary, its pushed validation pool merged in (scored with their batch)."""
+    from ops.fetch.push import validation_key
+    from ops.mask.summary import Summary, read_summary
+
+    summary, pool = read_summary(path, batch), read_summary(path, validation_key(batch))
+    return Summary.merge([summary, pool]) if pool.total else summary
 
 
 @asset(partitions_def=time_partitions, deps=[partition_summaries], group_name="scoring", kinds={"pytorch"},
        backfill_policy=backfill_policy())
 def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, store: Store,
                    artifacts: ArtifactStorage) -> MaterializeResult:
-    """Score each window's lines with the batch's production model; record anomaly counts per batch."""
-    from ops.validate.scoring import Scorer, score_summary
-    from ops.mask.summary import read_summary, read_summary_meta
+    """Score each window's lines with the batch's production model; record anomaly counts per batch,
+    and the scored forms of the batches configured for it as inference results."""
+    from ops.fetch.push import real_batches
+    from ops.mask.summary import read_summary_meta
+    from ops.validate.scoring import score_summary_forms, summary_tally
 
-    enabled = config.batches if config.batches is not None else loop_settings().score_batches
-    scorers: dict[str, Optional[Scorer]] = {}
-    versions: dict[str, int] = {}
+    settings = loop_settings()
+    enabled = config.batches if config.batches is not None else settings.score_batches
+    recorded = config.record_batches if config.record_batches is not None else settings.record_results_batches
+    scorers, table = _Scorers(store, artifacts), None
     rows, per_window = [], []
     for key in context.partition_keys:
         if not artifacts.exists(summary_key(key)):
             raise Failure(description=f"window {key} has no summary yet; materialize partition_summaries first")
         start, end = window_ms(key)
         with artifacts.reading(summary_key(key)) as path:
-            from ops.fetch.push import real_batches, validation_key  # pushed samples' validation pools: scored with their batch
-
-            batches = real_batches(read_summary_meta(path).get("tail_count", {}))
-            for batch in batches:
-                if "*" not in enabled and batch not in enabled:
-                    continue
-                if batch not in scorers:
-                    model = store.get_model(batch)
-                    if model is None:
-                        scorers[batch] = None
-                    else:
-                        with artifacts.reading(model.artifact) as model_path:
-                            # the batch's feedback takes effect at once, over what the model was trained with
-                            scorers[batch] = Scorer.from_path(
-                                model_path, labels={label.masked: label.label for label in store.labels(batch)})
-                        versions[batch] = model.version
-                scorer = scorers[batch]
+            for batch in real_batches(read_summary_meta(path).get("tail_count", {})):
+                scorer = scorers.get(batch) if _named(batch, enabled) else None
                 if scorer is None:
                     continue
-                summary = read_summary(path, batch)
-                pool = read_summary(path, validation_key(batch))
-                if pool.total:
-                    from ops.mask.summary import Summary
-
-                    summary = Summary.merge([summary, pool])
-                lines, anomalies = score_summary(scorer, summary)
-                rows.append(AnomalyCount(batch, start, end, lines, anomalies, versions[batch]))
+                version, summary = scorers.versions[batch], _batch_summary(path, batch)
+                forms = score_summary_forms(scorer, summary)
+                lines, anomalies = summary_tally(summary, forms)
+                rows.append(AnomalyCount(batch, start, end, lines, anomalies, version))
                 per_window.append({"window": key, "batch": batch, "lines": lines, "anomalies": anomalies,
-                                   "model_version": versions[batch]})
+                                   "model_version": version})
+                if _named(batch, recorded):
+                    from resources.samples import samples_for_store
+
+                    table = table or samples_for_store(store)
+                    table.record_results(batch, [(f.score, f.anomaly, f.masked, f.lines) for f in forms], version)
+                    per_window[-1]["results_recorded"] = len(forms)
     store.record_anomaly_counts(rows)
-    skipped = sorted(b for b, s in scorers.items() if s is None)
+    skipped = sorted(b for b, s in scorers.scorers.items() if s is None)
     if skipped:
         context.log.info(f"no registered model yet, not scored: {skipped[:20]}")
     return MaterializeResult(metadata={
         "scored": MetadataValue.json(per_window[:500]),
         "lines": sum(r.lines for r in rows),
         "anomalies": sum(r.anomalies for r in rows),
+        "results_recorded": sum(w.get("results_recorded", 0) for w in per_window),
         "batches_without_model": MetadataValue.json(skipped),
     })

@@ -1,7 +1,8 @@
 """Where a store keeps pushed samples: the interface every backend implements.
 
 Samples live in the store's own database (ops/fetch/push.py says what a sample is), beside the
-inference results that `logloop score --record` writes. Two backends implement `SampleTable`:
+inference results that `logloop score --record` and the anomaly_scores asset write. Two backends
+implement `SampleTable`:
 
 - resources/sql_samples.py: SQLite and PostgreSQL (`SQLSamples`);
 - resources/tdengine_samples.py: TDengine (`TDengineSamples`).
@@ -12,6 +13,7 @@ resources/samples_source.py reads them back as a LogSource.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from typing import Optional
 
@@ -41,13 +43,28 @@ class SampleTable(ABC):
     def describe(self) -> str: ...
 
     @abstractmethod
-    def record_results(self, batch: str, results: list[tuple[float, bool, str]], model_version: int) -> tuple[int, int]:
-        """Inference results [(score, anomaly, masked form)], one row each with a unique timestamp
-        (as samples get theirs); returns (first_ns, last_ns)."""
+    def record_results(self, batch: str, results: list[tuple], model_version: int) -> tuple[int, int]:
+        """Inference results [(score, anomaly, masked form[, lines])], one row each with a unique
+        timestamp (as samples get theirs); returns (first_ns, last_ns). `lines`: how many scored
+        lines the row stands for (default 1: one row per line, as `logloop score --record` writes;
+        anomaly_scores writes one row per distinct form of a window with its line count)."""
 
     @abstractmethod
     def results(self, batch: str, since_ns: Optional[int] = None, limit: int = 1000) -> list[dict]:
-        """The batch's recorded results, oldest first: {ts_ns, score, anomaly, masked, model_version}."""
+        """The batch's recorded results, oldest first: {ts_ns, score, anomaly, masked, lines, model_version}."""
+
+
+def result_row(item) -> tuple[float, int, str, int]:
+    """A result (score, anomaly, masked[, lines]) as stored values: (score, 0|1, cleaned masked form, lines)."""
+    if len(item) == 3:
+        (score, anomaly, masked), lines = item, 1
+    elif len(item) == 4:
+        score, anomaly, masked, lines = item
+    else:
+        raise ValueError(f"a result is (score, anomaly, masked[, lines]), got {len(item)} values")
+    if isinstance(lines, bool) or not isinstance(lines, numbers.Integral) or lines < 0:
+        raise ValueError(f"a result's lines must be a count (an int >= 0), got {lines!r}")
+    return float(score), int(bool(anomaly)), clean_masked(masked), int(lines)
 
 
 def clean_masked(text: str) -> str:

@@ -7,8 +7,10 @@ IMMEDIATE serialises writers across processes, PostgreSQL takes a transaction-sc
 lock on the batch. So a batch's timestamps are unique across every process that pushes to it,
 and the unique key is the backstop (a violation fails the write; nothing is overwritten).
 
-Inference results: a table `inference_results (batch, ts_ns, score, anomaly, masked,
-model_version)`, stamped by the same kind of clock under the batch's results clock row.
+Inference results: a table `inference_results (batch, ts_ns, score, anomaly, masked, lines,
+model_version)`, stamped by the same kind of clock under the batch's results clock row. A table
+made before `lines` existed is not altered: reading or writing it fails on the missing column
+(add it with `ALTER TABLE inference_results ADD COLUMN lines BIGINT NOT NULL DEFAULT 1`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from ops.fetch.push import CLOCK
 from ops.naming import validate_batch_name
 from ops.secret import Secret
-from resources.sample_table import SampleTable, clean_masked
+from resources.sample_table import SampleTable, result_row
 from ops.urls import url_without_password
 
 RESULTS_CLOCK = "\x1fresults"  # the results' clock row of a batch (no batch name holds a control character)
@@ -53,6 +55,7 @@ def _sql_tables():
         sa.Column("score", sa.Float, nullable=False),
         sa.Column("anomaly", sa.SmallInteger, nullable=False),
         sa.Column("masked", sa.Text, nullable=False),
+        sa.Column("lines", sa.BigInteger, nullable=False),
         sa.Column("model_version", sa.BigInteger, nullable=False),
         sa.UniqueConstraint("batch", "ts_ns", name="inference_results_batch_ts"),
     )
@@ -130,16 +133,17 @@ class SQLSamples(SampleTable):
         validate_batch_name(batch)
         if not results:
             return (0, 0)
+        rows = [result_row(r) for r in results]
         md, _, clock = _sql_tables()
         table = md.tables["inference_results"]
         store, tx = self._tx(write=True)
         with tx as conn:
             store._lock(conn, "results", batch)
-            first = self._stamp(conn, clock, batch + RESULTS_CLOCK, len(results))
+            first = self._stamp(conn, clock, batch + RESULTS_CLOCK, len(rows))
             conn.execute(table.insert(), [
-                {"batch": batch, "ts_ns": first + i, "score": float(sc), "anomaly": int(bool(an)),
-                 "masked": clean_masked(m), "model_version": int(model_version)}
-                for i, (sc, an, m) in enumerate(results)])
+                {"batch": batch, "ts_ns": first + i, "score": sc, "anomaly": an, "masked": m, "lines": n,
+                 "model_version": int(model_version)}
+                for i, (sc, an, m, n) in enumerate(rows)])
         return first, first + len(results) - 1
 
     def results(self, batch, since_ns=None, limit=1000):
@@ -147,14 +151,15 @@ class SQLSamples(SampleTable):
 
         md, _, _ = _sql_tables()
         t = md.tables["inference_results"]
-        q = sa.select(t.c.ts_ns, t.c.score, t.c.anomaly, t.c.masked, t.c.model_version).where(t.c.batch == batch)
+        q = (sa.select(t.c.ts_ns, t.c.score, t.c.anomaly, t.c.masked, t.c.lines, t.c.model_version)
+             .where(t.c.batch == batch))
         if since_ns is not None:
             q = q.where(t.c.ts_ns >= since_ns)
         q = q.order_by(t.c.ts_ns).limit(limit)
         _, tx = self._tx()
         with tx as conn:
-            return [{"ts_ns": r[0], "score": float(r[1]), "anomaly": bool(r[2]), "masked": r[3], "model_version": r[4]}
-                    for r in conn.execute(q)]
+            return [{"ts_ns": r[0], "score": float(r[1]), "anomaly": bool(r[2]), "masked": r[3], "lines": int(r[4]),
+                     "model_version": r[5]} for r in conn.execute(q)]
 
     def count(self, batch, since_ns=None, until_ns=None):
         import sqlalchemy as sa

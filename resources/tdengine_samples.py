@@ -9,8 +9,11 @@ same-timestamp overwrite can never hit a sample. (The same nanosecond may occur 
 writers' tables of one batch: they are two rows; a sample's identity is (batch, writer, ts).)
 `sample_ns` repeats ts as a plain integer for reading back.
 
-Inference results: a super table `inference_results` with a child table per (batch, writer
-process), `ir_<sha256(batch)[:24]>_<writer id>`.
+Inference results: a super table `inference_results (ts, result_ns, score, anomaly, masked,
+model_version, line_count)` with a child table per (batch, writer process),
+`ir_<sha256(batch)[:24]>_<writer id>` (`line_count`, as the store's tables name it, is read back
+as `lines`). A super table made before `line_count` existed is not altered (`ALTER STABLE
+inference_results ADD COLUMN line_count BIGINT` adds it; its old rows then read 1).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from ops.fetch.push import CLOCK, MAX_SAMPLE_BYTES
 from ops.naming import validate_batch_name
 from ops.secret import Secret
-from resources.sample_table import SampleTable, clean_masked
+from resources.sample_table import SampleTable, result_row
 from ops.urls import url_without_password
 
 _TD_READY: set = set()
@@ -29,7 +32,7 @@ _TD_STABLE = (
 )
 _TD_RESULTS = (
     f"ts TIMESTAMP, result_ns BIGINT, score DOUBLE, anomaly INT, masked VARCHAR({MAX_SAMPLE_BYTES}), "
-    "model_version BIGINT"
+    "model_version BIGINT, line_count BIGINT"
 )
 
 
@@ -102,9 +105,10 @@ class TDengineSamples(SampleTable):
         store = self._ready()
         child = f"{self.database}.ir_{name_hash(batch)}_{writer_id()}"
         head = f"INSERT INTO {child} USING {self.database}.inference_results TAGS ({literal(batch)}) VALUES "
-        first = CLOCK.block(len(results))
-        rows = [f"({first + i}, {first + i}, {float(sc)!r}, {int(bool(an))}, {literal(clean_masked(m))}, "
-                f"{int(model_version)})" for i, (sc, an, m) in enumerate(results)]
+        items = [result_row(r) for r in results]
+        first = CLOCK.block(len(items))
+        rows = [f"({first + i}, {first + i}, {sc!r}, {an}, {literal(m)}, {int(model_version)}, {n})"
+                for i, (sc, an, m, n) in enumerate(items)]
         for i in range(0, len(rows), 500):
             store._sql(head + "".join(rows[i:i + 500]), f"cannot record inference results of batch {batch!r}")
         return first, first + len(results) - 1
@@ -114,11 +118,12 @@ class TDengineSamples(SampleTable):
 
         store = self._ready()
         where = f"batch = {literal(batch)}" + (f" AND ts >= {int(since_ns)}" if since_ns is not None else "")
-        rows = self._rows(store, f"SELECT result_ns, score, anomaly, masked, model_version FROM "
+        rows = self._rows(store, f"SELECT result_ns, score, anomaly, masked, line_count, model_version FROM "
                                  f"{self.database}.inference_results WHERE {where} ORDER BY ts LIMIT {int(limit)}",
                           "cannot read inference results")
         return [{"ts_ns": r["result_ns"], "score": r["score"], "anomaly": bool(r["anomaly"]),
-                 "masked": r["masked"], "model_version": r["model_version"]} for r in rows]
+                 "masked": r["masked"], "lines": 1 if r["line_count"] is None else int(r["line_count"]),
+                 "model_version": r["model_version"]} for r in rows]
 
     def count(self, batch, since_ns=None, until_ns=None):
         from resources.tdengine_store import literal

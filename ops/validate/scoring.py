@@ -143,26 +143,60 @@ class Scorer:
         return len(self._cache)
 
 
-__all__ = ["ArtifactError", "ScoredLine", "Scorer", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]
+@dataclass(frozen=True)
+class ScoredForm:
+    masked: str      # a distinct masked form of the window
+    lines: int       # how many of the window's lines it stands for (see score_summary_forms)
+    score: float
+    anomaly: bool
+    reason: str = ""
 
 
-def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
-    """(lines, anomalies) of one window summary (ops.mask.summary.Summary), scoring each masked form once.
+def score_summary_forms(scorer: "Scorer", summary) -> list[ScoredForm]:
+    """One ScoredForm per distinct masked form of a window summary (ops.mask.summary.Summary), each
+    scored once: the counted forms first, then the tail sample's forms, in the sample's order.
 
-    Exact for the counted forms; for a compacted tail (forms seen once each, sampled), the
-    flagged share of the kept tail sample is applied to the tail's line count.
+    Counted forms carry their exact line counts and are judged by them against the whole window.
+    A compacted tail keeps only a uniform sample of its `tail_count` lines, so a sampled form's
+    `lines` is its share of the tail, an estimate: each sampled line stands for
+    tail_count // len(sample) lines, and the remainder goes one line each to the first sampled
+    lines in sample order (random, by the sample's keys). The lines of all forms therefore add up
+    to the window's `summary.total`. Tail forms were seen once each, so they are judged as single
+    lines (never established); a sampled form that is also counted (after summaries were merged)
+    adds its share to the counted form, which keeps its verdict. A tail without a sample (never
+    with a sample size above 0) is in no form.
     """
     forms = list(summary.counts)
-    lines = sum(summary.counts.values()) + summary.tail_count
+    total = summary.total
     counts = [summary.counts[f] for f in forms]
     scores = scorer.score_masked(forms) if forms else []
     # established against the whole window (the tail's forms were seen once each: never established)
-    verdicts = judge(forms, scores, counts, scorer.threshold, scorer.labels_for(forms), total=lines)
-    anomalies = sum(c for c, (flag, _) in zip(counts, verdicts) if flag)
-    if summary.tail_count:
-        tail = list(summary.tail_lines)
-        tail_verdicts = judge(tail, scorer.score_masked(tail), [1] * len(tail), scorer.threshold,
-                              scorer.labels_for(tail), total=lines) if tail else []
-        flagged = sum(flag for flag, _ in tail_verdicts)
-        anomalies += round(summary.tail_count * flagged / len(tail)) if tail else 0
-    return lines, anomalies
+    verdicts = judge(forms, scores, counts, scorer.threshold, scorer.labels_for(forms), total=total)
+    out = {f: [c, s, flag, why] for f, c, s, (flag, why) in zip(forms, counts, scores, verdicts)}
+    sample = list(summary.tail_lines)
+    if summary.tail_count and sample:
+        each, extra = divmod(summary.tail_count, len(sample))
+        tail = [f for f in dict.fromkeys(sample) if f not in out]
+        tail_scores = scorer.score_masked(tail) if tail else []
+        tail_verdicts = judge(tail, tail_scores, [1] * len(tail), scorer.threshold, scorer.labels_for(tail),
+                              total=total)
+        for f, s, (flag, why) in zip(tail, tail_scores, tail_verdicts):
+            out[f] = [0, s, flag, why]
+        for i, f in enumerate(sample):
+            out[f][0] += each + (i < extra)
+    return [ScoredForm(f, n, s, flag, why) for f, (n, s, flag, why) in out.items()]
+
+
+def summary_tally(summary, forms: list[ScoredForm]) -> tuple[int, int]:
+    """(lines, anomalies) of a window summary from its scored forms: its lines, and the lines of its
+    flagged forms (exact for the counted forms, the flagged forms' estimated share of a compacted tail)."""
+    return summary.total, sum(f.lines for f in forms if f.anomaly)
+
+
+def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
+    """(lines, anomalies) of one window summary (score_summary_forms, then summary_tally)."""
+    return summary_tally(summary, score_summary_forms(scorer, summary))
+
+
+__all__ = ["ArtifactError", "ScoredForm", "ScoredLine", "Scorer", "score_summary", "score_summary_forms",
+           "summary_tally", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]

@@ -69,10 +69,11 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_samples_count)
 
-    p = samples.add_parser("results", help="inference results recorded by 'logloop score --record'",
+    p = samples.add_parser("results", help="inference results recorded by 'logloop score --record' and anomaly_scores",
                            description="The batch's recorded inference results, oldest first: time, score, verdict, "
-                                       "model version, masked form. With --json: a list of {ts_ns, score, anomaly, "
-                                       "masked, model_version}.")
+                                       "lines (1 per line from 'score --record'; a window's lines of the form from "
+                                       "anomaly_scores), model version, masked form. With --json: a list of {ts_ns, "
+                                       "score, anomaly, masked, lines, model_version}.")
     p.add_argument("--batch", required=True)
     p.add_argument("--since", help="only results after this: a duration back from now (90m, 24h) or a UTC time")
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1,000)")
@@ -203,9 +204,10 @@ def cmd_samples_results(args) -> int:
     def when(ns):
         return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
 
-    print_table([["TIME", "SCORE", "VERDICT", "MODEL", "MASKED"]]
-           + [[when(r["ts_ns"]), f"{r['score']:.3f}", "ANOMALY" if r["anomaly"] else "normal", f"v{r['model_version']}",
-               r["masked"]] for r in rows], nowrap=("TIME", "SCORE", "VERDICT", "MODEL"))
+    print_table([["TIME", "SCORE", "VERDICT", "LINES", "MODEL", "MASKED"]]
+           + [[when(r["ts_ns"]), f"{r['score']:.3f}", "ANOMALY" if r["anomaly"] else "normal", f"{r['lines']:,}",
+               f"v{r['model_version']}", r["masked"]] for r in rows],
+           nowrap=("TIME", "SCORE", "VERDICT", "LINES", "MODEL"))
     return 0
 
 

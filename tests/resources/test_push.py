@@ -358,6 +358,21 @@ def test_inference_results_round_trip_with_unique_timestamps(table):
     assert {r["model_version"] for r in got} == {4, 5}
     assert len(table.results(HOSTILE, since_ns=last + 1)) == 5 and table.results("other") == []
     assert got[0]["ts_ns"] == first
+    assert {r["lines"] for r in got} == {1}  # (score, anomaly, masked): one line each
+
+
+def test_inference_results_carry_their_line_counts(table):
+    """anomaly_scores records one row per distinct form of a window, with how many lines it stands for."""
+    rows = [(0.25, True, "rare <NUM>", 1), (0.9, False, "common", 12_000_000_000), (0.5, False, "none", 0)]
+    table.record_results("web/a", rows, 3)
+    table.record_results("web/a", [(0.1, True, "one line")], 3)
+    got = table.results("web/a")
+    assert [(r["score"], r["anomaly"], r["masked"], r["lines"]) for r in got] == [
+        (pytest.approx(s), a, m, n) for s, a, m, n in rows] + [(pytest.approx(0.1), True, "one line", 1)]
+    for bad in [(0.1, True, "x", -1), (0.1, True, "x", 1.5), (0.1, True), (0.1, True, "x", True)]:
+        with pytest.raises(ValueError):
+            table.record_results("web/a", [bad], 3)
+    assert len(table.results("web/a")) == 4
 
 
 def test_cli_reads_recorded_results(home, capsys):
@@ -369,10 +384,10 @@ def test_cli_reads_recorded_results(home, capsys):
                             SimpleNamespace(score=0.9, anomaly=False, masked="b")], 2)
     rc, out, _ = _cli(["samples", "results", "--batch", "web/a", "--json"], capsys)
     got = json.loads(out)
-    assert rc == 0 and [(r["score"], r["anomaly"], r["masked"], r["model_version"]) for r in got] == [
-        (0.5, True, "a <NUM>", 2), (0.9, False, "b", 2)]
+    assert rc == 0 and [(r["score"], r["anomaly"], r["masked"], r["lines"], r["model_version"]) for r in got] == [
+        (0.5, True, "a <NUM>", 1, 2), (0.9, False, "b", 1, 2)]
     rc, out, _ = _cli(["samples", "results", "--batch", "web/a"], capsys)
-    assert rc == 0 and "ANOMALY" in out and "v2" in out
+    assert rc == 0 and "ANOMALY" in out and "v2" in out and "LINES" in out
 
 
 def test_push_samples_goes_to_the_configured_store(tmp_path, monkeypatch):

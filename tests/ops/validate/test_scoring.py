@@ -240,3 +240,28 @@ def test_feedback_labels_override_the_score_in_the_scorer(artifact):
     assert plain.anomaly and plain.reason == "score"
     labelled = Scorer(artifact, labels={plain.masked: "normal"}).score(["totally new words never seen"])[0]
     assert not labelled.anomaly and labelled.reason == "label" and labelled.score == plain.score
+
+
+def test_a_summary_scores_once_per_form_and_its_forms_add_up_to_the_window(artifact):
+    from ops.mask.summary import Summary
+    from ops.validate.scoring import score_summary, score_summary_forms
+
+    masker = Masker(artifact.masking_rules)
+    common, known = masker.mask(LINES[0]), masker.mask(LINES[70])
+    # 1,000 counted lines, and a compacted tail of 103 lines of which 4 were kept (one of them twice,
+    # one also a counted form)
+    tail = ["totally new words never seen", "another unseen <severe> thing", "totally new words never seen", known]
+    summary = Summary(counts={common: 900, known: 60, "never seen before at all": 40}, tail_count=103,
+                      tail_keys=[0.1, 0.2, 0.3, 0.4], tail_lines=tail)
+    scorer = Scorer(artifact, labels={"never seen before at all": "anomaly"})
+    forms = score_summary_forms(scorer, summary)
+    assert [f.masked for f in forms] == [common, known, "never seen before at all", tail[0], tail[1]]
+    # 103 = 4 x 25 + 3: the first three sampled lines stand for 26 lines, the fourth for 25
+    assert [f.lines for f in forms] == [900, 60 + 25, 40, 26 + 26, 26] and sum(f.lines for f in forms) == 1103
+    by = {f.masked: f for f in forms}
+    assert by["never seen before at all"].reason == "label" and by[tail[1]].reason == "severity"
+    assert by[tail[0]].anomaly and by[tail[0]].reason == "score"  # one sampled line: never established
+    assert score_summary(scorer, summary) == (1103, sum(f.lines for f in forms if f.anomaly))
+    assert scorer.misses == 5  # each distinct form through the model once
+    exact = Summary(counts={common: 3})
+    assert [(f.lines, f.masked) for f in score_summary_forms(scorer, exact)] == [(3, common)]
