@@ -106,7 +106,8 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
                     from resources.samples import samples_for_store
 
                     table = table or samples_for_store(store)
-                    table.record_results(batch, [(f.score, f.anomaly, f.masked, f.lines) for f in forms], version)
+                    table.record_results(batch, [(f.score, f.anomaly, f.masked, f.lines) for f in forms], version,
+                                         window_ms=(start, end))
                     per_window[-1]["results_recorded"] = len(forms)
     store.record_anomaly_counts(rows)
     skipped = sorted(b for b, s in scorers.scorers.items() if s is None)

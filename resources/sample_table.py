@@ -43,15 +43,19 @@ class SampleTable(ABC):
     def describe(self) -> str: ...
 
     @abstractmethod
-    def record_results(self, batch: str, results: list[tuple], model_version: int) -> tuple[int, int]:
+    def record_results(self, batch: str, results: list[tuple], model_version: int,
+                       window_ms: Optional[tuple[int, int]] = None) -> tuple[int, int]:
         """Inference results [(score, anomaly, masked form[, lines])], one row each with a unique
         timestamp (as samples get theirs); returns (first_ns, last_ns). `lines`: how many scored
         lines the row stands for (default 1: one row per line, as `logloop score --record` writes;
-        anomaly_scores writes one row per distinct form of a window with its line count)."""
+        anomaly_scores writes one row per distinct form of a window with its line count).
+        `window_ms`: the [start, end) of the time window the lines came from (anomaly_scores), so a
+        backfill's rows say which window they describe; None for lines with no window."""
 
     @abstractmethod
     def results(self, batch: str, since_ns: Optional[int] = None, limit: int = 1000) -> list[dict]:
-        """The batch's recorded results, oldest first: {ts_ns, score, anomaly, masked, lines, model_version}."""
+        """The batch's recorded results, oldest first: {ts_ns, score, anomaly, masked, lines, model_version,
+        window_start_ms, window_end_ms} (the window None when the rows had none)."""
 
 
 def result_row(item) -> tuple[float, int, str, int]:
@@ -75,3 +79,13 @@ def clean_masked(text: str) -> str:
     while len(text.encode("utf-8")) > MAX_SAMPLE_BYTES:
         text = text[: len(text) * 3 // 4]
     return text
+
+
+def result_window(window_ms) -> tuple[Optional[int], Optional[int]]:
+    """(start, end) ms of a result's window, checked; (None, None) for none."""
+    if window_ms is None:
+        return None, None
+    start, end = (int(v) for v in window_ms)
+    if not 0 <= start < end:
+        raise ValueError(f"a result's window is [start, end) in epoch ms with start < end, got {window_ms!r}")
+    return start, end

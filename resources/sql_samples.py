@@ -8,9 +8,8 @@ lock on the batch. So a batch's timestamps are unique across every process that 
 and the unique key is the backstop (a violation fails the write; nothing is overwritten).
 
 Inference results: a table `inference_results (batch, ts_ns, score, anomaly, masked, lines,
-model_version)`, stamped by the same kind of clock under the batch's results clock row. A table
-made before `lines` existed is not altered: reading or writing it fails on the missing column
-(add it with `ALTER TABLE inference_results ADD COLUMN lines BIGINT NOT NULL DEFAULT 1`).
+model_version, window_start_ms, window_end_ms)`, stamped by the same kind of clock under the
+batch's results clock row.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from ops.fetch.push import CLOCK
 from ops.naming import validate_batch_name
 from ops.secret import Secret
-from resources.sample_table import SampleTable, result_row
+from resources.sample_table import SampleTable, result_row, result_window
 from ops.urls import url_without_password
 
 RESULTS_CLOCK = "\x1fresults"  # the results' clock row of a batch (no batch name holds a control character)
@@ -57,6 +56,8 @@ def _sql_tables():
         sa.Column("masked", sa.Text, nullable=False),
         sa.Column("lines", sa.BigInteger, nullable=False),
         sa.Column("model_version", sa.BigInteger, nullable=False),
+        sa.Column("window_start_ms", sa.BigInteger),
+        sa.Column("window_end_ms", sa.BigInteger),
         sa.UniqueConstraint("batch", "ts_ns", name="inference_results_batch_ts"),
     )
     return md, samples, clock
@@ -129,11 +130,12 @@ class SQLSamples(SampleTable):
             conn.execute(clock.update().where(clock.c.batch == key).values(last_ns=first + n - 1))
         return first
 
-    def record_results(self, batch, results, model_version):
+    def record_results(self, batch, results, model_version, window_ms=None):
         validate_batch_name(batch)
         if not results:
             return (0, 0)
         rows = [result_row(r) for r in results]
+        start, end = result_window(window_ms)
         md, _, clock = _sql_tables()
         table = md.tables["inference_results"]
         store, tx = self._tx(write=True)
@@ -142,7 +144,7 @@ class SQLSamples(SampleTable):
             first = self._stamp(conn, clock, batch + RESULTS_CLOCK, len(rows))
             conn.execute(table.insert(), [
                 {"batch": batch, "ts_ns": first + i, "score": sc, "anomaly": an, "masked": m, "lines": n,
-                 "model_version": int(model_version)}
+                 "model_version": int(model_version), "window_start_ms": start, "window_end_ms": end}
                 for i, (sc, an, m, n) in enumerate(rows)])
         return first, first + len(results) - 1
 
@@ -151,7 +153,8 @@ class SQLSamples(SampleTable):
 
         md, _, _ = _sql_tables()
         t = md.tables["inference_results"]
-        q = (sa.select(t.c.ts_ns, t.c.score, t.c.anomaly, t.c.masked, t.c.lines, t.c.model_version)
+        q = (sa.select(t.c.ts_ns, t.c.score, t.c.anomaly, t.c.masked, t.c.lines, t.c.model_version,
+                       t.c.window_start_ms, t.c.window_end_ms)
              .where(t.c.batch == batch))
         if since_ns is not None:
             q = q.where(t.c.ts_ns >= since_ns)
@@ -159,7 +162,7 @@ class SQLSamples(SampleTable):
         _, tx = self._tx()
         with tx as conn:
             return [{"ts_ns": r[0], "score": float(r[1]), "anomaly": bool(r[2]), "masked": r[3], "lines": int(r[4]),
-                     "model_version": r[5]} for r in conn.execute(q)]
+                     "model_version": r[5], "window_start_ms": r[6], "window_end_ms": r[7]} for r in conn.execute(q)]
 
     def count(self, batch, since_ns=None, until_ns=None):
         import sqlalchemy as sa

@@ -10,10 +10,9 @@ writers' tables of one batch: they are two rows; a sample's identity is (batch, 
 `sample_ns` repeats ts as a plain integer for reading back.
 
 Inference results: a super table `inference_results (ts, result_ns, score, anomaly, masked,
-model_version, line_count)` with a child table per (batch, writer process),
-`ir_<sha256(batch)[:24]>_<writer id>` (`line_count`, as the store's tables name it, is read back
-as `lines`). A super table made before `line_count` existed is not altered (`ALTER STABLE
-inference_results ADD COLUMN line_count BIGINT` adds it; its old rows then read 1).
+model_version, line_count, window_start_ms, window_end_ms)` with a child table per (batch, writer
+process), `ir_<sha256(batch)[:24]>_<writer id>` (`line_count`, as the store's tables name it, is
+read back as `lines`).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from ops.fetch.push import CLOCK, MAX_SAMPLE_BYTES
 from ops.naming import validate_batch_name
 from ops.secret import Secret
-from resources.sample_table import SampleTable, result_row
+from resources.sample_table import SampleTable, result_row, result_window
 from ops.urls import url_without_password
 
 _TD_READY: set = set()
@@ -32,7 +31,7 @@ _TD_STABLE = (
 )
 _TD_RESULTS = (
     f"ts TIMESTAMP, result_ns BIGINT, score DOUBLE, anomaly INT, masked VARCHAR({MAX_SAMPLE_BYTES}), "
-    "model_version BIGINT, line_count BIGINT"
+    "model_version BIGINT, line_count BIGINT, window_start_ms BIGINT, window_end_ms BIGINT"
 )
 
 
@@ -96,7 +95,7 @@ class TDengineSamples(SampleTable):
         store._sql(head + "".join(parts), f"cannot register samples of batch {batch!r}")
         return first, first + n - 1
 
-    def record_results(self, batch, results, model_version):
+    def record_results(self, batch, results, model_version, window_ms=None):
         from resources.tdengine_client import literal, name_hash, writer_id
 
         validate_batch_name(batch)
@@ -106,8 +105,9 @@ class TDengineSamples(SampleTable):
         child = f"{self.database}.ir_{name_hash(batch)}_{writer_id()}"
         head = f"INSERT INTO {child} USING {self.database}.inference_results TAGS ({literal(batch)}) VALUES "
         items = [result_row(r) for r in results]
+        start, end = (("NULL" if v is None else v) for v in result_window(window_ms))
         first = CLOCK.block(len(items))
-        rows = [f"({first + i}, {first + i}, {sc!r}, {an}, {literal(m)}, {int(model_version)}, {n})"
+        rows = [f"({first + i}, {first + i}, {sc!r}, {an}, {literal(m)}, {int(model_version)}, {n}, {start}, {end})"
                 for i, (sc, an, m, n) in enumerate(items)]
         for i in range(0, len(rows), 500):
             store._sql(head + "".join(rows[i:i + 500]), f"cannot record inference results of batch {batch!r}")
@@ -118,12 +118,14 @@ class TDengineSamples(SampleTable):
 
         store = self._ready()
         where = f"batch = {literal(batch)}" + (f" AND ts >= {int(since_ns)}" if since_ns is not None else "")
-        rows = self._rows(store, f"SELECT result_ns, score, anomaly, masked, line_count, model_version FROM "
-                                 f"{self.database}.inference_results WHERE {where} ORDER BY ts LIMIT {int(limit)}",
+        rows = self._rows(store, "SELECT result_ns, score, anomaly, masked, line_count, model_version, window_start_ms, "
+                                 f"window_end_ms FROM {self.database}.inference_results WHERE {where} "
+                                 f"ORDER BY ts LIMIT {int(limit)}",
                           "cannot read inference results")
         return [{"ts_ns": r["result_ns"], "score": r["score"], "anomaly": bool(r["anomaly"]),
-                 "masked": r["masked"], "lines": 1 if r["line_count"] is None else int(r["line_count"]),
-                 "model_version": r["model_version"]} for r in rows]
+                 "masked": r["masked"], "lines": int(r["line_count"]),
+                 "model_version": r["model_version"], "window_start_ms": r["window_start_ms"],
+                 "window_end_ms": r["window_end_ms"]} for r in rows]
 
     def count(self, batch, since_ns=None, until_ns=None):
         from resources.tdengine_store import literal

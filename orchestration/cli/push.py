@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from orchestration.cli.common import CliError, print_table
+from orchestration.cli.common import CliError, human_time, print_table
 
 FORMATS = ("text", "json")
 
@@ -199,15 +199,20 @@ def cmd_samples_results(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
+    if not rows:
+        print(f"no inference results recorded for batch {args.batch!r}" + (f" since {args.since}" if args.since else "")
+              + " (logloop score --record, or anomaly_scores for the batches in record_results_batches)")
+        return 0
     import datetime as dt
 
     def when(ns):
         return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
 
-    print_table([["TIME", "SCORE", "VERDICT", "LINES", "MODEL", "MASKED"]]
-           + [[when(r["ts_ns"]), f"{r['score']:.3f}", "ANOMALY" if r["anomaly"] else "normal", f"{r['lines']:,}",
-               f"v{r['model_version']}", r["masked"]] for r in rows],
-           nowrap=("TIME", "SCORE", "VERDICT", "LINES", "MODEL"))
+    print_table([["TIME", "WINDOW", "SCORE", "VERDICT", "LINES", "MODEL", "MASKED"]]
+           + [[when(r["ts_ns"]), human_time(r.get("window_start_ms")), f"{r['score']:.3f}",
+               "ANOMALY" if r["anomaly"] else "normal", f"{r['lines']:,}", f"v{r['model_version']}", r["masked"]]
+              for r in rows],
+           nowrap=("TIME", "WINDOW", "SCORE", "VERDICT", "LINES", "MODEL"))
     return 0
 
 

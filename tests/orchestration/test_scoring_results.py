@@ -71,6 +71,7 @@ def test_a_configured_batch_records_one_row_per_form_adding_up_to_the_window(env
     assert {r["masked"]: r["lines"] for r in rows if r["masked"] in TAIL} == dict.fromkeys(TAIL, 15)
     assert table.results("shop/db") == [] and store.anomaly_counts("shop/db")  # scored, not recorded
     assert meta["results_recorded"].value == len(rows)
+    assert {(r["window_start_ms"], r["window_end_ms"]) for r in rows} == {(count.window_start_ms, count.window_end_ms)}
 
 
 def test_the_asset_config_overrides_the_setting_and_off_records_nothing(env, monkeypatch):

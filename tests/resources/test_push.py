@@ -351,7 +351,7 @@ def test_source_is_selected_by_configuration(home, monkeypatch):
 def test_inference_results_round_trip_with_unique_timestamps(table):
     rows = [(i / 100, i % 3 == 0, f"GET /x/<NUM> {UNICODE}") for i in range(120)]
     first, last = table.record_results(HOSTILE, rows, 4)
-    table.record_results(HOSTILE, rows[:5], 5)
+    table.record_results(HOSTILE, rows[:5], 5, window_ms=(3_600_000, 7_200_000))
     got = table.results(HOSTILE, limit=1000)
     assert len(got) == 125 and len({r["ts_ns"] for r in got}) == 125
     assert [(r["score"], r["anomaly"], r["masked"]) for r in got[:120]] == [(pytest.approx(s), a, m) for s, a, m in rows]
@@ -359,6 +359,12 @@ def test_inference_results_round_trip_with_unique_timestamps(table):
     assert len(table.results(HOSTILE, since_ns=last + 1)) == 5 and table.results("other") == []
     assert got[0]["ts_ns"] == first
     assert {r["lines"] for r in got} == {1}  # (score, anomaly, masked): one line each
+    assert {(r["window_start_ms"], r["window_end_ms"]) for r in got[:120]} == {(None, None)}  # lines with no window
+    assert {(r["window_start_ms"], r["window_end_ms"]) for r in got[120:]} == {(3_600_000, 7_200_000)}
+    for bad in ((5, 5), (-1, 3), (9, 2)):
+        with pytest.raises(ValueError, match="window"):
+            table.record_results(HOSTILE, rows[:1], 5, window_ms=bad)
+    assert len(table.results(HOSTILE, limit=1000)) == 125  # a refused call wrote nothing
 
 
 def test_inference_results_carry_their_line_counts(table):
