@@ -122,7 +122,8 @@ def plan_catch_up(context: SensorEvaluationContext, log_source: LogSource, batch
     progress (any run, the schedule's or a backfill's: Dagster's partition status), when
     it closed less than CATCH_UP_GRACE_S ago (the schedule launches it), or when a
     catch-up run for it already ran (its run key is spent; re-run it from the UI). The
-    rest are counted for the known batches in one `log_source.count` call.
+    rest are counted for the known batches, and those the source lists there
+    (`LogSource.batches_within`: pushed samples), in one `log_source.count` call.
     """
     from ops.windows import Windows
     from orchestration.partitions import window_ms
@@ -130,7 +131,7 @@ def plan_catch_up(context: SensorEvaluationContext, log_source: LogSource, batch
     now = current_time or dt.datetime.now(dt.timezone.utc)
     closed_before = int(now.timestamp() * 1000) - CATCH_UP_GRACE_S * 1000
     keys = [k for k in last_closed_keys(windows_back, now) if window_ms(k)[1] <= closed_before]
-    if not keys or not batches:
+    if not keys:
         return CatchUp()
     instance = context.instance
     # None: the asset was never materialized nor planned (time partitions are cacheable)
@@ -146,6 +147,10 @@ def plan_catch_up(context: SensorEvaluationContext, log_source: LogSource, batch
                                 f"already ran for them (re-run them from the UI): {spent[:5]}")
         todo = [k for k in todo if catch_up_run_key(k) not in tried]
     if not todo:
+        return CatchUp()
+    listed = log_source.batches_within(Windows([window_ms(k) for k in todo]))  # None: the source cannot say
+    batches = sorted(set(batches) | set(listed or []))
+    if not batches:
         return CatchUp()
     counts = count_within(log_source, Windows([window_ms(k) for k in todo]), batches, CATCH_UP_COUNT_TIMEOUT_S)
     with_records = [w for w in range(len(todo)) if any(counts.get((w, b), 0) for b in batches)]

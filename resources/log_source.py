@@ -59,6 +59,12 @@ class LogSource(ConfigurableResource, ABC):
         """
         return False
 
+    def batches_within(self, windows: Windows) -> Optional[list[str]]:
+        """The batches with records in `windows`, when the source can tell cheaply (one query);
+        None when it cannot. The sensor's catch-up adds them to the batches it knows, so a batch
+        the loop has never seen is caught up too."""
+        return None
+
     def count(self, windows: Windows, batches: list[str]) -> dict[tuple[int, str], int]:
         """Records per (window index, batch), for observing the source without summarising it.
 

@@ -3,7 +3,8 @@
 One shard per window, time-range queries
 paged by (timestamp, tiebreak) keyset, each page one chunk of the data stage; counts are one
 grouped query per window (`counts_cheaply`), so the sensor's catch-up and observations use it.
-A validation-flagged sample is counted under `ops.fetch.push.validation_key(batch)`.
+A validation-flagged sample is summarised under `ops.fetch.push.validation_key(batch)` and counted
+with its batch.
 
 Secrets: passwords travel inside shards as `Secret` (redacted repr) and never reach messages.
 """
@@ -18,7 +19,7 @@ from pydantic import Field
 
 from ops.naming import InvalidName, validate_batch_name
 from ops.secret import Secret
-from ops.fetch.push import validation_key
+from ops.fetch.push import fold_counts, real_batches, validation_key
 from ops.fetch.records import BadRecords
 from ops.windows import TimeRange, Windows
 from resources.log_source import LogSource, LogSourceError
@@ -107,12 +108,21 @@ class SamplesLogSource(LogSource):
     def counts_cheaply(self) -> bool:
         return True  # one grouped query per window
 
+    def batches_within(self, windows: Windows) -> Optional[list[str]]:
+        table, found = self.table(), set()
+        try:
+            for a, b in windows.bounds:
+                found.update(real_batches(table.window_counts(a * NS_PER_MS, b * NS_PER_MS)))
+        except StoreError as exc:
+            raise LogSourceError(str(exc)) from None
+        return sorted(found)
+
     def count(self, windows: Windows, batches: list[str]) -> dict[tuple[int, str], int]:
         table = self.table()
         out = {}
         try:
             for w, (a, b) in enumerate(windows.bounds):
-                got = table.window_counts(a * NS_PER_MS, b * NS_PER_MS)
+                got = fold_counts(table.window_counts(a * NS_PER_MS, b * NS_PER_MS))  # validation pools count too
                 for batch in batches:
                     out[(w, batch)] = got.get(batch, 0)
         except StoreError as exc:

@@ -511,3 +511,34 @@ def test_an_empty_store_beside_empty_windows_is_restored_once_not_every_tick(ins
         write_summaries(tmp, {}, extra_meta={"window_start_ms": HOUR, "window_end_ms": 2 * HOUR})
     evaluate_new_samples(build_sensor_context(instance=instance, cursor=again.cursor), store, SETTINGS, artifacts=artifacts)
     assert len(calls) == 2
+
+
+def test_catch_up_finds_a_pushed_batch_the_loop_has_never_seen(instance, store, tmp_path, messages):
+    """Pushed samples of a batch no store row or partition knows: the source lists the batch, so
+    catch-up ingests its window instead of leaving it to the next scheduled run."""
+    from ops.fetch.push import CLOCK
+    from ops.windows import Windows
+    from resources.samples import push
+    from resources.samples_source import SamplesLogSource
+    from resources.sql_samples import SQLSamples
+
+    url = f"sqlite:///{tmp_path / 'samples.sqlite'}"
+    ten = int(dt.datetime(2026, 1, 1, 10, 5, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    CLOCK._reset()
+    CLOCK.now = lambda: ten * 1_000_000
+    try:
+        push("new/app", [f"GET /x/{i}" for i in range(40)], SQLSamples(url), seed=1, validation_share=0.5)
+    finally:
+        CLOCK.now = time.time_ns
+        CLOCK._reset()
+    source = SamplesLogSource(backend="sql", url=url)
+    windows = Windows([(ten - 5 * 60_000, ten + 55 * 60_000), (ten + 55 * 60_000, ten + 115 * 60_000)])
+    assert source.batches_within(windows) == ["new/app"]  # its validation pool folded in
+    assert source.count(windows, ["new/app"]) == {(0, "new/app"): 40, (1, "new/app"): 0}
+    assert LocalLogSource(path=str(tmp_path)).batches_within(windows) is None  # files cannot say cheaply
+
+    settings = SETTINGS.model_copy(update={"catch_up_windows": 5})
+    silent = CountingSource(records={hour_key(10): {"new/app": 40}})  # counts cheaply, lists nothing
+    assert ingest_requests(catch_up_tick(instance, store, silent, settings)) == {} and silent.calls == []
+    result = catch_up_tick(instance, store, source, settings, messages=messages)
+    assert set(ingest_requests(result)) == {hour_key(10)}
