@@ -243,7 +243,7 @@ def _push_worker(table, n, tag, q):
 def test_four_processes_pushing_at_once_lose_no_row(kind, request, tmp_path):
     table = make_table(kind, request, tmp_path)
     table.count("warm-up")  # the schema exists before the race
-    n = 50_000 if kind != "tdengine-fake" else 20_000  # the fake parses SQL in Python: same race, fewer rows
+    n = 50_000
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
     procs = [ctx.Process(target=_push_worker, args=(table, n, f"w{k}", q)) for k in range(4)]
