@@ -258,6 +258,8 @@ def _env(buffering):
     ("models", "list"), ("models", "list", "--json"), ("models", "show", "a/b"), ("models", "history", "a/b"),
     ("tasks", "list"),
     ("train", "get"), ("--help",), ("models", "list", "--help"),
+    ("samples", "results", "--batch", "a/b"), ("samples", "count", "--batch", "a/b"), ("anomalies",),
+    ("feedback", "list"),
 ])
 def test_output_into_a_closed_pipe_exits_quietly(home, args, buffering):
     exe = Path(sys.executable).with_name("logloop")
