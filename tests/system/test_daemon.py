@@ -143,7 +143,9 @@ def test_sensor_trains_then_fine_tunes_and_the_reaper_unblocks_a_hung_batch(loop
     write_logs(logs, "first.jsonl", 400, minute_ms(), seed=1)
     v1 = wait_for("version 1", lambda: store.get_model(BATCH, 1), 420, daemon_log)
     assert v1.mode == "scratch" and v1.parent_version is None
-    [t1] = [t for t in store.list_tasks(batch=BATCH) if t.state == "succeeded"]
+    # the registry row comes first, the task's success a moment later in the same step
+    [t1] = wait_for("task of version 1 succeeded",
+                    lambda: [t for t in store.list_tasks(batch=BATCH) if t.state == "succeeded"], 60, daemon_log)
     assert t1.mode == "scratch" and t1.run_id
 
     # 2. a task hangs; new logs arrive; the batch stays busy until the reaper declares it dead
@@ -156,6 +158,8 @@ def test_sensor_trains_then_fine_tunes_and_the_reaper_unblocks_a_hung_batch(loop
     v2 = wait_for("version 2", lambda: store.get_model(BATCH, 2), 420, daemon_log)
     assert v2.mode == "finetune" and v2.parent_version == 1
     assert v2.window_end_ms > v1.window_end_ms
+    wait_for("task of version 2 succeeded",
+             lambda: [t.state for t in store.list_tasks(batch=BATCH)].count("succeeded") == 2, 60, daemon_log)
     states = {t.task_id: t.state for t in store.list_tasks(batch=BATCH)}
     assert states["hung-task"] == "dead" and list(states.values()).count("succeeded") == 2
 
