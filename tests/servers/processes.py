@@ -10,13 +10,41 @@ import tempfile
 from pathlib import Path
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` now (from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        ppid = int(stat.rsplit(b")", 1)[1].split()[1])  # the name in (...) may hold spaces
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def stop_process_group(proc: subprocess.Popen, log) -> None:
-    """SIGTERM the process's group (it and its children), SIGKILL after 30 s; close its log."""
+    """SIGTERM the process's group (it and its children), SIGKILL after 30 s; close its log.
+
+    Descendants that left the group (dagster-daemon and `dagster dev` start their code servers in
+    sessions of their own) are found first and killed after it, so none outlives the test."""
+    strays = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     log.close()
 
 
