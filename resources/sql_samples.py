@@ -14,8 +14,6 @@ batch's results clock row.
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass, field
 
 from ops.fetch.push import CLOCK
@@ -25,43 +23,6 @@ from resources.sample_table import SampleTable, result_row, result_window
 from ops.urls import url_without_password
 
 RESULTS_CLOCK = "\x1fresults"  # the results' clock row of a batch (no batch name holds a control character)
-
-_SQL_READY: set = set()
-_SQL_LOCK = threading.Lock()
-
-
-def _sql_tables():
-    import sqlalchemy as sa
-
-    md = sa.MetaData()
-    samples = sa.Table(
-        "samples", md,
-        sa.Column("batch", sa.Text, nullable=False),
-        sa.Column("ts_ns", sa.BigInteger, nullable=False, autoincrement=False),
-        sa.Column("message", sa.Text, nullable=False),
-        sa.Column("validation", sa.SmallInteger, nullable=False),
-        sa.UniqueConstraint("ts_ns", "batch", name="samples_ts_batch"),
-    )
-    clock = sa.Table(
-        "sample_clock", md,
-        sa.Column("batch", sa.Text, primary_key=True),
-        sa.Column("last_ns", sa.BigInteger, nullable=False),
-    )
-    sa.Table(
-        "inference_results", md,
-        sa.Column("batch", sa.Text, nullable=False),
-        sa.Column("ts_ns", sa.BigInteger, nullable=False, autoincrement=False),
-        sa.Column("score", sa.Float, nullable=False),
-        sa.Column("anomaly", sa.SmallInteger, nullable=False),
-        sa.Column("masked", sa.Text, nullable=False),
-        sa.Column("lines", sa.BigInteger, nullable=False),
-        sa.Column("model_version", sa.BigInteger, nullable=False),
-        sa.Column("window_start_ms", sa.BigInteger),
-        sa.Column("window_end_ms", sa.BigInteger),
-        sa.UniqueConstraint("batch", "ts_ns", name="inference_results_batch_ts"),
-    )
-    return md, samples, clock
-
 
 @dataclass
 class SQLSamples(SampleTable):
@@ -84,13 +45,8 @@ class SQLSamples(SampleTable):
         return f"SQLSamples(url={url_without_password(self.url)!r}, password={self.password!r})"
 
     def _tx(self, write: bool = False):
+        """The store's transaction: it creates missing tables (these with its own) once per process."""
         store = self._store()
-        key = (self.url, os.getpid())
-        if key not in _SQL_READY:
-            with _SQL_LOCK, store._tx(write=True) as conn:
-                store._lock(conn, "schema", "samples")
-                _sql_tables()[0].create_all(conn)
-                _SQL_READY.add(key)
         return store, store._tx(write=write)
 
     def register(self, batch, messages, flags):
@@ -99,7 +55,8 @@ class SQLSamples(SampleTable):
         n = len(messages)
         if n == 0:
             return (0, 0)
-        _, samples, clock = _sql_tables()
+        from resources.sql_schema import sample_clock as clock, samples
+
         store, tx = self._tx(write=True)
         with tx as conn:
             store._lock(conn, "samples", batch)
@@ -136,8 +93,9 @@ class SQLSamples(SampleTable):
             return (0, 0)
         rows = [result_row(r) for r in results]
         start, end = result_window(window_ms)
-        md, _, clock = _sql_tables()
-        table = md.tables["inference_results"]
+        from resources.sql_schema import inference_results, sample_clock as clock
+
+        table = inference_results
         store, tx = self._tx(write=True)
         with tx as conn:
             store._lock(conn, "results", batch)
@@ -151,8 +109,9 @@ class SQLSamples(SampleTable):
     def results(self, batch, since_ns=None, limit=1000):
         import sqlalchemy as sa
 
-        md, _, _ = _sql_tables()
-        t = md.tables["inference_results"]
+        from resources.sql_schema import inference_results
+
+        t = inference_results
         q = (sa.select(t.c.ts_ns, t.c.score, t.c.anomaly, t.c.masked, t.c.lines, t.c.model_version,
                        t.c.window_start_ms, t.c.window_end_ms)
              .where(t.c.batch == batch))
@@ -167,7 +126,8 @@ class SQLSamples(SampleTable):
     def count(self, batch, since_ns=None, until_ns=None):
         import sqlalchemy as sa
 
-        _, samples, _ = _sql_tables()
+        from resources.sql_schema import samples
+
         q = sa.select(sa.func.count()).select_from(samples).where(samples.c.batch == batch)
         if since_ns is not None:
             q = q.where(samples.c.ts_ns >= since_ns)
@@ -180,7 +140,8 @@ class SQLSamples(SampleTable):
     def window_counts(self, lo_ns, hi_ns):
         import sqlalchemy as sa
 
-        _, samples, _ = _sql_tables()
+        from resources.sql_schema import samples
+
         q = (sa.select(samples.c.batch, sa.func.count()).where(samples.c.ts_ns >= lo_ns, samples.c.ts_ns < hi_ns)
              .group_by(samples.c.batch))
         _, tx = self._tx()
@@ -190,7 +151,8 @@ class SQLSamples(SampleTable):
     def page(self, lo_ns, hi_ns, after, limit):
         import sqlalchemy as sa
 
-        _, s, _ = _sql_tables()
+        from resources.sql_schema import samples as s
+
         q = sa.select(s.c.batch, s.c.ts_ns, s.c.message, s.c.validation).where(s.c.ts_ns >= lo_ns, s.c.ts_ns < hi_ns)
         if after is not None:
             t, b = after

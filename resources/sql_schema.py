@@ -182,3 +182,32 @@ def _status_queries():
 
 
 STATUS_QUERIES = _status_queries()
+
+# pushed samples (resources/sql_samples.py): a batch's samples with unique nanosecond timestamps,
+# the clock row each batch's writers stamp after, and the inference results recorded per line/form
+samples = sa.Table(
+    "samples", metadata,
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("ts_ns", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("validation", sa.SmallInteger, nullable=False),
+    sa.UniqueConstraint("ts_ns", "batch", name="samples_ts_batch"),
+)
+sample_clock = sa.Table(
+    "sample_clock", metadata,
+    sa.Column("batch", sa.Text, primary_key=True),
+    sa.Column("last_ns", sa.BigInteger, nullable=False),
+)
+inference_results = sa.Table(
+    "inference_results", metadata,
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("ts_ns", sa.BigInteger, nullable=False, autoincrement=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("anomaly", sa.SmallInteger, nullable=False),
+    sa.Column("masked", sa.Text, nullable=False),
+    sa.Column("lines", sa.BigInteger, nullable=False),
+    sa.Column("model_version", sa.BigInteger, nullable=False),
+    sa.Column("window_start_ms", sa.BigInteger),
+    sa.Column("window_end_ms", sa.BigInteger),
+    sa.UniqueConstraint("batch", "ts_ns", name="inference_results_batch_ts"),
+)
