@@ -50,8 +50,6 @@ class SQLSamples(SampleTable):
         return store, store._tx(write=write)
 
     def register(self, batch, messages, flags):
-        import sqlalchemy as sa
-
         n = len(messages)
         if n == 0:
             return (0, 0)
@@ -60,12 +58,7 @@ class SQLSamples(SampleTable):
         store, tx = self._tx(write=True)
         with tx as conn:
             store._lock(conn, "samples", batch)
-            last = conn.execute(sa.select(clock.c.last_ns).where(clock.c.batch == batch)).scalar()
-            first = CLOCK.block(n, after=last or 0)
-            if last is None:
-                conn.execute(clock.insert(), {"batch": batch, "last_ns": first + n - 1})
-            else:
-                conn.execute(clock.update().where(clock.c.batch == batch).values(last_ns=first + n - 1))
+            first = self._stamp(conn, clock, batch, n)
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql(
                     "INSERT INTO samples (batch, ts_ns, message, validation) VALUES (?, ?, ?, ?)",
@@ -77,6 +70,7 @@ class SQLSamples(SampleTable):
         return first, first + n - 1
 
     def _stamp(self, conn, clock, key: str, n: int) -> int:
+        """The first of `n` timestamps after the clock row `key`'s last one; the row moves past them."""
         import sqlalchemy as sa
 
         last = conn.execute(sa.select(clock.c.last_ns).where(clock.c.batch == key)).scalar()

@@ -6,24 +6,11 @@ import json
 import time
 
 import pytest
-from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
+from dagster import DagsterRunStatus, build_sensor_context
 from dagster._core.test_utils import create_run_for_test
 
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, load_loop_settings
 from orchestration.tasks import dead_task_reaper, describe_reap, evaluate_reaper
-from resources.sqlite_store import SQLiteStore
-
-
-@pytest.fixture
-def store(tmp_path):
-    return SQLiteStore(path=str(tmp_path / "store.sqlite"))
-
-
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "home")) as inst:
-        yield inst
 
 
 def tick(instance, store):

@@ -7,7 +7,7 @@ import logging
 import time
 
 import pytest
-from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context, instance_for_test
+from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context
 from pydantic import Field
 
 from ops.train.decisions import decide
@@ -38,18 +38,6 @@ class Log:
         self.lines.append(m)
 
     warning = error = info
-
-
-@pytest.fixture
-def store(tmp_path):
-    return SQLiteStore(path=str(tmp_path / "store.sqlite"))
-
-
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "home")) as inst:
-        yield inst
 
 
 def register(store, batch, version, end_hour, mode="scratch"):

@@ -1,0 +1,18 @@
+"""Fixtures the sensor tests share: an embedded store and a temporary Dagster instance."""
+
+import pytest
+from dagster import instance_for_test
+
+from resources.sqlite_store import SQLiteStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    return SQLiteStore(path=str(tmp_path / "store.sqlite"))
+
+
+@pytest.fixture
+def instance(tmp_path):
+    (tmp_path / "home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "home")) as inst:
+        yield inst
