@@ -5,7 +5,7 @@
     python benchmarks/data_stage.py --lines 1000000 --compress gz --json
     python benchmarks/data_stage.py --lines 1000000 --source s3 --json
 
-By default the lines are the Loghub lines in ../shared/data/loghub2k cycled to N and
+By default the lines are the Loghub lines in tests/data/loghub2k cycled to N and
 written (before timing starts) as JSON Lines in Opni's shape, one file per window.
 With --distinct, most masked lines are unique (random words), which exercises the
 bounded summaries. With --compress gz|zst the files are written compressed (gzip level
@@ -153,7 +153,7 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--windows", type=int, default=8, help="time windows (hourly partitions), one file each")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "loghub2k")
+    ap.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "loghub2k")
     ap.add_argument("--distinct", action="store_true", help="mostly unique lines (random words)")
     ap.add_argument("--cache-size", type=int, default=100_000, help="raw-message mask cache; 0 disables it")
     ap.add_argument("--source", default="local", choices=["local", "s3", "opensearch-test"],

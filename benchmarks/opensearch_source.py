@@ -3,7 +3,7 @@
     python benchmarks/opensearch_source.py --lines 1000000 --json
     python benchmarks/opensearch_source.py --lines 3000000 --json
 
-N Loghub lines from ../shared/data/loghub2k, cycled and spread over hourly windows
+N Loghub lines from tests/data/loghub2k, cycled and spread over hourly windows
 exactly as benchmarks/data_stage.py writes them, are served by tests/servers/opensearch_server.py
 (documents generated on demand, so N costs no memory) in separate processes; the data
 stage reads them with OpenSearchLogSource (PIT slices, search_after pages) in spawned
@@ -31,7 +31,7 @@ from ops.fetch.records import Windows  # noqa: E402
 from benchmarks.loghub import loghub_lines  # noqa: E402  (the same Loghub lines as the local benchmark)
 
 HOUR = 3_600_000
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "loghub2k"
+DEFAULT_DATA = ROOT / "tests" / "data" / "loghub2k"
 
 
 def start_server(lines: list[str], n: int, windows: int, processes: int):

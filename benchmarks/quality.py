@@ -1,8 +1,8 @@
 """Quality of the product's own NuLog ops on Loghub: template grouping accuracy and BGL anomalies.
 
-    python benchmarks/quality.py --data ../shared/data/loghub2k --json [--epochs N] [--seed S]
+    python benchmarks/quality.py --data tests/data/loghub2k --json [--epochs N] [--seed S]
 
-Protocols (see /work/shared/BENCHMARKS.md):
+Protocols (docs/benchmarks.md):
 
 * Grouping accuracy, per system present in --data (<S>/<S>_2k.log_structured_corrected.csv):
   messages are the Content column, truth the EventTemplate column. A model is trained on the
@@ -306,7 +306,7 @@ def systems_in(folder: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, type=Path, help="a loghub2k-style folder (any subset of systems)")
+    ap.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "loghub2k", help="a loghub2k-style folder (any subset of systems)")
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--systems", help="comma-separated subset of the systems in --data (default: all)")

@@ -1,6 +1,6 @@
 """Scoring throughput of ops.validate.scoring.Scorer on the Loghub lines.
 
-    python benchmarks/score.py --data ../shared/data/loghub2k [--epochs 1] [--repeats 3]
+    python benchmarks/score.py --data tests/data/loghub2k [--epochs 1] [--repeats 3]
 
 A small model is trained first (untimed) on the raw lines of every <S>/<S>_2k.log in --data,
 masked with the default rules. Then the same lines (14,000 for the 7 systems) are scored with a
@@ -44,7 +44,7 @@ def load_lines(folder: Path) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "loghub2k")
     ap.add_argument("--epochs", type=int, default=1, help="epochs of the (untimed) model training")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,6 @@
 """Training throughput, memory and quality on Loghub lines, optionally against the plain baseline.
 
-    python benchmarks/train.py --data ../shared/data/loghub2k --lines 20000 --epochs 1 --json
+    python benchmarks/train.py --data tests/data/loghub2k --lines 20000 --epochs 1 --json
 
 Protocol: the raw lines of every *_2k.log in --data are cycled to --lines, masked, split 80/20 by
 a seeded uniform draw per line, deduplicated, and trained on. logs_per_s counts input lines of
@@ -110,7 +110,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str((ROOT / ".." / "shared" / "data" / "loghub2k").resolve()))
+    p.add_argument("--data", default=str(ROOT / "tests" / "data" / "loghub2k"))
     p.add_argument("--lines", type=int, default=20000)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
