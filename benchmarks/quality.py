@@ -1,6 +1,7 @@
 """Quality of the product's own NuLog ops on Loghub: template grouping accuracy and BGL anomalies.
 
     python benchmarks/quality.py --data tests/data/loghub2k --json [--epochs N] [--seed S]
+    python benchmarks/quality.py --loso --json
 
 Protocols (docs/benchmarks.md):
 
@@ -32,6 +33,14 @@ Anchors, measured in the same run on the same lines and labels (skip them with -
     training messages; a test message is flagged when match() (no adding) finds no cluster.
     It reproduces BENCHMARKS.md's 0.190; unmasked it gives F1 0.181, and after logloop's Masker 0.135
     (drain3 0.9.11, masking rules of this writing).
+
+Leave-one-system-out (--loso): the template settings chosen on data (ops.validate.templates.
+TemplateConfig: min_values, min_context) are chosen by choose_config over CONFIG_GRID on all the
+systems but one, and the one left out is scored with that choice
+(loso.systems.<name>.{grouping_accuracy, chosen, train_mean}, loso.mean, loso.min); chosen_on_all
+is the choice on every system, which the product ships as DEFAULT_CONFIG. Templates come from the
+masked lines alone, so --loso trains no model; Drain3's default runs on the same lines in the
+same run (anchors.drain3.systems.<name>, anchors.drain3.mean/min; --no-anchors skips it).
 
 Nothing here is tuned per system: every system gets the same epochs, seed, k and rules.
 Output with --json: {"systems": {"<name>": {"grouping_accuracy": ...}, ...}, "bgl": {...},

@@ -5,9 +5,10 @@ same template are the same event. Templates are decided over all the given lines
 (pass them in one call), in three steps:
 
 1. Masking. A masking placeholder (<num>, <ip>, <path>...) or a token with a digit is a
-   variable; empty brackets `( )` hold an empty one. A run of variables joined by single
-   punctuation or wrapped in brackets ("<*> . <*>", "<*> ( <*> )") is one variable: how many
-   tokens a value masks into depends on the value (collapse).
+   variable; empty brackets `( )` hold an empty one. A run of variables joined by punctuation
+   other than brackets, or wrapped in brackets ("<*> . <*>", "<*> # # <*>", "<*> ( <*> )"), is
+   one variable: how many tokens a value masks into depends on the value (collapse). Brackets
+   stay whole, so that a bracketed value is one column ("<*> ( <*> . example . de )").
 2. Units. A host, class or file name is one word of the raw line that masking split at its
    punctuation ("ns . example . com"). Tokens joined by `. $ / @`, or by `-` between two words,
    are one unit, and a unit that holds a variable is a variable ("<*> . example . com").
@@ -18,12 +19,13 @@ same template are the same event. Templates are decided over all the given lines
      that have it in its column, and a line's pattern is its units of the frequency most
      common among them (its longest common pattern; ties to the higher frequency), leaving
      out units of one line alone, which no other line shares.
-   When a group shares at least MIN_CONTEXT constant units (so that it names an event), a
+   When a group shares at least `min_context` constant units (so that it names an event), a
    column whose neighbours are constant there is a variable if, over the group,
    * some line has a variable there: masking found one, so the other values are values too;
-   * or it takes at least MIN_VALUES distinct values;
+   * or it takes at least `min_values` distinct values;
+   * or it takes two or more and follows "=": the value of a key=value pair;
    * or it takes two or more, and its slot (the units around it, one of them a word, as in
-     "by _ $" or "user _ from") takes at least MIN_VALUES distinct words over all the lines:
+     "by _ $" or "user _ from") takes at least `min_values` distinct words over all the lines:
      a user name in a rare event is judged by the user names of the others.
    Otherwise its values are constants and split the group: "failed password for <*>" and
    "accepted password for <*>" (2 values) stay two events, while a user name column (root,
@@ -31,10 +33,15 @@ same template are the same event. Templates are decided over all the given lines
    "no route"), not values. Steps 2-3 repeat until nothing changes, since a new variable can
    collapse with its neighbours and make lines of different lengths comparable.
 
-MIN_VALUES = 4 is the median of Brain's per-system thresholds published for the 16 Loghub
-systems (2 to 6); MIN_CONTEXT = 2 is the fewest units that make a context more than one shared
-word such as "to". On loghub2k, 3 to 6 values and 1 to 3 context units change no system's
-grouping accuracy by more than 0.006. Evidence is counted in distinct masked lines, not in
+`min_values` and `min_context` (TemplateConfig) are the only settings chosen on data. They are
+chosen from CONFIG_GRID (2 to 8 values, 1 to 3 context units) by benchmarks/quality.py's
+choose_config: the best mean grouping accuracy over the Loghub systems given, ties to the better
+worst system, then to the setting nearest the prior (4 values, the median of Brain's published
+per-system thresholds; 2 units, the fewest that make a context more than one shared word such as
+"to"). DEFAULT_CONFIG is its choice on all seven systems of tests/data/loghub2k; `quality.py
+--loso` scores each system with the choice made on the other six. The rest (what masking
+masks, units, collapse, the "=" rule) is structure written from log formats in general, with
+no system's words in it. Evidence is counted in distinct masked lines, not in
 lines: masked_templates (given distinct forms) and line_templates (given lines) agree, and one
 chatty line weighs what a rare one does.
 
