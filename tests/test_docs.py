@@ -1,12 +1,14 @@
 """The documentation: the MkDocs site builds with --strict (no broken link, anchor or include), the
 README fits a screen, no page points outside the repository or speaks of how the project was built,
 and every `logloop ...` command shown in docs/, README.md and ARCHITECTURE.md exists in the CLI's
-parser with the flags it is shown with. The commands are read from the Markdown and the parser is
-walked as built, so a new command or flag is checked without touching this file."""
+parser with the flags it is shown with (and every `benchmarks/*.py` command with flags its script
+defines). The commands are read from the Markdown and the parser is walked as built, so a new command
+or flag is checked without touching this file."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import shlex
@@ -188,3 +190,49 @@ def test_the_check_catches_what_the_cli_lacks():
     assert problems(parser, ["models", "promte", "B", "1"], ())[0]
     assert problems(parser, ["train", "validate|create|launch", "-f", "F"], ())[0]
     assert not problems(parser, ["push", "--batch", "B", "[--format", "text|json]", "-"], ())[0]
+
+
+# --- every `benchmarks/NAME.py ...` command in the docs against the script's own options ---------------
+
+BENCHMARK = re.compile(r"(?:^|\s)(?:\S*python3?\s+)?(?P<script>benchmarks/[\w-]+\.py)(?P<args>[^#]*)")
+
+
+def script_options(script: Path) -> set[str]:
+    """The option strings a script's argparse calls define (read from its source, without running it)."""
+    out = {"-h", "--help"}
+    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            for arg in node.args:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.startswith("-"):
+                    out.add(arg.value)
+                    if any(getattr(k.value, "attr", "") == "BooleanOptionalAction" for k in node.keywords
+                           if k.arg == "action"):
+                        out.add("--no-" + arg.value[2:])
+    return out
+
+
+def shown_benchmarks() -> list[tuple[str, str, list[str]]]:
+    found = []
+    for path in doc_files():
+        for number, snippet in code_snippets(path):
+            for match in BENCHMARK.finditer(snippet):
+                flags = [w.strip("[](),") for w in match.group("args").split()]
+                found.append((f"{path.relative_to(ROOT)}:{number}", match.group("script"),
+                              [f for f in flags if f.startswith("--")]))
+    return found
+
+
+BENCHMARKS_SHOWN = shown_benchmarks()
+
+
+def test_documented_benchmarks_exist_with_their_options():
+    assert BENCHMARKS_SHOWN, "no benchmark command found in the docs"
+    wrong = []
+    for where, script, flags in BENCHMARKS_SHOWN:
+        if not (ROOT / script).is_file():
+            wrong.append(f"{where}: {script} does not exist")
+            continue
+        known = script_options(ROOT / script)
+        wrong += [f"{where}: {script} has no option {flag}"
+                  for word in flags for flag in word.split("|") if flag.split("=")[0] not in known]
+    assert not wrong, "\n".join(wrong)
