@@ -548,3 +548,25 @@ def test_catch_up_finds_a_pushed_batch_the_loop_has_never_seen(instance, store, 
     assert ingest_requests(catch_up_tick(instance, store, silent, settings)) == {} and silent.calls == []
     result = catch_up_tick(instance, store, source, settings, messages=messages)
     assert set(ingest_requests(result)) == {hour_key(10)}
+
+
+def test_a_tick_reads_the_runs_of_all_busy_batches_at_once(instance, store, monkeypatch):
+    """Settling busy batches costs the same queries of the instance for 2 batches as for 40."""
+    from dagster._core.test_utils import create_run_for_test
+
+    calls = []
+    for name in ("get_runs", "get_run_by_id", "get_run_records"):
+        original = getattr(instance, name)
+        monkeypatch.setattr(instance, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+
+    def busy_tick(n):
+        for i in range(n):
+            run = create_run_for_test(instance, job_name="train_model", status=DagsterRunStatus.SUCCESS)
+            store.record_task_event(f"t{n}-{i}", f"b{n}-{i}", "running", run_id=run.run_id)
+        calls.clear()
+        tick(instance, store)
+        return len(calls)
+
+    assert busy_tick(2) == busy_tick(40)
+    # and every one of them was settled from the run it found: its run ended, so the task succeeded
+    assert {t.state for t in store.list_tasks()} == {"succeeded"}
