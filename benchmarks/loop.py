@@ -144,8 +144,17 @@ def main() -> int:
                                "orchestration.definitions"], cwd=ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        write_logs(home / "logs", batches, args.lines, int(time.time() * 1000))
         deadline = time.monotonic() + args.timeout
+        # the logs land in the current minute once the scheduler runs: a window that closed before the
+        # daemon was up would never be summarised (the schedule launches the newest window only)
+        instance = DagsterInstance.from_config(str(dagster_home))
+        while "SCHEDULER" not in instance.get_daemon_heartbeats():
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                print(f"loop benchmark: the daemon did not start; see {tmp / 'daemon.log'}", file=sys.stderr)
+                return 1
+            time.sleep(2)
+        instance.dispose()
+        write_logs(home / "logs", batches, args.lines, int(time.time() * 1000))
         while True:
             done = len({m.batch for m in store.list_models()}) if (home / "store.sqlite").exists() else 0
             if done >= len(batches):

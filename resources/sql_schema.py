@@ -191,7 +191,7 @@ def _status_queries():
     )
     models_query = sa.select(models.c.batch, models.c.version, models.c.window_end_ms, models.c.mode)
     active_query = (sa.select(*TASK_COLS).where(tasks.c.state.in_(ACTIVE_STATES)).order_by(tasks.c.first_seq.desc()))
-    attempts_query = (sa.select(tasks.c.batch, sa.func.sum(sa.case((tasks.c.state.in_(UNSUCCESSFUL_STATES), 1), else_=0)))
+    attempts_query = (sa.select(tasks.c.batch, sa.func.count()).where(tasks.c.state.in_(UNSUCCESSFUL_STATES))
                       .group_by(tasks.c.batch))
     last = sa.select(sa.func.max(production_events.c.seq).label("seq")).group_by(production_events.c.batch).subquery("p")
     production_query = (sa.select(production_events.c.batch, production_events.c.version, production_events.c.action)

@@ -380,7 +380,7 @@ class SQLStore(Store):
         for row in task_rows:  # newest first
             active.setdefault(row[1], Task(*row))
         attempts = {b: int(n or 0) for b, n in attempt_rows}
-        batches = set(latest_models) | {c[0] for c in counts} | set(attempts)
+        batches = set(latest_models) | {c[0] for c in counts} | set(active) | set(attempts)
         return build_batch_statuses(batches, latest_models, finetunes,
                                     {b: (int(n or 0), int(t or 0)) for b, n, t in counts}, active,
                                     production_of(latest_models, watermarks, last_events), attempts)

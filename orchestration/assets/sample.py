@@ -171,8 +171,9 @@ def given_decision(batch: str, config: ResampleConfig, models, events, max_finet
     decided now by ops.train.decisions against the batch's registry."""
     if config.mode == SCRATCH:
         return Decision(batch, SCRATCH, config.escalation or "scratch run", escalation=config.escalation)
-    if config.mode == FINETUNE and config.parent_version is not None:
-        return Decision(batch, FINETUNE, f"fine-tune of v{config.parent_version}", parent_version=config.parent_version)
+    if config.mode == FINETUNE and config.parent_version is not None:  # its window_start is the decision's
+        return Decision(batch, FINETUNE, f"fine-tune of v{config.parent_version}", parent_version=config.parent_version,
+                        window_start_ms=window_bound_ms(config.window_start))
     return decide_run(registry_status(batch, models, events), None, max_finetunes_in_a_row, request=config.mode)
 
 
@@ -189,15 +190,15 @@ def parent_model(batch: str, decision: Decision, models) -> Optional[ModelRecord
 
 def data_windows(store: Store, batch: str, config: ResampleConfig, decision: Decision) -> list:
     """The partitions with samples the run draws from: the request's window when it gives one, else
-    the decision's (a fine-tune's new data starts at its parent's watermark; a scratch run reads all)."""
+    the decision's (a fine-tune's new data starts at its parent's watermark; a scratch run reads all,
+    also when the vocabulary rule turned a decided fine-tune into one)."""
     if config.time_intervals:
         # whole windows overlapping any interval: summaries are per window
         parts = sorted({(p.window_start_ms, p.partition_key): p for iv in config.time_intervals
                         for p in store.partition_counts(batch, iv.start_ms, iv.end_ms) if p.count > 0}.items())
         return [p for _, p in parts]
-    start_ms = window_bound_ms(config.window_start)
-    if start_ms is None:
-        start_ms = decision.window_start_ms
+    requested = None if config.parent_version is not None else window_bound_ms(config.window_start)
+    start_ms = decision.window_start_ms if requested is None else requested
     return [p for p in store.partition_counts(batch, start_ms, window_bound_ms(config.window_end)) if p.count > 0]
 
 

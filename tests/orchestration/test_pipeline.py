@@ -239,7 +239,10 @@ def test_new_vocabulary_escalates_a_fine_tune_to_scratch_before_the_sample_is_dr
                               resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
     assert ingest_hour.success
     monkeypatch.setattr(loop_settings_module, "_loaded", LoopSettings(max_oov_share=0.1))
-    cfg = train_config(sample={"mode": "auto"})
+    from orchestration.partitions import iso
+
+    # the sensor's decision, as its run config hands it over: a fine-tune of v1 from v1's watermark
+    cfg = train_config(sample={"mode": "finetune", "parent_version": 1, "window_start": iso(START_MS + HOUR_MS)})
     result = materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
                          instance=instance, resources=resources, run_config=cfg, raise_on_error=False)
     sample = result.asset_materializations_for_node("training_sample")[0].metadata
