@@ -225,6 +225,27 @@ def test_batch_statuses_group_everything_per_batch(store):
     assert (d.model_version, d.watermark_ms, d.finetunes_in_a_row, d.new_count) == (2, 50, 0, 0)
 
 
+def test_batch_statuses_carry_production_and_failed_attempts(store):
+    """What a fine-tune starts from and a retry's run key counts, in the same grouped read."""
+    for v in (1, 2, 3):
+        rec = record("a", f"r{v}", v, window_end_ms=10 * v)
+        rec.metrics = {"top_k_accuracy": 0.9, "anomaly_share": 0.01}
+        store.register_model(rec)
+    store.register_model(record("b", "rb", 1, window_end_ms=7))
+    store.promote("a", 1, source="test")
+    for task_id, state in (("f1", "failed"), ("f2", "dead"), ("ok", "succeeded")):
+        store.record_task_event(task_id, "a", state)
+    store.record_task_event("only-failed", "c", "failed")
+    statuses = {s.batch: s for s in store.batch_statuses()}
+    a, b = statuses["a"], statuses["b"]
+    assert (a.model_version, a.watermark_ms, a.production_version, a.production_watermark_ms, a.pinned) == (3, 30, 1, 10, True)
+    assert (b.production_version, b.production_watermark_ms, b.pinned) == (1, 7, False)
+    assert (a.failed_attempts, b.failed_attempts, statuses["c"].failed_attempts) == (2, 0, 1)
+    store.follow_latest("a", source="test")
+    a = next(s for s in store.batch_statuses() if s.batch == "a")
+    assert (a.production_version, a.production_watermark_ms, a.pinned) == (3, 30, False)
+
+
 def test_batch_statuses_of_an_empty_store(store):
     assert store.batch_statuses() == []
     assert store.active_tasks() == []
