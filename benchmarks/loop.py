@@ -3,12 +3,13 @@
     python benchmarks/loop.py --batches 50 --concurrency 2 --json
 
 A `dagster-daemon run` on a temporary DAGSTER_HOME (deploy/dagster.local.yaml, at most
---concurrency runs at a time) and LOGLOOP_HOME, with one-minute windows: logs of N batches land
-in the current minute, the ingest schedule summarises the window when it closes, the
-new-sample sensor launches one scratch run per batch, and the benchmark waits until every batch
-has a registered model. Each run is small (`training_sample.t`, `nulog_model.epochs`).
+--concurrency runs at a time) and LOGLOOP_HOME. Logs of N batches land in the last closed hour;
+the benchmark summarises that window itself (partition_summaries, in this process: ingestion is
+not what is measured), then starts the daemon, whose new-sample sensor launches one scratch run
+per batch, and waits until every batch has a registered model. Each run is small
+(`training_sample.t`, `nulog_model.epochs`).
 
-Reported (JSON): wall time from the first training run's launch to the last one's end,
+Reported (JSON): wall time from the first training run's start to the last one's end,
 batches per hour, and per run: its wall time (start to end), the training loop's own time
 (nulog_model's `train_s`), the overhead (the difference: process start, imports, store and
 artifact round trips, the gate, registration) and the mean time of each step, so the largest
@@ -69,7 +70,7 @@ def write_logs(folder: Path, batches: list[str], lines: int, at_ms: int) -> None
     with open(folder / "pushed.jsonl", "w", encoding="utf-8") as f:
         for i, (_, record, _) in enumerate(demo_logs.iter_records(start_ms=at_ms, hours=1, lines_per_hour=lines * len(batches),
                                                                   batches=batches, seed=7)):
-            record["time"] = at_ms + i % 1000  # all inside the current one-minute window
+            record["time"] = at_ms + i * 1000 % 3_000_000  # all inside the window
             f.write(json.dumps(record) + "\n")
 
 
@@ -116,10 +117,6 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from dagster import DagsterInstance
-
-    from resources.sqlite_store import SQLiteStore
-
     tmp = Path(tempfile.mkdtemp(prefix="logloop-loop-bench-"))
     home, dagster_home = tmp / "home", tmp / "home" / "dagster_home"
     dagster_home.mkdir(parents=True)
@@ -129,34 +126,41 @@ def main() -> int:
     instance_yaml["run_coordinator"]["config"]["max_concurrent_runs"] = args.concurrency
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     (tmp / "loop.yaml").write_text(loop_yaml(args.t, args.epochs))
-    minute = int(time.time()) // 60 * 60_000
-    start = dt.datetime.fromtimestamp(minute / 1000 - 120, dt.timezone.utc).strftime("%Y-%m-%d-%H:%M")
-    env = {**os.environ, "LOGLOOP_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-           "LOGLOOP_PARTITION_CRON": "* * * * *", "LOGLOOP_PARTITION_START": start,
+    hour_ms = int(time.time()) // 3600 * 3_600_000 - 3_600_000  # the last closed hour
+    start = dt.datetime.fromtimestamp(hour_ms / 1000 - 3600, dt.timezone.utc).strftime("%Y-%m-%d-%H:%M")
+    env = {"LOGLOOP_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "LOGLOOP_PARTITION_START": start,
            "LOGLOOP_LOOP_CONFIG": str(tmp / "loop.yaml"), "PYTHONWARNINGS": "ignore"}
     for var in ("LOGLOOP_STORE_URL", "LOGLOOP_TDENGINE_URL", "LOGLOOP_ARTIFACTS_URL", "LOGLOOP_LOGS_URL",
-                "LOGLOOP_OPENSEARCH_HOSTS", "LOGLOOP_EXECUTOR", "LOGLOOP_NATS_URL"):
-        env.pop(var, None)
+                "LOGLOOP_OPENSEARCH_HOSTS", "LOGLOOP_EXECUTOR", "LOGLOOP_NATS_URL", "LOGLOOP_PARTITION_CRON"):
+        os.environ.pop(var, None)
+    os.environ.update(env)  # before the code location is imported: it reads them once
+
+    from dagster import DagsterInstance, materialize
+
+    from orchestration.assets.summaries import partition_summaries
+    from orchestration.partitions import PARTITION_FMT
+    from orchestration.resources import build_resources
+    from resources.sqlite_store import SQLiteStore
+
     batches = [f"bench/ns-{i}/app-{i}" for i in range(args.batches)]
+    write_logs(home / "logs", batches, args.lines, hour_ms)
+    window = dt.datetime.fromtimestamp(hour_ms / 1000, dt.timezone.utc).strftime(PARTITION_FMT)
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        summarised = materialize([partition_summaries], partition_key=window, instance=instance,
+                                 resources=build_resources(),
+                                 run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
+    if not summarised.success:
+        print("loop benchmark: summarising the window failed", file=sys.stderr)
+        return 1
     store = SQLiteStore(path=str(home / "store.sqlite"))
     log = open(tmp / "daemon.log", "wb")
     daemon = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m",
-                               "orchestration.definitions"], cwd=ROOT, env=env, stdout=log,
+                               "orchestration.definitions"], cwd=ROOT, env=dict(os.environ), stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + args.timeout
-        # the logs land in the current minute once the scheduler runs: a window that closed before the
-        # daemon was up would never be summarised (the schedule launches the newest window only)
-        instance = DagsterInstance.from_config(str(dagster_home))
-        while "SCHEDULER" not in instance.get_daemon_heartbeats():
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                print(f"loop benchmark: the daemon did not start; see {tmp / 'daemon.log'}", file=sys.stderr)
-                return 1
-            time.sleep(2)
-        instance.dispose()
-        write_logs(home / "logs", batches, args.lines, int(time.time() * 1000))
         while True:
-            done = len({m.batch for m in store.list_models()}) if (home / "store.sqlite").exists() else 0
+            done = len({m.batch for m in store.list_models()})
             if done >= len(batches):
                 break
             if time.monotonic() > deadline or daemon.poll() is not None:
