@@ -15,19 +15,24 @@ batches per hour, and per run: its wall time (start to end), the training loop's
 artifact round trips, the gate, registration) and the mean time of each step, so the largest
 overhead shows.
 
-10,000 batches on Kubernetes, on paper (see the measurements quoted in the docs' benchmarks page):
-a run there is a run pod plus, with the k8s_job_executor, one pod per step. Each pod costs its
-scheduling and image start (typically 5-15 s with a cached image) and the code location's import
-(about 7 s on these 2-core machines, 2-3 s on a server core), so 4 pods cost about 40-80 s a run
-before any training; a small batch trains in seconds. 10,000 batches at 60 s of overhead each are
-about 170 pod-hours of overhead, or some 7 hours of wall time with 25 runs in parallel. The
-per-step pods are the largest part: the train_model job runs its four steps in one process
-unless the executor is k8s (then only the train step needs a GPU pod). Packing is the rest of
-the answer: one run that trains k small batches one after another pays the run's start once, so
-at k = 20 the overhead per batch falls from about 60 s to about 3 s plus the batch's own
-store and artifact round trips (below a second), i.e. 10,000 batches in 500 runs, about 8
-pod-hours of overhead instead of 170. Packing is not built: a run is one batch (one partition
-of train_model), which keeps retries, the task lifecycle and the UI per batch.
+10,000 batches on Kubernetes, on paper. Inputs: importing the code location costs about 6.6 s
+on these 2-core machines (torch alone 3.9 s), and a pod about 5-10 s to schedule and start from a
+cached image (an uncached image pull is far more). With the k8s_job_executor a run is one run pod
+plus one pod per step (sample, train, gate, register): 5 pods x (about 8 s start + 6.6 s import)
+= about 73 s of overhead a run before it trains; a small batch trains in seconds. So:
+
+- one run per batch, a pod per step: 10,000 x 73 s = about 200 pod-hours of overhead, some 10 hours
+  of wall time at the 20 concurrent runs of deploy/dagster.k8s.yaml;
+- one run per batch, its steps in the run pod (what train_model does off Kubernetes): 10,000 x
+  about 15 s = about 42 pod-hours, but every pod then needs the GPU the train step asks for;
+- k small batches packed into one run, trained one after another in the same pods: the 73 s are
+  paid once per run, and each batch adds only its own store round trips (a few transactions,
+  tens of milliseconds) and artifact reads and writes (1-3 s on object storage). At k = 20:
+  73 / 20 + about 2 s = about 6 s a batch, 10,000 batches in 500 runs, about 16 pod-hours.
+
+Packing is the answer for many small batches: more than 10x less overhead than a run per batch.
+It is not built: a run is one batch (one partition of train_model), which keeps retries, the task
+lifecycle and the UI per batch; a packed run would need a multi-partition run and a task per batch.
 """
 
 from __future__ import annotations
