@@ -85,6 +85,36 @@ class AnomalyJump(BaseModel):
                 f"{self.min_lines} lines")
 
 
+class MultilineEvents(BaseModel):
+    """How the data stage joins the lines of one event (a Java exception and its stack, a Python
+    traceback, a Go panic and its goroutine dump) before masking: the parsers of
+    ops/mask/multiline_rules.yaml that are on, and the caps on one event. Models store what they
+    were trained with, so `logloop score` and `logloop templates` join lines the same way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parsers: list[str] = Field(default_factory=lambda: ["java", "python", "go"],
+                               description="Parsers of ops/mask/multiline_rules.yaml that are on, in this order; "
+                               "[] turns joining off (every line is its own event).")
+    max_lines: int = Field(default=200, ge=1, le=100_000,
+                           description="Lines one event keeps; later continuation lines stay in the event but "
+                           "out of its text, counted as event_cut bad records.")
+    max_bytes: int = Field(default=16_384, ge=64, le=16 << 20,
+                           description="UTF-8 bytes one event keeps (16 KiB: what a pushed sample holds); "
+                           "past it, as for max_lines.")
+
+    @model_validator(mode="after")
+    def _parsers_exist(self):
+        self.rules()
+        return self
+
+    def rules(self) -> dict:
+        """The rules as the data stage and the model artifact take them (ops.fetch.multiline)."""
+        from ops.fetch.multiline import load_multiline
+
+        return load_multiline(self.parsers, self.max_lines, self.max_bytes)
+
+
 def cron_interval_s(cron: str) -> int:
     """The shortest gap between two ticks of `cron` over a sample of its ticks (for `reaper_cron`)."""
     import datetime as dt
@@ -136,6 +166,8 @@ class LoopSettings(BaseModel):
     )
     anomaly_jump: AnomalyJump = Field(default_factory=AnomalyJump,
                                       description="The anomaly_rate_jump check's rule on anomaly_scores.")
+    multiline: MultilineEvents = Field(default_factory=MultilineEvents,
+                                       description="Joining the lines of one event (stack traces) when logs are fetched.")
     score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
     record_results_batches: list[str] = Field(
         default_factory=list,

@@ -283,11 +283,12 @@ class FastJsonBlocks:
             inverse = np.asarray([position[name] for name in names], dtype=np.int64)[inverse]
         return distinct, inverse
 
-    def _parse_flat(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None):
+    def _parse_flat(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None, joining=None):
         """msgspec's reading of a block: {(window index, batch): messages, or a Counter of them}.
 
         One window and one batch (the usual block) give the messages as a lazy map, which
-        the Tally counts in C without building a list.
+        the Tally counts in C without building a list. `joining`: (joiner, first line number,
+        source) when multiline events are joined (see `_joined`).
         """
         import msgspec
 
@@ -337,6 +338,8 @@ class FastJsonBlocks:
                 batches = list(map(named.__getitem__, combos))
         if not self._valid(names):
             return None  # the careful path names each bad line
+        if joining is not None and (joining[0].has_open or joining[0].ml.may_start(data)):
+            return self._joined(data, records, w, window_of, names, batches, *joining)
         if window_of is None and len(names) == 1:
             return {(w, next(iter(names))): map(_GET_M, records)}  # counted by the Tally, in C
         messages = list(map(_GET_M, records))
@@ -353,10 +356,74 @@ class FastJsonBlocks:
                 bucket[message] = c
         return out
 
-    def tally(self, data: bytes, windows: Windows, seen: TimeRange | None, tally: "Tally") -> int | None:
-        """Count a block into `tally`: its number of lines, or None when it needs the careful path."""
+    def _joined(self, data: bytes, records, w: int, window_of, names: set, batches, joiner, first_line_no: int,
+                source: str) -> dict | None:
+        """A block that may begin or continue a multiline event: {(window index, batch): Counter}.
+
+        Only the lines holding a parser's hint (found in the bytes) are tried as the start of an
+        event, and only the lines after one run the state machine (`Joiner.join_block`); the rest
+        are counted as they are. Events that end here are counted under their first line's window
+        and batch (it may lie in an earlier block); events still open at the end of the block wait
+        in the joiner. None (the careful path) when an open event's batch name is invalid.
+        """
+        import numpy as np
+
+        if not self._valid(p[1] for p in joiner.open_payloads()):
+            return None
+        offsets = joiner.ml.hint_offsets(data)
+        if offsets is None:
+            candidates = range(len(records))
+        elif offsets:
+            ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+            candidates = np.unique(np.searchsorted(ends, np.asarray(offsets))).tolist()
+        else:
+            candidates = []
+        messages = list(map(_GET_M, records))
+        single = next(iter(names)) if len(names) == 1 else None
+        stream_of = (lambda i: single) if single is not None else batches.__getitem__
+        window_at = (lambda i: w) if window_of is None else window_of.__getitem__
+        events, taken = joiner.join_block(
+            messages, None if single is not None else batches, single, candidates,
+            lambda i: (window_at(i), stream_of(i), first_line_no + i), lambda i: f"{source}:{first_line_no + i}")
+        for i in taken:
+            messages[i] = None
+        out: dict = {}
+        if window_of is None and single is not None:
+            counter = Counter(messages)
+            counter.pop(None, None)
+            out[(w, single)] = counter
+        else:
+            if window_of is None:
+                window_of = [w] * len(records)
+            if batches is None:
+                batches = [single] * len(records)
+            for (wi, batch, message), c in Counter(zip(window_of, batches, messages)).items():
+                if wi >= 0 and message is not None:
+                    bucket = out.get((wi, batch))
+                    if bucket is None:
+                        bucket = out[(wi, batch)] = Counter()
+                    bucket[message] = c
+        for (wi, batch, _), text in events:
+            if wi >= 0:
+                bucket = out.get((wi, batch))
+                if bucket is None:
+                    bucket = out[(wi, batch)] = Counter()
+                bucket[text] += 1
+        return out
+
+    def tally(self, data: bytes, windows: Windows, seen: TimeRange | None, tally: "Tally", joiner=None,
+              first_line_no: int = 1, source: str = "") -> int | None:
+        """Count a block into `tally`: its number of lines, or None when it needs the careful path.
+        With a multiline `joiner` (ops.fetch.multiline), the block's lines are joined into events;
+        `first_line_no` and `source` name its lines in `event_cut` examples."""
         checked = self._checked(data)
-        parsed = None if checked is None else self._parse_checked(*checked, windows, seen)
+        if checked is not None and joiner is not None and self._decoder is None and (
+                joiner.has_open or joiner.ml.may_start(checked[0])):
+            return None  # dotted field names: the careful path joins the lines
+        if checked is not None and joiner is not None and self._decoder is not None:
+            parsed = self._parse_flat(*checked, windows, seen, (joiner, first_line_no, source))
+        else:
+            parsed = None if checked is None else self._parse_checked(*checked, windows, seen)
         if parsed is None:
             return None
         if isinstance(parsed, dict):
