@@ -127,7 +127,7 @@ def _template_shifts(args) -> int:
     unjudged = sum(1 for j in judged if j.shifts is None)
     if not shifts:
         print(f"no template count shift for {what} in windows since {_when(since_ms)}: {len(judged) - unjudged} "
-              f"window(s) judged" + (f", {unjudged} not judged (fewer than {rule.min_history_windows} previous "
+              f"batch-window(s) judged" + (f", {unjudged} not judged (fewer than {rule.min_history_windows} previous "
                                      "windows)" if unjudged else ""))
         print(f"rule: {rule.describe()}")
         return 0
@@ -137,7 +137,7 @@ def _template_shifts(args) -> int:
     cells += [(s.batch, _when(s.window_start_ms), describe_shift(s), short(s.template).replace("\n", " "))
               for s in shifts]
     print_table(cells, nowrap=("WINDOW",), keep=("BATCH",))
-    print(f"\n{len(shifts)} template shift(s) in {len(judged) - unjudged} judged window(s) of "
+    print(f"\n{len(shifts)} template shift(s) in {len(judged) - unjudged} judged batch-window(s) of "
           f"{len({j.batch for j in judged})} batch(es) since {_when(since_ms)}")
     print(f"rule: {rule.describe()}")
     return 0
