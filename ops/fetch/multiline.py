@@ -42,6 +42,7 @@ DEFAULT_MAX_BYTES = 16_384   # what a pushed sample holds (ops.fetch.push.MAX_SA
 CUT_REASON = "event_cut"
 _RULE_KEYS = {"state", "regex", "next"}
 _HINT_OK = re.compile(r"[\x20-\x7e]+")
+_RE_SPECIAL = set(".^$*+?()[]{}|-")
 
 
 class MultilineRulesError(ValueError):
@@ -141,6 +142,7 @@ class _Parser:
     name: str
     start: list            # [(compiled regex, next state)]
     by_state: dict         # state -> [(compiled regex, next state)]
+    hints: tuple = ()      # () when the parser has none
 
 
 class Multiline:
@@ -153,15 +155,13 @@ class Multiline:
         self.parsers: list[_Parser] = []
         hints: list[str] = []
         unhinted = False
-        starts = []
         for name, parser in rules["parsers"].items():
-            p = _Parser(name, [], {})
+            p = _Parser(name, [], {}, tuple(parser.get("hints") or ()))
             for rule in parser["rules"]:
                 compiled = (re.compile(rule["regex"]), rule["next"].strip())
                 for state in _states(rule["state"]):
                     if state == START:
                         p.start.append(compiled)
-                        starts.append(rule["regex"])
                     else:
                         p.by_state.setdefault(state, []).append(compiled)
             self.parsers.append(p)
@@ -171,9 +171,8 @@ class Multiline:
                 unhinted = True
         # None: some parser has no hints, so any line may begin an event
         self.hints: Optional[tuple[bytes, ...]] = None if unhinted else tuple(dict.fromkeys(h.encode() for h in hints))
-        self._hint_re = None if self.hints is None else re.compile(b"|".join(re.escape(h) for h in self.hints))
-        self._hint_str = None if self.hints is None else tuple(h.decode() for h in self.hints)
-        self._start_any = re.compile("|".join(f"(?:{r})" for r in starts)) if starts else None
+        self._hint_pattern = None if self.hints is None else "|".join(
+            "".join("\\" + c if c in _RE_SPECIAL else c for c in h.decode()) for h in self.hints)
 
     @property
     def enabled(self) -> bool:
@@ -182,30 +181,40 @@ class Multiline:
     def key(self) -> str:
         return json.dumps(self.rules, sort_keys=True)
 
+    def candidate_lines(self, data: bytes, ends):
+        """Indices of the lines of `data` (whose newlines are at offsets `ends`, a numpy array) that
+        hold a hint, so may begin an event; every line when a parser has no hints. One pass of RE2
+        (pyarrow) over the block viewed as an array of lines, without copying it: a third of the
+        time of one bytes.find per hint."""
+        import numpy as np
+
+        if self.hints is None:
+            return np.arange(len(ends))
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        offsets = np.empty(len(ends) + 1, dtype=np.int64)
+        offsets[0] = 0
+        offsets[1:] = ends
+        offsets[1:] += 1
+        lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(ends),
+                                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        hit = pc.match_substring_regex(lines, self._hint_pattern)
+        return np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+
     def may_start(self, data: bytes) -> bool:
         """Whether a block's bytes may hold a line that begins an event (False: certainly not)."""
         if self.hints is None:
             return self.enabled
         return any(h in data for h in self.hints)
 
-    def hint_offsets(self, data: bytes) -> Optional[list[int]]:
-        """Byte offsets in `data` of the hints (None: a parser has none, so every line is a candidate)."""
-        if self._hint_re is None:
-            return None
-        return [m.start() for m in self._hint_re.finditer(data)]
-
-    def could_start(self, message: str) -> bool:
-        if self._start_any is None:
-            return False
-        if self._hint_str is not None and not any(h in message for h in self._hint_str):
-            return False
-        return self._start_any.search(message) is not None
-
     def start(self, message: str) -> Optional[tuple[int, str]]:
-        """(parser index, next state) when `message` begins an event, else None."""
-        if not self.could_start(message):
-            return None
+        """(parser index, next state) when `message` begins an event, else None. A parser's regexes
+        run only on a line holding one of its hints (each regex alone: a union of them would run
+        several times slower, as Python's re then cannot skip ahead to a pattern's first letters)."""
         for i, p in enumerate(self.parsers):
+            if p.hints and not any(h in message for h in p.hints):
+                continue
             for regex, nxt in p.start:
                 if regex.search(message):
                     return i, nxt
@@ -334,9 +343,14 @@ class Joiner:
         each is checked). Returns (events completed, indices of the records the events took in): every
         record not taken in is a one-line event the caller counts as it is."""
         ml = self.ml
-        heads = [i for i in candidates if ml.start(messages[i]) is not None]
-        if not heads and not self._open:
+        starts = {}  # the records that begin an event: the start rule each matched, computed once
+        for i in candidates:
+            started = ml.start(messages[i])
+            if started is not None:
+                starts[i] = started
+        if not starts and not self._open:
             return [], set()
+        heads = sorted(starts)
         if streams is None:
             groups = {stream0: (None, heads)}
         else:
@@ -346,8 +360,7 @@ class Joiner:
                 got = positions.get(s)
                 if got is not None:
                     got.append(i)
-            head_set = set(heads)
-            groups = {s: (idx, [k for k, i in enumerate(idx) if i in head_set]) for s, idx in positions.items()}
+            groups = {s: (idx, [k for k, i in enumerate(idx) if i in starts]) for s, idx in positions.items()}
         events: list = []
         taken: set = set()
         n = len(messages)
@@ -368,7 +381,7 @@ class Joiner:
                         k += 1
                         continue
                     events.append(self._close(s))
-                started = ml.start(messages[i])
+                started = starts.get(i)
                 if started is not None:
                     taken.add(i)
                     done = self._begin(s, started, messages[i], payload(i))
