@@ -178,9 +178,6 @@ class Multiline:
     def enabled(self) -> bool:
         return bool(self.parsers)
 
-    def key(self) -> str:
-        return json.dumps(self.rules, sort_keys=True)
-
     def candidate_lines(self, data: bytes, ends):
         """Indices of the lines of `data` (whose newlines are at offsets `ends`, a numpy array) that
         hold a hint, so may begin an event; every line when a parser has no hints. One pass of RE2
@@ -272,9 +269,6 @@ class Joiner:
     @property
     def has_open(self) -> bool:
         return bool(self._open)
-
-    def is_open(self, stream) -> bool:
-        return stream in self._open
 
     def open_payloads(self) -> list:
         return [ev.payload for ev in self._open.values()]
