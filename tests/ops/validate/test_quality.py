@@ -25,16 +25,19 @@ def test_apache_grouping_accuracy_floor(loghub):
     assert result["grouping_accuracy"] >= APACHE_FLOOR, result
 
 
-# The targets: unsupervised F1 at the defaults at least the level-field baseline's, on the same
-# lines in the same run; with feedback >= 0.90. Each flagged line's reason is reported with its precision.
+# Measured (benchmarks/quality.py defaults: 10 epochs, seed 0, flag budget 0): unsupervised P 0.49, R 1.0,
+# F1 0.6575, all 49 flags by severity (threshold calibrated to 0.41), equal to the level-field baseline;
+# with feedback F1 0.979. Targets: unsupervised F1 at the defaults at least the level-field baseline's,
+# on the same lines in the same run; with feedback >= 0.90. At 3 epochs the weaker model's score flags
+# some normal lines and F1 falls below the baseline, so the unsupervised target is held at the defaults.
 BGL_FEEDBACK_F1_FLOOR = 0.90
 
 
 def test_bgl_anomaly_floors_unsupervised_and_with_feedback(loghub):
-    from benchmarks.quality import bgl_feedback_quality, bgl_quality
+    from benchmarks.quality import DEFAULT_EPOCHS, bgl_feedback_quality, bgl_quality
 
     bgl = loghub / "BGL" / "BGL_2k.log"
-    plain = bgl_quality(bgl, epochs=3, seed=0)
+    plain = bgl_quality(bgl, epochs=DEFAULT_EPOCHS, seed=0)
     assert plain["f1"] >= plain["level_baseline"]["f1"] > 0, plain
     assert plain["flag_budget"] == DEFAULT_FLAG_BUDGET  # the threshold calibrated as the gate does by default
     reasons = plain["flagged_by"]
