@@ -15,6 +15,8 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ops.validate.defaults import DEFAULT_FLAG_BUDGET
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -169,6 +171,11 @@ class LoopSettings(BaseModel):
     max_oov_share: float = Field(default=0.05, ge=0, le=1, description="New data's OOV share above which a fine-tune becomes scratch.")
     replay_share: float = Field(default=0.2, ge=0, lt=1, description="Share of a fine-tune's sample drawn from the previous training data.")
     champion_tolerance: float = Field(default=0.02, ge=0, le=1, description="How much worse (top-k accuracy) a challenger may be.")
+    flag_budget: float = Field(
+        default=DEFAULT_FLAG_BUDGET, ge=0, le=1, allow_inf_nan=False,
+        description="The share of validation lines the score alone may flag: the gate calibrates each model's score "
+        "threshold to it, and the model keeps that threshold wherever it scores (a gate run config's `threshold` "
+        "fixes one instead).")
     task_time_limit_s: int = Field(default=2 * 3600, gt=0, description="A task still working after this is dead (CML's limit_time).")
     sensor_interval_s: int = Field(default=60, ge=1)
     observe_interval_s: int = Field(default=300, ge=10, description="How often raw_logs_observer counts the source.")
