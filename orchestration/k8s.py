@@ -2,7 +2,8 @@
 
 LOGLOOP_EXECUTOR picks the executor (in_process | multiprocess | k8s; default
 multiprocess), so `dagster asset materialize` keeps working on a laptop and the same
-code location runs steps as pods in a cluster. The pod shapes are op tags
+code location runs steps as pods in a cluster. Off Kubernetes, the train_model job runs its
+steps in the run's own process whatever the setting (train_executor_def). The pod shapes are op tags
 (`dagster-k8s/config`), so they apply on every launch path: the sensor, the UI, the CLI
 and backfills.
 
@@ -29,6 +30,17 @@ def current_executor() -> str:
     if name not in EXECUTORS:
         raise ValueError(f"LOGLOOP_EXECUTOR={name!r} must be one of {', '.join(EXECUTORS)}")
     return name
+
+
+def train_executor_def():
+    """The train_model job's executor. Its steps (sample, train, gate, register) run one after
+    another, so on one machine they share the run's own process: a step process each would pay a
+    process start and the code location's import (torch, Dagster, ...) four times a run, the
+    largest cost of a small batch's run (benchmarks/loop.py). On Kubernetes each step stays a pod,
+    so that only the train step asks for a GPU."""
+    from dagster import in_process_executor
+
+    return executor_def() if current_executor() == "k8s" else in_process_executor
 
 
 def executor_def():
