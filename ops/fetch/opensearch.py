@@ -193,7 +193,8 @@ class OpenSearchShard:
     def file_id(self) -> None:
         return None
 
-    def _where(self, windows: Windows) -> str:
+    def where(self, windows: Windows) -> str:
+        """The slice and its windows, as error messages name them."""
         span = f"[{_iso(windows.lo)}, {_iso(windows.hi)})" if len(windows) else "[]"
         return f"index {self.index!r}, windows {span}, slice {self.slice_id + 1}/{self.slices}"
 
@@ -217,7 +218,7 @@ class OpenSearchShard:
 
     def pages(self, windows: Windows, sleep=time.sleep) -> Iterator[list[dict]]:
         """The slice's hits for `windows`, a page at a time, each hit exactly once."""
-        conn, where = self.conn, self._where(windows)
+        conn, where = self.conn, self.where(windows)
         client = conn.client()
         if self.tiebreaker == "_id":
             # before 3.3 `_id` is the only unique tiebreaker; the node warns on every page that
