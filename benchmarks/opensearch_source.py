@@ -2,7 +2,8 @@
 
     python benchmarks/opensearch_source.py --lines 1000000 --json                  # the fake
     python benchmarks/opensearch_source.py --server real --lines 1000000 --json    # a real node, and the fake
-    python benchmarks/opensearch_source.py --server real --lines 1000000 --profile --json
+    python benchmarks/opensearch_source.py --server real --lines 1000000,3000000 --json  # one node, both sizes
+    python benchmarks/opensearch_source.py --server real --lines 100000 --profile --json
 
 N Loghub lines from tests/data/loghub2k, cycled and spread over hourly windows
 exactly as benchmarks/data_stage.py writes them, are read by the data stage with
@@ -15,7 +16,9 @@ OpenSearchLogSource (PIT slices, search_after pages) in spawned workers.
   documents are bulk-loaded into a 2-shard index (`_bulk` bodies of 10,000 documents built
   with orjson, two requests in flight, refresh off while loading; `log` stored, not indexed,
   since the read never searches it), and read; then the fake is read the same way in the same
-  run, for comparison (`fake`). `--profile` also reads one slice in this process under cProfile
+  run, for comparison (`fake`). Several sizes (`--lines 1000000,3000000`) share one node and one
+  load: the larger sizes read the loaded index and `_clone`s of it (hard-linked segments), so
+  3M documents cost the load of 1M; the read sees every copy's documents as its own. `--profile` also reads one slice in this process under cProfile
   and splits its time into the server's own time (`took`), the wait for the answer beyond it
   (network, HTTP and the server's serialisation), JSON decoding, turning hits into chunks, and
   masking and summarising.
@@ -218,32 +221,61 @@ def profile_slice(url: str, index: str, windows: int, slices: int, page_size: in
     }
 
 
-def run_real(lines: int, workers: int | None = None, windows: int = 8, data: Path = DEFAULT_DATA,
+def clone(node, index: str, copies: int) -> list[str]:
+    """`index` and copies-1 clones of it (`_clone` hard-links the segments: no indexing, no extra disk)."""
+    client = node.client(timeout=300)
+    client.indices.put_settings(index=index, body={"index.blocks.write": True})
+    names = [index]
+    for k in range(1, copies):
+        names.append(f"{index}-copy{k}")
+        client.indices.clone(index=index, target=names[-1], body={"settings": {"index.number_of_replicas": 0, "index.blocks.write": None}})
+    deadline = time.monotonic() + 300
+    while client.cluster.health(index=",".join(names), wait_for_status="green")["status"] != "green":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the clones {names[1:]} are not ready after 300 s")
+    return names
+
+
+def run_real(sizes: list[int], workers: int | None = None, windows: int = 8, data: Path = DEFAULT_DATA,
              slices: int | None = None, page_size: int = 5000, cache_size: int = 100_000,
-             version: str | None = None, profile: bool = False) -> dict:
-    """Start a node, load `lines` documents, read them; then the fake, the same way."""
+             version: str | None = None, profile: bool = False) -> list[dict]:
+    """Start a node, load the smallest size's documents, read them; reach each larger size (a multiple of
+    the smallest) by cloning the index, and read again; then the fake, the same way, at each size."""
     from tests.servers.opensearch_node import DEFAULT_VERSION, run_opensearch_node
 
     workers = workers or os.cpu_count() or 1
     slices = slices or workers
+    sizes = sorted(sizes)
+    base = sizes[0]
+    if any(n % base for n in sizes):
+        raise SystemExit(f"--lines {sizes}: each size must be a multiple of the smallest (the index is cloned)")
     texts = loghub_lines(data)
+    outs = []
     with run_opensearch_node(version or DEFAULT_VERSION) as node:
-        out = {"server": "real", "server_version": node.version, "node_start_s": round(node.start_s, 1),
-               "node_install_s": round(node.install_s, 1)}
-        out.update(bulk_load(node, "logs", texts, lines, windows))
-        out.update(read(node.url, "logs", windows, workers, slices, page_size, cache_size))
-        if profile:
-            out["profile"] = profile_slice(node.url, "logs", windows, slices, page_size)
-    fake = run(lines, workers, windows, data, slices, page_size, cache_size=cache_size)
-    out.update({"parent_peak_rss_mb": round(peak_rss_mb(), 1), "workers": workers, "slices": slices,
-                "page_size": page_size, "windows": windows,
-                "fake": {k: fake[k] for k in ("lines", "lines_per_s", "peak_rss_mb", "seconds")}})
-    return out
+        load = bulk_load(node, "logs", texts, base, windows)
+        indices = clone(node, "logs", sizes[-1] // base) if len(sizes) > 1 else ["logs"]
+        for n in sizes:
+            out = {"server": "real", "server_version": node.version, "node_start_s": round(node.start_s, 1),
+                   "node_install_s": round(node.install_s, 1), **load, "loaded_lines": base,
+                   "indices": n // base}
+            out.update(read(node.url, ",".join(indices[: n // base]), windows, workers, slices, page_size,
+                            cache_size))
+            if profile:
+                out["profile"] = profile_slice(node.url, ",".join(indices[: n // base]), windows, slices, page_size)
+            outs.append(out)
+    for n, out in zip(sizes, outs):
+        fake = run(n, workers, windows, data, slices, page_size, cache_size=cache_size)
+        out.update({"parent_peak_rss_mb": round(peak_rss_mb(), 1), "workers": workers, "slices": slices,
+                    "page_size": page_size, "windows": windows,
+                    "fake": {k: fake[k] for k in ("lines", "lines_per_s", "peak_rss_mb", "seconds")}})
+    return outs
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--lines", default="1000000",
+                    help="documents; with --server real, several sizes as N1,N2 (multiples of the smallest: one "
+                         "node, one load, the index cloned for the larger ones), one JSON line each")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--slices", type=int, default=None, help="PIT slices (default: workers)")
@@ -256,13 +288,15 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="with --server real: where one slice's time goes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    sizes = [int(x) for x in args.lines.split(",")]
     if args.server == "real":
-        out = run_real(args.lines, args.workers, args.windows, args.data, args.slices, args.page_size,
-                       version=args.version, profile=args.profile)
+        outs = run_real(sizes, args.workers, args.windows, args.data, args.slices, args.page_size,
+                        version=args.version, profile=args.profile)
     else:
-        out = run(args.lines, args.workers, args.windows, args.data, args.slices, args.page_size,
-                  args.server_processes)
-    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+        outs = [run(n, args.workers, args.windows, args.data, args.slices, args.page_size, args.server_processes)
+                for n in sizes]
+    for out in outs:
+        print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 
 
