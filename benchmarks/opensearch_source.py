@@ -35,6 +35,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -288,6 +289,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="with --server real: where one slice's time goes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    # a SIGTERM unwinds like an exception, so the node this run started is stopped with it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [int(x) for x in args.lines.split(",")]
     if args.server == "real":
         outs = run_real(sizes, args.workers, args.windows, args.data, args.slices, args.page_size,
