@@ -107,6 +107,25 @@ def test_the_tiebreaker_fits_the_version(node, contract_index, docs):
         assert f"index {contract_index!r}" in msg and "slice 1/1" in msg and "\n" not in msg
 
 
+def test_id_fielddata_switched_off_stops_reads_only_before_3_3(node, contract_index, docs):
+    """Clusters may forbid fielddata on `_id` (indices.id_field_data.enabled: false): before 3.3, where
+    `_id` is the only unique tiebreaker, the read then fails in one line that names the setting; from
+    3.3 `_shard_doc` does not need it."""
+    client = node.client()
+    client.cluster.put_settings(body={"persistent": {"indices.id_field_data.enabled": False}})
+    try:
+        src = on(node, contract_index, slices=2)
+        if src.resolved_tiebreaker() == "_shard_doc":
+            assert sorted(read_ids(src, WINDOWS)) == expected_ids(docs, WINDOWS)
+        else:
+            with pytest.raises(OpenSearchReadError) as info:
+                read_ids(src, WINDOWS)
+            msg = str(info.value)
+            assert "HTTP 400" in msg and "indices.id_field_data.enabled" in msg and "\n" not in msg
+    finally:
+        client.cluster.put_settings(body={"persistent": {"indices.id_field_data.enabled": None}})
+
+
 def test_a_pit_that_expires_mid_read_is_reopened_without_duplicates_or_gaps(node):
     """A one-second keep-alive, and a reader that stops for longer twice: the node reaps the PIT
     (search.keep_alive_interval=1s) and the read goes on from the last time read. 20 documents
