@@ -29,6 +29,8 @@ Failures:
   one PIT), so there are no duplicates and no gaps. If the reopened PIT spans a
   different number of shards (a wildcard index pattern that gained an index), slice
   membership may have changed, so this is a hard failure rather than a silent risk;
+- a PIT create answered with 404 search_context_missing (the node lost the new PIT's contexts
+  before it could lengthen their keep-alive: a node under heavy load) is tried again;
 - anything else, or a transient error that outlasts the retries, raises
   `OpenSearchReadError` naming the index, windows, slice and reason; the data stage
   then fails the run and records nothing for its partitions.
@@ -229,12 +231,24 @@ class OpenSearchShard:
         state = {"pit": None, "shards": None}
 
         def open_pit():
-            resp = call_with_retries(
-                conn,
-                lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
-                f"opening a PIT ({where})",
-                sleep,
-            )
+            # A node opens a PIT in two steps: shard contexts with its own initial keep-alive
+            # (point_in_time.init.keep_alive), then the requested one. A node too busy to take the
+            # second step in time loses the contexts and answers 404 search_context_missing to the
+            # create itself: that is worth another try, as a transient error is.
+            for attempt in range(conn.retries + 1):
+                try:
+                    resp = call_with_retries(
+                        conn,
+                        lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
+                        f"opening a PIT ({where})",
+                        sleep,
+                    )
+                    break
+                except PitExpired as exc:
+                    if attempt == conn.retries:
+                        raise OpenSearchReadError(conn.scrub(
+                            f"opening a PIT ({where}): {exc} after {attempt + 1} attempts")) from None
+                    sleep(min(conn.max_backoff_s, conn.backoff_s * (2**attempt)))
             total = (resp.get("_shards") or {}).get("total")
             if state["shards"] is not None and total != state["shards"]:
                 raise OpenSearchReadError(
@@ -244,10 +258,7 @@ class OpenSearchShard:
             state["pit"], state["shards"] = resp["pit_id"], total
 
         try:
-            try:
-                open_pit()
-            except PitExpired as exc:  # a 404 here means no such index
-                raise OpenSearchReadError(conn.scrub(f"opening a PIT ({where}): {exc}")) from None
+            open_pit()
             after = None
             floor = None               # after a reopen: read from this time on
             skip_time, skip_ids = None, set()
