@@ -162,6 +162,21 @@ def cron_interval_s(cron: str) -> int:
     return int(min(b - a for a, b in zip(times, times[1:])))
 
 
+class VerdictWriteBack(BaseModel):
+    """anomaly_scores writing each scored window's verdicts onto the OpenSearch documents
+    (ops/fetch/opensearch_verdicts.py: anomaly_level, nulog_confidence, anomaly_reason,
+    model_version, inference_model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batches: list[str] = Field(default_factory=list, description="Scored batches whose verdicts are written back "
+                               "onto their documents; '*' = every scored batch; [] = none (the default). Needs the "
+                               "OpenSearch log source.")
+    bulk_docs: int = Field(default=1000, ge=1, le=50_000, description="Document updates per _bulk request.")
+    deadline_s: float = Field(default=900, gt=0, le=86_400, allow_inf_nan=False,
+                              description="Time allowed for one window's write-back, retries included.")
+
+
 class LoopSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -216,6 +231,9 @@ class LoopSettings(BaseModel):
         default_factory=list,
         description="Scored batches whose forms anomaly_scores also records as inference results (one row per distinct "
         "masked form of a window, with its line count, score, verdict and model version); '*' = every scored batch.")
+    verdict_write_back: VerdictWriteBack = Field(
+        default_factory=VerdictWriteBack,
+        description="Verdicts written back onto the OpenSearch documents, where Opni's views read them.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy,
                                        description="What artifact storage keeps (orchestration/retention_plan.py).")
