@@ -1,21 +1,17 @@
 """Settings of the continuous-training loop: when to train, how long a task may take.
 
-Read once when the code location loads, from the YAML file named by LOGLOOP_LOOP_CONFIG
-(default: config/loop.yaml when present, else the defaults below). Invalid settings
-raise at load time, so a bad threshold shows up as a code-location load error in the UI
-rather than as silently wrong training decisions.
+These are the fields of config/loop.yaml. orchestration/config.py reads them, with the
+deployment's settings, into one object (`loop_settings()` returns it): the file's values over
+the defaults below, and the environment's (LOGLOOP_<FIELD>) over both. Invalid settings raise at
+load time, so a bad threshold shows up as a code-location load error in the UI rather than as
+silently wrong training decisions.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-ROOT = Path(__file__).resolve().parents[1]
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RetentionPolicy(BaseModel):
@@ -195,32 +191,24 @@ class LoopSettingsError(ValueError):
 
 
 def load_loop_settings(path: Optional[str] = None) -> LoopSettings:
-    path = path or os.environ.get("LOGLOOP_LOOP_CONFIG") or ""
-    if not path:
-        default = ROOT / "config" / "loop.yaml"
-        if not default.exists():
-            return LoopSettings()
-        path = str(default)
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise LoopSettingsError(f"loop settings {path}: cannot read: {exc}") from exc
-    try:
-        return LoopSettings.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise LoopSettingsError(f"loop settings {path}: {problems}") from None
+    """All settings, read now: the file `path` (else LOGLOOP_LOOP_CONFIG's, else config/loop.yaml)
+    over the defaults, the environment over both (orchestration.config.load)."""
+    from orchestration.config import load
+
+    return load(path)
 
 
-_loaded: Optional[LoopSettings] = None
+_loaded: Optional[LoopSettings] = None  # tests may pin the settings here
 
 
 def loop_settings() -> LoopSettings:
-    """The settings of this process, loaded once (when the code location loads)."""
-    global _loaded
-    if _loaded is None:
-        _loaded = load_loop_settings()
-    return _loaded
+    """The settings of this process (orchestration.config.settings(): read when the code location
+    loads, again only when the environment or the file changes)."""
+    if _loaded is not None:
+        return _loaded
+    from orchestration.config import settings
+
+    return settings()
 
 
 def merge_run_config(base: dict, extra: dict) -> dict:
