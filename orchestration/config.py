@@ -354,7 +354,15 @@ def _shown_path(path: Path) -> str:
 
 
 def _problems(exc: ValidationError, where=lambda loc: ".".join(map(str, loc))) -> str:
-    return "; ".join(f"{where(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+    return "; ".join(f"{where(_loc(e))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+
+
+def _loc(error) -> tuple:
+    """An error's setting; a check of the whole object (loc ()) is the setting its message names first."""
+    if error["loc"]:
+        return error["loc"]
+    named = re.search(r"\b(" + "|".join(sorted(Settings.model_fields, key=len, reverse=True)) + r")\b", error["msg"])
+    return (named.group(1),) if named else ()
 
 
 def _leaf_names(model: type[BaseModel] = Settings) -> Iterator[tuple[str, Any]]:

@@ -102,7 +102,8 @@ class LoopSettings(BaseModel):
     replay_share: float = Field(default=0.2, ge=0, lt=1, description="Share of a fine-tune's sample drawn from the previous training data.")
     champion_tolerance: float = Field(default=0.02, ge=0, le=1, description="How much worse (top-k accuracy) a challenger may be.")
     task_time_limit_s: int = Field(default=2 * 3600, gt=0, description="A task still working after this is dead (CML's limit_time).")
-    sensor_interval_s: int = Field(default=60, ge=1)
+    sensor_interval_s: int = Field(default=60, ge=1, description="How often new_samples_sensor, the NATS and the alert "
+                                   "sensors tick (seconds).")
     observe_interval_s: int = Field(default=300, ge=10, description="How often raw_logs_observer counts the source.")
     observe_windows: int = Field(default=2, ge=0, description="Closed windows raw_logs_observer counts each time.")
     catch_up_windows: int = Field(
@@ -117,7 +118,7 @@ class LoopSettings(BaseModel):
     )
     partition_start: Optional[str] = Field(
         default=None,
-        description="The first time window (YYYY-MM-DD-HH:MM, UTC); LOGLOOP_PARTITION_START wins over it. "
+        description="The first time window (YYYY-MM-DD-HH:MM, UTC). "
         "Unset: derived from the data when the code location loads (orchestration/partitions.py).",
     )
     partition_lookback_days: float = Field(
