@@ -78,7 +78,7 @@ def render() -> str:
     for row in describe():
         if row["section"] != section:
             section = row["section"]
-            title = f"{section} (config/loop.yaml)" if section == LOOP_SECTION else section
+            title = "Loop settings (`config/loop.yaml`)" if section == LOOP_SECTION else section
             lines += ["", f"## {title}", "", "| Setting | Environment variable | Type | Default | Description |",
                       "|---|---|---|---|---|"]
         kind = "secret" if row["secret"] else row["type"]
