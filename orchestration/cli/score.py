@@ -17,7 +17,7 @@ def cmd_score(args) -> int:
         artifact, record = load_registered_artifact(args.batch, args.version)
         scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold, labels=current_labels(args.batch))
         scored = scorer.score([line for _, line in lines])
-        if args.record:  # one row per scored line, unique timestamps (README, "Pushed samples")
+        if args.record:  # one row per scored line, unique timestamps (docs/cml-push.md, "Inference results")
             from orchestration.cli.push import record_scores
 
             record_scores(args.batch, scored, record.version)
