@@ -329,6 +329,10 @@ def _read_file(path: Path, named: bool) -> YamlConfigSettingsSource:
     if secrets:
         raise LoopSettingsError(f"loop settings {path}: {', '.join(secrets)} are secrets: set them in the environment "
                                 f"({', '.join(env_name(s) for s in secrets)}), never in a file")
+    in_urls = sorted(k for k, v in source.yaml_data.items() if isinstance(v, str) and mask_url(v) != v)
+    if in_urls:  # resources get such a URL as an EnvVar: it must be a variable
+        raise LoopSettingsError(f"loop settings {path}: {', '.join(in_urls)} holds a password: set it in the environment "
+                                f"({', '.join(env_name(k) for k in in_urls)}), never in a file")
     loop_part = {k: v for k, v in source.yaml_data.items() if k not in OWN_FIELDS}
     try:  # the file alone must be valid, even where the environment overrides it
         LoopSettings.model_validate(loop_part)

@@ -135,6 +135,11 @@ def test_secrets_are_masked_come_only_from_the_environment_and_reach_resources_a
     with pytest.raises(LoopSettingsError, match="store_password are secrets: set them in the environment "
                                                 r"\(LOGLOOP_STORE_PASSWORD\), never in a file"):
         settings()
+    env.loop.write_text("store_url: postgresql://logloop:hunter2-pw@db/logloop\n")
+    with pytest.raises(LoopSettingsError, match=r"store_url holds a password: set it in the environment \(LOGLOOP_STORE_URL\)"):
+        settings()
+    env.loop.write_text("store_url: postgresql://logloop@db/logloop\n")  # without one, the file may name the server
+    assert settings().store_url == "postgresql://logloop@db/logloop"
 
 
 def test_settings_are_read_again_only_when_a_variable_or_the_file_changes(env):
