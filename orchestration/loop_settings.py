@@ -1,23 +1,19 @@
 """Settings of the continuous-training loop: when to train, how long a task may take.
 
-Read once when the code location loads, from the YAML file named by LOGLOOP_LOOP_CONFIG
-(default: config/loop.yaml when present, else the defaults below). Invalid settings
-raise at load time, so a bad threshold shows up as a code-location load error in the UI
-rather than as silently wrong training decisions.
+These are the fields of config/loop.yaml. orchestration/config.py reads them, with the
+deployment's settings, into one object (`loop_settings()` returns it): the file's values over
+the defaults below, and the environment's (LOGLOOP_<FIELD>) over both. Invalid settings raise at
+load time, so a bad threshold shows up as a code-location load error in the UI rather than as
+silently wrong training decisions.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ops.validate.defaults import DEFAULT_FLAG_BUDGET
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class RetentionPolicy(BaseModel):
@@ -192,7 +188,8 @@ class LoopSettings(BaseModel):
         "threshold to it, and the model keeps that threshold wherever it scores (a gate run config's `threshold` "
         "fixes one instead).")
     task_time_limit_s: int = Field(default=2 * 3600, gt=0, description="A task still working after this is dead (CML's limit_time).")
-    sensor_interval_s: int = Field(default=60, ge=1)
+    sensor_interval_s: int = Field(default=60, ge=1, description="How often new_samples_sensor, the NATS and the alert "
+                                   "sensors tick (seconds).")
     observe_interval_s: int = Field(default=300, ge=10, description="How often raw_logs_observer counts the source.")
     observe_windows: int = Field(default=2, ge=0, description="Closed windows raw_logs_observer counts each time.")
     catch_up_windows: int = Field(
@@ -207,7 +204,7 @@ class LoopSettings(BaseModel):
     )
     partition_start: Optional[str] = Field(
         default=None,
-        description="The first time window (YYYY-MM-DD-HH:MM, UTC); LOGLOOP_PARTITION_START wins over it. "
+        description="The first time window (YYYY-MM-DD-HH:MM, UTC). "
         "Unset: derived from the data when the code location loads (orchestration/partitions.py).",
     )
     partition_lookback_days: float = Field(
@@ -288,32 +285,24 @@ class LoopSettingsError(ValueError):
 
 
 def load_loop_settings(path: Optional[str] = None) -> LoopSettings:
-    path = path or os.environ.get("LOGLOOP_LOOP_CONFIG") or ""
-    if not path:
-        default = ROOT / "config" / "loop.yaml"
-        if not default.exists():
-            return LoopSettings()
-        path = str(default)
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise LoopSettingsError(f"loop settings {path}: cannot read: {exc}") from exc
-    try:
-        return LoopSettings.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise LoopSettingsError(f"loop settings {path}: {problems}") from None
+    """All settings, read now: the file `path` (else LOGLOOP_LOOP_CONFIG's, else config/loop.yaml)
+    over the defaults, the environment over both (orchestration.config.load)."""
+    from orchestration.config import load
+
+    return load(path)
 
 
-_loaded: Optional[LoopSettings] = None
+_loaded: Optional[LoopSettings] = None  # tests may pin the settings here
 
 
 def loop_settings() -> LoopSettings:
-    """The settings of this process, loaded once (when the code location loads)."""
-    global _loaded
-    if _loaded is None:
-        _loaded = load_loop_settings()
-    return _loaded
+    """The settings of this process (orchestration.config.settings(): read when the code location
+    loads, again only when the environment or the file changes)."""
+    if _loaded is not None:
+        return _loaded
+    from orchestration.config import settings
+
+    return settings()
 
 
 def merge_run_config(base: dict, extra: dict) -> dict:

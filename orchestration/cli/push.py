@@ -14,7 +14,6 @@ GET /count?batch=B[&since_ns=T] answers {"batch", "count"}.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -34,7 +33,15 @@ def _share(text: str) -> float:
 
 
 def default_share() -> str:
-    return os.environ.get("LOGLOOP_VALIDATION_SHARE", "").strip() or "0.2"
+    from orchestration.config import settings
+
+    return str(settings().validation_share)
+
+
+def _message_field() -> str:
+    from orchestration.config import settings
+
+    return settings().message_field
 
 
 def add_parser(sub) -> None:
@@ -123,7 +130,7 @@ def cmd_push(args) -> int:
         if args.chunk <= 0:
             raise CliError("--chunk must be positive")
         share = _share(args.validation_share or default_share())
-        field = args.message_field or os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
+        field = args.message_field or _message_field()
         table = _table_for_store()
         if args.file:
             try:
@@ -270,7 +277,7 @@ def make_server(host: str, port: int, table=None):
     table = table or _table_for_store()
     share = _share(default_share())
     multiline = _multiline()
-    field = os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
+    field = _message_field()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
