@@ -3,7 +3,7 @@ variables and the loop settings file (config/loop.yaml). Everything else asks `s
 
 Where a value comes from, lowest precedence first:
 
-1. the default declared here, or in orchestration/loop_settings.py for the training loop's own;
+1. the default declared here, or in orchestration/loop_models.py for the training loop's own;
 2. the profile named by LOGLOOP_PROFILE (`local` or `kubernetes`, see PROFILES): the deployment
    choices that go together;
 3. the loop settings file: the one LOGLOOP_LOOP_CONFIG names, else config/loop.yaml when present;
@@ -40,7 +40,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
-from orchestration.loop_settings import LoopSettings, LoopSettingsError
+from orchestration.loop_models import LoopSettings, LoopSettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOOP_CONFIG = ROOT / "config" / "loop.yaml"
