@@ -8,9 +8,13 @@ store as a time series (CML's inference table; on TDengine, a super table keyed 
 For the batches `record_results_batches` (loop settings) or the `record_batches` config names,
 each scored form of the window is also written to the store's inference results, as
 `logloop score --record` writes lines (resources/sample_table.py): one row per distinct form with
-its line count, score, verdict and the model version, each with a unique timestamp. A form of a
+its line count, score, verdict, the verdict's reason, the threshold and the model version, each with a
+unique timestamp. A form of a
 compacted tail stands for its share of the tail (ops.validate.scoring.score_summary_forms).
 Each materialization appends its rows: a window scored again is recorded again.
+
+The materialization's metadata counts lines by verdict reason (ops.validate.verdict.REASONS), per
+window and batch and in all, so a jump in anomalies says whether the score, severity or feedback made it.
 
 For the batches `verdict_write_back.batches` (loop settings) or the `write_back_batches` config
 names, each scored window's verdicts are also written onto the OpenSearch documents themselves,
@@ -22,6 +26,7 @@ inference results and its anomaly counts, so a write that fails (after its retri
 deadline) fails the step with windows before it recorded and this one and later not.
 """
 
+from collections import Counter
 from typing import Optional
 
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
@@ -77,7 +82,7 @@ class _Scorers:
         return self.scorers[batch]
 
 
-def _batch_summary(path, batch: str):
+def batch_summary(path, batch: str):
     """The batch's window summary, its pushed validation pool merged in (scored with their batch)."""
     from ops.fetch.push import validation_key
     from ops.mask.summary import Summary, read_summary
@@ -115,7 +120,7 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
     onto the OpenSearch documents of the batches configured for that."""
     from ops.fetch.push import real_batches
     from ops.mask.summary import read_summary_meta
-    from ops.validate.scoring import score_summary_forms, summary_tally
+    from ops.validate.scoring import forms_by_reason, score_summary_forms, summary_tally
 
     settings = loop_settings()
     enabled = config.batches if config.batches is not None else settings.score_batches
@@ -131,7 +136,7 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
 
         masker = Masker(load_rules())  # the data stage's rules: the summaries' forms are theirs
     scorers, table = _Scorers(store, artifacts), None
-    rows, per_window, updated = [], [], 0
+    rows, per_window, updated, flagged_by = [], [], 0, Counter()
     for key in context.partition_keys:
         if not artifacts.exists(summary_key(key)):
             raise Failure(description=f"window {key} has no summary yet; materialize partition_summaries first")
@@ -142,14 +147,16 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
                 scorer = scorers.get(batch) if _named(batch, enabled) else None
                 if scorer is None:
                     continue
-                version, summary = scorers.versions[batch], _batch_summary(path, batch)
+                version, summary = scorers.versions[batch], batch_summary(path, batch)
                 forms = score_summary_forms(scorer, summary)
                 lines, anomalies = summary_tally(summary, forms)
+                reasons = forms_by_reason(forms)
+                flagged_by.update(reasons["flagged_by"])
                 window_rows.append(AnomalyCount(batch, start, end, lines, anomalies, version))
                 scored.append({"window": key, "batch": batch, "lines": lines, "anomalies": anomalies,
-                               "model_version": version})
+                               "model_version": version, "threshold": scorer.threshold, **reasons})
                 if _named(batch, recorded):
-                    results.append((batch, forms, version))
+                    results.append((batch, forms, version, scorer.threshold))
                     scored[-1]["results_recorded"] = len(forms)
                 if _named(batch, write_back):
                     judged[batch] = (forms, version, scorer, summary.total)
@@ -162,12 +169,12 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
             for row in scored:
                 if row["batch"] in judged:
                     row["verdicts_written"] = written
-        for batch, forms, version in results:
+        for batch, forms, version, threshold in results:
             from resources.samples import samples_for_store
 
             table = table or samples_for_store(store)
-            table.record_results(batch, [(f.score, f.anomaly, f.masked, f.lines) for f in forms], version,
-                                 window_ms=(start, end))
+            table.record_results(batch, [(f.score, f.anomaly, f.masked, f.lines, f.reason) for f in forms],
+                                 version, window_ms=(start, end), threshold=threshold)
         store.record_anomaly_counts(window_rows)
         rows.extend(window_rows)
         per_window.extend(scored)
@@ -180,5 +187,6 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
         "anomalies": sum(r.anomalies for r in rows),
         "results_recorded": sum(w.get("results_recorded", 0) for w in per_window),
         "documents_updated": updated,
+        "flagged_by": MetadataValue.json(dict(sorted(flagged_by.items()))),
         "batches_without_model": MetadataValue.json(skipped),
     })
