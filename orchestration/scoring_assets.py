@@ -27,7 +27,6 @@ deadline) fails the step with windows before it recorded and this one and later 
 """
 
 from collections import Counter
-
 from typing import Optional
 
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
@@ -151,9 +150,9 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
                 version, summary = scorers.versions[batch], batch_summary(path, batch)
                 forms = score_summary_forms(scorer, summary)
                 lines, anomalies = summary_tally(summary, forms)
-                window_rows.append(AnomalyCount(batch, start, end, lines, anomalies, version))
                 reasons = forms_by_reason(forms)
                 flagged_by.update(reasons["flagged_by"])
+                window_rows.append(AnomalyCount(batch, start, end, lines, anomalies, version))
                 scored.append({"window": key, "batch": batch, "lines": lines, "anomalies": anomalies,
                                "model_version": version, "threshold": scorer.threshold, **reasons})
                 if _named(batch, recorded):
@@ -186,8 +185,8 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
         "scored": MetadataValue.json(per_window[:500]),
         "lines": sum(r.lines for r in rows),
         "anomalies": sum(r.anomalies for r in rows),
-        "flagged_by": MetadataValue.json(dict(sorted(flagged_by.items()))),
         "results_recorded": sum(w.get("results_recorded", 0) for w in per_window),
         "documents_updated": updated,
+        "flagged_by": MetadataValue.json(dict(sorted(flagged_by.items()))),
         "batches_without_model": MetadataValue.json(skipped),
     })

@@ -169,6 +169,19 @@ class OpenSearchLogSource(LogSource):
             for i in range(n)
         ]
 
+    def write_back_verdicts(self, window: tuple[int, int], verdicts: dict, versions: dict, mask, score_new,
+                            bulk_docs: int, deadline_s: float):
+        """Write a scored window's verdicts onto its documents (ops.fetch.opensearch_verdicts), reading
+        the window again as one PIT slice, flagged documents included."""
+        from ops.fetch.opensearch_verdicts import write_back_verdicts
+
+        windows = Windows([window])
+        conn = self.connection()
+        shard = OpenSearchShard(conn, self.index, self.record_format, self.query_spec(keep_flagged=True), 0, 1,
+                                self.page_size, self.keep_alive, self.resolved_tiebreaker(conn.client()))
+        return write_back_verdicts([shard], windows.bounds[0], verdicts, versions, mask, score_new,
+                                   bulk_docs=bulk_docs, deadline_s=deadline_s)
+
     def ordered_shards(self, windows: Windows) -> list[OpenSearchShard]:
         """Shards that each read a contiguous time span (`time_spans`), so that a stream's documents
         come in order for multiline joining; PIT slices split documents by a hash of their id."""
@@ -182,19 +195,6 @@ class OpenSearchLogSource(LogSource):
                             tiebreaker, span)
             for span in time_spans(windows, self.slices or os.cpu_count() or 1)
         ]
-
-    def write_back_verdicts(self, window: tuple[int, int], verdicts: dict, versions: dict, mask, score_new,
-                            bulk_docs: int, deadline_s: float):
-        """Write a scored window's verdicts onto its documents (ops.fetch.opensearch_verdicts), reading
-        the window again as one PIT slice, flagged documents included."""
-        from ops.fetch.opensearch_verdicts import write_back_verdicts
-
-        windows = Windows([window])
-        conn = self.connection()
-        shard = OpenSearchShard(conn, self.index, self.record_format, self.query_spec(keep_flagged=True), 0, 1,
-                                self.page_size, self.keep_alive, self.resolved_tiebreaker(conn.client()))
-        return write_back_verdicts([shard], windows.bounds[0], verdicts, versions, mask, score_new,
-                                   bulk_docs=bulk_docs, deadline_s=deadline_s)
 
     @property
     def counts_cheaply(self) -> bool:

@@ -204,7 +204,8 @@ def score_single_lines(scorer: "Scorer", forms: list[str], total: int) -> list[S
     if not forms:
         return []
     scores = scorer.score_masked(forms)
-    verdicts = judge(forms, scores, [1] * len(forms), scorer.threshold, scorer.sourced_labels_for(forms), total=total)
+    verdicts = judge(forms, scores, [1] * len(forms), scorer.threshold, scorer.sourced_labels_for(forms),
+                     total=total)
     return [ScoredForm(f, 1, s, flag, why) for f, s, (flag, why) in zip(forms, scores, verdicts)]
 
 
