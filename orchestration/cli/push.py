@@ -1,14 +1,13 @@
 """`logloop push`, `logloop samples count` and `logloop serve-ingest`: CML's front door.
 
-    logloop push --batch B [-f FILE | -] [--format text|json] [--validation-share 0.2] [--seed N] [--json]
+    logloop push --batch B [-f FILE | -] [--key K] [--format text|json] [--validation-share 0.2] [--seed N] [--json]
     logloop samples count --batch B [--since T] [--json]
     logloop serve-ingest [--host 127.0.0.1] [--port 8765]
 
 Samples go to the configured store's database (resources/samples.py). `push` exits 0 when
 every line was registered, 1 when some lines were bad (the good ones are registered; the bad
-ones are counted by reason), 2 when the store failed. `serve-ingest` listens on loopback only:
-POST /push?batch=B[&format=json][&seed=N] with the lines as the body answers push's JSON;
-GET /count?batch=B[&since_ns=T] answers {"batch", "count"}.
+ones are counted by reason), 2 when the store failed (the message says how many samples were
+registered before it; with --key, the same command again registers only the rest).
 """
 
 from __future__ import annotations
@@ -56,6 +55,11 @@ def add_parser(sub) -> None:
                    help="share of samples flagged validation (default: LOGLOOP_VALIDATION_SHARE or 0.2, CML's 80/20)")
     p.add_argument("--seed", type=int, help="seed of the train/validation draw (repeatable pushes, tests)")
     p.add_argument("--chunk", type=int, default=20_000, help="samples per store write (default 20,000)")
+    p.add_argument("--key", help="a key of this push (1 to 200 printable characters): run again with the same key, "
+                                 "input and --chunk after a failure, the push registers only the chunks not yet "
+                                 "registered")
+    p.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
+                   help="report progress on standard error every SECONDS (default 10; 0: never)")
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     p.set_defaults(func=cmd_push)
 
@@ -104,8 +108,21 @@ def _check_batch(batch: str) -> None:
         raise CliError(str(exc)) from None
 
 
+def _so_far(stats, batch: str, key) -> str:
+    done = f"{stats.registered:,} sample(s) of batch {batch!r} were registered before it"
+    if stats.already:
+        done += f" ({stats.already:,} more were there from an earlier push with this key)"
+    if key:
+        return done + f"; the same command again (--key {key}) registers only the rest"
+    return done + "; a rerun would register them again: push with --key K to make a rerun register only the rest"
+
+
 def cmd_push(args) -> int:
+    from ops.fetch.push import PushStats
     from resources.samples import push
+    from resources.store import StoreError
+
+    stats = PushStats()
 
     def run() -> int:
         _check_batch(args.batch)
@@ -115,6 +132,8 @@ def cmd_push(args) -> int:
             raise CliError(f"unexpected argument {args.source!r}: read a file with -f FILE")
         if args.chunk <= 0:
             raise CliError("--chunk must be positive")
+        if args.progress < 0:
+            raise CliError("--progress must be 0 or more seconds")
         share = _share(args.validation_share or default_share())
         field = args.message_field or os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
         table = _table_for_store()
@@ -128,9 +147,20 @@ def cmd_push(args) -> int:
             if sys.stdin is None:
                 raise CliError("cannot read standard input: it is closed")
             stream, name = sys.stdin.buffer, "stdin"
+        last_report = [time.monotonic()]
+
+        def progress(s) -> None:
+            now = time.monotonic()
+            if args.progress and now - last_report[0] >= args.progress:
+                last_report[0] = now
+                print(f"{s.lines:,} line(s) read: {s.registered:,} registered"
+                      + (f", {s.already:,} already registered" if s.already else "")
+                      + (f", {s.bad.total:,} bad" if s.bad.total else "") + f" ({s.seconds:.0f} s)",
+                      file=sys.stderr, flush=True)
+
         try:
-            stats = push(args.batch, stream, table, fmt=args.format, message_field=field, validation_share=share,
-                         seed=args.seed, chunk=args.chunk, source=name)
+            push(args.batch, stream, table, fmt=args.format, message_field=field, validation_share=share,
+                 seed=args.seed, chunk=args.chunk, source=name, key=args.key, on_chunk=progress, stats=stats)
         finally:
             if args.file:
                 stream.close()
@@ -140,6 +170,7 @@ def cmd_push(args) -> int:
         else:
             print(f"registered {stats.registered:,} sample(s) of batch {args.batch!r} "
                   f"({out['train']:,} train, {out['validation']:,} validation) in {stats.seconds:.2f} s"
+                  + (f"; {stats.already:,} were already registered by an earlier push with this key" if stats.already else "")
                   + (f"; {stats.sanitised:,} with control characters replaced" if stats.sanitised else ""))
         if stats.lines == 0:
             print(f"warning: {name} held no lines; nothing registered", file=sys.stderr)
@@ -156,6 +187,12 @@ def cmd_push(args) -> int:
     except (CliError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except StoreError as e:
+        print(f"error: {e}; {_so_far(stats, args.batch, args.key)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; {_so_far(stats, args.batch, args.key)}", file=sys.stderr)
+        return 130
 
 
 def cmd_samples_count(args) -> int:
