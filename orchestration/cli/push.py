@@ -85,8 +85,10 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_samples_results)
 
     p = sub.add_parser("serve-ingest", help="accept pushed samples over HTTP on loopback",
-                       description="Serve POST /push?batch=B[&format=json][&seed=N] (the body: log lines) and "
-                                   "GET /count?batch=B on a loopback address until interrupted.")
+                       description="Serve POST /push?batch=B[&format=json][&seed=N][&key=K] (the body: log lines; "
+                                   "an Idempotency-Key header as --key) and GET /count?batch=B on a loopback address "
+                                   "until interrupted. A body is registered only once it has arrived whole; limits "
+                                   "(connections, timeouts, body size) are the ingest: settings of config/loop.yaml.")
     p.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=cmd_serve_ingest)
@@ -256,32 +258,12 @@ def cmd_samples_results(args) -> int:
 # ---- HTTP ----------------------------------------------------------------------------------------
 
 
-class _Body:
-    """The request body as a binary stream that stops at Content-Length."""
-
-    def __init__(self, rfile, length: int):
-        self._rfile, self._left = rfile, length
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._rfile.read(n)
-        self._left -= len(data)
-        if not data:
-            self._left = 0
-        return data
-
-
-def make_server(host: str, port: int, table=None):
-    """A ThreadingHTTPServer for POST /push and GET /count (not started)."""
+def make_server(host: str, port: int, table=None, limits=None):
+    """An IngestServer (orchestration/cli/ingest_http.py) for POST /push and GET /count, bound, not started."""
     import ipaddress
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs, urlsplit
 
-    from ops.naming import InvalidName
-    from resources.samples import push
-    from resources.store import StoreError
+    from orchestration.cli.ingest_http import IngestServer, ingest_app
+    from orchestration.loop_settings import loop_settings
 
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -290,65 +272,10 @@ def make_server(host: str, port: int, table=None):
     if not loopback:
         raise CliError(f"--host {host!r} is not a loopback address: serve-ingest listens on this machine only")
     table = table or _table_for_store()
-    share = _share(default_share())
-    field = os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _query(self):
-            url = urlsplit(self.path)
-            return url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}
-
-        def do_GET(self):
-            path, q = self._query()
-            if path != "/count":
-                return self._send(404, {"error": "not found: GET /count?batch=B"})
-            try:
-                since = int(q["since_ns"]) if "since_ns" in q else None
-                self._send(200, {"batch": q.get("batch"), "count": table.count(q["batch"], since_ns=since)})
-            except KeyError:
-                self._send(400, {"error": "batch is missing"})
-            except ValueError as exc:
-                self._send(400, {"error": str(exc)})
-            except StoreError as exc:
-                self._send(503, {"error": str(exc)})
-
-        def do_POST(self):
-            path, q = self._query()
-            if path != "/push":
-                return self._send(404, {"error": "not found: POST /push?batch=B"})
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                return self._send(411, {"error": "Content-Length is required"})
-            body = _Body(self.rfile, length)
-            try:
-                batch = q.get("batch", "")
-                fmt = q.get("format", "text")
-                seed = int(q["seed"]) if "seed" in q else None
-                stats = push(batch, body, table, fmt=fmt, message_field=field, validation_share=share, seed=seed,
-                             source="request")
-                self._send(200, stats.to_dict(batch))
-            except (InvalidName, ValueError) as exc:
-                while body.read(1 << 20):  # drain, so the client reads our answer
-                    pass
-                self._send(400, {"error": str(exc)})
-            except StoreError as exc:
-                self._send(503, {"error": str(exc)})
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    limits = limits or loop_settings().ingest
+    app = ingest_app(table, validation_share=_share(default_share()),
+                     message_field=os.environ.get("LOGLOOP_MESSAGE_FIELD", "log"), limits=limits)
+    return IngestServer(app, host, port, limits)
 
 
 def cmd_serve_ingest(args) -> int:
@@ -360,9 +287,9 @@ def cmd_serve_ingest(args) -> int:
     host, port = server.server_address[:2]
     print(f"serving POST http://{host}:{port}/push?batch=B and GET /count?batch=B (Ctrl-C stops)", file=sys.stderr)
     try:
-        server.serve_forever()
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.sock.close()
     return 0

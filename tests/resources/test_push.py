@@ -314,11 +314,9 @@ def test_serve_ingest_over_loopback(home):
 
     with pytest.raises(CliError):
         make_server("0.0.0.0", 0)
-    server = make_server("127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = make_server("127.0.0.1", 0).start()
     try:
-        port = server.server_address[1]
+        port = server.port
         body = b"".join(b"req %d\n" % i for i in range(500)) + b"\xff\n"
         req = urllib.request.Request(f"http://127.0.0.1:{port}/push?batch=api%2Fone&seed=2", data=body, method="POST")
         got = json.loads(urllib.request.urlopen(req, timeout=30).read())
@@ -330,8 +328,7 @@ def test_serve_ingest_over_loopback(home):
             urllib.request.urlopen(req, timeout=30)
         assert exc.value.code == 400
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def test_source_is_selected_by_configuration(home, monkeypatch):
