@@ -33,8 +33,11 @@ def opensearch_source(hosts: str, fields: dict):
         optional["ca_path"] = os.environ["LOGLOOP_OPENSEARCH_CA"]
     if os.environ.get("LOGLOOP_OPENSEARCH_VERIFY_CERTS", "true").lower() in ("0", "false", "no"):
         optional["verify_certs"] = False
+    from orchestration.loop_settings import loop_settings
+
     return OpenSearchLogSource(
-        hosts=_csv(hosts), index=os.environ.get("LOGLOOP_OPENSEARCH_INDEX", "logs"), **fields, **secrets, **optional
+        hosts=_csv(hosts), index=os.environ.get("LOGLOOP_OPENSEARCH_INDEX", "logs"), **fields, **secrets, **optional,
+        deadline_s=loop_settings().deadlines.opensearch_s,
     )
 
 
@@ -46,8 +49,11 @@ def tdengine_store(url: str):
 
     if not os.environ.get("LOGLOOP_TDENGINE_PASSWORD"):
         raise ValueError("LOGLOOP_TDENGINE_URL is set but LOGLOOP_TDENGINE_PASSWORD is not")
+    from orchestration.loop_settings import loop_settings
+
     return TDengineStore(url=url, database=os.environ.get("LOGLOOP_TDENGINE_DATABASE", "logloop"),
-                         user=os.environ.get("LOGLOOP_TDENGINE_USER", "root"), password=EnvVar("LOGLOOP_TDENGINE_PASSWORD"))
+                         user=os.environ.get("LOGLOOP_TDENGINE_USER", "root"), password=EnvVar("LOGLOOP_TDENGINE_PASSWORD"),
+                         deadline_s=loop_settings().deadlines.tdengine_s)
 
 
 def sql_store(url: str):
@@ -102,7 +108,9 @@ def artifact_storage():
         parse_artifacts_url(url)
     except ValueError as exc:
         raise ValueError(f"LOGLOOP_ARTIFACTS_URL: {exc}") from None
-    return ObjectArtifactStorage(url=url)
+    from orchestration.loop_settings import loop_settings
+
+    return ObjectArtifactStorage(url=url, deadline_s=loop_settings().deadlines.object_storage_s)
 
 
 NATS_SETTINGS = {  # NatsBus field -> environment variable (plain settings, not secrets)

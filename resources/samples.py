@@ -42,7 +42,8 @@ def samples_for_store(store) -> SampleTable:
     from resources.tdengine_store import TDengineStore
 
     if isinstance(store, TDengineStore):
-        return TDengineSamples(store.url, store.database, store.user, Secret(store.password), store.timeout_s)
+        return TDengineSamples(store.url, store.database, store.user, Secret(store.password), store.timeout_s,
+                               store.deadline_s)
     if isinstance(store, SQLiteStore):
         return SQLSamples(f"sqlite:///{store.path}", timeout_s=store.timeout_s)
     if isinstance(store, SQLStore):

@@ -42,12 +42,13 @@ class TDengineSamples(SampleTable):
     user: str = "root"
     password: Secret = field(default_factory=lambda: Secret(None))
     timeout_s: float = 30.0
+    deadline_s: float = 60.0
 
     def _store(self):
         from resources.tdengine_store import TDengineStore
 
         return TDengineStore(url=self.url, database=self.database, user=self.user,
-                             password=self.password.get() or "", timeout_s=self.timeout_s)
+                             password=self.password.get() or "", timeout_s=self.timeout_s, deadline_s=self.deadline_s)
 
     def describe(self) -> str:
         return f"samples in TDengine at {url_without_password(self.url)} (database {self.database})"
