@@ -25,6 +25,7 @@ from ops.fetch.push import (
     clean_messages,
     read_messages,
     rebatch,
+    sample_joiner,
 )
 from resources.sample_table import SampleTable
 from resources.sql_samples import SQLSamples
@@ -65,6 +66,7 @@ def push(
     seed: Optional[int] = None,
     chunk: int = DEFAULT_CHUNK,
     source: str = "input",
+    multiline: Optional[dict] = None,
     key: Optional[str] = None,
     on_chunk: Optional[Callable[[PushStats], None]] = None,
     stats: Optional[PushStats] = None,
@@ -76,6 +78,8 @@ def push(
     uses the configured store's). InvalidName for a batch name that
     cannot be one; StoreError when the store fails (the chunks before it stay registered, and
     `stats`, when given, says how many that is).
+    `multiline`: rules joining the lines of a stack trace into one sample
+    (ops.fetch.multiline.load_multiline; None: a sample per line).
 
     `key`: the push's key (ops.fetch.push.chunk_key): a chunk registered by an earlier push with
     the same key, input and `chunk` is not registered again but counted in `stats.already`.
@@ -89,10 +93,11 @@ def push(
     draw = SplitDraw(validation_share, seed)
     stats = stats if stats is not None else PushStats()
     t0 = time.perf_counter()
+    joiner = sample_joiner(multiline, stats)
     if hasattr(lines, "read"):
-        messages = read_messages(lines, stats, fmt, message_field, source)
+        messages = read_messages(lines, stats, fmt, message_field, source, joiner=joiner)
     else:
-        messages = (clean_messages(part, stats, source) for part in _parts(lines, chunk))
+        messages = _then_flush((clean_messages(part, stats, source, joiner) for part in _parts(lines, chunk)), joiner)
     for index, part in enumerate(rebatch(messages, chunk)):
         flags = draw.flags(len(part))
         if key is None:
@@ -112,6 +117,12 @@ def push(
             on_chunk(stats)
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _then_flush(parts, joiner):
+    yield from parts
+    if joiner is not None:
+        yield [text for _, text in joiner.flush()]
 
 
 def _parts(items: Iterable, size: int):

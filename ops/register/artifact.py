@@ -2,7 +2,9 @@
 
 Members: model.safetensors (weights), vocab.json, masking_rules.json (the masking the vocabulary
 was built with), config.json ({"model": NuLogConfig, "train": ...}), metrics.json, meta.json
-(batch, version, data window, parent, mode...). Loading uses safetensors and json only, never
+(batch, version, data window, parent, mode...), and multiline_rules.json (how lines were joined
+into events for training, ops.fetch.multiline; absent from artifacts written before it existed,
+whose models saw every line as its own event). Loading uses safetensors and json only, never
 pickle, so an artifact from anywhere cannot run code; a broken one raises ArtifactError naming
 the file and what is wrong with it.
 """
@@ -22,6 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ops.files import create_temp_file
+from ops.fetch.multiline import validate as validate_multiline
 from ops.mask.masking import validate_rules
 from ops.train.model import MAX_PARAMETERS, ModelConfigError, NuLog, NuLogConfig, state_dict_shapes, validate_config
 from ops.train.vocab import Vocab
@@ -36,6 +39,7 @@ MEMBERS = ("model.safetensors", "vocab.json", "masking_rules.json", "config.json
 # small, member read).
 JSON_MEMBER_BYTES = {
     "config.json": 1 << 20,
+    "multiline_rules.json": 1 << 20,
     "masking_rules.json": 1 << 20,
     "metrics.json": 4 << 20,      # a loss per epoch and the gate's numbers
     "meta.json": 16 << 20,        # the feedback labels (each at most 4,000 characters) and their classifier
@@ -48,6 +52,7 @@ MAX_WEIGHTS_BYTES = 4 * MAX_PARAMETERS + SAFETENSORS_HEADER_BYTES  # the biggest
 MAX_ENTRIES = 64                  # the six members and a few more (unread) files
 # everything in the zip together, inflated; also the most an artifact file may take on disk
 MAX_TOTAL_BYTES = MAX_WEIGHTS_BYTES + MAX_VOCAB_BYTES + sum(JSON_MEMBER_BYTES.values())
+OPTIONAL_MEMBERS = ("multiline_rules.json",)
 MAX_MEMBER_BYTES = {"model.safetensors": MAX_WEIGHTS_BYTES, "vocab.json": MAX_VOCAB_BYTES, **JSON_MEMBER_BYTES}
 
 
@@ -66,6 +71,7 @@ class Artifact:
     metrics: dict
     meta: dict
     path: str | None = None  # the file it was read from (None when built or loaded in memory)
+    multiline_rules: dict | None = None  # None: lines were not joined into events
 
     @property
     def model_config(self) -> NuLogConfig:
@@ -77,7 +83,8 @@ def _as_dict(x) -> dict:
 
 
 def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLogConfig | dict | None = None,
-                   metrics: dict | None = None, meta: dict | None = None, train_config=None) -> bytes:
+                   metrics: dict | None = None, meta: dict | None = None, train_config=None,
+                   multiline_rules: dict | None = None) -> bytes:
     """The artifact as bytes (members in a fixed order, fixed timestamps: same inputs, same bytes)."""
     model_cfg = _as_dict(model_config or model.cfg)
     if model_cfg != asdict(model.cfg):
@@ -85,6 +92,8 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
     if len(vocab) != model.cfg.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} tokens, the model {model.cfg.vocab_size}")
     validate_rules(masking_rules)  # what read_artifact would refuse is not written
+    if multiline_rules is not None:
+        validate_multiline(multiline_rules)
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     docs = {
         "model.safetensors": st_save(weights),
@@ -94,18 +103,22 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
         "metrics.json": metrics or {},
         "meta.json": meta or {},
     }
+    if multiline_rules is not None:
+        docs["multiline_rules.json"] = multiline_rules
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in MEMBERS:
+        for name in (*MEMBERS, *OPTIONAL_MEMBERS):
+            if name not in docs:
+                continue
             data = docs[name] if name.endswith(".safetensors") else json.dumps(docs[name], indent=1, sort_keys=True).encode()
             z.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     return buf.getvalue()
 
 
 def write_artifact(path, model: NuLog, vocab: Vocab, masking_rules, model_config=None, metrics=None, meta=None,
-                   train_config=None) -> str:
+                   train_config=None, multiline_rules=None) -> str:
     """Write atomically: a reader sees the old artifact or the whole new one, never half of it."""
-    data = artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta, train_config)
+    data = artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta, train_config, multiline_rules)
     path = os.fspath(path)
     fd, tmp = create_temp_file(os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".zip")
     try:
@@ -181,8 +194,9 @@ def _load(z: zipfile.ZipFile, path) -> Artifact:
     missing = [m for m in MEMBERS if m not in names]
     if missing:
         raise ArtifactError(path, f"missing member(s) {', '.join(missing)}")
-    sizes = {m: z.getinfo(m).file_size for m in MEMBERS}
-    for m in MEMBERS:
+    present = [*MEMBERS, *(m for m in OPTIONAL_MEMBERS if m in names)]
+    sizes = {m: z.getinfo(m).file_size for m in present}
+    for m in present:
         if sizes[m] > MAX_MEMBER_BYTES[m]:
             raise ArtifactError(path, _too_large(m, sizes[m], MAX_MEMBER_BYTES[m]))
     total = sum(i.file_size for i in infos)
@@ -218,12 +232,19 @@ def _load(z: zipfile.ZipFile, path) -> Artifact:
         raise ArtifactError(path, _too_large("vocab.json", sizes["vocab.json"], vocab_cap)
                             + f": too much for config.json's vocab_size {model_cfg.vocab_size:,}")
     docs = {"config.json": config}
-    for m in ("masking_rules.json", "metrics.json", "meta.json"):
-        docs[m] = parse(m)
+    for m in ("masking_rules.json", "metrics.json", "meta.json", *OPTIONAL_MEMBERS):
+        if m in sizes:
+            docs[m] = parse(m)
     try:
         validate_rules(docs["masking_rules.json"])
     except (ValueError, TypeError, AttributeError) as e:
         raise ArtifactError(path, f"masking_rules.json: {_one_line(e)}") from None
+    multiline = docs.get("multiline_rules.json")
+    if multiline is not None:
+        try:
+            validate_multiline(multiline)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ArtifactError(path, f"multiline_rules.json: {_one_line(e)}") from None
     try:
         vocab = Vocab.from_json(parse("vocab.json"))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -255,7 +276,8 @@ def _load(z: zipfile.ZipFile, path) -> Artifact:
     except RuntimeError as e:  # not expected after the checks above
         raise ArtifactError(path, f"weights do not fit the model config ({_one_line(e)})") from None
     model.eval()
-    return Artifact(model, vocab, docs["masking_rules.json"], config, docs["metrics.json"], docs["meta.json"])
+    return Artifact(model, vocab, docs["masking_rules.json"], config, docs["metrics.json"], docs["meta.json"],
+                    multiline_rules=multiline)
 
 
 def _too_large(member: str, size: int, cap: int) -> str:

@@ -34,7 +34,7 @@ class _Refused(Exception):
         self.status = status
 
 
-def ingest_app(table, *, validation_share: float, message_field: str, limits):
+def ingest_app(table, *, validation_share: float, message_field: str, limits, multiline=None):
     """The ASGI application: POST /push and GET /count on `table` (a SampleTable)."""
     from ops.naming import InvalidName, validate_batch_name
     from resources.samples import push
@@ -122,7 +122,7 @@ def ingest_app(table, *, validation_share: float, message_field: str, limits):
             with body:
                 stats = await asyncio.to_thread(push, batch, body, table, fmt=fmt, message_field=message_field,
                                                 validation_share=validation_share, seed=seed, source="request",
-                                                key=key)
+                                                multiline=multiline, key=key)
             await answer(send, 200, stats.to_dict(batch))
         except (InvalidName, ValueError) as exc:
             await answer(send, 400, {"error": str(exc)})
