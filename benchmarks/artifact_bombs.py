@@ -12,7 +12,7 @@ Two bombs are built (before timing starts) from a small valid artifact:
 
 Each is read by `read_artifact` in a fresh process; the JSON object printed gives, per bomb,
 whether it was refused, the first words of the error, the seconds the read took and the
-process's peak RSS (getrusage; the interpreter and torch alone take about 300 MB).
+process's peak RSS (getrusage; the interpreter and torch alone take about 600 MB).
 ARTIFACT_CODE=DIR reads with the code in DIR instead (an export of an earlier version: a
 before/after comparison on the same bombs).
 """
