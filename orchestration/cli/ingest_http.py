@@ -161,6 +161,7 @@ class IngestServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((host, port))
+            self.sock.listen(limits.backlog)  # clients queue from now on, before uvicorn has started
         except OSError:
             self.sock.close()
             raise
