@@ -94,14 +94,28 @@ class WebhookError(Exception):
     """The post failed; the message is scrubbed of the URL."""
 
 
-def post_json(url: str, payload: dict, timeout_s: float = TIMEOUT_S) -> int:
-    """POST `payload` as JSON; the status on 2xx, else WebhookError (scrubbed)."""
+def post_json(url: str, payload: dict, timeout_s: float = TIMEOUT_S, deadline_s: float | None = None) -> int:
+    """POST `payload` as JSON; the status on 2xx, else WebhookError (scrubbed). `timeout_s` bounds each
+    read; `deadline_s` (default: the `deadlines.webhook_s` setting) the whole post, answer included."""
+    from ops.deadline import DeadlineExceeded, with_deadline
+
+    if deadline_s is None:
+        from orchestration.loop_settings import loop_settings
+
+        deadline_s = loop_settings().deadlines.webhook_s
     body = json.dumps(payload, default=str).encode()
     request = urllib.request.Request(url.strip(), data=body, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "logloop-alerts"})
-    try:
+
+    def post() -> int:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - the operator's URL
-            status = response.status
+            response.read()
+            return response.status
+
+    try:
+        status = with_deadline(post, deadline_s, "webhook-post")
+    except DeadlineExceeded as exc:
+        raise WebhookError(f"failed: {exc} (deadlines.webhook_s)") from None
     except urllib.error.HTTPError as exc:
         raise WebhookError(f"answered HTTP {exc.code} {scrub(str(exc.reason), url)}") from None
     except urllib.error.URLError as exc:

@@ -34,6 +34,7 @@ MODE_TAG = "logloop/mode"
 WORKER_TAG = "logloop/worker"  # host:pid:start of the process that runs the run's steps
 NATS_SEQ_TAG = "logloop/nats_seq"
 NATS_MSG_ID_TAG = "logloop/nats_msg_id"
+REQUEST_KEY_TAG = "logloop/request_key"  # what a NATS request asks for (training_spec.request_key): identical ones coalesce
 PARTITION_TAG = "dagster/partition"  # Dagster's own
 CATCH_UP_TAG = "logloop/catch_up"  # a run the training trigger started to fill a missed window
 

@@ -42,6 +42,51 @@ class RetentionPolicy(BaseModel):
         description="retention_sensor stops deleting after this long (a sensor tick has 60 s); the rest goes next tick.")
 
 
+class IngestSettings(BaseModel):
+    """How `logloop serve-ingest` treats its clients (`ingest:` in config/loop.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_connections: int = Field(
+        default=64, ge=1, le=10_000,
+        description="Connections served at once; a request beyond them is answered 503 (retry later), never reset.")
+    backlog: int = Field(default=2048, ge=16, le=65_535,
+                         description="Connections the kernel queues before the server accepts them.")
+    header_timeout_s: float = Field(
+        default=10, gt=0, le=3600, allow_inf_nan=False,
+        description="A connection that has not sent a whole request head within this is closed.")
+    idle_timeout_s: float = Field(
+        default=30, gt=0, le=3600, allow_inf_nan=False,
+        description="A request whose body stops arriving for this long is answered 408; nothing of it is registered.")
+    request_time_limit_s: float = Field(
+        default=600, gt=0, le=24 * 3600, allow_inf_nan=False,
+        description="The whole body must arrive within this (a client trickling bytes is answered 408).")
+    keep_alive_s: float = Field(default=5, gt=0, le=3600, allow_inf_nan=False,
+                                description="An idle keep-alive connection is closed after this.")
+    max_body_bytes: int = Field(
+        default=256 << 20, ge=1024,
+        description="The largest body accepted (413 beyond it). A body is kept in a temporary file until it has "
+        "arrived whole, then registered.")
+
+
+class Deadlines(BaseModel):
+    """Total time limits of outbound calls (`deadlines:` in config/loop.yaml): a call to an endpoint that
+    accepts a connection and never answers, or trickles its answer, fails with one line after this long,
+    however its per-read timeouts are set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    object_storage_s: float = Field(
+        default=300, gt=0, le=24 * 3600, allow_inf_nan=False,
+        description="One object-storage operation (read, write, list or delete of an artifact or log file).")
+    webhook_s: float = Field(default=15, gt=0, le=600, allow_inf_nan=False,
+                             description="One alert webhook post, connection to last byte.")
+    tdengine_s: float = Field(default=60, gt=0, le=3600, allow_inf_nan=False,
+                              description="One TDengine REST request.")
+    opensearch_s: float = Field(default=120, gt=0, le=3600, allow_inf_nan=False,
+                                description="One OpenSearch request, retries included.")
+
+
 class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -234,6 +279,11 @@ class LoopSettings(BaseModel):
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy,
                                        description="What artifact storage keeps (orchestration/retention_plan.py).")
+    ingest: IngestSettings = Field(default_factory=IngestSettings,
+                                   description="Limits of `logloop serve-ingest` (connections, time, body size).")
+    deadlines: Deadlines = Field(default_factory=Deadlines,
+                                 description="Total time limits of outbound calls (object storage, webhooks, "
+                                 "TDengine, OpenSearch).")
 
     @model_validator(mode="after")
     def _overrides_name_valid_batches(self):

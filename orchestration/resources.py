@@ -22,7 +22,8 @@ def opensearch_source(hosts: list[str], fields: dict):
         optional["ca_path"] = s.opensearch_ca
     if not s.opensearch_verify_certs:
         optional["verify_certs"] = False
-    return OpenSearchLogSource(hosts=hosts, index=s.opensearch_index, **fields, **secrets, **optional)
+    return OpenSearchLogSource(hosts=hosts, index=s.opensearch_index, **fields, **secrets, **optional,
+                               deadline_s=s.deadlines.opensearch_s)
 
 
 def tdengine_store(url: str):
@@ -32,7 +33,8 @@ def tdengine_store(url: str):
     s = current()
     if not s.secret("tdengine_password"):
         raise ValueError("LOGLOOP_TDENGINE_URL is set but LOGLOOP_TDENGINE_PASSWORD is not")
-    return TDengineStore(url=url, database=s.tdengine_database, user=s.tdengine_user, password=env_var("tdengine_password"))
+    return TDengineStore(url=url, database=s.tdengine_database, user=s.tdengine_user, password=env_var("tdengine_password"),
+                         deadline_s=s.deadlines.tdengine_s)
 
 
 def sql_store(url: str):
@@ -85,7 +87,7 @@ def artifact_storage():
         parse_artifacts_url(url)
     except ValueError as exc:
         raise ValueError(f"LOGLOOP_ARTIFACTS_URL: {exc}") from None
-    return ObjectArtifactStorage(url=url)
+    return ObjectArtifactStorage(url=url, deadline_s=current().deadlines.object_storage_s)
 
 
 NATS_SETTINGS = {  # NatsBus field -> setting (plain settings, not secrets)

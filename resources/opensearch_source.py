@@ -51,6 +51,7 @@ class OpenSearchLogSource(LogSource):
     ca_path: Optional[str] = Field(default=None, description="CA bundle to verify the cluster's certificate.")
     verify_certs: bool = True
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    deadline_s: float = Field(default=120.0, gt=0, description="Total time of one request, retries included.")
     retries: int = Field(default=5, ge=0, description="Retries of a transient failure (5xx, 429, timeouts).")
     backoff_s: float = Field(default=0.5, ge=0, description="First retry delay; doubles each retry.")
     max_backoff_s: float = Field(default=30.0, ge=0)
@@ -88,6 +89,7 @@ class OpenSearchLogSource(LogSource):
             retries=self.retries,
             backoff_s=self.backoff_s,
             max_backoff_s=self.max_backoff_s,
+            deadline_s=self.deadline_s,
         )
 
     def query_spec(self, keep_flagged: bool = False) -> QuerySpec:

@@ -217,6 +217,15 @@ sample_clock = sa.Table(
     sa.Column("batch", sa.Text, primary_key=True),
     sa.Column("last_ns", sa.BigInteger, nullable=False),
 )
+# chunks of keyed pushes (`logloop push --key`): a chunk whose key is here was registered whole, in the
+# transaction that added its row, so a retry of the push skips it
+push_chunks = sa.Table(
+    "push_chunks", metadata,
+    sa.Column("batch", sa.Text, primary_key=True),
+    sa.Column("chunk_key", sa.String(64), primary_key=True),
+    sa.Column("first_ns", sa.BigInteger, nullable=False),
+    sa.Column("last_ns", sa.BigInteger, nullable=False),
+)
 inference_results = sa.Table(
     "inference_results", metadata,
     sa.Column("batch", sa.Text, nullable=False),
