@@ -14,15 +14,15 @@ import json
 import os
 import zipfile
 from dataclasses import asdict, dataclass, is_dataclass
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING
 
 from ops.files import create_temp_file
 from ops.mask.masking import validate_rules
-from ops.train.model import MAX_PARAMETERS, ModelConfigError, NuLog, NuLogConfig, state_dict_shapes, validate_config
+from ops.train.config import MAX_PARAMETERS, ModelConfigError, NuLogConfig, state_dict_shapes, validate_config
 from ops.train.vocab import Vocab
+
+if TYPE_CHECKING:
+    from ops.train.model import NuLog
 
 FORMAT = 1
 MEMBERS = ("model.safetensors", "vocab.json", "masking_rules.json", "config.json", "metrics.json", "meta.json")
@@ -65,6 +65,9 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
     if len(vocab) != model.cfg.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} tokens, the model {model.cfg.vocab_size}")
     validate_rules(masking_rules)  # what read_artifact would refuse is not written
+    import torch  # here, not at the top: reading meta.json (registry, restore) needs no torch
+    from safetensors.torch import save as st_save
+
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     docs = {
         "model.safetensors": st_save(weights),
@@ -168,6 +171,11 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
     if model_cfg.vocab_size != len(vocab):
         raise ArtifactError(path, f"vocabulary mismatch: vocab.json has {len(vocab)} tokens, "
                                   f"config.json field 'vocab_size' says {model_cfg.vocab_size}")
+    import torch
+    from safetensors.torch import load as st_load
+
+    from ops.train.model import NuLog
+
     try:
         weights = st_load(raw["model.safetensors"])
     except Exception as e:  # the Rust reader raises SafetensorError, others for odd bytes
@@ -195,6 +203,8 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
 
 def _weights_problem(weights: dict, shapes: dict) -> str | None:
     """What is wrong with the tensors' names, shapes or dtype against the config (None: nothing)."""
+    import torch
+
     missing = [n for n in shapes if n not in weights]
     if missing:
         return f"missing tensor(s) {_names(missing)}"

@@ -11,8 +11,7 @@ from dataclasses import asdict
 
 from orchestration.cli import anomalies, feedback, models, nats, push, retention, score, train
 from orchestration.cli.common import human_time, one_line, open_store, print_table
-from resources.artifacts import ArtifactStorageError
-from resources.store import StoreError
+from resources.errors import ArtifactStorageError, StoreError
 from resources.store_records import TASK_STATES
 
 
