@@ -28,11 +28,12 @@ $(STAMP): pyproject.toml
 # Tests run in parallel (pytest-xdist), one worker per core, handed out in the order tests/conftest.py
 # puts them (the long system tests first). The tests of a module marked with an xdist_group share an
 # expensive module fixture and run one after another on one worker (--dist loadgroup).
-# TEST_WORKERS=0 runs everything in this process, one test after another.
+# TEST_WORKERS=0 runs everything in this process, one test after another. The 15 slowest tests are
+# listed at the end, to keep an eye on.
 TEST_WORKERS ?= auto
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 demo: $(STAMP)
 	$(VENV)/bin/python scripts/demo.py
