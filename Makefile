@@ -14,7 +14,7 @@ install: $(STAMP)
 # settings, so a wheel folder given to pip (PIP_FIND_LINKS) is handed on to it. The installed
 # packages are compiled to bytecode once, here: where PYTHONDONTWRITEBYTECODE is set, Python would
 # otherwise compile Dagster and torch from source again in every process (each CLI command, each
-# run and step). With a GPU, install a CUDA build of torch 2.13.0 first (README).
+# run and step). With a GPU, install a CUDA build of torch 2.13.0 first (docs/deployment/gpu.md).
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv
 export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)

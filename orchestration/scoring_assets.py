@@ -63,7 +63,7 @@ class _Scorers:
         return self.scorers[batch]
 
 
-def _batch_summary(path, batch: str):
+def batch_summary(path, batch: str):
     """The batch's window summary, its pushed validation pool merged in (scored with their batch)."""
     from ops.fetch.push import validation_key
     from ops.mask.summary import Summary, read_summary
@@ -96,7 +96,7 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
                 scorer = scorers.get(batch) if _named(batch, enabled) else None
                 if scorer is None:
                     continue
-                version, summary = scorers.versions[batch], _batch_summary(path, batch)
+                version, summary = scorers.versions[batch], batch_summary(path, batch)
                 forms = score_summary_forms(scorer, summary)
                 lines, anomalies = summary_tally(summary, forms)
                 rows.append(AnomalyCount(batch, start, end, lines, anomalies, version))

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from scripts import demo_logs  # noqa: E402
 from orchestration import settings  # noqa: E402
 
-HOURS = int(os.environ.get("DEMO_HOURS", "3"))
+HOURS = int(os.environ.get("DEMO_HOURS", "4"))  # the last hour holds the incident: 3 before it to compare with
 LINES_PER_HOUR = int(os.environ.get("DEMO_LINES_PER_HOUR", "4000"))
 BIN = Path(sys.executable).parent
 VERBOSE = False
@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     logs = settings.logs_dir()
     start_ms = demo_logs.default_start_ms(HOURS)
     step(f"generating {HOURS} h of demo logs into {logs}")
-    summary = demo_logs.generate(logs, start_ms=start_ms, hours=HOURS, lines_per_hour=LINES_PER_HOUR, seed=0)
+    # the incident: in the last hour one normal message repeats 50x as often (template_count_shift flags it)
+    summary = demo_logs.generate(logs, start_ms=start_ms, hours=HOURS, lines_per_hour=LINES_PER_HOUR, seed=0,
+                                 burst_hour=HOURS - 1)
     print(json.dumps({k: summary[k] for k in ("lines", "anomalies", "batches")}))
 
     first = dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc)
@@ -147,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 
     step("registered models (logloop models list)")
     subprocess.run([str(BIN / "logloop"), "models", "list"], check=True, cwd=ROOT)
+    step("the incident of the last hour: template counts against the hours before (logloop anomalies --templates)")
+    subprocess.run([str(BIN / "logloop"), "anomalies", "--templates", "--since", f"{first:%Y-%m-%dT%H:%MZ}"],
+                   check=True, cwd=ROOT)
     print(f"\nDAGSTER_HOME={dagster_home}; run `make dev` and open http://127.0.0.1:3000 to see the runs.")
     return 0
 

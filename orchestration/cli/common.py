@@ -185,8 +185,9 @@ def load_registered_artifact(batch: str, version):
         raise CliError(f"model v{record.version} of batch {batch!r}: {e}") from None
 
 
-def read_lines(source: str) -> list[tuple[int, str]]:
-    """(1-based line number, line) for every non-blank line of FILE, or of stdin for '-'."""
+def read_numbered_lines(source: str) -> list[tuple[int, str]]:
+    """(1-based line number, line) for every line of FILE or stdin ('-'), blank ones too; a clear
+    error when there is no non-blank line."""
     try:
         if source == "-":
             if sys.stdin is None:  # started with standard input closed (`<&-`)
@@ -197,10 +198,17 @@ def read_lines(source: str) -> list[tuple[int, str]]:
                 text = f.read().decode("utf-8", errors="replace")
     except OSError as e:
         raise CliError(f"cannot read {source}: {e.strerror or e}") from None
-    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not lines:
+    lines = list(enumerate(text.splitlines(), 1))
+    if not any(line.strip() for _, line in lines):
         raise CliError(f"no log lines in {'standard input' if source == '-' else source}")
     return lines
+
+
+def join_events(lines: list[tuple[int, str]], multiline: dict | None) -> list[tuple[int, str]]:
+    """Numbered lines as numbered events (ops.fetch.multiline.join_lines; no rules: non-blank lines)."""
+    from ops.fetch.multiline import join_lines
+
+    return join_lines(lines, multiline)
 
 
 def run_user_command(fn, args) -> int:

@@ -95,6 +95,13 @@ def _table_for_store():
     return samples_for_store(resource("store"))
 
 
+def _multiline() -> dict:
+    """The loop settings' multiline rules: a stack trace pushed at once is one sample."""
+    from orchestration.loop_settings import load_loop_settings
+
+    return load_loop_settings().multiline.rules()
+
+
 def _check_batch(batch: str) -> None:
     from ops.naming import InvalidName, validate_batch_name
 
@@ -130,7 +137,7 @@ def cmd_push(args) -> int:
             stream, name = sys.stdin.buffer, "stdin"
         try:
             stats = push(args.batch, stream, table, fmt=args.format, message_field=field, validation_share=share,
-                         seed=args.seed, chunk=args.chunk, source=name)
+                         seed=args.seed, chunk=args.chunk, source=name, multiline=_multiline())
         finally:
             if args.file:
                 stream.close()
@@ -254,6 +261,7 @@ def make_server(host: str, port: int, table=None):
         raise CliError(f"--host {host!r} is not a loopback address: serve-ingest listens on this machine only")
     table = table or _table_for_store()
     share = _share(default_share())
+    multiline = _multiline()
     field = os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
 
     class Handler(BaseHTTPRequestHandler):
@@ -300,7 +308,7 @@ def make_server(host: str, port: int, table=None):
                 fmt = q.get("format", "text")
                 seed = int(q["seed"]) if "seed" in q else None
                 stats = push(batch, body, table, fmt=fmt, message_field=field, validation_share=share, seed=seed,
-                             source="request")
+                             source="request", multiline=multiline)
                 self._send(200, stats.to_dict(batch))
             except (InvalidName, ValueError) as exc:
                 while body.read(1 << 20):  # drain, so the client reads our answer

@@ -6,18 +6,20 @@ import json
 import sys
 
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
-from orchestration.cli.common import current_labels, load_registered_artifact, read_lines, run_user_command
+from orchestration.cli.common import (current_labels, join_events, load_registered_artifact, read_numbered_lines,
+                                      run_user_command)
 
 
 def cmd_score(args) -> int:
     def run(args) -> int:
         from ops.validate.scoring import Scorer
 
-        lines = read_lines(args.file)
+        raw = read_numbered_lines(args.file)
         artifact, record = load_registered_artifact(args.batch, args.version)
+        lines = join_events(raw, artifact.multiline_rules)  # events joined as the model's training joined them
         scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold, labels=current_labels(args.batch))
         scored = scorer.score([line for _, line in lines])
-        if args.record:  # one row per scored line, unique timestamps (README, "Pushed samples")
+        if args.record:  # one row per scored line, unique timestamps (docs/cml-push.md, "Inference results")
             from orchestration.cli.push import record_scores
 
             record_scores(args.batch, scored, record.version)
@@ -41,8 +43,9 @@ def cmd_templates(args) -> int:
     def run(args) -> int:
         from ops.validate.templates import templates
 
-        lines = read_lines(args.file)
+        raw = read_numbered_lines(args.file)
         artifact, _ = load_registered_artifact(args.batch, args.version)
+        lines = join_events(raw, artifact.multiline_rules)  # counts events, joined as in the model's training
         counts = templates(artifact, [line for _, line in lines], top_k=args.top_k)
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         if args.json:
@@ -69,9 +72,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "score", help="score log lines with a registered model",
         description="Score each non-blank line of FILE (or stdin for '-') with NuLog: the share of its "
-                    "tokens the model predicts within top k. Text output: one line per input line, "
+                    "tokens the model predicts within top k. The lines of one event (a stack trace) are joined "
+                    "into one, as the model's training joined them. Text output: one line per event, "
                     "'SCORE<TAB>normal|ANOMALY<TAB>MASKED LINE', and a summary on stderr. With --json: "
-                    "JSON Lines, one object per input line: {\"line\": N (1-based line number in the input), "
+                    "JSON Lines, one object per event: {\"line\": N (1-based number of its first line in the input), "
                     "\"score\": float, \"anomaly\": bool, \"masked\": str}.")
     _add_model_args(p)
     p.add_argument("--threshold", type=float, help=f"a line scoring below this is an anomaly (default: the model's, else {DEFAULT_THRESHOLD})")
@@ -84,8 +88,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "templates", help="NuLog's templates of a log file with a registered model",
         description="Parse the non-blank lines of FILE (or stdin for '-') into templates (variables are "
-                    "<*>) with the model's top-k rule, and print each distinct template with its line "
-                    "count, most frequent first. With --json: a JSON list of {\"template\", \"count\"} objects.")
+                    "<*>) with the model's top-k rule, and print each distinct template with its count of "
+                    "events (the lines of a stack trace are one event, joined as the model's training joined "
+                    "them), most frequent first. With --json: a JSON list of {\"template\", \"count\"} objects.")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.add_argument("file", metavar="FILE", help="log file, one message per line; '-' reads standard input")
