@@ -12,6 +12,7 @@ from dataclasses import asdict
 from orchestration.cli import anomalies, config, feedback, models, nats, push, retention, score, train
 from orchestration.cli.common import human_time, one_line, open_store, print_table
 from orchestration.loop_settings import LoopSettingsError
+from resources.errors import ArtifactStorageError, StoreError
 from resources.store_records import TASK_STATES
 
 
@@ -76,8 +77,6 @@ def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "light", False):  # needs neither Dagster nor the store (`config`): starts at once
         return args.func(args)
-    from resources.artifacts import ArtifactStorageError
-    from resources.store import StoreError
 
     try:
         return args.func(args)

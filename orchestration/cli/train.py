@@ -18,8 +18,15 @@ import time
 from dataclasses import asdict
 from urllib.parse import urlparse
 
+from typing import TYPE_CHECKING
+
 from orchestration.contract import PARTITION_TAG
-from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, load_spec_file, run_config, run_tags
+
+if TYPE_CHECKING:
+    from orchestration.training_spec import TrainingSpec
+
+# orchestration.training_spec (pydantic, yaml) is imported by the commands that read a spec, so
+# that the rest of the CLI, `--help` included, starts without it.
 
 JOB = "train_model"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
@@ -68,6 +75,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_validate(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -165,6 +174,8 @@ def run_event_lines(client, run_id: str, cursor: str | None) -> tuple[list[str],
 def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     from dagster_graphql import DagsterGraphQLClientError
 
+    from orchestration.training_spec import run_config, run_tags
+
     url = dagster_url()
     why = reachable(url)
     if why is not None:
@@ -219,6 +230,8 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
 
 
 def cmd_create(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -235,6 +248,7 @@ def run_local(spec: TrainingSpec) -> int:
     from orchestration.checks import nulog_model_quality
     from orchestration.resources import build_resources
     from orchestration.tasks import fail_task, schedule_task
+    from orchestration.training_spec import run_config, run_tags
 
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     if not instance.has_dynamic_partition("batches", spec.batch):
@@ -258,6 +272,8 @@ def run_local(spec: TrainingSpec) -> int:
 
 
 def cmd_local(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -266,6 +282,8 @@ def cmd_local(args) -> int:
 
 
 def cmd_request(args) -> int:
+    from orchestration.training_spec import SpecError, from_opni_request
+
     try:
         payload = json.loads(args.payload)
     except RecursionError:
