@@ -187,13 +187,18 @@ def check_shared_state(resources: dict) -> None:
         )
 
 
-def build_resources() -> dict:
-    batch_fields = _csv(os.environ.get("LOGLOOP_BATCH_FIELDS", DEFAULT_BATCH_FIELDS))
-    fields = dict(
+def record_fields() -> dict:
+    """Which fields of a JSON log record hold its time, message and batch (every log source's, and
+    what `logloop score` and `logloop templates` read)."""
+    return dict(
         time_field=os.environ.get("LOGLOOP_TIME_FIELD", "time"),
         message_field=os.environ.get("LOGLOOP_MESSAGE_FIELD", "log"),
-        batch_fields=batch_fields,
+        batch_fields=_csv(os.environ.get("LOGLOOP_BATCH_FIELDS", DEFAULT_BATCH_FIELDS)),
     )
+
+
+def build_resources() -> dict:
+    fields = record_fields()
     hosts = os.environ.get("LOGLOOP_OPENSEARCH_HOSTS", "").strip()
     kind = os.environ.get("LOGLOOP_LOG_SOURCE", "").strip().lower()
     store = build_store()

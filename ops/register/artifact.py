@@ -29,6 +29,9 @@ MEMBERS = ("model.safetensors", "vocab.json", "masking_rules.json", "config.json
 # Largest member read: the biggest model config.json may describe, in float32, plus room for the
 # header (a member's declared size bounds what zipfile decompresses, so a zip bomb is refused).
 MAX_MEMBER_BYTES = 4 * MAX_PARAMETERS + (64 << 20)
+# Largest artifact file read at all: the largest weights with room for the small JSON members beside
+# them. Checked on the file's size (or an object's declared size) before a byte is read or downloaded.
+MAX_ARTIFACT_BYTES = MAX_MEMBER_BYTES + (64 << 20)
 
 
 class ArtifactError(ValueError):
@@ -105,6 +108,9 @@ def read_artifact(path) -> Artifact:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ArtifactError(path, "file not found")
+    size = os.path.getsize(path)
+    if size > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(path, f"is too large ({size:,} bytes, at most {MAX_ARTIFACT_BYTES:,})")
     with open(path, "rb") as f:
         artifact = load_artifact_bytes(f.read(), path)
     artifact.path = path
