@@ -11,8 +11,8 @@ score` and `logloop templates` score and parse.
   suffix) ends in .jsonl, .ndjson or .json; else JSON Lines when the first non-blank line is a JSON
   object; else plain text.
 - JSON Lines records are parsed as in a window (ops.fetch.records.parse_json_lines): the configured
-  message field is the message, and a record needs a valid time in the configured time field. Plain
-  text lines are messages (ops.fetch.records.decode_text_lines).
+  message field is the message, a record needs a valid time in the configured time field, and its
+  batch fields name its batch. Plain text lines are messages (ops.fetch.records.decode_text_lines).
 
 Blank lines are skipped. Every other line that is not a message (bad JSON, no time, no message, not
 UTF-8, too long) is counted by reason, the first few named with their line number, as the data
@@ -40,7 +40,8 @@ _ALL_TIME = Windows([(MIN_TIME_MS, MAX_TIME_MS)])  # every valid time: a record 
 
 @dataclass
 class Messages:
-    lines: list[tuple[int, str]]      # (1-based line number, message), in input order
+    lines: list[tuple[int, str, str | None]]  # (1-based line number, message, batch), in input order; the
+    # batch is the record's by the format's batch fields (ops.fetch.records.batch_name), None for plain text
     format: str                       # "json" or "text": how the lines were read
     compression: str | None           # "gzip", "zstd" or None
     bad: BadRecords = field(default_factory=BadRecords)
@@ -117,7 +118,7 @@ def read_messages(source: str, fmt: RecordFormat, force_format: str | None = Non
         raise ValueError(f"format {force_format!r}: expected one of {', '.join(FORMATS)}")
     name = None if stream is not None else source
     bad = BadRecords()
-    lines: list[tuple[int, str]] = []
+    lines: list[tuple[int, str, str | None]] = []
     with _opened(source, stream) as raw:
         head = _head(raw, 4)
         compression = compression_of(name, head)
@@ -142,9 +143,9 @@ def read_messages(source: str, fmt: RecordFormat, force_format: str | None = Non
                         continue
                     if kind == "json":
                         parsed = parse_json_lines([raw_line], fmt, _ALL_TIME, bad, source, n)
-                        lines.extend((n, m) for messages in parsed.values() for m in messages)
+                        lines.extend((n, m, batch) for (_, batch), messages in parsed.items() for m in messages)
                     else:
-                        lines.extend((n, m) for m in decode_text_lines([raw_line], bad, source, n))
+                        lines.extend((n, m, None) for m in decode_text_lines([raw_line], bad, source, n))
         except CorruptCompression as exc:
             bad.add("corrupt_compression", f"{source}:{line_no}", str(exc))
     return Messages(lines, kind or force_format or "text", compression, bad)

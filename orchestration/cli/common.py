@@ -240,7 +240,8 @@ def record_format():
     from orchestration.resources import record_fields
 
     fields = record_fields()
-    return RecordFormat(time_field=fields["time_field"], message_field=fields["message_field"])
+    return RecordFormat(time_field=fields["time_field"], message_field=fields["message_field"],
+                        batch_fields=tuple(fields["batch_fields"]))
 
 
 def read_messages(source: str, force_format: str | None = None):
@@ -266,6 +267,31 @@ def read_messages(source: str, force_format: str | None = None):
         first = f", the first {messages.bad.examples[0]}" if messages.bad.examples else ""
         raise CliError(f"no log lines in {where}" + (f": {bad_summary(messages)}{first}" if messages.bad.total else ""))
     return messages
+
+
+def of_batch(messages, batch: str | None, source: str) -> tuple[list[tuple[int, str]], dict[str, int]]:
+    """The (line number, message) pairs a model of `batch` reads, and the lines left out by the batch they
+    belong to: JSON Lines records whose batch fields name another batch, as the pipeline would not give them
+    to this batch's model. Records without batch fields, and plain text, are the batch's."""
+    default = record_format().default_batch
+    kept, others = [], {}
+    for n, message, of in messages.lines:
+        if batch is None or of is None or of == default or of == batch:
+            kept.append((n, message))
+        else:
+            others[of] = others.get(of, 0) + 1
+    if not kept:
+        where = "standard input" if source == "-" else source
+        names = ", ".join(repr(b) for b in sorted(others, key=lambda b: -others[b])[:5])
+        raise CliError(f"no log lines of batch {batch!r} in {where}: its {sum(others.values()):,} record(s) are of "
+                       f"other batches ({names}), by the batch fields {', '.join(record_format().batch_fields)}")
+    return kept, others
+
+
+def report_others(others: dict[str, int]) -> None:
+    if others:
+        print(f"note: {sum(others.values()):,} line(s) of other batches left out ({len(others)} batch(es), e.g. "
+              f"{max(others, key=others.get)!r})", file=sys.stderr)
 
 
 def bad_summary(messages) -> str:

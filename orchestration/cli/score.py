@@ -20,7 +20,7 @@ FORMATS = ("text", "json")
 
 
 def _model(args):
-    """(artifact, what it is for the summary line, the batch's labels)."""
+    """(artifact, what it is for the summary line, the batch's labels, its registry record, its batch)."""
     from orchestration.cli.common import current_labels, load_artifact_uri, load_registered_artifact
 
     if getattr(args, "artifact", None):
@@ -28,9 +28,9 @@ def _model(args):
         meta = artifact.meta if isinstance(artifact.meta, dict) else {}
         version = f"v{meta['version']}" if meta.get("version") is not None else "model"
         batch = f" of batch {meta['batch']!r}" if meta.get("batch") else ""
-        return artifact, f"{version}{batch} from {args.artifact}", None, None
+        return artifact, f"{version}{batch} from {args.artifact}", None, None, meta.get("batch") or None
     artifact, record = load_registered_artifact(args.batch, args.version)
-    return artifact, f"model v{record.version} of batch {args.batch!r}", current_labels(args.batch), record
+    return artifact, f"model v{record.version} of batch {args.batch!r}", current_labels(args.batch), record, args.batch
 
 
 def _check_model_args(args) -> None:
@@ -47,19 +47,20 @@ def _check_model_args(args) -> None:
 def cmd_score(args) -> int:
     def run(args) -> int:
         from ops.validate.scoring import Scorer
-        from orchestration.cli.common import read_messages, report_bad
+        from orchestration.cli.common import of_batch, read_messages, report_bad, report_others
 
         _check_model_args(args)
         messages = read_messages(args.file, args.format)
-        artifact, what, labels, record = _model(args)
+        artifact, what, labels, record, batch = _model(args)
+        lines, others = of_batch(messages, batch, args.file)
         scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold, labels=labels)
-        scored = scorer.score([message for _, message in messages.lines])
+        scored = scorer.score([message for _, message in lines])
         if args.record:  # one row per scored line, unique timestamps (README, "Pushed samples")
             from orchestration.cli.push import record_scores
 
             record_scores(args.batch, scored, record.version)
         out = sys.stdout
-        for (n, _), s in zip(messages.lines, scored):
+        for (n, _), s in zip(lines, scored):
             if args.json:
                 out.write(json.dumps({"line": n, "score": round(s.score, 6), "anomaly": s.anomaly,
                                       "masked": s.masked}) + "\n")
@@ -70,6 +71,7 @@ def cmd_score(args) -> int:
             flagged = sum(s.anomaly for s in scored)
             print(f"{flagged} of {len(scored)} lines flagged ({what}, top-{scorer.top_k}, threshold "
                   f"{scorer.threshold}; read as {_read_as(messages)})", file=sys.stderr)
+        report_others(others)
         return report_bad(messages)
 
     return run_user_command(run, args)
@@ -95,12 +97,13 @@ class _RefuseTopK(argparse.Action):
 def cmd_templates(args) -> int:
     def run(args) -> int:
         from ops.validate.templates import templates
-        from orchestration.cli.common import load_registered_artifact, read_messages, report_bad
+        from orchestration.cli.common import load_registered_artifact, of_batch, read_messages, report_bad, report_others
 
         _check_model_args(args)
         messages = read_messages(args.file, args.format)
         artifact, _ = load_registered_artifact(args.batch, args.version)
-        counts = templates(artifact, [message for _, message in messages.lines])
+        lines, others = of_batch(messages, args.batch, args.file)
+        counts = templates(artifact, [message for _, message in lines])
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         if args.json:
             print(json.dumps([{"template": t, "count": c} for t, c in ordered], indent=2))
@@ -108,6 +111,7 @@ def cmd_templates(args) -> int:
             for t, c in ordered:
                 print(f"{c:7d}  {t}")
         sys.stdout.flush()
+        report_others(others)
         return report_bad(messages)
 
     return run_user_command(run, args)
@@ -138,7 +142,8 @@ def add_parser(sub) -> None:
         "score", help="score log lines with a registered model (or a model artifact)",
         description="Score each log message of FILE (or stdin for '-') with NuLog: the share of its "
                     "tokens the model predicts within top k. Messages are read as the pipeline reads log files: "
-                    "JSON Lines give their message field, plain text its lines; lines that are not messages "
+                    "JSON Lines give their message field, plain text its lines; JSON records of other batches (by "
+                    "LOGLOOP_BATCH_FIELDS) are left out; lines that are not messages "
                     "(bad JSON, no time, ...) are counted by reason on stderr and the exit status is 1. Text "
                     "output: one line per message, 'SCORE<TAB>normal|ANOMALY<TAB>MASKED LINE', and a summary on "
                     "stderr. With --json: JSON Lines, one object per message: {\"line\": N (1-based line number "
