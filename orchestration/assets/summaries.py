@@ -103,9 +103,12 @@ def partition_summaries(
 
     # Each window's own partition records its own figures; what only the run as a whole knows (its
     # throughput, the bad records, which cannot always be placed in a window) is named run_*.
-    for key, lines, counts, distinct in rows:
+    first_seen = set()
+    for key, lines, counts, distinct in rows:  # a new batch is named in the first window that holds it
+        arrived = [b for b in new if b in counts and b not in first_seen]
+        first_seen.update(arrived)
         context.add_asset_metadata(window_metadata(key, read=True, lines=lines, counts=counts, distinct=distinct,
-                                                   new=[b for b in new if b in counts]), partition_key=key)
+                                                   new=arrived), partition_key=key)
     for key in skipped:
         context.add_asset_metadata(window_metadata(key, read=False), partition_key=key)
     return MaterializeResult(

@@ -188,7 +188,6 @@ def known_batches(store) -> list[str]:
 
 
 def load_registered_artifact(batch: str, version):
-    from ops.register.artifact import MAX_ARTIFACT_BYTES, read_artifact
     from orchestration.resources import resource
     from resources.artifacts import ArtifactStorageError
 
@@ -199,6 +198,8 @@ def load_registered_artifact(batch: str, version):
         store = resources["store"]
         hint = "" if store.list_models(batch) else did_you_mean(batch, {m.batch for m in store.list_models()})
         raise CliError(f"no model registered for {what}{hint}")
+    from ops.register.artifact import MAX_ARTIFACT_BYTES, read_artifact  # torch: only once there is a model to read
+
     try:  # from the configured artifact storage: a local folder or an object store
         with resources["artifacts"].reading(record.artifact, max_bytes=MAX_ARTIFACT_BYTES) as path:
             return read_artifact(path), record
@@ -316,11 +317,9 @@ def report_bad(messages, most: int = 5) -> int:
 
 
 def run_user_command(fn, args) -> int:
-    from ops.register.artifact import ArtifactError
-
     try:
         return fn(args)
-    except (CliError, ArtifactError, ValueError) as e:
+    except (CliError, ValueError) as e:  # ValueError: ops.register.artifact.ArtifactError too
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -46,12 +46,13 @@ def _check_model_args(args) -> None:
 
 def cmd_score(args) -> int:
     def run(args) -> int:
-        from ops.validate.scoring import Scorer
         from orchestration.cli.common import of_batch, read_messages, report_bad, report_others
 
         _check_model_args(args)
         messages = read_messages(args.file, args.format)
         artifact, what, labels, record, batch = _model(args)
+        from ops.validate.scoring import Scorer
+
         lines, others = of_batch(messages, batch, args.file)
         scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold, labels=labels)
         scored = scorer.score([message for _, message in lines])
