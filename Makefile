@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(LOGLOOP_HOME)/dagster_home
 install: $(STAMP)
 
 # torch==2.13.0 is pinned in pyproject.toml; on these machines pip takes the CPU
-# build lying on disk. With a GPU, install a CUDA build of torch 2.13.0 first (README).
+# build lying on disk. With a GPU, install a CUDA build of torch 2.13.0 first (docs/deployment/gpu.md).
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

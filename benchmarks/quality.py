@@ -1,6 +1,7 @@
 """Quality of the product's own NuLog ops on Loghub: template grouping accuracy and BGL anomalies.
 
     python benchmarks/quality.py --data tests/data/loghub2k --json [--epochs N] [--seed S]
+    python benchmarks/quality.py --loso --json
 
 Protocols (docs/benchmarks.md):
 
@@ -33,6 +34,14 @@ Anchors, measured in the same run on the same lines and labels (skip them with -
     It reproduces BENCHMARKS.md's 0.190; unmasked it gives F1 0.181, and after logloop's Masker 0.135
     (drain3 0.9.11, masking rules of this writing).
 
+Leave-one-system-out (--loso): the template settings chosen on data (ops.validate.templates.
+TemplateConfig: min_values, min_context) are chosen by choose_config over CONFIG_GRID on all the
+systems but one, and the one left out is scored with that choice
+(loso.systems.<name>.{grouping_accuracy, chosen, train_mean}, loso.mean, loso.min); chosen_on_all
+is the choice on every system, which the product ships as DEFAULT_CONFIG. Templates come from the
+masked lines alone, so --loso trains no model; Drain3's default runs on the same lines in the
+same run (anchors.drain3.systems.<name>, anchors.drain3.mean/min; --no-anchors skips it).
+
 Nothing here is tuned per system: every system gets the same epochs, seed, k and rules.
 Output with --json: {"systems": {"<name>": {"grouping_accuracy": ...}, ...}, "bgl": {...},
 "anchors": {"drain3": {"systems": {"<name>": {"grouping_accuracy": ...}}}, "bgl_baselines": {...}}}.
@@ -60,7 +69,7 @@ from ops.mask.masking import Masker  # noqa: E402
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K  # noqa: E402
 from ops.validate.scoring import Scorer  # noqa: E402
 from ops.validate.verdict import judge  # noqa: E402
-from ops.validate.templates import line_templates  # noqa: E402
+from ops.validate.templates import CONFIG_GRID, DEFAULT_CONFIG, TemplateConfig, line_templates, parse  # noqa: E402
 from ops.train.loop import TrainConfig, train  # noqa: E402
 from ops.train.vocab import Vocab  # noqa: E402
 
@@ -118,6 +127,66 @@ def system_quality(folder: Path, name: str, epochs: int, seed: int) -> dict:
             "masking_only_accuracy": round(masking_only, 4),
             "templates": len(set(predicted)), "true_templates": len(set(truth)),
             "lines": len(messages), "parse_s": round(parse_s, 3), **info}
+
+
+# ---- leave-one-system-out: the template settings chosen without the system they are scored on ----
+
+
+PRIOR = TemplateConfig(min_values=4, min_context=2)
+
+
+def config_dict(config: TemplateConfig) -> dict:
+    return {"min_values": config.min_values, "min_context": config.min_context}
+
+
+def grid_accuracy(folder: Path, names: list[str], grid=CONFIG_GRID) -> dict[str, dict[TemplateConfig, float]]:
+    """Grouping accuracy of every setting in the grid on every system (templates need no model: they
+    come from the masked lines alone)."""
+    out = {}
+    for name in names:
+        messages, truth = read_structured(folder / name / f"{name}_2k.log_structured_corrected.csv")
+        masker = Masker()
+        masked = [masker.mask(m) for m in messages]
+        out[name] = {}
+        for config in grid:
+            by_masked = parse(masked, config)
+            out[name][config] = grouping_accuracy([by_masked[m] for m in masked], truth)
+    return out
+
+
+def choose_config(accuracy: dict[str, dict[TemplateConfig, float]], names: list[str], grid=CONFIG_GRID) -> TemplateConfig:
+    """The setting with the best mean grouping accuracy over `names`; ties go to the better worst
+    system, then to the setting nearest the prior (Brain's median threshold, 4 values, and a
+    context of 2 units), then to the grid's order."""
+    def key(config):
+        scores = [accuracy[n][config] for n in names]
+        distance = abs(config.min_values - PRIOR.min_values) + abs(config.min_context - PRIOR.min_context)
+        return (round(sum(scores) / len(scores), 6), round(min(scores), 6), -distance)
+
+    best = grid[0]
+    for config in grid[1:]:
+        if key(config) > key(best):
+            best = config
+    return best
+
+
+def loso(folder: Path, names: list[str], grid=CONFIG_GRID) -> dict:
+    """Each system scored with the setting chosen on the others alone (choose_config over the rest)."""
+    accuracy = grid_accuracy(folder, names, grid)
+    systems = {}
+    for held_out in names:
+        train = [n for n in names if n != held_out]
+        chosen = choose_config(accuracy, train, grid)
+        systems[held_out] = {"grouping_accuracy": round(accuracy[held_out][chosen], 4), "chosen": config_dict(chosen),
+                             "train_mean": round(sum(accuracy[n][chosen] for n in train) / len(train), 4)}
+        if DEFAULT_CONFIG in accuracy[held_out]:  # the shipped setting, chosen on all the systems
+            systems[held_out]["default_grouping_accuracy"] = round(accuracy[held_out][DEFAULT_CONFIG], 4)
+    scores = [v["grouping_accuracy"] for v in systems.values()]
+    on_all = choose_config(accuracy, names, grid)
+    return {"systems": systems, "mean": round(sum(scores) / len(scores), 4) if scores else None,
+            "min": round(min(scores), 4) if scores else None,
+            "default": config_dict(DEFAULT_CONFIG), "chosen_on_all": config_dict(on_all),
+            "grid": [config_dict(c) for c in grid]}
 
 
 def prf(flagged: list[bool], labels: list[bool]) -> tuple[float, float, float]:
@@ -312,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", help="comma-separated subset of the systems in --data (default: all)")
     ap.add_argument("--no-bgl", action="store_true", help="skip the BGL anomaly protocol")
     ap.add_argument("--no-anchors", action="store_true", help="skip the anchors (Drain3, BGL baselines)")
+    ap.add_argument("--loso", action="store_true", help="template grouping accuracy leave-one-system-out only "
+                    "(every data-chosen template setting chosen on the other systems), with Drain3's in the same run")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
@@ -328,6 +399,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.systems:
         wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
         names = [n for n in names if n in wanted]
+    if args.loso:
+        if len(names) < 2:
+            print(f"error: --loso needs two or more systems, {args.data} has {len(names)}", file=sys.stderr)
+            return 2
+        out = {"loso": loso(args.data, names)}
+        if not args.no_anchors:
+            out["anchors"] = anchors(args.data, names, None)
+            d3 = [v["grouping_accuracy"] for v in out["anchors"]["drain3"]["systems"].values()]
+            out["anchors"]["drain3"]["mean"] = round(sum(d3) / len(d3), 4)
+            out["anchors"]["drain3"]["min"] = round(min(d3), 4)
+        print(json.dumps(out, indent=None if args.json else 2))
+        return 0
     out: dict = {"systems": {}, "bgl": None}
     for name in names:
         out["systems"][name] = system_quality(args.data, name, args.epochs, args.seed)

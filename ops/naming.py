@@ -70,7 +70,7 @@ def partition_slug(partition_key: str) -> str:
 
 # -- artifact file names ----------------------------------------------------------------------------
 
-# The documented variables of an artifact name template (README "Training requests"; Odahu's
+# The documented variables of an artifact name template (docs/guides/training-requests.md; Odahu's
 # {{ .Name }}, {{ .Version }}, {{ .RandomUUID }}, {{ .Batch }}), with the longest value each can
 # take: a model name (63), a version (a BIGINT, 19 digits), uuid4().hex (32), a batch_key (53).
 ARTIFACT_TEMPLATE_VARS = {"name": 63, "version": 19, "uuid": 32, "batch": 53}

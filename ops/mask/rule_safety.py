@@ -279,7 +279,7 @@ def backtracking_risk(pattern: str) -> str | None:
 # Masking a line piece by piece (split at whitespace) gives exactly the whole-line result
 # when no rule can match across whitespace, every lookaround behaves at a piece's edge as
 # it does next to whitespace, replacements hold no whitespace, and every `requires` hint
-# is a true necessary condition. The default date rules do match across single spaces
+# is a true necessary condition. The default date, size and duration rules do match across spaces
 # ("Jun 14 15:16:01", "2015-10-18 18:01:47"), so pieces are joined wherever such a date
 # could continue across the gap (`PIECES`, a superset of every space those rules can
 # match, judged on the lower-cased line: rule outputs are <placeholders>, whose '<' and
@@ -291,14 +291,15 @@ _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
 _DAYS = "mon|tue|wed|thu|fri|sat|sun"
 # the default rules that match across spaces; PIECES keeps together what they can match
 _SPANNING_DEFAULTS = ("datetime_iso", "datetime_klog", "datetime_syslog", "datetime_rfc2822", "datetime_clf", "path",
-                      "size")
-# A piece: runs of non-space joined across every gap of plain spaces where a date or a
-# size could go on: after a digit or comma, before a digit, sign, month, g/u/z or a size
-# unit's first letter (14 jun, 2015 18:01, 14, 15:16, 2005 +0000, 2022 gmt, 5.2 kb), and
+                      "size", "duration")
+# A piece: runs of non-space joined across every gap of plain spaces where a date, a size
+# or a duration could go on: after a digit or comma, before a digit, sign, month, g/u/z or
+# the first letter of a size or time unit (14 jun, 2015 18:01, 14, 15:16, 2005 +0000,
+# 2022 gmt, 5.2 kb, 1 sec, 2 hours, 3 days), and
 # after a month or day name, before a digit or a month (jun 14, sun dec). \d as in the
 # rules: Unicode decimal digits.
 PIECES = re.compile(
-    rf"\S+(?:(?:(?<=[\d,]) +(?=[\d+\-guzbkmtpe]|{_MONTHS})|(?<={_MONTHS}|{_DAYS}) +(?=\d|{_MONTHS}))\S+)*"
+    rf"\S+(?:(?:(?<=[\d,]) +(?=[\d+\-guzbkmtpeshd]|{_MONTHS})|(?<={_MONTHS}|{_DAYS}) +(?=\d|{_MONTHS}))\S+)*"
 )
 _PLACEHOLDER = re.compile(r"<[a-z][a-z0-9]*>")
 

@@ -54,7 +54,7 @@ class TrainConfig:
     spread: float = tunable(0.5, ge=0, le=1, allow_inf_nan=False, description=(
         "A distinct line sampled c times is trained as ceil(c**spread) weighted copies an epoch. "
         "1.0 trains every sampled line as its own copy: per epoch it learns as much as the plain "
-        "loop, at several times the cost on CPU; 0.5 is fast but needs more epochs (see README)."))
+        "loop, at several times the cost on CPU; 0.5 is fast but needs more epochs (see docs/concepts/training.md)."))
     pad_to_max: bool = False
     factored: bool = True       # all rows of a line in one pass; False = one sequence per row
     compile: bool = False       # torch.compile the forward (worth trying on GPU only)

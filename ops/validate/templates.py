@@ -5,9 +5,10 @@ same template are the same event. Templates are decided over all the given lines
 (pass them in one call), in three steps:
 
 1. Masking. A masking placeholder (<num>, <ip>, <path>...) or a token with a digit is a
-   variable; empty brackets `( )` hold an empty one. A run of variables joined by single
-   punctuation or wrapped in brackets ("<*> . <*>", "<*> ( <*> )") is one variable: how many
-   tokens a value masks into depends on the value (collapse).
+   variable; empty brackets `( )` hold an empty one. A run of variables joined by punctuation
+   other than brackets, or wrapped in brackets ("<*> . <*>", "<*> # # <*>", "<*> ( <*> )"), is
+   one variable: how many tokens a value masks into depends on the value (collapse). Brackets
+   stay whole, so that a bracketed value is one column ("<*> ( <*> . example . de )").
 2. Units. A host, class or file name is one word of the raw line that masking split at its
    punctuation ("ns . example . com"). Tokens joined by `. $ / @`, or by `-` between two words,
    are one unit, and a unit that holds a variable is a variable ("<*> . example . com").
@@ -18,12 +19,13 @@ same template are the same event. Templates are decided over all the given lines
      that have it in its column, and a line's pattern is its units of the frequency most
      common among them (its longest common pattern; ties to the higher frequency), leaving
      out units of one line alone, which no other line shares.
-   When a group shares at least MIN_CONTEXT constant units (so that it names an event), a
+   When a group shares at least `min_context` constant units (so that it names an event), a
    column whose neighbours are constant there is a variable if, over the group,
    * some line has a variable there: masking found one, so the other values are values too;
-   * or it takes at least MIN_VALUES distinct values;
+   * or it takes at least `min_values` distinct values;
+   * or it takes two or more and follows "=": the value of a key=value pair;
    * or it takes two or more, and its slot (the units around it, one of them a word, as in
-     "by _ $" or "user _ from") takes at least MIN_VALUES distinct words over all the lines:
+     "by _ $" or "user _ from") takes at least `min_values` distinct words over all the lines:
      a user name in a rare event is judged by the user names of the others.
    Otherwise its values are constants and split the group: "failed password for <*>" and
    "accepted password for <*>" (2 values) stay two events, while a user name column (root,
@@ -31,10 +33,15 @@ same template are the same event. Templates are decided over all the given lines
    "no route"), not values. Steps 2-3 repeat until nothing changes, since a new variable can
    collapse with its neighbours and make lines of different lengths comparable.
 
-MIN_VALUES = 4 is the median of Brain's per-system thresholds published for the 16 Loghub
-systems (2 to 6); MIN_CONTEXT = 2 is the fewest units that make a context more than one shared
-word such as "to". On loghub2k, 3 to 6 values and 1 to 3 context units change no system's
-grouping accuracy by more than 0.006. Evidence is counted in distinct masked lines, not in
+`min_values` and `min_context` (TemplateConfig) are the only settings chosen on data. They are
+chosen from CONFIG_GRID (2 to 8 values, 1 to 3 context units) by benchmarks/quality.py's
+choose_config: the best mean grouping accuracy over the Loghub systems given, ties to the better
+worst system, then to the setting nearest the prior (4 values, the median of Brain's published
+per-system thresholds; 2 units, the fewest that make a context more than one shared word such as
+"to"). DEFAULT_CONFIG is its choice on all seven systems of tests/data/loghub2k; `quality.py
+--loso` scores each system with the choice made on the other six. The rest (what masking
+masks, units, collapse, the "=" rule) is structure written from log formats in general, with
+no system's words in it. Evidence is counted in distinct masked lines, not in
 lines: masked_templates (given distinct forms) and line_templates (given lines) agree, and one
 chatty line weighs what a rare one does.
 
@@ -54,19 +61,36 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Iterable
 
 from ops.mask.masking import Masker, tokens
 from ops.validate.defaults import DEFAULT_TOP_K
 
 VARIABLE = "<*>"
-MIN_VALUES = 4   # distinct values that make a column a variable
-MIN_CONTEXT = 2  # constant units a group must share for any of its columns to be judged
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """The two numbers step 3 depends on, the only settings of template mining chosen on data."""
+
+    min_values: int   # distinct values that make a column a variable
+    min_context: int  # constant units a group must share for any of its columns to be judged
+
+
+# The settings tried when they are chosen on data: Brain's published per-system thresholds
+# (2 to 6) and two past them; a context of 1 to 3 shared units.
+CONFIG_GRID = tuple(TemplateConfig(v, c) for v in range(2, 9) for c in (1, 2, 3))
+# What benchmarks/quality.py's choose_config picks on all seven Loghub systems of tests/data/loghub2k
+# (tests/ops/validate/test_template_selection.py checks that it still does).
+DEFAULT_CONFIG = TemplateConfig(min_values=6, min_context=2)
+MAX_FORMS = 200_000  # distinct masked lines judged together; past it, a line keeps its step-2 template
 _PLACEHOLDER = re.compile(r"<[a-z][a-z0-9]*>")
 _PUNCT = re.compile(r"[^\w\s]")
 _WORD = re.compile(r"\w+")
 _GLUE = frozenset(".$/@")  # joins the parts of one name ("-" too, between two words)
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
+_BRACKETS = frozenset("()[]{}")
 
 
 def default_top_k(artifact) -> int:
@@ -76,7 +100,8 @@ def default_top_k(artifact) -> int:
 
 
 def collapse(toks: list[str]) -> list[str]:
-    """Every run `<*> (punct? <*> | ( <*> ))*` becomes a single `<*>`."""
+    """Every run `<*> (punct* <*> | ( <*> ))*` becomes a single `<*>` (punct: any punctuation but
+    brackets, which a bracketed unit handles whole: see units)."""
     out: list[str] = []
     i, n = 0, len(toks)
     while i < n:
@@ -90,10 +115,13 @@ def collapse(toks: list[str]) -> list[str]:
                 j += 1
             elif j + 2 < n and toks[j + 1] == VARIABLE and _PAIRS.get(toks[j]) == toks[j + 2]:
                 j += 3
-            elif j + 1 < n and _PUNCT.fullmatch(toks[j]) and toks[j + 1] == VARIABLE:
-                j += 2
             else:
-                break
+                k = j
+                while k < n and toks[k] not in _BRACKETS and _PUNCT.fullmatch(toks[k]):
+                    k += 1
+                if k == j or k == n or toks[k] != VARIABLE:
+                    break
+                j = k + 1
         out.append(VARIABLE)
         i = j
     return out
@@ -138,6 +166,17 @@ def units(toks: list[str]) -> list[str]:
     return out
 
 
+def shape(toks: list[str]) -> list[str]:
+    """Steps 1-2 on tokens whose variables are `<*>`: collapse and units, again until nothing
+    changes (a unit that became `<*>` can collapse with its neighbours)."""
+    while True:
+        joined = units(collapse(toks))
+        flat = " ".join(joined).split(" ")
+        if flat == toks:
+            return joined
+        toks = flat
+
+
 def _is_word(unit: str) -> bool:
     return unit != VARIABLE and _WORD.match(unit) is not None
 
@@ -147,23 +186,26 @@ def _slot(t: tuple, i: int) -> tuple[str, str]:
     return t[i - 1] if i else "^", t[i + 1] if i + 1 < len(t) else "$"
 
 
-def _variable_columns(rows: list[tuple], slots: dict) -> set[int]:
+def _variable_columns(rows: list[tuple], slots: dict, config: TemplateConfig) -> set[int]:
     """Step 3 within one group of same-length templates: the columns that are variables."""
     cols = [set(col) for col in zip(*rows)]
     constants = sum(len(c) == 1 and VARIABLE not in c for c in cols)
-    if constants < MIN_CONTEXT:
+    if constants < config.min_context:
         return set()
+    min_values = config.min_values
     out = set()
     for i, c in enumerate(cols):
         if len(c) == 1 or (i and len(cols[i - 1]) > 1) or (i + 1 < len(cols) and len(cols[i + 1]) > 1):
             continue
         slot = _slot(rows[0], i)
-        if VARIABLE in c or len(c) >= MIN_VALUES or (len(slots[slot]) >= MIN_VALUES and any(map(_is_word, slot))):
+        # the value of a key=value pair is a value however few it takes (user=root, user=guest)
+        if VARIABLE in c or len(c) >= min_values or slot[0] == "=" or \
+                (len(slots[slot]) >= min_values and any(map(_is_word, slot))):
             out.add(i)
     return out
 
 
-def _statistics(weights: Counter) -> dict[tuple, tuple]:
+def _statistics(weights: Counter, config: TemplateConfig) -> dict[tuple, tuple]:
     """One round of step 3 (then 2 again): each template so far -> its generalisation. A template
     weighs as many distinct masked lines as it holds."""
     slots: dict[tuple, set] = defaultdict(set)
@@ -188,7 +230,7 @@ def _statistics(weights: Counter) -> dict[tuple, tuple]:
             groups[tuple(column for column, f in zip(enumerate(t), fs) if f == mode) if seen else t].append(t)
         var: dict[tuple, set] = {}
         for members in groups.values():
-            found = _variable_columns(members, slots)
+            found = _variable_columns(members, slots, config)
             for t in members:
                 var[t] = found
         # lines equal but for column i, among those the patterns left alone (the others come
@@ -200,25 +242,36 @@ def _statistics(weights: Counter) -> dict[tuple, tuple]:
             for t in alone:
                 rest[t[:i] + t[i + 1:]].append(t)
             for members in rest.values():
-                if len(members) > 1 and i in _variable_columns(members, slots):
+                if len(members) > 1 and i in _variable_columns(members, slots, config):
                     for t in members:
                         var[t] = var[t] | {i}
         for t in same_len:
             # units hold spaces ("a . b"): back to tokens, so that new variables collapse
             toks = " ".join(VARIABLE if i in var[t] else u for i, u in enumerate(t)).split(" ")
-            out[t] = tuple(units(collapse(toks))) if var[t] else t
+            out[t] = tuple(shape(toks)) if var[t] else t
     return out
 
 
-def parse(masked_lines: Iterable[str]) -> dict[str, str]:
-    """Masked line -> its template, decided over all the given masked lines together."""
-    first = {m: tuple(units(collapse(masked_variables(tokens(m))))) for m in dict.fromkeys(masked_lines)}
+def parse(masked_lines: Iterable[str], config: TemplateConfig = DEFAULT_CONFIG) -> dict[str, str]:
+    """Masked line -> its template, decided over all the given masked lines together. The first
+    MAX_FORMS distinct masked lines are judged together (memory and time grow with them); a
+    further one gets the judged template of its steps 1-2 form when a judged line had that form,
+    else keeps its steps 1-2 template."""
+    first: dict[str, tuple] = {}
+    late: dict[str, tuple] = {}
+    for m in masked_lines:
+        if m not in first and m not in late:
+            # collapsed once only: a unit that holds a variable stays in its column for step 3,
+            # where the same event's other values (words) are judged beside it
+            (first if len(first) < MAX_FORMS else late)[m] = tuple(units(collapse(masked_variables(tokens(m)))))
     weights = Counter(first.values())
     now = {t: t for t in weights}
     while True:  # each round that changes something adds a variable, so this ends
-        step = _statistics(weights)
+        step = _statistics(weights, config)
         if all(t == g for t, g in step.items()):
-            return {m: " ".join(now[t]) for m, t in first.items()}
+            out = {m: " ".join(now[t]) for m, t in first.items()}
+            out.update((m, " ".join(now.get(t, t))) for m, t in late.items())
+            return out
         now = {t: step[g] for t, g in now.items()}
         merged: Counter = Counter()
         for t, w in weights.items():
@@ -226,13 +279,15 @@ def parse(masked_lines: Iterable[str]) -> dict[str, str]:
         weights = merged
 
 
-def masked_templates(ranks_by_line: dict[str, list[int]], top_k: int | None = None) -> dict[str, str]:
+def masked_templates(ranks_by_line: dict[str, list[int]], top_k: int | None = None,
+                     config: TemplateConfig = DEFAULT_CONFIG) -> dict[str, str]:
     """Masked line -> template, for the distinct masked lines that key `ranks_by_line` (the ranks
     and top_k are not used: see the module docstring)."""
-    return parse(ranks_by_line)
+    return parse(ranks_by_line, config)
 
 
-def line_templates(artifact, lines: Iterable[str], top_k: int | None = None, batch_size: int = 4096) -> list[str]:
+def line_templates(artifact, lines: Iterable[str], top_k: int | None = None, batch_size: int = 4096,
+                   config: TemplateConfig = DEFAULT_CONFIG) -> list[str]:
     """The template of every input line (raw lines, masked here with the artifact's rules),
     decided over all the given lines together, so pass them in one call (top_k and batch_size
     are accepted for the callers and not used: see the module docstring)."""
@@ -240,7 +295,7 @@ def line_templates(artifact, lines: Iterable[str], top_k: int | None = None, bat
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     masker = Masker(artifact.masking_rules)
     masked = [masker.mask(line) for line in lines]
-    by_masked = parse(masked)
+    by_masked = parse(masked, config)
     return [by_masked[m] for m in masked]
 
 

@@ -56,7 +56,7 @@ def cmd_score(args) -> int:
         lines, others = of_batch(messages, batch, args.file)
         scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold, labels=labels)
         scored = scorer.score([message for _, message in lines])
-        if args.record:  # one row per scored line, unique timestamps (README, "Pushed samples")
+        if args.record:  # one row per scored line, unique timestamps (docs/cml-push.md, "Inference results")
             from orchestration.cli.push import record_scores
 
             record_scores(args.batch, scored, record.version)

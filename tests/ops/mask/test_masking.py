@@ -51,6 +51,9 @@ CASES = [
     ("gofile", "the go: command", "the go : command"),
     ("path", "open /var/log/syslog.1 and ./a/b and C:\\Windows\\x.dll", "open <path> and <path> and <path>"),
     ("path", "either/or and a / b", "either / or and a / b"),
+    # a URL's path keeps its query string, however many parameters: one value either way
+    ("path", '"GET /v2/servers/detail?changes-since=2017-05-14T12%3A00&limit=5 HTTP/1.1"', '" get <path> http / <num> "'),
+    ("path", "what? /a/b? yes", "what ? <path> ? yes"),
     ("pod", "pod nginx-7d9c8b5f4-x2k9p and fluentd-x2k9p ready", "pod nginx - <pod> and fluentd - <pod> ready"),
     ("pod", "pod kube-proxy and cert-manager ready", "pod kube - proxy and cert - manager ready"),
     ("hex", "addr 0x1F and 0xdeadbeef hash 3f2a9c01ab", "addr <hex> and <hex> hash <hex>"),
@@ -60,6 +63,9 @@ CASES = [
     ("size", "5 bits and v2.kb and 3 bees", "<num> bits and <token> . kb and <num> bees"),
     ("duration", "took 150ms then 2.5s then 1h30m and 10us", "took <duration> then <duration> then <duration> and <duration>"),
     ("duration", "the ms and s units", "the ms and s units"),
+    # a number with a unit word, and a bound written against it: "<1 sec" is one value, as "00:01" is
+    ("duration", "lifetime <1 sec, took 5 seconds, up 3 days, >2 min", "lifetime <duration> , took <duration> , up <duration> , <duration>"),
+    ("duration", "5 secretaries and a<1 sec and 2 s", "<num> secretaries and a < <num> sec and <num> s"),
     ("severity", "2026-01-02 ERROR [main] boom", "<date> <severe> [ main ] boom"),
     ("severity", "RAS KERNEL FATAL data TLB error interrupt", "ras kernel <severe> data tlb error interrupt"),
     ("severity", "instruction cache parity error corrected", "instruction cache parity error corrected"),
@@ -173,7 +179,8 @@ FRAGMENTS = [
     "10.0.0.0/24", "::1", "fe80::1%eth0", "00:1a:2b:3c:4d:5e", "0xdeadbeef", "3f2a9c01", "150ms", "blk_-123",
     "user=bob,", "http://a.b/c?d=1", "a@b.io", "123e4567-e89b-12d3-a456-426614174000", "nginx-7d9c8b5f4-x2k9p",
     "main.go:12", "<num>", "x<y", "-", ",", "", "ok", "2022", "Tue,", "12", "t", "2015-10-18t18:01:47z",
-    "5.2", "kb", "b", "bytes", "384", "gib", "1.5gb", "B,", "mb)",
+    "5.2", "kb", "b", "bytes", "384", "gib", "1.5gb", "B,", "mb)", "<1", "sec", "seconds", "days", "hours,", "min",
+    ">5", "/v2/x?a=1&b=2", "/a?", "3",
 ]
 SEPARATORS = [" ", " ", " ", "  ", "\t", " \t ", "\u00a0", "\n", "   "]
 

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from ops.mask.masking import Masker, tokens
-from ops.validate.templates import VARIABLE, collapse, line_templates, masked_templates, templates, units
+from ops.validate.templates import (DEFAULT_CONFIG, VARIABLE, TemplateConfig, collapse, line_templates, masked_templates,
+                                   parse, templates, units)
 
 MASKER = Masker()
 
@@ -121,9 +122,13 @@ def test_lines_that_differ_in_one_column_only_are_compared_there():
 def test_a_shared_suffix_does_not_merge_the_events_before_it():
     # same-length events that share only "user _ host _": their first words differ next to
     # other varying words, so a masked number in one of them does not make them values
-    users, hosts = ["ann", "ben", "cid", "dan", "eve"], ["alpha.example.org", "beta.net", "gamma.lan", "delta.org"]
+    # (as many users and hosts as the default setting needs to call a column of words a variable)
+    users = ["ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal"][:DEFAULT_CONFIG.min_values]
+    hosts = ["alpha.example.org", "beta.net", "gamma.lan", "delta.org", "eps.lan", "zeta.net", "eta.org", "theta.lan"]
+    hosts = hosts[:DEFAULT_CONFIG.min_values]
     events = ["{i} alignment exceptions", "data tlb interrupt", "cache parity error", "link training failed"]
-    lines = [f"{e.format(i=i)} user {users[i % 5]} host {hosts[i // 5 % 4]}" for e in events for i in range(20)]
+    lines = [f"{e.format(i=i)} user {users[i % len(users)]} host {hosts[i // len(users) % len(hosts)]}"
+             for e in events for i in range(len(users) * len(hosts))]
     assert set(parse_lines(lines)) == {"<*> alignment exceptions user <*> host <*>", "data tlb interrupt user <*> host <*>",
                                        "cache parity error user <*> host <*>", "link training failed user <*> host <*>"}
 
@@ -146,3 +151,59 @@ def test_line_templates_agree_with_masked_templates_and_ignore_repeats():
     assert templates(artifact, lines)["failed password for <*> from <*> port <*>"] == len(FAILED)
     with pytest.raises(ValueError, match="top_k"):
         line_templates(artifact, lines, top_k=0)
+
+
+# ---- values of variable length: one value however many tokens it masks into ------------------
+
+def test_a_parenthesised_host_name_is_one_value_empty_or_not():
+    # "()", a name with digits (masked piecewise) and names without any (words: judged by how many)
+    names = ["mail.example.org", "ns.corp.example.net", "proxy.example.edu", "db.internal", "cache.example.org",
+             "gw.example.co.uk", "relay.example.com", "p548bb490.dip0.t-ipconnect.de", "209-1-2-3.static.isp.net",
+             "", "", "host-7.example.com"]
+    lines = [f"connection from 10.0.{i}.{i + 1} ({h}) at Fri Jun 17 20:55:{i:02d} 2005" for i, h in enumerate(names)]
+    assert set(parse_lines(lines)) == {"connection from <*> at <*>"}
+
+
+def test_a_duration_written_two_ways_is_one_value():
+    lines = [f"www.example.com:{443 + i} close, {i * 100} bytes sent, {i * 977} bytes (1.{i} KB) received, lifetime {t}"
+             for i, t in enumerate(["<1 sec", "00:01", "<1 sec", "02:10:33", "00:12", "<1 sec"])]
+    assert len(set(parse_lines(lines))) == 1
+
+
+def test_a_url_path_with_or_without_a_query_string_is_one_value():
+    lines = [f'10.11.10.{i} "GET /v2/{i}abcdef0123/servers/detail{q} HTTP/1.1" status: 200 len: {1800 + i} time: 0.2{i}'
+             for i, q in enumerate(["", "?changes-since=2017-05-14T12%3A47%3A57.453616", "", "?all_tenants=1&limit=5"])]
+    assert len(set(parse_lines(lines))) == 1
+
+
+def test_numbers_joined_by_runs_of_punctuation_are_one_value():
+    lines = [f"steps = 15140384{i}0000##{i}993##548365##{i}661" for i in range(3)] + ["steps = 15140385##7"]
+    assert set(parse_lines(lines)) == {"steps = <*>"}
+
+
+def test_the_value_of_a_key_value_pair_is_a_variable_with_two_values():
+    # two users only, in the one event that has them: "=" says it is a value; "opened"/"closed"
+    # (two values, no "=") stay two events
+    lines = [f"session {what} uid={i} user={u}" for what in ("opened", "closed") for i, u in enumerate(["root", "guest"] * 3)]
+    assert set(parse_lines(lines)) == {"session opened uid = <*> user = <*>", "session closed uid = <*> user = <*>"}
+
+
+def test_the_setting_decides_how_many_values_make_a_variable():
+    lines = [f"job {w} started on node{i}" for i, w in enumerate(["build", "test", "deploy"] * 2)]
+    masked = [MASKER.mask(line) for line in lines]
+    assert len(set(parse(masked, TemplateConfig(min_values=3, min_context=2)).values())) == 1
+    assert len(set(parse(masked, TemplateConfig(min_values=4, min_context=2)).values())) == 3
+
+
+def test_past_max_forms_a_line_keeps_its_own_template(monkeypatch):
+    from ops.validate import templates as module
+
+    judged = [MASKER.mask(line) for line in FAILED]
+    late = [MASKER.mask("Failed password for root from fe80::1 port 22 ssh2"),  # a judged line's steps 1-2 form
+            MASKER.mask("Failed password for zed from 10.9.9.9 port 22 ssh2"), MASKER.mask("disk sda1 is full")]
+    monkeypatch.setattr(module, "MAX_FORMS", len(set(judged)))
+    got = parse(judged + late)
+    assert set(got) == set(judged) | set(late)
+    assert got[late[0]] == "failed password for <*> from <*> port <*>"  # the judged template of its form
+    assert got[late[1]] == "failed password for zed from <*> port <*>"  # steps 1-2 only
+    assert got[late[2]] == "disk <*> is full"
