@@ -187,15 +187,15 @@ def training_config(folder: Path, window_end: str | None) -> Path:
     return path
 
 
-def _shell_path(path: Path, cwd: Path) -> str:
-    """`path` as a shell command line names it from `cwd`: relative below it, else absolute; quoted."""
+def _shell_path(path: Path, cwd: Path | None = None) -> str:
+    """`path` as a shell command line names it from `cwd`: relative below it, else (or without a `cwd`)
+    absolute; quoted."""
     import shlex
 
     path = Path(os.path.abspath(path))
-    try:
+    shown = str(path)
+    if cwd is not None and path.is_relative_to(cwd):
         shown = str(path.relative_to(cwd))
-    except ValueError:
-        shown = str(path)
     return shlex.quote(shown)
 
 
@@ -207,11 +207,12 @@ def next_commands(cwd: Path, home: Path, incident_file: Path, batch: str, hours:
     import shlex
 
     cwd, home = Path(os.path.abspath(cwd)), Path(os.path.abspath(home))
-    home_env = f"LOGLOOP_HOME={_shell_path(home, cwd)} "
-    cli = ("" if home == cwd / "data" else home_env) + _shell_path(BIN / "logloop", cwd)  # the CLI: ./data
-    make = "" if home == ROOT / "data" else home_env  # the Makefile: data/ beside it
+    cli = ("" if home == cwd / "data" else f"LOGLOOP_HOME={_shell_path(home, cwd)} ")  # the CLI's default: ./data
+    cli += _shell_path(BIN / "logloop", cwd)
+    # the Makefile's default: data/ beside it; `make -C` reads relative paths from there, so absolute ones
+    make = "" if home == ROOT / "data" else f"LOGLOOP_HOME={_shell_path(home)} "
     if dagster_home is not None and Path(os.path.abspath(dagster_home)) != home / "dagster_home":
-        make += f"DAGSTER_HOME={_shell_path(dagster_home, cwd)} "
+        make += f"DAGSTER_HOME={_shell_path(dagster_home)} "
     make += "make" if cwd == ROOT else f"make -C {_shell_path(ROOT, cwd)}"
     return [
         (f"{cli} anomalies --since {hours}h", "lines, anomalies and the rate per window; JUMP marks the incident hour"),
