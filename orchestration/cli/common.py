@@ -182,11 +182,6 @@ def did_you_mean(name: str, known) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def known_batches(store) -> list[str]:
-    """Every batch the store knows: with models, sample counts or tasks."""
-    return [status.batch for status in store.batch_statuses()]
-
-
 def load_registered_artifact(batch: str, version):
     from orchestration.resources import resource
     from resources.artifacts import ArtifactStorageError
@@ -236,7 +231,7 @@ def load_artifact_uri(uri: str):
 
 
 def record_format():
-    """The configured fields of a JSON log record (its time and message), as the log source reads them."""
+    """The configured fields of a JSON log record (its time, message and batch), as the log source reads them."""
     from ops.fetch.records import RecordFormat
     from orchestration.resources import record_fields
 
@@ -259,9 +254,9 @@ def read_messages(source: str, force_format: str | None = None):
             messages = read("stdin", record_format(), force_format, stream=sys.stdin.buffer)
         else:
             messages = read(source, record_format(), force_format)
-    except (SourceUnavailable, OSError) as e:
-        if isinstance(e, SourceUnavailable):
-            raise CliError(str(e)) from None
+    except SourceUnavailable as e:  # one line naming the file or URL and why
+        raise CliError(str(e)) from None
+    except OSError as e:  # standard input
         raise CliError(f"cannot read {source}: {e.strerror or e}") from None
     if not messages.lines:
         where = "standard input" if source == "-" else source
