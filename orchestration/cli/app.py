@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="training tasks").add_subparsers(dest="tasks_command", required=True)
     p = tasks.add_parser("list", help="list training tasks, newest first")
     p.add_argument("--batch", help="only this batch")
-    p.add_argument("--state", choices=TASK_STATES, help="only tasks in this state")
+    p.add_argument("--state", choices=[state.value for state in TASK_STATES], help="only tasks in this state")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.set_defaults(func=cmd_tasks_list)
 

@@ -147,3 +147,9 @@ def test_errors_that_need_the_webserver_name_its_variable(tmp_path, capsys, monk
     assert code == 1 and len(err.splitlines()) == 1
     assert "cannot reach the Dagster webserver at http://127.0.0.1:9 (LOGLOOP_DAGSTER_URL)" in err
     assert "start it with `make dev`, or set LOGLOOP_DAGSTER_URL to where it runs" in err
+
+
+def test_an_unknown_task_state_lists_the_states_by_name(home, capsys):
+    err = usage_error(capsys, "tasks", "list", "--state", "nope")
+    assert err.strip().splitlines()[-1] == ("logloop tasks list: error: argument --state: invalid choice: 'nope' "
+                                            "(choose from 'unknown', 'scheduling', 'running', 'succeeded', 'failed', 'dead')")
