@@ -1,10 +1,12 @@
 """Alerts: failed anomaly checks and failed gates, posted to a webhook.
 
 Only with LOGLOOP_ALERT_WEBHOOK set (read at each tick, so the URL is never part of the code
-location's definitions, run config or UI). The sensor `logloop_alerts` reads the executions of two
+location's definitions, run config or UI). The sensor `logloop_alerts` reads the executions of three
 checks from Dagster's instance:
 
 - `anomaly_rate_jump` on `anomaly_scores` (orchestration/anomaly_checks.py, severity WARN);
+- `template_count_shift` on `partition_summaries` (orchestration/template_checks.py, severity WARN):
+  templates new in a window, or whose count jumped or dropped;
 - `nulog_model_quality` on `nulog_model`, the blocking gate (a candidate was not registered).
 
 Each failed execution is posted once, as one JSON object (a Slack-compatible `text` plus the
@@ -45,7 +47,8 @@ WEBHOOK_ENV = "LOGLOOP_ALERT_WEBHOOK"
 SENSOR_NAME = "logloop_alerts"
 ANOMALY_CHECK = AssetCheckKey(AssetKey("anomaly_scores"), "anomaly_rate_jump")
 GATE_CHECK = AssetCheckKey(AssetKey("nulog_model"), "nulog_model_quality")
-CHECKS = (ANOMALY_CHECK, GATE_CHECK)
+TEMPLATE_CHECK = AssetCheckKey(AssetKey("partition_summaries"), "template_count_shift")
+CHECKS = (ANOMALY_CHECK, GATE_CHECK, TEMPLATE_CHECK)
 TIMEOUT_S = 5.0
 MAX_POSTS_PER_TICK = 20
 PAGE = 100
@@ -125,7 +128,7 @@ class Failure:
 
     @property
     def kind(self) -> str:
-        return "anomaly_jump" if self.check == ANOMALY_CHECK else "gate_failed"
+        return {ANOMALY_CHECK: "anomaly_jump", TEMPLATE_CHECK: "template_shift"}.get(self.check, "gate_failed")
 
 
 def _plain(value):
@@ -147,6 +150,9 @@ def payload(failure: Failure) -> dict:
         jumps = failure.metadata.get("jumps") or []
         text = f"logloop: anomaly rate jump: {failure.description}"
         details = {"jumps": jumps}
+    elif failure.kind == "template_shift":
+        text = f"logloop: template counts shifted: {failure.description}"
+        details = {"shifts": failure.metadata.get("shifts") or []}
     else:
         batch = failure.partition or "?"
         text = f"logloop: model gate failed for batch {batch}, no version registered: {failure.description}"
@@ -275,8 +281,8 @@ def build_alert_sensor(interval_s: int = 60):
         name=SENSOR_NAME,
         minimum_interval_seconds=interval_s,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Post failed anomaly checks (anomaly_rate_jump) and failed gates (nulog_model_quality) to "
-        f"the webhook in {WEBHOOK_ENV}, each once. Starts no run.",
+        description="Post failed anomaly checks (anomaly_rate_jump, template_count_shift) and failed gates "
+        f"(nulog_model_quality) to the webhook in {WEBHOOK_ENV}, each once. Starts no run.",
     )
     def logloop_alerts(context: SensorEvaluationContext):
         url = os.environ.get(WEBHOOK_ENV, "").strip()

@@ -15,6 +15,8 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ops.validate.defaults import DEFAULT_FLAG_BUDGET
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -85,6 +87,70 @@ class AnomalyJump(BaseModel):
                 f"{self.min_lines} lines")
 
 
+class TemplateCounts(BaseModel):
+    """When the `template_count_shift` check (orchestration/template_checks.py) and `logloop anomalies
+    --templates` flag a template (a masked form of the window summaries) of a batch's window W, against
+    the batch's previous `history_windows` windows (mean count per window, 0 where absent):
+    new (absent from all of them, >= min_count in W), jump (>= jump_factor x the mean, >= min_count),
+    drop (the mean >= min_drop_baseline, and W has <= mean / drop_factor). W is judged with at least
+    `min_history_windows` previous windows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history_windows: int = Field(default=24, ge=1, le=24 * 31, description="Previous windows of the batch compared "
+                                 "against (their summaries are read; this bounds the memory).")
+    min_history_windows: int = Field(default=3, ge=1, le=24 * 31, description="Fewest previous windows to judge a window.")
+    min_count: int = Field(default=20, ge=1, description="Events a new or jumping template needs in the window.")
+    jump_factor: float = Field(default=10.0, gt=1, le=1e6, allow_inf_nan=False,
+                               description="A template jumps at this many times its mean count per previous window.")
+    drop_factor: float = Field(default=10.0, gt=1, le=1e6, allow_inf_nan=False,
+                               description="A template drops to at most its mean count divided by this.")
+    min_drop_baseline: float = Field(default=20.0, ge=1, allow_inf_nan=False,
+                                     description="Only templates with at least this mean count can drop.")
+
+    @model_validator(mode="after")
+    def _min_not_above_history(self):
+        if self.min_history_windows > self.history_windows:
+            raise ValueError(f"min_history_windows ({self.min_history_windows}) is more than history_windows "
+                             f"({self.history_windows})")
+        return self
+
+    def rule(self):
+        from ops.validate.template_counts import TemplateRule
+
+        return TemplateRule(**self.model_dump())
+
+
+class MultilineEvents(BaseModel):
+    """How the data stage joins the lines of one event (a Java exception and its stack, a Python
+    traceback, a Go panic and its goroutine dump) before masking: the parsers of
+    ops/mask/multiline_rules.yaml that are on, and the caps on one event. Models store what they
+    were trained with, so `logloop score` and `logloop templates` join lines the same way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parsers: list[str] = Field(default_factory=lambda: ["java", "python", "go"],
+                               description="Parsers of ops/mask/multiline_rules.yaml that are on, in this order; "
+                               "[] turns joining off (every line is its own event).")
+    max_lines: int = Field(default=200, ge=1, le=100_000,
+                           description="Lines one event keeps; later continuation lines stay in the event but "
+                           "out of its text, counted as event_cut bad records.")
+    max_bytes: int = Field(default=16_384, ge=64, le=16 << 20,
+                           description="UTF-8 bytes one event keeps (16 KiB: what a pushed sample holds); "
+                           "past it, as for max_lines.")
+
+    @model_validator(mode="after")
+    def _parsers_exist(self):
+        self.rules()
+        return self
+
+    def rules(self) -> dict:
+        """The rules as the data stage and the model artifact take them (ops.fetch.multiline)."""
+        from ops.fetch.multiline import load_multiline
+
+        return load_multiline(self.parsers, self.max_lines, self.max_bytes)
+
+
 def cron_interval_s(cron: str) -> int:
     """The shortest gap between two ticks of `cron` over a sample of its ticks (for `reaper_cron`)."""
     import datetime as dt
@@ -105,6 +171,11 @@ class LoopSettings(BaseModel):
     max_oov_share: float = Field(default=0.05, ge=0, le=1, description="New data's OOV share above which a fine-tune becomes scratch.")
     replay_share: float = Field(default=0.2, ge=0, lt=1, description="Share of a fine-tune's sample drawn from the previous training data.")
     champion_tolerance: float = Field(default=0.02, ge=0, le=1, description="How much worse (top-k accuracy) a challenger may be.")
+    flag_budget: float = Field(
+        default=DEFAULT_FLAG_BUDGET, ge=0, le=1, allow_inf_nan=False,
+        description="The share of validation lines the score alone may flag: the gate calibrates each model's score "
+        "threshold to it, and the model keeps that threshold wherever it scores (a gate run config's `threshold` "
+        "fixes one instead).")
     task_time_limit_s: int = Field(default=2 * 3600, gt=0, description="A task still working after this is dead (CML's limit_time).")
     sensor_interval_s: int = Field(default=60, ge=1)
     observe_interval_s: int = Field(default=300, ge=10, description="How often raw_logs_observer counts the source.")
@@ -136,6 +207,10 @@ class LoopSettings(BaseModel):
     )
     anomaly_jump: AnomalyJump = Field(default_factory=AnomalyJump,
                                       description="The anomaly_rate_jump check's rule on anomaly_scores.")
+    multiline: MultilineEvents = Field(default_factory=MultilineEvents,
+                                       description="Joining the lines of one event (stack traces) when logs are fetched.")
+    template_counts: TemplateCounts = Field(default_factory=TemplateCounts,
+                                            description="The template_count_shift check's rule on partition_summaries.")
     score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
     record_results_batches: list[str] = Field(
         default_factory=list,

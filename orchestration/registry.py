@@ -90,7 +90,8 @@ def register_candidate(
         meta = {**artifact.meta, **version_ref.to_meta()}  # the feedback labels and classifier stay
         with artifacts.writing(key) as tmp:
             write_artifact(tmp, artifact.model, artifact.vocab, artifact.masking_rules, artifact.model_config,
-                           metrics=validation["metrics"], meta=meta, train_config=artifact.config.get("train"))
+                           metrics=validation["metrics"], meta=meta, train_config=artifact.config.get("train"),
+                           multiline_rules=artifact.multiline_rules)
         record = ModelRecord(
             batch=batch, version=version, run_id=train_run_id, artifact=key, artifact_uri=artifacts.uri(key),
             metrics=validation["metrics"], window_start_ms=window[0], window_end_ms=window[1],

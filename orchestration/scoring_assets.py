@@ -8,10 +8,16 @@ store as a time series (CML's inference table; on TDengine, a super table keyed 
 For the batches `record_results_batches` (loop settings) or the `record_batches` config names,
 each scored form of the window is also written to the store's inference results, as
 `logloop score --record` writes lines (resources/sample_table.py): one row per distinct form with
-its line count, score, verdict and the model version, each with a unique timestamp. A form of a
+its line count, score, verdict, the verdict's reason, the threshold and the model version, each with a
+unique timestamp. A form of a
 compacted tail stands for its share of the tail (ops.validate.scoring.score_summary_forms).
 Each materialization appends its rows: a window scored again is recorded again.
+
+The materialization's metadata counts lines by verdict reason (ops.validate.verdict.REASONS), per
+window and batch and in all, so a jump in anomalies says whether the score, severity or feedback made it.
 """
+
+from collections import Counter
 
 from typing import Optional
 
@@ -63,7 +69,7 @@ class _Scorers:
         return self.scorers[batch]
 
 
-def _batch_summary(path, batch: str):
+def batch_summary(path, batch: str):
     """The batch's window summary, its pushed validation pool merged in (scored with their batch)."""
     from ops.fetch.push import validation_key
     from ops.mask.summary import Summary, read_summary
@@ -80,13 +86,13 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
     and the scored forms of the batches configured for it as inference results."""
     from ops.fetch.push import real_batches
     from ops.mask.summary import read_summary_meta
-    from ops.validate.scoring import score_summary_forms, summary_tally
+    from ops.validate.scoring import forms_by_reason, score_summary_forms, summary_tally
 
     settings = loop_settings()
     enabled = config.batches if config.batches is not None else settings.score_batches
     recorded = config.record_batches if config.record_batches is not None else settings.record_results_batches
     scorers, table = _Scorers(store, artifacts), None
-    rows, per_window = [], []
+    rows, per_window, flagged_by = [], [], Counter()
     for key in context.partition_keys:
         if not artifacts.exists(summary_key(key)):
             raise Failure(description=f"window {key} has no summary yet; materialize partition_summaries first")
@@ -96,18 +102,20 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
                 scorer = scorers.get(batch) if _named(batch, enabled) else None
                 if scorer is None:
                     continue
-                version, summary = scorers.versions[batch], _batch_summary(path, batch)
+                version, summary = scorers.versions[batch], batch_summary(path, batch)
                 forms = score_summary_forms(scorer, summary)
                 lines, anomalies = summary_tally(summary, forms)
                 rows.append(AnomalyCount(batch, start, end, lines, anomalies, version))
+                reasons = forms_by_reason(forms)
+                flagged_by.update(reasons["flagged_by"])
                 per_window.append({"window": key, "batch": batch, "lines": lines, "anomalies": anomalies,
-                                   "model_version": version})
+                                   "model_version": version, "threshold": scorer.threshold, **reasons})
                 if _named(batch, recorded):
                     from resources.samples import samples_for_store
 
                     table = table or samples_for_store(store)
-                    table.record_results(batch, [(f.score, f.anomaly, f.masked, f.lines) for f in forms], version,
-                                         window_ms=(start, end))
+                    table.record_results(batch, [(f.score, f.anomaly, f.masked, f.lines, f.reason) for f in forms],
+                                         version, window_ms=(start, end), threshold=scorer.threshold)
                     per_window[-1]["results_recorded"] = len(forms)
     store.record_anomaly_counts(rows)
     skipped = sorted(b for b, s in scorers.scorers.items() if s is None)
@@ -117,6 +125,7 @@ def anomaly_scores(context: AssetExecutionContext, config: AnomalyScoresConfig, 
         "scored": MetadataValue.json(per_window[:500]),
         "lines": sum(r.lines for r in rows),
         "anomalies": sum(r.anomalies for r in rows),
+        "flagged_by": MetadataValue.json(dict(sorted(flagged_by.items()))),
         "results_recorded": sum(w.get("results_recorded", 0) for w in per_window),
         "batches_without_model": MetadataValue.json(skipped),
     })

@@ -45,6 +45,11 @@ class LogSource(ConfigurableResource, ABC):
     def shards(self, windows: Windows) -> list[Shard]:
         """Independent pieces of work that together cover `windows`. Raises LogSourceError."""
 
+    def ordered_shards(self, windows: Windows) -> list[Shard]:
+        """Like `shards`, each shard giving every stream's records in the source's order (a file's
+        lines, a window's samples by time), as joining multiline events needs. The default: `shards`."""
+        return self.shards(windows)
+
     def remember(self, time_ranges: dict) -> None:
         """Learn what the shards held (e.g. a file's time range) to plan later reads."""
 

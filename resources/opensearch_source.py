@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from ops.fetch.opensearch import OpenSearchShard, QuerySpec, range_query
+from ops.fetch.opensearch import OpenSearchShard, QuerySpec, range_query, time_spans
 from ops.fetch.opensearch_client import Connection, OpenSearchReadError, call_with_retries
 from ops.secret import Secret
 from ops.windows import Windows
@@ -165,6 +165,20 @@ class OpenSearchLogSource(LogSource):
         return [
             OpenSearchShard(conn, self.index, self.record_format, spec, i, n, self.page_size, self.keep_alive, tiebreaker)
             for i in range(n)
+        ]
+
+    def ordered_shards(self, windows: Windows) -> list[OpenSearchShard]:
+        """Shards that each read a contiguous time span (`time_spans`), so that a stream's documents
+        come in order for multiline joining; PIT slices split documents by a hash of their id."""
+        if not len(windows):
+            return []
+        conn = self.connection()
+        tiebreaker = self.resolved_tiebreaker(conn.client())
+        spec = self.query_spec()
+        return [
+            OpenSearchShard(conn, self.index, self.record_format, spec, 0, 1, self.page_size, self.keep_alive,
+                            tiebreaker, span)
+            for span in time_spans(windows, self.slices or os.cpu_count() or 1)
         ]
 
     @property

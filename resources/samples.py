@@ -23,6 +23,7 @@ from ops.fetch.push import (
     clean_messages,
     read_messages,
     rebatch,
+    sample_joiner,
 )
 from resources.sample_table import SampleTable
 from resources.sql_samples import SQLSamples
@@ -62,6 +63,7 @@ def push(
     seed: Optional[int] = None,
     chunk: int = DEFAULT_CHUNK,
     source: str = "input",
+    multiline: Optional[dict] = None,
 ) -> PushStats:
     """Register log lines as samples of `batch`; returns what happened (PushStats).
 
@@ -69,6 +71,8 @@ def push(
     (str). `table`: where (`samples_for_store(store)`; `orchestration.resources.push_samples`
     uses the configured store's). InvalidName for a batch name that
     cannot be one; StoreError when the store fails (the chunks before it stay registered).
+    `multiline`: rules joining the lines of a stack trace into one sample
+    (ops.fetch.multiline.load_multiline; None: a sample per line).
     """
     validate_batch_name(batch)
     if chunk <= 0:
@@ -76,10 +80,11 @@ def push(
     draw = SplitDraw(validation_share, seed)
     stats = PushStats()
     t0 = time.perf_counter()
+    joiner = sample_joiner(multiline, stats)
     if hasattr(lines, "read"):
-        messages = read_messages(lines, stats, fmt, message_field, source)
+        messages = read_messages(lines, stats, fmt, message_field, source, joiner=joiner)
     else:
-        messages = (clean_messages(part, stats, source) for part in _parts(lines, chunk))
+        messages = _then_flush((clean_messages(part, stats, source, joiner) for part in _parts(lines, chunk)), joiner)
     offset = 0
     for part in rebatch(messages, chunk):
         flags = draw.flags(len(part))
@@ -91,6 +96,12 @@ def push(
         offset += len(part)
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _then_flush(parts, joiner):
+    yield from parts
+    if joiner is not None:
+        yield [text for _, text in joiner.flush()]
 
 
 def _parts(items: Iterable, size: int):

@@ -209,5 +209,32 @@ inference_results = sa.Table(
     sa.Column("model_version", sa.BigInteger, nullable=False),
     sa.Column("window_start_ms", sa.BigInteger),
     sa.Column("window_end_ms", sa.BigInteger),
+    # why the verdict is what it is (ops.validate.verdict.REASONS), and the threshold it was judged against;
+    # rows recorded before these existed read back as "" and NULL
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("threshold", sa.Float),
     sa.UniqueConstraint("batch", "ts_ns", name="inference_results_batch_ts"),
 )
+
+# Columns added to existing tables after their first release: create_all makes missing tables only,
+# so a store created earlier gets these with ALTER TABLE ... ADD COLUMN (add_missing_columns). Each
+# needs a server default or must be nullable, so the rows already there stay valid.
+ADDED_COLUMNS = (inference_results.c.reason, inference_results.c.threshold)
+
+
+def add_missing_columns(conn: sa.Connection) -> list[str]:
+    """Add ADDED_COLUMNS that a store's tables lack (a store created before them); the names added.
+    Run inside the schema transaction, after create_all."""
+    inspector = sa.inspect(conn)
+    present: dict[str, set] = {}
+    added = []
+    for column in ADDED_COLUMNS:
+        table = column.table.name
+        if table not in present:
+            present[table] = {c["name"] for c in inspector.get_columns(table)}
+        if column.name in present[table]:
+            continue
+        spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {conn.dialect.identifier_preparer.quote(table)} ADD COLUMN {spec}")
+        added.append(f"{table}.{column.name}")
+    return added

@@ -38,6 +38,7 @@ from resources.sql_schema import (
     PRODUCTION_COLS,
     STATUS_QUERIES,
     TASK_COLS,
+    add_missing_columns,
     anomaly_counts,
     label_events,
     labels,
@@ -132,11 +133,13 @@ class SQLStore(Store):
             conn.execution_options(logloop_write=True)
             with conn.begin():
                 metadata.create_all(conn)
+                add_missing_columns(conn)  # a store from before a column was added
             conn.execution_options(logloop_write=False)
         elif key not in SCHEMA_READY:
             with conn.begin():
                 self._lock(conn, "schema", "")  # two processes creating the tables at once would collide
                 metadata.create_all(conn)
+                add_missing_columns(conn)
         SCHEMA_READY.add(key)
 
     @contextlib.contextmanager

@@ -1,9 +1,10 @@
 """`make demo`: generate demo logs, then materialize the whole chain with `dagster asset materialize`.
 
-The story: DEMO_HOURS hours of logs of three workloads, the last hour an incident (a quarter of its
-lines are errors). Each batch's model trains on the hours before the incident; then every window
-is scored (anomaly_scores), so `logloop anomalies` shows the counts per window, and the
-anomaly_rate_jump check, which needs six earlier windows as a baseline, flags the incident hour.
+The story: DEMO_HOURS hours of logs of three workloads, the last hour an incident: a quarter of its
+lines are errors, and one normal message repeats 50x as often. Each batch's model trains on the
+hours before the incident; then every window is scored (anomaly_scores), so `logloop anomalies`
+shows the counts per window, and the anomaly_rate_jump check, which needs six earlier windows as a
+baseline, flags the incident hour (the template_count_shift check flags the repeated message).
 The demo ends with the next commands to run, spelled so that they work as printed.
 
 Runs against a persistent DAGSTER_HOME inside the data folder, so `make dev` afterwards
@@ -130,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     logs = settings.logs_dir()
     start_ms = demo_logs.default_start_ms(HOURS)
     step(f"generating {HOURS} h of demo logs into {logs}, the last hour an incident")
+    # the incident, in the last hour: a quarter of the lines are errors (anomaly_rate_jump flags the window),
+    # and one normal message repeats 50x as often (template_count_shift flags it)
     summary = demo_logs.generate(logs, start_ms=start_ms, hours=HOURS, lines_per_hour=LINES_PER_HOUR, seed=0,
-                                 incident_share=INCIDENT_SHARE if HOURS > 1 else None)
+                                 incident_share=INCIDENT_SHARE if HOURS > 1 else None,
+                                 burst_hour=HOURS - 1 if HOURS > 1 else None)
     print(json.dumps({k: summary[k] for k in ("lines", "anomalies", "batches")}))
 
     first = dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc)
@@ -166,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     dagster("score", "--select", "anomaly_scores", "--partition-range", windows)
     step("anomalies per window (logloop anomalies)")
     subprocess.run([str(BIN / "logloop"), "anomalies", "--since", f"{HOURS + 1}h"], check=True, cwd=ROOT)
+    step("the incident's template counts against the hours before (logloop anomalies --templates)")
+    subprocess.run([str(BIN / "logloop"), "anomalies", "--templates", "--since", f"{first:%Y-%m-%dT%H:%MZ}"],
+                   check=True, cwd=ROOT)
 
     incident = Path(summary["files"][-1])
     print("\nNext:")

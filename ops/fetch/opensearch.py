@@ -110,6 +110,25 @@ class QuerySpec:
         return {"bool": bool_q}
 
 
+def time_spans(windows: Windows, n: int) -> list[tuple[int, int]]:
+    """About `n` contiguous [start, end) spans covering the windows, for shards that each read their
+    documents in time order (multiline joining): groups of whole windows when there are at least n
+    windows, else each window cut into equal parts. Only an event that crosses a cut is split."""
+    bounds = list(windows.bounds)
+    if not bounds:
+        return []
+    n = max(1, n)
+    if len(bounds) >= n:
+        size = -(-len(bounds) // n)
+        return [(bounds[i][0], bounds[min(i + size, len(bounds)) - 1][1]) for i in range(0, len(bounds), size)]
+    parts = max(1, n // len(bounds))
+    out = []
+    for a, b in bounds:
+        cuts = [a + (b - a) * k // parts for k in range(parts + 1)]
+        out.extend((x, y) for x, y in zip(cuts, cuts[1:]) if y > x)
+    return out
+
+
 # ---- hits -> chunks --------------------------------------------------------------
 
 
@@ -122,11 +141,15 @@ def hits_to_chunk(
     where: str,
     named_batches: bool,
     valid: set,
+    joiner=None,
 ) -> dict[tuple[int, str], list[str]]:
     """A page of hits as {(window index, batch): [message, ...]}, the chunk shape of
     `FileShard.read`. The time is the hit's first sort value (epoch ms, as OpenSearch
     gives for date and long fields) and must lie in ops.windows' valid range
-    [MIN_TIME_MS, MAX_TIME_MS), as in files; bad records are counted under ops.fetch.records reasons."""
+    [MIN_TIME_MS, MAX_TIME_MS), as in files; bad records are counted under ops.fetch.records reasons.
+    With a multiline `joiner` (ops.fetch.multiline), consecutive documents of one stream (its
+    batches) that a shipper split from one event are joined again; the event is routed by its
+    first document, and an event still open at the end of the page waits in the joiner."""
     out: dict[tuple[int, str], list[str]] = {}
     window_of = windows.index
     mf = fmt.message_field
@@ -156,11 +179,22 @@ def hits_to_chunk(
         batches = (h.get("matched_queries") or ()) if named_batches else (fmt.batch_of(src),)
         if isinstance(batches, dict):  # include_named_queries_score: {name: score}
             batches = tuple(batches)
+        if joiner is not None:
+            stream, hit = tuple(batches), f"{where}/{h.get('_id')}"
+            route_joined(out, valid, bad, joiner.push(stream, message, (w, stream, hit), lambda: hit))
+            continue
         for batch in batches:
             route(out, valid, bad, f"{where}/{h.get('_id')}", w, batch, message)
     if lo is not None:
         seen.add(lo, hi)
     return out
+
+
+def route_joined(out: dict, valid: set, bad: BadRecords, events) -> None:
+    """Route a joiner's completed events, each with its first hit's (window, batches, name)."""
+    for (w, batches, hit), text in events:
+        for batch in batches:
+            route(out, valid, bad, hit, w, batch, text)
 
 
 # ---- the shard -------------------------------------------------------------------
@@ -183,9 +217,12 @@ class OpenSearchShard:
     page_size: int = 5000
     keep_alive: str = "5m"
     tiebreaker: str = "_shard_doc"
+    span: Optional[tuple[int, int]] = None   # only documents of [start, end) ms (a time span, not a slice)
 
     @property
     def path(self) -> str:  # how the data stage names a shard
+        if self.span is not None:
+            return f"opensearch:{self.index}#span-{self.span[0]}-{self.span[1]}"
         return f"opensearch:{self.index}#slice-{self.slice_id}-of-{self.slices}"
 
     @property
@@ -196,22 +233,29 @@ class OpenSearchShard:
         span = f"[{_iso(windows.lo)}, {_iso(windows.hi)})" if len(windows) else "[]"
         return f"index {self.index!r}, windows {span}, slice {self.slice_id + 1}/{self.slices}"
 
-    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
-        """Chunks {(window index, batch): [message, ...]}, one per page of hits."""
+    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange, joiner=None) -> Iterator[dict]:
+        """Chunks {(window index, batch): [message, ...]}, one per page of hits; with a multiline
+        `joiner`, messages are events (see `hits_to_chunk`; read time spans, `span_shards`, so that
+        a stream's documents come in order)."""
         if not len(windows):
             return
         valid: set = set()
         named = bool(self.spec.batch_queries)
-        where = f"{self.index}#{self.slice_id}"
+        where = f"{self.index}#{self.slice_id}" if self.span is None else f"{self.index}@{self.span[0]}"
         for hits in self.pages(windows):
-            chunk = hits_to_chunk(hits, self.fmt, windows, bad, seen, where, named, valid)
+            chunk = hits_to_chunk(hits, self.fmt, windows, bad, seen, where, named, valid, joiner)
             if chunk:
                 yield chunk
+        if joiner is not None:
+            tail: dict = {}
+            route_joined(tail, valid, bad, joiner.flush())
+            if tail:
+                yield tail
 
-    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
+    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange, joiner=None) -> Iterator[dict]:
         """Like `read`, each chunk mapping (window index, batch) -> {raw message: count}
         (the shape of `FileShard.read_counts`)."""
-        for chunk in self.read(windows, bad, seen):
+        for chunk in self.read(windows, bad, seen, joiner):
             yield {key: Counter(msgs) for key, msgs in chunk.items()}
 
     def pages(self, windows: Windows, sleep=time.sleep) -> Iterator[list[dict]]:
@@ -248,9 +292,12 @@ class OpenSearchShard:
             group_time, group_ids = None, set()
             reopens = 0
             while True:
+                query = self.spec.query(self.fmt.time_field, windows, floor)
+                if self.span is not None:
+                    query["bool"]["filter"].append(range_query(self.fmt.time_field, *self.span))
                 body: dict[str, Any] = {
                     "size": self.page_size,
-                    "query": self.spec.query(self.fmt.time_field, windows, floor),
+                    "query": query,
                     "sort": sort,
                     "_source": {"includes": fields},
                     "pit": {"id": state["pit"], "keep_alive": self.keep_alive},

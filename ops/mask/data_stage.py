@@ -206,23 +206,30 @@ class ShardResult:
     deferred_lines: int = 0                      # lines behind `pending`
 
 
-def summarize_shard(shard, windows: Windows, masking_rules=None, defer: int = 0, **summarizer_kwargs) -> ShardResult:
+def summarize_shard(shard, windows: Windows, masking_rules=None, defer: int = 0, multiline=None,
+                    **summarizer_kwargs) -> ShardResult:
     """Read one shard (a file, a PIT slice) for `windows`: mask, summarise per (window, batch).
 
     Runs in a worker process: its inputs are plain picklable values, and it returns
     only bounded summaries and statistics, plus at most `defer` raw messages (with
     their counts) that this process had not masked yet, for the caller to mask.
     Shards with `read_counts` give counted chunks; others' message lists are counted.
+    With `multiline` rules (ops.fetch.multiline.load_multiline), the shard joins the lines of
+    each stream into events, so the counts are of events.
     """
+    from ops.fetch.multiline import Joiner, compiled
+
     masker, cache = masker_and_cache(masking_rules)
     bad, seen = BadRecords(), TimeRange()
     summarizer = WindowSummarizer(masker.mask, bad=bad, cache=cache, defer=defer, **summarizer_kwargs)
     lines: dict[int, int] = {}
+    ml = compiled(multiline)
+    extra = (Joiner(ml, bad),) if ml is not None else ()
     read_counts = getattr(shard, "read_counts", None)
     if read_counts is not None:
-        chunks = read_counts(windows, bad, seen)
+        chunks = read_counts(windows, bad, seen, *extra)
     else:
-        chunks = ({key: Counter(msgs) for key, msgs in c.items()} for c in shard.read(windows, bad, seen))
+        chunks = ({key: Counter(msgs) for key, msgs in c.items()} for c in shard.read(windows, bad, seen, *extra))
     for chunk in chunks:
         for key, counts in chunk.items():
             n = summarizer.add_counts(key, counts)
@@ -293,6 +300,7 @@ def summarize_windows(
     pool=None,
     cap: int = DEFAULT_CAP,
     progress: Callable[[int, int, int], None] | None = None,
+    multiline=None,
     **summarizer_kwargs,
 ) -> RunResult:
     """Summarise many windows from many shards, in parallel when `pool` is given.
@@ -303,6 +311,7 @@ def summarize_windows(
     submitted to the same pool, and their counts added when the masks are back (at
     the end, or whenever the deferred entries held here exceed MAX_HELD). At most
     two shards per worker are in flight, so results held here stay bounded.
+    `multiline`: the rules joining lines into events (None: every line is its own event).
     """
     t0 = time.perf_counter()
     merged: dict = {}
@@ -313,7 +322,7 @@ def summarize_windows(
     workers = getattr(pool, "_max_workers", 1) if pool is not None else 1
     defer = summarizer_kwargs.pop("defer", DEFAULT_DEFER if workers > 1 else 0)
     cache_size = summarizer_kwargs.get("cache_size", DEFAULT_CACHE)
-    kwargs = dict(cap=cap, defer=defer, **summarizer_kwargs)
+    kwargs = dict(cap=cap, defer=defer, multiline=multiline, **summarizer_kwargs)
 
     known: dict[str, str] = {}      # masks learned here (deferred messages)
     inflight: set[str] = set()

@@ -2,7 +2,9 @@
 
 Members: model.safetensors (weights), vocab.json, masking_rules.json (the masking the vocabulary
 was built with), config.json ({"model": NuLogConfig, "train": ...}), metrics.json, meta.json
-(batch, version, data window, parent, mode...). Loading uses safetensors and json only, never
+(batch, version, data window, parent, mode...), and multiline_rules.json (how lines were joined
+into events for training, ops.fetch.multiline; absent from artifacts written before it existed,
+whose models saw every line as its own event). Loading uses safetensors and json only, never
 pickle, so an artifact from anywhere cannot run code; a broken one raises ArtifactError naming
 the file and what is wrong with it.
 """
@@ -20,12 +22,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ops.files import create_temp_file
+from ops.fetch.multiline import validate as validate_multiline
 from ops.mask.masking import validate_rules
 from ops.train.model import MAX_PARAMETERS, ModelConfigError, NuLog, NuLogConfig, state_dict_shapes, validate_config
 from ops.train.vocab import Vocab
 
 FORMAT = 1
 MEMBERS = ("model.safetensors", "vocab.json", "masking_rules.json", "config.json", "metrics.json", "meta.json")
+OPTIONAL_MEMBERS = ("multiline_rules.json",)
 # Largest member read: the biggest model config.json may describe, in float32, plus room for the
 # header (a member's declared size bounds what zipfile decompresses, so a zip bomb is refused).
 MAX_MEMBER_BYTES = 4 * MAX_PARAMETERS + (64 << 20)
@@ -49,6 +53,7 @@ class Artifact:
     metrics: dict
     meta: dict
     path: str | None = None  # the file it was read from (None when built or loaded in memory)
+    multiline_rules: dict | None = None  # None: lines were not joined into events
 
     @property
     def model_config(self) -> NuLogConfig:
@@ -60,7 +65,8 @@ def _as_dict(x) -> dict:
 
 
 def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLogConfig | dict | None = None,
-                   metrics: dict | None = None, meta: dict | None = None, train_config=None) -> bytes:
+                   metrics: dict | None = None, meta: dict | None = None, train_config=None,
+                   multiline_rules: dict | None = None) -> bytes:
     """The artifact as bytes (members in a fixed order, fixed timestamps: same inputs, same bytes)."""
     model_cfg = _as_dict(model_config or model.cfg)
     if model_cfg != asdict(model.cfg):
@@ -68,6 +74,8 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
     if len(vocab) != model.cfg.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} tokens, the model {model.cfg.vocab_size}")
     validate_rules(masking_rules)  # what read_artifact would refuse is not written
+    if multiline_rules is not None:
+        validate_multiline(multiline_rules)
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     docs = {
         "model.safetensors": st_save(weights),
@@ -77,18 +85,22 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
         "metrics.json": metrics or {},
         "meta.json": meta or {},
     }
+    if multiline_rules is not None:
+        docs["multiline_rules.json"] = multiline_rules
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in MEMBERS:
+        for name in (*MEMBERS, *OPTIONAL_MEMBERS):
+            if name not in docs:
+                continue
             data = docs[name] if name.endswith(".safetensors") else json.dumps(docs[name], indent=1, sort_keys=True).encode()
             z.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     return buf.getvalue()
 
 
 def write_artifact(path, model: NuLog, vocab: Vocab, masking_rules, model_config=None, metrics=None, meta=None,
-                   train_config=None) -> str:
+                   train_config=None, multiline_rules=None) -> str:
     """Write atomically: a reader sees the old artifact or the whole new one, never half of it."""
-    data = artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta, train_config)
+    data = artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta, train_config, multiline_rules)
     path = os.fspath(path)
     fd, tmp = create_temp_file(os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".zip")
     try:
@@ -142,16 +154,17 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
         missing = [m for m in MEMBERS if m not in z.namelist()]
         if missing:
             raise ArtifactError(path, f"missing member(s) {', '.join(missing)}")
-        for m in MEMBERS:
+        present = [*MEMBERS, *(m for m in OPTIONAL_MEMBERS if m in z.namelist())]
+        for m in present:
             size = z.getinfo(m).file_size
             if size > MAX_MEMBER_BYTES:
                 raise ArtifactError(path, f"{m} is too large ({size:,} bytes, at most {MAX_MEMBER_BYTES:,})")
         try:
-            raw = {m: z.read(m) for m in MEMBERS}
+            raw = {m: z.read(m) for m in present}
         except (zipfile.BadZipFile, OSError, EOFError) as e:  # bad CRC, truncated data
             raise ArtifactError(path, f"corrupt zip member ({e})") from None
     docs = {}
-    for m in MEMBERS[1:]:
+    for m in present[1:]:
         try:
             docs[m] = json.loads(raw[m])
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -164,6 +177,12 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
         validate_rules(docs["masking_rules.json"])
     except (ValueError, TypeError, AttributeError) as e:
         raise ArtifactError(path, f"masking_rules.json: {_one_line(e)}") from None
+    multiline = docs.get("multiline_rules.json")
+    if multiline is not None:
+        try:
+            validate_multiline(multiline)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ArtifactError(path, f"multiline_rules.json: {_one_line(e)}") from None
     config = docs["config.json"]
     if not isinstance(config, dict) or "model" not in config:
         raise ArtifactError(path, "config.json has no usable model config (no 'model' mapping)")
@@ -196,7 +215,8 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
     except RuntimeError as e:  # not expected after the checks above
         raise ArtifactError(path, f"weights do not fit the model config ({_one_line(e)})") from None
     model.eval()
-    return Artifact(model, vocab, docs["masking_rules.json"], config, docs["metrics.json"], docs["meta.json"])
+    return Artifact(model, vocab, docs["masking_rules.json"], config, docs["metrics.json"], docs["meta.json"],
+                    multiline_rules=multiline)
 
 
 def _weights_problem(weights: dict, shapes: dict) -> str | None:

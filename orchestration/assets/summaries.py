@@ -22,6 +22,7 @@ from ops.mask.summary import write_summaries
 from ops.windows import Windows
 from orchestration import contract
 from orchestration.k8s import backfill_policy, data_step_k8s_config
+from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
@@ -61,7 +62,8 @@ def partition_summaries(
     store: Store,
     artifacts: ArtifactStorage,
 ) -> MaterializeResult:
-    """Fetch each time window's logs, mask them and summarise them per batch.
+    """Fetch each time window's logs, join the lines of multiline events (loop settings `multiline`),
+    mask them and summarise them per batch.
 
     A window already summarised is not read again (unless `force`). Each window's
     summary goes to artifact storage as Parquet; its line counts per batch go to the store.
@@ -72,7 +74,9 @@ def partition_summaries(
     if skipped:
         context.log.info(f"{len(skipped)} window(s) already summarised, not read again: {skipped[:5]}")
     windows = Windows([window_ms(k) for k in todo])
-    shards = log_source.shards(windows) if todo else []
+    multiline = loop_settings().multiline.rules()
+    # joining a stack trace's lines needs each stream's records in order within a shard
+    shards = (log_source.ordered_shards(windows) if multiline["parsers"] else log_source.shards(windows)) if todo else []
     workers = max(1, min(config.workers or os.cpu_count() or 1, len(shards)))
     context.log.info(f"reading {len(todo)} window(s) from {log_source.describe()}: {len(shards)} shard(s), {workers} worker(s)")
 
@@ -81,7 +85,8 @@ def partition_summaries(
 
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
-        result = summarize_windows(shards, windows, load_rules(), pool=pool, cap=config.cap, progress=progress)
+        result = summarize_windows(shards, windows, load_rules(), pool=pool, cap=config.cap, progress=progress,
+                                   multiline=multiline)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -117,6 +122,7 @@ def partition_summaries(
             "run_windows_read": len(todo),
             "run_windows_skipped": len(skipped),
             "run_shards": result.shards,
+            "multiline_parsers": ", ".join(multiline["parsers"]) or "off",
             "run_lines": result.lines,
             "run_lines_per_s": result.lines / result.seconds if result.seconds else None,
             "run_seconds": result.seconds,

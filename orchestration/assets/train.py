@@ -122,6 +122,7 @@ def nulog_model(
             meta={**ModelRef.of_candidate(candidate).to_meta(),
                   "feedback": labels, "feedback_model": train_classifier(labels) if labels else None},
             train_config=cfg,
+            multiline_rules=loop_settings().multiline.rules(),  # how the data stage joined lines into events
         )
     from ops.plots import loss_curve_png, markdown_image, round_sig, sparkline, tidy_metadata
 

@@ -311,6 +311,14 @@ def report_bad(messages, most: int = 5) -> int:
     return 1
 
 
+def join_events(lines: list[tuple[int, str]], multiline: dict | None, bad=None) -> list[tuple[int, str]]:
+    """Numbered messages of one batch as numbered events (ops.fetch.multiline.join_lines; no rules: each
+    message its own event), as the model's training joined them; events cut at their cap count in `bad`."""
+    from ops.fetch.multiline import join_lines
+
+    return join_lines(lines, multiline, bad)
+
+
 def run_user_command(fn, args) -> int:
     try:
         return fn(args)

@@ -96,6 +96,13 @@ def _table_for_store():
     return samples_for_store(resource("store"))
 
 
+def _multiline() -> dict:
+    """The loop settings' multiline rules: a stack trace pushed at once is one sample."""
+    from orchestration.loop_settings import load_loop_settings
+
+    return load_loop_settings().multiline.rules()
+
+
 def _check_batch(batch: str) -> None:
     from ops.naming import InvalidName, validate_batch_name
 
@@ -143,7 +150,7 @@ def cmd_push(args) -> int:
             stream, name = sys.stdin.buffer, "stdin"
         try:
             stats = push(args.batch, stream, table, fmt=args.format, message_field=field, validation_share=share,
-                         seed=args.seed, chunk=args.chunk, source=name)
+                         seed=args.seed, chunk=args.chunk, source=name, multiline=_multiline())
         finally:
             if args.file:
                 stream.close()
@@ -196,9 +203,10 @@ def cmd_samples_count(args) -> int:
     return 0
 
 
-def record_scores(batch: str, scored, model_version: int) -> None:
-    """`logloop score --record`: one row per scored line in the store."""
-    _table_for_store().record_results(batch, [(s.score, s.anomaly, s.masked) for s in scored], model_version)
+def record_scores(batch: str, scored, model_version: int, threshold: float | None = None) -> None:
+    """`logloop score --record`: one row per scored line in the store, with its verdict's reason."""
+    _table_for_store().record_results(batch, [(s.score, s.anomaly, s.masked, 1, s.reason) for s in scored],
+                                      model_version, threshold=threshold)
 
 
 def cmd_samples_results(args) -> int:
@@ -225,11 +233,18 @@ def cmd_samples_results(args) -> int:
     def when(ns):
         return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
 
-    print_table([["TIME", "WINDOW", "SCORE", "VERDICT", "LINES", "MODEL", "MASKED"]]
+    from ops.validate.verdict import describe
+
+    def why(r) -> str:  # rows recorded before verdicts said why have no reason
+        if not r.get("reason"):
+            return "-"
+        return describe(r["reason"], r["anomaly"], r["threshold"]) if r.get("threshold") is not None else r["reason"]
+
+    print_table([["TIME", "WINDOW", "SCORE", "VERDICT", "REASON", "LINES", "MODEL", "MASKED"]]
            + [[when(r["ts_ns"]), human_time(r.get("window_start_ms")), f"{r['score']:.3f}",
-               "ANOMALY" if r["anomaly"] else "normal", f"{r['lines']:,}", f"v{r['model_version']}", r["masked"]]
+               "ANOMALY" if r["anomaly"] else "normal", why(r), f"{r['lines']:,}", f"v{r['model_version']}", r["masked"]]
               for r in rows],
-           nowrap=("TIME", "WINDOW", "SCORE", "VERDICT", "LINES", "MODEL"))
+           nowrap=("TIME", "WINDOW", "SCORE", "VERDICT", "REASON", "LINES", "MODEL"))
     return 0
 
 
@@ -271,6 +286,7 @@ def make_server(host: str, port: int, table=None):
         raise CliError(f"--host {host!r} is not a loopback address: serve-ingest listens on this machine only")
     table = table or _table_for_store()
     share = _share(default_share())
+    multiline = _multiline()
     field = os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
 
     class Handler(BaseHTTPRequestHandler):
@@ -317,7 +333,7 @@ def make_server(host: str, port: int, table=None):
                 fmt = q.get("format", "text")
                 seed = int(q["seed"]) if "seed" in q else None
                 stats = push(batch, body, table, fmt=fmt, message_field=field, validation_share=share, seed=seed,
-                             source="request")
+                             source="request", multiline=multiline)
                 self._send(200, stats.to_dict(batch))
             except (InvalidName, ValueError) as exc:
                 while body.read(1 << 20):  # drain, so the client reads our answer

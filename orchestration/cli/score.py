@@ -46,32 +46,39 @@ def _check_model_args(args) -> None:
 
 def cmd_score(args) -> int:
     def run(args) -> int:
-        from orchestration.cli.common import of_batch, read_messages, report_bad, report_others
+        from orchestration.cli.common import join_events, of_batch, read_messages, report_bad, report_others
 
         _check_model_args(args)
         messages = read_messages(args.file, args.format)
         artifact, what, labels, record, batch = _model(args)
         from ops.validate.scoring import Scorer
 
+        from ops.validate.verdict import describe
+
         lines, others = of_batch(messages, batch, args.file)
+        lines = join_events(lines, artifact.multiline_rules, messages.bad)  # as the model's training joined them
         scorer = Scorer(artifact, top_k=args.top_k, threshold=args.threshold, labels=labels)
         scored = scorer.score([message for _, message in lines])
         if args.record:  # one row per scored line, unique timestamps (docs/cml-push.md, "Inference results")
             from orchestration.cli.push import record_scores
 
-            record_scores(args.batch, scored, record.version)
+            record_scores(args.batch, scored, record.version, scorer.threshold)
         out = sys.stdout
         for (n, _), s in zip(lines, scored):
             if args.json:
                 out.write(json.dumps({"line": n, "score": round(s.score, 6), "anomaly": s.anomaly,
-                                      "masked": s.masked}) + "\n")
+                                      "reason": s.reason, "threshold": scorer.threshold, "masked": s.masked}) + "\n")
             else:
-                out.write(f"{s.score:.3f}\t{'ANOMALY' if s.anomaly else 'normal'}\t{s.masked}\n")
+                out.write(f"{s.score:.3f}\t{'ANOMALY' if s.anomaly else 'normal'}\t"
+                          f"{describe(s.reason, s.anomaly, scorer.threshold)}\t{s.masked}\n")
         out.flush()
         if not args.json:
-            flagged = sum(s.anomaly for s in scored)
-            print(f"{flagged} of {len(scored)} lines flagged ({what}, top-{scorer.top_k}, threshold "
-                  f"{scorer.threshold}; read as {_read_as(messages)})", file=sys.stderr)
+            from collections import Counter
+
+            flagged = Counter(s.reason for s in scored if s.anomaly)
+            by = f": {', '.join(f'{n} by {why}' for why, n in flagged.most_common())}" if flagged else ""
+            print(f"{sum(flagged.values())} of {len(scored)} lines flagged{by} ({what}, top-{scorer.top_k}, "
+                  f"threshold {scorer.threshold:g}; read as {_read_as(messages)})", file=sys.stderr)
         report_others(others)
         return report_bad(messages)
 
@@ -98,12 +105,14 @@ class _RefuseTopK(argparse.Action):
 def cmd_templates(args) -> int:
     def run(args) -> int:
         from ops.validate.templates import templates
-        from orchestration.cli.common import load_registered_artifact, of_batch, read_messages, report_bad, report_others
+        from orchestration.cli.common import (join_events, load_registered_artifact, of_batch, read_messages,
+                                              report_bad, report_others)
 
         _check_model_args(args)
         messages = read_messages(args.file, args.format)
         artifact, _ = load_registered_artifact(args.batch, args.version)
         lines, others = of_batch(messages, args.batch, args.file)
+        lines = join_events(lines, artifact.multiline_rules, messages.bad)  # counts events, as in the model's training
         counts = templates(artifact, [message for _, message in lines])
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         if args.json:
@@ -141,31 +150,38 @@ def _add_model_args(p, artifact: bool) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "score", help="score log lines with a registered model (or a model artifact)",
-        description="Score each log message of FILE (or stdin for '-') with NuLog: the share of its "
-                    "tokens the model predicts within top k. Messages are read as the pipeline reads log files: "
-                    "JSON Lines give their message field, plain text its lines; JSON records of other batches (by "
-                    "LOGLOOP_BATCH_FIELDS) are left out; lines that are not messages "
-                    "(bad JSON, no time, ...) are counted by reason on stderr and the exit status is 1. Text "
-                    "output: one line per message, 'SCORE<TAB>normal|ANOMALY<TAB>MASKED LINE', and a summary on "
-                    "stderr. With --json: JSON Lines, one object per message: {\"line\": N (1-based line number "
-                    "in the input), \"score\": float, \"anomaly\": bool, \"masked\": str}.")
+        description="Score each log event of FILE (or stdin for '-') with NuLog: the share of its "
+                    "tokens the model predicts within top k. Events are read as the pipeline reads log files: "
+                    "JSON Lines give their message field, plain text its lines, and the lines of one event (a "
+                    "stack trace) are joined into one, as the model's training joined them; JSON records of other "
+                    "batches (by LOGLOOP_BATCH_FIELDS) are left out; lines that are not messages (bad JSON, no "
+                    "time, ...) are counted by reason on stderr and the exit status is 1. Text output: one line per "
+                    "event, 'SCORE<TAB>normal|ANOMALY<TAB>REASON<TAB>MASKED LINE', and a summary on stderr. REASON "
+                    "says why: label, near_label, classifier (feedback), severity (an error-level word), "
+                    "score<T or score>=T (the score against the threshold T), or established (a low score "
+                    "shared by many of the lines). With --json: JSON Lines, one object per event: "
+                    "{\"line\": N (1-based number of its first line in the input), \"score\": float, "
+                    "\"anomaly\": bool, \"reason\": str, \"threshold\": float, \"masked\": str}.")
     _add_model_args(p, artifact=True)
     p.add_argument("--top-k", type=int, dest="top_k",
                    help=f"k of NuLog's top-k rule (default: the model's own, else {DEFAULT_TOP_K})")
-    p.add_argument("--threshold", type=float, help=f"a line scoring below this is an anomaly (default: the model's, else {DEFAULT_THRESHOLD})")
-    p.add_argument("--json", action="store_true", help="print JSON Lines (one object per scored line)")
-    p.add_argument("--record", action="store_true", help="also store one result per line in the store "
-                   "(score, verdict, masked form, model version; read back with 'logloop samples results')")
+    p.add_argument("--threshold", type=float, help="a line scoring below this is an anomaly (default: the model's, "
+                   f"calibrated at its gate; {DEFAULT_THRESHOLD} for models from before calibration)")
+    p.add_argument("--json", action="store_true", help="print JSON Lines (one object per scored event)")
+    p.add_argument("--record", action="store_true", help="also store one result per event in the store "
+                   "(score, verdict, reason, threshold, masked form, model version; read back with "
+                   "'logloop samples results')")
     p.add_argument("file", metavar="FILE", help=INPUT_HELP)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
         "templates", help="the templates of a log file, with a registered model's masking rules",
-        description="Parse the log messages of FILE (or stdin for '-'), read as 'logloop score' reads them, into "
-                    "templates (variables are <*>) with the batch's model's masking rules, and print each distinct "
-                    "template with its line count, most frequent first. Templates depend on the masking rules and "
-                    "the lines together, not on the model's ranks (so there is no --top-k). With --json: a JSON "
-                    "list of {\"template\", \"count\"} objects.")
+        description="Parse the log events of FILE (or stdin for '-'), read as 'logloop score' reads them (the "
+                    "lines of a stack trace are one event), into templates (variables are <*>) with the batch's "
+                    "model's masking rules, and print each distinct template with its count of events, most "
+                    "frequent first. Templates depend on the masking rules and the lines together, not on the "
+                    "model's ranks (so there is no --top-k). With --json: a JSON list of {\"template\", \"count\"} "
+                    "objects.")
     _add_model_args(p, artifact=False)
     p.add_argument("--top-k", nargs="?", action=_RefuseTopK, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
