@@ -169,9 +169,16 @@ def check_shared_state(resources: dict) -> None:
         )
 
 
+def record_fields() -> dict:
+    """Which fields of a JSON log record hold its time, message and batch (every log source's, and
+    what `logloop score` and `logloop templates` read)."""
+    s = current()
+    return dict(time_field=s.time_field, message_field=s.message_field, batch_fields=s.batch_fields)
+
+
 def build_resources() -> dict:
     s = current()
-    fields = dict(time_field=s.time_field, message_field=s.message_field, batch_fields=s.batch_fields)
+    fields = record_fields()
     hosts, kind = s.opensearch_hosts, s.log_source
     store = build_store()
     if kind == "samples":

@@ -18,7 +18,7 @@ import os
 import sys
 
 from ops.fetch.records import not_utf8
-from orchestration.cli.common import CliError, human_time, print_table
+from orchestration.cli.common import CliError, did_you_mean, human_time, print_table
 
 DESCRIPTION = (
     "Label log lines of a batch as normal or anomalous. Each line is masked with the masking rules "
@@ -104,9 +104,10 @@ def _label(args) -> int:
     lines = _lines_of_argument(args.line) if args.file is None else _lines_of_file(args.file)
 
     store = resource("store")
-    if batch not in {s.batch for s in store.batch_statuses()}:
-        raise CliError(f"no batch {batch!r} in the store (a batch exists once it has sample counts, a model or "
-                       "tasks; 'logloop models list' and 'logloop tasks list' show batches)")
+    known = [s.batch for s in store.batch_statuses()]
+    if batch not in known:
+        raise CliError(f"no batch {batch!r} in the store{did_you_mean(batch, known)} (a batch exists once it has "
+                       "sample counts, a model or tasks; 'logloop models list' and 'logloop tasks list' show batches)")
     masker, version = _masker(store, resource("artifacts"), batch)
 
     forms: dict[str, str] = {}  # stored form -> the first raw line of it

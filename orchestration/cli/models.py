@@ -116,7 +116,8 @@ def cmd_list(args) -> int:
                           for m in models], indent=2))
         return 0
     if not models:
-        print("no models registered" + (f" for batch {args.batch!r}" if args.batch else ""))
+        print("no models registered" + (f" for batch {args.batch!r}{_did_you_mean(store, args.batch)}"
+                                        if args.batch else ""))
         return 0
     groups = []
     for batch, versions in by_batch.items():  # a batch's artifacts share its folder: named once, above
@@ -144,7 +145,8 @@ def cmd_show(args) -> int:
     model = production if args.version is None else store.get_model(args.batch, args.version)
     if model is None:
         what = f"version {args.version} of batch {args.batch!r}" if args.version is not None else f"batch {args.batch!r}"
-        print(f"error: no model registered for {what}", file=sys.stderr)
+        hint = _did_you_mean(store, args.batch) if args.version is None or not store.list_models(args.batch) else ""
+        print(f"error: no model registered for {what}{hint}", file=sys.stderr)
         return 1
     is_production = production is not None and model.version == production.version
     if args.json:
@@ -183,6 +185,13 @@ def _metric_order(metrics: dict) -> list[str]:
 # -- production: promote, rollback, follow, history ---------------------------------------------------
 
 
+def _did_you_mean(store, batch: str) -> str:
+    """'; did you mean ...?' naming the known batch closest to one without models (or '')."""
+    from orchestration.cli.common import did_you_mean
+
+    return did_you_mean(batch, {m.batch for m in store.list_models()})
+
+
 def _source() -> str:
     from orchestration.cli.feedback import _source as source
 
@@ -192,7 +201,8 @@ def _source() -> str:
 def _known(store, batch: str) -> list:
     models = store.list_models(batch)
     if not models:
-        raise CliError(f"no model registered for batch {batch!r} ('logloop models list' shows the batches)")
+        raise CliError(f"no model registered for batch {batch!r}{_did_you_mean(store, batch)}"
+                       " ('logloop models list' shows the batches)")
     return models
 
 
@@ -278,7 +288,7 @@ def cmd_history(args) -> int:
         store = open_store()
         events = store.production_events(args.batch)
         if not events and not store.list_models(args.batch):
-            raise CliError(f"no model registered for batch {args.batch!r}")
+            raise CliError(f"no model registered for batch {args.batch!r}{_did_you_mean(store, args.batch)}")
         if args.json:
             print(json.dumps([e.to_dict() for e in events], indent=2, ensure_ascii=False))
             return 0
@@ -310,6 +320,8 @@ def _read(batch: str, version: int):
 
 def model_diff(batch: str, v1: int, v2: int) -> dict:
     """The comparison `models diff` prints: exact values, JSON-ready."""
+    if v1 == v2:
+        raise CliError(f"V1 and V2 are both version {v1}: name two different versions of batch {batch!r}")
     store = open_store()
     models = {m.version: m for m in _known(store, batch)}
     for v in (v1, v2):

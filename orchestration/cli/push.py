@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
                     "--message-field) from FILE or standard input and register them as samples of batch B in the "
                     "store. Each sample gets a unique nanosecond timestamp (its receive time, +1 ns per sample) and a "
                     "train/validation flag drawn at registration. Bad lines (blank, not UTF-8, over 16,384 bytes, bad "
-                    "JSON) are counted by reason and not registered. Exit status: 0 all registered, 1 some lines bad "
+                    "JSON) are counted by reason and not registered. The pipeline trains on pushed samples only with "
+                    "LOGLOOP_LOG_SOURCE=samples. Exit status: 0 all registered, 1 some lines bad "
                     "(or an invalid batch name), 2 the store failed. --json prints {\"registered\": N, \"bad\": M, ...}.")
     p.add_argument("--batch", required=True, help="the batch the samples belong to")
     p.add_argument("-f", "--file", dest="file", help="read this file (default: standard input)")
@@ -131,6 +132,16 @@ def _so_far(stats, batch: str, key) -> str:
     if key:
         return done + f"; the same command again (--key {key}) registers only the rest"
     return done + "; a rerun would register them again: push with --key K to make a rerun register only the rest"
+def samples_source_note() -> str | None:
+    """Pushed samples feed training only when they are the log source: a note saying so when they are not."""
+    from orchestration.resources import build_resources
+    from resources.samples_source import SamplesLogSource
+
+    source = build_resources()["log_source"]
+    if isinstance(source, SamplesLogSource):
+        return None
+    return (f"note: the pipeline reads pushed samples only with LOGLOOP_LOG_SOURCE=samples; it now reads "
+            f"{source.describe()} (set the variable where the code location runs)")
 
 
 def cmd_push(args) -> int:
@@ -191,6 +202,10 @@ def cmd_push(args) -> int:
                   + (f"; {stats.sanitised:,} with control characters replaced" if stats.sanitised else ""))
         if stats.lines == 0:
             print(f"warning: {name} held no lines; nothing registered", file=sys.stderr)
+        elif stats.registered:
+            note = samples_source_note()
+            if note:
+                print(note, file=sys.stderr)
         if stats.bad.total:
             reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(stats.bad.counts.items()))
             for example in stats.bad.examples[:5]:

@@ -6,7 +6,7 @@
     logloop train local -f spec.yaml                 # in this process, like `odahuflowctl local train run`
     logloop train request '<opni json>' [--batch B] [--local] [--wait]
 
-The webserver's URL comes from LOGLOOP_DAGSTER_URL (default http://localhost:3000).
+The webserver's URL comes from LOGLOOP_DAGSTER_URL (default http://localhost:3000); errors that need it name it.
 """
 
 from __future__ import annotations
@@ -87,9 +87,15 @@ def cmd_validate(args) -> int:
 
 
 def dagster_url() -> str:
+    """The Dagster webserver's URL (LOGLOOP_DAGSTER_URL)."""
     from orchestration.config import settings
 
     return settings().dagster_url or DEFAULT_DAGSTER_URL
+
+
+def webserver(url: str) -> str:
+    """The webserver as errors name it: its URL and the variable that sets it."""
+    return f"the Dagster webserver at {url} (LOGLOOP_DAGSTER_URL)"
 
 
 def graphql_client():
@@ -179,12 +185,13 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     url = dagster_url()
     why = reachable(url)
     if why is not None:
-        return _fail(f"training {spec.id}: cannot reach the Dagster webserver at {url}: {why}")
+        return _fail(f"training {spec.id}: cannot reach {webserver(url)}: {why}; start it with `make dev`, or set "
+                     "LOGLOOP_DAGSTER_URL to where it runs")
     try:
         client = graphql_client()
         [info] = client._get_repo_locations_and_names_with_pipeline(JOB)[:1] or [None]
         if info is None:
-            return _fail(f"the webserver has no job {JOB!r}; is the logloop code location loaded?")
+            return _fail(f"{webserver(url)} has no job {JOB!r}; is the logloop code location loaded there?")
         selector = {"repositoryLocationName": info.repository_location_name, "repositoryName": info.repository_name}
         added = client._execute(ADD_PARTITION, {"selector": selector, "name": "batches", "key": spec.batch})
         kind = added["addDynamicPartition"]["__typename"]
@@ -197,11 +204,12 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
             JOB, repository_location_name=info.repository_location_name, repository_name=info.repository_name,
             run_config=run_config(spec), tags=run_tags(spec),
         )
-    except (DagsterGraphQLClientError, ValueError) as exc:
+    except ValueError as exc:
         return _fail(f"training {spec.id}: {exc}")
+    except DagsterGraphQLClientError as exc:
+        return _fail(f"training {spec.id}: {webserver(url)}: {exc}")
     except Exception as exc:  # connection refused and friends come from requests/gql
-        return _fail(f"training {spec.id}: cannot reach the Dagster webserver at "
-                     f"{url}: {type(exc).__name__}: {exc}")
+        return _fail(f"training {spec.id}: cannot reach {webserver(url)}: {type(exc).__name__}: {exc}")
     print(f"training {spec.id}: run {run_id} launched")
     if not wait:
         return 0
@@ -209,7 +217,12 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     # from its event log over GraphQL with a cursor, as they come.
     last, cursor, events_ok = None, None, True
     while True:
-        status = client.get_run_status(run_id).value
+        try:
+            status = client.get_run_status(run_id).value
+        except Exception as exc:  # the webserver went away while following: the run itself may go on
+            return _fail(f"training {spec.id}: lost {webserver(url)} while following run {run_id} "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); 'logloop train get {spec.id}' "
+                         "shows its state")
         if status != last and status not in FINISHED:  # a final status is printed after the run's last lines
             print(f"training {spec.id}: {status}", flush=True)
         last = status
@@ -322,6 +335,7 @@ def cmd_get(args) -> int:
     cells = [("ID", "BATCH", "STATE", "MODE", "RUN", "ARTIFACT")]
     for r in rows:
         art = r["artifacts"][0]["artifactName"] if r["artifacts"] else "-"
-        cells.append((r["task_id"], r["batch"], r["state"], r["mode"], r["run_id"] or "-", art))
+        run = "= ID" if r["run_id"] == r["task_id"] else r["run_id"] or "-"  # a training launched as a plain run
+        cells.append((r["task_id"], r["batch"], r["state"], r["mode"], run, art))
     print_table(cells, nowrap=("STATE", "MODE"), keep=("ID", "BATCH"))
     return 0

@@ -83,13 +83,15 @@ def test_chain_materializes_and_registers_a_version(env):
 
     summaries = instance.get_latest_materialization_event(AssetKey("partition_summaries"))
     meta = summaries.asset_materialization.metadata
-    assert meta["lines"].value > 0 and meta["windows_read"].value == 1
+    assert meta["lines"].value > 0 and meta["run_windows_read"].value == 1
+    assert meta["read"].value == "read in this run" and meta["window_start"].value * 1000 == START_MS + HOUR_MS
 
     # A window already summarised is not read again.
     again = materialize([partition_summaries], partition_key=hour_key(START_MS), instance=instance,
                         resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
     again_meta = again.asset_materializations_for_node("partition_summaries")[0].metadata
-    assert again_meta["windows_read"].value == 0 and again_meta["windows_skipped"].value == 1
+    assert again_meta["run_windows_read"].value == 0 and again_meta["run_windows_skipped"].value == 1
+    assert again_meta["read"].value == "summarised before, not read again" and "lines" not in again_meta
 
     result = materialize(
         [training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
@@ -183,10 +185,11 @@ def test_fine_tune_starts_from_the_model_replays_its_data_and_faces_the_champion
     assert result.success
     sample = result.asset_materializations_for_node("training_sample")[0].metadata
     assert sample["mode"].value == "finetune" and sample["parent_version"].value == 1
-    assert sample["window_start_ms"].value == START_MS + HOUR_MS  # only the new window
+    assert sample["window_start"].value * 1000 == START_MS + HOUR_MS  # only the new window, as a timestamp
+    assert "window_start_ms" not in sample  # the time once, as a time
     assert sample["replayed_lines"].value > 0
     model = result.asset_materializations_for_node("nulog_model")[0].metadata
-    assert model["mode"].value == "finetune" and model["escalation"].value == ""
+    assert model["mode"].value == "finetune" and "escalation" not in model  # no escalation: no empty entry
     [check] = result.get_asset_check_evaluations()
     assert check.metadata["champion_version"].value == 1
     assert "champion_top_k_accuracy" in check.metadata
