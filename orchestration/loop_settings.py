@@ -198,6 +198,12 @@ class LoopSettings(BaseModel):
         description="A start derived from the log files' times is never more than this many days back "
         "(ingested windows always count, however old).",
     )
+    max_new_batches_per_window: int = Field(
+        default=1_000, ge=1, le=1_000_000,
+        description="New batches (not yet a partition of `batches`) one time window may add. Records of further "
+        "new batches are summarised under the batch `_overflow_new_batches`, and partition_summaries warns, "
+        "naming the batch fields: a field holding a value per record (a request id) would otherwise make a "
+        "batch, a summary and a partition per record.")
     anomaly_jump: AnomalyJump = Field(default_factory=AnomalyJump,
                                       description="The anomaly_rate_jump check's rule on anomaly_scores.")
     multiline: MultilineEvents = Field(default_factory=MultilineEvents,
