@@ -223,11 +223,13 @@ class LoopSettings(BaseModel):
     def _overrides_name_valid_batches(self):
         from ops.naming import InvalidName, validate_batch_name
 
-        for name in self.batch_overrides:
+        normalised = {}
+        for name, thresholds in self.batch_overrides.items():
             try:
-                validate_batch_name(name)
+                normalised[validate_batch_name(name)] = thresholds
             except InvalidName as exc:
                 raise ValueError(f"batch_overrides: {exc}") from exc
+        self.batch_overrides = normalised  # keys in NFC, as batches are named
         return self
 
     @model_validator(mode="before")

@@ -74,7 +74,7 @@ def push(
     `multiline`: rules joining the lines of a stack trace into one sample
     (ops.fetch.multiline.load_multiline; None: a sample per line).
     """
-    validate_batch_name(batch)
+    batch = validate_batch_name(batch)
     if chunk <= 0:
         raise ValueError("chunk must be positive")
     draw = SplitDraw(validation_share, seed)

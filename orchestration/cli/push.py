@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from orchestration.cli.common import CliError, human_time, print_table
+from orchestration.cli.common import batch_arg, CliError, human_time, print_table
 
 FORMATS = ("text", "json")
 
@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
                     "train/validation flag drawn at registration. Bad lines (blank, not UTF-8, over 16,384 bytes, bad "
                     "JSON) are counted by reason and not registered. Exit status: 0 all registered, 1 some lines bad "
                     "(or an invalid batch name), 2 the store failed. --json prints {\"registered\": N, \"bad\": M, ...}.")
-    p.add_argument("--batch", required=True, help="the batch the samples belong to")
+    p.add_argument("--batch", type=batch_arg, required=True, help="the batch the samples belong to")
     p.add_argument("-f", "--file", dest="file", help="read this file (default: standard input)")
     p.add_argument("source", nargs="?", metavar="-", help="'-' reads standard input (the default)")
     p.add_argument("--format", choices=FORMATS, default="text", help="text (default) or json (JSON Lines)")
@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
     p = samples.add_parser("count", help="count the stored samples of a batch",
                            description="Count the samples stored for batch B (since T). With --json: "
                                        "{\"batch\": B, \"count\": N}.")
-    p.add_argument("--batch", required=True)
+    p.add_argument("--batch", type=batch_arg, required=True)
     p.add_argument("--since", help="only samples received after this: a duration back from now (90m, 24h, 7d) "
                                    "or a UTC time (2026-11-23T07:00Z)")
     p.add_argument("--json", action="store_true")
@@ -74,7 +74,7 @@ def add_parser(sub) -> None:
                                        "lines (1 per line from 'score --record'; a window's lines of the form from "
                                        "anomaly_scores), model version, masked form. With --json: a list of {ts_ns, "
                                        "score, anomaly, masked, lines, model_version}.")
-    p.add_argument("--batch", required=True)
+    p.add_argument("--batch", type=batch_arg, required=True)
     p.add_argument("--since", help="only results after this: a duration back from now (90m, 24h) or a UTC time")
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1,000)")
     p.add_argument("--json", action="store_true")
@@ -249,7 +249,7 @@ def make_server(host: str, port: int, table=None):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qs, urlsplit
 
-    from ops.naming import InvalidName
+    from ops.naming import InvalidName, validate_batch_name
     from resources.samples import push
     from resources.store import StoreError
 
@@ -286,7 +286,8 @@ def make_server(host: str, port: int, table=None):
                 return self._send(404, {"error": "not found: GET /count?batch=B"})
             try:
                 since = int(q["since_ns"]) if "since_ns" in q else None
-                self._send(200, {"batch": q.get("batch"), "count": table.count(q["batch"], since_ns=since)})
+                batch = validate_batch_name(q["batch"])  # NFC, as pushed
+                self._send(200, {"batch": batch, "count": table.count(batch, since_ns=since)})
             except KeyError:
                 self._send(400, {"error": "batch is missing"})
             except ValueError as exc:
@@ -304,7 +305,7 @@ def make_server(host: str, port: int, table=None):
                 return self._send(411, {"error": "Content-Length is required"})
             body = _Body(self.rfile, length)
             try:
-                batch = q.get("batch", "")
+                batch = validate_batch_name(q.get("batch", ""))
                 fmt = q.get("format", "text")
                 seed = int(q["seed"]) if "seed" in q else None
                 stats = push(batch, body, table, fmt=fmt, message_field=field, validation_share=share, seed=seed,

@@ -6,7 +6,7 @@ import json
 import sys
 
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
-from orchestration.cli.common import (current_labels, join_events, load_registered_artifact, read_numbered_lines,
+from orchestration.cli.common import (batch_arg, current_labels, join_events, load_registered_artifact, read_numbered_lines,
                                       run_user_command)
 
 
@@ -59,7 +59,7 @@ def cmd_templates(args) -> int:
 
 
 def _add_model_args(p) -> None:
-    p.add_argument("--batch", required=True, help="the batch whose registered model is used")
+    p.add_argument("--batch", type=batch_arg, required=True, help="the batch whose registered model is used")
     p.add_argument("--version", type=int, help="model version (default: the batch's production model: "
                    "the pinned version, else the latest)")
     p.add_argument("--top-k", type=int, dest="top_k",
