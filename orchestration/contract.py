@@ -110,6 +110,8 @@ class SampleRef:
     parent_artifact: Optional[str] = None
     window_start_ms: Optional[int] = None   # the data it was drawn from, [start, end)
     window_end_ms: Optional[int] = None
+    escalation: Optional[str] = None        # why the run trains from scratch instead of fine-tuning
+    decision: Optional[str] = None          # the run's decision, in words (ops.train.decisions)
 
     @property
     def mode(self) -> str:
@@ -119,7 +121,8 @@ class SampleRef:
     def to_metadata(self) -> dict:
         return {"sample_key": self.key, "labels_key": self.labels_key, "mode": self.mode, "task_id": self.task_id,
                 "parent_version": self.parent_version, "parent_artifact": self.parent_artifact,
-                "window_start_ms": self.window_start_ms, "window_end_ms": self.window_end_ms}
+                "window_start_ms": self.window_start_ms, "window_end_ms": self.window_end_ms,
+                "escalation": self.escalation, "decision": self.decision}
 
     @classmethod
     def from_metadata(cls, batch: str, metadata: dict) -> "SampleRef":
@@ -129,7 +132,8 @@ class SampleRef:
                    parent_version=_int(metadata.get("parent_version")),
                    parent_artifact=metadata.get("parent_artifact"),
                    window_start_ms=_int(metadata.get("window_start_ms")),
-                   window_end_ms=_int(metadata.get("window_end_ms")))
+                   window_end_ms=_int(metadata.get("window_end_ms")),
+                   escalation=metadata.get("escalation") or None, decision=metadata.get("decision") or None)
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,8 @@ class CandidateRef:
     run_id: str                             # the run that trained it: registration is keyed by it
     key: str                                # runs/<batch>/<run>/candidate.zip
     checkpoint_key: Optional[str] = None    # deleted once the candidate is registered
-    mode: str = SCRATCH                     # the sample's, unless a fine-tune escalated to scratch
-    escalation: Optional[str] = None        # why it did
+    mode: str = SCRATCH                     # the sample's (older runs' nulog_model could escalate on its own)
+    escalation: Optional[str] = None        # why the run trained from scratch instead of fine-tuning
 
     @property
     def batch(self) -> str:

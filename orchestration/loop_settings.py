@@ -1,21 +1,19 @@
 """Settings of the continuous-training loop: when to train, how long a task may take.
 
-Read once when the code location loads, from the YAML file named by LOGLOOP_LOOP_CONFIG
-(default: config/loop.yaml when present, else the defaults below). Invalid settings
-raise at load time, so a bad threshold shows up as a code-location load error in the UI
-rather than as silently wrong training decisions.
+These are the fields of config/loop.yaml. orchestration/config.py reads them, with the
+deployment's settings, into one object (`loop_settings()` returns it): the file's values over
+the defaults below, and the environment's (LOGLOOP_<FIELD>) over both. Invalid settings raise at
+load time, so a bad threshold shows up as a code-location load error in the UI rather than as
+silently wrong training decisions.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ROOT = Path(__file__).resolve().parents[1]
+from ops.validate.defaults import DEFAULT_FLAG_BUDGET
 
 
 class RetentionPolicy(BaseModel):
@@ -160,6 +158,21 @@ def cron_interval_s(cron: str) -> int:
     return int(min(b - a for a, b in zip(times, times[1:])))
 
 
+class VerdictWriteBack(BaseModel):
+    """anomaly_scores writing each scored window's verdicts onto the OpenSearch documents
+    (ops/fetch/opensearch_verdicts.py: anomaly_level, nulog_confidence, anomaly_reason,
+    model_version, inference_model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batches: list[str] = Field(default_factory=list, description="Scored batches whose verdicts are written back "
+                               "onto their documents; '*' = every scored batch; [] = none (the default). Needs the "
+                               "OpenSearch log source.")
+    bulk_docs: int = Field(default=1000, ge=1, le=50_000, description="Document updates per _bulk request.")
+    deadline_s: float = Field(default=900, gt=0, le=86_400, allow_inf_nan=False,
+                              description="Time allowed for one window's write-back, retries included.")
+
+
 class LoopSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -169,8 +182,14 @@ class LoopSettings(BaseModel):
     max_oov_share: float = Field(default=0.05, ge=0, le=1, description="New data's OOV share above which a fine-tune becomes scratch.")
     replay_share: float = Field(default=0.2, ge=0, lt=1, description="Share of a fine-tune's sample drawn from the previous training data.")
     champion_tolerance: float = Field(default=0.02, ge=0, le=1, description="How much worse (top-k accuracy) a challenger may be.")
+    flag_budget: float = Field(
+        default=DEFAULT_FLAG_BUDGET, ge=0, le=1, allow_inf_nan=False,
+        description="The share of validation lines the score alone may flag: the gate calibrates each model's score "
+        "threshold to it, and the model keeps that threshold wherever it scores (a gate run config's `threshold` "
+        "fixes one instead).")
     task_time_limit_s: int = Field(default=2 * 3600, gt=0, description="A task still working after this is dead (CML's limit_time).")
-    sensor_interval_s: int = Field(default=60, ge=1)
+    sensor_interval_s: int = Field(default=60, ge=1, description="How often new_samples_sensor, the NATS and the alert "
+                                   "sensors tick (seconds).")
     observe_interval_s: int = Field(default=300, ge=10, description="How often raw_logs_observer counts the source.")
     observe_windows: int = Field(default=2, ge=0, description="Closed windows raw_logs_observer counts each time.")
     catch_up_windows: int = Field(
@@ -185,7 +204,7 @@ class LoopSettings(BaseModel):
     )
     partition_start: Optional[str] = Field(
         default=None,
-        description="The first time window (YYYY-MM-DD-HH:MM, UTC); LOGLOOP_PARTITION_START wins over it. "
+        description="The first time window (YYYY-MM-DD-HH:MM, UTC). "
         "Unset: derived from the data when the code location loads (orchestration/partitions.py).",
     )
     partition_lookback_days: float = Field(
@@ -215,6 +234,9 @@ class LoopSettings(BaseModel):
         default_factory=list,
         description="Scored batches whose forms anomaly_scores also records as inference results (one row per distinct "
         "masked form of a window, with its line count, score, verdict and model version); '*' = every scored batch.")
+    verdict_write_back: VerdictWriteBack = Field(
+        default_factory=VerdictWriteBack,
+        description="Verdicts written back onto the OpenSearch documents, where Opni's views read them.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy,
                                        description="What artifact storage keeps (orchestration/retention_plan.py).")
@@ -271,32 +293,24 @@ class LoopSettingsError(ValueError):
 
 
 def load_loop_settings(path: Optional[str] = None) -> LoopSettings:
-    path = path or os.environ.get("LOGLOOP_LOOP_CONFIG") or ""
-    if not path:
-        default = ROOT / "config" / "loop.yaml"
-        if not default.exists():
-            return LoopSettings()
-        path = str(default)
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise LoopSettingsError(f"loop settings {path}: cannot read: {exc}") from exc
-    try:
-        return LoopSettings.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise LoopSettingsError(f"loop settings {path}: {problems}") from None
+    """All settings, read now: the file `path` (else LOGLOOP_LOOP_CONFIG's, else config/loop.yaml)
+    over the defaults, the environment over both (orchestration.config.load)."""
+    from orchestration.config import load
+
+    return load(path)
 
 
-_loaded: Optional[LoopSettings] = None
+_loaded: Optional[LoopSettings] = None  # tests may pin the settings here
 
 
 def loop_settings() -> LoopSettings:
-    """The settings of this process, loaded once (when the code location loads)."""
-    global _loaded
-    if _loaded is None:
-        _loaded = load_loop_settings()
-    return _loaded
+    """The settings of this process (orchestration.config.settings(): read when the code location
+    loads, again only when the environment or the file changes)."""
+    if _loaded is not None:
+        return _loaded
+    from orchestration.config import settings
+
+    return settings()
 
 
 def merge_run_config(base: dict, extra: dict) -> dict:

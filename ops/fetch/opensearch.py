@@ -29,6 +29,8 @@ Failures:
   one PIT), so there are no duplicates and no gaps. If the reopened PIT spans a
   different number of shards (a wildcard index pattern that gained an index), slice
   membership may have changed, so this is a hard failure rather than a silent risk;
+- a PIT create answered with 404 search_context_missing (the node lost the new PIT's contexts
+  before it could lengthen their keep-alive: a node under heavy load) is tried again;
 - anything else, or a transient error that outlasts the retries, raises
   `OpenSearchReadError` naming the index, windows, slice and reason; the data stage
   then fails the run and records nothing for its partitions.
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -229,7 +232,8 @@ class OpenSearchShard:
     def file_id(self) -> None:
         return None
 
-    def _where(self, windows: Windows) -> str:
+    def where(self, windows: Windows) -> str:
+        """The slice and its windows, as error messages name them."""
         span = f"[{_iso(windows.lo)}, {_iso(windows.hi)})" if len(windows) else "[]"
         return f"index {self.index!r}, windows {span}, slice {self.slice_id + 1}/{self.slices}"
 
@@ -260,19 +264,35 @@ class OpenSearchShard:
 
     def pages(self, windows: Windows, sleep=time.sleep) -> Iterator[list[dict]]:
         """The slice's hits for `windows`, a page at a time, each hit exactly once."""
-        conn, where = self.conn, self._where(windows)
+        conn, where = self.conn, self.where(windows)
         client = conn.client()
+        if self.tiebreaker == "_id":
+            # before 3.3 `_id` is the only unique tiebreaker; the node warns on every page that
+            # sorting on it loads fielddata, which would fill the run's logs with one known fact
+            warnings.filterwarnings("ignore", message="Loading the fielddata on the _id field", module="opensearchpy")
         fields = [self.fmt.message_field, *([] if self.spec.batch_queries else self.fmt.batch_fields)]
         sort = [{self.fmt.time_field: {"order": "asc"}}, {self.tiebreaker: {"order": "asc"}}]
         state = {"pit": None, "shards": None}
 
         def open_pit():
-            resp = call_with_retries(
-                conn,
-                lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
-                f"opening a PIT ({where})",
-                sleep,
-            )
+            # A node opens a PIT in two steps: shard contexts with its own initial keep-alive
+            # (point_in_time.init.keep_alive), then the requested one. A node too busy to take the
+            # second step in time loses the contexts and answers 404 search_context_missing to the
+            # create itself: that is worth another try, as a transient error is.
+            for attempt in range(conn.retries + 1):
+                try:
+                    resp = call_with_retries(
+                        conn,
+                        lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
+                        f"opening a PIT ({where})",
+                        sleep,
+                    )
+                    break
+                except PitExpired as exc:
+                    if attempt == conn.retries:
+                        raise OpenSearchReadError(conn.scrub(
+                            f"opening a PIT ({where}): {exc} after {attempt + 1} attempts")) from None
+                    sleep(min(conn.max_backoff_s, conn.backoff_s * (2**attempt)))
             total = (resp.get("_shards") or {}).get("total")
             if state["shards"] is not None and total != state["shards"]:
                 raise OpenSearchReadError(
@@ -282,10 +302,7 @@ class OpenSearchShard:
             state["pit"], state["shards"] = resp["pit_id"], total
 
         try:
-            try:
-                open_pit()
-            except PitExpired as exc:  # a 404 here means no such index
-                raise OpenSearchReadError(conn.scrub(f"opening a PIT ({where}): {exc}")) from None
+            open_pit()
             after = None
             floor = None               # after a reopen: read from this time on
             skip_time, skip_ids = None, set()

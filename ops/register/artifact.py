@@ -135,6 +135,18 @@ def read_artifact_meta(path) -> dict:
         raise ArtifactError(path, f"unreadable meta.json ({e})") from None
 
 
+def read_artifact_vocab(path) -> Vocab:
+    """Only vocab.json: what a fine-tune's parent knows, to measure new data against."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            return Vocab.from_json(json.loads(z.read("vocab.json")))
+    except FileNotFoundError:
+        raise ArtifactError(path, "file not found") from None
+    except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise ArtifactError(path, f"unreadable vocab.json ({e})") from None
+
+
 def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
     """Every member is checked before the model is built: config.json's fields (types, ranges,
     size), the weights' names, shapes, dtype and finiteness, and the masking rules (including

@@ -9,10 +9,9 @@ import os
 import sys
 from dataclasses import asdict
 
-from orchestration.cli import anomalies, feedback, models, nats, push, retention, score, train
+from orchestration.cli import anomalies, config, feedback, models, nats, push, retention, score, train
 from orchestration.cli.common import batch_arg, human_time, one_line, open_store, print_table
-from resources.artifacts import ArtifactStorageError
-from resources.store import StoreError
+from orchestration.loop_settings import LoopSettingsError
 from resources.store_records import TASK_STATES
 
 
@@ -50,7 +49,7 @@ def cmd_tasks_list(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (train, nats, feedback, anomalies, retention, push, models, score):
+    for commands in (train, nats, feedback, anomalies, retention, push, models, score, config):
         commands.add_parser(sub)
 
     tasks = sub.add_parser("tasks", help="training tasks").add_subparsers(dest="tasks_command", required=True)
@@ -75,9 +74,14 @@ EXIT_BROKEN_PIPE = 128 + 13
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "light", False):  # needs neither Dagster nor the store (`config`): starts at once
+        return args.func(args)
+    from resources.artifacts import ArtifactStorageError
+    from resources.store import StoreError
+
     try:
         return args.func(args)
-    except (StoreError, ArtifactStorageError) as exc:  # the store or the bucket: one line, no traceback
+    except (StoreError, ArtifactStorageError, LoopSettingsError) as exc:  # the store, the bucket, the settings: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,6 @@ GET /count?batch=B[&since_ns=T] answers {"batch", "count"}.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -34,7 +33,15 @@ def _share(text: str) -> float:
 
 
 def default_share() -> str:
-    return os.environ.get("LOGLOOP_VALIDATION_SHARE", "").strip() or "0.2"
+    from orchestration.config import settings
+
+    return str(settings().validation_share)
+
+
+def _message_field() -> str:
+    from orchestration.config import settings
+
+    return settings().message_field
 
 
 def add_parser(sub) -> None:
@@ -123,7 +130,7 @@ def cmd_push(args) -> int:
         if args.chunk <= 0:
             raise CliError("--chunk must be positive")
         share = _share(args.validation_share or default_share())
-        field = args.message_field or os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
+        field = args.message_field or _message_field()
         table = _table_for_store()
         if args.file:
             try:
@@ -186,9 +193,10 @@ def cmd_samples_count(args) -> int:
     return 0
 
 
-def record_scores(batch: str, scored, model_version: int) -> None:
-    """`logloop score --record`: one row per scored line in the store."""
-    _table_for_store().record_results(batch, [(s.score, s.anomaly, s.masked) for s in scored], model_version)
+def record_scores(batch: str, scored, model_version: int, threshold: float | None = None) -> None:
+    """`logloop score --record`: one row per scored line in the store, with its verdict's reason."""
+    _table_for_store().record_results(batch, [(s.score, s.anomaly, s.masked, 1, s.reason) for s in scored],
+                                      model_version, threshold=threshold)
 
 
 def cmd_samples_results(args) -> int:
@@ -215,11 +223,18 @@ def cmd_samples_results(args) -> int:
     def when(ns):
         return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
 
-    print_table([["TIME", "WINDOW", "SCORE", "VERDICT", "LINES", "MODEL", "MASKED"]]
+    from ops.validate.verdict import describe
+
+    def why(r) -> str:  # rows recorded before verdicts said why have no reason
+        if not r.get("reason"):
+            return "-"
+        return describe(r["reason"], r["anomaly"], r["threshold"]) if r.get("threshold") is not None else r["reason"]
+
+    print_table([["TIME", "WINDOW", "SCORE", "VERDICT", "REASON", "LINES", "MODEL", "MASKED"]]
            + [[when(r["ts_ns"]), human_time(r.get("window_start_ms")), f"{r['score']:.3f}",
-               "ANOMALY" if r["anomaly"] else "normal", f"{r['lines']:,}", f"v{r['model_version']}", r["masked"]]
+               "ANOMALY" if r["anomaly"] else "normal", why(r), f"{r['lines']:,}", f"v{r['model_version']}", r["masked"]]
               for r in rows],
-           nowrap=("TIME", "WINDOW", "SCORE", "VERDICT", "LINES", "MODEL"))
+           nowrap=("TIME", "WINDOW", "SCORE", "VERDICT", "REASON", "LINES", "MODEL"))
     return 0
 
 
@@ -262,7 +277,7 @@ def make_server(host: str, port: int, table=None):
     table = table or _table_for_store()
     share = _share(default_share())
     multiline = _multiline()
-    field = os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
+    field = _message_field()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):

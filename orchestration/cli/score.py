@@ -22,18 +22,24 @@ def cmd_score(args) -> int:
         if args.record:  # one row per scored line, unique timestamps (docs/cml-push.md, "Inference results")
             from orchestration.cli.push import record_scores
 
-            record_scores(args.batch, scored, record.version)
+            record_scores(args.batch, scored, record.version, scorer.threshold)
+        from ops.validate.verdict import describe
+
         out = sys.stdout
         for (n, _), s in zip(lines, scored):
             if args.json:
                 out.write(json.dumps({"line": n, "score": round(s.score, 6), "anomaly": s.anomaly,
-                                      "masked": s.masked}) + "\n")
+                                      "reason": s.reason, "threshold": scorer.threshold, "masked": s.masked}) + "\n")
             else:
-                out.write(f"{s.score:.3f}\t{'ANOMALY' if s.anomaly else 'normal'}\t{s.masked}\n")
+                out.write(f"{s.score:.3f}\t{'ANOMALY' if s.anomaly else 'normal'}\t"
+                          f"{describe(s.reason, s.anomaly, scorer.threshold)}\t{s.masked}\n")
         if not args.json:
-            flagged = sum(s.anomaly for s in scored)
-            print(f"{flagged} of {len(scored)} lines flagged (model v{record.version} of batch {args.batch!r}, "
-                  f"top-{scorer.top_k}, threshold {scorer.threshold})", file=sys.stderr)
+            from collections import Counter
+
+            flagged = Counter(s.reason for s in scored if s.anomaly)
+            by = f": {', '.join(f'{n} by {why}' for why, n in flagged.most_common())}" if flagged else ""
+            print(f"{sum(flagged.values())} of {len(scored)} lines flagged{by} (model v{record.version} of batch "
+                  f"{args.batch!r}, top-{scorer.top_k}, threshold {scorer.threshold:g})", file=sys.stderr)
         return 0
 
     return run_user_command(run, args)
@@ -74,14 +80,19 @@ def add_parser(sub) -> None:
         description="Score each non-blank line of FILE (or stdin for '-') with NuLog: the share of its "
                     "tokens the model predicts within top k. The lines of one event (a stack trace) are joined "
                     "into one, as the model's training joined them. Text output: one line per event, "
-                    "'SCORE<TAB>normal|ANOMALY<TAB>MASKED LINE', and a summary on stderr. With --json: "
-                    "JSON Lines, one object per event: {\"line\": N (1-based number of its first line in the input), "
-                    "\"score\": float, \"anomaly\": bool, \"masked\": str}.")
+                    "'SCORE<TAB>normal|ANOMALY<TAB>REASON<TAB>MASKED LINE', and a summary on stderr. REASON says "
+                    "why: label, near_label, classifier (feedback), severity (an error-level word), "
+                    "score<T or score>=T (the score against the threshold T), or established (a low score "
+                    "shared by many of the lines). With --json: JSON Lines, one object per event: "
+                    "{\"line\": N (1-based number of its first line in the input), \"score\": float, "
+                    "\"anomaly\": bool, \"reason\": str, \"threshold\": float, \"masked\": str}.")
     _add_model_args(p)
-    p.add_argument("--threshold", type=float, help=f"a line scoring below this is an anomaly (default: the model's, else {DEFAULT_THRESHOLD})")
+    p.add_argument("--threshold", type=float, help="a line scoring below this is an anomaly (default: the model's, "
+                   f"calibrated at its gate; {DEFAULT_THRESHOLD} for models from before calibration)")
     p.add_argument("--json", action="store_true", help="print JSON Lines (one object per scored line)")
     p.add_argument("--record", action="store_true", help="also store one result per line in the store "
-                   "(score, verdict, masked form, model version; read back with 'logloop samples results')")
+                   "(score, verdict, reason, threshold, masked form, model version; read back with "
+                   "'logloop samples results')")
     p.add_argument("file", metavar="FILE", help="log file, one message per line; '-' reads standard input")
     p.set_defaults(func=cmd_score)
 

@@ -24,6 +24,7 @@ from orchestration.training_spec import SpecError, TrainingSpec, from_opni_reque
 
 JOB = "train_model"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+DEFAULT_DAGSTER_URL = "http://localhost:3000"  # LOGLOOP_DAGSTER_URL unset
 
 
 def open_store():
@@ -77,10 +78,16 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def dagster_url() -> str:
+    from orchestration.config import settings
+
+    return settings().dagster_url or DEFAULT_DAGSTER_URL
+
+
 def graphql_client():
     from dagster_graphql import DagsterGraphQLClient
 
-    url = urlparse(os.environ.get("LOGLOOP_DAGSTER_URL", "http://localhost:3000"))
+    url = urlparse(dagster_url())
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ValueError(f"LOGLOOP_DAGSTER_URL {url.geturl()!r} must be an http(s) URL")
     return DagsterGraphQLClient(url.hostname, port_number=url.port, use_https=url.scheme == "https",
@@ -159,7 +166,7 @@ def run_event_lines(client, run_id: str, cursor: str | None) -> tuple[list[str],
 def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     from dagster_graphql import DagsterGraphQLClientError
 
-    url = os.environ.get("LOGLOOP_DAGSTER_URL", "http://localhost:3000")
+    url = dagster_url()
     why = reachable(url)
     if why is not None:
         return _fail(f"training {spec.id}: cannot reach the Dagster webserver at {url}: {why}")
@@ -184,7 +191,7 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
         return _fail(f"training {spec.id}: {exc}")
     except Exception as exc:  # connection refused and friends come from requests/gql
         return _fail(f"training {spec.id}: cannot reach the Dagster webserver at "
-                     f"{os.environ.get('LOGLOOP_DAGSTER_URL', 'http://localhost:3000')}: {type(exc).__name__}: {exc}")
+                     f"{url}: {type(exc).__name__}: {exc}")
     print(f"training {spec.id}: run {run_id} launched")
     if not wait:
         return 0

@@ -267,3 +267,42 @@ def test_a_cardinality_bomb_is_capped_warned_and_adds_partitions_in_one_call(tmp
     assert overflow["batch"] == "_overflow_new_batches" and len(overflow["example_batches"]) == 10
     assert any("request_id" in w and "_overflow_new_batches" in w and "1970 record(s)" in w for w in warnings)
     assert meta["lines"].value == 2001
+
+
+def test_new_vocabulary_escalates_a_fine_tune_to_scratch_before_the_sample_is_drawn(env, tmp_path, monkeypatch):
+    """The vocabulary rule (ops.train.decisions) runs in training_sample, the first step that holds the new
+    data and the parent's vocabulary: the escalated run draws a scratch run's sample (all windows, no
+    replay), and nulog_model trains what it is given and records why."""
+    import json
+
+    import orchestration.loop_settings as loop_settings_module
+    from orchestration.loop_settings import LoopSettings
+
+    instance, resources = env
+    ingest(instance, resources, hours=1)
+    assert materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
+                       instance=instance, resources=resources, run_config=train_config()).success
+    with open(tmp_path / "logs" / "novel.jsonl", "w") as f:  # the second hour speaks of things v1 never saw
+        for i in range(300):
+            f.write(json.dumps({"time": START_MS + HOUR_MS + i * 1000, "cluster_id": "demo",
+                                "kubernetes": {"namespace_name": "shop"}, "deployment": "payments",
+                                "log": f"quokka wombat {['platypus', 'echidna', 'numbat'][i % 3]} migrated"}) + "\n")
+    resources["log_source"] = resources["log_source"].model_copy(update={"index_path": str(tmp_path / "index2.json")})
+    ingest_hour = materialize([partition_summaries], partition_key=hour_key(START_MS + HOUR_MS), instance=instance,
+                              resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
+    assert ingest_hour.success
+    monkeypatch.setattr(loop_settings_module, "_loaded", LoopSettings(max_oov_share=0.1))
+    from orchestration.partitions import iso
+
+    # the sensor's decision, as its run config hands it over: a fine-tune of v1 from v1's watermark
+    cfg = train_config(sample={"mode": "finetune", "parent_version": 1, "window_start": iso(START_MS + HOUR_MS)})
+    result = materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
+                         instance=instance, resources=resources, run_config=cfg, raise_on_error=False)
+    sample = result.asset_materializations_for_node("training_sample")[0].metadata
+    assert sample["mode"].value == "scratch" and "parent_version" not in sample
+    assert sample["escalation"].value.startswith("new data's OOV share ") and sample["replayed_lines"].value == 0
+    assert sample["window_start_ms"].value == START_MS  # all the batch's data, not only the new hour
+    model = result.asset_materializations_for_node("nulog_model")[0].metadata
+    assert model["mode"].value == "scratch" and model["escalation"].value == sample["escalation"].value
+    [task] = [t for t in resources["store"].list_tasks(batch=BATCH) if t.run_id == result.run_id]
+    assert task.mode == "scratch"

@@ -381,19 +381,78 @@ def test_inference_results_carry_their_line_counts(table):
     assert len(table.results("web/a")) == 4
 
 
+def test_inference_results_keep_each_verdicts_reason_and_threshold(table):
+    rows = [(0.25, True, "rare <NUM>", 1, "score"), (0.9, True, "x <severe>", 2, "severity"),
+            (0.1, False, "common", 40, "established"), (0.3, False, "ok", 1, "near_label")]
+    table.record_results("web/a", rows, 3, threshold=0.42)
+    table.record_results("web/a", [(0.1, True, "no reason given")], 3)  # (score, anomaly, masked): none said
+    got = table.results("web/a")
+    assert [(r["masked"], r["reason"], r["threshold"]) for r in got] == [
+        ("rare <NUM>", "score", pytest.approx(0.42)), ("x <severe>", "severity", pytest.approx(0.42)),
+        ("common", "established", pytest.approx(0.42)), ("ok", "near_label", pytest.approx(0.42)),
+        ("no reason given", "", None)]
+    for bad, threshold in [((0.1, True, "x", 1, "hunch"), None), ((0.1, True, "x", 1, "score"), 1.5),
+                           ((0.1, True, "x", 1, "score"), "0.7")]:
+        with pytest.raises(ValueError, match="reason|threshold"):
+            table.record_results("web/a", [bad], 3, threshold=threshold)
+    assert len(table.results("web/a")) == 5
+
+
+def _old_results_table(kind: str, table) -> None:
+    """inference_results as stores created it before verdicts had reasons, with one row in it."""
+    old_columns = ("batch, ts_ns, score, anomaly, masked, lines, model_version, window_start_ms, window_end_ms")
+    if kind == "tdengine-fake":
+        store = table._store()
+        store._ensure_schema()
+        store._sql(f"CREATE STABLE {table.database}.inference_results (ts TIMESTAMP, result_ns BIGINT, score DOUBLE, "
+                   f"anomaly INT, masked VARCHAR({MAX_SAMPLE_BYTES}), model_version BIGINT, line_count BIGINT, "
+                   "window_start_ms BIGINT, window_end_ms BIGINT) TAGS (batch NCHAR(256))", "old table")
+        store._sql(f"INSERT INTO {table.database}.ir_old USING {table.database}.inference_results TAGS ('web/a') "
+                   "VALUES (5, 5, 0.5, 1, 'old row', 2, 1, NULL, NULL)", "old row")
+        return
+    import sqlalchemy as sa
+
+    url = sa.make_url(table.url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg2", password=table.password.get())
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE inference_results (batch TEXT NOT NULL, ts_ns BIGINT NOT NULL, "
+                             "score FLOAT NOT NULL, anomaly SMALLINT NOT NULL, masked TEXT NOT NULL, lines BIGINT "
+                             "NOT NULL, model_version BIGINT NOT NULL, window_start_ms BIGINT, window_end_ms BIGINT, "
+                             "CONSTRAINT inference_results_batch_ts UNIQUE (batch, ts_ns))")
+        conn.exec_driver_sql(f"INSERT INTO inference_results ({old_columns}) "
+                             "VALUES ('web/a', 5, 0.5, 1, 'old row', 1, 2, NULL, NULL)")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "tdengine-fake", "postgresql"])
+def test_a_store_from_before_reasons_gets_the_columns_and_keeps_its_rows(kind, request, tmp_path):
+    table = make_table(kind, request, tmp_path)
+    _old_results_table(kind, table)
+    old = table.results("web/a")
+    assert [(r["masked"], r["anomaly"], r["reason"], r["threshold"]) for r in old] == [("old row", True, "", None)]
+    table.record_results("web/a", [(0.2, True, "new row", 1, "score")], 3, threshold=0.6)
+    got = table.results("web/a")
+    assert [(r["masked"], r["reason"], r["threshold"]) for r in got] == [
+        ("old row", "", None), ("new row", "score", pytest.approx(0.6))]
+
+
 def test_cli_reads_recorded_results(home, capsys):
     from types import SimpleNamespace
 
     from orchestration.cli.push import record_scores
 
-    record_scores("web/a", [SimpleNamespace(score=0.5, anomaly=True, masked="a <NUM>"),
-                            SimpleNamespace(score=0.9, anomaly=False, masked="b")], 2)
+    record_scores("web/a", [SimpleNamespace(score=0.5, anomaly=True, masked="a <NUM>", reason="score"),
+                            SimpleNamespace(score=0.9, anomaly=False, masked="b", reason="score")], 2, threshold=0.7)
     rc, out, _ = _cli(["samples", "results", "--batch", "web/a", "--json"], capsys)
     got = json.loads(out)
-    assert rc == 0 and [(r["score"], r["anomaly"], r["masked"], r["lines"], r["model_version"]) for r in got] == [
-        (0.5, True, "a <NUM>", 1, 2), (0.9, False, "b", 1, 2)]
+    assert rc == 0 and [(r["score"], r["anomaly"], r["masked"], r["lines"], r["model_version"], r["reason"],
+                         r["threshold"]) for r in got] == [
+        (0.5, True, "a <NUM>", 1, 2, "score", 0.7), (0.9, False, "b", 1, 2, "score", 0.7)]
     rc, out, _ = _cli(["samples", "results", "--batch", "web/a"], capsys)
     assert rc == 0 and "ANOMALY" in out and "v2" in out and "LINES" in out
+    assert "REASON" in out and "score<0.7" in out and "score>=0.7" in out
 
 
 def test_push_samples_goes_to_the_configured_store(tmp_path, monkeypatch):

@@ -600,8 +600,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(delay)
             status = state._take(state._fail, path)
             if status:
-                raise ApiError(status, "exception" if status >= 500 else "rejected_execution_exception",
-                               f"injected fault ({status})")
+                kind = "exception" if status >= 500 else "rejected_execution_exception"
+                if status == 404:  # a node that lost the PIT's contexts, as a busy one does
+                    kind = "search_context_missing_exception"
+                raise ApiError(status, kind, f"injected fault ({status})")
             state.check_auth(self.headers)
             segs = [s for s in path.split("/") if s]
             if not segs and method in ("GET", "HEAD"):
