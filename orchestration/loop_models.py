@@ -262,6 +262,12 @@ class LoopSettings(BaseModel):
         description="A start derived from the log files' times is never more than this many days back "
         "(ingested windows always count, however old).",
     )
+    max_new_batches_per_window: int = Field(
+        default=1_000, ge=1, le=1_000_000,
+        description="New batches (not yet a partition of `batches`) one time window may add. Records of further "
+        "new batches are summarised under the batch `_overflow_new_batches`, and partition_summaries warns, "
+        "naming the batch fields: a field holding a value per record (a request id) would otherwise make a "
+        "batch, a summary and a partition per record.")
     anomaly_jump: AnomalyJump = Field(default_factory=AnomalyJump,
                                       description="The anomaly_rate_jump check's rule on anomaly_scores.")
     multiline: MultilineEvents = Field(default_factory=MultilineEvents,
@@ -289,11 +295,13 @@ class LoopSettings(BaseModel):
     def _overrides_name_valid_batches(self):
         from ops.naming import InvalidName, validate_batch_name
 
-        for name in self.batch_overrides:
+        normalised = {}
+        for name, thresholds in self.batch_overrides.items():
             try:
-                validate_batch_name(name)
+                normalised[validate_batch_name(name)] = thresholds
             except InvalidName as exc:
                 raise ValueError(f"batch_overrides: {exc}") from exc
+        self.batch_overrides = normalised  # keys in NFC, as batches are named
         return self
 
     @model_validator(mode="before")

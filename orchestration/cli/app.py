@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict
 
 from orchestration.cli import anomalies, config, feedback, models, nats, push, retention, score, train
-from orchestration.cli.common import human_time, one_line, open_store, print_table
+from orchestration.cli.common import batch_arg, human_time, one_line, open_store, print_table
 from orchestration.loop_settings import LoopSettingsError
 from resources.errors import ArtifactStorageError, StoreError
 from resources.store_records import TASK_STATES
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = sub.add_parser("tasks", help="training tasks").add_subparsers(dest="tasks_command", required=True)
     p = tasks.add_parser("list", help="list training tasks, newest first")
-    p.add_argument("--batch", help="only this batch")
+    p.add_argument("--batch", type=batch_arg, help="only this batch")
     p.add_argument("--state", choices=[state.value for state in TASK_STATES], help="only tasks in this state")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.set_defaults(func=cmd_tasks_list)

@@ -17,6 +17,19 @@ def open_store():
     return resource("store")
 
 
+def batch_arg(text: str) -> str:
+    """argparse `type` of a batch argument: the name in NFC (as the store keeps it), or argparse's
+    one-line usage error naming what is wrong (an invisible or direction-changing character)."""
+    import argparse
+
+    from ops.naming import InvalidName, validate_batch_name
+
+    try:
+        return validate_batch_name(text)
+    except InvalidName as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 TABLE_WIDTH = 120  # tables fit this many columns when output is not a terminal (COLUMNS overrides)
 
 
@@ -68,8 +81,12 @@ def print_grouped_table(names, groups, *, nowrap=(), keep=(), truncate=(), heade
     from rich.table import Table
     from rich.text import Text
 
+    from ops.naming import shown_name
+
+    # names from logs (batches, stored before invisible characters were refused) print escaped
     names = [str(n) for n in names]
-    groups = [(heading, [["-" if c is None else str(c) for c in row] for row in rows]) for heading, rows in groups]
+    groups = [(None if heading is None else shown_name(heading),
+               [["-" if c is None else shown_name(str(c)) for c in row] for row in rows]) for heading, rows in groups]
     every = [row for _, rows in groups for row in rows]
     natural = [max([len(n) if header else 1] + [_cell_width(r[i]) for r in every]) for i, n in enumerate(names)]
     total = _table_width()

@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from orchestration.cli.common import CliError, human_time, print_table
+from orchestration.cli.common import batch_arg, CliError, human_time, print_table
 
 FORMATS = ("text", "json")
 
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
                     "JSON) are counted by reason and not registered. The pipeline trains on pushed samples only with "
                     "LOGLOOP_LOG_SOURCE=samples. Exit status: 0 all registered, 1 some lines bad "
                     "(or an invalid batch name), 2 the store failed. --json prints {\"registered\": N, \"bad\": M, ...}.")
-    p.add_argument("--batch", required=True, help="the batch the samples belong to")
+    p.add_argument("--batch", type=batch_arg, required=True, help="the batch the samples belong to")
     p.add_argument("-f", "--file", dest="file", help="read this file (default: standard input)")
     p.add_argument("source", nargs="?", metavar="-", help="'-' reads standard input (the default)")
     p.add_argument("--format", choices=FORMATS, default="text", help="text (default) or json (JSON Lines)")
@@ -75,7 +75,7 @@ def add_parser(sub) -> None:
     p = samples.add_parser("count", help="count the stored samples of a batch",
                            description="Count the samples stored for batch B (since T). With --json: "
                                        "{\"batch\": B, \"count\": N}.")
-    p.add_argument("--batch", required=True)
+    p.add_argument("--batch", type=batch_arg, required=True)
     p.add_argument("--since", help="only samples received after this: a duration back from now (90m, 24h, 7d) "
                                    "or a UTC time (2026-11-23T07:00Z)")
     p.add_argument("--json", action="store_true")
@@ -86,7 +86,7 @@ def add_parser(sub) -> None:
                                        "lines (1 per line from 'score --record'; a window's lines of the form from "
                                        "anomaly_scores), model version, masked form. With --json: a list of {ts_ns, "
                                        "score, anomaly, masked, lines, model_version}.")
-    p.add_argument("--batch", required=True)
+    p.add_argument("--batch", type=batch_arg, required=True)
     p.add_argument("--since", help="only results after this: a duration back from now (90m, 24h) or a UTC time")
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1,000)")
     p.add_argument("--json", action="store_true")

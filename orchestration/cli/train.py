@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from typing import TYPE_CHECKING
 
+from orchestration.cli.common import batch_arg
 from orchestration.contract import PARTITION_TAG
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_local)
     p = verbs.add_parser("request", help="launch a training from Opni's request payload")
     p.add_argument("payload", help='{"model_to_train": "nulog", "time_intervals": [{"start_ts": ns, "end_ts": ns}]}')
-    p.add_argument("--batch", default="default")
+    p.add_argument("--batch", type=batch_arg, default="default")
     p.add_argument("--id", help="training id (default: opni-<time>)")
     p.add_argument("--local", action="store_true", help="run in this process instead of on the webserver")
     p.add_argument("--wait", action="store_true")
@@ -330,7 +331,7 @@ def cmd_get(args) -> int:
     if not rows:
         print("no trainings")
         return 0
-    from orchestration.cli.common import print_table
+    from orchestration.cli.common import batch_arg, print_table
 
     cells = [("ID", "BATCH", "STATE", "MODE", "RUN", "ARTIFACT")]
     for r in rows:
