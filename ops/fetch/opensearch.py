@@ -4,7 +4,7 @@ An `OpenSearchShard` is one slice (`{"id": i, "max": n}`) of a PIT search over a
 windows. It runs in a data-stage worker process: it opens its own PIT on the index
 (`POST /<index>/_search/point_in_time?keep_alive=...`), pages through its slice with
 `search_after`, sorted by the time field and a tiebreaker (`_shard_doc` on OpenSearch
->= 3.3, else a unique field such as `_id`), asking only for the fields it uses
+>= 3.3, else `_index` then `_id`, or a unique field), asking only for the fields it uses
 (`_source` includes), and deletes the PIT at the end (`DELETE /_search/point_in_time`
 with {"pit_id": [...]}). Each page of hits becomes one chunk, in exactly the shape
 `FileShard.read` yields (`hits_to_chunk`), so the data stage treats both sources alike.
@@ -25,7 +25,7 @@ Failures:
   OpenSearch answers for a PIT whose keep-alive ran out or that a node lost) is
   reopened, and the read goes on from the last time value read: the query is narrowed
   to `time >= last time`, and the hits at that exact time that were already read are
-  skipped by `_id` (tiebreaker values such as `_shard_doc` are only meaningful within
+  skipped by index and `_id` (tiebreaker values such as `_shard_doc` are only meaningful within
   one PIT), so there are no duplicates and no gaps. If the reopened PIT spans a
   different number of shards (a wildcard index pattern that gained an index), slice
   membership may have changed, so this is a hard failure rather than a silent risk;
@@ -272,6 +272,11 @@ class OpenSearchShard:
             warnings.filterwarnings("ignore", message="Loading the fielddata on the _id field", module="opensearchpy")
         fields = [self.fmt.message_field, *([] if self.spec.batch_queries else self.fmt.batch_fields)]
         sort = [{self.fmt.time_field: {"order": "asc"}}, {self.tiebreaker: {"order": "asc"}}]
+        if self.tiebreaker == "_id":
+            # `_id` is unique within one index only: over a pattern or alias of several indices, two
+            # documents can share time and id (a copy, a reindex), and search_after would skip the
+            # second at a page boundary. The index name before the id makes the key unique.
+            sort.insert(1, {"_index": {"order": "asc"}})
         state = {"pit": None, "shards": None}
 
         def open_pit():
@@ -347,11 +352,12 @@ class OpenSearchShard:
                 fresh = []
                 for h in hits:
                     t = h["sort"][0]
-                    if skip_ids and t == skip_time and h.get("_id") in skip_ids:
+                    key = (h.get("_index"), h.get("_id"))  # ids repeat across indices
+                    if skip_ids and t == skip_time and key in skip_ids:
                         continue
                     if t != group_time:
                         group_time, group_ids = t, set()
-                    group_ids.add(h.get("_id"))
+                    group_ids.add(key)
                     fresh.append(h)
                 if skip_ids and hits[-1]["sort"][0] != skip_time:
                     skip_time, skip_ids = None, set()

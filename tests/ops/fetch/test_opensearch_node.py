@@ -163,6 +163,22 @@ def test_an_index_pattern_reads_every_matching_index(node, docs):
         node.client().indices.delete(index=f"{a},{b}")
 
 
+def test_indices_holding_the_same_ids_at_the_same_times_are_all_read(node):
+    """A copy of an index (a reindex, a restored snapshot) repeats its ids and times: read through a
+    pattern over both, every page boundary falls between exact ties of time and id, which `_id` alone
+    cannot order (search_after would skip the copy's document there)."""
+    prefix = f"logloop-copies-{uuid.uuid4().hex[:6]}"
+    rows = [{"time": HOUR + (i // 2) * 1000, "log": f"line {i}", "cluster_id": "c"} for i in range(300)]
+    ids = [f"doc-{k}" for k in range(len(rows))]
+    a, b = load(node, rows, f"{prefix}-a", ids=ids), load(node, rows, f"{prefix}-b", ids=ids)
+    try:
+        for slices in (1, 2):
+            src = on(node, f"{prefix}-*", slices=slices, page_size=7, batch_fields=["cluster_id"])
+            assert summarize_windows(src.shards(WINDOWS), WINDOWS).lines == 600
+    finally:
+        node.client().indices.delete(index=f"{a},{b}")
+
+
 BAD_ROWS = [
     {"time": HOUR + 1, "log": "a good line", "cluster_id": "c"},
     {"time": HOUR + 2, "cluster_id": "c"},                          # no message
