@@ -3,30 +3,36 @@
     python benchmarks/loop.py --batches 50 --concurrency 2 --json
 
 A `dagster-daemon run` on a temporary DAGSTER_HOME (deploy/dagster.local.yaml, at most
---concurrency runs at a time) and LOGLOOP_HOME, with one-minute windows: logs of N batches land
-in the current minute, the ingest schedule summarises the window when it closes, the
-new-sample sensor launches one scratch run per batch, and the benchmark waits until every batch
-has a registered model. Each run is small (`training_sample.t`, `nulog_model.epochs`).
+--concurrency runs at a time) and LOGLOOP_HOME. Logs of N batches land in the last closed hour;
+the benchmark summarises that window itself (partition_summaries, in this process: ingestion is
+not what is measured), then starts the daemon, whose new-sample sensor launches one scratch run
+per batch, and waits until every batch has a registered model. Each run is small
+(`training_sample.t`, `nulog_model.epochs`).
 
-Reported (JSON): wall time from the first training run's launch to the last one's end,
+Reported (JSON): wall time from the first training run's start to the last one's end,
 batches per hour, and per run: its wall time (start to end), the training loop's own time
 (nulog_model's `train_s`), the overhead (the difference: process start, imports, store and
 artifact round trips, the gate, registration) and the mean time of each step, so the largest
 overhead shows.
 
-10,000 batches on Kubernetes, on paper (see the measurements quoted in the docs' benchmarks page):
-a run there is a run pod plus, with the k8s_job_executor, one pod per step. Each pod costs its
-scheduling and image start (typically 5-15 s with a cached image) and the code location's import
-(about 7 s on these 2-core machines, 2-3 s on a server core), so 4 pods cost about 40-80 s a run
-before any training; a small batch trains in seconds. 10,000 batches at 60 s of overhead each are
-about 170 pod-hours of overhead, or some 7 hours of wall time with 25 runs in parallel. The
-per-step pods are the largest part: the train_model job runs its four steps in one process
-unless the executor is k8s (then only the train step needs a GPU pod). Packing is the rest of
-the answer: one run that trains k small batches one after another pays the run's start once, so
-at k = 20 the overhead per batch falls from about 60 s to about 3 s plus the batch's own
-store and artifact round trips (below a second), i.e. 10,000 batches in 500 runs, about 8
-pod-hours of overhead instead of 170. Packing is not built: a run is one batch (one partition
-of train_model), which keeps retries, the task lifecycle and the UI per batch.
+10,000 batches on Kubernetes, on paper. Inputs: importing the code location costs about 6.6 s
+on these 2-core machines (torch alone 3.9 s), and a pod about 5-10 s to schedule and start from a
+cached image (an uncached image pull is far more). With the k8s_job_executor a run is one run pod
+plus one pod per step (sample, train, gate, register): 5 pods x (about 8 s start + 6.6 s import)
+= about 73 s of overhead a run before it trains; a small batch trains in seconds. So:
+
+- one run per batch, a pod per step: 10,000 x 73 s = about 200 pod-hours of overhead, some 10 hours
+  of wall time at the 20 concurrent runs of deploy/dagster.k8s.yaml;
+- one run per batch, its steps in the run pod (what train_model does off Kubernetes): 10,000 x
+  about 15 s = about 42 pod-hours, but every pod then needs the GPU the train step asks for;
+- k small batches packed into one run, trained one after another in the same pods: the 73 s are
+  paid once per run, and each batch adds only its own store round trips (a few transactions,
+  tens of milliseconds) and artifact reads and writes (1-3 s on object storage). At k = 20:
+  73 / 20 + about 2 s = about 6 s a batch, 10,000 batches in 500 runs, about 16 pod-hours.
+
+Packing is the answer for many small batches: more than 10x less overhead than a run per batch.
+It is not built: a run is one batch (one partition of train_model), which keeps retries, the task
+lifecycle and the UI per batch; a packed run would need a multi-partition run and a task per batch.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def write_logs(folder: Path, batches: list[str], lines: int, at_ms: int) -> None
     with open(folder / "pushed.jsonl", "w", encoding="utf-8") as f:
         for i, (_, record, _) in enumerate(demo_logs.iter_records(start_ms=at_ms, hours=1, lines_per_hour=lines * len(batches),
                                                                   batches=batches, seed=7)):
-            record["time"] = at_ms + i % 1000  # all inside the current one-minute window
+            record["time"] = at_ms + i * 1000 % 3_000_000  # all inside the window
             f.write(json.dumps(record) + "\n")
 
 
@@ -116,10 +122,6 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from dagster import DagsterInstance
-
-    from resources.sqlite_store import SQLiteStore
-
     tmp = Path(tempfile.mkdtemp(prefix="logloop-loop-bench-"))
     home, dagster_home = tmp / "home", tmp / "home" / "dagster_home"
     dagster_home.mkdir(parents=True)
@@ -129,34 +131,41 @@ def main() -> int:
     instance_yaml["run_coordinator"]["config"]["max_concurrent_runs"] = args.concurrency
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     (tmp / "loop.yaml").write_text(loop_yaml(args.t, args.epochs))
-    minute = int(time.time()) // 60 * 60_000
-    start = dt.datetime.fromtimestamp(minute / 1000 - 120, dt.timezone.utc).strftime("%Y-%m-%d-%H:%M")
-    env = {**os.environ, "LOGLOOP_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-           "LOGLOOP_PARTITION_CRON": "* * * * *", "LOGLOOP_PARTITION_START": start,
+    hour_ms = int(time.time()) // 3600 * 3_600_000 - 3_600_000  # the last closed hour
+    start = dt.datetime.fromtimestamp(hour_ms / 1000 - 3600, dt.timezone.utc).strftime("%Y-%m-%d-%H:%M")
+    env = {"LOGLOOP_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "LOGLOOP_PARTITION_START": start,
            "LOGLOOP_LOOP_CONFIG": str(tmp / "loop.yaml"), "PYTHONWARNINGS": "ignore"}
     for var in ("LOGLOOP_STORE_URL", "LOGLOOP_TDENGINE_URL", "LOGLOOP_ARTIFACTS_URL", "LOGLOOP_LOGS_URL",
-                "LOGLOOP_OPENSEARCH_HOSTS", "LOGLOOP_EXECUTOR", "LOGLOOP_NATS_URL"):
-        env.pop(var, None)
+                "LOGLOOP_OPENSEARCH_HOSTS", "LOGLOOP_EXECUTOR", "LOGLOOP_NATS_URL", "LOGLOOP_PARTITION_CRON"):
+        os.environ.pop(var, None)
+    os.environ.update(env)  # before the code location is imported: it reads them once
+
+    from dagster import DagsterInstance, materialize
+
+    from orchestration.assets.summaries import partition_summaries
+    from orchestration.partitions import PARTITION_FMT
+    from orchestration.resources import build_resources
+    from resources.sqlite_store import SQLiteStore
+
     batches = [f"bench/ns-{i}/app-{i}" for i in range(args.batches)]
+    write_logs(home / "logs", batches, args.lines, hour_ms)
+    window = dt.datetime.fromtimestamp(hour_ms / 1000, dt.timezone.utc).strftime(PARTITION_FMT)
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        summarised = materialize([partition_summaries], partition_key=window, instance=instance,
+                                 resources=build_resources(),
+                                 run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
+    if not summarised.success:
+        print("loop benchmark: summarising the window failed", file=sys.stderr)
+        return 1
     store = SQLiteStore(path=str(home / "store.sqlite"))
     log = open(tmp / "daemon.log", "wb")
     daemon = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m",
-                               "orchestration.definitions"], cwd=ROOT, env=env, stdout=log,
+                               "orchestration.definitions"], cwd=ROOT, env=dict(os.environ), stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + args.timeout
-        # the logs land in the current minute once the scheduler runs: a window that closed before the
-        # daemon was up would never be summarised (the schedule launches the newest window only)
-        instance = DagsterInstance.from_config(str(dagster_home))
-        while "SCHEDULER" not in instance.get_daemon_heartbeats():
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                print(f"loop benchmark: the daemon did not start; see {tmp / 'daemon.log'}", file=sys.stderr)
-                return 1
-            time.sleep(2)
-        instance.dispose()
-        write_logs(home / "logs", batches, args.lines, int(time.time() * 1000))
         while True:
-            done = len({m.batch for m in store.list_models()}) if (home / "store.sqlite").exists() else 0
+            done = len({m.batch for m in store.list_models()})
             if done >= len(batches):
                 break
             if time.monotonic() > deadline or daemon.poll() is not None:
