@@ -39,10 +39,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/python scripts/demo.py
 
+# The Dagster UI and daemon on http://127.0.0.1:$(PORT) (`make dev PORT=3001` for another port).
+PORT ?= 3000
+
 dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/dagster.local.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -p $(PORT)
 
 clean-data:
 	rm -rf $(LOGLOOP_HOME)

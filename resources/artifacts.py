@@ -16,6 +16,12 @@ from ops.naming import validate_key
 from resources.errors import ArtifactStorageError  # noqa: F401  (raised by every storage)
 
 
+def check_size(what: str, size: int, max_bytes: int | None) -> None:
+    """Refuse an object larger than `max_bytes` (None: no limit) before it is read."""
+    if max_bytes is not None and size > max_bytes:
+        raise ArtifactStorageError(f"{what} is too large ({size:,} bytes, at most {max_bytes:,})")
+
+
 class ArtifactStorage(ConfigurableResource, ABC):
     """Keys are relative, validated paths like 'summaries/2026-11-23-07-00.parquet'.
 
@@ -39,8 +45,9 @@ class ArtifactStorage(ConfigurableResource, ABC):
 
     @abstractmethod
     @contextlib.contextmanager
-    def reading(self, key: str) -> Iterator[str]:
-        """Yield a local path holding the object at `key`."""
+    def reading(self, key: str, max_bytes: int | None = None) -> Iterator[str]:
+        """Yield a local path holding the object at `key`. An object larger than `max_bytes` raises
+        ArtifactStorageError before any of it is read (or downloaded)."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -78,10 +85,12 @@ class LocalArtifactStorage(ArtifactStorage):
                 os.unlink(tmp)
 
     @contextlib.contextmanager
-    def reading(self, key: str) -> Iterator[str]:
+    def reading(self, key: str, max_bytes: int | None = None) -> Iterator[str]:
         path = self._path(key)
         if not path.exists():
             raise FileNotFoundError(f"artifact {key!r} not found under {self.root}")
+        if max_bytes is not None:
+            check_size(f"artifact {key!r} under {self.root}", path.stat().st_size, max_bytes)
         yield str(path)
 
     def delete(self, key: str) -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# the real OpenSearch nodes (one per version per session), for every test that asks
+from tests.servers.opensearch_node import opensearch_node, opensearch_nodes  # noqa: F401
+
 # The tests use fixed dates (2026-01-01, 2026-11-01, ...): pin where the time windows begin rather
 # than derive it from whatever ./data holds (orchestration/partitions.py); subprocesses inherit it.
 # tests/orchestration/test_partitions_start.py unsets it to test the derivation.
