@@ -28,13 +28,13 @@ $(STAMP): pyproject.toml
 # Tests run in parallel (pytest-xdist), two workers per core: the long system tests spend most of
 # their minutes waiting on a daemon, a browser or a server, and the other worker of their core uses
 # the CPU meanwhile. Tests are handed out in the order tests/conftest.py puts them (the system tests
-# first). The tests of a module marked with an xdist_group share an expensive module fixture and run
-# one after another on one worker (--dist loadgroup). TEST_WORKERS=0 runs everything in this
-# process, one test after another. The 15 slowest tests are listed at the end, to keep an eye on.
+# first), a module at a time (--dist loadfile), so that a module's fixtures (servers, trained models)
+# are set up once. TEST_WORKERS=0 runs everything in this process, one test after another. The 15
+# slowest tests are listed at the end, to keep an eye on.
 TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 demo: $(STAMP)
 	$(VENV)/bin/python scripts/demo.py

@@ -148,12 +148,15 @@ def start_daemon(stack: ExitStack, env: dict, log_path: Path) -> Daemon:
 def instance_yaml(base: dict) -> str:
     """The instance config the test daemons run with: `base`, with queued runs started within a
     second (Dagster's default looks every 5 s) so that no step waits on the coordinator, and as long
-    for a run to start as the test's safety limit (a busy machine may need more than the 180 s that
-    run monitoring allows on a laptop before it fails the run)."""
+    for a run to start, and for a code server to load, as the test's safety limit (a busy machine may
+    need more than the 180 s that run monitoring and Dagster allow on a laptop)."""
     coordinator = dict(base["run_coordinator"])
     coordinator["config"] = {**coordinator.get("config", {}), "dequeue_interval_seconds": 1}
     monitoring = {**base.get("run_monitoring", {}), "start_timeout_seconds": SAFETY_TIMEOUT_S}
-    return yaml.safe_dump({**base, "run_coordinator": coordinator, "run_monitoring": monitoring}, sort_keys=False)
+    # likewise for a code server to load the code location (Dagster gives up after 180 s)
+    code_servers = {"local_startup_timeout": SAFETY_TIMEOUT_S}
+    return yaml.safe_dump({**base, "run_coordinator": coordinator, "run_monitoring": monitoring,
+                           "code_servers": code_servers}, sort_keys=False)
 
 
 def local_instance() -> dict:

@@ -38,8 +38,6 @@ from scripts import demo_logs
 from orchestration.training_spec import parse_spec, run_config
 from tests.servers.processes import apt_install, stop_process_group
 
-# Under pytest-xdist one worker runs this module's tests: they share one `dagster dev` and one browser.
-pytestmark = pytest.mark.xdist_group("ui")
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -22,8 +22,6 @@ from resources.log_source import LocalLogSource, LogSourceError
 from resources.opensearch_source import OpenSearchLogSource
 from tests.servers.opensearch_server import FakeOpenSearch, ListCorpus
 
-# Under pytest-xdist one worker runs this module's tests: they share the documents and the local result built once for the module.
-pytestmark = pytest.mark.xdist_group("opensearch")
 
 HOUR = 3_600_000
 BATCH_FIELDS = ["cluster_id", "kubernetes.namespace_name"]
