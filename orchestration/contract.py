@@ -34,6 +34,7 @@ MODE_TAG = "logloop/mode"
 WORKER_TAG = "logloop/worker"  # host:pid:start of the process that runs the run's steps
 NATS_SEQ_TAG = "logloop/nats_seq"
 NATS_MSG_ID_TAG = "logloop/nats_msg_id"
+REQUEST_KEY_TAG = "logloop/request_key"  # what a NATS request asks for (training_spec.request_key): identical ones coalesce
 PARTITION_TAG = "dagster/partition"  # Dagster's own
 CATCH_UP_TAG = "logloop/catch_up"  # a run the training trigger started to fill a missed window
 
@@ -119,6 +120,8 @@ class SampleRef:
     parent_artifact: Optional[str] = None
     window_start_ms: Optional[int] = None   # the data it was drawn from, [start, end)
     window_end_ms: Optional[int] = None
+    escalation: Optional[str] = None        # why the run trains from scratch instead of fine-tuning
+    decision: Optional[str] = None          # the run's decision, in words (ops.train.decisions)
 
     @property
     def mode(self) -> str:
@@ -129,7 +132,9 @@ class SampleRef:
         """The plain values; the asset adds the window as `window_start` / `window_end` timestamps,
         which from_metadata reads back (times appear once, as times)."""
         return {"sample_key": self.key, "labels_key": self.labels_key, "mode": self.mode, "task_id": self.task_id,
-                "parent_version": self.parent_version, "parent_artifact": self.parent_artifact}
+                "parent_version": self.parent_version, "parent_artifact": self.parent_artifact,
+                **({"escalation": self.escalation} if self.escalation else {}),
+                **({"decision": self.decision} if self.decision else {})}
 
     @classmethod
     def from_metadata(cls, batch: str, metadata: dict) -> "SampleRef":
@@ -138,7 +143,8 @@ class SampleRef:
                    labels_key=metadata.get("labels_key") or None, task_id=metadata.get("task_id"),
                    parent_version=_int(metadata.get("parent_version")),
                    parent_artifact=metadata.get("parent_artifact"),
-                   window_start_ms=_window_ms(metadata, "start"), window_end_ms=_window_ms(metadata, "end"))
+                   window_start_ms=_window_ms(metadata, "start"), window_end_ms=_window_ms(metadata, "end"),
+                   escalation=metadata.get("escalation") or None, decision=metadata.get("decision") or None)
 
 
 @dataclass(frozen=True)
@@ -149,8 +155,8 @@ class CandidateRef:
     run_id: str                             # the run that trained it: registration is keyed by it
     key: str                                # runs/<batch>/<run>/candidate.zip
     checkpoint_key: Optional[str] = None    # deleted once the candidate is registered
-    mode: str = SCRATCH                     # the sample's, unless a fine-tune escalated to scratch
-    escalation: Optional[str] = None        # why it did
+    mode: str = SCRATCH                     # the sample's (older runs' nulog_model could escalate on its own)
+    escalation: Optional[str] = None        # why the run trained from scratch instead of fine-tuning
 
     @property
     def batch(self) -> str:

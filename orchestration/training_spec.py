@@ -22,8 +22,11 @@ reported together: "spec <id> is invalid: <e1>; <e2>".
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -35,13 +38,14 @@ from pydantic import ValidationError
 from ops import windows
 from ops.fetch.records import not_utf8
 from ops.naming import InvalidName, validate_artifact_template, validate_batch_name
+from ops.train.decisions import REQUEST_MODES
 from orchestration.contract import BATCH_TAG, MODE_TAG, PARTITION_TAG, TASK_TAG, TRAINING_ID_TAG
 
 ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 GO_TEMPLATE = {"Name": "name", "Version": "version", "RandomUUID": "uuid", "Batch": "batch"}
-MODES = ("scratch", "finetune", "auto")
+MODES = REQUEST_MODES  # decided by ops.train.decisions when the run starts
 DURATION_RE = re.compile(r"^(\d+)(m|h|d)$")
 DURATION_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -411,6 +415,13 @@ def run_config(spec: TrainingSpec, now_ms: Optional[int] = None, executor: Optio
         config["execution"] = {"config": {"per_step_k8s_config": {
             "nulog_model": train_step_k8s_config(spec.resources, spec.envs, spec.image)}}}
     return config
+
+
+def request_key(spec: TrainingSpec) -> str:
+    """What the spec asks for, as a key: the same for two requests that would train the same batch
+    on the same data with the same settings, whatever their ids (NATS requests coalesce on it)."""
+    what = {name: value for name, value in dataclasses.asdict(spec).items() if name != "id"}
+    return "sha256:" + hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def run_tags(spec: TrainingSpec) -> dict:

@@ -13,12 +13,7 @@ from dagster import ConfigurableResource
 
 from ops.files import create_temp_file
 from ops.naming import validate_key
-
-
-class ArtifactStorageError(RuntimeError):
-    """The storage itself failed (a missing bucket, denied credentials, an unreachable endpoint, an
-    upload that still failed after retries): one line naming the storage, never a secret. A key
-    that is simply not there is FileNotFoundError instead."""
+from resources.errors import ArtifactStorageError  # noqa: F401  (raised by every storage)
 
 
 def check_size(what: str, size: int, max_bytes: int | None) -> None:

@@ -137,6 +137,9 @@ class ObjectArtifactStorage(ArtifactStorage):
     read_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     multipart_chunk_bytes: int = Field(default=50 * 1024**2, ge=5 * 1024**2,
                                        description="S3 part size; objects below twice this are one PUT.")
+    deadline_s: float = Field(default=300.0, gt=0, le=24 * 3600,
+                              description="Total time of one operation (read, write, list, delete), retries "
+                                          "included; then it is cancelled (deadlines.object_storage_s).")
 
     _state: dict = PrivateAttr(default_factory=dict)
 
@@ -196,6 +199,9 @@ class ObjectArtifactStorage(ArtifactStorage):
             reason = f"no credentials found: set {CREDENTIAL_HINT[self._protocol()]}"
         elif _denied(exc):
             reason = f"access denied ({detail}); check the credentials: {CREDENTIAL_HINT[self._protocol()]}"
+        elif "FSTimeoutError" in names:
+            reason = (f"no complete answer from the object store{self._endpoint()} within {self.deadline_s:g} s "
+                      "(deadlines.object_storage_s)")
         elif names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                       "ClientConnectorError", "ServerDisconnectedError", "FSTimeoutError", "ServiceRequestError",
                       "TimeoutError", "ConnectionError"}:
@@ -226,7 +232,7 @@ class ObjectArtifactStorage(ArtifactStorage):
         bucket = self._state["root"].split("/", 1)[0]
         noun = "container" if self._protocol() in ("az", "abfs") else "bucket"  # Azure's word for it
         try:
-            fs.info(bucket)
+            fs.info(bucket, timeout=self.deadline_s)
         except FileNotFoundError:
             raise ArtifactStorageError(
                 f"artifact storage {self.base_url}: {noun} {bucket!r} does not exist{self._endpoint()}") from None
@@ -241,7 +247,7 @@ class ObjectArtifactStorage(ArtifactStorage):
         with self._faults(f"looking up {key!r}"):
             self._ready()
             try:
-                return self._fs().info(path)
+                return self._fs().info(path, timeout=self.deadline_s)
             except FileNotFoundError:
                 return None
 
@@ -271,7 +277,7 @@ class ObjectArtifactStorage(ArtifactStorage):
             fs = self._fs()
             extra = {"chunksize": self.multipart_chunk_bytes} if self._protocol() == "s3" else {}
             try:
-                fs.put_file(local, path, **extra)
+                fs.put_file(local, path, **extra, timeout=self.deadline_s)
             except FileNotFoundError as exc:  # the bucket went away since _ready
                 raise self._error(f"writing {key!r}", exc) from None
 
@@ -299,9 +305,9 @@ class ObjectArtifactStorage(ArtifactStorage):
             fs = self._fs()
             try:
                 if info.get("type") == "directory":
-                    fs.rm(self._path(key), recursive=True)
+                    fs.rm(self._path(key), recursive=True, timeout=self.deadline_s)
                 else:
-                    fs.rm_file(self._path(key))
+                    fs.rm_file(self._path(key), timeout=self.deadline_s)
             except FileNotFoundError:
                 pass
 
@@ -311,7 +317,7 @@ class ObjectArtifactStorage(ArtifactStorage):
         with self._faults(f"listing {prefix!r}"):
             self._ready()
             try:
-                found = self._fs().find(folder)
+                found = self._fs().find(folder, timeout=self.deadline_s)
             except FileNotFoundError:
                 return []
         keys = []
@@ -385,8 +391,8 @@ class ObjectArtifactStorage(ArtifactStorage):
         path = self._path(key)
         with self._faults(f"reading {key!r}"):
             fs = self._fs()
-            fs.get_file(path, local)
-            now = fs.info(path)
+            fs.get_file(path, local, timeout=self.deadline_s)
+            now = fs.info(path, timeout=self.deadline_s)
         if self._version(now) != self._version(info) or int(now.get("size") or 0) != int(info.get("size") or 0):
             return now
         if os.path.getsize(local) != int(info.get("size") or 0):

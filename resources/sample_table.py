@@ -28,6 +28,11 @@ class SampleTable(ABC):
         """Store the samples with unique timestamps; returns (first_ns, last_ns)."""
 
     @abstractmethod
+    def register_chunk(self, batch: str, messages: list[str], flags: list[int], key: str) -> Optional[tuple[int, int]]:
+        """As register(), once per `key` (ops.fetch.push.chunk_key): None when a chunk with this key
+        was registered before (nothing is written again), else (first_ns, last_ns)."""
+
+    @abstractmethod
     def count(self, batch: str, since_ns: Optional[int] = None, until_ns: Optional[int] = None) -> int: ...
 
     @abstractmethod

@@ -51,15 +51,31 @@ class SQLSamples(SampleTable):
         return store, store._tx(write=write)
 
     def register(self, batch, messages, flags):
+        return self._register(batch, messages, flags, None)
+
+    def register_chunk(self, batch, messages, flags, key):
+        return self._register(batch, messages, flags, key)
+
+    def _register(self, batch, messages, flags, key):
         n = len(messages)
         if n == 0:
             return (0, 0)
-        from resources.sql_schema import sample_clock as clock, samples
+        import sqlalchemy as sa
+
+        from resources.sql_schema import push_chunks, sample_clock as clock, samples
 
         store, tx = self._tx(write=True)
         with tx as conn:
             store._lock(conn, "samples", batch)
+            if key is not None:  # the chunk's row and its samples commit together, or neither does
+                done = conn.execute(sa.select(push_chunks.c.first_ns).where(
+                    push_chunks.c.batch == batch, push_chunks.c.chunk_key == key)).first()
+                if done is not None:
+                    return None
             first = self._stamp(conn, clock, batch, n)
+            if key is not None:
+                conn.execute(push_chunks.insert(), {"batch": batch, "chunk_key": key, "first_ns": first,
+                                                    "last_ns": first + n - 1})
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql(
                     "INSERT INTO samples (batch, ts_ns, message, validation) VALUES (?, ?, ?, ?)",

@@ -47,12 +47,13 @@ class TDengineSamples(SampleTable):
     user: str = "root"
     password: Secret = field(default_factory=lambda: Secret(None))
     timeout_s: float = 30.0
+    deadline_s: float = 60.0
 
     def _store(self):
         from resources.tdengine_store import TDengineStore
 
         return TDengineStore(url=self.url, database=self.database, user=self.user,
-                             password=self.password.get() or "", timeout_s=self.timeout_s)
+                             password=self.password.get() or "", timeout_s=self.timeout_s, deadline_s=self.deadline_s)
 
     def describe(self) -> str:
         return f"samples in TDengine at {url_without_password(self.url)} (database {self.database})"
@@ -89,15 +90,41 @@ class TDengineSamples(SampleTable):
         return [dict(zip(names, row)) for row in resp.get("data") or []]
 
     def register(self, batch, messages, flags):
-        from resources.tdengine_client import MAX_SQL, literal, name_hash, writer_id
+        from resources.tdengine_client import name_hash, writer_id
 
-        n = len(messages)
-        if n == 0:
+        if not messages:
             return (0, 0)
         store = self._ready()
-        child = f"{self.database}.sp_{name_hash(batch)}_{writer_id()}"
+        first = CLOCK.block(len(messages))
+        return self._write(store, f"sp_{name_hash(batch)}_{writer_id()}", batch, messages, flags, first)
+
+    def register_chunk(self, batch, messages, flags, key):
+        """A keyed chunk gets a child table of its own, named from the key. TDengine has no
+        transactions, so a chunk cut short by a crash may be partly there: its rows are written again
+        at the timestamps they were first given (the table's oldest row is the chunk's first), and
+        TDengine's same-timestamp overwrite makes that a no-op for the rows already stored."""
+        import hashlib
+
+        from resources.tdengine_client import name_hash
+
+        if not messages:
+            return (0, 0)
+        store = self._ready()
+        child = f"sp_{name_hash(batch)}_k{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+        rows = self._rows(store, f"SELECT MIN(sample_ns) AS first, COUNT(ts) AS n FROM {self.database}.samples "
+                                 f"WHERE tbname = '{child}'", f"cannot look up a chunk of batch {batch!r}")
+        n, first = (int(rows[0]["n"] or 0), rows[0]["first"]) if rows else (0, None)
+        if n >= len(messages):
+            return None
+        first = int(first) if n and first is not None else CLOCK.block(len(messages))
+        return self._write(store, child, batch, messages, flags, first)
+
+    def _write(self, store, table: str, batch, messages, flags, first: int) -> tuple[int, int]:
+        from resources.tdengine_client import MAX_SQL, literal
+
+        n = len(messages)
+        child = f"{self.database}.{table}"
         head = f"INSERT INTO {child} USING {self.database}.samples TAGS ({literal(batch)}) VALUES "
-        first = CLOCK.block(n)
         parts, size = [], len(head)
         for i, (m, f) in enumerate(zip(messages, flags)):
             ts = first + i

@@ -27,6 +27,11 @@ the store-independent part, plain Python without Dagster:
   timestamp, however many arrive at once (CML's "add 1 ns"). Across processes the stores
   keep them apart (resources/sql_samples.py: a transaction on the SQL stores;
   resources/tdengine_samples.py: a child table per writer process on TDengine).
+- **Retries register only what is missing.** A push given a key (`logloop push --key K`, the
+  `Idempotency-Key` header of `serve-ingest`) gives each chunk a key of its own,
+  `chunk_key(K, index, messages)`; a store registers a chunk's samples and its key together, and
+  skips a chunk whose key it holds. Rerun with the same key, input and chunk size after a crash,
+  a push registers the chunks the first run did not finish.
 - **The split flag.** Each sample is drawn validation with probability `validation_share`
   (0.2: CML's 80/20), train otherwise, by a uniform draw; a seed makes the draw repeatable.
 
@@ -38,6 +43,7 @@ and ops.sample.flagged).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -55,6 +61,8 @@ MAX_SAMPLE_BYTES = 16_384          # a sample's message, in UTF-8 bytes, on ever
 DEFAULT_VALIDATION_SHARE = 0.2     # CML: is_train = rng.gen::<f32>() >= 0.2
 DEFAULT_CHUNK = 20_000             # samples registered per store write
 VALIDATION_SUFFIX = "\x1fvalidation"
+
+MAX_PUSH_KEY_CHARS = 200
 
 REASONS = {"too_long": f"line longer than {MAX_SAMPLE_BYTES} bytes (the most a sample holds)"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -84,6 +92,23 @@ def fold_counts(counts: dict[str, int]) -> dict[str, int]:
         b = split_key(key)[0]
         out[b] = out.get(b, 0) + n
     return out
+
+
+def check_push_key(key: str) -> str:
+    """A push's key as a client gives it: 1 to 200 printable characters."""
+    if not isinstance(key, str) or not key or len(key) > MAX_PUSH_KEY_CHARS or not key.isprintable():
+        raise ValueError(f"push key {str(key)[:40]!r}: use 1 to {MAX_PUSH_KEY_CHARS} printable characters")
+    return key
+
+
+def chunk_key(push_key: str, index: int, messages: list[str]) -> str:
+    """The key of a push's chunk: its push's key, its place and its content, hashed (a retry that
+    reads other lines at that place registers them)."""
+    h = hashlib.sha256(f"{push_key}\x1f{index}\x1f{len(messages)}\x1f".encode("utf-8", "surrogatepass"))
+    for m in messages:
+        h.update(m.encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()[:40]
 
 
 # ---- timestamps ---------------------------------------------------------------------------
@@ -143,6 +168,7 @@ class SplitDraw:
 class PushStats:
     lines: int = 0           # lines read (registered + bad)
     registered: int = 0
+    already: int = 0         # samples of chunks a previous push with the same key registered (not stored again)
     validation: int = 0      # of the registered, flagged validation
     sanitised: int = 0       # registered samples whose control characters became U+FFFD
     joined: int = 0          # continuation lines taken into a multiline event (not samples of their own)
@@ -155,6 +181,7 @@ class PushStats:
         return {
             "batch": batch,
             "registered": self.registered,
+            "already_registered": self.already,
             "bad": self.bad.total,
             "lines": self.lines,
             "train": self.registered - self.validation,

@@ -16,7 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from ops.fetch.push import fold_counts
-from ops.mask.data_stage import summarize_windows
+from ops.mask.data_stage import OVERFLOW_BATCH, summarize_windows
 from ops.mask.masking import load_rules
 from ops.mask.summary import write_summaries
 from ops.windows import Windows
@@ -83,10 +83,13 @@ def partition_summaries(
     def progress(done: int, total: int, lines: int) -> None:
         context.log.info(f"shard {done}/{total} done, {lines} lines so far")
 
+    # one call for the known batches, rather than one per batch found
+    known = frozenset(context.instance.get_dynamic_partitions(batch_partitions.name))
+    max_new = loop_settings().max_new_batches_per_window
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
         result = summarize_windows(shards, windows, load_rules(), pool=pool, cap=config.cap, progress=progress,
-                                   multiline=multiline)
+                                   multiline=multiline, known_batches=known, max_new_batches=max_new)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -101,9 +104,19 @@ def partition_summaries(
         batches.update(counts)
         rows.append((key, window.lines, counts, {b: len(s.counts) for b, s in window.summaries.items()}))
 
-    new = [b for b in sorted(batches) if not context.instance.has_dynamic_partition(batch_partitions.name, b)]
+    new = sorted(batches - known)
     if new:
         context.instance.add_dynamic_partitions(batch_partitions.name, new)
+    overflow = None
+    if result.overflow.records:
+        fields = ", ".join(getattr(log_source, "batch_fields", None) or []) or "(the source's batch filters)"
+        overflow = {"records": result.overflow.records, "batch": OVERFLOW_BATCH, "max_new_batches_per_window": max_new,
+                    "batch_fields": fields, "example_batches": result.overflow.examples}
+        context.log.warning(
+            f"{result.overflow.records} record(s) of new batches past the cap of {max_new} new batches per window "
+            f"were summarised under batch {OVERFLOW_BATCH}: the batch field(s) {fields} hold too many distinct "
+            f"values (e.g. {', '.join(map(repr, result.overflow.examples[:3]))}); choose other batch_fields, or "
+            "raise max_new_batches_per_window in the loop settings")
     from ops.plots import tidy_metadata
 
     # Each window's own partition records its own figures; what only the run as a whole knows (its
@@ -130,6 +143,7 @@ def partition_summaries(
             "run_bad_records": result.bad.total,
             **({"run_bad_by_reason": MetadataValue.json(dict(result.bad.counts)),
                 "run_bad_examples": MetadataValue.json(result.bad.examples)} if result.bad.total else {}),
+            **({"run_batch_overflow": MetadataValue.json(overflow)} if overflow else {}),
         })
     )
 

@@ -18,7 +18,7 @@ import re
 import sys
 import time
 
-from orchestration.cli.common import CliError
+from orchestration.cli.common import batch_arg, CliError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DESCRIPTION = (
@@ -35,7 +35,7 @@ DESCRIPTION = (
 def add_parser(sub) -> None:
     p = sub.add_parser("anomalies", help="lines, anomalies and anomaly rate per window (anomaly trends)",
                        description=DESCRIPTION)
-    p.add_argument("--batch", help="only this batch (default: every batch with anomaly counts)")
+    p.add_argument("--batch", type=batch_arg, help="only this batch (default: every batch with anomaly counts)")
     p.add_argument("--since", default="24h",
                    help="windows that end after this: a duration back from now (90m, 24h, 7d, 2w) or a UTC time "
                         "(2026-11-23T07:00Z, 2026-11-23); default 24h")

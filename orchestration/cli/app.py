@@ -9,10 +9,10 @@ import os
 import sys
 from dataclasses import asdict
 
-from orchestration.cli import anomalies, feedback, models, nats, push, retention, score, train
-from orchestration.cli.common import human_time, one_line, open_store, print_table
-from resources.artifacts import ArtifactStorageError
-from resources.store import StoreError
+from orchestration.cli import anomalies, config, feedback, models, nats, push, retention, score, train
+from orchestration.cli.common import batch_arg, human_time, one_line, open_store, print_table
+from orchestration.loop_settings import LoopSettingsError
+from resources.errors import ArtifactStorageError, StoreError
 from resources.store_records import TASK_STATES
 
 
@@ -86,12 +86,12 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="logloop", description="Continuous training of NuLog log-anomaly models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (train, nats, feedback, anomalies, retention, push, models, score):
+    for commands in (train, nats, feedback, anomalies, retention, push, models, score, config):
         commands.add_parser(sub)
 
     tasks = sub.add_parser("tasks", help="training tasks").add_subparsers(dest="tasks_command", required=True)
     p = tasks.add_parser("list", help="list training tasks, newest first")
-    p.add_argument("--batch", help="only this batch")
+    p.add_argument("--batch", type=batch_arg, help="only this batch")
     p.add_argument("--state", choices=[state.value for state in TASK_STATES], help="only tasks in this state")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.set_defaults(func=cmd_tasks_list)
@@ -111,9 +111,12 @@ EXIT_BROKEN_PIPE = 128 + 13
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "light", False):  # needs neither Dagster nor the store (`config`): starts at once
+        return args.func(args)
+
     try:
         return args.func(args)
-    except (StoreError, ArtifactStorageError) as exc:  # the store or the bucket: one line, no traceback
+    except (StoreError, ArtifactStorageError, LoopSettingsError) as exc:  # the store, the bucket, the settings: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

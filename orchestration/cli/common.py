@@ -17,6 +17,19 @@ def open_store():
     return resource("store")
 
 
+def batch_arg(text: str) -> str:
+    """argparse `type` of a batch argument: the name in NFC (as the store keeps it), or argparse's
+    one-line usage error naming what is wrong (an invisible or direction-changing character)."""
+    import argparse
+
+    from ops.naming import InvalidName, validate_batch_name
+
+    try:
+        return validate_batch_name(text)
+    except InvalidName as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 TABLE_WIDTH = 120  # tables fit this many columns when output is not a terminal (COLUMNS overrides)
 
 
@@ -68,8 +81,12 @@ def print_grouped_table(names, groups, *, nowrap=(), keep=(), truncate=(), heade
     from rich.table import Table
     from rich.text import Text
 
+    from ops.naming import shown_name
+
+    # names from logs (batches, stored before invisible characters were refused) print escaped
     names = [str(n) for n in names]
-    groups = [(heading, [["-" if c is None else str(c) for c in row] for row in rows]) for heading, rows in groups]
+    groups = [(None if heading is None else shown_name(heading),
+               [["-" if c is None else shown_name(str(c)) for c in row] for row in rows]) for heading, rows in groups]
     every = [row for _, rows in groups for row in rows]
     natural = [max([len(n) if header else 1] + [_cell_width(r[i]) for r in every]) for i, n in enumerate(names)]
     total = _table_width()
@@ -193,10 +210,10 @@ def load_registered_artifact(batch: str, version):
         store = resources["store"]
         hint = "" if store.list_models(batch) else did_you_mean(batch, {m.batch for m in store.list_models()})
         raise CliError(f"no model registered for {what}{hint}")
-    from ops.register.artifact import MAX_ARTIFACT_BYTES, read_artifact  # torch: only once there is a model to read
+    from ops.register.artifact import MAX_TOTAL_BYTES, read_artifact  # torch: only once there is a model to read
 
     try:  # from the configured artifact storage: a local folder or an object store
-        with resources["artifacts"].reading(record.artifact, max_bytes=MAX_ARTIFACT_BYTES) as path:
+        with resources["artifacts"].reading(record.artifact, max_bytes=MAX_TOTAL_BYTES) as path:
             return read_artifact(path), record
     except (FileNotFoundError, ArtifactStorageError) as e:
         raise CliError(f"model v{record.version} of batch {batch!r}: {e}") from None
@@ -207,7 +224,7 @@ def load_artifact_uri(uri: str):
     file:// URL or an object-store URL (s3://, gs://, az://; credentials from the provider's
     environment variables). Its size is checked before it is read or downloaded; it is read
     without pickle (ops.register.artifact). The store is not consulted."""
-    from ops.register.artifact import MAX_ARTIFACT_BYTES, ArtifactError, read_artifact
+    from ops.register.artifact import MAX_TOTAL_BYTES, ArtifactError, read_artifact
     from resources.artifacts import ArtifactStorageError
 
     if "://" not in uri or uri.startswith("file://"):
@@ -220,7 +237,7 @@ def load_artifact_uri(uri: str):
     except ValueError as e:
         raise CliError(f"--artifact {uri!r}: {e}") from None
     try:
-        with ObjectArtifactStorage(url=folder).reading(name, max_bytes=MAX_ARTIFACT_BYTES) as path:
+        with ObjectArtifactStorage(url=folder).reading(name, max_bytes=MAX_TOTAL_BYTES) as path:
             return read_artifact(path)
     except FileNotFoundError:
         raise CliError(f"model artifact {uri}: not found") from None

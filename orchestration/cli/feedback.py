@@ -18,7 +18,7 @@ import os
 import sys
 
 from ops.fetch.records import not_utf8
-from orchestration.cli.common import CliError, did_you_mean, human_time, print_table
+from orchestration.cli.common import CliError, batch_arg, did_you_mean, human_time, print_table
 
 DESCRIPTION = (
     "Label log lines of a batch as normal or anomalous. Each line is masked with the masking rules "
@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
                        description=DESCRIPTION)
     p.add_argument("line", nargs="?", metavar="LINE",
                    help="the log line to label, or the word 'list' to list the current labels")
-    p.add_argument("--batch", help="the batch the lines belong to (with 'list': only this batch)")
+    p.add_argument("--batch", type=batch_arg, help="the batch the lines belong to (with 'list': only this batch)")
     p.add_argument("--normal", action="store_true", help="the lines are normal")
     p.add_argument("--anomaly", action="store_true", help="the lines are anomalies")
     p.add_argument("-f", "--file", metavar="FILE", help="label every non-blank line of FILE ('-': standard input)")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 
-from orchestration.cli.common import CliError, human_number, human_time, one_line, open_store, print_grouped_table, print_table, run_user_command
+from orchestration.cli.common import batch_arg, CliError, human_number, human_time, one_line, open_store, print_grouped_table, print_table, run_user_command
 
 DIFF_TOKENS_SHOWN = 20  # tokens listed per side in the text diff (--json lists them all)
 
@@ -31,12 +31,12 @@ def add_parser(sub) -> None:
                     "fine-tuning and the gate's champion use), who changed it and why, and how two versions differ.",
     ).add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="list registered models with lineage; PROD marks production")
-    p.add_argument("--batch", help="only this batch")
+    p.add_argument("--batch", type=batch_arg, help="only this batch")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.set_defaults(func=cmd_list)
 
     p = models.add_parser("show", help="show one model (the batch's production model by default)")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("version", nargs="?", type=int)
     p.add_argument("--json", action="store_true", help="print the registry row as JSON (exact values)")
     p.set_defaults(func=cmd_show)
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
                           description="Make VERSION the batch's production model and pin it there: newer versions "
                           "then register without replacing it (unless LOGLOOP_PROMOTE_NEW_VERSIONS is true). "
                           "Scoring, fine-tuning and the gate's champion use it from the next run on.")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("version", type=int)
     p.add_argument("--reason", default="", help="why (recorded in the history)")
     p.set_defaults(func=cmd_promote)
@@ -53,17 +53,17 @@ def add_parser(sub) -> None:
     p = models.add_parser("rollback", help="pin production back to the previous production version",
                           description="Go back to the version that was production before the current one, and pin "
                           "it. Repeated rollbacks walk further back through the history.")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("--reason", default="", help="why (recorded in the history)")
     p.set_defaults(func=cmd_rollback)
 
     p = models.add_parser("follow", help="unpin: production follows the batch's latest version again")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("--reason", default="", help="why (recorded in the history)")
     p.set_defaults(func=cmd_follow)
 
     p = models.add_parser("history", help="every change of the batch's production model: who, when, why")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (oldest first)")
     p.set_defaults(func=cmd_history)
 
@@ -72,7 +72,7 @@ def add_parser(sub) -> None:
                           "flagged share, template count, ...), the vocabulary tokens V2 added and removed, and "
                           "the masking rules. Templates are compared by each version's template_count metric "
                           "(the templates of its own validation lines, counted at the gate).")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("v1", type=int, metavar="V1")
     p.add_argument("v2", type=int, metavar="V2")
     p.add_argument("--json", action="store_true", help="print the comparison as one JSON object (exact values)")

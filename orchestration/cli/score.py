@@ -14,7 +14,7 @@ import json
 import sys
 
 from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
-from orchestration.cli.common import CliError, run_user_command
+from orchestration.cli.common import CliError, batch_arg, run_user_command
 
 FORMATS = ("text", "json")
 
@@ -135,7 +135,7 @@ FORMAT_HELP = ("text (one message per line) or json (JSON Lines: the message in 
 
 
 def _add_model_args(p, artifact: bool) -> None:
-    p.add_argument("--batch", help="the batch whose registered model is used"
+    p.add_argument("--batch", type=batch_arg, help="the batch whose registered model is used"
                    + (" (or --artifact)" if artifact else ""))
     p.add_argument("--version", type=int, help="model version (default: the batch's production model: "
                    "the pinned version, else the latest)")

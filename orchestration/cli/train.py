@@ -18,11 +18,20 @@ import time
 from dataclasses import asdict
 from urllib.parse import urlparse
 
+from typing import TYPE_CHECKING
+
+from orchestration.cli.common import batch_arg
 from orchestration.contract import PARTITION_TAG
-from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, load_spec_file, run_config, run_tags
+
+if TYPE_CHECKING:
+    from orchestration.training_spec import TrainingSpec
+
+# orchestration.training_spec (pydantic, yaml) is imported by the commands that read a spec, so
+# that the rest of the CLI, `--help` included, starts without it.
 
 JOB = "train_model"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+DEFAULT_DAGSTER_URL = "http://localhost:3000"  # LOGLOOP_DAGSTER_URL unset
 
 
 def open_store():
@@ -50,7 +59,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_local)
     p = verbs.add_parser("request", help="launch a training from Opni's request payload")
     p.add_argument("payload", help='{"model_to_train": "nulog", "time_intervals": [{"start_ts": ns, "end_ts": ns}]}')
-    p.add_argument("--batch", default="default")
+    p.add_argument("--batch", type=batch_arg, default="default")
     p.add_argument("--id", help="training id (default: opni-<time>)")
     p.add_argument("--local", action="store_true", help="run in this process instead of on the webserver")
     p.add_argument("--wait", action="store_true")
@@ -67,6 +76,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_validate(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -76,12 +87,11 @@ def cmd_validate(args) -> int:
     return 0
 
 
-DEFAULT_DAGSTER_URL = "http://localhost:3000"
-
-
 def dagster_url() -> str:
     """The Dagster webserver's URL (LOGLOOP_DAGSTER_URL)."""
-    return os.environ.get("LOGLOOP_DAGSTER_URL", "").strip() or DEFAULT_DAGSTER_URL
+    from orchestration.config import settings
+
+    return settings().dagster_url or DEFAULT_DAGSTER_URL
 
 
 def webserver(url: str) -> str:
@@ -171,6 +181,8 @@ def run_event_lines(client, run_id: str, cursor: str | None) -> tuple[list[str],
 def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     from dagster_graphql import DagsterGraphQLClientError
 
+    from orchestration.training_spec import run_config, run_tags
+
     url = dagster_url()
     why = reachable(url)
     if why is not None:
@@ -232,6 +244,8 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
 
 
 def cmd_create(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -248,6 +262,7 @@ def run_local(spec: TrainingSpec) -> int:
     from orchestration.checks import nulog_model_quality
     from orchestration.resources import build_resources
     from orchestration.tasks import fail_task, schedule_task
+    from orchestration.training_spec import run_config, run_tags
 
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     if not instance.has_dynamic_partition("batches", spec.batch):
@@ -271,6 +286,8 @@ def run_local(spec: TrainingSpec) -> int:
 
 
 def cmd_local(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -279,6 +296,8 @@ def cmd_local(args) -> int:
 
 
 def cmd_request(args) -> int:
+    from orchestration.training_spec import SpecError, from_opni_request
+
     try:
         payload = json.loads(args.payload)
     except RecursionError:
@@ -312,7 +331,7 @@ def cmd_get(args) -> int:
     if not rows:
         print("no trainings")
         return 0
-    from orchestration.cli.common import print_table
+    from orchestration.cli.common import batch_arg, print_table
 
     cells = [("ID", "BATCH", "STATE", "MODE", "RUN", "ARTIFACT")]
     for r in rows:

@@ -37,6 +37,9 @@ from resources.tdengine_samples import TDengineSamples
 from tests.servers.postgres_server import PostgresUnavailable, postgres_server
 from tests.servers.taos_rest_server import FakeTaosAdapter
 
+# Under pytest-xdist one worker runs this module's tests: they share the PostgreSQL server started once for the module.
+pytestmark = pytest.mark.xdist_group("push")
+
 PASSWORD = "fake-Pa55'word"
 HOSTILE = "'; DROP TABLE samples; -- \"../../etc\""
 UNICODE = "Grüße/日本語 🚀 back\\slash \\' \\n"
@@ -314,11 +317,9 @@ def test_serve_ingest_over_loopback(home):
 
     with pytest.raises(CliError):
         make_server("0.0.0.0", 0)
-    server = make_server("127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = make_server("127.0.0.1", 0).start()
     try:
-        port = server.server_address[1]
+        port = server.port
         body = b"".join(b"req %d\n" % i for i in range(500)) + b"\xff\n"
         req = urllib.request.Request(f"http://127.0.0.1:{port}/push?batch=api%2Fone&seed=2", data=body, method="POST")
         got = json.loads(urllib.request.urlopen(req, timeout=30).read())
@@ -330,8 +331,7 @@ def test_serve_ingest_over_loopback(home):
             urllib.request.urlopen(req, timeout=30)
         assert exc.value.code == 400
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def test_source_is_selected_by_configuration(home, monkeypatch):
@@ -466,3 +466,89 @@ def test_push_samples_goes_to_the_configured_store(tmp_path, monkeypatch):
     stats = push_samples("app/web", ["GET /a 200", "", "GET /b 404"], seed=1)
     assert (stats.registered, stats.bad.total) == (2, 1)
     assert samples_for_store(resource("store")).count("app/web") == 2
+
+
+# ---- a push killed mid-way, run again with its key -----------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _cli_env(kind, request, tmp_path) -> tuple[dict, object]:
+    """The environment that points `logloop` at this store kind, and a table on the same store."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGLOOP_")}
+    env.update(LOGLOOP_HOME=str(tmp_path / "home"), PYTHONWARNINGS="ignore")
+    if kind == "sqlite":
+        return env, SQLSamples(f"sqlite:///{tmp_path / 'home' / 'store.sqlite'}")
+    if kind == "tdengine-fake":
+        server, database = request.getfixturevalue("fake_taos"), "t_" + uuid.uuid4().hex[:12]
+        env.update(LOGLOOP_TDENGINE_URL=server.url, LOGLOOP_TDENGINE_PASSWORD=PASSWORD, LOGLOOP_TDENGINE_DATABASE=database)
+        return env, TDengineSamples(server.url, database, password=Secret(PASSWORD))
+    server = request.getfixturevalue("postgres")
+    db = server.create_database()
+    env.update(LOGLOOP_STORE_URL=server.url(db, with_password=False), LOGLOOP_STORE_PASSWORD=server.password)
+    return env, SQLSamples(server.url(db, with_password=False), Secret(server.password))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "tdengine-fake", "postgresql"])
+def test_a_push_killed_mid_way_and_run_again_with_its_key_registers_each_line_once(kind, request, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 60_000
+    lines = tmp_path / "app.log"
+    lines.write_text("".join(f"GET /item/{i} 200 {UNICODE}\n" for i in range(n)), encoding="utf-8")
+    env, table = _cli_env(kind, request, tmp_path)
+    (tmp_path / "home").mkdir()
+    command = [sys.executable, "-m", "orchestration.cli", "push", "--batch", "app/web", "--key", "upload-7",
+               "-f", str(lines), "--chunk", "500", "--json"]
+    first = subprocess.Popen(command + ["--progress", "0.2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        stored = 0
+        while time.monotonic() < deadline and first.poll() is None:
+            with contextlib.suppress(Exception):  # the store's tables appear with the first chunk
+                stored = table.count("app/web")
+            if stored >= n // 10:
+                break
+            time.sleep(0.02)
+        assert first.poll() is None and 0 < stored < n, f"the push was not caught mid-way ({stored} stored)"
+        first.send_signal(signal.SIGKILL)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    assert "registered" in err  # the progress lines said how far it got
+    killed_at = table.count("app/web")
+    assert 0 < killed_at < n
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    out = json.loads(again.stdout)
+    assert out["already_registered"] >= killed_at - 500  # a chunk cut short is written again, not twice
+    assert out["registered"] + out["already_registered"] == n
+    assert table.count("app/web") == n
+    messages = Counter(m for _, _, m, _ in _all_rows(table, page=20_000))
+    assert len(messages) == n and set(messages.values()) == {1}
+
+
+def test_a_failed_push_says_how_many_samples_it_registered(home, capsys, monkeypatch):
+    from resources.store import StoreError
+
+    calls = []
+
+    def failing(self, batch, messages, flags):
+        calls.append(len(messages))
+        if len(calls) == 3:
+            raise StoreError("the store went away")
+        return (1, len(messages))
+
+    monkeypatch.setattr(SQLSamples, "register", failing)
+    data = b"".join(b"line %d\n" % i for i in range(250))
+    rc, out, err = _cli(["push", "--batch", "web/a", "--chunk", "100"], capsys, data, monkeypatch)
+    assert rc == 2 and "the store went away" in err and "200 sample(s) of batch 'web/a' were registered before it" in err
+    assert "--key" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

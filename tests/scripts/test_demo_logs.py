@@ -13,6 +13,9 @@ import pytest
 from scripts import demo_logs
 from scripts.demo_logs import DEFAULT_BATCHES, HOUR_MS, default_start_ms, generate, iter_records, parse_batch
 
+# Under pytest-xdist one worker runs this module's tests: they share the logs generated once for the module (`sample`).
+pytestmark = pytest.mark.xdist_group("demo_logs")
+
 START = 1_732_345_200_000  # 2024-11-23T07:00:00Z
 
 

@@ -24,6 +24,9 @@ from resources.artifacts import LocalArtifactStorage
 from resources.sqlite_store import SQLiteStore
 from resources.store_records import ModelRecord
 
+# Under pytest-xdist one worker runs this module's tests: they share the model trained once for the module (`artifact`).
+pytestmark = pytest.mark.xdist_group("scoring")
+
 LINES = (
     ["connection from 10.0.0.%d port %d accepted" % (i % 7, 4000 + i) for i in range(60)]
     + ["user alice logged in after %d ms" % i for i in range(30)]

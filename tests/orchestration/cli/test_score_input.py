@@ -235,7 +235,7 @@ def test_score_artifact_reads_an_object_store_uri_and_checks_its_size_first(home
     assert code == 1 and err == "error: model artifact s3://models/models/web/none.zip: not found\n"
     # larger than an artifact may be: refused by its declared size, before a byte is downloaded
     s3.client().put_object(Bucket="models", Key="models/web/big.zip", Body=data + b"\0" * 1000)
-    monkeypatch.setattr(artifact_module, "MAX_ARTIFACT_BYTES", len(data) + 10)
+    monkeypatch.setattr(artifact_module, "MAX_TOTAL_BYTES", len(data) + 10)
     before = sorted(p.name for p in (tmp_path / "tmp").rglob("*") if p.is_file())
     code, out, err = run(capsys, monkeypatch, "score", "--artifact", "s3://models/models/web/big.zip", str(path))
     assert code == 1 and len(err.splitlines()) == 1 and "is too large" in err and f"at most {len(data) + 10:,}" in err
@@ -248,6 +248,6 @@ def test_a_local_artifact_larger_than_an_artifact_may_be_is_refused_before_it_is
 
     big = tmp_path / "big.zip"
     big.write_bytes(b"\0" * 5000)
-    monkeypatch.setattr(artifact_module, "MAX_ARTIFACT_BYTES", 4096)
+    monkeypatch.setattr(artifact_module, "MAX_TOTAL_BYTES", 4096)
     with pytest.raises(ArtifactError, match=r"is too large \(5,000 bytes, at most 4,096\)"):
         read_artifact(big)
