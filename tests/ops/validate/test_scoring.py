@@ -173,7 +173,7 @@ def test_cli_score_json_lines_and_text(home, artifact):
     first, new = (line.split("\t") for line in stdout.rstrip("\n").split("\n"))
     assert first[1] in ("normal", "ANOMALY") and first[3] == expected[0].masked
     assert new[1:3] == ["ANOMALY", "score<1"]  # v1's own threshold, in its reason
-    assert "model v1" in stderr and "threshold 1)" in stderr and "flagged: " in stderr and " by score" in stderr
+    assert "model v1" in stderr and "threshold 1;" in stderr and "flagged: " in stderr and " by score" in stderr
 
 
 def test_cli_templates(home):
