@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -43,7 +42,9 @@ from dagster import (
     sensor,
 )
 
-WEBHOOK_ENV = "LOGLOOP_ALERT_WEBHOOK"
+from orchestration.config import env_name, settings
+
+WEBHOOK_ENV = env_name("alert_webhook")
 SENSOR_NAME = "logloop_alerts"
 ANOMALY_CHECK = AssetCheckKey(AssetKey("anomaly_scores"), "anomaly_rate_jump")
 GATE_CHECK = AssetCheckKey(AssetKey("nulog_model"), "nulog_model_quality")
@@ -172,7 +173,7 @@ def payload(failure: Failure) -> dict:
         text = f"logloop: model gate failed for batch {batch}, no version registered: {failure.description}"
         details = {"batch": failure.partition,
                    "metrics": {k: v for k, v in failure.metadata.items() if isinstance(v, (int, float, type(None)))}}
-    base = os.environ.get("LOGLOOP_DAGSTER_URL", "").strip().rstrip("/")
+    base = (settings().dagster_url or "").rstrip("/")
     run_url = f"{base}/runs/{failure.run_id}" if base and failure.run_id else None
     if run_url:
         text += f" (run {run_url})"
@@ -299,7 +300,7 @@ def build_alert_sensor(interval_s: int = 60):
         f"(nulog_model_quality) to the webhook in {WEBHOOK_ENV}, each once. Starts no run.",
     )
     def logloop_alerts(context: SensorEvaluationContext):
-        url = os.environ.get(WEBHOOK_ENV, "").strip()
+        url = settings().secret("alert_webhook")
         if not url:
             return SkipReason(f"{WEBHOOK_ENV} is not set in the code location's environment")
         return evaluate_alerts(context, url)
@@ -309,7 +310,7 @@ def build_alert_sensor(interval_s: int = 60):
 
 def alert_sensors() -> list:
     """The alert sensor, only when LOGLOOP_ALERT_WEBHOOK is set."""
-    if not os.environ.get(WEBHOOK_ENV, "").strip():
+    if not settings().secret("alert_webhook"):
         return []
     from orchestration.loop_settings import loop_settings
 

@@ -1,8 +1,11 @@
 """The code location: one Definitions object."""
 
-import os
-
 from dagster import Definitions
+
+from orchestration.config import settings, warn_unknown_variables
+
+# first, so that a misspelled LOGLOOP_* variable is named even when it makes the load fail below
+warn_unknown_variables()
 
 from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
@@ -23,7 +26,7 @@ from orchestration.training_trigger import ingest_logs_schedule, new_samples_sen
 
 # Opni's training controller: only with a NATS server (nothing about NATS loads without one)
 nats_sensors = []
-if os.environ.get("LOGLOOP_NATS_URL", "").strip():
+if settings().nats_url:
     from orchestration.nats_sensor import build_nats_sensor
 
     nats_sensors.append(build_nats_sensor())

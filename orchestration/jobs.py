@@ -6,6 +6,7 @@ from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.summaries import partition_summaries
 from orchestration.assets.train import nulog_model
+from orchestration.k8s import train_executor_def
 from orchestration.partitions import batch_partitions, time_partitions
 from orchestration.tasks import TRAIN_JOB
 
@@ -21,4 +22,5 @@ train_model_job = define_asset_job(
     selection=AssetSelection.assets(training_sample, nulog_model, registered_model),
     partitions_def=batch_partitions,
     description="Resample, train, validate and register one batch's model.",
+    executor_def=train_executor_def(),
 )

@@ -28,6 +28,7 @@ from dagster import AssetKey, AssetObservation, MetadataValue
 from ops.naming import batch_key
 from resources.artifacts import ArtifactStorage
 from resources.store import ProductionEvent, Store
+from resources.store_records import ProductionChange
 
 PREFIX = "production"
 ASSET = AssetKey("registered_model")
@@ -37,10 +38,14 @@ def record_key(batch: str) -> str:
     return f"{PREFIX}/{batch_key(batch)}.json"
 
 
-def write_record(store: Store, artifacts: ArtifactStorage, batch: str) -> dict:
-    """Write the batch's production record (its whole history, read from the store) and return it."""
-    events = store.production_events(batch)
-    production, pinned = store.production(batch)
+def write_record(store: Store, artifacts: ArtifactStorage, batch: str, change: Optional[ProductionChange] = None) -> dict:
+    """Write the batch's production record (its whole history, read from the store, or as `change`
+    left it) and return it."""
+    if change is None:
+        models, events = store.registry_state(batch)
+        change = ProductionChange(None, models, events)
+    events = change.events
+    production, pinned = change.production
     doc = {"batch": batch, "production_version": production.version if production else None, "pinned": pinned,
            "events": [e.to_dict() for e in events]}
     with artifacts.writing(record_key(batch)) as tmp, open(tmp, "w") as f:
@@ -115,12 +120,13 @@ def _instance():
 
 
 def after_change(store: Store, artifacts: ArtifactStorage, event: ProductionEvent, *, instance=None,
-                 observe: bool = True) -> list[str]:
+                 observe: bool = True, change: Optional[ProductionChange] = None) -> list[str]:
     """Write the batch's production record and (with `observe`) report the change to the Dagster
-    instance (`instance`, else DAGSTER_HOME's). Returns what failed, in words; raises nothing."""
+    instance (`instance`, else DAGSTER_HOME's). Returns what failed, in words; raises nothing.
+    `change`: the change as the store made it, which saves reading the batch's history again."""
     problems = []
     try:
-        write_record(store, artifacts, event.batch)
+        write_record(store, artifacts, event.batch, change)
     except Exception as exc:  # noqa: BLE001 - the change is made; a restore would lose it, so say so
         problems.append(f"the production record {record_key(event.batch)} was not written "
                         f"({type(exc).__name__}: {exc}); a store restore would not bring this change back")

@@ -11,9 +11,9 @@ the batch.
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Optional
 
 from dagster import Failure
 
@@ -22,6 +22,7 @@ from ops.naming import batch_key
 from orchestration.contract import FINETUNE, CandidateRef, ModelRef, model_key
 from resources.artifacts import ArtifactStorage
 from resources.store import ModelRecord, Store, VersionConflict
+from resources.store_records import ProductionChange, ProductionEvent, production_state
 
 
 def artifact_name(template: str, name: str, version: int, batch: str) -> str:
@@ -35,18 +36,16 @@ def artifact_name(template: str, name: str, version: int, batch: str) -> str:
         raise Failure(description=f"artifact name template {template!r} is invalid: {exc}") from exc
 
 
-PROMOTE_NEW_VERSIONS = "LOGLOOP_PROMOTE_NEW_VERSIONS"
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-
-
 def promote_new_versions() -> bool:
     """LOGLOOP_PROMOTE_NEW_VERSIONS: true moves a pinned batch's production to each newly
     registered version (and unpins it); false (the default) leaves a pin where it is."""
-    value = os.environ.get(PROMOTE_NEW_VERSIONS, "").strip().lower()
-    if value not in _TRUE + _FALSE:
-        raise Failure(description=f"{PROMOTE_NEW_VERSIONS}={value!r} is not a boolean "
-                                  f"(use one of {', '.join(v for v in _TRUE + _FALSE if v)})")
-    return value in _TRUE
+    from orchestration.config import settings
+    from orchestration.loop_settings import LoopSettingsError
+
+    try:
+        return settings().promote_new_versions
+    except LoopSettingsError as exc:
+        raise Failure(description=str(exc)) from None
 
 
 def lineage_parent(candidate: ModelRef, production):
@@ -57,18 +56,39 @@ def lineage_parent(candidate: ModelRef, production):
     return production.version if production else None
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A registered version, and the batch's production after it (what registered_model shows)."""
+
+    record: ModelRecord
+    change: ProductionChange
+
+    @property
+    def production(self) -> tuple[Optional[ModelRecord], bool]:
+        return self.change.production
+
+    @property
+    def last_event(self) -> Optional[ProductionEvent]:
+        return self.change.events[-1] if self.change.events else None
+
+
 def register_candidate(
     candidate: CandidateRef, *, name, template, store: Store, artifacts: ArtifactStorage, version_label=None,
-) -> ModelRecord:
-    """The candidate as the batch's next version: keyed by the run that trained it (idempotent)."""
+) -> Registration:
+    """The candidate as the batch's next version: keyed by the run that trained it (idempotent).
+
+    Three round trips to the store whatever the number of versions: one read of the batch's
+    registry (models and production events, one snapshot), the insert, and the production change,
+    which returns what the production record and the asset's metadata show. (A lost race for the
+    version costs one read and one insert more per retry.)"""
     batch, candidate_key, train_run_id = candidate.batch, candidate.key, candidate.run_id
     window = (candidate.sample.window_start_ms, candidate.sample.window_end_ms)
     move_pin = promote_new_versions()  # a bad value fails before anything is written
-    existing = [m for m in store.list_models(batch) if m.run_id == train_run_id]
+    models, events = store.registry_state(batch)
+    existing = [m for m in models if m.run_id == train_run_id]
     if existing:  # registered before: its production change may not have been recorded yet
-        _recorded(store, artifacts, store.record_new_version(batch, existing[0].version, source=f"registry:{train_run_id}",
-                                                             move_pin=move_pin))
-        return existing[0]
+        return Registration(existing[0], _recorded(store, artifacts, store.new_version_change(
+            batch, existing[0].version, source=f"registry:{train_run_id}", move_pin=move_pin)))
     try:
         with artifacts.reading(candidate.validation_key) as path, open(path) as f:
             validation = json.load(f)
@@ -80,8 +100,8 @@ def register_candidate(
     with artifacts.reading(candidate_key) as path:
         artifact = read_artifact(path)
     lineage = ModelRef.from_meta(artifact.meta)
-    latest, production = store.latest_model(batch), store.get_model(batch)
     for _ in range(5):  # another writer may take the version between read and insert
+        latest, (production, _) = (models[-1] if models else None), production_state(models, events)
         version = (latest.version if latest else 0) + 1
         key = model_key(batch, artifact_name(template, name, version, batch))
         version_ref = replace(lineage, batch=batch, version=version, window_start_ms=window[0],
@@ -101,7 +121,7 @@ def register_candidate(
             registered = store.register_model(record)
         except VersionConflict:
             artifacts.delete(key)
-            latest, production = store.latest_model(batch), store.get_model(batch)
+            models, events = store.registry_state(batch)
             continue
         except Exception:
             # a locked or unreachable store: unless the row made it in after all, nothing points
@@ -109,23 +129,23 @@ def register_candidate(
             if _not_registered(store, batch, train_run_id):
                 artifacts.delete(key)
             raise
-        _recorded(store, artifacts, store.record_new_version(batch, registered.version, source=f"registry:{train_run_id}",
-                                                             move_pin=move_pin))
-        return registered
+        return Registration(registered, _recorded(store, artifacts, store.new_version_change(
+            batch, registered.version, source=f"registry:{train_run_id}", move_pin=move_pin)))
     raise Failure(description=f"could not allocate a version for batch {batch!r}: too many concurrent registrations")
 
 
-def _recorded(store: Store, artifacts: ArtifactStorage, event) -> None:
+def _recorded(store: Store, artifacts: ArtifactStorage, change: ProductionChange) -> ProductionChange:
     """A new version became production: the batch's production record follows (restore reads it).
     The run's materialization shows production in the UI (registered_model's metadata)."""
-    if event is None:
-        return
+    if change.event is None:
+        return change
     from orchestration.production import after_change
 
-    for problem in after_change(store, artifacts, event, observe=False):
+    for problem in after_change(store, artifacts, change.event, observe=False, change=change):
         import logging
 
         logging.getLogger(__name__).warning(problem)
+    return change
 
 
 def _not_registered(store: Store, batch: str, train_run_id: str) -> bool:

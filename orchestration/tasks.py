@@ -52,7 +52,6 @@ NO_RUN_GRACE_S = 120
 FINISHED = {DagsterRunStatus.SUCCESS: TaskState.SUCCEEDED, DagsterRunStatus.FAILURE: TaskState.FAILED,
             DagsterRunStatus.CANCELED: TaskState.FAILED}
 WAITING = (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED)
-UNSUCCESSFUL = (TaskState.FAILED, TaskState.DEAD)  # attempts that count against a retry's run key
 
 SETTINGS = loop_settings()
 
@@ -97,12 +96,30 @@ def fail_task(store: Store, task_id: str, batch: str, run_id: str, message: str)
 
 
 def find_run(instance, task: Task):
-    if task.run_id:
-        run = instance.get_run_by_id(task.run_id)
-        if run is not None:
-            return run
-    runs = instance.get_runs(RunsFilter(tags={TASK_TAG: task.task_id}), limit=1)
-    return runs[0] if runs else None
+    return find_runs(instance, [task]).get(task.task_id)
+
+
+RUNS_PER_QUERY = 10_000  # run ids or task ids in one runs query (SQLite binds up to 32,766 values)
+
+
+def find_runs(instance, tasks: list[Task]) -> dict:
+    """task id -> its run (by the task's run id, else the newest run tagged with the task), for the
+    tasks that have one: two queries of the instance whatever the number of tasks (up to RUNS_PER_QUERY)."""
+    out = {}
+    by_run: dict[str, list[Task]] = {}
+    for t in tasks:
+        if t.run_id:
+            by_run.setdefault(t.run_id, []).append(t)
+    run_ids = list(by_run)
+    for at in range(0, len(run_ids), RUNS_PER_QUERY):
+        for run in instance.get_runs(RunsFilter(run_ids=run_ids[at:at + RUNS_PER_QUERY])):
+            for t in by_run.get(run.run_id, ()):
+                out[t.task_id] = run
+    missing = [t.task_id for t in tasks if t.task_id not in out]
+    for at in range(0, len(missing), RUNS_PER_QUERY):
+        for run in instance.get_runs(RunsFilter(tags={TASK_TAG: missing[at:at + RUNS_PER_QUERY]})):  # newest first
+            out.setdefault(run.tags.get(TASK_TAG), run)
+    return out
 
 
 def in_flight_batches(instance) -> dict[str, str]:
@@ -118,8 +135,12 @@ def in_flight_batches(instance) -> dict[str, str]:
     return out
 
 
-def reconcile(instance, store: Store, task: Task, at_ms: Optional[int] = None) -> Optional[str]:
+_LOOK_UP = object()
+
+
+def reconcile(instance, store: Store, task: Task, at_ms: Optional[int] = None, run=_LOOK_UP) -> Optional[str]:
     """Settle an active task whose run is not alive; returns what was done, or None when it still works.
+    `run`: the task's run as find_runs found it (None: it has none); looked up when not given.
 
     - its run finished: the run's outcome (a status event that never reached the store);
     - it has no run NO_RUN_GRACE_S after the task began: failed, nothing will run it;
@@ -127,7 +148,7 @@ def reconcile(instance, store: Store, task: Task, at_ms: Optional[int] = None) -
       step processes are stopped, and the task is failed.
     """
     at_ms = at_ms or now_ms()
-    run = find_run(instance, task)
+    run = find_run(instance, task) if run is _LOOK_UP else run
     if run is None:
         if at_ms - task.started_ms < NO_RUN_GRACE_S * 1000:
             return None
@@ -211,9 +232,11 @@ def reap(instance, store: Store, log, at_ms: int | None = None) -> dict:
     Returns {"checked": n, TaskState.DEAD: [task ids], "settled": [task ids], "events": [one line per task acted on]}."""
     at_ms = at_ms or now_ms()
     report = {"dead": [], "settled": [], "checked": 0, "events": []}
-    for task in store.active_tasks():
+    tasks = store.active_tasks()
+    runs = find_runs(instance, tasks)
+    for task in tasks:
         report["checked"] += 1
-        outcome = reconcile(instance, store, task, at_ms)
+        outcome = reconcile(instance, store, task, at_ms, run=runs.get(task.task_id))
         if outcome:
             report["settled"].append(task.task_id)
             report["events"].append(f"{task.task_id} ({task.batch}) settled: {outcome}")
@@ -221,7 +244,7 @@ def reap(instance, store: Store, log, at_ms: int | None = None) -> dict:
             continue
         if task.deadline_ms is None or at_ms <= task.deadline_ms:
             continue
-        run = find_run(instance, task)
+        run = runs.get(task.task_id)
         outcome = terminate(instance, run, log) if run is not None else "no run"
         store.record_task_event(task.task_id, task.batch, TaskState.DEAD, run_id=run.run_id if run else task.run_id,
                                 message=f"reaped: past its deadline {iso(task.deadline_ms)}; run {outcome}")

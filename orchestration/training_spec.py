@@ -38,13 +38,14 @@ from pydantic import ValidationError
 from ops import windows
 from ops.fetch.records import not_utf8
 from ops.naming import InvalidName, validate_artifact_template, validate_batch_name
+from ops.train.decisions import REQUEST_MODES
 from orchestration.contract import BATCH_TAG, MODE_TAG, PARTITION_TAG, TASK_TAG, TRAINING_ID_TAG
 
 ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 GO_TEMPLATE = {"Name": "name", "Version": "version", "RandomUUID": "uuid", "Batch": "batch"}
-MODES = ("scratch", "finetune", "auto")
+MODES = REQUEST_MODES  # decided by ops.train.decisions when the run starts
 DURATION_RE = re.compile(r"^(\d+)(m|h|d)$")
 DURATION_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
 

@@ -37,42 +37,35 @@ from dagster import (
 )
 
 from ops.naming import batch_key
-from ops.train.decisions import decide
+from ops.train.decisions import Decision, decide, describe
 from ops.windows import now_ms
 from orchestration.contract import BATCH_TAG, CATCH_UP_TAG, MODE_TAG, TASK_TAG
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.loop_settings import LoopSettings, loop_settings, merge_run_config
 from orchestration.partitions import batch_partitions, iso, last_closed_keys, time_partitions
 from orchestration.restore import restore_store
-from orchestration.tasks import UNSUCCESSFUL, in_flight_batches, reconcile
+from orchestration.tasks import find_runs, in_flight_batches, reconcile
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource, LogSourceError
 from resources.store import Store, StoreError
+from resources.store_records import UNSUCCESSFUL_STATES
 
 SETTINGS: LoopSettings = loop_settings()  # invalid thresholds fail the code location's load
 
 _TASK_NS = uuid.UUID("5b0c1f0e-6a57-4f6b-9a57-2f1d0c0ffee0")
 
 
-def training_run_config(mode: str, watermark_ms, settings: LoopSettings) -> dict:
-    sample = {"mode": mode}
-    if mode == "finetune" and watermark_ms is not None:
-        sample["window_start"] = iso(watermark_ms)
+def training_run_config(decision: Decision, settings: LoopSettings) -> dict:
+    """The run config that hands `decision` to the run: training_sample carries it out and records
+    it (mode, parent, where the data starts, and why a fine-tune escalated)."""
+    sample: dict = {"mode": decision.action}
+    if decision.parent_version is not None:
+        sample["parent_version"] = decision.parent_version
+    if decision.window_start_ms is not None:
+        sample["window_start"] = iso(decision.window_start_ms)
+    if decision.escalation:
+        sample["escalation"] = decision.escalation
     return merge_run_config({"ops": {"training_sample": {"config": sample}}}, settings.training_run_config)
-
-
-def _finetune_start(store: Store, decision):
-    """Where a fine-tune's new data begins: the watermark of the model it starts from, the batch's
-    PRODUCTION model (training_sample's parent), not the latest version's. The two differ for a
-    pinned batch: v1 pinned, v3 registered since; the decision counts new data from v3's watermark
-    (data no model has seen), but v1, the parent, never saw what v2 and v3 learned from."""
-    if decision.action != "finetune":
-        return decision.watermark_ms
-    production = store.get_model(decision.batch)
-    if production is None or production.window_end_ms is None:
-        return decision.watermark_ms
-    return production.window_end_ms
-
 
 
 # ---- catch-up ingestion ---------------------------------------------------------------
@@ -196,19 +189,25 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
                 statuses = store.batch_statuses()
     except StoreError as exc:
         raise StoreError(f"new_samples_sensor: the store is unreachable, nothing launched this tick: {exc}") from exc
-    # A busy batch whose run is not alive is settled now, so it trains again this tick.
+    # A busy batch whose run is not alive is settled now, so it trains again this tick. All their
+    # runs in one query of the instance.
+    busy = [s.active_task for s in statuses if s.active_task is not None]
+    runs = find_runs(context.instance, busy) if busy else {}
     for s in statuses:
         if s.active_task is not None:
-            outcome = reconcile(context.instance, store, s.active_task)
+            outcome = reconcile(context.instance, store, s.active_task, run=runs.get(s.active_task.task_id))
             if outcome:
                 context.log.warning(f"{s.batch}: task {s.active_task.task_id} settled ({outcome})")
+                settled = store.get_task(s.active_task.task_id)  # one read per settled task, not per batch
+                s.failed_attempts += settled is not None and settled.state in UNSUCCESSFUL_STATES
                 s.active_task = None
     in_flight = in_flight_batches(context.instance)
     decisions = decide(statuses, settings.thresholds_for, settings.max_finetunes_in_a_row, in_flight)
+    attempts = {s.batch: s.failed_attempts for s in statuses}
 
     known = set(context.instance.get_dynamic_partitions(batch_partitions.name))
     new_batches = sorted({s.batch for s in statuses} - known)
-    launches = [d for d in decisions if d.action != "wait"]
+    launches = [d for d in decisions if d.launches]
     catch_up = CatchUp()
     if log_source is not None and log_source.counts_cheaply and settings.catch_up_windows:
         try:
@@ -216,29 +215,24 @@ def evaluate_new_samples(context: SensorEvaluationContext, store: Store, setting
                                      settings.catch_up_windows, current_time)
         except (LogSourceError, OSError) as exc:  # training decisions do not depend on it
             context.log.warning(f"catch-up: counting {log_source.describe()} failed, not catching up this tick: {exc}")
-    # A failed or reaped attempt must not block a retry for the same data: the number
-    # of such attempts is part of the run key. One query for all batches.
-    attempts: dict[str, int] = {}
-    if launches:
-        for t in store.list_tasks():
-            if t.state in UNSUCCESSFUL:
-                attempts[t.batch] = attempts.get(t.batch, 0) + 1
     requests = []
     for d in launches:
+        # A failed or reaped attempt must not block a retry for the same data: the number of such
+        # attempts (counted by the status query) is part of the run key.
         run_key = f"{batch_key(d.batch)}:{d.watermark_ms or 0}:{d.action}:{attempts.get(d.batch, 0)}"
         task_id = uuid.uuid5(_TASK_NS, run_key).hex  # recorded by the run itself when it starts
         requests.append(RunRequest(
             job_name=train_model_job.name,
             run_key=run_key,
             partition_key=d.batch,
-            run_config=training_run_config(d.action, _finetune_start(store, d), settings),
+            run_config=training_run_config(d, settings),
             tags={TASK_TAG: task_id, BATCH_TAG: d.batch, MODE_TAG: d.action,
                   "dagster/max_runtime": str(settings.task_time_limit_s)},
         ))
-        if len(requests) <= 50:
-            context.log.info(f"{d.batch}: {d.action} ({d.reason})")
+    for line in describe(decisions):
+        context.log.info(line)
 
-    waiting = [d for d in decisions if d.action == "wait"]
+    waiting = [d for d in decisions if not d.launches]
     context.log.info(f"{len(statuses)} batches: {len(requests)} run(s) requested, {len(waiting)} waiting"
                      + (f", {len(catch_up.requests)} window(s) to catch up" if catch_up.requests else ""))
     cursor = json.dumps({"tick_ms": now_ms(), "batches": len(statuses), "launched": len(requests),

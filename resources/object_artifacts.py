@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, PrivateAttr
 
 from ops.naming import InvalidName, validate_key
-from resources.artifacts import ArtifactStorage, ArtifactStorageError
+from resources.artifacts import ArtifactStorage, ArtifactStorageError, check_size
 from ops.urls import url_without_password
 
 # URL scheme -> (fsspec protocol, the package that implements it)
@@ -290,11 +290,12 @@ class ObjectArtifactStorage(ArtifactStorage):
                 raise self._error(f"writing {key!r}", exc) from None
 
     @contextlib.contextmanager
-    def reading(self, key: str) -> Iterator[str]:
+    def reading(self, key: str, max_bytes: int | None = None) -> Iterator[str]:
         validate_key(key)
         info = self._info(key)
         if info is None or info.get("type") == "directory":
             raise FileNotFoundError(f"artifact {key!r} not found under {self.base_url}")
+        check_size(f"artifact {self.uri(key)}", int(info.get("size") or 0), max_bytes)
         name = Path(key).name
         private = tempfile.mkdtemp(prefix=_TMP + "read-", dir=self._cache_root())
         try:

@@ -92,9 +92,11 @@ class OpenSearchLogSource(LogSource):
             deadline_s=self.deadline_s,
         )
 
-    def query_spec(self) -> QuerySpec:
+    def query_spec(self, keep_flagged: bool = False) -> QuerySpec:
+        """What the data stage reads; `keep_flagged`: flagged documents too (the verdict write-back
+        must reach the documents it flagged before, to overwrite them)."""
         must_not = []
-        if self.drop_flagged_anomalies:
+        if self.drop_flagged_anomalies and not keep_flagged:
             must_not.append({"terms": {self.anomaly_field: list(self.anomaly_values)}})
         for word in self.drop_error_keywords:
             must_not.append({"match": {self.message_field: word}})
@@ -168,6 +170,19 @@ class OpenSearchLogSource(LogSource):
             OpenSearchShard(conn, self.index, self.record_format, spec, i, n, self.page_size, self.keep_alive, tiebreaker)
             for i in range(n)
         ]
+
+    def write_back_verdicts(self, window: tuple[int, int], verdicts: dict, versions: dict, mask, score_new,
+                            bulk_docs: int, deadline_s: float):
+        """Write a scored window's verdicts onto its documents (ops.fetch.opensearch_verdicts), reading
+        the window again as one PIT slice, flagged documents included."""
+        from ops.fetch.opensearch_verdicts import write_back_verdicts
+
+        windows = Windows([window])
+        conn = self.connection()
+        shard = OpenSearchShard(conn, self.index, self.record_format, self.query_spec(keep_flagged=True), 0, 1,
+                                self.page_size, self.keep_alive, self.resolved_tiebreaker(conn.client()))
+        return write_back_verdicts([shard], windows.bounds[0], verdicts, versions, mask, score_new,
+                                   bulk_docs=bulk_docs, deadline_s=deadline_s)
 
     def ordered_shards(self, windows: Windows) -> list[OpenSearchShard]:
         """Shards that each read a contiguous time span (`time_spans`), so that a stream's documents

@@ -85,7 +85,7 @@ def push(
     the same key, input and `chunk` is not registered again but counted in `stats.already`.
     `on_chunk(stats)` is called after each chunk (progress reports).
     """
-    validate_batch_name(batch)
+    batch = validate_batch_name(batch)
     if chunk <= 0:
         raise ValueError("chunk must be positive")
     if key is not None:

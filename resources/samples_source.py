@@ -59,11 +59,13 @@ class SamplesShard:
             for batch, ts, message, flag in rows:
                 if batch not in valid:
                     try:
-                        validate_batch_name(batch)
+                        nfc = validate_batch_name(batch)
                     except InvalidName as exc:
                         bad.add("bad_batch", f"sample {batch!r}@{ts}", str(exc))
                         continue
-                    valid.add(batch)
+                    if nfc == batch:
+                        valid.add(batch)
+                    batch = nfc
                 if joiner is not None:
                     self._count(chunk, joiner.push(batch, message, (batch, flag), lambda: f"sample {batch!r}@{ts}"))
                     continue

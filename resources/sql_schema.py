@@ -12,7 +12,7 @@ import json
 
 import sqlalchemy as sa
 
-from resources.store_records import ACTIVE_STATES, ModelRecord
+from resources.store_records import ACTIVE_STATES, UNSUCCESSFUL_STATES, ModelRecord
 
 # -- schema (the same tables and column names as the SQLite files written before SQLAlchemy) ------
 
@@ -41,6 +41,9 @@ sample_counts = sa.Table(
     sa.PrimaryKeyConstraint("partition_key", "batch"),
     sa.Index("sample_counts_batch", "batch", "window_start_ms"),
 )
+# covers batch_statuses' sums (an index-only scan), and a batch's new samples are a range of it
+sample_counts_status = sa.Index("sample_counts_status", sample_counts.c.batch, sample_counts.c.window_start_ms,
+                                sample_counts.c["count"])
 models = sa.Table(
     "models", metadata,
     sa.Column("batch", sa.Text, nullable=False),
@@ -156,6 +159,14 @@ LABEL_COLS = [labels.c[name] for name in (
 )]
 
 
+def create_schema(conn: sa.Connection) -> None:
+    """Create the missing tables, and the indexes added since a store's tables were created
+    (create_all leaves an existing table's indexes as they are)."""
+    metadata.create_all(conn)
+    sample_counts_status.create(conn, checkfirst=True)
+    add_missing_columns(conn)  # a store from before a column was added
+
+
 def model_from_row(r) -> ModelRecord:
     """A ModelRecord from a row of MODEL_COLS."""
     return ModelRecord(
@@ -165,20 +176,28 @@ def model_from_row(r) -> ModelRecord:
 
 
 def _status_queries():
-    """batch_statuses' three grouped reads (built once: SQLAlchemy then reuses their compiled form)."""
-    m, s = models.alias("m"), sample_counts.alias("s")
+    """batch_statuses' grouped reads (built once: SQLAlchemy then reuses their compiled form). Each
+    is one statement whatever the number of batches; the sums read the sample_counts_status index."""
+    m, s, n = models.alias("m"), sample_counts.alias("s"), sample_counts.alias("n")
     latest = sa.select(models.c.batch, sa.func.max(models.c.version).label("v")).group_by(models.c.batch).subquery("l")
     watermark = (sa.select(m.c.batch, m.c.window_end_ms.label("wm"))
                  .join(latest, sa.and_(m.c.batch == latest.c.batch, m.c.version == latest.c.v)).subquery("w"))
-    is_new = sa.or_(watermark.c.wm.is_(None), s.c.window_start_ms >= watermark.c.wm)
-    counts_query = (  # new = partitions starting at or after the latest model's window end
-        sa.select(s.c.batch, sa.func.sum(sa.case((is_new, s.c["count"]), else_=0)), sa.func.sum(s.c["count"]))
-        .select_from(s.outerjoin(watermark, watermark.c.batch == s.c.batch)).group_by(s.c.batch)
+    totals = sa.select(s.c.batch, sa.func.sum(s.c["count"]).label("total")).group_by(s.c.batch).subquery("t")
+    # new = partitions starting at or after the latest model's window end: one index range per batch
+    new_since = (sa.select(sa.func.coalesce(sa.func.sum(n.c["count"]), 0))
+                 .where(n.c.batch == totals.c.batch, n.c.window_start_ms >= watermark.c.wm).scalar_subquery())
+    counts_query = (
+        sa.select(totals.c.batch, sa.case((watermark.c.wm.is_(None), totals.c.total), else_=new_since), totals.c.total)
+        .select_from(totals.outerjoin(watermark, watermark.c.batch == totals.c.batch))
     )
     models_query = sa.select(models.c.batch, models.c.version, models.c.window_end_ms, models.c.mode)
-    tasks_query = (sa.select(*TASK_COLS, tasks.c.state.in_(ACTIVE_STATES).label("active"))
-                   .order_by(tasks.c.first_seq.desc()))
-    return models_query, counts_query, tasks_query
+    active_query = (sa.select(*TASK_COLS).where(tasks.c.state.in_(ACTIVE_STATES)).order_by(tasks.c.first_seq.desc()))
+    attempts_query = (sa.select(tasks.c.batch, sa.func.count()).where(tasks.c.state.in_(UNSUCCESSFUL_STATES))
+                      .group_by(tasks.c.batch))
+    last = sa.select(sa.func.max(production_events.c.seq).label("seq")).group_by(production_events.c.batch).subquery("p")
+    production_query = (sa.select(production_events.c.batch, production_events.c.version, production_events.c.action)
+                        .join(last, production_events.c.seq == last.c.seq))
+    return models_query, counts_query, active_query, attempts_query, production_query
 
 
 STATUS_QUERIES = _status_queries()

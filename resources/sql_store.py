@@ -38,11 +38,10 @@ from resources.sql_schema import (
     PRODUCTION_COLS,
     STATUS_QUERIES,
     TASK_COLS,
-    add_missing_columns,
     anomaly_counts,
+    create_schema,
     label_events,
     labels,
-    metadata,
     model_from_row,
     models,
     production_events,
@@ -56,6 +55,7 @@ from resources.store_records import (
     AnomalyCount,
     Label,
     PartitionCount,
+    ProductionChange,
     ProductionEvent,
     Task,
     build_batch_statuses,
@@ -64,6 +64,7 @@ from resources.store_records import (
     label_key,
     latest_and_finetunes,
     merge_task_event,
+    production_of,
 )
 from ops.urls import url_without_password
 
@@ -132,14 +133,12 @@ class SQLStore(Store):
             raw.execute("PRAGMA journal_mode=WAL")
             conn.execution_options(logloop_write=True)
             with conn.begin():
-                metadata.create_all(conn)
-                add_missing_columns(conn)  # a store from before a column was added
+                create_schema(conn)
             conn.execution_options(logloop_write=False)
         elif key not in SCHEMA_READY:
             with conn.begin():
                 self._lock(conn, "schema", "")  # two processes creating the tables at once would collide
-                metadata.create_all(conn)
-                add_missing_columns(conn)
+                create_schema(conn)
         SCHEMA_READY.add(key)
 
     @contextlib.contextmanager
@@ -297,7 +296,7 @@ class SQLStore(Store):
         return ([model_from_row(r) for r in conn.execute(models_q).all()],
                 [ProductionEvent(*r) for r in conn.execute(events_q).all()])
 
-    def _production_inputs(self, batch):
+    def registry_state(self, batch):
         with self._tx(snapshot=True) as conn:  # models and events from one snapshot
             return self._read_production(conn, batch)
 
@@ -311,12 +310,13 @@ class SQLStore(Store):
     def _change_production(self, batch, plan):
         with self._tx(write=True) as conn:
             self._lock(conn, "production", batch)  # one change of a batch's production at a time
-            event = plan(*self._read_production(conn, batch))
+            models_now, events = self._read_production(conn, batch)
+            event = plan(models_now, events)
             if event is not None:
                 self._append_event(conn, production_events, dict(
                     batch=event.batch, version=event.version, previous_version=event.previous_version,
                     action=event.action, source=event.source, reason=event.reason, created_ms=event.created_ms))
-        return event
+        return ProductionChange(event, models_now, events + ([event] if event is not None else []))
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -366,21 +366,24 @@ class SQLStore(Store):
         return [Task(*r) for r in rows]
 
     def batch_statuses(self):
-        models_query, counts_query, tasks_query = STATUS_QUERIES
-        with self._tx(snapshot=True) as conn:  # one consistent snapshot for the three reads
+        models_query, counts_query, active_query, attempts_query, production_query = STATUS_QUERIES
+        with self._tx(snapshot=True) as conn:  # one consistent snapshot for the grouped reads
             model_rows = conn.execute(models_query).all()
             counts = conn.execute(counts_query).all()
-            task_rows = conn.execute(tasks_query).all()
+            task_rows = conn.execute(active_query).all()
+            attempt_rows = conn.execute(attempts_query).all()
+            last_events = {b: (v, action) for b, v, action in conn.execute(production_query).all()}
+        watermarks = {(b, v): w for b, v, w, _ in model_rows}
         model_rows = sorted(((b, v, w, mode) for b, v, w, mode in model_rows), key=lambda r: (r[0], -r[1]))
         latest_models, finetunes = latest_and_finetunes(model_rows)
         active: dict[str, Task] = {}
-        batches = set(latest_models) | {c[0] for c in counts}
-        for row in task_rows:
-            batches.add(row[1])
-            if row[-1] and row[1] not in active:
-                active[row[1]] = Task(*row[:-1])
+        for row in task_rows:  # newest first
+            active.setdefault(row[1], Task(*row))
+        attempts = {b: int(n or 0) for b, n in attempt_rows}
+        batches = set(latest_models) | {c[0] for c in counts} | set(active) | set(attempts)
         return build_batch_statuses(batches, latest_models, finetunes,
-                                    {b: (int(n or 0), int(t or 0)) for b, n, t in counts}, active)
+                                    {b: (int(n or 0), int(t or 0)) for b, n, t in counts}, active,
+                                    production_of(latest_models, watermarks, last_events), attempts)
 
     def ping(self):
         with self._tx() as conn:

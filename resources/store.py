@@ -22,6 +22,7 @@ from typing import Optional
 from dagster import ConfigurableResource
 
 from ops.windows import now_ms
+from resources.errors import StoreError, VersionConflict  # noqa: F401  (raised and caught by the stores' users)
 from resources.store_records import (
     ACTIVE_STATES,
     MAX_CHANGE_REASON,
@@ -31,6 +32,7 @@ from resources.store_records import (
     ModelRecord,
     PartitionCount,
     PRODUCTION_ACTIONS,
+    ProductionChange,
     ProductionError,
     ProductionEvent,
     Task,
@@ -42,15 +44,6 @@ from resources.store_records import (
     rollback_target,
     version_of,
 )
-
-
-class StoreError(RuntimeError):
-    """The store could not be reached or refused an operation."""
-
-
-class VersionConflict(StoreError):
-    """Another registration took this version first; re-read and retry."""
-
 
 
 class Store(ConfigurableResource, ABC):
@@ -93,12 +86,13 @@ class Store(ConfigurableResource, ABC):
 
     def production(self, batch: str) -> tuple[Optional[ModelRecord], bool]:
         """(the batch's production model, whether it is pinned); (None, False) without models."""
-        models, events = self._production_inputs(batch)
+        models, events = self.registry_state(batch)
         return production_state(models, events)
 
-    def _production_inputs(self, batch: str) -> tuple[list[ModelRecord], list[ProductionEvent]]:
+    def registry_state(self, batch: str) -> tuple[list[ModelRecord], list[ProductionEvent]]:
         """The batch's models (by version) and production events (oldest first); a store reads
-        them in one snapshot where it can."""
+        them in one snapshot where it can. Everything a batch's registry knows: production
+        (production_state), the latest version, a training run's version."""
         return self.list_models(batch), self.production_events(batch)
 
     @abstractmethod
@@ -106,9 +100,10 @@ class Store(ConfigurableResource, ABC):
         """Every recorded change of production, of one batch or all, oldest first."""
 
     @abstractmethod
-    def _change_production(self, batch: str, plan) -> Optional[ProductionEvent]:
+    def _change_production(self, batch: str, plan) -> ProductionChange:
         """Read the batch's models and events, call plan(models, events) -> event or None, append
-        the event; on stores with transactions, all in one, serialised per batch. Returns the event."""
+        the event; on stores with transactions, all in one, serialised per batch. Returns the event
+        with the models and events it was planned on (the new event appended)."""
 
     def promote(self, batch: str, version: int, *, source: str = "", reason: str = "") -> ProductionEvent:
         """Pin production of `batch` to `version`. ProductionError for an unknown batch or version,
@@ -129,7 +124,7 @@ class Store(ConfigurableResource, ABC):
                 raise ProductionError(f"version {version} is already production of batch {batch!r} (pinned)")
             return ProductionEvent(batch, version, current.version, "promote", source, reason, now_ms())
 
-        return self._change_production(batch, plan)
+        return self._change_production(batch, plan).event
 
     def rollback(self, batch: str, *, source: str = "", reason: str = "") -> ProductionEvent:
         """Pin production of `batch` back to the version that was production before the current
@@ -151,7 +146,7 @@ class Store(ConfigurableResource, ABC):
                                       "registered; promote another version instead ('logloop models promote')")
             return ProductionEvent(batch, target, current.version, "rollback", source, reason, now_ms())
 
-        return self._change_production(batch, plan)
+        return self._change_production(batch, plan).event
 
     def follow_latest(self, batch: str, *, source: str = "", reason: str = "") -> ProductionEvent:
         """Unpin `batch`: production is its latest version again, and moves with each new one.
@@ -166,7 +161,7 @@ class Store(ConfigurableResource, ABC):
                 raise ProductionError(f"batch {batch!r} already follows its latest version (v{current.version})")
             return ProductionEvent(batch, models[-1].version, current.version, "follow", source, reason, now_ms())
 
-        return self._change_production(batch, plan)
+        return self._change_production(batch, plan).event
 
     def record_new_version(self, batch: str, version: int, *, source: str = "", move_pin: bool = False,
                            reason: str = "") -> Optional[ProductionEvent]:
@@ -174,6 +169,12 @@ class Store(ConfigurableResource, ABC):
         latest), or make it production of a pinned batch when `move_pin`, unpinning it. None when
         nothing changed: the batch is pinned (and not move_pin), `version` is not the latest, or
         its change is recorded already (a repeated registration)."""
+        return self.new_version_change(batch, version, source=source, move_pin=move_pin, reason=reason).event
+
+    def new_version_change(self, batch: str, version: int, *, source: str = "", move_pin: bool = False,
+                           reason: str = "") -> ProductionChange:
+        """record_new_version, returning the batch's models and production events as they are after
+        it (one round trip: registration needs no further read to show and record production)."""
         check_version(version)
         source, reason = check_change_text(batch, source, reason)
 
@@ -211,7 +212,7 @@ class Store(ConfigurableResource, ABC):
                     return None
                 return event
 
-            if self._change_production(batch, plan) is not None:
+            if self._change_production(batch, plan).event is not None:
                 added += 1
         return added
 

@@ -50,6 +50,7 @@ class TaskState(StrEnum):
 TASK_STATES = tuple(TaskState)
 ACTIVE_STATES = (TaskState.UNKNOWN, TaskState.SCHEDULING, TaskState.RUNNING)  # someone works on the batch
 TERMINAL_STATES = tuple(s for s in TaskState if s not in ACTIVE_STATES)
+UNSUCCESSFUL_STATES = (TaskState.FAILED, TaskState.DEAD)  # attempts that count against a retry's run key
 TASK_MODES = ("scratch", "finetune")
 MAX_TASK_MESSAGE = 4000  # characters kept of a task event's message (the rest is cut, marked with "...")
 MAX_LABEL_EXAMPLE = 2000  # characters kept of a label's example line
@@ -99,6 +100,11 @@ class BatchStatus:
     total_count: int                # samples in all partitions
     active_task: Optional[Task]     # the newest task in an ACTIVE state
     finetunes_in_a_row: int         # consecutive latest models with mode == "finetune"
+    # production (production_state): what a fine-tune starts from, and where its new data begins
+    production_version: Optional[int] = None
+    production_watermark_ms: Optional[int] = None
+    pinned: bool = False
+    failed_attempts: int = 0        # tasks of the batch that failed or died (a retry's run key counts them)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,6 +189,20 @@ class ProductionEvent:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "pinned": self.pinned}
+
+
+@dataclass
+class ProductionChange:
+    """A production change as a store made it: the event (None: nothing changed) and the batch's
+    models and events it was planned on, the event appended."""
+
+    event: Optional[ProductionEvent]
+    models: list[ModelRecord]
+    events: list[ProductionEvent]
+
+    @property
+    def production(self) -> tuple[Optional[ModelRecord], bool]:
+        return production_state(self.models, self.events)
 
 
 # -- production rules -------------------------------------------------------------------------------
@@ -374,20 +394,42 @@ def build_batch_statuses(
     finetunes: dict[str, int],
     counts: dict[str, tuple[int, int]],
     active: dict[str, Task],
+    production: Optional[dict[str, tuple[int, Optional[int], bool]]] = None,
+    attempts: Optional[dict[str, int]] = None,
 ) -> list[BatchStatus]:
     """Assemble statuses from per-table query results.
 
     latest_models: batch -> (version, window_end_ms); counts: batch -> (new, total) samples of
-    its current partitions; active: batch -> newest active task.
+    its current partitions; active: batch -> newest active task; production: batch ->
+    (version, window_end_ms, pinned) (production_of); attempts: batch -> failed or dead tasks.
     """
+    production, attempts = production or {}, attempts or {}
     out = []
     for batch in sorted(batches):
         version, watermark = latest_models.get(batch, (None, None))
         new, total = counts.get(batch, (0, 0))
+        prod_version, prod_watermark, pinned = production.get(batch, (version, watermark, False))
         out.append(BatchStatus(
             batch=batch, model_version=version, watermark_ms=watermark, new_count=new, total_count=total,
             active_task=active.get(batch), finetunes_in_a_row=finetunes.get(batch, 0),
+            production_version=prod_version, production_watermark_ms=prod_watermark, pinned=pinned,
+            failed_attempts=attempts.get(batch, 0),
         ))
+    return out
+
+
+def production_of(latest_models: dict[str, tuple[int, Optional[int]]], watermarks: dict[tuple[str, int], Optional[int]],
+                  last_events: dict[str, tuple[int, str]]) -> dict[str, tuple[int, Optional[int], bool]]:
+    """batch -> (production version, its window_end_ms, pinned): production_state's rule, from the
+    latest models, every (batch, version)'s watermark and each batch's last production event
+    (version, action), as the grouped status reads give them."""
+    out = {}
+    for batch, (version, watermark) in latest_models.items():
+        event = last_events.get(batch)
+        if event is not None and event[1] in PINNING_ACTIONS and (batch, event[0]) in watermarks:
+            out[batch] = (event[0], watermarks[(batch, event[0])], True)
+        else:
+            out[batch] = (version, watermark, False)
     return out
 
 
@@ -407,3 +449,16 @@ def latest_and_finetunes(models) -> tuple[dict, dict]:
         else:
             broken.add(batch)
     return latest, finetunes
+
+
+def registry_status(batch: str, models: list[ModelRecord], events: list[ProductionEvent]) -> BatchStatus:
+    """What a run decides on when it was asked for (not triggered by counts): the batch's latest and
+    production versions and its fine-tunes in a row, from Store.registry_state. No counts, no task."""
+    latest, finetunes = latest_and_finetunes(
+        (m.batch, m.version, m.window_end_ms, m.mode) for m in sorted(models, key=lambda m: -m.version))
+    production, pinned = production_state(models, events)
+    version, watermark = latest.get(batch, (None, None))
+    return BatchStatus(batch=batch, model_version=version, watermark_ms=watermark, new_count=0, total_count=0,
+                       active_task=None, finetunes_in_a_row=finetunes.get(batch, 0),
+                       production_version=production.version if production else None,
+                       production_watermark_ms=production.window_end_ms if production else None, pinned=pinned)

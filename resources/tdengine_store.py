@@ -45,6 +45,7 @@ from resources.store_records import (
     Label,
     ModelRecord,
     PartitionCount,
+    ProductionChange,
     ProductionEvent,
     Task,
     build_batch_statuses,
@@ -53,7 +54,9 @@ from resources.store_records import (
     count_new_and_total,
     label_key,
     latest_and_finetunes,
+    UNSUCCESSFUL_STATES,
     merge_task_event,
+    production_of,
 )
 from resources.tdengine_client import (
     PREFIX,
@@ -241,15 +244,16 @@ class TDengineStore(TDengineBase):
     def _change_production(self, batch, plan):
         literal(batch)  # reject bad text before any I/O
         timed = self._production_events(batch)
-        event = plan(self.list_models(batch), [e for _, e in timed])
+        models, events = self.list_models(batch), [e for _, e in timed]
+        event = plan(models, events)
         if event is None:
-            return None
+            return ProductionChange(None, models, events)
         ts = allocate_ns(after=timed[-1][0] if timed else 0)  # after the change it read, whatever the clocks
         event.created_ms = ts // 1_000_000
         values = (ts, event.version, event.previous_version, event.action, event.source, event.reason,
                   event.created_ms, ts)
         self._insert("production", [(batch, values)], f"cannot record a production change of batch {batch!r}")
-        return event
+        return ProductionChange(event, models, events + [event])
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -347,13 +351,18 @@ class TDengineStore(TDengineBase):
             (batch, version, held[(batch, version)]["window_end_ms"], held[(batch, version)]["mode"])
             for batch, version in sorted(held, key=lambda k: (k[0], -k[1])))
         active: dict[str, Task] = {}
+        attempts: dict[str, int] = {}
         batches = set(latest) | {r["batch"] for r in partitions}
         for _, task in tasks:  # newest first
             batches.add(task.batch)
             if task.state in ACTIVE_STATES and task.batch not in active:
                 active[task.batch] = task
+            attempts[task.batch] = attempts.get(task.batch, 0) + (task.state in UNSUCCESSFUL_STATES)
+        last_events = {e.batch: (e.version, e.action) for _, e in self._production_events(None)}  # oldest first
+        watermarks = {key: r["window_end_ms"] for key, r in held.items()}
         rows = [(r["batch"], r["window_start_ms"], r["line_count"]) for r in partitions]
-        return build_batch_statuses(batches, latest, finetunes, count_new_and_total(latest, rows), active)
+        return build_batch_statuses(batches, latest, finetunes, count_new_and_total(latest, rows), active,
+                                    production_of(latest, watermarks, last_events), attempts)
 
     def ping(self) -> None:
         resp = self._sql("SELECT SERVER_VERSION()", "unreachable")

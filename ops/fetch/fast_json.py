@@ -75,7 +75,8 @@ class FastJsonBlocks:
         for name in batch_names:
             if name not in self._valid_batches:
                 try:
-                    validate_batch_name(name)
+                    if validate_batch_name(name) != name:
+                        return False  # not NFC: the careful path names it in NFC
                 except InvalidName:
                     return False
                 self._valid_batches.add(name)

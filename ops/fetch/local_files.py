@@ -222,11 +222,10 @@ class FileShard:
         if w < 0:
             return None
         try:
-            validate_batch_name(self.text_batch)
+            return (w, validate_batch_name(self.text_batch))
         except InvalidName as exc:
             bad.add("bad_batch", self.source, str(exc))
             return None
-        return (w, self.text_batch)
 
 
 def plan_shards(

@@ -4,7 +4,7 @@ An `OpenSearchShard` is one slice (`{"id": i, "max": n}`) of a PIT search over a
 windows. It runs in a data-stage worker process: it opens its own PIT on the index
 (`POST /<index>/_search/point_in_time?keep_alive=...`), pages through its slice with
 `search_after`, sorted by the time field and a tiebreaker (`_shard_doc` on OpenSearch
->= 3.3, else a unique field such as `_id`), asking only for the fields it uses
+>= 3.3, else `_index` then `_id`, or a unique field), asking only for the fields it uses
 (`_source` includes), and deletes the PIT at the end (`DELETE /_search/point_in_time`
 with {"pit_id": [...]}). Each page of hits becomes one chunk, in exactly the shape
 `FileShard.read` yields (`hits_to_chunk`), so the data stage treats both sources alike.
@@ -25,10 +25,12 @@ Failures:
   OpenSearch answers for a PIT whose keep-alive ran out or that a node lost) is
   reopened, and the read goes on from the last time value read: the query is narrowed
   to `time >= last time`, and the hits at that exact time that were already read are
-  skipped by `_id` (tiebreaker values such as `_shard_doc` are only meaningful within
+  skipped by index and `_id` (tiebreaker values such as `_shard_doc` are only meaningful within
   one PIT), so there are no duplicates and no gaps. If the reopened PIT spans a
   different number of shards (a wildcard index pattern that gained an index), slice
   membership may have changed, so this is a hard failure rather than a silent risk;
+- a PIT create answered with 404 search_context_missing (the node lost the new PIT's contexts
+  before it could lengthen their keep-alive: a node under heavy load) is tried again;
 - anything else, or a transient error that outlasts the retries, raises
   `OpenSearchReadError` naming the index, windows, slice and reason; the data stage
   then fails the run and records nothing for its partitions.
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -229,7 +232,8 @@ class OpenSearchShard:
     def file_id(self) -> None:
         return None
 
-    def _where(self, windows: Windows) -> str:
+    def where(self, windows: Windows) -> str:
+        """The slice and its windows, as error messages name them."""
         span = f"[{_iso(windows.lo)}, {_iso(windows.hi)})" if len(windows) else "[]"
         return f"index {self.index!r}, windows {span}, slice {self.slice_id + 1}/{self.slices}"
 
@@ -260,19 +264,40 @@ class OpenSearchShard:
 
     def pages(self, windows: Windows, sleep=time.sleep) -> Iterator[list[dict]]:
         """The slice's hits for `windows`, a page at a time, each hit exactly once."""
-        conn, where = self.conn, self._where(windows)
+        conn, where = self.conn, self.where(windows)
         client = conn.client()
+        if self.tiebreaker == "_id":
+            # before 3.3 `_id` is the only unique tiebreaker; the node warns on every page that
+            # sorting on it loads fielddata, which would fill the run's logs with one known fact
+            warnings.filterwarnings("ignore", message="Loading the fielddata on the _id field", module="opensearchpy")
         fields = [self.fmt.message_field, *([] if self.spec.batch_queries else self.fmt.batch_fields)]
         sort = [{self.fmt.time_field: {"order": "asc"}}, {self.tiebreaker: {"order": "asc"}}]
+        if self.tiebreaker == "_id":
+            # `_id` is unique within one index only: over a pattern or alias of several indices, two
+            # documents can share time and id (a copy, a reindex), and search_after would skip the
+            # second at a page boundary. The index name before the id makes the key unique.
+            sort.insert(1, {"_index": {"order": "asc"}})
         state = {"pit": None, "shards": None}
 
         def open_pit():
-            resp = call_with_retries(
-                conn,
-                lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
-                f"opening a PIT ({where})",
-                sleep,
-            )
+            # A node opens a PIT in two steps: shard contexts with its own initial keep-alive
+            # (point_in_time.init.keep_alive), then the requested one. A node too busy to take the
+            # second step in time loses the contexts and answers 404 search_context_missing to the
+            # create itself: that is worth another try, as a transient error is.
+            for attempt in range(conn.retries + 1):
+                try:
+                    resp = call_with_retries(
+                        conn,
+                        lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
+                        f"opening a PIT ({where})",
+                        sleep,
+                    )
+                    break
+                except PitExpired as exc:
+                    if attempt == conn.retries:
+                        raise OpenSearchReadError(conn.scrub(
+                            f"opening a PIT ({where}): {exc} after {attempt + 1} attempts")) from None
+                    sleep(min(conn.max_backoff_s, conn.backoff_s * (2**attempt)))
             total = (resp.get("_shards") or {}).get("total")
             if state["shards"] is not None and total != state["shards"]:
                 raise OpenSearchReadError(
@@ -282,10 +307,7 @@ class OpenSearchShard:
             state["pit"], state["shards"] = resp["pit_id"], total
 
         try:
-            try:
-                open_pit()
-            except PitExpired as exc:  # a 404 here means no such index
-                raise OpenSearchReadError(conn.scrub(f"opening a PIT ({where}): {exc}")) from None
+            open_pit()
             after = None
             floor = None               # after a reopen: read from this time on
             skip_time, skip_ids = None, set()
@@ -330,11 +352,12 @@ class OpenSearchShard:
                 fresh = []
                 for h in hits:
                     t = h["sort"][0]
-                    if skip_ids and t == skip_time and h.get("_id") in skip_ids:
+                    key = (h.get("_index"), h.get("_id"))  # ids repeat across indices
+                    if skip_ids and t == skip_time and key in skip_ids:
                         continue
                     if t != group_time:
                         group_time, group_ids = t, set()
-                    group_ids.add(h.get("_id"))
+                    group_ids.add(key)
                     fresh.append(h)
                 if skip_ids and hits[-1]["sort"][0] != skip_time:
                     skip_time, skip_ids = None, set()

@@ -240,11 +240,13 @@ def route(out: dict, valid_batches: set, bad: BadRecords, where: str, w: int, ba
     """Append `message` to out[(w, batch)], or count the record as bad_batch (names validated once)."""
     if batch not in valid_batches:
         try:
-            validate_batch_name(batch)
+            nfc = validate_batch_name(batch)
         except InvalidName as exc:
             bad.add("bad_batch", where, str(exc))
             return
-        valid_batches.add(batch)
+        if nfc == batch:
+            valid_batches.add(batch)
+        batch = nfc
     bucket = out.get((w, batch))
     if bucket is None:
         bucket = out[(w, batch)] = []

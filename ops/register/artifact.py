@@ -18,16 +18,16 @@ import os
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, is_dataclass
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING
 
 from ops.files import create_temp_file
 from ops.fetch.multiline import validate as validate_multiline
 from ops.mask.masking import validate_rules
-from ops.train.model import MAX_PARAMETERS, ModelConfigError, NuLog, NuLogConfig, state_dict_shapes, validate_config
+from ops.train.config import MAX_PARAMETERS, ModelConfigError, NuLogConfig, state_dict_shapes, validate_config
 from ops.train.vocab import Vocab
+
+if TYPE_CHECKING:
+    from ops.train.model import NuLog
 
 FORMAT = 1
 MEMBERS = ("model.safetensors", "vocab.json", "masking_rules.json", "config.json", "metrics.json", "meta.json")
@@ -94,6 +94,9 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
     validate_rules(masking_rules)  # what read_artifact would refuse is not written
     if multiline_rules is not None:
         validate_multiline(multiline_rules)
+    import torch  # here, not at the top: reading meta.json (registry, restore) needs no torch
+    from safetensors.torch import save as st_save
+
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     docs = {
         "model.safetensors": st_save(weights),
@@ -166,6 +169,18 @@ def read_artifact_meta(path) -> dict:
         raise ArtifactError(path, "file not found") from None
     except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(path, f"unreadable meta.json ({e})") from None
+
+
+def read_artifact_vocab(path) -> Vocab:
+    """Only vocab.json: what a fine-tune's parent knows, to measure new data against."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            return Vocab.from_json(json.loads(z.read("vocab.json")))
+    except FileNotFoundError:
+        raise ArtifactError(path, "file not found") from None
+    except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise ArtifactError(path, f"unreadable vocab.json ({e})") from None
 
 
 def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
@@ -252,6 +267,11 @@ def _load(z: zipfile.ZipFile, path) -> Artifact:
     if model_cfg.vocab_size != len(vocab):
         raise ArtifactError(path, f"vocabulary mismatch: vocab.json has {len(vocab)} tokens, "
                                   f"config.json field 'vocab_size' says {model_cfg.vocab_size}")
+    import torch
+    from safetensors.torch import load as st_load
+
+    from ops.train.model import NuLog
+
     try:
         weights = st_load(read("model.safetensors"))
     except ArtifactError:
@@ -286,6 +306,8 @@ def _too_large(member: str, size: int, cap: int) -> str:
 
 def _weights_problem(weights: dict, shapes: dict) -> str | None:
     """What is wrong with the tensors' names, shapes or dtype against the config (None: nothing)."""
+    import torch
+
     missing = [n for n in shapes if n not in weights]
     if missing:
         return f"missing tensor(s) {_names(missing)}"

@@ -191,14 +191,22 @@ def score_summary_forms(scorer: "Scorer", summary) -> list[ScoredForm]:
     if summary.tail_count and sample:
         each, extra = divmod(summary.tail_count, len(sample))
         tail = [f for f in dict.fromkeys(sample) if f not in out]
-        tail_scores = scorer.score_masked(tail) if tail else []
-        tail_verdicts = judge(tail, tail_scores, [1] * len(tail), scorer.threshold, scorer.sourced_labels_for(tail),
-                              total=total)
-        for f, s, (flag, why) in zip(tail, tail_scores, tail_verdicts):
-            out[f] = [0, s, flag, why]
+        for f in score_single_lines(scorer, tail, total):
+            out[f.masked] = [0, f.score, f.anomaly, f.reason]
         for i, f in enumerate(sample):
             out[f][0] += each + (i < extra)
     return [ScoredForm(f, n, s, flag, why) for f, (n, s, flag, why) in out.items()]
+
+
+def score_single_lines(scorer: "Scorer", forms: list[str], total: int) -> list[ScoredForm]:
+    """Forms seen once each among a window's `total` lines (a compacted tail's sampled forms, or a
+    form the window's summary does not hold), scored and judged as single lines: never established."""
+    if not forms:
+        return []
+    scores = scorer.score_masked(forms)
+    verdicts = judge(forms, scores, [1] * len(forms), scorer.threshold, scorer.sourced_labels_for(forms),
+                     total=total)
+    return [ScoredForm(f, 1, s, flag, why) for f, s, (flag, why) in zip(forms, scores, verdicts)]
 
 
 def summary_tally(summary, forms: list[ScoredForm]) -> tuple[int, int]:

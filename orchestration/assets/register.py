@@ -48,7 +48,7 @@ def registered_model(
 
     batch = context.partition_key
     candidate = upstream_candidate(context.instance, context.run.run_id, batch)
-    record = register_candidate(
+    registration = register_candidate(
         candidate,
         name=config.model_name,
         template=config.artifact_name_template,
@@ -56,6 +56,7 @@ def registered_model(
         store=store,
         artifacts=artifacts,
     )
+    record = registration.record
     context.log.info(f"batch {batch!r}: version {record.version} at {record.artifact_uri}")
     if candidate.checkpoint_key:  # the model is safe in the registry; the resume point is not needed
         artifacts.delete(candidate.checkpoint_key)
@@ -65,11 +66,10 @@ def registered_model(
                          log=context.log)
     from orchestration.production import production_metadata
 
-    production, pinned = store.production(batch)  # the new version, or a pinned older one
-    events = store.production_events(batch)
+    production, pinned = registration.production  # the new version, or a pinned older one
     return MaterializeResult(
         metadata={
-            **production_metadata(events[-1] if events else None, production.version if production else None, pinned),
+            **production_metadata(registration.last_event, production.version if production else None, pinned),
             "version": record.version,
             "mode": record.mode,
             "parent_version": record.parent_version,

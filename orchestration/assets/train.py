@@ -18,9 +18,8 @@ from ops.sample.sampling import read_sample
 from ops.train.config import NuLogConfig, TrainConfig, tunable_fields
 from ops.validate.feedback import train_classifier
 from orchestration import contract
-from orchestration.contract import FINETUNE, SCRATCH, CandidateRef, ModelRef
+from orchestration.contract import FINETUNE, CandidateRef, ModelRef
 from orchestration.k8s import train_step_k8s_config
-from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions
 from orchestration.upstream import upstream_sample
 from resources.artifacts import ArtifactStorage
@@ -55,19 +54,14 @@ def nulog_model(
     sample = upstream_sample(context.instance, context.run.run_id, batch)
     with artifacts.reading(sample.key) as path:
         train_lines, validation_lines = read_sample(path)
-    mode, start_model, escalation = sample.mode, None, None
-    if mode == FINETUNE:
+    # the run's decision (training_sample carried it out, ops.train.decisions made it): nothing is decided here
+    start_model = None
+    if sample.mode == FINETUNE:
         with artifacts.reading(sample.parent_artifact) as path:
             parent = read_artifact(path)
-        oov = parent.vocab.oov_share(train_lines)
-        if oov > loop_settings().max_oov_share:
-            escalation = f"new data's OOV share {oov:.3f} > {loop_settings().max_oov_share}: trained from scratch"
-            context.log.warning(escalation)
-            mode = SCRATCH
-        else:
-            vocab, start_model = parent.vocab, parent.model
-            context.log.info(f"fine-tuning v{sample.parent_version} (OOV share of new data {oov:.3f})")
-    if start_model is None:
+        vocab, start_model = parent.vocab, parent.model
+        context.log.info(f"fine-tuning v{sample.parent_version}")
+    else:
         vocab = Vocab.build(train_lines)
     cfg = TrainConfig(**{name: getattr(config, name) for name in tunable_fields(TrainConfig)})
     model_cfg = start_model.cfg if start_model is not None else NuLogConfig(vocab_size=len(vocab), max_len=config.max_len)
@@ -114,7 +108,7 @@ def nulog_model(
         with artifacts.reading(sample.labels_key) as path, open(path) as f:
             labels = json.load(f)
     candidate = CandidateRef(sample=sample, run_id=context.run.run_id, key=contract.candidate_key(batch, context.run.run_id),
-                             checkpoint_key=checkpoint_key, mode=mode, escalation=escalation)
+                             checkpoint_key=checkpoint_key, mode=sample.mode, escalation=sample.escalation)
     with artifacts.writing(candidate.key) as tmp:
         write_artifact(
             tmp, result.model, vocab, load_rules(), model_cfg,

@@ -18,7 +18,7 @@ import re
 import sys
 import time
 
-from orchestration.cli.common import CliError
+from orchestration.cli.common import batch_arg, CliError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DESCRIPTION = (
@@ -35,7 +35,7 @@ DESCRIPTION = (
 def add_parser(sub) -> None:
     p = sub.add_parser("anomalies", help="lines, anomalies and anomaly rate per window (anomaly trends)",
                        description=DESCRIPTION)
-    p.add_argument("--batch", help="only this batch (default: every batch with anomaly counts)")
+    p.add_argument("--batch", type=batch_arg, help="only this batch (default: every batch with anomaly counts)")
     p.add_argument("--since", default="24h",
                    help="windows that end after this: a duration back from now (90m, 24h, 7d, 2w) or a UTC time "
                         "(2026-11-23T07:00Z, 2026-11-23); default 24h")
@@ -80,6 +80,18 @@ def _rate(x) -> str:
     return pct(x)
 
 
+def _how_to_score(store, batch: str | None, since: str) -> str:
+    """What to run to get anomaly counts: anomaly_scores scores windows with each batch's production model."""
+    if not store.list_models(batch):
+        who = "no batch has" if batch is None else f"batch {batch!r} has"
+        return (f"{who} a registered model yet; train one (`logloop train create -f SPEC`, or new_samples_sensor "
+                "in the UI), then materialize anomaly_scores for its windows (the ingest_logs schedule does each hour)")
+    return ("score windows with the production models: materialize anomaly_scores (the ingest_logs schedule does "
+            "each hour; in the UI: make dev, asset anomaly_scores, Materialize), e.g. `dagster asset materialize "
+            "-m orchestration.definitions --select anomaly_scores --partition-range FIRST...LAST` with window keys "
+            f"like 2026-01-31-07:00; or look further back than --since {since}")
+
+
 def cmd_anomalies(args) -> int:
     try:
         return _template_shifts(args) if args.templates else _anomalies(args)
@@ -100,9 +112,12 @@ def _batches(args, store) -> list[str]:
     except InvalidName as exc:
         raise CliError(str(exc)) from None
     if args.batch not in known and not store.anomaly_counts(args.batch):
+        from orchestration.cli.common import did_you_mean
+
         shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
-        raise CliError(f"unknown batch {args.batch!r}" + (f"; known batches: {shown}" if known else
-                                                           "; the store knows no batches yet"))
+        raise CliError(f"unknown batch {args.batch!r}" + (
+            f"{did_you_mean(args.batch, known) or ';'} known batches: {shown}" if known else
+            "; the store knows no batches yet"))
     return [args.batch]
 
 
@@ -177,8 +192,7 @@ def _anomalies(args) -> int:
         return 0
     what = f"batch {args.batch!r}" if args.batch is not None else "any batch"
     if not rows:
-        print(f"no anomaly counts for {what} in windows since {_when(since_ms)} "
-              "(anomaly_scores records them for batches with a registered model)")
+        print(f"no anomaly counts for {what} in windows since {_when(since_ms)}: {_how_to_score(store, args.batch, args.since)}")
         return 0
     from orchestration.cli.common import print_table  # rich: at most 120 columns, names never cut
 

@@ -13,11 +13,10 @@ registered before it; with --key, the same command again registers only the rest
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
-from orchestration.cli.common import CliError, human_time, print_table
+from orchestration.cli.common import batch_arg, CliError, human_time, print_table
 
 FORMATS = ("text", "json")
 
@@ -33,7 +32,15 @@ def _share(text: str) -> float:
 
 
 def default_share() -> str:
-    return os.environ.get("LOGLOOP_VALIDATION_SHARE", "").strip() or "0.2"
+    from orchestration.config import settings
+
+    return str(settings().validation_share)
+
+
+def _message_field() -> str:
+    from orchestration.config import settings
+
+    return settings().message_field
 
 
 def add_parser(sub) -> None:
@@ -43,9 +50,10 @@ def add_parser(sub) -> None:
                     "--message-field) from FILE or standard input and register them as samples of batch B in the "
                     "store. Each sample gets a unique nanosecond timestamp (its receive time, +1 ns per sample) and a "
                     "train/validation flag drawn at registration. Bad lines (blank, not UTF-8, over 16,384 bytes, bad "
-                    "JSON) are counted by reason and not registered. Exit status: 0 all registered, 1 some lines bad "
+                    "JSON) are counted by reason and not registered. The pipeline trains on pushed samples only with "
+                    "LOGLOOP_LOG_SOURCE=samples. Exit status: 0 all registered, 1 some lines bad "
                     "(or an invalid batch name), 2 the store failed. --json prints {\"registered\": N, \"bad\": M, ...}.")
-    p.add_argument("--batch", required=True, help="the batch the samples belong to")
+    p.add_argument("--batch", type=batch_arg, required=True, help="the batch the samples belong to")
     p.add_argument("-f", "--file", dest="file", help="read this file (default: standard input)")
     p.add_argument("source", nargs="?", metavar="-", help="'-' reads standard input (the default)")
     p.add_argument("--format", choices=FORMATS, default="text", help="text (default) or json (JSON Lines)")
@@ -67,7 +75,7 @@ def add_parser(sub) -> None:
     p = samples.add_parser("count", help="count the stored samples of a batch",
                            description="Count the samples stored for batch B (since T). With --json: "
                                        "{\"batch\": B, \"count\": N}.")
-    p.add_argument("--batch", required=True)
+    p.add_argument("--batch", type=batch_arg, required=True)
     p.add_argument("--since", help="only samples received after this: a duration back from now (90m, 24h, 7d) "
                                    "or a UTC time (2026-11-23T07:00Z)")
     p.add_argument("--json", action="store_true")
@@ -78,7 +86,7 @@ def add_parser(sub) -> None:
                                        "lines (1 per line from 'score --record'; a window's lines of the form from "
                                        "anomaly_scores), model version, masked form. With --json: a list of {ts_ns, "
                                        "score, anomaly, masked, lines, model_version}.")
-    p.add_argument("--batch", required=True)
+    p.add_argument("--batch", type=batch_arg, required=True)
     p.add_argument("--since", help="only results after this: a duration back from now (90m, 24h) or a UTC time")
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1,000)")
     p.add_argument("--json", action="store_true")
@@ -124,6 +132,16 @@ def _so_far(stats, batch: str, key) -> str:
     if key:
         return done + f"; the same command again (--key {key}) registers only the rest"
     return done + "; a rerun would register them again: push with --key K to make a rerun register only the rest"
+def samples_source_note() -> str | None:
+    """Pushed samples feed training only when they are the log source: a note saying so when they are not."""
+    from orchestration.resources import build_resources
+    from resources.samples_source import SamplesLogSource
+
+    source = build_resources()["log_source"]
+    if isinstance(source, SamplesLogSource):
+        return None
+    return (f"note: the pipeline reads pushed samples only with LOGLOOP_LOG_SOURCE=samples; it now reads "
+            f"{source.describe()} (set the variable where the code location runs)")
 
 
 def cmd_push(args) -> int:
@@ -144,7 +162,7 @@ def cmd_push(args) -> int:
         if args.progress < 0:
             raise CliError("--progress must be 0 or more seconds")
         share = _share(args.validation_share or default_share())
-        field = args.message_field or os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
+        field = args.message_field or _message_field()
         table = _table_for_store()
         if args.file:
             try:
@@ -184,6 +202,10 @@ def cmd_push(args) -> int:
                   + (f"; {stats.sanitised:,} with control characters replaced" if stats.sanitised else ""))
         if stats.lines == 0:
             print(f"warning: {name} held no lines; nothing registered", file=sys.stderr)
+        elif stats.registered:
+            note = samples_source_note()
+            if note:
+                print(note, file=sys.stderr)
         if stats.bad.total:
             reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(stats.bad.counts.items()))
             for example in stats.bad.examples[:5]:
@@ -290,7 +312,7 @@ def make_server(host: str, port: int, table=None, limits=None):
     table = table or _table_for_store()
     limits = limits or loop_settings().ingest
     app = ingest_app(table, validation_share=_share(default_share()),
-                     message_field=os.environ.get("LOGLOOP_MESSAGE_FIELD", "log"), multiline=_multiline(), limits=limits)
+                     message_field=_message_field(), multiline=_multiline(), limits=limits)
     return IngestServer(app, host, port, limits)
 
 

@@ -13,6 +13,7 @@ from orchestration.loop_settings import LoopSettings, load_loop_settings
 from orchestration.partitions import PARTITION_FMT
 from orchestration.scoring_assets import anomaly_scores
 from resources.artifacts import LocalArtifactStorage
+from resources.log_source import LocalLogSource
 from resources.samples import samples_for_store
 from resources.sqlite_store import SQLiteStore
 from resources.store_records import ModelRecord
@@ -47,7 +48,7 @@ def env(tmp_path):
         write_summaries(path, summaries)
     (tmp_path / "dh").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
-        yield instance, {"store": store, "artifacts": artifacts}
+        yield instance, {"store": store, "artifacts": artifacts, "log_source": LocalLogSource(path=str(tmp_path / "logs"))}
 
 
 def score(instance, resources, **config):

@@ -10,7 +10,7 @@ import pytest
 from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context
 from pydantic import Field
 
-from ops.train.decisions import decide
+from ops.train.decisions import Decision
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, Thresholds, load_loop_settings
 from orchestration.partitions import time_partitions
 from orchestration.contract import TASK_TAG
@@ -129,6 +129,34 @@ def test_finetunes_in_a_row_escalate_to_scratch(instance, store):
     counts(store, 3, a=100)
     [request] = tick(instance, store).run_requests
     assert request.tags["logloop/mode"] == "scratch"
+    # the run is told why, and records it with its sample and model
+    assert request.run_config["ops"]["training_sample"]["config"] == {
+        "mode": "scratch", "escalation": "2 fine-tunes in a row, so from scratch"}
+
+
+def test_each_tick_logs_every_decided_batch_with_its_reason(instance, store, messages):
+    counts(store, 0, a=200, b=10)
+    register(store, "c", 1, end_hour=0)
+    counts(store, 1, c=60)
+    context = build_sensor_context(instance=instance)
+    context.log.addHandler(messages)
+    evaluate_new_samples(context, store, SETTINGS)
+    assert "a: scratch (no model and 200 samples >= 100)" in messages.lines
+    assert "b: wait (no model; 10 samples < 100)" in messages.lines
+    assert "c: finetune (model v1: 60 new samples >= 50)" in messages.lines
+
+
+def test_beyond_thirty_batches_a_tick_logs_a_summary_by_reason(instance, store, messages):
+    counts(store, 0, **{f"b{i:02d}": 200 for i in range(25)}, **{f"w{i:02d}": 1 for i in range(15)})
+    context = build_sensor_context(instance=instance)
+    context.log.addHandler(messages)
+    evaluate_new_samples(context, store, SETTINGS)
+    [summary] = [line for line in messages.lines if "batches decided" in line]
+    assert summary == ("40 batches decided: 25 scratch, 15 wait; by reason: no model, enough samples 25, "
+                       "no model, too few samples 15")
+    per_batch = [line for line in messages.lines if line.startswith(("b", "w")) and ": " in line]
+    assert per_batch[:5] == [f"b{i:02d}: scratch (no model and 200 samples >= 100)" for i in range(5)]
+    assert len(per_batch) == 10  # the first five of each decision
 
 
 def test_a_failed_attempt_gets_a_new_run_key(instance, store):
@@ -146,17 +174,6 @@ def test_unreachable_store_fails_the_tick_clearly(instance, tmp_path):
         tick(instance, SQLiteStore(path=str(blocker / "store.sqlite")))
 
 
-def test_decide_is_a_pure_function_of_status_rows():
-    class S:
-        def __init__(self, **kw):
-            self.__dict__.update(dict(active_task=None, model_version=None, watermark_ms=None, new_count=0,
-                                      total_count=0, finetunes_in_a_row=0), **kw)
-
-    out = decide([S(batch="n", total_count=99), S(batch="m", model_version=1, new_count=50, watermark_ms=7)],
-                 SETTINGS.thresholds_for, 2)
-    assert [(d.batch, d.action, d.watermark_ms) for d in out] == [("n", "wait", None), ("m", "finetune", 7)]
-
-
 def test_invalid_settings_are_a_load_error(tmp_path):
     bad = tmp_path / "loop.yaml"
     bad.write_text("thresholds: {min_start_count: -1}\nmax_oov_share: 2\n")
@@ -167,10 +184,11 @@ def test_invalid_settings_are_a_load_error(tmp_path):
         load_loop_settings(str(bad))
 
 
-def test_training_run_config_merges_settings():
+def test_training_run_config_hands_the_decision_to_the_run_and_merges_settings():
     s = LoopSettings(training_run_config={"ops": {"training_sample": {"config": {"t": 10}}, "nulog_model": {"config": {"epochs": 1}}}})
-    cfg = training_run_config("finetune", HOUR, s)
-    assert cfg["ops"]["training_sample"]["config"] == {"mode": "finetune", "window_start": "1970-01-01T01:00:00+00:00", "t": 10}
+    cfg = training_run_config(Decision("a", "finetune", "r", parent_version=2, window_start_ms=HOUR), s)
+    assert cfg["ops"]["training_sample"]["config"] == {"mode": "finetune", "parent_version": 2,
+                                                       "window_start": "1970-01-01T01:00:00+00:00", "t": 10}
     assert cfg["ops"]["nulog_model"]["config"] == {"epochs": 1}
 
 
@@ -530,3 +548,25 @@ def test_catch_up_finds_a_pushed_batch_the_loop_has_never_seen(instance, store, 
     assert ingest_requests(catch_up_tick(instance, store, silent, settings)) == {} and silent.calls == []
     result = catch_up_tick(instance, store, source, settings, messages=messages)
     assert set(ingest_requests(result)) == {hour_key(10)}
+
+
+def test_a_tick_reads_the_runs_of_all_busy_batches_at_once(instance, store, monkeypatch):
+    """Settling busy batches costs the same queries of the instance for 2 batches as for 40."""
+    from dagster._core.test_utils import create_run_for_test
+
+    calls = []
+    for name in ("get_runs", "get_run_by_id", "get_run_records"):
+        original = getattr(instance, name)
+        monkeypatch.setattr(instance, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+
+    def busy_tick(n):
+        for i in range(n):
+            run = create_run_for_test(instance, job_name="train_model", status=DagsterRunStatus.SUCCESS)
+            store.record_task_event(f"t{n}-{i}", f"b{n}-{i}", "running", run_id=run.run_id)
+        calls.clear()
+        tick(instance, store)
+        return len(calls)
+
+    assert busy_tick(2) == busy_tick(40)
+    # and every one of them was settled from the run it found: its run ended, so the task succeeded
+    assert {t.state for t in store.list_tasks()} == {"succeeded"}

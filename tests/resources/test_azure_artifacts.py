@@ -23,6 +23,9 @@ from resources.object_artifacts import ObjectArtifactStorage
 from tests.artifact_checks import replace_under_readers
 from tests.servers.azurite_server import ACCOUNT_KEY, CLEARED, AzuriteServer, AzuriteUnavailable, ensure_adlfs
 
+# Under pytest-xdist one worker runs this module's tests: they share the Azurite server started once for the module.
+pytestmark = pytest.mark.xdist_group("azurite")
+
 PREFIX = "logloop"
 
 

@@ -37,6 +37,9 @@ from resources.tdengine_samples import TDengineSamples
 from tests.servers.postgres_server import PostgresUnavailable, postgres_server
 from tests.servers.taos_rest_server import FakeTaosAdapter
 
+# Under pytest-xdist one worker runs this module's tests: they share the PostgreSQL server started once for the module.
+pytestmark = pytest.mark.xdist_group("push")
+
 PASSWORD = "fake-Pa55'word"
 HOSTILE = "'; DROP TABLE samples; -- \"../../etc\""
 UNICODE = "Grüße/日本語 🚀 back\\slash \\' \\n"

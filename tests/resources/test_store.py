@@ -225,6 +225,27 @@ def test_batch_statuses_group_everything_per_batch(store):
     assert (d.model_version, d.watermark_ms, d.finetunes_in_a_row, d.new_count) == (2, 50, 0, 0)
 
 
+def test_batch_statuses_carry_production_and_failed_attempts(store):
+    """What a fine-tune starts from and a retry's run key counts, in the same grouped read."""
+    for v in (1, 2, 3):
+        rec = record("a", f"r{v}", v, window_end_ms=10 * v)
+        rec.metrics = {"top_k_accuracy": 0.9, "anomaly_share": 0.01}
+        store.register_model(rec)
+    store.register_model(record("b", "rb", 1, window_end_ms=7))
+    store.promote("a", 1, source="test")
+    for task_id, state in (("f1", "failed"), ("f2", "dead"), ("ok", "succeeded")):
+        store.record_task_event(task_id, "a", state)
+    store.record_task_event("only-failed", "c", "failed")
+    statuses = {s.batch: s for s in store.batch_statuses()}
+    a, b = statuses["a"], statuses["b"]
+    assert (a.model_version, a.watermark_ms, a.production_version, a.production_watermark_ms, a.pinned) == (3, 30, 1, 10, True)
+    assert (b.production_version, b.production_watermark_ms, b.pinned) == (1, 7, False)
+    assert (a.failed_attempts, b.failed_attempts, statuses["c"].failed_attempts) == (2, 0, 1)
+    store.follow_latest("a", source="test")
+    a = next(s for s in store.batch_statuses() if s.batch == "a")
+    assert (a.production_version, a.production_watermark_ms, a.pinned) == (3, 30, False)
+
+
 def test_batch_statuses_of_an_empty_store(store):
     assert store.batch_statuses() == []
     assert store.active_tasks() == []
@@ -1099,3 +1120,88 @@ def test_k8s_code_location_with_a_sqlite_store_fails_to_load(clean_env):
     assert out.returncode != 0
     assert "ValueError: LOGLOOP_EXECUTOR=k8s runs every step in its own pod" in out.stderr
     assert "LOGLOOP_STORE_URL" in out.stderr
+
+
+# -- registration round trips ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_store(request, tmp_path):
+    if request.param == "sqlite":
+        yield SQLiteStore(path=str(tmp_path / "store.sqlite"))
+    else:
+        with _postgres_store(request.getfixturevalue("postgres")) as pg_store:
+            yield pg_store
+
+
+def _candidate(artifacts, batch: str, run_id: str):
+    """A validated candidate as nulog_model and the gate leave it: a tiny model, passed."""
+    import json
+
+    from ops.mask.masking import load_rules
+    from ops.register.artifact import write_artifact
+    from ops.train.model import NuLog, NuLogConfig
+    from ops.train.vocab import Vocab
+    from orchestration.contract import CandidateRef, ModelRef, SampleRef, candidate_key, sample_key
+
+    sample = SampleRef(batch=batch, run_id=run_id, key=sample_key(batch, run_id), window_start_ms=0,
+                       window_end_ms=3_600_000)
+    candidate = CandidateRef(sample=sample, run_id=run_id, key=candidate_key(batch, run_id))
+    vocab = Vocab.build([("GET <num> ok", 3), ("disk full", 1)])
+    model = NuLog(NuLogConfig(vocab_size=len(vocab), d_model=8, n_heads=2, d_ff=8, max_len=16))
+    with artifacts.writing(candidate.key) as tmp:
+        write_artifact(tmp, model, vocab, load_rules(), meta=ModelRef.of_candidate(candidate).to_meta())
+    with artifacts.writing(candidate.validation_key) as tmp, open(tmp, "w") as f:
+        json.dump({"passed": True, "metrics": {"top_k_accuracy": 0.9, "anomaly_share": 0.01}}, f)
+    return candidate
+
+
+def test_registration_takes_the_same_few_round_trips_whatever_the_versions(sql_store, tmp_path):
+    """One read of the batch's registry, the insert, the production change: three transactions, and
+    the same statements for a batch's second version as for its thirteenth."""
+    import sqlalchemy as sa
+
+    from orchestration.registry import register_candidate
+    from resources.artifacts import LocalArtifactStorage
+
+    artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
+    sql_store.register_model(record("few", "old-1", 1, window_end_ms=1))
+    for v in range(1, 13):
+        sql_store.register_model(record("many", f"old-{v}", v, "finetune" if v > 1 else "scratch", window_end_ms=v))
+    engine = sql_store._engine()
+    seen = {"transactions": 0, "statements": 0}
+
+    def on_begin(conn):
+        seen["transactions"] += 1
+
+    def on_statement(conn, *_):
+        seen["statements"] += 1
+
+    def register(batch, run_id):
+        candidate = _candidate(artifacts, batch, run_id)
+        seen.update(transactions=0, statements=0)
+        sa.event.listen(engine, "begin", on_begin)
+        sa.event.listen(engine, "before_cursor_execute", on_statement)
+        try:
+            registration = register_candidate(candidate, name="nulog", template="{name}-{version}-{uuid}.zip",
+                                              store=sql_store, artifacts=artifacts)
+        finally:
+            sa.event.remove(engine, "begin", on_begin)
+            sa.event.remove(engine, "before_cursor_execute", on_statement)
+        return registration, dict(seen)
+
+    first, first_trips = register("few", "train-2")
+    thirteenth, trips = register("many", "train-13")
+    assert (first.record.version, first.production[0].version, first.last_event.action) == (2, 2, "register")
+    assert (thirteenth.record.version, thirteenth.production[0].version, thirteenth.record.parent_version) == (13, 13, 12)
+    assert first_trips["transactions"] == trips["transactions"] == 3
+    assert first_trips["statements"] == trips["statements"]
+    # the production record written from the change itself says what the store says
+    from orchestration.production import record_key
+
+    with artifacts.reading(record_key("few")) as path, open(path) as f:
+        import json
+
+        assert json.load(f)["production_version"] == 2
+    again, _ = register("many", "train-13")  # a retry of the same run: the same version, no new row
+    assert again.record.version == 13 and len(sql_store.list_models("many")) == 13

@@ -24,6 +24,9 @@ from scripts import demo_logs
 from orchestration.loop_settings import LoopSettings, Thresholds
 from resources.sqlite_store import SQLiteStore
 
+# Under pytest-xdist one worker runs this module's tests: they share the data folder summarised once for the module (`summarised`).
+pytestmark = pytest.mark.xdist_group("faults")
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 BATCH = "demo/shop/payments"

@@ -24,6 +24,9 @@ from resources.artifacts import LocalArtifactStorage
 from resources.sqlite_store import SQLiteStore
 from resources.store_records import ModelRecord
 
+# Under pytest-xdist one worker runs this module's tests: they share the model trained once for the module (`artifact`).
+pytestmark = pytest.mark.xdist_group("scoring")
+
 LINES = (
     ["connection from 10.0.0.%d port %d accepted" % (i % 7, 4000 + i) for i in range(60)]
     + ["user alice logged in after %d ms" % i for i in range(30)]
@@ -176,12 +179,12 @@ def test_cli_score_json_lines_and_text(home, artifact):
 
 
 def test_cli_templates(home):
-    out = logloop("templates", "--batch", "team", "--top-k", "1000", "--json", str(home / "logs.txt"))
+    out = logloop("templates", "--batch", "team", "--json", str(home / "logs.txt"))
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert sum(r["count"] for r in rows) == 4
     assert {"template": "connection from <*> port <*> accepted", "count": 3} in rows
-    code, stdout, _ = run_main(["templates", "--batch", "team", "--top-k", "1000", str(home / "logs.txt")])
+    code, stdout, _ = run_main(["templates", "--batch", "team", str(home / "logs.txt")])
     assert code == 0 and stdout.split("\n")[0].split(None, 1) == ["3", "connection from <*> port <*> accepted"]
 
 

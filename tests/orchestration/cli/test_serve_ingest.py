@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from orchestration.loop_settings import IngestSettings
+from orchestration.loop_models import IngestSettings
 from resources.sql_samples import SQLSamples
 
 LIMITS = dict(header_timeout_s=1.0, idle_timeout_s=1.0, request_time_limit_s=2.5, keep_alive_s=1.0)
