@@ -100,6 +100,14 @@ def parse_artifacts_url(url: str) -> tuple[str, str]:
     return PROTOCOLS[scheme]
 
 
+def _md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _redact(text: str) -> str:
     for var in SECRET_VARS:
         value = os.environ.get(var)
@@ -398,6 +406,11 @@ class ObjectArtifactStorage(ArtifactStorage):
         if os.path.getsize(local) != int(info.get("size") or 0):
             raise self._error(f"reading {key!r}", OSError(
                 f"short download: {os.path.getsize(local)} of {info.get('size')} bytes"))
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        if re.fullmatch(r"[0-9a-f]{32}", etag) and _md5(local) != etag:
+            # replaced and replaced back while downloading (a, b, a: the ETag before and after is a's,
+            # the bytes are b's); a single-part ETag is the content's MD5, so this is caught: fetch again
+            return now
         return None
 
     def _evict(self, keep: str) -> None:
