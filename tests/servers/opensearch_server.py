@@ -462,7 +462,7 @@ class State:
 
         hits = []
         fast = (
-            size > 0 and not scrambled and [f for f, _ in sort] == [corpus.time_field, "_shard_doc"]
+            size > 0 and not scrambled and [f for f, _ in sort if f != "_index"] == [corpus.time_field, "_shard_doc"]
         )
         if fast:
             # documents are in (time, ordinal) order: page from the search_after position
