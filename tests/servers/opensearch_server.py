@@ -466,7 +466,7 @@ class State:
         )
         if fast:
             # documents are in (time, ordinal) order: page from the search_after position
-            start = int(after[1]) + 1 if after is not None else 0
+            start = int(after[-1]) + 1 if after is not None else 0  # _shard_doc is last (after _index, if any)
             first = start + ((sid - start) % smax)
             for i in range(first, corpus.n, smax):
                 doc = corpus.get(i)
