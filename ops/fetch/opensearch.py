@@ -4,7 +4,7 @@ An `OpenSearchShard` is one slice (`{"id": i, "max": n}`) of a PIT search over a
 windows. It runs in a data-stage worker process: it opens its own PIT on the index
 (`POST /<index>/_search/point_in_time?keep_alive=...`), pages through its slice with
 `search_after`, sorted by the time field and a tiebreaker (`_shard_doc` on OpenSearch
->= 3.3, else `_index` then `_id`, or a unique field), asking only for the fields it uses
+>= 3.3, else `_id`, or a unique field; the index name before it), asking only for the fields it uses
 (`_source` includes), and deletes the PIT at the end (`DELETE /_search/point_in_time`
 with {"pit_id": [...]}). Each page of hits becomes one chunk, in exactly the shape
 `FileShard.read` yields (`hits_to_chunk`), so the data stage treats both sources alike.
@@ -272,11 +272,10 @@ class OpenSearchShard:
             warnings.filterwarnings("ignore", message="Loading the fielddata on the _id field", module="opensearchpy")
         fields = [self.fmt.message_field, *([] if self.spec.batch_queries else self.fmt.batch_fields)]
         sort = [{self.fmt.time_field: {"order": "asc"}}, {self.tiebreaker: {"order": "asc"}}]
-        if self.tiebreaker == "_id":
-            # `_id` is unique within one index only: over a pattern or alias of several indices, two
-            # documents can share time and id (a copy, a reindex), and search_after would skip the
-            # second at a page boundary. The index name before the id makes the key unique.
-            sort.insert(1, {"_index": {"order": "asc"}})
+        # Neither `_id` nor `_shard_doc` (as OpenSearch 3.3 computes it) is unique across the indices
+        # of a pattern or alias: two documents can share time and tiebreaker, and search_after would
+        # skip the second at a page boundary. The index name before the tiebreaker makes the key unique.
+        sort.insert(1, {"_index": {"order": "asc"}})
         state = {"pit": None, "shards": None}
 
         def open_pit():

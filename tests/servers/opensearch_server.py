@@ -462,11 +462,11 @@ class State:
 
         hits = []
         fast = (
-            size > 0 and not scrambled and [f for f, _ in sort] == [corpus.time_field, "_shard_doc"]
+            size > 0 and not scrambled and [f for f, _ in sort if f != "_index"] == [corpus.time_field, "_shard_doc"]
         )
         if fast:
             # documents are in (time, ordinal) order: page from the search_after position
-            start = int(after[1]) + 1 if after is not None else 0
+            start = int(after[-1]) + 1 if after is not None else 0  # _shard_doc is last (after _index, if any)
             first = start + ((sid - start) % smax)
             for i in range(first, corpus.n, smax):
                 doc = corpus.get(i)

@@ -123,7 +123,7 @@ def test_windows_read_from_opensearch_equal_the_local_source(server, local_resul
     searches = server.searches()
     assert searches and all(
         r["body"]["_source"] == {"includes": ["log", *BATCH_FIELDS]}
-        and r["body"]["sort"] == [{"time": {"order": "asc"}}, {"_shard_doc": {"order": "asc"}}]
+        and r["body"]["sort"] == [{"time": {"order": "asc"}}, {"_index": {"order": "asc"}}, {"_shard_doc": {"order": "asc"}}]
         and r["body"]["pit"]["keep_alive"] == "5m"
         for r in searches
     )
@@ -302,7 +302,7 @@ def test_auto_tiebreaker_falls_back_to_id_before_opensearch_3_3(server, docs):
     server.state.version = "2.19.0"
     ids = read_ids(source(server.url), WINDOWS)
     assert sorted(ids) == expected_ids(docs, WINDOWS)
-    # `_id` is unique within one index only: the index name comes first
+    # `_id` is unique within one index only: the index name comes before it
     assert all(r["body"]["sort"][1:] == [{"_index": {"order": "asc"}}, {"_id": {"order": "asc"}}]
                for r in server.searches())
 

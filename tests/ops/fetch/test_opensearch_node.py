@@ -165,8 +165,8 @@ def test_an_index_pattern_reads_every_matching_index(node, docs):
 
 def test_indices_holding_the_same_ids_at_the_same_times_are_all_read(node):
     """A copy of an index (a reindex, a restored snapshot) repeats its ids and times: read through a
-    pattern over both, every page boundary falls between exact ties of time and id, which `_id` alone
-    cannot order (search_after would skip the copy's document there)."""
+    pattern over both, page boundaries fall between exact ties of time and tiebreaker, which neither
+    `_id` nor 3.3's `_shard_doc` orders across indices (search_after would skip the copy's document)."""
     prefix = f"logloop-copies-{uuid.uuid4().hex[:6]}"
     rows = [{"time": HOUR + (i // 2) * 1000, "log": f"line {i}", "cluster_id": "c"} for i in range(300)]
     ids = [f"doc-{k}" for k in range(len(rows))]
@@ -237,20 +237,7 @@ def test_credentials_stay_out_of_every_message(node, contract_index, docs):
 # ---- the node stopped mid-read: a node of its own ------------------------------------
 
 
-class _StopAfterFirstPage:
-    """A slice that stops the node once its first page has been read."""
-
-    def __init__(self, shard, node):
-        self.shard, self.node, self.path, self.file_id = shard, node, shard.path, None
-
-    def read_counts(self, windows, bad, seen):
-        for n, chunk in enumerate(self.shard.read_counts(windows, bad, seen)):
-            yield chunk
-            if n == 0:
-                self.node.stop()
-
-
-def test_the_node_stopped_mid_read_fails_the_step_clearly_and_records_nothing(tmp_path, docs):
+def test_the_node_stopped_mid_read_fails_the_step_clearly_and_records_nothing(tmp_path, docs, monkeypatch):
     from orchestration.assets.summaries import partition_summaries
     from orchestration.contract import summary_key
     from orchestration.partitions import PARTITION_FMT
@@ -262,21 +249,30 @@ def test_the_node_stopped_mid_read_fails_the_step_clearly_and_records_nothing(tm
     key = dt.datetime.fromtimestamp(start / 1000, dt.timezone.utc).strftime(PARTITION_FMT)
     rows = [{**d, "time": start + k * 1000} for k, d in enumerate(docs[:800]) if "log" in d]
 
-    class StoppingSource(OpenSearchLogSource):
-        def shards(self, windows):
-            return [_StopAfterFirstPage(s, stopped) for s in super().shards(windows)]
+    import opensearchpy
 
+    search, pages = opensearchpy.OpenSearch.search, []
+
+    def search_then_stop(self, *a, **kw):  # the step reads in this process (workers=1)
+        resp = search(self, *a, **kw)
+        if "pit" in (kw.get("body") or {}):
+            pages.append(1)
+            if len(pages) == 1:
+                stopped.stop()  # the first page is read: the node goes away
+        return resp
+
+    monkeypatch.setattr(opensearchpy.OpenSearch, "search", search_then_stop)
     with run_opensearch_node(DEFAULT_VERSION) as stopped:
         index = load(stopped, rows)
         store, artifacts = SQLiteStore(path=str(tmp_path / "store.sqlite")), LocalArtifactStorage(root=str(tmp_path / "a"))
-        src = StoppingSource(hosts=[stopped.url], index=index, batch_fields=["cluster_id"], slices=1, page_size=100,
+        src = OpenSearchLogSource(hosts=[stopped.url], index=index, batch_fields=["cluster_id"], slices=1, page_size=100,
                              retries=2, backoff_s=0.01, timeout_s=5, username="loop", password="pw-stays-hidden")
         (tmp_path / "dh").mkdir()
         with instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
             result = materialize([partition_summaries], partition_key=key, instance=instance, raise_on_error=False,
                                  resources={"log_source": src, "store": store, "artifacts": artifacts},
                                  run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
-    assert not result.success
+    assert not result.success and len(pages) == 1
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else \
         failure.step_failure_data.error.message
