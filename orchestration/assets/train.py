@@ -21,6 +21,7 @@ from orchestration import contract
 from orchestration.contract import FINETUNE, CandidateRef, ModelRef
 from orchestration.k8s import train_step_k8s_config
 from orchestration.partitions import batch_partitions
+from orchestration.loop_settings import loop_settings
 from orchestration.upstream import upstream_sample
 from resources.artifacts import ArtifactStorage
 from orchestration.assets.sample import training_sample

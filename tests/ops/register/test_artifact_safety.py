@@ -24,6 +24,7 @@ from safetensors.torch import save as st_save
 import ops.register.artifact
 from ops.register.artifact import ArtifactError, read_artifact, write_artifact
 from ops.mask.masking import Masker, load_rules, validate_rules
+import ops.train.config
 import ops.train.model
 from ops.train.model import NuLog, NuLogConfig
 from ops.validate.scoring import Scorer
@@ -432,7 +433,7 @@ def test_a_vocabulary_larger_than_the_config_says_is_refused_fast_and_unread(goo
 
 
 def test_weights_larger_than_the_config_shapes_need_are_refused_unread(good, nothing_read):
-    need = 4 * sum(math.prod(s) for s in ops.train.model.state_dict_shapes(read_artifact(good).model_config).values())
+    need = 4 * sum(math.prod(s) for s in ops.train.config.state_dict_shapes(read_artifact(good).model_config).values())
     path = bombed(good, "model.safetensors", iter([b"\0" * (need + (2 << 20))]))
     nothing_read.arm("config.json")
     refused(path, "model.safetensors", "too large", "config.json's shapes")
