@@ -9,24 +9,43 @@ export DAGSTER_HOME ?= $(LOGLOOP_HOME)/dagster_home
 
 install: $(STAMP)
 
-# torch==2.13.0 is pinned in pyproject.toml; on these machines pip takes the CPU
-# build lying on disk. With a GPU, install a CUDA build of torch 2.13.0 first (docs/deployment/gpu.md).
+# Installs go through uv (pinned here), which resolves and links the pinned dependencies in
+# seconds from its cache; pip is used once, to put uv itself into the venv. uv reads its own
+# settings, so a wheel folder given to pip (PIP_FIND_LINKS) is handed on to it. The installed
+# packages are compiled to bytecode once, here: where PYTHONDONTWRITEBYTECODE is set, Python would
+# otherwise compile Dagster and torch from source again in every process (each CLI command, each
+# run and step). With a GPU, install a CUDA build of torch 2.13.0 first (docs/deployment/gpu.md).
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(UV) --version 2>/dev/null | grep -qx 'uv $(UV_VERSION)' || $(VENV)/bin/pip install -q 'uv==$(UV_VERSION)'
+	$(UV) pip install -q --compile-bytecode -p $(VENV)/bin/python -e '.[test]'
 	touch $(STAMP)
 
+# Tests run in parallel (pytest-xdist), two workers per core: the long system tests spend most of
+# their minutes waiting on a daemon, a browser or a server, and the other worker of their core uses
+# the CPU meanwhile. Tests are handed out in the order tests/conftest.py puts them (the system tests
+# first), a module at a time (--dist loadfile), so that a module's fixtures (servers, trained models)
+# are set up once. TEST_WORKERS=0 runs everything in this process, one test after another. The 15
+# slowest tests are listed at the end, to keep an eye on.
+TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
+
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 demo: $(STAMP)
 	$(VENV)/bin/python scripts/demo.py
 
+# The Dagster UI and daemon on http://127.0.0.1:$(PORT) (`make dev PORT=3001` for another port).
+PORT ?= 3000
+
 dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/dagster.local.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -p $(PORT)
 
 clean-data:
 	rm -rf $(LOGLOOP_HOME)

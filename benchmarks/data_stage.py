@@ -160,6 +160,8 @@ def main() -> int:
                     help="local files; the same files in moto's S3 server on loopback (tests/servers/s3_server.py); "
                          "or the protocol-level test OpenSearch (tests/servers/opensearch_server.py)")
     ap.add_argument("--compress", choices=["gz", "zst"], help="write the files compressed")
+    ap.add_argument("--multiline", default="on", choices=["on", "off"],
+                    help="join the lines of stack traces as the data stage does by default (java, python, go), or not")
     ap.add_argument("--format", default="jsonl", choices=["jsonl", "text"],
                     help="jsonl: Opni-shaped JSON Lines (default); text: plain-text log files")
     ap.add_argument("--json", action="store_true")
@@ -199,6 +201,10 @@ def main() -> int:
             # worker per submit only while none is idle, so each task waits a little
             list(pool.map(warm_up, [0.3] * args.workers, [root] * args.workers))
             t0 = time.perf_counter()
+            if args.multiline == "on":
+                from ops.fetch.multiline import load_multiline
+
+                extra["multiline"] = load_multiline()
             result = summarize_windows(shards, windows, pool=pool, **extra)
             seconds = time.perf_counter() - t0  # the result is whole; pool shutdown is not data work
             own = dict(pool.map(own_peak, [0.5] * args.workers))
@@ -218,6 +224,7 @@ def main() -> int:
         "format": args.format,
         "compress": args.compress or "none",
         "source": args.source,
+        "multiline": args.multiline,
         "input_mb": round(input_mb, 1),
         "bad_records": result.bad.total,
     }

@@ -12,9 +12,21 @@ Protocols (docs/benchmarks.md):
   predicted template equals the set sharing its true template.
 * BGL anomaly detection, when BGL/BGL_2k.log is present: a line is an anomaly when its first field
   is not "-"; the message is the line without that field (the whole rest of the line: header
-  fields and Content, as a deployment would see it). Train on the first 1,600 messages, all of
-  them, unlabelled; score the last 400 with ops.validate.scoring.Scorer (top-k 50, threshold 0.7: the
-  defaults); report P/R/F1 at the threshold and the best F1 over all thresholds.
+  fields and Content, as a deployment would see it). The first 1,600 messages, unlabelled, become a
+  model as the pipeline makes one (fit_like_the_product): masked, sampled and split train/validation
+  by the sample's defaults, trained on the train split, and the threshold calibrated at the gate's
+  default flag budget on the validation split. The last 400 are scored with
+  ops.validate.scoring.Scorer (top-k 50, the model's threshold); reported: P/R/F1, the precision of
+  each verdict reason (`flagged_by`), the level-field baseline on the same lines in the same run
+  (`level_baseline`), F1 at Opni's fixed 0.7 and the best F1 over all thresholds (hindsight, not a
+  result). Nothing is chosen on these 400 lines.
+* The flag budget (--choose-budget), chosen leave-one-system-out on the systems other than BGL
+  (choose_flag_budget): each system's raw log's first 1,600 lines become a model as above, and its
+  last 400 are judged at each budget in FLAG_BUDGETS. Those systems carry no anomaly labels, so the
+  truth is novelty: a line whose true event (EventId) never occurs in the first 1,600. The budget with
+  the best pooled F1 of the score's own verdicts wins (ties: the smaller budget); each system's
+  budget chosen on the other five is reported with its F1, and the one chosen on all six is
+  ops.validate.defaults.DEFAULT_FLAG_BUDGET.
 
 Anchors, measured in the same run on the same lines and labels (skip them with --no-anchors):
 
@@ -44,7 +56,7 @@ same run (anchors.drain3.systems.<name>, anchors.drain3.mean/min; --no-anchors s
 
 Nothing here is tuned per system: every system gets the same epochs, seed, k and rules.
 Output with --json: {"systems": {"<name>": {"grouping_accuracy": ...}, ...}, "bgl": {...},
-"anchors": {"drain3": {"systems": {"<name>": {"grouping_accuracy": ...}}}, "bgl_baselines": {...}}}.
+"bgl_feedback": {...}, "flag_budget_choice": {...} (with --choose-budget), "anchors": {"drain3": {"systems": {"<name>": {"grouping_accuracy": ...}}}, "bgl_baselines": {...}}}.
 """
 
 from __future__ import annotations
@@ -66,9 +78,12 @@ sys.path.insert(0, str(ROOT))
 from ops.register.artifact import Artifact  # noqa: E402
 from ops.validate.feedback import train_classifier, without_anomalies  # noqa: E402
 from ops.mask.masking import Masker  # noqa: E402
-from ops.validate.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K  # noqa: E402
+from ops.mask.summary import Summary  # noqa: E402
+from ops.sample.sampling import resample  # noqa: E402
+from ops.validate.defaults import DEFAULT_FLAG_BUDGET, DEFAULT_THRESHOLD, DEFAULT_TOP_K  # noqa: E402
+from ops.validate.evaluate import evaluate  # noqa: E402
 from ops.validate.scoring import Scorer  # noqa: E402
-from ops.validate.verdict import judge  # noqa: E402
+from ops.validate.verdict import calibrate_threshold, judge  # noqa: E402
 from ops.validate.templates import CONFIG_GRID, DEFAULT_CONFIG, TemplateConfig, line_templates, parse  # noqa: E402
 from ops.train.loop import TrainConfig, train  # noqa: E402
 from ops.train.vocab import Vocab  # noqa: E402
@@ -209,34 +224,162 @@ def read_bgl(path: Path) -> tuple[list[str], list[bool]]:
     return messages, labels
 
 
-def bgl_quality(path: Path, epochs: int, seed: int, n_train: int = 1600) -> dict:
+def fit_like_the_product(messages: list[str], epochs: int, seed: int, flag_budget: float | None = DEFAULT_FLAG_BUDGET,
+                         feedback: dict | None = None, validation_share: float = 0.2) -> tuple[Artifact, list, dict]:
+    """A model of `messages` as the pipeline makes one: masked and counted, sampled and split
+    train/validation (ops.sample.sampling.resample, the sample's defaults), trained on the train split
+    (feedback as train_artifact takes it), and its threshold calibrated by the gate's rule on the
+    validation split with `flag_budget` (None: Opni's fixed 0.7). -> (artifact, validation lines, info)."""
+    masker = Masker()
+    counts = Counter(masker.mask(m) for m in messages)
+    sample = resample(Summary(counts=dict(counts)), t=max(1, len(messages)), seed=seed, validation_share=validation_share)
+    train_lines, dropped = without_anomalies(sample.train, feedback or {})
+    vocab = Vocab.build(train_lines)
+    result = train(train_lines, vocab, TrainConfig(epochs=epochs, seed=seed, device="cpu"))
+    gate = evaluate(result.model, vocab, sample.validation, top_k=DEFAULT_TOP_K,
+                    threshold=None if flag_budget is not None else DEFAULT_THRESHOLD, flag_budget=flag_budget)
+    metrics = {k: gate[k] for k in ("top_k", "threshold", "flag_budget", "threshold_calibrated") if k in gate}
+    meta = {"feedback": feedback, "feedback_model": train_classifier(feedback)} if feedback else {}
+    artifact = Artifact(result.model, vocab, masker.rules, {"model": {}, "train": {}}, metrics, meta)
+    info = {"train_s": round(result.train_s, 2), "final_loss": round(result.losses[-1], 4) if result.losses else None,
+            "vocab": len(vocab), "distinct_masked": len(counts), "train_lines": sample.train_lines,
+            "validation_lines": sample.validation_lines, "dropped_labelled_anomaly_lines": dropped,
+            "validation_flagged_by": gate["flagged_by"]}
+    return artifact, sample.validation, info
+
+
+def by_reason(scored, labels: list[bool]) -> dict:
+    """Per verdict reason of the flagged lines: how many it flagged, how many of those are anomalies,
+    and its precision."""
+    out: dict = {}
+    for s, y in zip(scored, labels):
+        if s.anomaly:
+            row = out.setdefault(s.reason, {"flagged": 0, "anomalies": 0})
+            row["flagged"] += 1
+            row["anomalies"] += int(y)
+    for row in out.values():
+        row["precision"] = round(row["anomalies"] / row["flagged"], 4)
+    return dict(sorted(out.items()))
+
+
+def bgl_quality(path: Path, epochs: int, seed: int, n_train: int = 1600,
+                flag_budget: float | None = DEFAULT_FLAG_BUDGET) -> dict:
     messages, labels = read_bgl(path)
     train_msgs, test_msgs, test_labels = messages[:n_train], messages[n_train:], labels[n_train:]
-    artifact, info = train_artifact(train_msgs, epochs, seed)
+    artifact, validation, info = fit_like_the_product(train_msgs, epochs, seed, flag_budget)
     scorer = Scorer(artifact)
     scored = scorer.score(test_msgs)
     scores = [s.score for s in scored]
     p, r, f1 = prf([s.anomaly for s in scored], test_labels)
-    # the best F1 over thresholds of the product's whole verdict (ops.validate.verdict.judge: severity, and a
-    # score below t unless the form is established), not of the score alone
+    # the product's whole verdict (ops.validate.verdict.judge: severity, and a score below t unless the
+    # form is established) at other thresholds: Opni's fixed one, and the best over all (hindsight)
     counts = Counter(s.masked for s in scored)
     forms = list(counts)
     form_scores = {s.masked: s.score for s in scored}
+
+    def f1_at(t: float) -> float:
+        verdict = dict(zip(forms, judge(forms, [form_scores[f] for f in forms], [counts[f] for f in forms], t)))
+        return prf([verdict[s.masked][0] for s in scored], test_labels)[2]
+
     best = (0.0, None)
     for t in sorted(set(scores)) + [1.0 + 1e-9]:
-        verdict = dict(zip(forms, judge(forms, [form_scores[f] for f in forms], [counts[f] for f in forms], t)))
-        f = prf([verdict[s.masked][0] for s in scored], test_labels)[2]
+        f = f1_at(t)
         if f > best[0]:
             best = (f, t)
-    reasons = Counter(s.reason for s in scored if s.anomaly)
     train_masked = {scorer.masker.mask(m) for m in train_msgs}
     novel_normal = sum(1 for s, y in zip(scored, test_labels) if not y and s.masked not in train_masked)
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4), "best_f1": round(best[0], 4),
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
+            "level_baseline": _prf_dict(level_flags(test_msgs), test_labels),
+            "f1_at_fixed_threshold": round(f1_at(DEFAULT_THRESHOLD), 4), "best_f1": round(best[0], 4),
             "best_threshold": None if best[1] is None else round(min(best[1], 1.0), 4),
-            "threshold": scorer.threshold, "top_k": scorer.top_k, "flagged": sum(s.anomaly for s in scored),
+            "threshold": scorer.threshold, "flag_budget": flag_budget, "top_k": scorer.top_k,
+            "flagged": sum(s.anomaly for s in scored), "flagged_by": by_reason(scored, test_labels),
             "test_lines": len(test_msgs), "test_anomalies": sum(test_labels),
-            "novel_masked_normal_lines": novel_normal, "train_anomalies_unlabelled": sum(labels[:n_train]),
-            "flagged_by": dict(reasons), **info}
+            "novel_masked_normal_lines": novel_normal, "train_anomalies_unlabelled": sum(labels[:n_train]), **info}
+
+
+# ---- choosing the flag budget: leave-one-system-out, never on BGL -----------------------------
+
+# The budgets tried (shares of validation lines the score alone may flag).
+FLAG_BUDGETS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def read_raw_with_events(folder: Path, name: str) -> tuple[list[str], list[str]]:
+    """A system's raw log lines (what a deployment reads: header and content) and each line's true
+    event (the EventId column of its structured CSV, row for row)."""
+    with open(folder / name / f"{name}_2k.log_structured_corrected.csv", newline="", encoding="utf-8",
+              errors="replace") as f:
+        events = [r["EventId"] for r in csv.DictReader(f)]
+    raw = [line for line in (folder / name / f"{name}_2k.log").read_text(encoding="utf-8", errors="replace")
+           .splitlines() if line.strip()]
+    if len(raw) != len(events):
+        raise ValueError(f"{name}: {len(raw)} log lines but {len(events)} structured rows")
+    return raw, events
+
+
+def novelty_counts(folder: Path, name: str, epochs: int, seed: int, n_history: int = 1600,
+                   budgets=FLAG_BUDGETS) -> dict:
+    """For one system: a model of its first n_history lines as the pipeline makes one, then the rest
+    judged at each budget's calibrated threshold. The truth is novelty, from the system's true
+    events: a later line is positive when its event never occurs in the history (the score's job is to
+    flag what the model has not seen; nothing in these systems is labelled anomalous). Counts
+    {budget: {tp, fp, fn, threshold}} of the score's own verdicts (judge without labels, the lines
+    it leaves to the score: reason "score" or "established"), since the budget moves nothing else;
+    severity's flags are the same at every budget."""
+    raw, events = read_raw_with_events(folder, name)
+    seen = set(events[:n_history])
+    truth = [e not in seen for e in events[n_history:]]
+    artifact, validation, _ = fit_like_the_product(raw[:n_history], epochs, seed, flag_budget=None)
+    from ops.validate.evaluate import score_lines
+
+    v_forms = [f for f, _ in validation]
+    v_scores = score_lines(artifact.model, artifact.vocab, v_forms, DEFAULT_TOP_K)
+    scored = Scorer(artifact).score(raw[n_history:])
+    counts = Counter(s.masked for s in scored)
+    forms = list(counts)
+    form_scores = {s.masked: s.score for s in scored}
+    out = {}
+    for budget in budgets:
+        t = calibrate_threshold(v_forms, v_scores, [c for _, c in validation], budget)
+        verdict = dict(zip(forms, judge(forms, [form_scores[f] for f in forms], [counts[f] for f in forms], t)))
+        by_score = [(verdict[s.masked][0], y) for s, y in zip(scored, truth)
+                    if verdict[s.masked][1] in ("score", "established")]
+        out[str(budget)] = {"threshold": round(t, 4), "tp": sum(f and y for f, y in by_score),
+                            "fp": sum(f and not y for f, y in by_score), "fn": sum(y and not f for f, y in by_score)}
+    return {"novel_lines": sum(truth), "test_lines": len(truth), "budgets": out}
+
+
+def pooled_f1(per_system: dict, budget: str) -> float:
+    tp = sum(s["budgets"][budget]["tp"] for s in per_system.values())
+    fp = sum(s["budgets"][budget]["fp"] for s in per_system.values())
+    fn = sum(s["budgets"][budget]["fn"] for s in per_system.values())
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def best_budget(per_system: dict) -> str:
+    """The budget with the best pooled F1 over `per_system`; ties go to the smaller budget (fewer flags)."""
+    budgets = list(next(iter(per_system.values()))["budgets"])
+    return max(budgets, key=lambda b: (pooled_f1(per_system, b), -float(b)))
+
+
+def choose_flag_budget(folder: Path, names: list[str], epochs: int, seed: int) -> dict:
+    """The flag budget chosen leave-one-system-out on `names` (never BGL): each system's budget is
+    chosen on the others and scored on it; the one chosen on all of them is the default's evidence."""
+    names = [n for n in names if n != "BGL"]
+    per_system = {n: novelty_counts(folder, n, epochs, seed) for n in names}
+    loso = {}
+    for held_out in names:
+        others = {n: v for n, v in per_system.items() if n != held_out}
+        chosen = best_budget(others)
+        loso[held_out] = {"chosen_on_the_others": float(chosen),
+                          "held_out_f1": round(pooled_f1({held_out: per_system[held_out]}, chosen), 4),
+                          "held_out_novel_lines": per_system[held_out]["novel_lines"]}
+    chosen = best_budget(per_system)
+    return {"chosen": float(chosen), "default": DEFAULT_FLAG_BUDGET, "systems": names,
+            "criterion": "pooled F1 of the score's own verdicts against novel events (a line's true event absent "
+                         "from the first 1600 lines), last 400 lines of each system; ties to the smaller budget",
+            "pooled_f1": {b: round(pooled_f1(per_system, b), 4) for b in per_system[names[0]]["budgets"]},
+            "loso": loso, "per_system": per_system}
 
 
 # ---- anchors: other methods on the same lines, in the same run -------------------------------
@@ -352,18 +495,20 @@ def anchors(folder: Path, names: list[str], bgl: Path | None) -> dict:
     return out
 
 
-def bgl_feedback_quality(path: Path, epochs: int, seed: int, n_train: int = 1600) -> dict:
+def bgl_feedback_quality(path: Path, epochs: int, seed: int, n_train: int = 1600,
+                         flag_budget: float | None = DEFAULT_FLAG_BUDGET) -> dict:
     """The BGL protocol with feedback: the labels of the first n_train lines are given (each line's
-    masked form gets its line's label; a later line's label wins), the model is trained on those
-    lines with the labels, and the last lines are scored at the default threshold."""
+    masked form gets its line's label; a later line's label wins), the model is made of those lines
+    with the labels as the pipeline makes one (fit_like_the_product), and the last lines are scored."""
     messages, labels = read_bgl(path)
     masker = Masker()
     feedback = {masker.mask(m): ("anomaly" if y else "normal") for m, y in zip(messages[:n_train], labels[:n_train])}
-    artifact, info = train_artifact(messages[:n_train], epochs, seed, feedback=feedback)
-    scored = Scorer(artifact).score(messages[n_train:])
+    artifact, _, info = fit_like_the_product(messages[:n_train], epochs, seed, flag_budget, feedback=feedback)
+    scorer = Scorer(artifact)
+    scored = scorer.score(messages[n_train:])
     p, r, f1 = prf([s.anomaly for s in scored], labels[n_train:])
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
-            "flagged": sum(s.anomaly for s in scored), "flagged_by": dict(Counter(s.reason for s in scored if s.anomaly)),
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4), "threshold": scorer.threshold,
+            "flagged": sum(s.anomaly for s in scored), "flagged_by": by_reason(scored, labels[n_train:]),
             "labelled_forms": len(feedback), "labelled_anomalous_forms": sum(v == "anomaly" for v in feedback.values()),
             "test_lines_with_a_labelled_form": sum(s.masked in feedback for s in scored), **info}
 
@@ -383,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-anchors", action="store_true", help="skip the anchors (Drain3, BGL baselines)")
     ap.add_argument("--loso", action="store_true", help="template grouping accuracy leave-one-system-out only "
                     "(every data-chosen template setting chosen on the other systems), with Drain3's in the same run")
+    ap.add_argument("--choose-budget", action="store_true",
+                    help="also choose the flag budget leave-one-system-out on the systems other than BGL "
+                         "(one more model per system)")
+    ap.add_argument("--flag-budget", type=float, default=DEFAULT_FLAG_BUDGET,
+                    help=f"the flag budget BGL's model is calibrated with (default {DEFAULT_FLAG_BUDGET}, the product's)")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
@@ -418,14 +568,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {out['systems'][name]}", file=sys.stderr)
     bgl = args.data / "BGL" / "BGL_2k.log"
     run_bgl = bgl.is_file() and not args.no_bgl
+    if args.choose_budget:
+        out["flag_budget_choice"] = choose_flag_budget(args.data, names, args.epochs, args.seed)
+        if not args.json:
+            print(f"flag budget chosen: {out['flag_budget_choice']['chosen']}", file=sys.stderr)
     if run_bgl:
-        out["bgl"] = bgl_quality(bgl, args.epochs, args.seed)
-        out["bgl_feedback"] = bgl_feedback_quality(bgl, args.epochs, args.seed)
+        out["bgl"] = bgl_quality(bgl, args.epochs, args.seed, flag_budget=args.flag_budget)
+        out["bgl_feedback"] = bgl_feedback_quality(bgl, args.epochs, args.seed, flag_budget=args.flag_budget)
     if not args.no_anchors:  # after logloop's own figures, which they leave untouched
         out["anchors"] = anchors(args.data, names, bgl if run_bgl else None)
         if not args.json:
             print(f"anchors: {out['anchors']}", file=sys.stderr)
-    out["config"] = {"epochs": args.epochs, "seed": args.seed, "top_k": DEFAULT_TOP_K, "threshold": DEFAULT_THRESHOLD}
+    out["config"] = {"epochs": args.epochs, "seed": args.seed, "top_k": DEFAULT_TOP_K, "flag_budget": args.flag_budget,
+                     "threshold": "calibrated per model on its validation split to the flag budget"}
     print(json.dumps(out, indent=None if args.json else 2))
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 MAX_BATCH_NAME = 200
 # Dagster rejects these inside partition keys; control characters are never legitimate.
@@ -22,9 +23,21 @@ class InvalidName(ValueError):
 
 
 def validate_batch_name(name: object) -> str:
-    """Return `name` if it can be a batch (and a Dagster partition key), else raise."""
+    """Return `name` in Unicode NFC if it can be a batch (and a Dagster partition key), else raise.
+
+    NFC and NFD spellings of "café" print the same, so they are one batch: callers keep the
+    returned (normalised) form. Invisible and direction-changing characters are refused.
+    """
     if not isinstance(name, str):
         raise InvalidName(f"batch name {name!r} is not a string")
+    # Unicode's format characters (category Cf) change how a name looks without showing themselves:
+    # bidirectional controls (a right-to-left override prints "cba" for "abc"), zero-width ones, the
+    # soft hyphen, the BOM. Two names that print the same would be two batches, two models.
+    hidden = next((c for c in name if unicodedata.category(c) == "Cf"), None)
+    if hidden:
+        raise InvalidName(f"batch name '{shown_name(name)}' contains the invisible or direction-changing character "
+                          f"U+{ord(hidden):04X} ({unicodedata.name(hidden, 'unnamed')})")
+    name = unicodedata.normalize("NFC", name)
     if not name or not name.strip():
         raise InvalidName("batch name is empty")
     if len(name) > MAX_BATCH_NAME:
@@ -37,12 +50,19 @@ def validate_batch_name(name: object) -> str:
     return name
 
 
+def shown_name(text: str) -> str:
+    """`text` safe to print: characters that do not show themselves (controls, bidirectional and
+    zero-width format characters) written as \\uXXXX escapes, so a name stored before they were
+    refused cannot reorder or hide what a terminal shows."""
+    return "".join(c if c.isprintable() or c in " \n" else f"\\u{ord(c):04x}" for c in text)
+
+
 def batch_key(name: str) -> str:
     """A path- and SQL-safe identifier for a batch: readable slug plus a hash of the real name.
 
     The hash makes distinct names (e.g. 'a/b' and 'a-b') map to distinct keys.
     """
-    validate_batch_name(name)
+    name = validate_batch_name(name)
     slug = _SLUG.sub("-", name.lower()).strip("-")[:40] or "batch"
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
     return f"{slug}-{digest}"

@@ -1,10 +1,12 @@
 """Alerts: failed anomaly checks and failed gates, posted to a webhook.
 
 Only with LOGLOOP_ALERT_WEBHOOK set (read at each tick, so the URL is never part of the code
-location's definitions, run config or UI). The sensor `logloop_alerts` reads the executions of two
+location's definitions, run config or UI). The sensor `logloop_alerts` reads the executions of three
 checks from Dagster's instance:
 
 - `anomaly_rate_jump` on `anomaly_scores` (orchestration/anomaly_checks.py, severity WARN);
+- `template_count_shift` on `partition_summaries` (orchestration/template_checks.py, severity WARN):
+  templates new in a window, or whose count jumped or dropped;
 - `nulog_model_quality` on `nulog_model`, the blocking gate (a candidate was not registered).
 
 Each failed execution is posted once, as one JSON object (a Slack-compatible `text` plus the
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -41,11 +42,14 @@ from dagster import (
     sensor,
 )
 
-WEBHOOK_ENV = "LOGLOOP_ALERT_WEBHOOK"
+from orchestration.config import env_name, settings
+
+WEBHOOK_ENV = env_name("alert_webhook")
 SENSOR_NAME = "logloop_alerts"
 ANOMALY_CHECK = AssetCheckKey(AssetKey("anomaly_scores"), "anomaly_rate_jump")
 GATE_CHECK = AssetCheckKey(AssetKey("nulog_model"), "nulog_model_quality")
-CHECKS = (ANOMALY_CHECK, GATE_CHECK)
+TEMPLATE_CHECK = AssetCheckKey(AssetKey("partition_summaries"), "template_count_shift")
+CHECKS = (ANOMALY_CHECK, GATE_CHECK, TEMPLATE_CHECK)
 TIMEOUT_S = 5.0
 MAX_POSTS_PER_TICK = 20
 PAGE = 100
@@ -90,14 +94,28 @@ class WebhookError(Exception):
     """The post failed; the message is scrubbed of the URL."""
 
 
-def post_json(url: str, payload: dict, timeout_s: float = TIMEOUT_S) -> int:
-    """POST `payload` as JSON; the status on 2xx, else WebhookError (scrubbed)."""
+def post_json(url: str, payload: dict, timeout_s: float = TIMEOUT_S, deadline_s: float | None = None) -> int:
+    """POST `payload` as JSON; the status on 2xx, else WebhookError (scrubbed). `timeout_s` bounds each
+    read; `deadline_s` (default: the `deadlines.webhook_s` setting) the whole post, answer included."""
+    from ops.deadline import DeadlineExceeded, with_deadline
+
+    if deadline_s is None:
+        from orchestration.loop_settings import loop_settings
+
+        deadline_s = loop_settings().deadlines.webhook_s
     body = json.dumps(payload, default=str).encode()
     request = urllib.request.Request(url.strip(), data=body, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "logloop-alerts"})
-    try:
+
+    def post() -> int:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - the operator's URL
-            status = response.status
+            response.read()
+            return response.status
+
+    try:
+        status = with_deadline(post, deadline_s, "webhook-post")
+    except DeadlineExceeded as exc:
+        raise WebhookError(f"failed: {exc} (deadlines.webhook_s)") from None
     except urllib.error.HTTPError as exc:
         raise WebhookError(f"answered HTTP {exc.code} {scrub(str(exc.reason), url)}") from None
     except urllib.error.URLError as exc:
@@ -125,7 +143,7 @@ class Failure:
 
     @property
     def kind(self) -> str:
-        return "anomaly_jump" if self.check == ANOMALY_CHECK else "gate_failed"
+        return {ANOMALY_CHECK: "anomaly_jump", TEMPLATE_CHECK: "template_shift"}.get(self.check, "gate_failed")
 
 
 def _plain(value):
@@ -147,12 +165,15 @@ def payload(failure: Failure) -> dict:
         jumps = failure.metadata.get("jumps") or []
         text = f"logloop: anomaly rate jump: {failure.description}"
         details = {"jumps": jumps}
+    elif failure.kind == "template_shift":
+        text = f"logloop: template counts shifted: {failure.description}"
+        details = {"shifts": failure.metadata.get("shifts") or []}
     else:
         batch = failure.partition or "?"
         text = f"logloop: model gate failed for batch {batch}, no version registered: {failure.description}"
         details = {"batch": failure.partition,
                    "metrics": {k: v for k, v in failure.metadata.items() if isinstance(v, (int, float, type(None)))}}
-    base = os.environ.get("LOGLOOP_DAGSTER_URL", "").strip().rstrip("/")
+    base = (settings().dagster_url or "").rstrip("/")
     run_url = f"{base}/runs/{failure.run_id}" if base and failure.run_id else None
     if run_url:
         text += f" (run {run_url})"
@@ -275,11 +296,11 @@ def build_alert_sensor(interval_s: int = 60):
         name=SENSOR_NAME,
         minimum_interval_seconds=interval_s,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Post failed anomaly checks (anomaly_rate_jump) and failed gates (nulog_model_quality) to "
-        f"the webhook in {WEBHOOK_ENV}, each once. Starts no run.",
+        description="Post failed anomaly checks (anomaly_rate_jump, template_count_shift) and failed gates "
+        f"(nulog_model_quality) to the webhook in {WEBHOOK_ENV}, each once. Starts no run.",
     )
     def logloop_alerts(context: SensorEvaluationContext):
-        url = os.environ.get(WEBHOOK_ENV, "").strip()
+        url = settings().secret("alert_webhook")
         if not url:
             return SkipReason(f"{WEBHOOK_ENV} is not set in the code location's environment")
         return evaluate_alerts(context, url)
@@ -289,7 +310,7 @@ def build_alert_sensor(interval_s: int = 60):
 
 def alert_sensors() -> list:
     """The alert sensor, only when LOGLOOP_ALERT_WEBHOOK is set."""
-    if not os.environ.get(WEBHOOK_ENV, "").strip():
+    if not settings().secret("alert_webhook"):
         return []
     from orchestration.loop_settings import loop_settings
 

@@ -1,4 +1,9 @@
-"""The validation gate: a blocking check on the trained model; when it fails, nothing is registered."""
+"""The validation gate: a blocking check on the trained model; when it fails, nothing is registered.
+
+The gate also sets the model's score threshold: calibrated on the validation split so that the score
+alone flags at most the flag budget of its lines (ops.validate.verdict.calibrate_threshold), unless
+the run config fixes one. The threshold goes into the model's metrics (artifact and registry), which
+every Scorer of the model reads."""
 
 
 import json
@@ -22,7 +27,14 @@ from resources.store import Store
 
 class ValidationConfig(Config):
     top_k: int = Field(default=DEFAULT_TOP_K, gt=0, le=100_000, description="k of NuLog's top-k rule (Opni uses 50).")
-    threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1, allow_inf_nan=False, description="A line scoring below this is an anomaly.")
+    threshold: Optional[float] = Field(
+        default=None, ge=0, le=1, allow_inf_nan=False,
+        description=f"A line scoring below this is an anomaly; default: calibrated on the validation split to the flag "
+        f"budget (Opni's fixed value is {DEFAULT_THRESHOLD}).")
+    flag_budget: Optional[float] = Field(
+        default=None, ge=0, le=1, allow_inf_nan=False,
+        description="The share of validation lines the score alone may flag, to which the threshold is calibrated; "
+        "default: the loop settings' flag_budget.")
     min_top_k_accuracy: float = Field(default=0.8, ge=0, le=1, allow_inf_nan=False, description="Floor on validation top-k accuracy.")
     max_anomaly_share: float = Field(default=0.2, ge=0, le=1, allow_inf_nan=False, description="Most validation lines flagged.")
     champion_tolerance: Optional[float] = Field(
@@ -73,7 +85,10 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
     broken = nonfinite_parameters(candidate.model)
     if broken:
         failures.append(f"the candidate's weights are not finite ({', '.join(broken[:5])})")
-    metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
+    budget = config.flag_budget if config.flag_budget is not None else loop_settings().flag_budget
+    metrics = evaluate(candidate.model, candidate.vocab, validation_lines, top_k=config.top_k,
+                       threshold=config.threshold, flag_budget=None if config.threshold is not None else budget)
+    threshold = metrics["threshold"]
     if validation_lines:
         from ops.validate.templates import masked_templates
 
@@ -90,7 +105,7 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
         if labelled:
             forms = [f for f, _ in labelled]
             scores = score_lines(candidate.model, candidate.vocab, forms, config.top_k)
-            flags = [flag for flag, _ in judge(forms, scores, [c for _, c in labelled], config.threshold,
+            flags = [flag for flag, _ in judge(forms, scores, [c for _, c in labelled], threshold,
                                                total=sum(c for _, c in validation_lines))]
             metrics.update(precision_recall(flags, [labels[f] for f in forms], [c for _, c in labelled]))
     if not validation_lines:
@@ -104,7 +119,11 @@ def judge(candidate_key: str, sample_key: str, batch: str, config: ValidationCon
     if champion is not None and validation_lines:
         with artifacts.reading(champion.artifact) as path:
             current = read_artifact(path)
-        champ = evaluate(current.model, current.vocab, validation_lines, top_k=config.top_k, threshold=config.threshold)
+        from ops.validate.scoring import model_threshold
+
+        # the champion as it scores: at its own threshold, unless the run config fixes one for both
+        champ = evaluate(current.model, current.vocab, validation_lines, top_k=config.top_k,
+                         threshold=config.threshold if config.threshold is not None else model_threshold(current))
         tolerance = config.champion_tolerance if config.champion_tolerance is not None else loop_settings().champion_tolerance
         metrics["champion_version"] = champion.version
         metrics["champion_top_k_accuracy"] = champ["top_k_accuracy"]
@@ -137,9 +156,12 @@ def gate_result(artifacts: ArtifactStorage, candidate_key: str, config: Validati
     metadata = {k: round_sig(v) if isinstance(v, float) else v
                 for k, v in _finite(metrics).items() if isinstance(v, (int, float))}
     # the validation scores' histogram ({"edges", "counts"}, from ops.validate.evaluate.evaluate)
+    for key in ("flagged_by", "normal_by"):  # validation lines by verdict reason (ops.validate.verdict.REASONS)
+        if isinstance(metrics.get(key), dict):
+            metadata[key] = MetadataValue.json(metrics[key])
     hist = histogram
     if hist:
-        png = score_histogram_png(hist["edges"], hist["counts"], threshold=config.threshold)
+        png = score_histogram_png(hist["edges"], hist["counts"], threshold=metrics.get("threshold", DEFAULT_THRESHOLD))
         metadata["score_histogram"] = MetadataValue.md(markdown_image(png, "validation score histogram"))
     return AssetCheckResult(
         passed=passed,

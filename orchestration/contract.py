@@ -34,6 +34,7 @@ MODE_TAG = "logloop/mode"
 WORKER_TAG = "logloop/worker"  # host:pid:start of the process that runs the run's steps
 NATS_SEQ_TAG = "logloop/nats_seq"
 NATS_MSG_ID_TAG = "logloop/nats_msg_id"
+REQUEST_KEY_TAG = "logloop/request_key"  # what a NATS request asks for (training_spec.request_key): identical ones coalesce
 PARTITION_TAG = "dagster/partition"  # Dagster's own
 CATCH_UP_TAG = "logloop/catch_up"  # a run the training trigger started to fill a missed window
 
@@ -97,6 +98,15 @@ def _int(value) -> Optional[int]:
     return None if value is None or value == "" else int(value)
 
 
+def _window_ms(metadata: dict, end: str) -> Optional[int]:
+    """A window bound in epoch ms from metadata: the `window_<end>` timestamp (seconds) the UI shows, or
+    the `window_<end>_ms` integer that older runs recorded beside it."""
+    if metadata.get(f"window_{end}_ms") not in (None, ""):
+        return int(metadata[f"window_{end}_ms"])
+    seconds = metadata.get(f"window_{end}")
+    return None if seconds is None or seconds == "" else round(float(seconds) * 1000)
+
+
 @dataclass(frozen=True)
 class SampleRef:
     """A training sample (training_sample -> nulog_model, the gate): where it is and what it is for."""
@@ -119,10 +129,12 @@ class SampleRef:
         return FINETUNE if self.parent_version is not None else SCRATCH
 
     def to_metadata(self) -> dict:
+        """The plain values; the asset adds the window as `window_start` / `window_end` timestamps,
+        which from_metadata reads back (times appear once, as times)."""
         return {"sample_key": self.key, "labels_key": self.labels_key, "mode": self.mode, "task_id": self.task_id,
                 "parent_version": self.parent_version, "parent_artifact": self.parent_artifact,
-                "window_start_ms": self.window_start_ms, "window_end_ms": self.window_end_ms,
-                "escalation": self.escalation, "decision": self.decision}
+                **({"escalation": self.escalation} if self.escalation else {}),
+                **({"decision": self.decision} if self.decision else {})}
 
     @classmethod
     def from_metadata(cls, batch: str, metadata: dict) -> "SampleRef":
@@ -131,8 +143,7 @@ class SampleRef:
                    labels_key=metadata.get("labels_key") or None, task_id=metadata.get("task_id"),
                    parent_version=_int(metadata.get("parent_version")),
                    parent_artifact=metadata.get("parent_artifact"),
-                   window_start_ms=_int(metadata.get("window_start_ms")),
-                   window_end_ms=_int(metadata.get("window_end_ms")),
+                   window_start_ms=_window_ms(metadata, "start"), window_end_ms=_window_ms(metadata, "end"),
                    escalation=metadata.get("escalation") or None, decision=metadata.get("decision") or None)
 
 
@@ -156,11 +167,12 @@ class CandidateRef:
         return validation_key(self.key)
 
     def to_metadata(self) -> dict:
+        """The plain values (None for absent ones: no escalation, no parent); the asset adds the window
+        as `window_start` / `window_end` timestamps, which from_metadata reads back."""
         s = self.sample
         return {"candidate_key": self.key, "checkpoint_key": self.checkpoint_key, "sample_key": s.key,
-                "sample_run_id": s.run_id, "mode": self.mode, "escalation": self.escalation or "",
-                "parent_version": s.parent_version, "task_id": s.task_id,
-                "window_start_ms": s.window_start_ms, "window_end_ms": s.window_end_ms}
+                "sample_run_id": s.run_id, "mode": self.mode, "escalation": self.escalation or None,
+                "parent_version": s.parent_version, "task_id": s.task_id}
 
     @classmethod
     def from_metadata(cls, batch: str, metadata: dict) -> "CandidateRef":
@@ -168,8 +180,7 @@ class CandidateRef:
         sample = SampleRef(batch=batch, run_id=metadata.get("sample_run_id") or metadata["run_id"],
                            key=metadata["sample_key"], task_id=metadata.get("task_id"),
                            parent_version=_int(metadata.get("parent_version")),  # the sample's, escalated or not
-                           window_start_ms=_int(metadata.get("window_start_ms")),
-                           window_end_ms=_int(metadata.get("window_end_ms")))
+                           window_start_ms=_window_ms(metadata, "start"), window_end_ms=_window_ms(metadata, "end"))
         return cls(sample=sample, run_id=metadata["run_id"], key=metadata["candidate_key"],
                    checkpoint_key=metadata.get("checkpoint_key") or None, mode=metadata.get("mode", SCRATCH),
                    escalation=metadata.get("escalation") or None)

@@ -1,8 +1,11 @@
 """The code location: one Definitions object."""
 
-import os
-
 from dagster import Definitions
+
+from orchestration.config import settings, warn_unknown_variables
+
+# first, so that a misspelled LOGLOOP_* variable is named even when it makes the load fail below
+warn_unknown_variables()
 
 from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
@@ -16,20 +19,21 @@ from orchestration.k8s import executor_def
 from orchestration.resources import build_resources
 from orchestration.retention_sensor import retention_sensor
 from orchestration.scoring_assets import anomaly_scores
+from orchestration.template_checks import template_count_shift
 from orchestration.observer import raw_logs_observer
 from orchestration.tasks import dead_task_reaper, training_run_canceled, training_run_failed
 from orchestration.training_trigger import ingest_logs_schedule, new_samples_sensor
 
 # Opni's training controller: only with a NATS server (nothing about NATS loads without one)
 nats_sensors = []
-if os.environ.get("LOGLOOP_NATS_URL", "").strip():
+if settings().nats_url:
     from orchestration.nats_sensor import build_nats_sensor
 
     nats_sensors.append(build_nats_sensor())
 
 defs = Definitions(
     assets=[raw_logs, partition_summaries, training_sample, nulog_model, registered_model, anomaly_scores],
-    asset_checks=[nulog_model_quality, anomaly_rate_jump],
+    asset_checks=[nulog_model_quality, anomaly_rate_jump, template_count_shift],
     jobs=[ingest_logs_job, train_model_job],
     schedules=[ingest_logs_schedule],
     sensors=[new_samples_sensor, training_run_failed, training_run_canceled, raw_logs_observer, dead_task_reaper, retention_sensor,

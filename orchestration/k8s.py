@@ -18,18 +18,16 @@ and backfills.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
+
+from orchestration.config import settings
 
 EXECUTORS = ("in_process", "multiprocess", "k8s")
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def current_executor() -> str:
-    name = os.environ.get("LOGLOOP_EXECUTOR", "multiprocess")
-    if name not in EXECUTORS:
-        raise ValueError(f"LOGLOOP_EXECUTOR={name!r} must be one of {', '.join(EXECUTORS)}")
-    return name
+    return settings().executor
 
 
 def train_executor_def():
@@ -72,8 +70,9 @@ def train_step_k8s_config(resources: Optional[dict] = None, envs: Optional[list]
     requests = dict(resources.get("requests") or {})
     limits = dict(resources.get("limits") or {})
     if not requests and not limits:
-        requests = {"cpu": os.environ.get("LOGLOOP_TRAIN_CPU", "2"), "memory": os.environ.get("LOGLOOP_TRAIN_MEMORY", "4Gi")}
-        limits = {"memory": os.environ.get("LOGLOOP_TRAIN_MEMORY", "4Gi"), "gpu": os.environ.get("LOGLOOP_TRAIN_GPUS", "1")}
+        s = settings()
+        requests = {"cpu": s.train_cpu, "memory": s.train_memory}
+        limits = {"memory": s.train_memory, "gpu": s.train_gpus}
     # Kubernetes schedules extended resources (GPUs) by their limit; a request must equal it.
     gpus = limits.get("gpu") or requests.get("gpu")
     container: dict = {"resources": {
@@ -92,15 +91,14 @@ def train_step_k8s_config(resources: Optional[dict] = None, envs: Optional[list]
 
 def data_step_k8s_config() -> dict:
     """dagster-k8s config of a data-stage pod: CPU and memory only."""
-    cpu = os.environ.get("LOGLOOP_DATA_CPU", "2")
-    memory = os.environ.get("LOGLOOP_DATA_MEMORY", "2Gi")
+    cpu, memory = settings().data_cpu, settings().data_memory
     return {"container_config": {"resources": {"requests": _quantities(cpu, memory), "limits": _quantities(None, memory)}}}
 
 
 def backfill_policy():
     from dagster import BackfillPolicy
 
-    per_run = os.environ.get("LOGLOOP_BACKFILL_WINDOWS_PER_RUN")
+    per_run = settings().backfill_windows_per_run
     if per_run:
-        return BackfillPolicy.multi_run(max_partitions_per_run=int(per_run))
+        return BackfillPolicy.multi_run(max_partitions_per_run=per_run)
     return BackfillPolicy.single_run()

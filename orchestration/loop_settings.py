@@ -1,232 +1,36 @@
-"""Settings of the continuous-training loop: when to train, how long a task may take.
-
-Read once when the code location loads, from the YAML file named by LOGLOOP_LOOP_CONFIG
-(default: config/loop.yaml when present, else the defaults below). Invalid settings
-raise at load time, so a bad threshold shows up as a code-location load error in the UI
-rather than as silently wrong training decisions.
-"""
+"""The loop settings as this process sees them: `loop_settings()` and `load_loop_settings()` over
+orchestration.config, with the settings' models (orchestration/loop_models.py) importable from here too."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class RetentionPolicy(BaseModel):
-    """What artifact storage keeps (`retention:` in config/loop.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(default=True, description="Whether retention_sensor deletes anything.")
-    keep_versions: int = Field(
-        default=5, ge=1, le=100_000,
-        description="Model versions kept per batch (the newest ones); the production version and the one a "
-        "rollback goes back to are kept besides.")
-    keep_summaries_days: Optional[float] = Field(
-        default=90, gt=0, allow_inf_nan=False,
-        description="Window summaries kept this many days after the window ended; older windows leave the "
-        "store's sample counts too (they drop out of future trainings). null: keep every window.")
-    delete_finished_runs: bool = Field(
-        default=True, description="Delete run folders (candidates, samples no kept model needs) and checkpoints of finished runs.")
-    finished_run_grace_hours: float = Field(
-        default=24, ge=0, allow_inf_nan=False,
-        description="A run's files stay this long after it finished (retries resume from the checkpoint, "
-        "re-executions read the sample).")
-    interval_s: int = Field(default=3600, ge=60, description="How often retention_sensor sweeps.")
-    sweep_time_limit_s: float = Field(
-        default=40, gt=0, le=3600, allow_inf_nan=False,
-        description="retention_sensor stops deleting after this long (a sensor tick has 60 s); the rest goes next tick.")
-
-
-class Thresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    min_start_count: int = Field(default=5_000, gt=0, description="Samples a batch needs for its first (scratch) model.")
-    min_update_count: int = Field(default=5_000, gt=0, description="New samples since the model's watermark for a fine-tune.")
-
-
-class AnomalyJump(BaseModel):
-    """When the `anomaly_rate_jump` check (orchestration/anomaly_checks.py) fails for a batch's window:
-
-    rate(W) > max(factor x median(rates of the previous windows), min_rate)
-
-    where rate = anomalies / lines, the previous windows are the batch's last `baseline_windows`
-    scored windows before W (looked for within 4 x baseline_windows window lengths), and only
-    windows with at least `min_lines` lines count, as W or as baseline. With fewer than
-    `min_baseline_windows` such previous windows, W is not judged.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    factor: float = Field(default=3.0, ge=1, le=1000, allow_inf_nan=False,
-                          description="How many times the baseline (median) rate a window's rate must exceed.")
-    min_rate: float = Field(default=0.02, ge=0, le=1, allow_inf_nan=False,
-                            description="A window's rate must also exceed this floor (a share of its lines).")
-    baseline_windows: int = Field(default=24, ge=1, le=24 * 31, description="Previous windows whose median rate is the baseline.")
-    min_baseline_windows: int = Field(default=6, ge=1, le=24 * 31, description="Fewest previous windows to judge a window at all.")
-    min_lines: int = Field(default=100, ge=1, description="Windows with fewer scored lines are neither judged nor baseline.")
-
-    @model_validator(mode="after")
-    def _min_not_above_baseline(self):
-        if self.min_baseline_windows > self.baseline_windows:
-            raise ValueError(f"min_baseline_windows ({self.min_baseline_windows}) is more than baseline_windows "
-                             f"({self.baseline_windows})")
-        return self
-
-    def describe(self) -> str:
-        return (f"rate > max({self.factor:g} x median rate of the previous {self.baseline_windows} windows, "
-                f"{self.min_rate:g}), with >= {self.min_baseline_windows} previous windows; windows of >= "
-                f"{self.min_lines} lines")
-
-
-def cron_interval_s(cron: str) -> int:
-    """The shortest gap between two ticks of `cron` over a sample of its ticks (for `reaper_cron`)."""
-    import datetime as dt
-
-    from dagster._utils.schedules import cron_string_iterator
-
-    ticks = cron_string_iterator(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp(), cron, "UTC")
-    times = [next(ticks).timestamp() for _ in range(50)]
-    return int(min(b - a for a, b in zip(times, times[1:])))
-
-
-class LoopSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    thresholds: Thresholds = Field(default_factory=Thresholds)
-    batch_overrides: dict[str, Thresholds] = Field(default_factory=dict, description="Per-batch thresholds.")
-    max_finetunes_in_a_row: int = Field(default=5, ge=0, description="After this many fine-tunes, train from scratch.")
-    max_oov_share: float = Field(default=0.05, ge=0, le=1, description="New data's OOV share above which a fine-tune becomes scratch.")
-    replay_share: float = Field(default=0.2, ge=0, lt=1, description="Share of a fine-tune's sample drawn from the previous training data.")
-    champion_tolerance: float = Field(default=0.02, ge=0, le=1, description="How much worse (top-k accuracy) a challenger may be.")
-    task_time_limit_s: int = Field(default=2 * 3600, gt=0, description="A task still working after this is dead (CML's limit_time).")
-    sensor_interval_s: int = Field(default=60, ge=1)
-    observe_interval_s: int = Field(default=300, ge=10, description="How often raw_logs_observer counts the source.")
-    observe_windows: int = Field(default=2, ge=0, description="Closed windows raw_logs_observer counts each time.")
-    catch_up_windows: int = Field(
-        default=24, ge=0, le=24 * 31,
-        description="Last closed windows new_samples_sensor checks for records not yet ingested (sources that "
-        "count cheaply only); 0 = no catch-up.",
-    )
-    reaper_interval_s: int = Field(
-        default=300, ge=5, le=24 * 3600,
-        description="How often the dead_task_reaper sensor checks active tasks (it starts no run). The former "
-        "`reaper_cron` is still read: its shortest gap between ticks becomes this interval.",
-    )
-    partition_start: Optional[str] = Field(
-        default=None,
-        description="The first time window (YYYY-MM-DD-HH:MM, UTC); LOGLOOP_PARTITION_START wins over it. "
-        "Unset: derived from the data when the code location loads (orchestration/partitions.py).",
-    )
-    partition_lookback_days: float = Field(
-        default=7, gt=0, le=3660, allow_inf_nan=False,
-        description="Without an explicit start and with no data known (nothing ingested, no log file read), "
-        "the windows begin this many days ago. With OpenSearch the start is never later than this either.",
-    )
-    partition_max_days: float = Field(
-        default=400, gt=0, le=36600, allow_inf_nan=False,
-        description="A start derived from the log files' times is never more than this many days back "
-        "(ingested windows always count, however old).",
-    )
-    anomaly_jump: AnomalyJump = Field(default_factory=AnomalyJump,
-                                      description="The anomaly_rate_jump check's rule on anomaly_scores.")
-    score_batches: list[str] = Field(default_factory=list, description="Batches the anomaly_scores asset scores; '*' = all with a model.")
-    record_results_batches: list[str] = Field(
-        default_factory=list,
-        description="Scored batches whose forms anomaly_scores also records as inference results (one row per distinct "
-        "masked form of a window, with its line count, score, verdict and model version); '*' = every scored batch.")
-    training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
-    retention: RetentionPolicy = Field(default_factory=RetentionPolicy,
-                                       description="What artifact storage keeps (orchestration/retention_plan.py).")
-
-    @model_validator(mode="after")
-    def _overrides_name_valid_batches(self):
-        from ops.naming import InvalidName, validate_batch_name
-
-        for name in self.batch_overrides:
-            try:
-                validate_batch_name(name)
-            except InvalidName as exc:
-                raise ValueError(f"batch_overrides: {exc}") from exc
-        return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reaper_cron_becomes_an_interval(cls, data):
-        """`reaper_cron` (a schedule, before the reaper became a sensor) still loads: its shortest
-        gap between ticks is the interval ('*/5 * * * *' -> 300 s, '* * * * *' -> 60 s)."""
-        if not isinstance(data, dict) or "reaper_cron" not in data:
-            return data
-        from dagster._utils.schedules import is_valid_cron_string
-
-        data = dict(data)
-        cron = data.pop("reaper_cron")
-        if "reaper_interval_s" in data:
-            raise ValueError("reaper_cron and reaper_interval_s are both set: reaper_cron is replaced by "
-                             "reaper_interval_s (seconds); remove reaper_cron")
-        if not isinstance(cron, str) or not is_valid_cron_string(cron):
-            raise ValueError(f"reaper_cron {cron!r} is not a valid cron string (better: reaper_interval_s, in seconds)")
-        data["reaper_interval_s"] = max(5, min(24 * 3600, cron_interval_s(cron)))
-        return data
-
-    @model_validator(mode="after")
-    def _partition_start_is_a_window(self):
-        if self.partition_start is not None:
-            import datetime as dt
-
-            try:
-                dt.datetime.strptime(self.partition_start, "%Y-%m-%d-%H:%M")
-            except (TypeError, ValueError):
-                raise ValueError(f"partition_start {self.partition_start!r} is not YYYY-MM-DD-HH:MM") from None
-        return self
-
-    def thresholds_for(self, batch: str) -> Thresholds:
-        return self.batch_overrides.get(batch, self.thresholds)
-
-
-class LoopSettingsError(ValueError):
-    pass
+from orchestration.loop_models import (  # noqa: F401  (importable from here too)
+    AnomalyJump,
+    LoopSettings,
+    LoopSettingsError,
+    RetentionPolicy,
+    Thresholds,
+    merge_run_config,
+)
 
 
 def load_loop_settings(path: Optional[str] = None) -> LoopSettings:
-    path = path or os.environ.get("LOGLOOP_LOOP_CONFIG") or ""
-    if not path:
-        default = ROOT / "config" / "loop.yaml"
-        if not default.exists():
-            return LoopSettings()
-        path = str(default)
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise LoopSettingsError(f"loop settings {path}: cannot read: {exc}") from exc
-    try:
-        return LoopSettings.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise LoopSettingsError(f"loop settings {path}: {problems}") from None
+    """All settings, read now: the file `path` (else LOGLOOP_LOOP_CONFIG's, else config/loop.yaml)
+    over the defaults, the environment over both (orchestration.config.load)."""
+    from orchestration.config import load
+
+    return load(path)
 
 
-_loaded: Optional[LoopSettings] = None
+_loaded: Optional[LoopSettings] = None  # tests may pin the settings here
 
 
 def loop_settings() -> LoopSettings:
-    """The settings of this process, loaded once (when the code location loads)."""
-    global _loaded
-    if _loaded is None:
-        _loaded = load_loop_settings()
-    return _loaded
+    """The settings of this process (orchestration.config.settings(): read when the code location
+    loads, again only when the environment or the file changes)."""
+    if _loaded is not None:
+        return _loaded
+    from orchestration.config import settings
 
-
-def merge_run_config(base: dict, extra: dict) -> dict:
-    """`base` with `extra` merged in, nested dicts key by key (`extra` wins): how the loop's
-    training_run_config meets a run's own config (sensor- and NATS-launched runs)."""
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge_run_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return settings()

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from orchestration.contract import NATS_MSG_ID_TAG, NATS_SEQ_TAG, PARTITION_TAG
-from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, run_config, run_tags
+from orchestration.contract import NATS_MSG_ID_TAG, NATS_SEQ_TAG, PARTITION_TAG, REQUEST_KEY_TAG
+from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, request_key, run_config, run_tags
 from resources.nats_bus import MSG_ID_HEADER, Incoming, NatsBus, Outgoing
 
 MAX_TAG_CHARS = 200  # a longer Nats-Msg-Id is kept as its hash
@@ -29,8 +29,13 @@ class Accepted:
     def run_config(self) -> dict:
         return run_config(self.spec)
 
+    @property
+    def request_key(self) -> str:
+        """Identical requests (same batch, intervals and settings; any message) share it."""
+        return request_key(self.spec)
+
     def tags(self) -> dict:
-        tags = {**run_tags(self.spec), NATS_SEQ_TAG: str(self.incoming.stream_seq)}
+        tags = {**run_tags(self.spec), NATS_SEQ_TAG: str(self.incoming.stream_seq), REQUEST_KEY_TAG: self.request_key}
         msg_id = message_id(self.incoming)
         if msg_id:
             tags[NATS_MSG_ID_TAG] = _bounded(msg_id)

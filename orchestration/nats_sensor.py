@@ -12,6 +12,10 @@ Each tick, on one connection:
    derives from the message (its Nats-Msg-Id, else its stream sequence), so a redelivery starts
    no second run and is simply acknowledged; an invalid one is published to the error subject
    with its reason and the original, then terminated (never redelivered).
+5. coalesces identical requests (same batch, intervals and settings: training_spec.request_key)
+   into one run: into a run of this tick's (acknowledged once that run is recorded, as the run's
+   own message is), or into a queued or running run of an earlier tick (acknowledged at once).
+   The tick logs how many it coalesced; Opni publishing one request 500 times trains once.
 
 When NATS fails midway, the tick logs a warning and still returns the runs of the requests it
 already holds; unacknowledged messages come back after the consumer's ack wait.
@@ -23,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -31,6 +36,7 @@ from dagster import (
     sensor,
 )
 
+from orchestration.contract import REQUEST_KEY_TAG
 from orchestration.jobs import train_model_job
 from orchestration.loop_settings import loop_settings, merge_run_config
 from orchestration.model_events import flush_outbox
@@ -51,8 +57,9 @@ class Tick:
     new_batches: list = field(default_factory=list)
     pending: list = field(default_factory=list)   # [run key, ack subject] of requests whose runs are not yet seen
     warnings: list = field(default_factory=list)
-    counts: dict = field(default_factory=lambda: {"received": 0, "runs": 0, "rejected": 0, "acknowledged": 0,
-                                                  "outbox_sent": 0, "outbox_waiting": 0})
+    counts: dict = field(default_factory=lambda: {"received": 0, "runs": 0, "coalesced": 0, "rejected": 0,
+                                                  "acknowledged": 0, "outbox_sent": 0, "outbox_waiting": 0})
+    coalesced: dict = field(default_factory=dict)  # run key -> identical requests folded into that run
 
     def cursor(self) -> str:
         return json.dumps({"pending": self.pending})
@@ -63,6 +70,16 @@ class Tick:
 
 def run_exists(instance, key: str) -> bool:
     return bool(instance.get_run_ids(RunsFilter(tags={RUN_KEY_TAG: key, SENSOR_NAME_TAG: SENSOR_NAME}), limit=1))
+
+
+ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+
+
+def active_run_key(instance, request_key: str) -> str | None:
+    """The run key of a queued or running run started for an identical request, if there is one."""
+    runs = instance.get_runs(RunsFilter(tags={REQUEST_KEY_TAG: request_key, SENSOR_NAME_TAG: SENSOR_NAME},
+                                        statuses=ACTIVE), limit=1)
+    return runs[0].tags.get(RUN_KEY_TAG, runs[0].run_id) if runs else None
 
 
 def parse_cursor(cursor: str | None) -> list:
@@ -116,6 +133,8 @@ def drain(bus: NatsBus, instance, artifacts: ArtifactStorage, pending: list, log
                 failed("fetching requests", exc)
         tick.counts["received"] = len(messages)
         requested: set[str] = set()
+        by_request: dict[str, str] = {}  # request key -> run key of this tick's run for it
+        active: dict[str, str | None] = {}  # request key -> run key of an earlier tick's queued or running run
         known_batches: set[str] = set()
         for incoming in messages:
             result = parse(incoming, bus)
@@ -140,10 +159,33 @@ def drain(bus: NatsBus, instance, artifacts: ArtifactStorage, pending: list, log
                     except NatsError as exc:
                         failed(f"publishing the rejection of request #{incoming.stream_seq}", exc)
                 continue
+            if result.run_key not in requested and result.request_key in by_request:
+                # identical to a request of this tick: acknowledged with it, once its run is recorded
+                into = by_request[result.request_key]
+                tick.pending.append([into, incoming.reply])
+                tick.counts["coalesced"] += 1
+                tick.coalesced[into] = tick.coalesced.get(into, 0) + 1
+                continue
+            if result.run_key not in requested:
+                if result.request_key not in active:
+                    active[result.request_key] = active_run_key(instance, result.request_key)
+                into = active[result.request_key]
+                if into is not None and into != result.run_key:
+                    # identical to a queued or running training: that run answers this request too
+                    tick.counts["coalesced"] += 1
+                    tick.coalesced[into] = tick.coalesced.get(into, 0) + 1
+                    if alive:
+                        try:
+                            session.ack(incoming.reply)
+                            tick.counts["acknowledged"] += 1
+                        except NatsError as exc:
+                            failed("acknowledging a coalesced request", exc)
+                    continue
             tick.pending.append([result.run_key, incoming.reply])
             if result.run_key in requested:
                 continue  # two copies in one tick: one run
             requested.add(result.run_key)
+            by_request[result.request_key] = result.run_key
             batch = result.spec.batch
             if batch not in known_batches and not instance.has_dynamic_partition(batch_partitions.name, batch):
                 tick.new_batches.append(batch)
@@ -175,6 +217,10 @@ def build_nats_sensor():
         tick = drain(model_events, context.instance, artifacts, parse_cursor(context.cursor), context.log)
         for warning in tick.warnings:
             context.log.warning(f"NATS: {warning}")
+        for into, n in tick.coalesced.items():
+            context.log.info(f"NATS: {n} request(s) identical to run {into}'s coalesced into it (acknowledged, no new run)")
+        if tick.counts["received"]:
+            context.log.info(f"NATS: {tick.summary()}")
         partitions = [batch_partitions.build_add_request(tick.new_batches)] if tick.new_batches else []
         return SensorResult(
             run_requests=tick.run_requests, dynamic_partitions_requests=partitions, cursor=tick.cursor(),

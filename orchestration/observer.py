@@ -2,10 +2,9 @@
 observations of raw_logs' partitions (OpenSearch's count API; off by default for a local folder,
 which would be read in full)."""
 
-import os
-
 from dagster import AssetObservation, DefaultSensorStatus, MetadataValue, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from orchestration.config import settings
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, last_closed_keys
 from resources.log_source import LogSource
@@ -37,7 +36,7 @@ def observe_source(context: SensorEvaluationContext, log_source: LogSource, wind
 @sensor(
     minimum_interval_seconds=SETTINGS.observe_interval_s,
     # OpenSearch answers with one count request; the local folder would be read in full
-    default_status=DefaultSensorStatus.RUNNING if os.environ.get("LOGLOOP_OPENSEARCH_HOSTS") else DefaultSensorStatus.STOPPED,
+    default_status=DefaultSensorStatus.RUNNING if settings().opensearch_hosts else DefaultSensorStatus.STOPPED,
     description="Observe the source: records per batch in the last closed windows (OpenSearch's count API).",
 )
 def raw_logs_observer(context: SensorEvaluationContext, log_source: LogSource):

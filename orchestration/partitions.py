@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -34,8 +33,10 @@ from typing import Callable, Optional
 
 from dagster import DynamicPartitionsDefinition, TimeWindowPartitionsDefinition
 
+from orchestration.config import settings
+
 PARTITION_FMT = "%Y-%m-%d-%H:%M"
-PARTITION_CRON = os.environ.get("LOGLOOP_PARTITION_CRON", "0 * * * *")  # "0 0 * * *": daily windows
+PARTITION_CRON = settings().partition_cron  # "0 0 * * *": daily windows
 START_TIMEOUT_S = 5.0
 PEEK_MAX_FILES = 500
 PEEK_MAX_BYTES = 1 << 20
@@ -160,18 +161,19 @@ def _probe_summaries() -> Optional[int]:
 
 def _probe_source(deadline: float) -> Optional[int]:
     """The file source's earliest record; None when it is unknown (OpenSearch, no files)."""
-    if os.environ.get("LOGLOOP_OPENSEARCH_HOSTS", "").strip():
+    current = settings()
+    if current.opensearch_hosts:
         return None
     from ops.fetch.local_files import load_index
-    from orchestration import settings
+    from orchestration.settings import data_home, logs_dir
     from resources.log_source import file_source_location
 
-    where = file_source_location(settings.logs_dir(), settings.data_home() / "source-index.json")
+    where = file_source_location(logs_dir(), data_home() / "source-index.json", current.logs_url, current.artifacts_url)
     try:
         index = load_index(where["index_path"])
     except Exception:  # noqa: BLE001 - the index only saves reading the files
         index = {}
-    return earliest_file_record_ms(str(where["path"]), index, os.environ.get("LOGLOOP_TIME_FIELD", "time"), deadline)
+    return earliest_file_record_ms(str(where["path"]), index, current.time_field, deadline)
 
 
 def derive_start(now_ms: int, cron: str = PARTITION_CRON, *, lookback_days: float = 7, max_days: float = 400,
@@ -220,18 +222,16 @@ def derive_start(now_ms: int, cron: str = PARTITION_CRON, *, lookback_days: floa
 
 
 def partition_start(now_ms: Optional[int] = None) -> Start:
-    """The first window: LOGLOOP_PARTITION_START, else the loop settings' partition_start, else the data."""
-    explicit = os.environ.get("LOGLOOP_PARTITION_START", "").strip()
-    if explicit:
-        return Start(explicit, "LOGLOOP_PARTITION_START")
+    """The first window: partition_start (LOGLOOP_PARTITION_START over the loop settings file), else the data."""
     from orchestration.loop_settings import loop_settings
 
-    settings = loop_settings()  # invalid settings fail the load, as everywhere
-    if settings.partition_start:
-        return Start(settings.partition_start, "partition_start in the loop settings")
+    loop = loop_settings()  # invalid settings fail the load, as everywhere
+    if loop.partition_start:
+        where = settings().origin("partition_start")
+        return Start(loop.partition_start, where if where.startswith("LOGLOOP_") else "partition_start in the loop settings")
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    return derive_start(now_ms, PARTITION_CRON, lookback_days=settings.partition_lookback_days,
-                        max_days=settings.partition_max_days)
+    return derive_start(now_ms, PARTITION_CRON, lookback_days=loop.partition_lookback_days,
+                        max_days=loop.partition_max_days)
 
 
 START = partition_start()

@@ -11,7 +11,6 @@ the batch.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -37,18 +36,16 @@ def artifact_name(template: str, name: str, version: int, batch: str) -> str:
         raise Failure(description=f"artifact name template {template!r} is invalid: {exc}") from exc
 
 
-PROMOTE_NEW_VERSIONS = "LOGLOOP_PROMOTE_NEW_VERSIONS"
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-
-
 def promote_new_versions() -> bool:
     """LOGLOOP_PROMOTE_NEW_VERSIONS: true moves a pinned batch's production to each newly
     registered version (and unpins it); false (the default) leaves a pin where it is."""
-    value = os.environ.get(PROMOTE_NEW_VERSIONS, "").strip().lower()
-    if value not in _TRUE + _FALSE:
-        raise Failure(description=f"{PROMOTE_NEW_VERSIONS}={value!r} is not a boolean "
-                                  f"(use one of {', '.join(v for v in _TRUE + _FALSE if v)})")
-    return value in _TRUE
+    from orchestration.config import settings
+    from orchestration.loop_settings import LoopSettingsError
+
+    try:
+        return settings().promote_new_versions
+    except LoopSettingsError as exc:
+        raise Failure(description=str(exc)) from None
 
 
 def lineage_parent(candidate: ModelRef, production):
@@ -113,7 +110,8 @@ def register_candidate(
         meta = {**artifact.meta, **version_ref.to_meta()}  # the feedback labels and classifier stay
         with artifacts.writing(key) as tmp:
             write_artifact(tmp, artifact.model, artifact.vocab, artifact.masking_rules, artifact.model_config,
-                           metrics=validation["metrics"], meta=meta, train_config=artifact.config.get("train"))
+                           metrics=validation["metrics"], meta=meta, train_config=artifact.config.get("train"),
+                           multiline_rules=artifact.multiline_rules)
         record = ModelRecord(
             batch=batch, version=version, run_id=train_run_id, artifact=key, artifact_uri=artifacts.uri(key),
             metrics=validation["metrics"], window_start_ms=window[0], window_end_ms=window[1],

@@ -1,60 +1,46 @@
-"""Resources chosen by environment: embedded defaults unless a server is configured."""
+"""Resources chosen by the settings (orchestration.config): embedded defaults unless a server is configured."""
 
 from __future__ import annotations
 
-import os
-
 from orchestration import settings
+from orchestration.config import env_var, settings as current
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, file_source_location
 from resources.sqlite_store import SQLiteStore
 
-DEFAULT_BATCH_FIELDS = "cluster_id,kubernetes.namespace_name,deployment"
 
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def opensearch_source(hosts: str, fields: dict):
-    """OpenSearchLogSource from LOGLOOP_OPENSEARCH_* (credentials as EnvVar: only their
+def opensearch_source(hosts: list[str], fields: dict):
+    """OpenSearchLogSource from the opensearch_* settings (credentials as EnvVar: only their
     names reach run config; the resource holds the values at run time)."""
-    from dagster import EnvVar
-
     from resources.opensearch_source import OpenSearchLogSource
 
-    secrets = {}
-    for field, var in (("username", "LOGLOOP_OPENSEARCH_USER"), ("password", "LOGLOOP_OPENSEARCH_PASSWORD"),
-                       ("api_key", "LOGLOOP_OPENSEARCH_API_KEY")):
-        if os.environ.get(var):
-            secrets[field] = EnvVar(var)
+    s = current()
+    secrets = {field: env_var(name) for field, name in (("username", "opensearch_user"), ("password", "opensearch_password"),
+                                                        ("api_key", "opensearch_api_key")) if s.secret(name)}
     optional = {}
-    if os.environ.get("LOGLOOP_OPENSEARCH_CA"):
-        optional["ca_path"] = os.environ["LOGLOOP_OPENSEARCH_CA"]
-    if os.environ.get("LOGLOOP_OPENSEARCH_VERIFY_CERTS", "true").lower() in ("0", "false", "no"):
+    if s.opensearch_ca:
+        optional["ca_path"] = s.opensearch_ca
+    if not s.opensearch_verify_certs:
         optional["verify_certs"] = False
-    return OpenSearchLogSource(
-        hosts=_csv(hosts), index=os.environ.get("LOGLOOP_OPENSEARCH_INDEX", "logs"), **fields, **secrets, **optional
-    )
+    return OpenSearchLogSource(hosts=hosts, index=s.opensearch_index, **fields, **secrets, **optional,
+                               deadline_s=s.deadlines.opensearch_s)
 
 
 def tdengine_store(url: str):
-    """TDengineStore from LOGLOOP_TDENGINE_* (REST via taosAdapter; the password as an EnvVar)."""
-    from dagster import EnvVar
-
+    """TDengineStore from the tdengine_* settings (REST via taosAdapter; the password as an EnvVar)."""
     from resources.tdengine_store import TDengineStore
 
-    if not os.environ.get("LOGLOOP_TDENGINE_PASSWORD"):
+    s = current()
+    if not s.secret("tdengine_password"):
         raise ValueError("LOGLOOP_TDENGINE_URL is set but LOGLOOP_TDENGINE_PASSWORD is not")
-    return TDengineStore(url=url, database=os.environ.get("LOGLOOP_TDENGINE_DATABASE", "logloop"),
-                         user=os.environ.get("LOGLOOP_TDENGINE_USER", "root"), password=EnvVar("LOGLOOP_TDENGINE_PASSWORD"))
+    return TDengineStore(url=url, database=s.tdengine_database, user=s.tdengine_user, password=env_var("tdengine_password"),
+                         deadline_s=s.deadlines.tdengine_s)
 
 
 def sql_store(url: str):
     """SQLiteStore or SQLStore (PostgreSQL) from LOGLOOP_STORE_URL; the password as an EnvVar
     (LOGLOOP_STORE_PASSWORD), or, when the URL carries one, the whole URL as an EnvVar, so that no
     password ever lands in the resource's config (which the Dagster UI shows)."""
-    from dagster import EnvVar
     from sqlalchemy import make_url
 
     from resources.sql_engine import store_backend
@@ -69,15 +55,14 @@ def sql_store(url: str):
         if not parsed.database:
             raise ValueError("LOGLOOP_STORE_URL=sqlite:// names no file: use sqlite:///relative/path or sqlite:////absolute/path")
         return SQLiteStore(path=parsed.database)
-    secrets = {"password": EnvVar("LOGLOOP_STORE_PASSWORD")} if os.environ.get("LOGLOOP_STORE_PASSWORD") else {}
-    return SQLStore(url=EnvVar("LOGLOOP_STORE_URL") if parsed.password else url, **secrets)
+    secrets = {"password": env_var("store_password")} if current().secret("store_password") else {}
+    return SQLStore(url=env_var("store_url") if parsed.password else url, **secrets)
 
 
 def build_store():
     """The store the environment asks for: TDengine (LOGLOOP_TDENGINE_URL), SQLite or PostgreSQL
     (LOGLOOP_STORE_URL), else SQLite at $LOGLOOP_HOME/store.sqlite."""
-    tdengine = os.environ.get("LOGLOOP_TDENGINE_URL", "").strip()
-    url = os.environ.get("LOGLOOP_STORE_URL", "").strip()
+    tdengine, url = current().tdengine_url, current().store_url
     if tdengine and url:
         raise ValueError("LOGLOOP_TDENGINE_URL and LOGLOOP_STORE_URL are both set: the store is one or the other; unset one")
     if tdengine:
@@ -91,7 +76,7 @@ def artifact_storage():
     """Where artifacts live: LOGLOOP_ARTIFACTS_URL, an object-store URL (s3://bucket/prefix, gs://…,
     az://…; credentials from the provider's own environment variables, see
     resources.object_artifacts) or a local folder (a path or file:// URL); unset: $LOGLOOP_HOME/artifacts."""
-    url = os.environ.get("LOGLOOP_ARTIFACTS_URL", "").strip()
+    url = current().artifacts_url
     if not url:
         return LocalArtifactStorage(root=str(settings.artifacts_dir()))
     if url.startswith("file://") or "://" not in url:
@@ -102,60 +87,57 @@ def artifact_storage():
         parse_artifacts_url(url)
     except ValueError as exc:
         raise ValueError(f"LOGLOOP_ARTIFACTS_URL: {exc}") from None
-    return ObjectArtifactStorage(url=url)
+    return ObjectArtifactStorage(url=url, deadline_s=current().deadlines.object_storage_s)
 
 
-NATS_SETTINGS = {  # NatsBus field -> environment variable (plain settings, not secrets)
-    "request_subject": "LOGLOOP_NATS_SUBJECT",
-    "request_rejected_subject": "LOGLOOP_NATS_REJECTED_SUBJECT",
-    "ready_subject": "LOGLOOP_NATS_READY_SUBJECT",
-    "model_rejected_subject": "LOGLOOP_NATS_MODEL_REJECTED_SUBJECT",
-    "stream": "LOGLOOP_NATS_STREAM",
-    "consumer": "LOGLOOP_NATS_CONSUMER",
-    "default_batch": "LOGLOOP_NATS_DEFAULT_BATCH",
-    "max_intervals": "LOGLOOP_NATS_MAX_INTERVALS",
-    "max_per_tick": "LOGLOOP_NATS_MAX_PER_TICK",
-    "ack_wait_s": "LOGLOOP_NATS_ACK_WAIT_S",
-    "max_deliveries": "LOGLOOP_NATS_MAX_DELIVERIES",
-    "creds_file": "LOGLOOP_NATS_CREDS",
-    "user": "LOGLOOP_NATS_USER",
+NATS_SETTINGS = {  # NatsBus field -> setting (plain settings, not secrets)
+    "request_subject": "nats_subject",
+    "request_rejected_subject": "nats_rejected_subject",
+    "ready_subject": "nats_ready_subject",
+    "model_rejected_subject": "nats_model_rejected_subject",
+    "stream": "nats_stream",
+    "consumer": "nats_consumer",
+    "default_batch": "nats_default_batch",
+    "max_intervals": "nats_max_intervals",
+    "max_per_tick": "nats_max_per_tick",
+    "ack_wait_s": "nats_ack_wait_s",
+    "max_deliveries": "nats_max_deliveries",
+    "creds_file": "nats_creds",
+    "user": "nats_user",
 }
-NATS_SECRETS = {"password": "LOGLOOP_NATS_PASSWORD", "token": "LOGLOOP_NATS_TOKEN"}
+NATS_SECRETS = {"password": "nats_password", "token": "nats_token"}
 
 
 def model_events():
-    """NatsBus from LOGLOOP_NATS_* when LOGLOOP_NATS_URL is set (a URL with user info, and the
+    """NatsBus from the nats_* settings when nats_url is set (a URL with user info, and the
     password and token, as EnvVars), else NoModelEvents: nothing about NATS is imported."""
     from resources.nats_bus import NoModelEvents
 
-    url = os.environ.get("LOGLOOP_NATS_URL", "").strip()
+    s = current()
+    url = s.nats_url
     if not url:
         return NoModelEvents()
-    from dagster import EnvVar
     from pydantic import ValidationError
+    from orchestration.config import env_name
 
     from ops.naming import InvalidName, validate_batch_name
     from resources.nats_bus import NatsBus
 
     if not all(u.strip().startswith(("nats://", "tls://", "ws://", "wss://")) for u in url.split(",")):
         raise ValueError("LOGLOOP_NATS_URL must be nats://HOST:PORT (or tls://, ws://, wss://), comma-separated for several")
-    fields = {field: os.environ[var].strip() for field, var in NATS_SETTINGS.items() if os.environ.get(var, "").strip()}
-    fields.update({field: EnvVar(var) for field, var in NATS_SECRETS.items() if os.environ.get(var)})
+    fields = {field: getattr(s, name) for field, name in NATS_SETTINGS.items() if getattr(s, name) is not None}
+    fields.update({field: env_var(name) for field, name in NATS_SECRETS.items() if s.secret(name)})
     if "default_batch" in fields:
         try:
             validate_batch_name(fields["default_batch"])
         except InvalidName as exc:
             raise ValueError(f"LOGLOOP_NATS_DEFAULT_BATCH: {exc}") from None
     try:
-        return NatsBus(url=EnvVar("LOGLOOP_NATS_URL") if "@" in url else url, **fields)
+        return NatsBus(url=env_var("nats_url") if "@" in url else url, **fields)
     except ValidationError as exc:
-        names = {**NATS_SETTINGS, **NATS_SECRETS}
+        names = {field: env_name(name) for field, name in {**NATS_SETTINGS, **NATS_SECRETS}.items()}
         problems = "; ".join(f"{names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"NATS settings are invalid: {problems}") from None
-
-
-def _true(var: str) -> bool:
-    return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def check_shared_state(resources: dict) -> None:
@@ -165,7 +147,7 @@ def check_shared_state(resources: dict) -> None:
 
     Each check appends a problem; the artifacts check (local ArtifactStorage) joins the list here.
     """
-    if os.environ.get("LOGLOOP_EXECUTOR", "").strip() != "k8s" or _true("LOGLOOP_SHARED_VOLUME"):
+    if current().executor != "k8s" or current().shared_volume:
         return
     problems = []
     store = resources.get("store")
@@ -187,29 +169,30 @@ def check_shared_state(resources: dict) -> None:
         )
 
 
+def record_fields() -> dict:
+    """Which fields of a JSON log record hold its time, message and batch (every log source's, and
+    what `logloop score` and `logloop templates` read)."""
+    s = current()
+    return dict(time_field=s.time_field, message_field=s.message_field, batch_fields=s.batch_fields)
+
+
 def build_resources() -> dict:
-    batch_fields = _csv(os.environ.get("LOGLOOP_BATCH_FIELDS", DEFAULT_BATCH_FIELDS))
-    fields = dict(
-        time_field=os.environ.get("LOGLOOP_TIME_FIELD", "time"),
-        message_field=os.environ.get("LOGLOOP_MESSAGE_FIELD", "log"),
-        batch_fields=batch_fields,
-    )
-    hosts = os.environ.get("LOGLOOP_OPENSEARCH_HOSTS", "").strip()
-    kind = os.environ.get("LOGLOOP_LOG_SOURCE", "").strip().lower()
+    s = current()
+    fields = record_fields()
+    hosts, kind = s.opensearch_hosts, s.log_source
     store = build_store()
-    if kind not in ("", "files", "opensearch", "samples"):
-        raise ValueError(f"LOGLOOP_LOG_SOURCE={kind!r}: expected files, opensearch or samples")
     if kind == "samples":
         from orchestration.samples_source import samples_source
 
         log_source = samples_source(store, fields)
     elif kind == "opensearch" or (hosts and kind != "files"):
         if not hosts:
-            raise ValueError("LOGLOOP_LOG_SOURCE=opensearch but LOGLOOP_OPENSEARCH_HOSTS is not set")
+            raise ValueError(f"the log source is opensearch ({s.origin('log_source')}) but LOGLOOP_OPENSEARCH_HOSTS is not set")
         log_source = opensearch_source(hosts, fields)
     else:
         log_source = LocalLogSource(
-            **file_source_location(settings.logs_dir(), settings.data_home() / "source-index.json"), **fields
+            **file_source_location(settings.logs_dir(), settings.data_home() / "source-index.json", s.logs_url,
+                                   s.artifacts_url), **fields
         )
     built = {
         "log_source": log_source,

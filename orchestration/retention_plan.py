@@ -1,6 +1,6 @@
 """Retention's plan: what artifact storage may forget now, and why. Deletes nothing.
 
-A `RetentionPolicy` (orchestration/loop_settings.py) says what to keep; `plan` decides, from the
+A `RetentionPolicy` (orchestration/loop_models.py) says what to keep; `plan` decides, from the
 store and a listing of artifact storage, what may go: a `Plan` of `Item`s, each with its reason,
 and what stays, counted by reason. orchestration/retention.py applies it;
 orchestration/retention_sensor.py runs both in the loop.

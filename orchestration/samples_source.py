@@ -7,25 +7,22 @@ LOGLOOP_STORE_PASSWORD or, when the URL carries a password, LOGLOOP_STORE_URL it
 
 from __future__ import annotations
 
-import os
-
+from orchestration.config import env_var, settings
 from resources.samples_source import SamplesLogSource
 
 
 def samples_source(store, fields: dict) -> SamplesLogSource:
-    from dagster import EnvVar
-
     from resources.sql_store import SQLStore
     from resources.sqlite_store import SQLiteStore
     from resources.tdengine_store import TDengineStore
 
-    page = {"page_size": int(os.environ["LOGLOOP_SAMPLES_PAGE_SIZE"])} if os.environ.get("LOGLOOP_SAMPLES_PAGE_SIZE") else {}
+    page = {"page_size": settings().samples_page_size} if settings().samples_page_size else {}
     if isinstance(store, TDengineStore):
         return SamplesLogSource(backend="tdengine", url=store.url, database=store.database, user=store.user,
-                                password=EnvVar("LOGLOOP_TDENGINE_PASSWORD"), **fields, **page)
+                                password=env_var("tdengine_password"), **fields, **page)
     if isinstance(store, SQLiteStore):
         return SamplesLogSource(backend="sql", url=f"sqlite:///{store.path}", **fields, **page)
     if isinstance(store, SQLStore):
-        secrets = {"password": EnvVar("LOGLOOP_STORE_PASSWORD")} if os.environ.get("LOGLOOP_STORE_PASSWORD") else {}
+        secrets = {"password": env_var("store_password")} if settings().secret("store_password") else {}
         return SamplesLogSource(backend="sql", url=store.url, **secrets, **fields, **page)
     raise ValueError(f"LOGLOOP_LOG_SOURCE=samples needs a SQLite, PostgreSQL or TDengine store, not {type(store).__name__}")

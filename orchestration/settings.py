@@ -1,17 +1,18 @@
-"""Where things live by default: one data folder, movable with LOGLOOP_HOME."""
+"""Where things live by default: one data folder (`home`, LOGLOOP_HOME) holds the rest."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from orchestration.config import settings
 
 
 def data_home() -> Path:
-    return Path(os.environ.get("LOGLOOP_HOME", "data")).resolve()
+    return settings().home.resolve()
 
 
 def logs_dir() -> Path:
-    return Path(os.environ.get("LOGLOOP_LOGS_DIR", data_home() / "logs"))
+    return settings().logs_dir or data_home() / "logs"
 
 
 def store_path() -> Path:

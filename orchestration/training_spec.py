@@ -22,8 +22,11 @@ reported together: "spec <id> is invalid: <e1>; <e2>".
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -412,6 +415,13 @@ def run_config(spec: TrainingSpec, now_ms: Optional[int] = None, executor: Optio
         config["execution"] = {"config": {"per_step_k8s_config": {
             "nulog_model": train_step_k8s_config(spec.resources, spec.envs, spec.image)}}}
     return config
+
+
+def request_key(spec: TrainingSpec) -> str:
+    """What the spec asks for, as a key: the same for two requests that would train the same batch
+    on the same data with the same settings, whatever their ids (NATS requests coalesce on it)."""
+    what = {name: value for name, value in dataclasses.asdict(spec).items() if name != "id"}
+    return "sha256:" + hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def run_tags(spec: TrainingSpec) -> dict:

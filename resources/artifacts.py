@@ -13,12 +13,13 @@ from dagster import ConfigurableResource
 
 from ops.files import create_temp_file
 from ops.naming import validate_key
+from resources.errors import ArtifactStorageError  # noqa: F401  (raised by every storage)
 
 
-class ArtifactStorageError(RuntimeError):
-    """The storage itself failed (a missing bucket, denied credentials, an unreachable endpoint, an
-    upload that still failed after retries): one line naming the storage, never a secret. A key
-    that is simply not there is FileNotFoundError instead."""
+def check_size(what: str, size: int, max_bytes: int | None) -> None:
+    """Refuse an object larger than `max_bytes` (None: no limit) before it is read."""
+    if max_bytes is not None and size > max_bytes:
+        raise ArtifactStorageError(f"{what} is too large ({size:,} bytes, at most {max_bytes:,})")
 
 
 class ArtifactStorage(ConfigurableResource, ABC):
@@ -44,8 +45,9 @@ class ArtifactStorage(ConfigurableResource, ABC):
 
     @abstractmethod
     @contextlib.contextmanager
-    def reading(self, key: str) -> Iterator[str]:
-        """Yield a local path holding the object at `key`."""
+    def reading(self, key: str, max_bytes: int | None = None) -> Iterator[str]:
+        """Yield a local path holding the object at `key`. An object larger than `max_bytes` raises
+        ArtifactStorageError before any of it is read (or downloaded)."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -83,10 +85,12 @@ class LocalArtifactStorage(ArtifactStorage):
                 os.unlink(tmp)
 
     @contextlib.contextmanager
-    def reading(self, key: str) -> Iterator[str]:
+    def reading(self, key: str, max_bytes: int | None = None) -> Iterator[str]:
         path = self._path(key)
         if not path.exists():
             raise FileNotFoundError(f"artifact {key!r} not found under {self.root}")
+        if max_bytes is not None:
+            check_size(f"artifact {key!r} under {self.root}", path.stat().st_size, max_bytes)
         yield str(path)
 
     def delete(self, key: str) -> None:

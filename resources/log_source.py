@@ -45,6 +45,11 @@ class LogSource(ConfigurableResource, ABC):
     def shards(self, windows: Windows) -> list[Shard]:
         """Independent pieces of work that together cover `windows`. Raises LogSourceError."""
 
+    def ordered_shards(self, windows: Windows) -> list[Shard]:
+        """Like `shards`, each shard giving every stream's records in the source's order (a file's
+        lines, a window's samples by time), as joining multiline events needs. The default: `shards`."""
+        return self.shards(windows)
+
     def remember(self, time_ranges: dict) -> None:
         """Learn what the shards held (e.g. a file's time range) to plan later reads."""
 
@@ -124,15 +129,15 @@ class LocalLogSource(LogSource):
             raise LogSourceError(str(exc)) from None
 
 
-def file_source_location(default_logs: str | Path, default_index: str | Path) -> dict:
-    """`path` and `index_path` of the file source, from the environment.
+def file_source_location(default_logs: str | Path, default_index: str | Path, logs_url: str | None = None,
+                         artifacts_url: str | None = None) -> dict:
+    """`path` and `index_path` of the file source.
 
-    The logs: LOGLOOP_LOGS_URL (any fsspec URL or path), else `default_logs` (today's
-    LOGLOOP_LOGS_DIR or $LOGLOOP_HOME/logs). The index: in artifact storage when
-    LOGLOOP_ARTIFACTS_URL is set (`<that URL>/source-index.json`, shared by every pod),
-    else `default_index` (today's $LOGLOOP_HOME/source-index.json).
+    The logs: `logs_url` (LOGLOOP_LOGS_URL: any fsspec URL or path), else `default_logs`
+    (LOGLOOP_LOGS_DIR or $LOGLOOP_HOME/logs). The index: in artifact storage when
+    `artifacts_url` (LOGLOOP_ARTIFACTS_URL) is set (`<that URL>/source-index.json`, shared by
+    every pod), else `default_index` ($LOGLOOP_HOME/source-index.json).
     """
-    logs = os.environ.get("LOGLOOP_LOGS_URL", "").strip() or str(default_logs)
-    artifacts = os.environ.get("LOGLOOP_ARTIFACTS_URL", "").strip()
-    index = f"{artifacts.rstrip('/')}/source-index.json" if artifacts else str(default_index)
+    logs = logs_url or str(default_logs)
+    index = f"{artifacts_url.rstrip('/')}/source-index.json" if artifacts_url else str(default_index)
     return {"path": logs, "index_path": index}

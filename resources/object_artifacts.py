@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, PrivateAttr
 
 from ops.naming import InvalidName, validate_key
-from resources.artifacts import ArtifactStorage, ArtifactStorageError
+from resources.artifacts import ArtifactStorage, ArtifactStorageError, check_size
 from ops.urls import url_without_password
 
 # URL scheme -> (fsspec protocol, the package that implements it)
@@ -100,6 +100,14 @@ def parse_artifacts_url(url: str) -> tuple[str, str]:
     return PROTOCOLS[scheme]
 
 
+def _md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _redact(text: str) -> str:
     for var in SECRET_VARS:
         value = os.environ.get(var)
@@ -137,6 +145,9 @@ class ObjectArtifactStorage(ArtifactStorage):
     read_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     multipart_chunk_bytes: int = Field(default=50 * 1024**2, ge=5 * 1024**2,
                                        description="S3 part size; objects below twice this are one PUT.")
+    deadline_s: float = Field(default=300.0, gt=0, le=24 * 3600,
+                              description="Total time of one operation (read, write, list, delete), retries "
+                                          "included; then it is cancelled (deadlines.object_storage_s).")
 
     _state: dict = PrivateAttr(default_factory=dict)
 
@@ -196,6 +207,9 @@ class ObjectArtifactStorage(ArtifactStorage):
             reason = f"no credentials found: set {CREDENTIAL_HINT[self._protocol()]}"
         elif _denied(exc):
             reason = f"access denied ({detail}); check the credentials: {CREDENTIAL_HINT[self._protocol()]}"
+        elif "FSTimeoutError" in names:
+            reason = (f"no complete answer from the object store{self._endpoint()} within {self.deadline_s:g} s "
+                      "(deadlines.object_storage_s)")
         elif names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                       "ClientConnectorError", "ServerDisconnectedError", "FSTimeoutError", "ServiceRequestError",
                       "TimeoutError", "ConnectionError"}:
@@ -226,7 +240,7 @@ class ObjectArtifactStorage(ArtifactStorage):
         bucket = self._state["root"].split("/", 1)[0]
         noun = "container" if self._protocol() in ("az", "abfs") else "bucket"  # Azure's word for it
         try:
-            fs.info(bucket)
+            fs.info(bucket, timeout=self.deadline_s)
         except FileNotFoundError:
             raise ArtifactStorageError(
                 f"artifact storage {self.base_url}: {noun} {bucket!r} does not exist{self._endpoint()}") from None
@@ -241,7 +255,7 @@ class ObjectArtifactStorage(ArtifactStorage):
         with self._faults(f"looking up {key!r}"):
             self._ready()
             try:
-                return self._fs().info(path)
+                return self._fs().info(path, timeout=self.deadline_s)
             except FileNotFoundError:
                 return None
 
@@ -271,16 +285,17 @@ class ObjectArtifactStorage(ArtifactStorage):
             fs = self._fs()
             extra = {"chunksize": self.multipart_chunk_bytes} if self._protocol() == "s3" else {}
             try:
-                fs.put_file(local, path, **extra)
+                fs.put_file(local, path, **extra, timeout=self.deadline_s)
             except FileNotFoundError as exc:  # the bucket went away since _ready
                 raise self._error(f"writing {key!r}", exc) from None
 
     @contextlib.contextmanager
-    def reading(self, key: str) -> Iterator[str]:
+    def reading(self, key: str, max_bytes: int | None = None) -> Iterator[str]:
         validate_key(key)
         info = self._info(key)
         if info is None or info.get("type") == "directory":
             raise FileNotFoundError(f"artifact {key!r} not found under {self.base_url}")
+        check_size(f"artifact {self.uri(key)}", int(info.get("size") or 0), max_bytes)
         name = Path(key).name
         private = tempfile.mkdtemp(prefix=_TMP + "read-", dir=self._cache_root())
         try:
@@ -298,9 +313,9 @@ class ObjectArtifactStorage(ArtifactStorage):
             fs = self._fs()
             try:
                 if info.get("type") == "directory":
-                    fs.rm(self._path(key), recursive=True)
+                    fs.rm(self._path(key), recursive=True, timeout=self.deadline_s)
                 else:
-                    fs.rm_file(self._path(key))
+                    fs.rm_file(self._path(key), timeout=self.deadline_s)
             except FileNotFoundError:
                 pass
 
@@ -310,7 +325,7 @@ class ObjectArtifactStorage(ArtifactStorage):
         with self._faults(f"listing {prefix!r}"):
             self._ready()
             try:
-                found = self._fs().find(folder)
+                found = self._fs().find(folder, timeout=self.deadline_s)
             except FileNotFoundError:
                 return []
         keys = []
@@ -384,13 +399,18 @@ class ObjectArtifactStorage(ArtifactStorage):
         path = self._path(key)
         with self._faults(f"reading {key!r}"):
             fs = self._fs()
-            fs.get_file(path, local)
-            now = fs.info(path)
+            fs.get_file(path, local, timeout=self.deadline_s)
+            now = fs.info(path, timeout=self.deadline_s)
         if self._version(now) != self._version(info) or int(now.get("size") or 0) != int(info.get("size") or 0):
             return now
         if os.path.getsize(local) != int(info.get("size") or 0):
             raise self._error(f"reading {key!r}", OSError(
                 f"short download: {os.path.getsize(local)} of {info.get('size')} bytes"))
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        if re.fullmatch(r"[0-9a-f]{32}", etag) and _md5(local) != etag:
+            # replaced and replaced back while downloading (a, b, a: the ETag before and after is a's,
+            # the bytes are b's); a single-part ETag is the content's MD5, so this is caught: fetch again
+            return now
         return None
 
     def _evict(self, keep: str) -> None:

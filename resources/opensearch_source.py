@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from ops.fetch.opensearch import OpenSearchShard, QuerySpec, range_query
+from ops.fetch.opensearch import OpenSearchShard, QuerySpec, range_query, time_spans
 from ops.fetch.opensearch_client import Connection, OpenSearchReadError, call_with_retries
 from ops.secret import Secret
 from ops.windows import Windows
@@ -51,6 +51,7 @@ class OpenSearchLogSource(LogSource):
     ca_path: Optional[str] = Field(default=None, description="CA bundle to verify the cluster's certificate.")
     verify_certs: bool = True
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    deadline_s: float = Field(default=120.0, gt=0, description="Total time of one request, retries included.")
     retries: int = Field(default=5, ge=0, description="Retries of a transient failure (5xx, 429, timeouts).")
     backoff_s: float = Field(default=0.5, ge=0, description="First retry delay; doubles each retry.")
     max_backoff_s: float = Field(default=30.0, ge=0)
@@ -88,11 +89,14 @@ class OpenSearchLogSource(LogSource):
             retries=self.retries,
             backoff_s=self.backoff_s,
             max_backoff_s=self.max_backoff_s,
+            deadline_s=self.deadline_s,
         )
 
-    def query_spec(self) -> QuerySpec:
+    def query_spec(self, keep_flagged: bool = False) -> QuerySpec:
+        """What the data stage reads; `keep_flagged`: flagged documents too (the verdict write-back
+        must reach the documents it flagged before, to overwrite them)."""
         must_not = []
-        if self.drop_flagged_anomalies:
+        if self.drop_flagged_anomalies and not keep_flagged:
             must_not.append({"terms": {self.anomaly_field: list(self.anomaly_values)}})
         for word in self.drop_error_keywords:
             must_not.append({"match": {self.message_field: word}})
@@ -165,6 +169,33 @@ class OpenSearchLogSource(LogSource):
         return [
             OpenSearchShard(conn, self.index, self.record_format, spec, i, n, self.page_size, self.keep_alive, tiebreaker)
             for i in range(n)
+        ]
+
+    def write_back_verdicts(self, window: tuple[int, int], verdicts: dict, versions: dict, mask, score_new,
+                            bulk_docs: int, deadline_s: float):
+        """Write a scored window's verdicts onto its documents (ops.fetch.opensearch_verdicts), reading
+        the window again as one PIT slice, flagged documents included."""
+        from ops.fetch.opensearch_verdicts import write_back_verdicts
+
+        windows = Windows([window])
+        conn = self.connection()
+        shard = OpenSearchShard(conn, self.index, self.record_format, self.query_spec(keep_flagged=True), 0, 1,
+                                self.page_size, self.keep_alive, self.resolved_tiebreaker(conn.client()))
+        return write_back_verdicts([shard], windows.bounds[0], verdicts, versions, mask, score_new,
+                                   bulk_docs=bulk_docs, deadline_s=deadline_s)
+
+    def ordered_shards(self, windows: Windows) -> list[OpenSearchShard]:
+        """Shards that each read a contiguous time span (`time_spans`), so that a stream's documents
+        come in order for multiline joining; PIT slices split documents by a hash of their id."""
+        if not len(windows):
+            return []
+        conn = self.connection()
+        tiebreaker = self.resolved_tiebreaker(conn.client())
+        spec = self.query_spec()
+        return [
+            OpenSearchShard(conn, self.index, self.record_format, spec, 0, 1, self.page_size, self.keep_alive,
+                            tiebreaker, span)
+            for span in time_spans(windows, self.slices or os.cpu_count() or 1)
         ]
 
     @property

@@ -28,6 +28,11 @@ class SampleTable(ABC):
         """Store the samples with unique timestamps; returns (first_ns, last_ns)."""
 
     @abstractmethod
+    def register_chunk(self, batch: str, messages: list[str], flags: list[int], key: str) -> Optional[tuple[int, int]]:
+        """As register(), once per `key` (ops.fetch.push.chunk_key): None when a chunk with this key
+        was registered before (nothing is written again), else (first_ns, last_ns)."""
+
+    @abstractmethod
     def count(self, batch: str, since_ns: Optional[int] = None, until_ns: Optional[int] = None) -> int: ...
 
     @abstractmethod
@@ -44,31 +49,48 @@ class SampleTable(ABC):
 
     @abstractmethod
     def record_results(self, batch: str, results: list[tuple], model_version: int,
-                       window_ms: Optional[tuple[int, int]] = None) -> tuple[int, int]:
-        """Inference results [(score, anomaly, masked form[, lines])], one row each with a unique
-        timestamp (as samples get theirs); returns (first_ns, last_ns). `lines`: how many scored
+                       window_ms: Optional[tuple[int, int]] = None,
+                       threshold: Optional[float] = None) -> tuple[int, int]:
+        """Inference results [(score, anomaly, masked form[, lines[, reason]])], one row each with a
+        unique timestamp (as samples get theirs); returns (first_ns, last_ns). `lines`: how many scored
         lines the row stands for (default 1: one row per line, as `logloop score --record` writes;
-        anomaly_scores writes one row per distinct form of a window with its line count).
+        anomaly_scores writes one row per distinct form of a window with its line count). `reason`:
+        why the verdict is what it is (ops.validate.verdict.REASONS; default "": not said).
         `window_ms`: the [start, end) of the time window the lines came from (anomaly_scores), so a
-        backfill's rows say which window they describe; None for lines with no window."""
+        backfill's rows say which window they describe; None for lines with no window. `threshold`:
+        the score threshold the verdicts were judged against (None: not said)."""
 
     @abstractmethod
     def results(self, batch: str, since_ns: Optional[int] = None, limit: int = 1000) -> list[dict]:
-        """The batch's recorded results, oldest first: {ts_ns, score, anomaly, masked, lines, model_version,
-        window_start_ms, window_end_ms} (the window None when the rows had none)."""
+        """The batch's recorded results, oldest first: {ts_ns, score, anomaly, masked, lines, reason,
+        threshold, model_version, window_start_ms, window_end_ms} (the window None when the rows had
+        none; reason "" and threshold None for rows recorded before verdicts said why)."""
 
 
-def result_row(item) -> tuple[float, int, str, int]:
-    """A result (score, anomaly, masked[, lines]) as stored values: (score, 0|1, cleaned masked form, lines)."""
-    if len(item) == 3:
-        (score, anomaly, masked), lines = item, 1
-    elif len(item) == 4:
-        score, anomaly, masked, lines = item
-    else:
-        raise ValueError(f"a result is (score, anomaly, masked[, lines]), got {len(item)} values")
+def result_row(item) -> tuple[float, int, str, int, str]:
+    """A result (score, anomaly, masked[, lines[, reason]]) as stored values: (score, 0|1, cleaned masked
+    form, lines, reason)."""
+    from ops.validate.verdict import REASONS
+
+    if not 3 <= len(item) <= 5:
+        raise ValueError(f"a result is (score, anomaly, masked[, lines[, reason]]), got {len(item)} values")
+    score, anomaly, masked = item[:3]
+    lines = item[3] if len(item) > 3 else 1
+    reason = item[4] if len(item) > 4 else ""
     if isinstance(lines, bool) or not isinstance(lines, numbers.Integral) or lines < 0:
         raise ValueError(f"a result's lines must be a count (an int >= 0), got {lines!r}")
-    return float(score), int(bool(anomaly)), clean_masked(masked), int(lines)
+    if reason != "" and reason not in REASONS:
+        raise ValueError(f"a result's reason must be one of {', '.join(REASONS)}, got {reason!r}")
+    return float(score), int(bool(anomaly)), clean_masked(masked), int(lines), reason
+
+
+def result_threshold(threshold) -> Optional[float]:
+    """The threshold recorded with results: a number in [0, 1], or None."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"a result's threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold)
 
 
 def clean_masked(text: str) -> str:

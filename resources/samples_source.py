@@ -41,7 +41,10 @@ class SamplesShard:
     page_size: int = 10_000
     path: str = ""
 
-    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange):
+    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange, joiner=None):
+        """Chunks {(window, key): {message: count}}, a page at a time. With a multiline `joiner`,
+        a batch's consecutive samples that continue an event (lines of a stack trace pushed one per
+        call) are joined into it; the event keeps its first sample's split flag."""
         a, b = windows.bounds[self.window]
         valid: set[str] = set()
         after, lo = None, None
@@ -56,11 +59,16 @@ class SamplesShard:
             for batch, ts, message, flag in rows:
                 if batch not in valid:
                     try:
-                        validate_batch_name(batch)
+                        nfc = validate_batch_name(batch)
                     except InvalidName as exc:
                         bad.add("bad_batch", f"sample {batch!r}@{ts}", str(exc))
                         continue
-                    valid.add(batch)
+                    if nfc == batch:
+                        valid.add(batch)
+                    batch = nfc
+                if joiner is not None:
+                    self._count(chunk, joiner.push(batch, message, (batch, flag), lambda: f"sample {batch!r}@{ts}"))
+                    continue
                 key = (self.window, validation_key(batch) if flag else batch)
                 counter = chunk.get(key)
                 if counter is None:
@@ -71,9 +79,22 @@ class SamplesShard:
             yield {k: dict(c) for k, c in chunk.items()}
             if len(rows) < self.page_size:
                 break
+        if joiner is not None:
+            chunk = {}
+            self._count(chunk, joiner.flush())
+            if chunk:
+                yield {k: dict(c) for k, c in chunk.items()}
 
-    def read(self, windows, bad, seen):
-        for chunk in self.read_counts(windows, bad, seen):
+    def _count(self, chunk: dict, events) -> None:
+        for (batch, flag), text in events:
+            key = (self.window, validation_key(batch) if flag else batch)
+            counter = chunk.get(key)
+            if counter is None:
+                counter = chunk[key] = Counter()
+            counter[text] += 1
+
+    def read(self, windows, bad, seen, joiner=None):
+        for chunk in self.read_counts(windows, bad, seen, joiner):
             yield {k: [m for m, c in counts.items() for _ in range(c)] for k, counts in chunk.items()}
 
 

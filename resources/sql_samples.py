@@ -8,8 +8,9 @@ lock on the batch. So a batch's timestamps are unique across every process that 
 and the unique key is the backstop (a violation fails the write; nothing is overwritten).
 
 Inference results: a table `inference_results (batch, ts_ns, score, anomaly, masked, lines,
-model_version, window_start_ms, window_end_ms)`, stamped by the same kind of clock under the
-batch's results clock row.
+model_version, window_start_ms, window_end_ms, reason, threshold)`, stamped by the same kind of clock
+under the batch's results clock row (a store from before `reason` and `threshold` gets them when it
+opens: resources/sql_schema.py, add_missing_columns).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from ops.fetch.push import CLOCK
 from ops.naming import validate_batch_name
 from ops.secret import Secret
-from resources.sample_table import SampleTable, result_row, result_window
+from resources.sample_table import SampleTable, result_row, result_threshold, result_window
 from ops.urls import url_without_password
 
 RESULTS_CLOCK = "\x1fresults"  # the results' clock row of a batch (no batch name holds a control character)
@@ -50,15 +51,31 @@ class SQLSamples(SampleTable):
         return store, store._tx(write=write)
 
     def register(self, batch, messages, flags):
+        return self._register(batch, messages, flags, None)
+
+    def register_chunk(self, batch, messages, flags, key):
+        return self._register(batch, messages, flags, key)
+
+    def _register(self, batch, messages, flags, key):
         n = len(messages)
         if n == 0:
             return (0, 0)
-        from resources.sql_schema import sample_clock as clock, samples
+        import sqlalchemy as sa
+
+        from resources.sql_schema import push_chunks, sample_clock as clock, samples
 
         store, tx = self._tx(write=True)
         with tx as conn:
             store._lock(conn, "samples", batch)
+            if key is not None:  # the chunk's row and its samples commit together, or neither does
+                done = conn.execute(sa.select(push_chunks.c.first_ns).where(
+                    push_chunks.c.batch == batch, push_chunks.c.chunk_key == key)).first()
+                if done is not None:
+                    return None
             first = self._stamp(conn, clock, batch, n)
+            if key is not None:
+                conn.execute(push_chunks.insert(), {"batch": batch, "chunk_key": key, "first_ns": first,
+                                                    "last_ns": first + n - 1})
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql(
                     "INSERT INTO samples (batch, ts_ns, message, validation) VALUES (?, ?, ?, ?)",
@@ -81,12 +98,13 @@ class SQLSamples(SampleTable):
             conn.execute(clock.update().where(clock.c.batch == key).values(last_ns=first + n - 1))
         return first
 
-    def record_results(self, batch, results, model_version, window_ms=None):
+    def record_results(self, batch, results, model_version, window_ms=None, threshold=None):
         validate_batch_name(batch)
         if not results:
             return (0, 0)
         rows = [result_row(r) for r in results]
         start, end = result_window(window_ms)
+        threshold = result_threshold(threshold)
         from resources.sql_schema import inference_results, sample_clock as clock
 
         table = inference_results
@@ -96,8 +114,9 @@ class SQLSamples(SampleTable):
             first = self._stamp(conn, clock, batch + RESULTS_CLOCK, len(rows))
             conn.execute(table.insert(), [
                 {"batch": batch, "ts_ns": first + i, "score": sc, "anomaly": an, "masked": m, "lines": n,
-                 "model_version": int(model_version), "window_start_ms": start, "window_end_ms": end}
-                for i, (sc, an, m, n) in enumerate(rows)])
+                 "model_version": int(model_version), "window_start_ms": start, "window_end_ms": end,
+                 "reason": why, "threshold": threshold}
+                for i, (sc, an, m, n, why) in enumerate(rows)])
         return first, first + len(results) - 1
 
     def results(self, batch, since_ns=None, limit=1000):
@@ -107,7 +126,7 @@ class SQLSamples(SampleTable):
 
         t = inference_results
         q = (sa.select(t.c.ts_ns, t.c.score, t.c.anomaly, t.c.masked, t.c.lines, t.c.model_version,
-                       t.c.window_start_ms, t.c.window_end_ms)
+                       t.c.window_start_ms, t.c.window_end_ms, t.c.reason, t.c.threshold)
              .where(t.c.batch == batch))
         if since_ns is not None:
             q = q.where(t.c.ts_ns >= since_ns)
@@ -115,7 +134,8 @@ class SQLSamples(SampleTable):
         _, tx = self._tx()
         with tx as conn:
             return [{"ts_ns": r[0], "score": float(r[1]), "anomaly": bool(r[2]), "masked": r[3], "lines": int(r[4]),
-                     "model_version": r[5], "window_start_ms": r[6], "window_end_ms": r[7]} for r in conn.execute(q)]
+                     "model_version": r[5], "window_start_ms": r[6], "window_end_ms": r[7], "reason": r[8],
+                     "threshold": None if r[9] is None else float(r[9])} for r in conn.execute(q)]
 
     def count(self, batch, since_ns=None, until_ns=None):
         import sqlalchemy as sa

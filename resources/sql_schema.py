@@ -164,6 +164,7 @@ def create_schema(conn: sa.Connection) -> None:
     (create_all leaves an existing table's indexes as they are)."""
     metadata.create_all(conn)
     sample_counts_status.create(conn, checkfirst=True)
+    add_missing_columns(conn)  # a store from before a column was added
 
 
 def model_from_row(r) -> ModelRecord:
@@ -216,6 +217,15 @@ sample_clock = sa.Table(
     sa.Column("batch", sa.Text, primary_key=True),
     sa.Column("last_ns", sa.BigInteger, nullable=False),
 )
+# chunks of keyed pushes (`logloop push --key`): a chunk whose key is here was registered whole, in the
+# transaction that added its row, so a retry of the push skips it
+push_chunks = sa.Table(
+    "push_chunks", metadata,
+    sa.Column("batch", sa.Text, primary_key=True),
+    sa.Column("chunk_key", sa.String(64), primary_key=True),
+    sa.Column("first_ns", sa.BigInteger, nullable=False),
+    sa.Column("last_ns", sa.BigInteger, nullable=False),
+)
 inference_results = sa.Table(
     "inference_results", metadata,
     sa.Column("batch", sa.Text, nullable=False),
@@ -227,5 +237,32 @@ inference_results = sa.Table(
     sa.Column("model_version", sa.BigInteger, nullable=False),
     sa.Column("window_start_ms", sa.BigInteger),
     sa.Column("window_end_ms", sa.BigInteger),
+    # why the verdict is what it is (ops.validate.verdict.REASONS), and the threshold it was judged against;
+    # rows recorded before these existed read back as "" and NULL
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("threshold", sa.Float),
     sa.UniqueConstraint("batch", "ts_ns", name="inference_results_batch_ts"),
 )
+
+# Columns added to existing tables after their first release: create_all makes missing tables only,
+# so a store created earlier gets these with ALTER TABLE ... ADD COLUMN (add_missing_columns). Each
+# needs a server default or must be nullable, so the rows already there stay valid.
+ADDED_COLUMNS = (inference_results.c.reason, inference_results.c.threshold)
+
+
+def add_missing_columns(conn: sa.Connection) -> list[str]:
+    """Add ADDED_COLUMNS that a store's tables lack (a store created before them); the names added.
+    Run inside the schema transaction, after create_all."""
+    inspector = sa.inspect(conn)
+    present: dict[str, set] = {}
+    added = []
+    for column in ADDED_COLUMNS:
+        table = column.table.name
+        if table not in present:
+            present[table] = {c["name"] for c in inspector.get_columns(table)}
+        if column.name in present[table]:
+            continue
+        spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {conn.dialect.identifier_preparer.quote(table)} ADD COLUMN {spec}")
+        added.append(f"{table}.{column.name}")
+    return added

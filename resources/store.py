@@ -22,6 +22,7 @@ from typing import Optional
 from dagster import ConfigurableResource
 
 from ops.windows import now_ms
+from resources.errors import StoreError, VersionConflict  # noqa: F401  (raised and caught by the stores' users)
 from resources.store_records import (
     ACTIVE_STATES,
     MAX_CHANGE_REASON,
@@ -43,15 +44,6 @@ from resources.store_records import (
     rollback_target,
     version_of,
 )
-
-
-class StoreError(RuntimeError):
-    """The store could not be reached or refused an operation."""
-
-
-class VersionConflict(StoreError):
-    """Another registration took this version first; re-read and retry."""
-
 
 
 class Store(ConfigurableResource, ABC):

@@ -195,6 +195,7 @@ class TDengineBase(Store):
     # required: pass dagster EnvVar("..."); never logged, never put in an error message, never in repr()
     password: str = Field(repr=False, description="taosAdapter password (use EnvVar).")
     timeout_s: float = 10.0
+    deadline_s: float = Field(default=60.0, gt=0, description="Total time one REST request may take (deadlines.tdengine_s).")
 
     def __repr_args__(self):
         """What repr() and str() show: no password, and the url without a password in its user info."""
@@ -223,11 +224,15 @@ class TDengineBase(Store):
         import requests
         import taosrest
 
+        from ops.deadline import DeadlineExceeded, with_deadline
+
         try:
             client = taosrest.RestClient(
                 self.url, user=self.user, password=self.password, timeout=self.timeout_s, convert_timestamp=False
             )
-            return client.sql(sql)
+            return with_deadline(lambda: client.sql(sql), self.deadline_s, "tdengine-rest")
+        except DeadlineExceeded as exc:
+            self._fail(what, f"{exc} (deadlines.tdengine_s)", None)
         except taosrest.HTTPError as exc:
             if exc.status_code == 401:
                 self._fail(what, f"authentication failed for user {self.user!r} (HTTP 401)", None)

@@ -1,5 +1,12 @@
 """`make demo`: generate demo logs, then materialize the whole chain with `dagster asset materialize`.
 
+The story: DEMO_HOURS hours of logs of three workloads, the last hour an incident: a quarter of its
+lines are errors, and one normal message repeats 50x as often. Each batch's model trains on the
+hours before the incident; then every window is scored (anomaly_scores), so `logloop anomalies`
+shows the counts per window, and the anomaly_rate_jump check, which needs six earlier windows as a
+baseline, flags the incident hour (the template_count_shift check flags the repeated message).
+The demo ends with the next commands to run, spelled so that they work as printed.
+
 Runs against a persistent DAGSTER_HOME inside the data folder, so `make dev` afterwards
 shows the runs, the assets and each batch's model in the Dagster UI.
 
@@ -29,8 +36,12 @@ sys.path.insert(0, str(ROOT))
 from scripts import demo_logs  # noqa: E402
 from orchestration import settings  # noqa: E402
 
-HOURS = int(os.environ.get("DEMO_HOURS", "3"))
-LINES_PER_HOUR = int(os.environ.get("DEMO_LINES_PER_HOUR", "4000"))
+# Seven hours: six windows of baseline (the anomaly_rate_jump check's min_baseline_windows) and
+# the incident; about as many lines in all as three hours of 4,000, so training costs the same.
+HOURS = int(os.environ.get("DEMO_HOURS", "7"))
+LINES_PER_HOUR = int(os.environ.get("DEMO_LINES_PER_HOUR", "1500"))
+INCIDENT_SHARE = float(os.environ.get("DEMO_INCIDENT_SHARE", "0.25"))
+PORT = 3000  # `make dev`'s default
 BIN = Path(sys.executable).parent
 VERBOSE = False
 LOG_DIR: Path | None = None
@@ -119,24 +130,31 @@ def main(argv: list[str] | None = None) -> int:
 
     logs = settings.logs_dir()
     start_ms = demo_logs.default_start_ms(HOURS)
-    step(f"generating {HOURS} h of demo logs into {logs}")
-    summary = demo_logs.generate(logs, start_ms=start_ms, hours=HOURS, lines_per_hour=LINES_PER_HOUR, seed=0)
+    step(f"generating {HOURS} h of demo logs into {logs}, the last hour an incident")
+    # the incident, in the last hour: a quarter of the lines are errors (anomaly_rate_jump flags the window),
+    # and one normal message repeats 50x as often (template_count_shift flags it)
+    summary = demo_logs.generate(logs, start_ms=start_ms, hours=HOURS, lines_per_hour=LINES_PER_HOUR, seed=0,
+                                 incident_share=INCIDENT_SHARE if HOURS > 1 else None,
+                                 burst_hour=HOURS - 1 if HOURS > 1 else None)
     print(json.dumps({k: summary[k] for k in ("lines", "anomalies", "batches")}))
 
     first = dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc)
     last = first + dt.timedelta(hours=HOURS - 1)
     fmt = "%Y-%m-%d-%H:%M"
+    windows = f"{first:{fmt}}...{last:{fmt}}"
     step("data stage: fetch, mask and summarise each hourly window")
-    dagster("data-stage", "--select", "partition_summaries", "--partition-range", f"{first:{fmt}}...{last:{fmt}}")
+    dagster("data-stage", "--select", "partition_summaries", "--partition-range", windows)
 
     from orchestration.resources import resource
 
     store = resource("store")
+    run_config = training_config(LOG_DIR, f"{last:{fmt}}" if HOURS > 1 else None)
     for batch in sorted(summary["batches"]):
-        step(f"batch {batch}: resample -> train -> validate -> register")
+        step(f"batch {batch}: resample -> train -> validate -> register"
+             + (" (on the hours before the incident)" if HOURS > 1 else ""))
         dagster(
             f"train-{batch}", "--select", "training_sample,nulog_model,registered_model",
-            "--partition", batch, "-c", str(ROOT / "config" / "demo.yaml"),
+            "--partition", batch, "-c", str(run_config),
         )
         model = store.get_model(batch)
         if model:
@@ -147,8 +165,68 @@ def main(argv: list[str] | None = None) -> int:
 
     step("registered models (logloop models list)")
     subprocess.run([str(BIN / "logloop"), "models", "list"], check=True, cwd=ROOT)
-    print(f"\nDAGSTER_HOME={dagster_home}; run `make dev` and open http://127.0.0.1:3000 to see the runs.")
+
+    step("score every window with its batch's model (anomaly_scores, and the anomaly_rate_jump check)")
+    dagster("score", "--select", "anomaly_scores", "--partition-range", windows)
+    step("anomalies per window (logloop anomalies)")
+    subprocess.run([str(BIN / "logloop"), "anomalies", "--since", f"{HOURS + 1}h"], check=True, cwd=ROOT)
+    step("the incident's template counts against the hours before (logloop anomalies --templates)")
+    subprocess.run([str(BIN / "logloop"), "anomalies", "--templates", "--since", f"{first:%Y-%m-%dT%H:%MZ}"],
+                   check=True, cwd=ROOT)
+
+    incident = Path(summary["files"][-1])
+    print("\nNext:")
+    for command, why in next_commands(Path.cwd(), home, incident, sorted(summary["batches"])[-1], HOURS + 1,
+                                      dagster_home):
+        print(f"  {command}\n      {why}")
     return 0
+
+
+def training_config(folder: Path, window_end: str | None) -> Path:
+    """config/demo.yaml (demo-sized training), with training data up to `window_end` (exclusive)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    if window_end is not None:
+        config["ops"].setdefault("training_sample", {}).setdefault("config", {})["window_end"] = window_end
+    path = folder / "demo-training.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _shell_path(path: Path, cwd: Path | None = None) -> str:
+    """`path` as a shell command line names it from `cwd`: relative below it, else (or without a `cwd`)
+    absolute; quoted."""
+    import shlex
+
+    path = Path(os.path.abspath(path))
+    shown = str(path)
+    if cwd is not None and path.is_relative_to(cwd):
+        shown = str(path.relative_to(cwd))
+    return shlex.quote(shown)
+
+
+def next_commands(cwd: Path, home: Path, incident_file: Path, batch: str, hours: int,
+                  dagster_home: Path | None = None) -> list[tuple[str, str]]:
+    """The three commands to run next, each as typed into a shell in `cwd` (the CLI by its path in the
+    virtual environment, which needs no activation; LOGLOOP_HOME, and DAGSTER_HOME for the UI, given
+    when they are not where the Makefile puts them), with what it shows."""
+    import shlex
+
+    cwd, home = Path(os.path.abspath(cwd)), Path(os.path.abspath(home))
+    cli = ("" if home == cwd / "data" else f"LOGLOOP_HOME={_shell_path(home, cwd)} ")  # the CLI's default: ./data
+    cli += _shell_path(BIN / "logloop", cwd)
+    # the Makefile's default: data/ beside it; `make -C` reads relative paths from there, so absolute ones
+    make = "" if home == ROOT / "data" else f"LOGLOOP_HOME={_shell_path(home)} "
+    if dagster_home is not None and Path(os.path.abspath(dagster_home)) != home / "dagster_home":
+        make += f"DAGSTER_HOME={_shell_path(dagster_home)} "
+    make += "make" if cwd == ROOT else f"make -C {_shell_path(ROOT, cwd)}"
+    return [
+        (f"{cli} anomalies --since {hours}h", "lines, anomalies and the rate per window; JUMP marks the incident hour"),
+        (f"{cli} score --batch {shlex.quote(batch)} {_shell_path(incident_file, cwd)}",
+         "score the incident hour's log file line by line with that batch's model"),
+        (f"{make} dev PORT={PORT}", f"the Dagster UI at http://127.0.0.1:{PORT}: runs, assets, checks, each batch's model"),
+    ]
 
 
 if __name__ == "__main__":

@@ -718,19 +718,32 @@ class _Batch:
         self.volume = brng.uniform(0.6, 1.4)  # relative share of this batch's lines
 
 
+BURST_FACTOR = 50   # how many times as often the burst message is written in its hour
+BURST_RANK = 3      # which of the first batch's templates bursts (0: its most frequent)
+
+
+def burst_template(batches: Sequence[str] | None = None, seed: int = 0) -> str:
+    """The key of the template that bursts (see `iter_records`)."""
+    names = list(DEFAULT_BATCHES if batches is None else batches)
+    b = _Batch(names[0], seed, [(parse_batch(n)[1], parse_batch(n)[2]) for n in names])
+    return b.templates[min(BURST_RANK, len(b.templates) - 1)].key
+
+
 def default_start_ms(hours: int, now_ms: int | None = None) -> int:
     """Start of the current UTC hour minus ``hours`` hours (the last full hours)."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     return (now // HOUR_MS - hours) * HOUR_MS
 
 
-def _check_args(hours: int, lines_per_hour: int, anomaly_share: float) -> None:
+def _check_args(hours: int, lines_per_hour: int, anomaly_share: float, incident_share: float | None = None) -> None:
     if hours < 0:
         raise ValueError("hours must be >= 0")
     if lines_per_hour < 0:
         raise ValueError("lines_per_hour must be >= 0")
     if not 0.0 <= anomaly_share <= 1.0:
         raise ValueError("anomaly_share must lie in [0, 1]")
+    if incident_share is not None and not 0.0 <= incident_share <= 1.0:
+        raise ValueError("incident_share must lie in [0, 1]")
 
 
 def iter_records(
@@ -741,14 +754,24 @@ def iter_records(
     batches: Sequence[str] | None = None,
     anomaly_share: float = 0.01,
     seed: int = 0,
+    incident_share: float | None = None,
+    burst_hour: int | None = None,
+    burst_factor: int = BURST_FACTOR,
 ) -> Iterator[tuple[int, dict, str]]:
     """Yield ``(hour_index, record, template_key)`` in time order, lazily.
 
     ``lines_per_hour`` lines (all batches together) per hour; within each hour the
     times are uniform at random.  ``template_key`` names the template that produced
     the line (for tests and evaluation; it is not written to files).
+
+    ``burst_hour``: in that hour, one normal message of the first batch (its BURST_RANK-th most
+    frequent template) is written ``burst_factor`` times as often, each copy a millisecond after
+    the last: an incident that line scores miss (every line is a normal one) and template counts see.
+
+    ``incident_share``: the last hour is an incident that line scores see: that share of its lines
+    are anomalies (the hours before it are the same as without one).
     """
-    _check_args(hours, lines_per_hour, anomaly_share)
+    _check_args(hours, lines_per_hour, anomaly_share, incident_share)
     names = list(DEFAULT_BATCHES if batches is None else batches)
     if not names:
         raise ValueError("batches must not be empty")
@@ -763,7 +786,9 @@ def iter_records(
     rnd = r.random
     bisect_right = bisect.bisect_right
     c = _Ctx()
+    burst = bs[0].templates[min(BURST_RANK, len(bs[0].templates) - 1)]
     for h in range(hours):
+        share = incident_share if incident_share is not None and h == hours - 1 else anomaly_share
         hs = start_ms + h * HOUR_MS
         times = sorted(hs + int(rnd() * HOUR_MS) for _ in range(lines_per_hour))
         for t in times:
@@ -772,7 +797,7 @@ def iter_records(
             c.b = b
             pod = b.pods[int(rnd() * len(b.pods))]
             c.pod = pod
-            anomaly = rnd() < anomaly_share
+            anomaly = rnd() < share
             if anomaly:
                 tpl = b.anomalies[bisect_right(b.acum, rnd() * b.acum[-1])]
             else:
@@ -786,6 +811,10 @@ def iter_records(
                 "anomaly": anomaly,
             }
             yield h, rec, tpl.key
+            if h == burst_hour and tpl is burst:
+                for k in range(1, burst_factor):
+                    c.t = min(t + k, hs + HOUR_MS - 1)  # in the same hour
+                    yield h, {**rec, "time": c.t, "log": tpl.render(r, c)}, tpl.key
 
 
 def _hour_file_name(hour_start_ms: int) -> str:
@@ -802,15 +831,17 @@ def generate(
     anomaly_share: float = 0.01,
     seed: int = 0,
     file_name: str | None = None,
+    incident_share: float | None = None,
+    burst_hour: int | None = None,
 ) -> dict:
     """Write synthetic logs as JSON Lines into ``out_dir`` and return a summary.
 
     One file per hour (``logs-YYYYMMDDTHHMMSSZ.jsonl``, named after the hour's start
     in UTC) or, with ``file_name``, everything in that one file.  Lines are in time
     order within each file.  Returns ``{"files": [paths], "lines": N,
-    "anomalies": K, "batches": {batch: lines}}``.
+    "anomalies": K, "batches": {batch: lines}}``.  ``incident_share``: see ``iter_records``.
     """
-    _check_args(hours, lines_per_hour, anomaly_share)
+    _check_args(hours, lines_per_hour, anomaly_share, incident_share)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(DEFAULT_BATCHES if batches is None else batches)
@@ -828,7 +859,8 @@ def generate(
         if file_name is not None:
             fh = open_file(out / file_name)
         records = iter_records(start_ms=start_ms, hours=hours, lines_per_hour=lines_per_hour,
-                               batches=names, anomaly_share=anomaly_share, seed=seed)
+                               batches=names, anomaly_share=anomaly_share, seed=seed, burst_hour=burst_hour,
+                               incident_share=incident_share)
         for h, rec, _key in records:
             if file_name is None and h != cur_hour:
                 if fh is not None:
@@ -853,13 +885,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--start-ms", type=int, default=None, help="epoch ms of the first hour (default: start of the current UTC hour minus --hours)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--anomaly-share", type=float, default=0.01)
+    p.add_argument("--incident-share", type=float, default=None,
+                   help="make the last hour an incident: this share of its lines are anomalies")
     p.add_argument("--batch", dest="batches", action="append", default=None, metavar="CLUSTER/NAMESPACE/DEPLOYMENT", help="repeatable; default: " + ", ".join(DEFAULT_BATCHES))
     p.add_argument("--file-name", default=None, help="write everything into this one file instead of one file per hour")
+    p.add_argument("--burst-hour", type=int, default=None, metavar="H",
+                   help=f"in hour H (0 = the first), one normal message of the first batch repeats {BURST_FACTOR}x as often")
     a = p.parse_args(argv)
     start = default_start_ms(a.hours) if a.start_ms is None else a.start_ms
     try:
         summary = generate(a.out, start_ms=start, hours=a.hours, lines_per_hour=a.lines_per_hour, batches=a.batches,
-                           anomaly_share=a.anomaly_share, seed=a.seed, file_name=a.file_name)
+                           anomaly_share=a.anomaly_share, seed=a.seed, file_name=a.file_name, burst_hour=a.burst_hour,
+                           incident_share=a.incident_share)
     except ValueError as e:
         p.error(str(e))
     summary["start_ms"] = start

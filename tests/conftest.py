@@ -1,4 +1,4 @@
-"""Shared test helpers: where the Loghub sample data lives."""
+"""Shared test helpers: where the Loghub sample data lives, and the order tests are handed out in."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+
+# the real OpenSearch nodes (one per version per session), for every test that asks
+from tests.servers.opensearch_node import opensearch_node, opensearch_nodes  # noqa: F401
 
 # The tests use fixed dates (2026-01-01, 2026-11-01, ...): pin where the time windows begin rather
 # than derive it from whatever ./data holds (orchestration/partitions.py); subprocesses inherit it.
@@ -33,3 +36,10 @@ def loghub() -> Path:
         pytest.fail(f"Loghub sample data not found: set LOGHUB_DIR to a loghub2k folder "
                     f"(the repository's copy is {LOGHUB})")
     return found
+
+
+def pytest_collection_modifyitems(config, items):
+    """The system tests (a real daemon, a browser, sandboxed steps: minutes each, mostly spent
+    waiting) are handed out first, so that under pytest-xdist (`make test`) the other tests run
+    beside them instead of after them."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/system/"))

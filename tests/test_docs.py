@@ -186,7 +186,8 @@ def test_every_command_is_documented():
 
 def test_the_check_catches_what_the_cli_lacks():
     parser = build_parser()
-    assert problems(parser, ["score", "--batch", "B", "--artifact", "s3://x"], ())[0]
+    assert problems(parser, ["score", "--batch", "B", "--artefact", "s3://x"], ())[0]
+    assert not problems(parser, ["score", "--artifact", "s3://x", "--format", "json", "F"], ())[0]
     assert problems(parser, ["models", "promte", "B", "1"], ())[0]
     assert problems(parser, ["train", "validate|create|launch", "-f", "F"], ())[0]
     assert not problems(parser, ["push", "--batch", "B", "[--format", "text|json]", "-"], ())[0]

@@ -17,9 +17,9 @@ from ops.naming import InvalidName, validate_batch_name
 from ops.windows import MAX_TIME_MS, MIN_TIME_MS, TimeRange, Windows
 
 
-def _one_object_per_line(data: bytes) -> int | None:
-    """The number of lines when every line starts with { and ends with } (so there is
-    no blank line) and none is longer than MAX_LINE_BYTES; else None. With numpy, as
+def _one_object_per_line(data: bytes):
+    """The offsets of the lines' newlines (a numpy array: one per line) when every line starts
+    with { and ends with } (so there is no blank line) and none is longer than MAX_LINE_BYTES; else None. With numpy, as
     counting bytes three times in Python cost more than decoding the JSON."""
     import numpy as np
 
@@ -31,7 +31,7 @@ def _one_object_per_line(data: bytes) -> int | None:
         return None
     if len(data) > MAX_LINE_BYTES and (ends[0] > MAX_LINE_BYTES or np.diff(ends).max(initial=0) > MAX_LINE_BYTES + 1):
         return None
-    return len(ends)
+    return ends
 
 
 _NON_FINITE = re.compile(rb"[:,\[]\s*-?(?:NaN|Inf)")  # tokens Arrow accepts and orjson rejects
@@ -75,7 +75,8 @@ class FastJsonBlocks:
         for name in batch_names:
             if name not in self._valid_batches:
                 try:
-                    validate_batch_name(name)
+                    if validate_batch_name(name) != name:
+                        return False  # not NFC: the careful path names it in NFC
                 except InvalidName:
                     return False
                 self._valid_batches.add(name)
@@ -148,21 +149,22 @@ class FastJsonBlocks:
             return None
         return pc.coalesce(literal, nested)
 
-    def _checked(self, data: bytes) -> tuple[bytes, int] | None:
-        """(the block with \\r\\n as \\n, its number of lines) when the fast path may try it."""
+    def _checked(self, data: bytes) -> tuple | None:
+        """(the block with \\r\\n as \\n, its number of lines, its newlines' offsets) when the fast
+        path may try it."""
         if not self.enabled or not data:
             return None
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")  # what stripping each line's \r does
-        n_lines = _one_object_per_line(data)
-        if n_lines is None:
+        ends = _one_object_per_line(data)
+        if ends is None:
             return None
         if not data.isascii():
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        return data, n_lines
+        return data, len(ends), ends
 
     def _parse_checked(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None):
         """The block's rows inside a window, or None when it needs the careful path.
@@ -283,11 +285,12 @@ class FastJsonBlocks:
             inverse = np.asarray([position[name] for name in names], dtype=np.int64)[inverse]
         return distinct, inverse
 
-    def _parse_flat(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None):
+    def _parse_flat(self, data: bytes, n_lines: int, windows: Windows, seen: TimeRange | None, joining=None):
         """msgspec's reading of a block: {(window index, batch): messages, or a Counter of them}.
 
         One window and one batch (the usual block) give the messages as a lazy map, which
-        the Tally counts in C without building a list.
+        the Tally counts in C without building a list. `joining`: (joiner, first line number,
+        source) when multiline events are joined (see `_joined`).
         """
         import msgspec
 
@@ -337,6 +340,11 @@ class FastJsonBlocks:
                 batches = list(map(named.__getitem__, combos))
         if not self._valid(names):
             return None  # the careful path names each bad line
+        if joining is not None:
+            joiner, ends = joining[0], joining[1]
+            candidates = joiner.ml.candidate_lines(data, ends)  # the lines that may begin an event
+            if joiner.has_open or len(candidates):
+                return self._joined(candidates, records, w, window_of, names, batches, joiner, *joining[2:])
         if window_of is None and len(names) == 1:
             return {(w, next(iter(names))): map(_GET_M, records)}  # counted by the Tally, in C
         messages = list(map(_GET_M, records))
@@ -353,10 +361,67 @@ class FastJsonBlocks:
                 bucket[message] = c
         return out
 
-    def tally(self, data: bytes, windows: Windows, seen: TimeRange | None, tally: "Tally") -> int | None:
-        """Count a block into `tally`: its number of lines, or None when it needs the careful path."""
+    def _joined(self, candidates, records, w: int, window_of, names: set, batches, joiner,
+                first_line_no: int, source: str) -> dict | None:
+        """A block that may begin or continue a multiline event: {(window index, batch): Counter}.
+
+        Only the `candidates` (the lines holding a parser's hint, `Multiline.candidate_lines`) are
+        tried as the start of an event, and only the lines after one run the state machine (`Joiner.join_block`); the rest
+        are counted as they are. Events that end here are counted under their first line's window
+        and batch (it may lie in an earlier block); events still open at the end of the block wait
+        in the joiner. None (the careful path) when an open event's batch name is invalid.
+        """
+        if not self._valid(p[1] for p in joiner.open_payloads()):
+            return None
+        messages = list(map(_GET_M, records))
+        single = next(iter(names)) if len(names) == 1 else None
+        stream_of = (lambda i: single) if single is not None else batches.__getitem__
+        window_at = (lambda i: w) if window_of is None else window_of.__getitem__
+        events, taken = joiner.join_block(
+            messages, None if single is not None else batches, single, candidates,
+            lambda i: (window_at(i), stream_of(i), first_line_no + i), lambda i: f"{source}:{first_line_no + i}")
+        out: dict = {}
+        if window_of is None and single is not None:  # the usual block: counted by the Tally, in C
+            for i in sorted(taken, reverse=True):
+                del messages[i]
+            out[(w, single)] = messages
+        else:
+            for i in taken:
+                messages[i] = None
+            if window_of is None:
+                window_of = [w] * len(records)
+            if batches is None:
+                batches = [single] * len(records)
+            for (wi, batch, message), c in Counter(zip(window_of, batches, messages)).items():
+                if wi >= 0 and message is not None:
+                    bucket = out.get((wi, batch))
+                    if bucket is None:
+                        bucket = out[(wi, batch)] = Counter()
+                    bucket[message] = c
+        for (wi, batch, _), text in events:
+            if wi >= 0:
+                bucket = out.get((wi, batch))
+                if bucket is None:
+                    bucket = out[(wi, batch)] = Counter()
+                if isinstance(bucket, list):
+                    bucket.append(text)
+                else:
+                    bucket[text] += 1
+        return out
+
+    def tally(self, data: bytes, windows: Windows, seen: TimeRange | None, tally: "Tally", joiner=None,
+              first_line_no: int = 1, source: str = "") -> int | None:
+        """Count a block into `tally`: its number of lines, or None when it needs the careful path.
+        With a multiline `joiner` (ops.fetch.multiline), the block's lines are joined into events;
+        `first_line_no` and `source` name its lines in `event_cut` examples."""
         checked = self._checked(data)
-        parsed = None if checked is None else self._parse_checked(*checked, windows, seen)
+        if checked is not None and joiner is not None and self._decoder is None and (
+                joiner.has_open or len(joiner.ml.candidate_lines(checked[0], checked[2]))):
+            return None  # dotted field names: the careful path joins the lines
+        if checked is not None and joiner is not None and self._decoder is not None:
+            parsed = self._parse_flat(checked[0], checked[1], windows, seen, (joiner, checked[2], first_line_no, source))
+        else:
+            parsed = None if checked is None else self._parse_checked(checked[0], checked[1], windows, seen)
         if parsed is None:
             return None
         if isinstance(parsed, dict):

@@ -55,7 +55,7 @@ from ops.fetch.fast_json import FastJsonBlocks
 from ops.fetch.tally import Tally
 from ops.fetch.framing import MAX_LINE_BYTES, OverlongLine, read_line_blocks, read_raw_blocks, split_lines
 from ops.fetch.locations import SourceUnavailable, filesystem, is_local, list_files, modification_ms, reason, shown
-from ops.fetch.records import BadRecords, RecordFormat, decode_text_lines, parse_json_lines
+from ops.fetch.records import BadRecords, RecordFormat, decode_text_lines, parse_json_lines, route_events
 from ops.fetch.streams import CorruptCompression, open_stream
 from ops.naming import InvalidName, validate_batch_name
 from ops.windows import TimeRange, Windows
@@ -98,17 +98,18 @@ class FileShard:
         """The lines before `line_no` were read; the rest of the file cannot be."""
         bad.add("corrupt_compression", f"{self.source}:{line_no}", str(exc))
 
-    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
+    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange, joiner=None) -> Iterator[dict]:
         """Like `read`, but each chunk maps (window index, batch) -> {raw message: count}."""
         if not self.is_json:
-            yield from self._read_text_counts(windows, bad, seen)
+            yield from self._read_text_counts(windows, bad, seen, joiner)
             return
         fast, tally = FastJsonBlocks(self.fmt), Tally()
         line_no = 1  # counted here: the fast path knows its blocks' line counts
         with self._open() as f:
             try:
                 for _, payload in read_raw_blocks(f, self.block_size, count_lines=False):
-                    n = fast.tally(payload, windows, seen, tally) if isinstance(payload, bytes) else None
+                    n = (fast.tally(payload, windows, seen, tally, joiner, line_no, self.source)
+                         if isinstance(payload, bytes) else None)
                     if n is not None:
                         line_no += n
                         if len(tally) > TALLY_LIMIT:
@@ -116,7 +117,7 @@ class FileShard:
                         continue
                     # the careful path: each line parsed, bad ones counted and named
                     lines = split_lines(payload)
-                    chunk = parse_json_lines(lines, self.fmt, windows, bad, self.source, line_no, seen)
+                    chunk = parse_json_lines(lines, self.fmt, windows, bad, self.source, line_no, seen, joiner)
                     line_no += len(lines)
                     if chunk:
                         yield {key: Counter(msgs) for key, msgs in chunk.items()}
@@ -124,19 +125,31 @@ class FileShard:
                 self._corrupt(bad, line_no, exc)
         if len(tally):
             yield tally.flush()
+        if joiner is not None:
+            tail = self._json_tail(joiner, bad)
+            if tail:
+                yield {key: Counter(msgs) for key, msgs in tail.items()}
 
-    def _read_text_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
+    def _json_tail(self, joiner, bad: BadRecords) -> dict:
+        """The events still open where the file ends, routed like the rest."""
+        out: dict = {}
+        route_events(out, set(), bad, self.source, joiner.flush())
+        return out
+
+    def _read_text_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange, joiner=None) -> Iterator[dict]:
         """Plain text, counted per distinct raw line before decoding: repeated lines cost a hash.
 
         A block holding any line the careful path would refuse (blank, over 1 MB, not UTF-8)
-        goes through that path instead, so bad lines are still counted and named exactly.
+        goes through that path instead, so bad lines are still counted and named exactly; so does
+        a block that may begin or continue a multiline event, whose lines the joiner takes in order.
         """
         key = self._text_key(windows, bad, seen)
         if key is None:
             return
         for first_line_no, lines in self._line_blocks(bad):
             counts: dict[str, int] = {}
-            for raw, n in Counter(lines).items():
+            joining = joiner is not None and (joiner.has_open or joiner.ml.may_start(b"\n".join(lines)))
+            for raw, n in ({} if joining else Counter(lines)).items():
                 if not raw or len(raw) > MAX_LINE_BYTES or isinstance(raw, OverlongLine):
                     break
                 try:
@@ -149,12 +162,19 @@ class FileShard:
             else:
                 if counts:
                     yield {key: counts}
-                continue
-            messages = decode_text_lines(lines, bad, self.source, first_line_no)
+                if not joining:
+                    continue
+            messages = decode_text_lines(lines, bad, self.source, first_line_no, joiner)
             if messages:
                 yield {key: Counter(messages)}
+        if joiner is not None:
+            tail = [text for _, text in joiner.flush()]
+            if tail:
+                yield {key: Counter(tail)}
 
-    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict[tuple[int, str], list[str]]]:
+    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange, joiner=None) -> Iterator[dict[tuple[int, str], list[str]]]:
+        """Chunks {(window index, batch): [message, ...]}, every line parsed one by one; with a
+        multiline `joiner` (ops.fetch.multiline), messages are events (see `parse_json_lines`)."""
         key = None
         if not self.is_json:
             key = self._text_key(windows, bad, seen)
@@ -162,13 +182,17 @@ class FileShard:
                 return
         for first_line_no, lines in self._line_blocks(bad):
             if key is None:
-                chunk = parse_json_lines(lines, self.fmt, windows, bad, self.source, first_line_no, seen)
+                chunk = parse_json_lines(lines, self.fmt, windows, bad, self.source, first_line_no, seen, joiner)
                 if chunk:
                     yield chunk
             else:
-                messages = decode_text_lines(lines, bad, self.source, first_line_no)
+                messages = decode_text_lines(lines, bad, self.source, first_line_no, joiner)
                 if messages:
                     yield {key: messages}
+        if joiner is not None:
+            tail = self._json_tail(joiner, bad) if key is None else {key: [text for _, text in joiner.flush()]}
+            if any(tail.values()):
+                yield tail
 
     def _line_blocks(self, bad: BadRecords) -> Iterator[tuple[int, list]]:
         """(first line number, lines) of the file, a block at a time; a corrupt compressed file
@@ -198,11 +222,10 @@ class FileShard:
         if w < 0:
             return None
         try:
-            validate_batch_name(self.text_batch)
+            return (w, validate_batch_name(self.text_batch))
         except InvalidName as exc:
             bad.add("bad_batch", self.source, str(exc))
             return None
-        return (w, self.text_batch)
 
 
 def plan_shards(
@@ -259,10 +282,16 @@ def save_index(url: str | Path, index: dict) -> None:
 
 
 def read_window(
-    root: str | Path, fmt: RecordFormat, start_ms: int, end_ms: int, bad: BadRecords, block_size: int = 1 << 20
+    root: str | Path, fmt: RecordFormat, start_ms: int, end_ms: int, bad: BadRecords, block_size: int = 1 << 20,
+    multiline: dict | None = None,
 ) -> Iterator[dict[str, list[str]]]:
-    """One window's records as chunks {batch: [message, ...]} (a convenience over shards)."""
+    """One window's records as chunks {batch: [message, ...]} (a convenience over shards); with
+    `multiline` rules (ops.fetch.multiline.load_multiline), lines are joined into events."""
+    from ops.fetch.multiline import Joiner, compiled
+
     windows = Windows([(start_ms, end_ms)])
+    ml = compiled(multiline)
     for shard in plan_shards(root, fmt, windows, block_size=block_size):
-        for chunk in shard.read(windows, bad, TimeRange()):
+        joiner = Joiner(ml, bad) if ml is not None else None
+        for chunk in shard.read(windows, bad, TimeRange(), joiner):
             yield {batch: msgs for (_, batch), msgs in chunk.items()}

@@ -4,7 +4,7 @@ An `OpenSearchShard` is one slice (`{"id": i, "max": n}`) of a PIT search over a
 windows. It runs in a data-stage worker process: it opens its own PIT on the index
 (`POST /<index>/_search/point_in_time?keep_alive=...`), pages through its slice with
 `search_after`, sorted by the time field and a tiebreaker (`_shard_doc` on OpenSearch
->= 3.3, else a unique field such as `_id`), asking only for the fields it uses
+>= 3.3, else `_id`, or a unique field; the index name before it), asking only for the fields it uses
 (`_source` includes), and deletes the PIT at the end (`DELETE /_search/point_in_time`
 with {"pit_id": [...]}). Each page of hits becomes one chunk, in exactly the shape
 `FileShard.read` yields (`hits_to_chunk`), so the data stage treats both sources alike.
@@ -25,10 +25,12 @@ Failures:
   OpenSearch answers for a PIT whose keep-alive ran out or that a node lost) is
   reopened, and the read goes on from the last time value read: the query is narrowed
   to `time >= last time`, and the hits at that exact time that were already read are
-  skipped by `_id` (tiebreaker values such as `_shard_doc` are only meaningful within
+  skipped by index and `_id` (tiebreaker values such as `_shard_doc` are only meaningful within
   one PIT), so there are no duplicates and no gaps. If the reopened PIT spans a
   different number of shards (a wildcard index pattern that gained an index), slice
   membership may have changed, so this is a hard failure rather than a silent risk;
+- a PIT create answered with 404 search_context_missing (the node lost the new PIT's contexts
+  before it could lengthen their keep-alive: a node under heavy load) is tried again;
 - anything else, or a transient error that outlasts the retries, raises
   `OpenSearchReadError` naming the index, windows, slice and reason; the data stage
   then fails the run and records nothing for its partitions.
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -110,6 +113,25 @@ class QuerySpec:
         return {"bool": bool_q}
 
 
+def time_spans(windows: Windows, n: int) -> list[tuple[int, int]]:
+    """About `n` contiguous [start, end) spans covering the windows, for shards that each read their
+    documents in time order (multiline joining): groups of whole windows when there are at least n
+    windows, else each window cut into equal parts. Only an event that crosses a cut is split."""
+    bounds = list(windows.bounds)
+    if not bounds:
+        return []
+    n = max(1, n)
+    if len(bounds) >= n:
+        size = -(-len(bounds) // n)
+        return [(bounds[i][0], bounds[min(i + size, len(bounds)) - 1][1]) for i in range(0, len(bounds), size)]
+    parts = max(1, n // len(bounds))
+    out = []
+    for a, b in bounds:
+        cuts = [a + (b - a) * k // parts for k in range(parts + 1)]
+        out.extend((x, y) for x, y in zip(cuts, cuts[1:]) if y > x)
+    return out
+
+
 # ---- hits -> chunks --------------------------------------------------------------
 
 
@@ -122,11 +144,15 @@ def hits_to_chunk(
     where: str,
     named_batches: bool,
     valid: set,
+    joiner=None,
 ) -> dict[tuple[int, str], list[str]]:
     """A page of hits as {(window index, batch): [message, ...]}, the chunk shape of
     `FileShard.read`. The time is the hit's first sort value (epoch ms, as OpenSearch
     gives for date and long fields) and must lie in ops.windows' valid range
-    [MIN_TIME_MS, MAX_TIME_MS), as in files; bad records are counted under ops.fetch.records reasons."""
+    [MIN_TIME_MS, MAX_TIME_MS), as in files; bad records are counted under ops.fetch.records reasons.
+    With a multiline `joiner` (ops.fetch.multiline), consecutive documents of one stream (its
+    batches) that a shipper split from one event are joined again; the event is routed by its
+    first document, and an event still open at the end of the page waits in the joiner."""
     out: dict[tuple[int, str], list[str]] = {}
     window_of = windows.index
     mf = fmt.message_field
@@ -156,11 +182,22 @@ def hits_to_chunk(
         batches = (h.get("matched_queries") or ()) if named_batches else (fmt.batch_of(src),)
         if isinstance(batches, dict):  # include_named_queries_score: {name: score}
             batches = tuple(batches)
+        if joiner is not None:
+            stream, hit = tuple(batches), f"{where}/{h.get('_id')}"
+            route_joined(out, valid, bad, joiner.push(stream, message, (w, stream, hit), lambda: hit))
+            continue
         for batch in batches:
             route(out, valid, bad, f"{where}/{h.get('_id')}", w, batch, message)
     if lo is not None:
         seen.add(lo, hi)
     return out
+
+
+def route_joined(out: dict, valid: set, bad: BadRecords, events) -> None:
+    """Route a joiner's completed events, each with its first hit's (window, batches, name)."""
+    for (w, batches, hit), text in events:
+        for batch in batches:
+            route(out, valid, bad, hit, w, batch, text)
 
 
 # ---- the shard -------------------------------------------------------------------
@@ -183,52 +220,83 @@ class OpenSearchShard:
     page_size: int = 5000
     keep_alive: str = "5m"
     tiebreaker: str = "_shard_doc"
+    span: Optional[tuple[int, int]] = None   # only documents of [start, end) ms (a time span, not a slice)
 
     @property
     def path(self) -> str:  # how the data stage names a shard
+        if self.span is not None:
+            return f"opensearch:{self.index}#span-{self.span[0]}-{self.span[1]}"
         return f"opensearch:{self.index}#slice-{self.slice_id}-of-{self.slices}"
 
     @property
     def file_id(self) -> None:
         return None
 
-    def _where(self, windows: Windows) -> str:
+    def where(self, windows: Windows) -> str:
+        """The slice and its windows, as error messages name them."""
         span = f"[{_iso(windows.lo)}, {_iso(windows.hi)})" if len(windows) else "[]"
         return f"index {self.index!r}, windows {span}, slice {self.slice_id + 1}/{self.slices}"
 
-    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
-        """Chunks {(window index, batch): [message, ...]}, one per page of hits."""
+    def read(self, windows: Windows, bad: BadRecords, seen: TimeRange, joiner=None) -> Iterator[dict]:
+        """Chunks {(window index, batch): [message, ...]}, one per page of hits; with a multiline
+        `joiner`, messages are events (see `hits_to_chunk`; read time spans, `span_shards`, so that
+        a stream's documents come in order)."""
         if not len(windows):
             return
         valid: set = set()
         named = bool(self.spec.batch_queries)
-        where = f"{self.index}#{self.slice_id}"
+        where = f"{self.index}#{self.slice_id}" if self.span is None else f"{self.index}@{self.span[0]}"
         for hits in self.pages(windows):
-            chunk = hits_to_chunk(hits, self.fmt, windows, bad, seen, where, named, valid)
+            chunk = hits_to_chunk(hits, self.fmt, windows, bad, seen, where, named, valid, joiner)
             if chunk:
                 yield chunk
+        if joiner is not None:
+            tail: dict = {}
+            route_joined(tail, valid, bad, joiner.flush())
+            if tail:
+                yield tail
 
-    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange) -> Iterator[dict]:
+    def read_counts(self, windows: Windows, bad: BadRecords, seen: TimeRange, joiner=None) -> Iterator[dict]:
         """Like `read`, each chunk mapping (window index, batch) -> {raw message: count}
         (the shape of `FileShard.read_counts`)."""
-        for chunk in self.read(windows, bad, seen):
+        for chunk in self.read(windows, bad, seen, joiner):
             yield {key: Counter(msgs) for key, msgs in chunk.items()}
 
     def pages(self, windows: Windows, sleep=time.sleep) -> Iterator[list[dict]]:
         """The slice's hits for `windows`, a page at a time, each hit exactly once."""
-        conn, where = self.conn, self._where(windows)
+        conn, where = self.conn, self.where(windows)
         client = conn.client()
+        if self.tiebreaker == "_id":
+            # before 3.3 `_id` is the only unique tiebreaker; the node warns on every page that
+            # sorting on it loads fielddata, which would fill the run's logs with one known fact
+            warnings.filterwarnings("ignore", message="Loading the fielddata on the _id field", module="opensearchpy")
         fields = [self.fmt.message_field, *([] if self.spec.batch_queries else self.fmt.batch_fields)]
         sort = [{self.fmt.time_field: {"order": "asc"}}, {self.tiebreaker: {"order": "asc"}}]
+        # Neither `_id` nor `_shard_doc` (as OpenSearch 3.3 computes it) is unique across the indices
+        # of a pattern or alias: two documents can share time and tiebreaker, and search_after would
+        # skip the second at a page boundary. The index name before the tiebreaker makes the key unique.
+        sort.insert(1, {"_index": {"order": "asc"}})
         state = {"pit": None, "shards": None}
 
         def open_pit():
-            resp = call_with_retries(
-                conn,
-                lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
-                f"opening a PIT ({where})",
-                sleep,
-            )
+            # A node opens a PIT in two steps: shard contexts with its own initial keep-alive
+            # (point_in_time.init.keep_alive), then the requested one. A node too busy to take the
+            # second step in time loses the contexts and answers 404 search_context_missing to the
+            # create itself: that is worth another try, as a transient error is.
+            for attempt in range(conn.retries + 1):
+                try:
+                    resp = call_with_retries(
+                        conn,
+                        lambda: client.create_pit(index=self.index, params={"keep_alive": self.keep_alive}),
+                        f"opening a PIT ({where})",
+                        sleep,
+                    )
+                    break
+                except PitExpired as exc:
+                    if attempt == conn.retries:
+                        raise OpenSearchReadError(conn.scrub(
+                            f"opening a PIT ({where}): {exc} after {attempt + 1} attempts")) from None
+                    sleep(min(conn.max_backoff_s, conn.backoff_s * (2**attempt)))
             total = (resp.get("_shards") or {}).get("total")
             if state["shards"] is not None and total != state["shards"]:
                 raise OpenSearchReadError(
@@ -238,19 +306,19 @@ class OpenSearchShard:
             state["pit"], state["shards"] = resp["pit_id"], total
 
         try:
-            try:
-                open_pit()
-            except PitExpired as exc:  # a 404 here means no such index
-                raise OpenSearchReadError(conn.scrub(f"opening a PIT ({where}): {exc}")) from None
+            open_pit()
             after = None
             floor = None               # after a reopen: read from this time on
             skip_time, skip_ids = None, set()
             group_time, group_ids = None, set()
             reopens = 0
             while True:
+                query = self.spec.query(self.fmt.time_field, windows, floor)
+                if self.span is not None:
+                    query["bool"]["filter"].append(range_query(self.fmt.time_field, *self.span))
                 body: dict[str, Any] = {
                     "size": self.page_size,
-                    "query": self.spec.query(self.fmt.time_field, windows, floor),
+                    "query": query,
                     "sort": sort,
                     "_source": {"includes": fields},
                     "pit": {"id": state["pit"], "keep_alive": self.keep_alive},
@@ -283,11 +351,12 @@ class OpenSearchShard:
                 fresh = []
                 for h in hits:
                     t = h["sort"][0]
-                    if skip_ids and t == skip_time and h.get("_id") in skip_ids:
+                    key = (h.get("_index"), h.get("_id"))  # ids repeat across indices
+                    if skip_ids and t == skip_time and key in skip_ids:
                         continue
                     if t != group_time:
                         group_time, group_ids = t, set()
-                    group_ids.add(h.get("_id"))
+                    group_ids.add(key)
                     fresh.append(h)
                 if skip_ids and hits[-1]["sort"][0] != skip_time:
                     skip_time, skip_ids = None, set()

@@ -44,6 +44,7 @@ class Connection:
     retries: int = 5                       # retries per request after the first attempt
     backoff_s: float = 0.5                 # first backoff; doubles each retry
     max_backoff_s: float = 30.0
+    deadline_s: float = 120.0              # one request, retries included (deadlines.opensearch_s)
 
     def client(self):
         from opensearchpy import OpenSearch
@@ -135,18 +136,24 @@ def describe_error(exc: Exception) -> str:
 
 
 def call_with_retries(conn: Connection, fn, what: str, sleep=time.sleep):
-    """fn() with retries of transient errors (exponential backoff, jitter).
+    """fn() with retries of transient errors (exponential backoff, jitter), all within conn.deadline_s.
 
     Raises PitExpired for a missing PIT, OpenSearchReadError (scrubbed) otherwise.
     """
+    from ops.deadline import DeadlineExceeded, with_deadline
+
     attempt = 0
+    end = time.monotonic() + conn.deadline_s
     while True:
         try:
-            return fn()
+            return with_deadline(fn, max(0.0, end - time.monotonic()), "opensearch-request")
+        except DeadlineExceeded:
+            raise OpenSearchReadError(conn.scrub(f"{what}: no complete answer within {conn.deadline_s:g} s "
+                                                 f"(deadlines.opensearch_s), {attempt + 1} attempt(s)")) from None
         except Exception as exc:  # noqa: BLE001 - classified below
             if is_pit_missing(exc):
                 raise PitExpired(describe_error(exc)) from None
-            if is_transient(exc) and attempt < conn.retries:
+            if is_transient(exc) and attempt < conn.retries and time.monotonic() < end:
                 delay = min(conn.max_backoff_s, conn.backoff_s * (2**attempt))
                 sleep(delay * random.uniform(0.5, 1.0))
                 attempt += 1

@@ -13,7 +13,12 @@ the store-independent part, plain Python without Dagster:
   records, with the first few as examples naming the line: `blank`, `not_utf8`,
   `too_long` (over MAX_SAMPLE_BYTES in UTF-8, the same limit on every store; TDengine's
   VARCHAR column is that wide), and for JSON Lines `bad_json`, `not_object`, `no_message`.
-  Nothing is dropped without being counted: registered + bad == lines read.
+  Nothing is dropped without being counted: registered + bad + joined == lines read.
+- **Events that span lines.** With a multiline `Joiner` (ops.fetch.multiline), a Java exception
+  and its stack, a Python traceback or a Go panic pushed in one call become one sample each; the
+  continuation lines they took in are counted in `joined`. An event keeps at most MAX_SAMPLE_BYTES
+  (`sample_joiner`); lines past that are counted as `event_cut` bad records. Lines of one event
+  pushed in separate calls are joined when the samples are read back (resources/samples_source.py).
 - **Control characters** other than tab, newline and CR (TDengine's SQL cannot carry them,
   PostgreSQL's text refuses NUL) become U+FFFD; the sample is kept and the replacements are
   counted (`sanitised`).
@@ -22,6 +27,11 @@ the store-independent part, plain Python without Dagster:
   timestamp, however many arrive at once (CML's "add 1 ns"). Across processes the stores
   keep them apart (resources/sql_samples.py: a transaction on the SQL stores;
   resources/tdengine_samples.py: a child table per writer process on TDengine).
+- **Retries register only what is missing.** A push given a key (`logloop push --key K`, the
+  `Idempotency-Key` header of `serve-ingest`) gives each chunk a key of its own,
+  `chunk_key(K, index, messages)`; a store registers a chunk's samples and its key together, and
+  skips a chunk whose key it holds. Rerun with the same key, input and chunk size after a crash,
+  a push registers the chunks the first run did not finish.
 - **The split flag.** Each sample is drawn validation with probability `validation_share`
   (0.2: CML's 80/20), train otherwise, by a uniform draw; a seed makes the draw repeatable.
 
@@ -33,6 +43,7 @@ and ops.sample.flagged).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -50,6 +61,8 @@ MAX_SAMPLE_BYTES = 16_384          # a sample's message, in UTF-8 bytes, on ever
 DEFAULT_VALIDATION_SHARE = 0.2     # CML: is_train = rng.gen::<f32>() >= 0.2
 DEFAULT_CHUNK = 20_000             # samples registered per store write
 VALIDATION_SUFFIX = "\x1fvalidation"
+
+MAX_PUSH_KEY_CHARS = 200
 
 REASONS = {"too_long": f"line longer than {MAX_SAMPLE_BYTES} bytes (the most a sample holds)"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -79,6 +92,23 @@ def fold_counts(counts: dict[str, int]) -> dict[str, int]:
         b = split_key(key)[0]
         out[b] = out.get(b, 0) + n
     return out
+
+
+def check_push_key(key: str) -> str:
+    """A push's key as a client gives it: 1 to 200 printable characters."""
+    if not isinstance(key, str) or not key or len(key) > MAX_PUSH_KEY_CHARS or not key.isprintable():
+        raise ValueError(f"push key {str(key)[:40]!r}: use 1 to {MAX_PUSH_KEY_CHARS} printable characters")
+    return key
+
+
+def chunk_key(push_key: str, index: int, messages: list[str]) -> str:
+    """The key of a push's chunk: its push's key, its place and its content, hashed (a retry that
+    reads other lines at that place registers them)."""
+    h = hashlib.sha256(f"{push_key}\x1f{index}\x1f{len(messages)}\x1f".encode("utf-8", "surrogatepass"))
+    for m in messages:
+        h.update(m.encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()[:40]
 
 
 # ---- timestamps ---------------------------------------------------------------------------
@@ -138,8 +168,10 @@ class SplitDraw:
 class PushStats:
     lines: int = 0           # lines read (registered + bad)
     registered: int = 0
+    already: int = 0         # samples of chunks a previous push with the same key registered (not stored again)
     validation: int = 0      # of the registered, flagged validation
     sanitised: int = 0       # registered samples whose control characters became U+FFFD
+    joined: int = 0          # continuation lines taken into a multiline event (not samples of their own)
     bad: BadRecords = field(default_factory=BadRecords)
     first_ns: Optional[int] = None
     last_ns: Optional[int] = None
@@ -149,11 +181,13 @@ class PushStats:
         return {
             "batch": batch,
             "registered": self.registered,
+            "already_registered": self.already,
             "bad": self.bad.total,
             "lines": self.lines,
             "train": self.registered - self.validation,
             "validation": self.validation,
             "sanitised": self.sanitised,
+            "joined": self.joined,
             "bad_by_reason": dict(self.bad.counts),
             "bad_examples": list(self.bad.examples),
             "first_ns": self.first_ns,
@@ -184,7 +218,8 @@ def _check_text(text: str, where: str, bad: BadRecords, stats: PushStats) -> Opt
     return text
 
 
-def _json_message(raw: bytes, message_field: str, where: str, bad: BadRecords, stats: PushStats) -> Optional[str]:
+def _json_message(raw: bytes, message_field: str, where: str, bad: BadRecords, stats: PushStats,
+                  events: Optional["_Events"] = None) -> Optional[str]:
     from ops.fetch.records import get_field
 
     if not raw.strip():
@@ -205,7 +240,40 @@ def _json_message(raw: bytes, message_field: str, where: str, bad: BadRecords, s
     if not isinstance(message, str):
         _bad(bad, "no_message", where)
         return None
+    if events is not None and events.blank_continues(message):
+        return message
     return _check_text(message, where, bad, stats)
+
+
+def sample_joiner(multiline: Optional[dict], stats: PushStats):
+    """A Joiner for pushed lines (None when `multiline` rules are off): its events fit a sample."""
+    from ops.fetch.multiline import Joiner, compiled
+
+    if not multiline or not multiline.get("parsers"):
+        return None
+    ml = compiled(dict(multiline, max_bytes=min(multiline["max_bytes"], MAX_SAMPLE_BYTES)))
+    return Joiner(ml, stats.bad)
+
+
+class _Events:
+    """Messages through an optional joiner, counting the lines it takes in."""
+
+    def __init__(self, joiner, stats: PushStats):
+        self.joiner, self.stats = joiner, stats
+
+    def add(self, out: list, message: str, where: str) -> None:
+        if self.joiner is None:
+            out.append(message)
+            return
+        before = self.joiner.joined_lines
+        out.extend(text for _, text in self.joiner.push(None, message, None, lambda: where))
+        self.stats.joined += self.joiner.joined_lines - before
+
+    def blank_continues(self, text: str) -> bool:
+        return self.joiner is not None and self.joiner.continues(None, text)
+
+    def flush(self) -> list[str]:
+        return [text for _, text in self.joiner.flush()] if self.joiner is not None else []
 
 
 def read_messages(
@@ -215,15 +283,18 @@ def read_messages(
     message_field: str = "log",
     source: str = "input",
     block_size: int = 1 << 20,
+    joiner=None,
 ) -> Iterator[list[str]]:
     """Yield lists of messages from a binary stream, a block at a time; bad lines go to stats.bad.
 
     fmt: 'text' (one message per line; a trailing CR is dropped) or 'json' (JSON Lines, the
-    message in `message_field`, dotted for a nested field).
+    message in `message_field`, dotted for a nested field). With a `joiner` (`sample_joiner`) the
+    messages are events, the lines of a stack trace joined.
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"input format must be 'text' or 'json', not {fmt!r}")
     bad = stats.bad
+    events = _Events(joiner, stats)
     for line_no, payload in read_raw_blocks(stream, block_size, MAX_LINE_BYTES):
         if isinstance(payload, list):  # one line too long to keep (an OverlongLine)
             stats.lines += 1
@@ -240,9 +311,9 @@ def read_messages(
                 if len(raw) > MAX_LINE_BYTES:
                     _bad(bad, "too_long", f"{source}:{line_no + i}", f"{len(raw)} bytes")
                     continue
-                m = _json_message(raw, message_field, f"{source}:{line_no + i}", bad, stats)
+                m = _json_message(raw, message_field, f"{source}:{line_no + i}", bad, stats, events)
                 if m is not None:
-                    out.append(m)
+                    events.add(out, m, f"{source}:{line_no + i}")
             yield out
             continue
         try:
@@ -261,15 +332,20 @@ def read_messages(
                     continue
             if text.endswith("\r"):
                 text = text[:-1]
-            m = _check_text(text, f"{source}:{line_no + i}", bad, stats)
+            m = text if events.blank_continues(text) else _check_text(text, f"{source}:{line_no + i}", bad, stats)
             if m is not None:
-                out.append(m)
+                events.add(out, m, f"{source}:{line_no + i}")
         yield out
+    tail = events.flush()
+    if tail:
+        yield tail
 
 
-def clean_messages(messages: Iterable[str], stats: PushStats, source: str = "call") -> list[str]:
-    """Messages handed over as strings (the Python API, the HTTP endpoint): the same checks."""
+def clean_messages(messages: Iterable[str], stats: PushStats, source: str = "call", joiner=None) -> list[str]:
+    """Messages handed over as strings (the Python API, the HTTP endpoint): the same checks. With a
+    `joiner`, events still open at the end stay in it (its `flush()` gives them)."""
     out = []
+    events = _Events(joiner, stats)
     for i, m in enumerate(messages, 1):
         stats.lines += 1
         if not isinstance(m, str):
@@ -280,9 +356,10 @@ def clean_messages(messages: Iterable[str], stats: PushStats, source: str = "cal
         except UnicodeEncodeError as exc:
             _bad(stats.bad, "not_utf8", f"{source}:{i}", f"unpaired surrogate at {exc.start}")
             continue
-        checked = _check_text(m.removesuffix("\n").removesuffix("\r"), f"{source}:{i}", stats.bad, stats)
+        m = m.removesuffix("\n").removesuffix("\r")
+        checked = m if events.blank_continues(m) else _check_text(m, f"{source}:{i}", stats.bad, stats)
         if checked is not None:
-            out.append(checked)
+            events.add(out, checked, f"{source}:{i}")
     return out
 
 

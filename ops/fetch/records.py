@@ -31,6 +31,7 @@ REASONS = {
     "bad_batch": "batch name is invalid",
     "empty_after_masking": "nothing left after masking",
     "corrupt_compression": "compressed file is truncated or corrupt; lines before this one were read, the rest of the file was not",
+    "event_cut": "line of a multiline event past the event's cap, left out of its text (the event is kept)",
 }
 
 
@@ -145,11 +146,16 @@ def parse_json_lines(
     source: str,
     first_line_no: int = 1,
     seen: TimeRange | None = None,
+    joiner=None,
 ) -> dict[tuple[int, str], list[str]]:
     """Parse JSON Lines into {(window index, batch): [message, ...]} for records inside a window.
 
     `seen` collects the range of all valid times, in or out of the windows, so a
-    file's time range can be remembered and the file skipped later.
+    file's time range can be remembered and the file skipped later. With a `joiner`
+    (ops.fetch.multiline), each batch's consecutive records are joined into events, routed by
+    their first record; records outside the windows take part too (a stack trace whose first
+    line falls before the window stays out of it), and events still open at the end of the
+    lines stay in the joiner for the next call (`route_events` its `flush()` at the end).
     """
     out: dict[tuple[int, str], list[str]] = {}
     loads = orjson.loads
@@ -194,13 +200,20 @@ def parse_json_lines(
         elif t > hi:
             hi = t
         w = window_of(t)
-        if w < 0:
+        if w < 0 and joiner is None:
             continue
         message = doc.get(message_field)
         if message is None:
             message = get_field(doc, message_field)
         if not isinstance(message, str):
-            bad.add("no_message", f"{source}:{first_line_no + offset}")
+            if w >= 0:
+                bad.add("no_message", f"{source}:{first_line_no + offset}")
+            continue
+        if joiner is not None:
+            batch = fmt.batch_of(doc)
+            line_no = first_line_no + offset
+            events = joiner.push(batch, message, (w, batch, line_no), lambda: f"{source}:{line_no}")
+            route_events(out, valid_batches, bad, source, events)
             continue
         route(out, valid_batches, bad, f"{source}:{first_line_no + offset}", w, fmt.batch_of(doc), message)
     if seen is not None and lo is not None:
@@ -227,21 +240,33 @@ def route(out: dict, valid_batches: set, bad: BadRecords, where: str, w: int, ba
     """Append `message` to out[(w, batch)], or count the record as bad_batch (names validated once)."""
     if batch not in valid_batches:
         try:
-            validate_batch_name(batch)
+            nfc = validate_batch_name(batch)
         except InvalidName as exc:
             bad.add("bad_batch", where, str(exc))
             return
-        valid_batches.add(batch)
+        if nfc == batch:
+            valid_batches.add(batch)
+        batch = nfc
     bucket = out.get((w, batch))
     if bucket is None:
         bucket = out[(w, batch)] = []
     bucket.append(message)
 
 
+def route_events(out: dict, valid_batches: set, bad: BadRecords, source: str, events) -> None:
+    """Route a joiner's completed events, each with its first record's (window, batch, line number),
+    to out[(w, batch)]; events of records outside the windows (w < 0) are left out."""
+    for (w, batch, line_no), text in events:
+        if w >= 0:
+            route(out, valid_batches, bad, f"{source}:{line_no}", w, batch, text)
+
+
 def decode_text_lines(
-    lines: Iterable[bytes], bad: BadRecords, source: str, first_line_no: int = 1
+    lines: Iterable[bytes], bad: BadRecords, source: str, first_line_no: int = 1, joiner=None
 ) -> list[str]:
-    """Plain-text lines as messages; bad lines are counted and skipped."""
+    """Plain-text lines as messages; bad lines are counted and skipped. With a `joiner`
+    (ops.fetch.multiline) the lines are one stream, joined into events; a blank line is kept when
+    it continues an open event (a Go panic's), and events still open stay in the joiner."""
     out: list[str] = []
     append = out.append
     for offset, raw in enumerate(lines):
@@ -253,10 +278,15 @@ def decode_text_lines(
         except UnicodeDecodeError as exc:
             bad.add("not_utf8", f"{source}:{first_line_no + offset}", f"byte offset {exc.start}")
             continue
-        if not text.strip():
+        if not text.strip() and (joiner is None or not joiner.continues(None, text)):
             bad.add("blank", f"{source}:{first_line_no + offset}")
             continue
-        append(text)
+        if joiner is None:
+            append(text)
+            continue
+        line_no = first_line_no + offset
+        for _, event in joiner.push(None, text, line_no, lambda: f"{source}:{line_no}"):
+            append(event)
     return out
 
 

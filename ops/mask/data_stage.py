@@ -33,6 +33,8 @@ from ops.mask.summary import DEFAULT_CAP, DEFAULT_TAIL_SAMPLE, Summary
 DEFAULT_CACHE = 100_000
 DEFAULT_DEFER = 20_000       # distinct raw messages a shard may leave to the parent to mask
 MAX_HELD = 200_000           # deferred entries the parent holds before it resolves them
+OVERFLOW_BATCH = "_overflow_new_batches"  # where records of new batches past the per-window cap go
+MAX_OVERFLOW_EXAMPLES = 10
 
 _MASKERS: dict = {}          # per process: rules (as JSON) -> (Masker, mask cache)
 
@@ -46,6 +48,50 @@ def masker_and_cache(masking_rules=None):
 
         got = _MASKERS[key] = (Masker(masking_rules), {})
     return got
+
+
+@dataclass
+class NewBatchCap:
+    """At most `max_new` batches per window that are not in `known`; records of any further new
+    batch are routed to OVERFLOW_BATCH, counted, and a few of those batch names kept as examples.
+
+    A batch field holding a random value per record (a request id, a UUID) would otherwise make
+    one batch, one summary and one Dagster partition per record: memory and the materialization
+    event would grow with the data. With the cap they grow with `max_new`. Keys are
+    (window index, batch); `max_new=None` admits everything.
+    """
+
+    known: frozenset = frozenset()
+    max_new: int | None = None
+    admitted: dict = field(default_factory=dict)   # window index -> new batches admitted
+    records: int = 0                                # records routed to the overflow batch
+    examples: list = field(default_factory=list)    # batch names routed there (the first few)
+
+    def route(self, key):
+        """The key `key`'s records go to: itself, or (its window, OVERFLOW_BATCH)."""
+        if self.max_new is None or not isinstance(key, tuple):
+            return key
+        w, batch = key
+        if batch in self.known or batch == OVERFLOW_BATCH:
+            return key
+        seen = self.admitted.setdefault(w, set())
+        if batch in seen:
+            return key
+        if len(seen) < self.max_new:
+            seen.add(batch)
+            return key
+        if len(self.examples) < MAX_OVERFLOW_EXAMPLES and batch not in self.examples:
+            self.examples.append(batch)
+        return (w, OVERFLOW_BATCH)
+
+    def merge(self, other: "NewBatchCap") -> None:
+        self.records += other.records
+        room = MAX_OVERFLOW_EXAMPLES - len(self.examples)
+        self.examples.extend([b for b in other.examples if b not in self.examples][:room])
+
+    def shipped(self) -> "NewBatchCap":
+        """What a worker sends back: the counts, not the admitted names (the parent routes again)."""
+        return NewBatchCap(max_new=self.max_new, records=self.records, examples=list(self.examples))
 
 
 @dataclass
@@ -85,8 +131,11 @@ class WindowSummarizer:
         bad: BadRecords | None = None,
         cache: dict | None = None,
         defer: int = 0,
+        known_batches: frozenset = frozenset(),
+        max_new_batches: int | None = None,
     ):
         self._mask = mask
+        self.batch_cap = NewBatchCap(frozenset(known_batches), max_new_batches)
         self._cache: dict[str, str] = {} if cache is None else cache
         self._defer = defer
         self.pending: dict[tuple, int] = {}  # (key, raw message) -> count, not masked yet
@@ -115,6 +164,8 @@ class WindowSummarizer:
     def add_counts(self, batch, counts: dict[str, int]) -> int:
         """Add {raw message: count} to `batch`; returns the number of lines added."""
         get, miss = self._cache.get, self._miss
+        routed = self.batch_cap.route(batch)
+        overflowed, batch = routed != batch, routed
         counter = self._counters.get(batch)
         if counter is None:
             counter = self._counters[batch] = Counter()
@@ -139,6 +190,8 @@ class WindowSummarizer:
             counter[masked] += c
         self.stats.lines += total
         self.deferred_lines += deferred
+        if overflowed:
+            self.batch_cap.records += total
         if len(counter) > self.cap:
             self._fold(batch)
         return total
@@ -204,25 +257,33 @@ class ShardResult:
     pending: list = field(default_factory=list)  # [(key, raw message, count)] left to mask
     masks: int = 0                               # messages this shard masked itself
     deferred_lines: int = 0                      # lines behind `pending`
+    overflow: NewBatchCap = field(default_factory=NewBatchCap)  # records past the new-batch cap
 
 
-def summarize_shard(shard, windows: Windows, masking_rules=None, defer: int = 0, **summarizer_kwargs) -> ShardResult:
+def summarize_shard(shard, windows: Windows, masking_rules=None, defer: int = 0, multiline=None,
+                    **summarizer_kwargs) -> ShardResult:
     """Read one shard (a file, a PIT slice) for `windows`: mask, summarise per (window, batch).
 
     Runs in a worker process: its inputs are plain picklable values, and it returns
     only bounded summaries and statistics, plus at most `defer` raw messages (with
     their counts) that this process had not masked yet, for the caller to mask.
     Shards with `read_counts` give counted chunks; others' message lists are counted.
+    With `multiline` rules (ops.fetch.multiline.load_multiline), the shard joins the lines of
+    each stream into events, so the counts are of events.
     """
+    from ops.fetch.multiline import Joiner, compiled
+
     masker, cache = masker_and_cache(masking_rules)
     bad, seen = BadRecords(), TimeRange()
     summarizer = WindowSummarizer(masker.mask, bad=bad, cache=cache, defer=defer, **summarizer_kwargs)
     lines: dict[int, int] = {}
+    ml = compiled(multiline)
+    extra = (Joiner(ml, bad),) if ml is not None else ()
     read_counts = getattr(shard, "read_counts", None)
     if read_counts is not None:
-        chunks = read_counts(windows, bad, seen)
+        chunks = read_counts(windows, bad, seen, *extra)
     else:
-        chunks = ({key: Counter(msgs) for key, msgs in c.items()} for c in shard.read(windows, bad, seen))
+        chunks = ({key: Counter(msgs) for key, msgs in c.items()} for c in shard.read(windows, bad, seen, *extra))
     for chunk in chunks:
         for key, counts in chunk.items():
             n = summarizer.add_counts(key, counts)
@@ -231,7 +292,7 @@ def summarize_shard(shard, windows: Windows, masking_rules=None, defer: int = 0,
     pending = [(key, raw, c) for (key, raw), c in summarizer.pending.items()]
     return ShardResult(
         summaries, lines, bad, seen, summarizer.stats.seconds, summarizer.stats.cache_hits, peak_rss_mb(),
-        pending, summarizer.misses, summarizer.deferred_lines,
+        pending, summarizer.misses, summarizer.deferred_lines, summarizer.batch_cap.shipped(),
     )
 
 
@@ -284,6 +345,7 @@ class RunResult:
     peak_worker_rss_mb: float
     time_ranges: dict        # shard path -> (shard identity, lo, hi)
     cache_hits: int
+    overflow: NewBatchCap = field(default_factory=NewBatchCap)  # records of new batches past the cap
 
 
 def summarize_windows(
@@ -293,6 +355,9 @@ def summarize_windows(
     pool=None,
     cap: int = DEFAULT_CAP,
     progress: Callable[[int, int, int], None] | None = None,
+    multiline=None,
+    known_batches=frozenset(),
+    max_new_batches: int | None = None,
     **summarizer_kwargs,
 ) -> RunResult:
     """Summarise many windows from many shards, in parallel when `pool` is given.
@@ -303,6 +368,10 @@ def summarize_windows(
     submitted to the same pool, and their counts added when the masks are back (at
     the end, or whenever the deferred entries held here exceed MAX_HELD). At most
     two shards per worker are in flight, so results held here stay bounded.
+    `multiline`: the rules joining lines into events (None: every line is its own event).
+    `max_new_batches`: batches per window not in `known_batches` kept as themselves; records of
+    further new batches are summarised under OVERFLOW_BATCH (NewBatchCap), in each worker and
+    again here, so neither holds more than that many new batches per window.
     """
     t0 = time.perf_counter()
     merged: dict = {}
@@ -313,7 +382,10 @@ def summarize_windows(
     workers = getattr(pool, "_max_workers", 1) if pool is not None else 1
     defer = summarizer_kwargs.pop("defer", DEFAULT_DEFER if workers > 1 else 0)
     cache_size = summarizer_kwargs.get("cache_size", DEFAULT_CACHE)
-    kwargs = dict(cap=cap, defer=defer, **summarizer_kwargs)
+    known_batches = frozenset(known_batches)
+    kwargs = dict(cap=cap, defer=defer, multiline=multiline, known_batches=known_batches,
+                  max_new_batches=max_new_batches, **summarizer_kwargs)
+    batch_cap = NewBatchCap(known_batches, max_new_batches)
 
     known: dict[str, str] = {}      # masks learned here (deferred messages)
     inflight: set[str] = set()
@@ -322,6 +394,10 @@ def summarize_windows(
     held_n = deferred_lines = masked_here = 0
 
     def add_summary(key, summary):
+        routed = batch_cap.route(key)
+        if routed != key:
+            batch_cap.records += summary.total
+            key = routed
         prev = merged.get(key)
         merged[key] = summary if prev is None else Summary.merge([prev, summary], cap=cap)
 
@@ -377,6 +453,7 @@ def summarize_windows(
         for w, n in r.lines.items():
             lines[w] += n
         bad.merge(r.bad)
+        batch_cap.merge(r.overflow)
         peak, hits = max(peak, r.peak_rss_mb), hits + r.cache_hits
         ranges[getattr(shard, "path", str(done))] = (getattr(shard, "file_id", None), r.seen.lo, r.seen.hi)
         if r.pending:
@@ -401,7 +478,8 @@ def summarize_windows(
     for (w, batch), summary in merged.items():
         if summary.total:
             per_window[w].summaries[batch] = summary
-    return RunResult(per_window, bad, len(shards), time.perf_counter() - t0, sum(lines), peak, ranges, hits)
+    return RunResult(per_window, bad, len(shards), time.perf_counter() - t0, sum(lines), peak, ranges, hits,
+                     batch_cap.shipped())
 
 
 class _Done:

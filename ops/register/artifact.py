@@ -2,7 +2,9 @@
 
 Members: model.safetensors (weights), vocab.json, masking_rules.json (the masking the vocabulary
 was built with), config.json ({"model": NuLogConfig, "train": ...}), metrics.json, meta.json
-(batch, version, data window, parent, mode...). Loading uses safetensors and json only, never
+(batch, version, data window, parent, mode...), and multiline_rules.json (how lines were joined
+into events for training, ops.fetch.multiline; absent from artifacts written before it existed,
+whose models saw every line as its own event). Loading uses safetensors and json only, never
 pickle, so an artifact from anywhere cannot run code; a broken one raises ArtifactError naming
 the file and what is wrong with it.
 """
@@ -11,24 +13,47 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, is_dataclass
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING
 
 from ops.files import create_temp_file
+from ops.fetch.multiline import validate as validate_multiline
 from ops.mask.masking import validate_rules
-from ops.train.model import MAX_PARAMETERS, ModelConfigError, NuLog, NuLogConfig, state_dict_shapes, validate_config
+from ops.train.config import MAX_PARAMETERS, ModelConfigError, NuLogConfig, state_dict_shapes, validate_config
 from ops.train.vocab import Vocab
+
+if TYPE_CHECKING:
+    from ops.train.model import NuLog
 
 FORMAT = 1
 MEMBERS = ("model.safetensors", "vocab.json", "masking_rules.json", "config.json", "metrics.json", "meta.json")
-# Largest member read: the biggest model config.json may describe, in float32, plus room for the
-# header (a member's declared size bounds what zipfile decompresses, so a zip bomb is refused).
-MAX_MEMBER_BYTES = 4 * MAX_PARAMETERS + (64 << 20)
+
+# What a member may inflate to, by kind: a zip's declared sizes bound what zipfile decompresses,
+# so every one is checked against these before any member is read (a 5 MB zip of JSON that
+# inflates to gigabytes is refused from its directory alone). The JSON members are small; the
+# weights and the vocabulary are sized by config.json's shapes once it is read (the first, and
+# small, member read).
+JSON_MEMBER_BYTES = {
+    "config.json": 1 << 20,
+    "multiline_rules.json": 1 << 20,
+    "masking_rules.json": 1 << 20,
+    "metrics.json": 4 << 20,      # a loss per epoch and the gate's numbers
+    "meta.json": 16 << 20,        # the feedback labels (each at most 4,000 characters) and their classifier
+}
+VOCAB_BYTES_PER_TOKEN = 1024      # a token twice (itos and counts) with its count, JSON-escaped
+VOCAB_BASE_BYTES = 1 << 20
+MAX_VOCAB_BYTES = 256 << 20
+SAFETENSORS_HEADER_BYTES = 1 << 20  # the JSON header: names, dtypes, shapes and offsets of a few dozen tensors
+MAX_WEIGHTS_BYTES = 4 * MAX_PARAMETERS + SAFETENSORS_HEADER_BYTES  # the biggest model config.json may describe
+MAX_ENTRIES = 64                  # the six members and a few more (unread) files
+# everything in the zip together, inflated; also the most an artifact file may take on disk
+MAX_TOTAL_BYTES = MAX_WEIGHTS_BYTES + MAX_VOCAB_BYTES + sum(JSON_MEMBER_BYTES.values())
+OPTIONAL_MEMBERS = ("multiline_rules.json",)
+MAX_MEMBER_BYTES = {"model.safetensors": MAX_WEIGHTS_BYTES, "vocab.json": MAX_VOCAB_BYTES, **JSON_MEMBER_BYTES}
 
 
 class ArtifactError(ValueError):
@@ -46,6 +71,7 @@ class Artifact:
     metrics: dict
     meta: dict
     path: str | None = None  # the file it was read from (None when built or loaded in memory)
+    multiline_rules: dict | None = None  # None: lines were not joined into events
 
     @property
     def model_config(self) -> NuLogConfig:
@@ -57,7 +83,8 @@ def _as_dict(x) -> dict:
 
 
 def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLogConfig | dict | None = None,
-                   metrics: dict | None = None, meta: dict | None = None, train_config=None) -> bytes:
+                   metrics: dict | None = None, meta: dict | None = None, train_config=None,
+                   multiline_rules: dict | None = None) -> bytes:
     """The artifact as bytes (members in a fixed order, fixed timestamps: same inputs, same bytes)."""
     model_cfg = _as_dict(model_config or model.cfg)
     if model_cfg != asdict(model.cfg):
@@ -65,6 +92,11 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
     if len(vocab) != model.cfg.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} tokens, the model {model.cfg.vocab_size}")
     validate_rules(masking_rules)  # what read_artifact would refuse is not written
+    if multiline_rules is not None:
+        validate_multiline(multiline_rules)
+    import torch  # here, not at the top: reading meta.json (registry, restore) needs no torch
+    from safetensors.torch import save as st_save
+
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     docs = {
         "model.safetensors": st_save(weights),
@@ -74,18 +106,22 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
         "metrics.json": metrics or {},
         "meta.json": meta or {},
     }
+    if multiline_rules is not None:
+        docs["multiline_rules.json"] = multiline_rules
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in MEMBERS:
+        for name in (*MEMBERS, *OPTIONAL_MEMBERS):
+            if name not in docs:
+                continue
             data = docs[name] if name.endswith(".safetensors") else json.dumps(docs[name], indent=1, sort_keys=True).encode()
             z.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     return buf.getvalue()
 
 
 def write_artifact(path, model: NuLog, vocab: Vocab, masking_rules, model_config=None, metrics=None, meta=None,
-                   train_config=None) -> str:
+                   train_config=None, multiline_rules=None) -> str:
     """Write atomically: a reader sees the old artifact or the whole new one, never half of it."""
-    data = artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta, train_config)
+    data = artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta, train_config, multiline_rules)
     path = os.fspath(path)
     fd, tmp = create_temp_file(os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".zip")
     try:
@@ -105,8 +141,17 @@ def read_artifact(path) -> Artifact:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ArtifactError(path, "file not found")
-    with open(path, "rb") as f:
-        artifact = load_artifact_bytes(f.read(), path)
+    size = os.path.getsize(path)
+    if size > MAX_TOTAL_BYTES:  # before a byte of it is read
+        raise ArtifactError(path, f"the file is too large ({size:,} bytes, at most {MAX_TOTAL_BYTES:,})")
+    try:
+        z = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ArtifactError(path, f"not a zip file ({e})") from None
+    except OSError as e:
+        raise ArtifactError(path, f"unreadable ({e.strerror or e})") from None
+    with z:
+        artifact = _load(z, path)
     artifact.path = path
     return artifact
 
@@ -116,6 +161,9 @@ def read_artifact_meta(path) -> dict:
     path = os.fspath(path)
     try:
         with zipfile.ZipFile(path) as z:
+            size = z.getinfo("meta.json").file_size
+            if size > JSON_MEMBER_BYTES["meta.json"]:
+                raise ArtifactError(path, _too_large("meta.json", size, JSON_MEMBER_BYTES["meta.json"]))
             return json.loads(z.read("meta.json"))
     except FileNotFoundError:
         raise ArtifactError(path, "file not found") from None
@@ -136,52 +184,98 @@ def read_artifact_vocab(path) -> Vocab:
 
 
 def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
-    """Every member is checked before the model is built: config.json's fields (types, ranges,
-    size), the weights' names, shapes, dtype and finiteness, and the masking rules (including
-    their backtracking cost, see ops.mask.masking). Anything wrong raises ArtifactError in one line
-    naming the file, the member and the field, rule or tensor."""
+    """An artifact from bytes in memory; see _load for what is checked."""
+    if len(data) > MAX_TOTAL_BYTES:
+        raise ArtifactError(path, f"too large ({len(data):,} bytes, at most {MAX_TOTAL_BYTES:,})")
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as e:
         raise ArtifactError(path, f"not a zip file ({e})") from None
     with z:
-        missing = [m for m in MEMBERS if m not in z.namelist()]
-        if missing:
-            raise ArtifactError(path, f"missing member(s) {', '.join(missing)}")
-        for m in MEMBERS:
-            size = z.getinfo(m).file_size
-            if size > MAX_MEMBER_BYTES:
-                raise ArtifactError(path, f"{m} is too large ({size:,} bytes, at most {MAX_MEMBER_BYTES:,})")
+        return _load(z, path)
+
+
+def _load(z: zipfile.ZipFile, path) -> Artifact:
+    """Every member is checked before the model is built, cheap checks first: the zip's directory
+    (entries, each member's declared size against its kind's cap, the total), then config.json's
+    fields (types, ranges, size) and the sizes the weights and vocabulary may have under it, then
+    the small members, the masking rules (including their backtracking cost, see ops.mask.masking),
+    the vocabulary, and last the weights' names, shapes, dtype and finiteness. Anything wrong raises
+    ArtifactError in one line naming the file, the member and the field, rule or tensor."""
+    infos = z.infolist()
+    if len(infos) > MAX_ENTRIES:
+        raise ArtifactError(path, f"the zip holds {len(infos):,} entries, at most {MAX_ENTRIES} are read")
+    names = {i.filename for i in infos}
+    missing = [m for m in MEMBERS if m not in names]
+    if missing:
+        raise ArtifactError(path, f"missing member(s) {', '.join(missing)}")
+    present = [*MEMBERS, *(m for m in OPTIONAL_MEMBERS if m in names)]
+    sizes = {m: z.getinfo(m).file_size for m in present}
+    for m in present:
+        if sizes[m] > MAX_MEMBER_BYTES[m]:
+            raise ArtifactError(path, _too_large(m, sizes[m], MAX_MEMBER_BYTES[m]))
+    total = sum(i.file_size for i in infos)
+    if total > MAX_TOTAL_BYTES:
+        raise ArtifactError(path, f"its members inflate to {total:,} bytes together, at most {MAX_TOTAL_BYTES:,}")
+
+    def read(m: str) -> bytes:
         try:
-            raw = {m: z.read(m) for m in MEMBERS}
-        except (zipfile.BadZipFile, OSError, EOFError) as e:  # bad CRC, truncated data
-            raise ArtifactError(path, f"corrupt zip member ({e})") from None
-    docs = {}
-    for m in MEMBERS[1:]:
+            return z.read(m)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:  # bad CRC, truncated data
+            raise ArtifactError(path, f"corrupt zip member {m} ({_one_line(e)})") from None
+
+    def parse(m: str):
         try:
-            docs[m] = json.loads(raw[m])
+            return json.loads(read(m))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ArtifactError(path, f"{m} is not valid JSON ({_one_line(e)})") from None
-    try:
-        vocab = Vocab.from_json(docs["vocab.json"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ArtifactError(path, f"vocab.json is malformed ({_one_line(e)})") from None
-    try:
-        validate_rules(docs["masking_rules.json"])
-    except (ValueError, TypeError, AttributeError) as e:
-        raise ArtifactError(path, f"masking_rules.json: {_one_line(e)}") from None
-    config = docs["config.json"]
-    if not isinstance(config, dict) or "model" not in config:
+
+    config = parse("config.json")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ArtifactError(path, "config.json has no usable model config (no 'model' mapping)")
     try:
         model_cfg = validate_config(config["model"])
     except ModelConfigError as e:
         raise ArtifactError(path, f"config.json: {e}") from None
+    shapes = state_dict_shapes(model_cfg)
+    weights_cap = 4 * sum(math.prod(shape) for shape in shapes.values()) + SAFETENSORS_HEADER_BYTES
+    if sizes["model.safetensors"] > weights_cap:
+        raise ArtifactError(path, _too_large("model.safetensors", sizes["model.safetensors"], weights_cap)
+                            + f": more than config.json's shapes need in float32")
+    vocab_cap = min(MAX_VOCAB_BYTES, VOCAB_BASE_BYTES + VOCAB_BYTES_PER_TOKEN * model_cfg.vocab_size)
+    if sizes["vocab.json"] > vocab_cap:
+        raise ArtifactError(path, _too_large("vocab.json", sizes["vocab.json"], vocab_cap)
+                            + f": too much for config.json's vocab_size {model_cfg.vocab_size:,}")
+    docs = {"config.json": config}
+    for m in ("masking_rules.json", "metrics.json", "meta.json", *OPTIONAL_MEMBERS):
+        if m in sizes:
+            docs[m] = parse(m)
+    try:
+        validate_rules(docs["masking_rules.json"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ArtifactError(path, f"masking_rules.json: {_one_line(e)}") from None
+    multiline = docs.get("multiline_rules.json")
+    if multiline is not None:
+        try:
+            validate_multiline(multiline)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ArtifactError(path, f"multiline_rules.json: {_one_line(e)}") from None
+    try:
+        vocab = Vocab.from_json(parse("vocab.json"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ArtifactError(path, f"vocab.json is malformed ({_one_line(e)})") from None
     if model_cfg.vocab_size != len(vocab):
         raise ArtifactError(path, f"vocabulary mismatch: vocab.json has {len(vocab)} tokens, "
                                   f"config.json field 'vocab_size' says {model_cfg.vocab_size}")
+    import torch
+    from safetensors.torch import load as st_load
+
+    from ops.train.model import NuLog
+
     try:
-        weights = st_load(raw["model.safetensors"])
+        weights = st_load(read("model.safetensors"))
+    except ArtifactError:
+        raise
     except Exception as e:  # the Rust reader raises SafetensorError, others for odd bytes
         raise ArtifactError(path, f"model.safetensors is corrupt ({type(e).__name__}: {_one_line(e)})") from None
     emb = weights.get("tok.weight")
@@ -190,7 +284,7 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
     if emb.dim() != 2 or emb.shape[0] != len(vocab):
         raise ArtifactError(path, f"vocabulary mismatch: vocab.json has {len(vocab)} tokens, the weights "
                                   f"(tok.weight {tuple(emb.shape)}) {emb.shape[0]}, config.json {model_cfg.vocab_size}")
-    problem = _weights_problem(weights, state_dict_shapes(model_cfg))
+    problem = _weights_problem(weights, shapes)
     if problem:
         raise ArtifactError(path, f"model.safetensors does not fit config.json: {problem}")
     bad = sorted(name for name, t in weights.items() if not bool(torch.isfinite(t).all()))
@@ -202,11 +296,18 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
     except RuntimeError as e:  # not expected after the checks above
         raise ArtifactError(path, f"weights do not fit the model config ({_one_line(e)})") from None
     model.eval()
-    return Artifact(model, vocab, docs["masking_rules.json"], config, docs["metrics.json"], docs["meta.json"])
+    return Artifact(model, vocab, docs["masking_rules.json"], config, docs["metrics.json"], docs["meta.json"],
+                    multiline_rules=multiline)
+
+
+def _too_large(member: str, size: int, cap: int) -> str:
+    return f"{member} is too large ({size:,} bytes inflated, at most {cap:,})"
 
 
 def _weights_problem(weights: dict, shapes: dict) -> str | None:
     """What is wrong with the tensors' names, shapes or dtype against the config (None: nothing)."""
+    import torch
+
     missing = [n for n in shapes if n not in weights]
     if missing:
         return f"missing tensor(s) {_names(missing)}"

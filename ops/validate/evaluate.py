@@ -100,11 +100,16 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
     return float(values[order][min(np.searchsorted(cum, q * cum[-1]), len(cum) - 1)])
 
 
-def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = DEFAULT_TOP_K, threshold: float = DEFAULT_THRESHOLD,
-             batch_size: int = 4096) -> dict:
+def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = DEFAULT_TOP_K,
+             threshold: float | None = DEFAULT_THRESHOLD, batch_size: int = 4096,
+             flag_budget: float | None = None) -> dict:
     """Quality on (masked_line, count) pairs; every figure is weighted by count. anomaly_share is the
     share of lines the product's verdict flags (ops.validate.verdict.judge, without labels), the pairs being
-    the lines judged together."""
+    the lines judged together, and flagged_by / normal_by count its lines by reason.
+
+    threshold None: the threshold is calibrated on these lines so that the score alone flags at most
+    `flag_budget` of them (ops.validate.verdict.calibrate_threshold); the result then holds the budget too."""
+    from ops.validate.verdict import calibrate_threshold, reason_counts
 
     merged: dict[str, int] = {}
     for line, n in lines_with_counts:
@@ -113,14 +118,23 @@ def evaluate(model: NuLog, vocab: Vocab, lines_with_counts, top_k: int = DEFAULT
     counts = np.array([merged[line] for line in lines], dtype=np.float64)
     hits, lengths = _hits(model, vocab, lines, top_k, batch_size)
     scores = _scores(hits, lengths)
+    calibrated = {}
+    if threshold is None:
+        if flag_budget is None:
+            raise ValueError("evaluate needs a threshold or a flag budget to calibrate one")
+        threshold = calibrate_threshold(lines, scores.tolist(), counts.astype(int).tolist(), flag_budget)
+        calibrated = {"flag_budget": flag_budget, "threshold_calibrated": True}
+    verdicts = judge(lines, scores.tolist(), counts.tolist(), threshold)
     row_w = np.repeat(counts, lengths)
     n_tokens = float(row_w.sum())
     return {
         "top_k": top_k,
         "threshold": threshold,
+        **calibrated,
         "top_k_accuracy": float((row_w * hits).sum() / n_tokens) if n_tokens else float("nan"),
-        "anomaly_share": float(sum(c for c, (flag, _) in zip(counts, judge(lines, scores.tolist(), counts.tolist(), threshold))
-                                   if flag) / counts.sum()) if len(counts) else 0.0,
+        "anomaly_share": float(sum(c for c, (flag, _) in zip(counts, verdicts) if flag) / counts.sum())
+                         if len(counts) else 0.0,
+        **reason_counts(verdicts, counts.astype(int).tolist()),
         "score_p01": weighted_quantile(scores, counts, 0.01),
         "score_p05": weighted_quantile(scores, counts, 0.05),
         "score_p50": weighted_quantile(scores, counts, 0.50),

@@ -111,7 +111,7 @@ class LabelIndex:
     def __init__(self, labels: dict[str, str], cache_size: int = 100_000, classifier: Optional[dict] = None):
         self.labels = check_labels(labels)
         self.classifier = check_classifier(classifier)
-        self._cache: dict[str, tuple[Optional[str], float]] = {}
+        self._cache: dict[str, tuple[Optional[str], float, str]] = {}
         self._cache_size = cache_size
         self._by_len: dict[int, list[tuple[tuple[str, ...], str]]] = defaultdict(list)
         for form, label in self.labels.items():
@@ -126,11 +126,17 @@ class LabelIndex:
         least NEAR alike, else the classifier's (when there is one), else None; with the best
         similarity found. exclude_self ignores the form's own label (to judge how the others would
         label it)."""
+        label, similarity, _ = self.source_of(form, exclude_self)
+        return label, similarity
+
+    def source_of(self, form: str, exclude_self: bool = False) -> tuple[Optional[str], float, str]:
+        """label_of's (label, similarity) and where the label came from: "label" (the form's own),
+        "near_label", "classifier", or "" (no label)."""
         if form.strip():  # as labels are stored (resources.store): a form past 4000 characters is cut
             form = label_form(form)
         if not exclude_self:
             if form in self.labels:
-                return self.labels[form], 1.0
+                return self.labels[form], 1.0, "label"
             if form in self._cache:
                 return self._cache[form]
         toks = form.split(" ")
@@ -142,12 +148,12 @@ class LabelIndex:
             if same > best or (same == best and label == "anomaly"):
                 best, best_label = same, label
         if best >= NEAR:
-            found = (best_label, best)
+            found = (best_label, best, "near_label")
         elif self.classifier is not None:
             p = classifier_probability(self.classifier, form)
-            found = ("anomaly" if p >= 0.5 else "normal", best)
+            found = ("anomaly" if p >= 0.5 else "normal", best, "classifier")
         else:
-            found = (None, best)
+            found = (None, best, "")
         if not exclude_self:
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
@@ -155,12 +161,17 @@ class LabelIndex:
         return found
 
     def labels_for(self, forms: Iterable[str]) -> dict[str, str]:
-        """The label each of `forms` gets (own or nearest), for those that get one."""
+        """The label each of `forms` gets (own, nearest or the classifier's), for those that get one."""
+        return {form: label for form, (label, _) in self.sourced_labels_for(forms).items()}
+
+    def sourced_labels_for(self, forms: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """{form: (label, source)} for those of `forms` that get a label; source is "label",
+        "near_label" or "classifier" (the verdict's reason, ops.validate.verdict.judge)."""
         out = {}
         for form in forms:
-            label, _ = self.label_of(form)
+            label, _, source = self.source_of(form)
             if label is not None:
-                out[form] = label
+                out[form] = (label, source)
         return out
 
 

@@ -4,13 +4,15 @@
 vocabulary and scores each line as NuLog does: the share of its tokens whose true value the model
 ranks within its top k when that token is masked (ops/validate/evaluate.py; unknown tokens miss).
 
-Whether a line is an anomaly is `ops.validate.verdict.judge`: labels, then severity, then the score.
+Whether a line is an anomaly, and why, is `ops.validate.verdict.judge`: labels (own, near, the
+classifier's), then severity, then the score against the model's threshold.
 
 Logs repeat heavily once masked, so the work is done once per DISTINCT masked line: a bounded LRU
 cache maps masked line -> score across calls, and the distinct lines a call has not seen before
 go through the model together, batched by length (`NuLog.masked_rows`, all positions of a line
 in one pass). The defaults for k and the threshold come from the artifact's metrics (the values
-its quality gate used), else Opni's (ops/validate/defaults.py).
+its quality gate used: the threshold calibrated on its validation split, ops.validate.verdict.
+calibrate_threshold), else Opni's (ops/validate/defaults.py).
 
 Models are read with ops.register.artifact only (safetensors + json, never pickle); a missing or corrupt
 artifact raises ops.register.artifact.ArtifactError naming the path.
@@ -34,12 +36,19 @@ class ScoredLine:
     score: float     # share of the line's tokens predicted within top k (1.0 for a line without tokens)
     anomaly: bool    # the verdict (see the module docstring)
     masked: str      # the masked form the score belongs to (the line's event key)
-    reason: str = ""  # why flagged or not: "label", "severity", "score", "established" or ""
+    reason: str      # why flagged or not: one of ops.validate.verdict.REASONS
 
 
 def _metric(artifact: Artifact, key: str):
     value = (artifact.metrics or {}).get(key)
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def model_threshold(artifact: Artifact) -> float:
+    """The threshold the model's gate set (calibrated, or the gate's configured one), else Opni's 0.7
+    (artifacts from before calibration, or built outside the pipeline)."""
+    value = _metric(artifact, "threshold")
+    return float(value) if value is not None else DEFAULT_THRESHOLD
 
 
 class Scorer:
@@ -58,12 +67,12 @@ class Scorer:
             raise ValueError(f"the artifact's masking rules are unusable ({where}): {e}") from None
         self.artifact = artifact
         self.top_k = int(top_k if top_k is not None else (_metric(artifact, "top_k") or DEFAULT_TOP_K))
-        self.threshold = float(threshold if threshold is not None
-                               else (_metric(artifact, "threshold") or DEFAULT_THRESHOLD))
+        self.threshold = float(threshold if threshold is not None else model_threshold(artifact))
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        # 0 is a calibrated threshold at which the score flags nothing (ops.validate.verdict.calibrate_threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.cache_size, self.batch_size = int(cache_size), int(batch_size)
@@ -129,11 +138,16 @@ class Scorer:
         forms = list(counts)
         scores = dict(zip(forms, self.score_masked(forms)))
         verdicts = dict(zip(forms, judge(forms, [scores[f] for f in forms], [counts[f] for f in forms],
-                                         self.threshold, self.labels_for(forms))))
+                                         self.threshold, self.sourced_labels_for(forms))))
         return [ScoredLine(scores[m], verdicts[m][0], m, verdicts[m][1]) for m in masked]
 
     def labels_for(self, forms) -> dict[str, str]:
         return self.feedback.labels_for(forms) if len(self.feedback) else {}
+
+    def sourced_labels_for(self, forms) -> dict[str, tuple[str, str]]:
+        """{form: (label, source)} of the forms feedback decides, source the verdict's reason
+        ("label", "near_label" or "classifier"; ops.validate.feedback.LabelIndex)."""
+        return self.feedback.sourced_labels_for(forms) if len(self.feedback) else {}
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -149,7 +163,7 @@ class ScoredForm:
     lines: int       # how many of the window's lines it stands for (see score_summary_forms)
     score: float
     anomaly: bool
-    reason: str = ""
+    reason: str      # one of ops.validate.verdict.REASONS
 
 
 def score_summary_forms(scorer: "Scorer", summary) -> list[ScoredForm]:
@@ -171,20 +185,28 @@ def score_summary_forms(scorer: "Scorer", summary) -> list[ScoredForm]:
     counts = [summary.counts[f] for f in forms]
     scores = scorer.score_masked(forms) if forms else []
     # established against the whole window (the tail's forms were seen once each: never established)
-    verdicts = judge(forms, scores, counts, scorer.threshold, scorer.labels_for(forms), total=total)
+    verdicts = judge(forms, scores, counts, scorer.threshold, scorer.sourced_labels_for(forms), total=total)
     out = {f: [c, s, flag, why] for f, c, s, (flag, why) in zip(forms, counts, scores, verdicts)}
     sample = list(summary.tail_lines)
     if summary.tail_count and sample:
         each, extra = divmod(summary.tail_count, len(sample))
         tail = [f for f in dict.fromkeys(sample) if f not in out]
-        tail_scores = scorer.score_masked(tail) if tail else []
-        tail_verdicts = judge(tail, tail_scores, [1] * len(tail), scorer.threshold, scorer.labels_for(tail),
-                              total=total)
-        for f, s, (flag, why) in zip(tail, tail_scores, tail_verdicts):
-            out[f] = [0, s, flag, why]
+        for f in score_single_lines(scorer, tail, total):
+            out[f.masked] = [0, f.score, f.anomaly, f.reason]
         for i, f in enumerate(sample):
             out[f][0] += each + (i < extra)
     return [ScoredForm(f, n, s, flag, why) for f, (n, s, flag, why) in out.items()]
+
+
+def score_single_lines(scorer: "Scorer", forms: list[str], total: int) -> list[ScoredForm]:
+    """Forms seen once each among a window's `total` lines (a compacted tail's sampled forms, or a
+    form the window's summary does not hold), scored and judged as single lines: never established."""
+    if not forms:
+        return []
+    scores = scorer.score_masked(forms)
+    verdicts = judge(forms, scores, [1] * len(forms), scorer.threshold, scorer.sourced_labels_for(forms),
+                     total=total)
+    return [ScoredForm(f, 1, s, flag, why) for f, s, (flag, why) in zip(forms, scores, verdicts)]
 
 
 def summary_tally(summary, forms: list[ScoredForm]) -> tuple[int, int]:
@@ -198,5 +220,12 @@ def score_summary(scorer: "Scorer", summary) -> tuple[int, int]:
     return summary_tally(summary, score_summary_forms(scorer, summary))
 
 
-__all__ = ["ArtifactError", "ScoredForm", "ScoredLine", "Scorer", "score_summary", "score_summary_forms",
-           "summary_tally", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]
+def forms_by_reason(forms: list[ScoredForm]) -> dict:
+    """Lines per verdict reason of a window's scored forms: {"flagged_by": {...}, "normal_by": {...}}."""
+    from ops.validate.verdict import reason_counts
+
+    return reason_counts([(f.anomaly, f.reason) for f in forms], [f.lines for f in forms])
+
+
+__all__ = ["ArtifactError", "ScoredForm", "ScoredLine", "Scorer", "forms_by_reason", "model_threshold", "score_summary",
+           "score_summary_forms", "summary_tally", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K"]

@@ -16,12 +16,13 @@ from dagster import (
 from pydantic import Field
 
 from ops.fetch.push import fold_counts
-from ops.mask.data_stage import summarize_windows
+from ops.mask.data_stage import OVERFLOW_BATCH, summarize_windows
 from ops.mask.masking import load_rules
 from ops.mask.summary import write_summaries
 from ops.windows import Windows
 from orchestration import contract
 from orchestration.k8s import backfill_policy, data_step_k8s_config
+from orchestration.loop_settings import loop_settings
 from orchestration.partitions import batch_partitions, time_partitions
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
@@ -61,7 +62,8 @@ def partition_summaries(
     store: Store,
     artifacts: ArtifactStorage,
 ) -> MaterializeResult:
-    """Fetch each time window's logs, mask them and summarise them per batch.
+    """Fetch each time window's logs, join the lines of multiline events (loop settings `multiline`),
+    mask them and summarise them per batch.
 
     A window already summarised is not read again (unless `force`). Each window's
     summary goes to artifact storage as Parquet; its line counts per batch go to the store.
@@ -72,16 +74,22 @@ def partition_summaries(
     if skipped:
         context.log.info(f"{len(skipped)} window(s) already summarised, not read again: {skipped[:5]}")
     windows = Windows([window_ms(k) for k in todo])
-    shards = log_source.shards(windows) if todo else []
+    multiline = loop_settings().multiline.rules()
+    # joining a stack trace's lines needs each stream's records in order within a shard
+    shards = (log_source.ordered_shards(windows) if multiline["parsers"] else log_source.shards(windows)) if todo else []
     workers = max(1, min(config.workers or os.cpu_count() or 1, len(shards)))
     context.log.info(f"reading {len(todo)} window(s) from {log_source.describe()}: {len(shards)} shard(s), {workers} worker(s)")
 
     def progress(done: int, total: int, lines: int) -> None:
         context.log.info(f"shard {done}/{total} done, {lines} lines so far")
 
+    # one call for the known batches, rather than one per batch found
+    known = frozenset(context.instance.get_dynamic_partitions(batch_partitions.name))
+    max_new = loop_settings().max_new_batches_per_window
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
-        result = summarize_windows(shards, windows, load_rules(), pool=pool, cap=config.cap, progress=progress)
+        result = summarize_windows(shards, windows, load_rules(), pool=pool, cap=config.cap, progress=progress,
+                                   multiline=multiline, known_batches=known, max_new_batches=max_new)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -94,31 +102,61 @@ def partition_summaries(
         counts = fold_counts({b: s.total for b, s in window.summaries.items()})  # pushed validation pools count in their batch
         store.record_sample_counts(key, start, end, counts)
         batches.update(counts)
-        rows.append({"window": key, "lines": window.lines, "counts": counts,
-                     "distinct": {b: len(s.counts) for b, s in window.summaries.items()}})
+        rows.append((key, window.lines, counts, {b: len(s.counts) for b, s in window.summaries.items()}))
 
-    new = [b for b in sorted(batches) if not context.instance.has_dynamic_partition(batch_partitions.name, b)]
+    new = sorted(batches - known)
     if new:
         context.instance.add_dynamic_partitions(batch_partitions.name, new)
+    overflow = None
+    if result.overflow.records:
+        fields = ", ".join(getattr(log_source, "batch_fields", None) or []) or "(the source's batch filters)"
+        overflow = {"records": result.overflow.records, "batch": OVERFLOW_BATCH, "max_new_batches_per_window": max_new,
+                    "batch_fields": fields, "example_batches": result.overflow.examples}
+        context.log.warning(
+            f"{result.overflow.records} record(s) of new batches past the cap of {max_new} new batches per window "
+            f"were summarised under batch {OVERFLOW_BATCH}: the batch field(s) {fields} hold too many distinct "
+            f"values (e.g. {', '.join(map(repr, result.overflow.examples[:3]))}); choose other batch_fields, or "
+            "raise max_new_batches_per_window in the loop settings")
     from ops.plots import tidy_metadata
 
+    # Each window's own partition records its own figures; what only the run as a whole knows (its
+    # throughput, the bad records, which cannot always be placed in a window) is named run_*.
+    first_seen = set()
+    for key, lines, counts, distinct in rows:  # a new batch is named in the first window that holds it
+        arrived = [b for b in new if b in counts and b not in first_seen]
+        first_seen.update(arrived)
+        context.add_asset_metadata(window_metadata(key, read=True, lines=lines, counts=counts, distinct=distinct,
+                                                   new=arrived), partition_key=key)
+    for key in skipped:
+        context.add_asset_metadata(window_metadata(key, read=False), partition_key=key)
     return MaterializeResult(
         metadata=tidy_metadata({
             "source": log_source.describe(),
-            "windows_read": len(todo),
-            "windows_skipped": len(skipped),
-            **({"first_window": MetadataValue.timestamp(min(s for s, _ in windows.bounds) / 1000),
-                "last_window_end": MetadataValue.timestamp(max(e for _, e in windows.bounds) / 1000)} if todo else {}),
-            "shards": result.shards,
-            "lines": result.lines,
-            "lines_per_s": result.lines / result.seconds if result.seconds else None,
-            "seconds": result.seconds,
-            "peak_worker_rss_mb": result.peak_worker_rss_mb,
-            "bad_records": result.bad.total,
-            "bad_by_reason": MetadataValue.json(dict(result.bad.counts)),
-            "bad_examples": MetadataValue.json(result.bad.examples),
-            "batches": MetadataValue.json(sorted(batches)),
-            "new_batches": MetadataValue.json(new),
-            "windows": MetadataValue.json(rows[:200]),
+            "run_windows_read": len(todo),
+            "run_windows_skipped": len(skipped),
+            "run_shards": result.shards,
+            "multiline_parsers": ", ".join(multiline["parsers"]) or "off",
+            "run_lines": result.lines,
+            "run_lines_per_s": result.lines / result.seconds if result.seconds else None,
+            "run_seconds": result.seconds,
+            "run_peak_worker_rss_mb": result.peak_worker_rss_mb,
+            "run_bad_records": result.bad.total,
+            **({"run_bad_by_reason": MetadataValue.json(dict(result.bad.counts)),
+                "run_bad_examples": MetadataValue.json(result.bad.examples)} if result.bad.total else {}),
+            **({"run_batch_overflow": MetadataValue.json(overflow)} if overflow else {}),
         })
     )
+
+
+def window_metadata(key: str, read: bool, lines: int = 0, counts: dict | None = None, distinct: dict | None = None,
+                    new: list | None = None) -> dict:
+    """One window's partition metadata: its bounds, whether this run read it, and its lines by batch."""
+    start, end = window_ms(key)
+    meta = {"window_start": MetadataValue.timestamp(start / 1000), "window_end": MetadataValue.timestamp(end / 1000),
+            "read": "read in this run" if read else "summarised before, not read again"}
+    if read:
+        meta.update({"lines": lines, "batch_lines": MetadataValue.json(counts or {}),
+                     "distinct_forms": MetadataValue.json(distinct or {})})
+        if new:
+            meta["new_batches"] = MetadataValue.json(new)
+    return meta

@@ -21,6 +21,7 @@ from orchestration import contract
 from orchestration.contract import FINETUNE, CandidateRef, ModelRef
 from orchestration.k8s import train_step_k8s_config
 from orchestration.partitions import batch_partitions
+from orchestration.loop_settings import loop_settings
 from orchestration.upstream import upstream_sample
 from resources.artifacts import ArtifactStorage
 from orchestration.assets.sample import training_sample
@@ -116,6 +117,7 @@ def nulog_model(
             meta={**ModelRef.of_candidate(candidate).to_meta(),
                   "feedback": labels, "feedback_model": train_classifier(labels) if labels else None},
             train_config=cfg,
+            multiline_rules=loop_settings().multiline.rules(),  # how the data stage joined lines into events
         )
     from ops.plots import loss_curve_png, markdown_image, round_sig, sparkline, tidy_metadata
 

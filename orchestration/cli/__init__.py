@@ -10,4 +10,5 @@
     push.py       push, samples count|results, serve-ingest
     retention.py  cleanup
     nats.py       nats setup|status|flush
+    config.py     config (the effective settings)
 """

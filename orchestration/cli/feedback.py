@@ -18,7 +18,7 @@ import os
 import sys
 
 from ops.fetch.records import not_utf8
-from orchestration.cli.common import CliError, human_time, print_table
+from orchestration.cli.common import CliError, batch_arg, did_you_mean, human_time, print_table
 
 DESCRIPTION = (
     "Label log lines of a batch as normal or anomalous. Each line is masked with the masking rules "
@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
                        description=DESCRIPTION)
     p.add_argument("line", nargs="?", metavar="LINE",
                    help="the log line to label, or the word 'list' to list the current labels")
-    p.add_argument("--batch", help="the batch the lines belong to (with 'list': only this batch)")
+    p.add_argument("--batch", type=batch_arg, help="the batch the lines belong to (with 'list': only this batch)")
     p.add_argument("--normal", action="store_true", help="the lines are normal")
     p.add_argument("--anomaly", action="store_true", help="the lines are anomalies")
     p.add_argument("-f", "--file", metavar="FILE", help="label every non-blank line of FILE ('-': standard input)")
@@ -104,9 +104,10 @@ def _label(args) -> int:
     lines = _lines_of_argument(args.line) if args.file is None else _lines_of_file(args.file)
 
     store = resource("store")
-    if batch not in {s.batch for s in store.batch_statuses()}:
-        raise CliError(f"no batch {batch!r} in the store (a batch exists once it has sample counts, a model or "
-                       "tasks; 'logloop models list' and 'logloop tasks list' show batches)")
+    known = [s.batch for s in store.batch_statuses()]
+    if batch not in known:
+        raise CliError(f"no batch {batch!r} in the store{did_you_mean(batch, known)} (a batch exists once it has "
+                       "sample counts, a model or tasks; 'logloop models list' and 'logloop tasks list' show batches)")
     masker, version = _masker(store, resource("artifacts"), batch)
 
     forms: dict[str, str] = {}  # stored form -> the first raw line of it

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 
-from orchestration.cli.common import CliError, human_number, human_time, one_line, open_store, print_grouped_table, print_table, run_user_command
+from orchestration.cli.common import batch_arg, CliError, human_number, human_time, one_line, open_store, print_grouped_table, print_table, run_user_command
 
 DIFF_TOKENS_SHOWN = 20  # tokens listed per side in the text diff (--json lists them all)
 
@@ -31,12 +31,12 @@ def add_parser(sub) -> None:
                     "fine-tuning and the gate's champion use), who changed it and why, and how two versions differ.",
     ).add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="list registered models with lineage; PROD marks production")
-    p.add_argument("--batch", help="only this batch")
+    p.add_argument("--batch", type=batch_arg, help="only this batch")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.set_defaults(func=cmd_list)
 
     p = models.add_parser("show", help="show one model (the batch's production model by default)")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("version", nargs="?", type=int)
     p.add_argument("--json", action="store_true", help="print the registry row as JSON (exact values)")
     p.set_defaults(func=cmd_show)
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
                           description="Make VERSION the batch's production model and pin it there: newer versions "
                           "then register without replacing it (unless LOGLOOP_PROMOTE_NEW_VERSIONS is true). "
                           "Scoring, fine-tuning and the gate's champion use it from the next run on.")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("version", type=int)
     p.add_argument("--reason", default="", help="why (recorded in the history)")
     p.set_defaults(func=cmd_promote)
@@ -53,17 +53,17 @@ def add_parser(sub) -> None:
     p = models.add_parser("rollback", help="pin production back to the previous production version",
                           description="Go back to the version that was production before the current one, and pin "
                           "it. Repeated rollbacks walk further back through the history.")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("--reason", default="", help="why (recorded in the history)")
     p.set_defaults(func=cmd_rollback)
 
     p = models.add_parser("follow", help="unpin: production follows the batch's latest version again")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("--reason", default="", help="why (recorded in the history)")
     p.set_defaults(func=cmd_follow)
 
     p = models.add_parser("history", help="every change of the batch's production model: who, when, why")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (oldest first)")
     p.set_defaults(func=cmd_history)
 
@@ -72,7 +72,7 @@ def add_parser(sub) -> None:
                           "flagged share, template count, ...), the vocabulary tokens V2 added and removed, and "
                           "the masking rules. Templates are compared by each version's template_count metric "
                           "(the templates of its own validation lines, counted at the gate).")
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_arg)
     p.add_argument("v1", type=int, metavar="V1")
     p.add_argument("v2", type=int, metavar="V2")
     p.add_argument("--json", action="store_true", help="print the comparison as one JSON object (exact values)")
@@ -116,7 +116,8 @@ def cmd_list(args) -> int:
                           for m in models], indent=2))
         return 0
     if not models:
-        print("no models registered" + (f" for batch {args.batch!r}" if args.batch else ""))
+        print("no models registered" + (f" for batch {args.batch!r}{_did_you_mean(store, args.batch)}"
+                                        if args.batch else ""))
         return 0
     groups = []
     for batch, versions in by_batch.items():  # a batch's artifacts share its folder: named once, above
@@ -144,7 +145,8 @@ def cmd_show(args) -> int:
     model = production if args.version is None else store.get_model(args.batch, args.version)
     if model is None:
         what = f"version {args.version} of batch {args.batch!r}" if args.version is not None else f"batch {args.batch!r}"
-        print(f"error: no model registered for {what}", file=sys.stderr)
+        hint = _did_you_mean(store, args.batch) if args.version is None or not store.list_models(args.batch) else ""
+        print(f"error: no model registered for {what}{hint}", file=sys.stderr)
         return 1
     is_production = production is not None and model.version == production.version
     if args.json:
@@ -183,6 +185,13 @@ def _metric_order(metrics: dict) -> list[str]:
 # -- production: promote, rollback, follow, history ---------------------------------------------------
 
 
+def _did_you_mean(store, batch: str) -> str:
+    """'; did you mean ...?' naming the known batch closest to one without models (or '')."""
+    from orchestration.cli.common import did_you_mean
+
+    return did_you_mean(batch, {m.batch for m in store.list_models()})
+
+
 def _source() -> str:
     from orchestration.cli.feedback import _source as source
 
@@ -192,7 +201,8 @@ def _source() -> str:
 def _known(store, batch: str) -> list:
     models = store.list_models(batch)
     if not models:
-        raise CliError(f"no model registered for batch {batch!r} ('logloop models list' shows the batches)")
+        raise CliError(f"no model registered for batch {batch!r}{_did_you_mean(store, batch)}"
+                       " ('logloop models list' shows the batches)")
     return models
 
 
@@ -278,7 +288,7 @@ def cmd_history(args) -> int:
         store = open_store()
         events = store.production_events(args.batch)
         if not events and not store.list_models(args.batch):
-            raise CliError(f"no model registered for batch {args.batch!r}")
+            raise CliError(f"no model registered for batch {args.batch!r}{_did_you_mean(store, args.batch)}")
         if args.json:
             print(json.dumps([e.to_dict() for e in events], indent=2, ensure_ascii=False))
             return 0
@@ -310,6 +320,8 @@ def _read(batch: str, version: int):
 
 def model_diff(batch: str, v1: int, v2: int) -> dict:
     """The comparison `models diff` prints: exact values, JSON-ready."""
+    if v1 == v2:
+        raise CliError(f"V1 and V2 are both version {v1}: name two different versions of batch {batch!r}")
     store = open_store()
     models = {m.version: m for m in _known(store, batch)}
     for v in (v1, v2):

@@ -1,24 +1,22 @@
 """`logloop push`, `logloop samples count` and `logloop serve-ingest`: CML's front door.
 
-    logloop push --batch B [-f FILE | -] [--format text|json] [--validation-share 0.2] [--seed N] [--json]
+    logloop push --batch B [-f FILE | -] [--key K] [--format text|json] [--validation-share 0.2] [--seed N] [--json]
     logloop samples count --batch B [--since T] [--json]
     logloop serve-ingest [--host 127.0.0.1] [--port 8765]
 
 Samples go to the configured store's database (resources/samples.py). `push` exits 0 when
 every line was registered, 1 when some lines were bad (the good ones are registered; the bad
-ones are counted by reason), 2 when the store failed. `serve-ingest` listens on loopback only:
-POST /push?batch=B[&format=json][&seed=N] with the lines as the body answers push's JSON;
-GET /count?batch=B[&since_ns=T] answers {"batch", "count"}.
+ones are counted by reason), 2 when the store failed (the message says how many samples were
+registered before it; with --key, the same command again registers only the rest).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
-from orchestration.cli.common import CliError, human_time, print_table
+from orchestration.cli.common import batch_arg, CliError, human_time, print_table
 
 FORMATS = ("text", "json")
 
@@ -34,7 +32,15 @@ def _share(text: str) -> float:
 
 
 def default_share() -> str:
-    return os.environ.get("LOGLOOP_VALIDATION_SHARE", "").strip() or "0.2"
+    from orchestration.config import settings
+
+    return str(settings().validation_share)
+
+
+def _message_field() -> str:
+    from orchestration.config import settings
+
+    return settings().message_field
 
 
 def add_parser(sub) -> None:
@@ -44,9 +50,10 @@ def add_parser(sub) -> None:
                     "--message-field) from FILE or standard input and register them as samples of batch B in the "
                     "store. Each sample gets a unique nanosecond timestamp (its receive time, +1 ns per sample) and a "
                     "train/validation flag drawn at registration. Bad lines (blank, not UTF-8, over 16,384 bytes, bad "
-                    "JSON) are counted by reason and not registered. Exit status: 0 all registered, 1 some lines bad "
+                    "JSON) are counted by reason and not registered. The pipeline trains on pushed samples only with "
+                    "LOGLOOP_LOG_SOURCE=samples. Exit status: 0 all registered, 1 some lines bad "
                     "(or an invalid batch name), 2 the store failed. --json prints {\"registered\": N, \"bad\": M, ...}.")
-    p.add_argument("--batch", required=True, help="the batch the samples belong to")
+    p.add_argument("--batch", type=batch_arg, required=True, help="the batch the samples belong to")
     p.add_argument("-f", "--file", dest="file", help="read this file (default: standard input)")
     p.add_argument("source", nargs="?", metavar="-", help="'-' reads standard input (the default)")
     p.add_argument("--format", choices=FORMATS, default="text", help="text (default) or json (JSON Lines)")
@@ -56,6 +63,11 @@ def add_parser(sub) -> None:
                    help="share of samples flagged validation (default: LOGLOOP_VALIDATION_SHARE or 0.2, CML's 80/20)")
     p.add_argument("--seed", type=int, help="seed of the train/validation draw (repeatable pushes, tests)")
     p.add_argument("--chunk", type=int, default=20_000, help="samples per store write (default 20,000)")
+    p.add_argument("--key", help="a key of this push (1 to 200 printable characters): run again with the same key, "
+                                 "input and --chunk after a failure, the push registers only the chunks not yet "
+                                 "registered")
+    p.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
+                   help="report progress on standard error every SECONDS (default 10; 0: never)")
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     p.set_defaults(func=cmd_push)
 
@@ -63,7 +75,7 @@ def add_parser(sub) -> None:
     p = samples.add_parser("count", help="count the stored samples of a batch",
                            description="Count the samples stored for batch B (since T). With --json: "
                                        "{\"batch\": B, \"count\": N}.")
-    p.add_argument("--batch", required=True)
+    p.add_argument("--batch", type=batch_arg, required=True)
     p.add_argument("--since", help="only samples received after this: a duration back from now (90m, 24h, 7d) "
                                    "or a UTC time (2026-11-23T07:00Z)")
     p.add_argument("--json", action="store_true")
@@ -74,15 +86,17 @@ def add_parser(sub) -> None:
                                        "lines (1 per line from 'score --record'; a window's lines of the form from "
                                        "anomaly_scores), model version, masked form. With --json: a list of {ts_ns, "
                                        "score, anomaly, masked, lines, model_version}.")
-    p.add_argument("--batch", required=True)
+    p.add_argument("--batch", type=batch_arg, required=True)
     p.add_argument("--since", help="only results after this: a duration back from now (90m, 24h) or a UTC time")
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1,000)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_samples_results)
 
     p = sub.add_parser("serve-ingest", help="accept pushed samples over HTTP on loopback",
-                       description="Serve POST /push?batch=B[&format=json][&seed=N] (the body: log lines) and "
-                                   "GET /count?batch=B on a loopback address until interrupted.")
+                       description="Serve POST /push?batch=B[&format=json][&seed=N][&key=K] (the body: log lines; "
+                                   "an Idempotency-Key header as --key) and GET /count?batch=B on a loopback address "
+                                   "until interrupted. A body is registered only once it has arrived whole; limits "
+                                   "(connections, timeouts, body size) are the ingest: settings of config/loop.yaml.")
     p.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=cmd_serve_ingest)
@@ -95,6 +109,13 @@ def _table_for_store():
     return samples_for_store(resource("store"))
 
 
+def _multiline() -> dict:
+    """The loop settings' multiline rules: a stack trace pushed at once is one sample."""
+    from orchestration.loop_settings import load_loop_settings
+
+    return load_loop_settings().multiline.rules()
+
+
 def _check_batch(batch: str) -> None:
     from ops.naming import InvalidName, validate_batch_name
 
@@ -104,8 +125,31 @@ def _check_batch(batch: str) -> None:
         raise CliError(str(exc)) from None
 
 
+def _so_far(stats, batch: str, key) -> str:
+    done = f"{stats.registered:,} sample(s) of batch {batch!r} were registered before it"
+    if stats.already:
+        done += f" ({stats.already:,} more were there from an earlier push with this key)"
+    if key:
+        return done + f"; the same command again (--key {key}) registers only the rest"
+    return done + "; a rerun would register them again: push with --key K to make a rerun register only the rest"
+def samples_source_note() -> str | None:
+    """Pushed samples feed training only when they are the log source: a note saying so when they are not."""
+    from orchestration.resources import build_resources
+    from resources.samples_source import SamplesLogSource
+
+    source = build_resources()["log_source"]
+    if isinstance(source, SamplesLogSource):
+        return None
+    return (f"note: the pipeline reads pushed samples only with LOGLOOP_LOG_SOURCE=samples; it now reads "
+            f"{source.describe()} (set the variable where the code location runs)")
+
+
 def cmd_push(args) -> int:
+    from ops.fetch.push import PushStats
     from resources.samples import push
+    from resources.store import StoreError
+
+    stats = PushStats()
 
     def run() -> int:
         _check_batch(args.batch)
@@ -115,8 +159,10 @@ def cmd_push(args) -> int:
             raise CliError(f"unexpected argument {args.source!r}: read a file with -f FILE")
         if args.chunk <= 0:
             raise CliError("--chunk must be positive")
+        if args.progress < 0:
+            raise CliError("--progress must be 0 or more seconds")
         share = _share(args.validation_share or default_share())
-        field = args.message_field or os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
+        field = args.message_field or _message_field()
         table = _table_for_store()
         if args.file:
             try:
@@ -128,9 +174,21 @@ def cmd_push(args) -> int:
             if sys.stdin is None:
                 raise CliError("cannot read standard input: it is closed")
             stream, name = sys.stdin.buffer, "stdin"
+        last_report = [time.monotonic()]
+
+        def progress(s) -> None:
+            now = time.monotonic()
+            if args.progress and now - last_report[0] >= args.progress:
+                last_report[0] = now
+                print(f"{s.lines:,} line(s) read: {s.registered:,} registered"
+                      + (f", {s.already:,} already registered" if s.already else "")
+                      + (f", {s.bad.total:,} bad" if s.bad.total else "") + f" ({s.seconds:.0f} s)",
+                      file=sys.stderr, flush=True)
+
         try:
-            stats = push(args.batch, stream, table, fmt=args.format, message_field=field, validation_share=share,
-                         seed=args.seed, chunk=args.chunk, source=name)
+            push(args.batch, stream, table, fmt=args.format, message_field=field, validation_share=share,
+                 seed=args.seed, chunk=args.chunk, source=name, multiline=_multiline(), key=args.key,
+                 on_chunk=progress, stats=stats)
         finally:
             if args.file:
                 stream.close()
@@ -140,9 +198,14 @@ def cmd_push(args) -> int:
         else:
             print(f"registered {stats.registered:,} sample(s) of batch {args.batch!r} "
                   f"({out['train']:,} train, {out['validation']:,} validation) in {stats.seconds:.2f} s"
+                  + (f"; {stats.already:,} were already registered by an earlier push with this key" if stats.already else "")
                   + (f"; {stats.sanitised:,} with control characters replaced" if stats.sanitised else ""))
         if stats.lines == 0:
             print(f"warning: {name} held no lines; nothing registered", file=sys.stderr)
+        elif stats.registered:
+            note = samples_source_note()
+            if note:
+                print(note, file=sys.stderr)
         if stats.bad.total:
             reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(stats.bad.counts.items()))
             for example in stats.bad.examples[:5]:
@@ -156,6 +219,12 @@ def cmd_push(args) -> int:
     except (CliError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except StoreError as e:
+        print(f"error: {e}; {_so_far(stats, args.batch, args.key)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; {_so_far(stats, args.batch, args.key)}", file=sys.stderr)
+        return 130
 
 
 def cmd_samples_count(args) -> int:
@@ -179,9 +248,10 @@ def cmd_samples_count(args) -> int:
     return 0
 
 
-def record_scores(batch: str, scored, model_version: int) -> None:
-    """`logloop score --record`: one row per scored line in the store."""
-    _table_for_store().record_results(batch, [(s.score, s.anomaly, s.masked) for s in scored], model_version)
+def record_scores(batch: str, scored, model_version: int, threshold: float | None = None) -> None:
+    """`logloop score --record`: one row per scored line in the store, with its verdict's reason."""
+    _table_for_store().record_results(batch, [(s.score, s.anomaly, s.masked, 1, s.reason) for s in scored],
+                                      model_version, threshold=threshold)
 
 
 def cmd_samples_results(args) -> int:
@@ -208,43 +278,30 @@ def cmd_samples_results(args) -> int:
     def when(ns):
         return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
 
-    print_table([["TIME", "WINDOW", "SCORE", "VERDICT", "LINES", "MODEL", "MASKED"]]
+    from ops.validate.verdict import describe
+
+    def why(r) -> str:  # rows recorded before verdicts said why have no reason
+        if not r.get("reason"):
+            return "-"
+        return describe(r["reason"], r["anomaly"], r["threshold"]) if r.get("threshold") is not None else r["reason"]
+
+    print_table([["TIME", "WINDOW", "SCORE", "VERDICT", "REASON", "LINES", "MODEL", "MASKED"]]
            + [[when(r["ts_ns"]), human_time(r.get("window_start_ms")), f"{r['score']:.3f}",
-               "ANOMALY" if r["anomaly"] else "normal", f"{r['lines']:,}", f"v{r['model_version']}", r["masked"]]
+               "ANOMALY" if r["anomaly"] else "normal", why(r), f"{r['lines']:,}", f"v{r['model_version']}", r["masked"]]
               for r in rows],
-           nowrap=("TIME", "WINDOW", "SCORE", "VERDICT", "LINES", "MODEL"))
+           nowrap=("TIME", "WINDOW", "SCORE", "VERDICT", "REASON", "LINES", "MODEL"))
     return 0
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------
 
 
-class _Body:
-    """The request body as a binary stream that stops at Content-Length."""
-
-    def __init__(self, rfile, length: int):
-        self._rfile, self._left = rfile, length
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._rfile.read(n)
-        self._left -= len(data)
-        if not data:
-            self._left = 0
-        return data
-
-
-def make_server(host: str, port: int, table=None):
-    """A ThreadingHTTPServer for POST /push and GET /count (not started)."""
+def make_server(host: str, port: int, table=None, limits=None):
+    """An IngestServer (orchestration/cli/ingest_http.py) for POST /push and GET /count, bound, not started."""
     import ipaddress
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs, urlsplit
 
-    from ops.naming import InvalidName
-    from resources.samples import push
-    from resources.store import StoreError
+    from orchestration.cli.ingest_http import IngestServer, ingest_app
+    from orchestration.loop_settings import loop_settings
 
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -253,65 +310,10 @@ def make_server(host: str, port: int, table=None):
     if not loopback:
         raise CliError(f"--host {host!r} is not a loopback address: serve-ingest listens on this machine only")
     table = table or _table_for_store()
-    share = _share(default_share())
-    field = os.environ.get("LOGLOOP_MESSAGE_FIELD", "log")
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _query(self):
-            url = urlsplit(self.path)
-            return url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}
-
-        def do_GET(self):
-            path, q = self._query()
-            if path != "/count":
-                return self._send(404, {"error": "not found: GET /count?batch=B"})
-            try:
-                since = int(q["since_ns"]) if "since_ns" in q else None
-                self._send(200, {"batch": q.get("batch"), "count": table.count(q["batch"], since_ns=since)})
-            except KeyError:
-                self._send(400, {"error": "batch is missing"})
-            except ValueError as exc:
-                self._send(400, {"error": str(exc)})
-            except StoreError as exc:
-                self._send(503, {"error": str(exc)})
-
-        def do_POST(self):
-            path, q = self._query()
-            if path != "/push":
-                return self._send(404, {"error": "not found: POST /push?batch=B"})
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                return self._send(411, {"error": "Content-Length is required"})
-            body = _Body(self.rfile, length)
-            try:
-                batch = q.get("batch", "")
-                fmt = q.get("format", "text")
-                seed = int(q["seed"]) if "seed" in q else None
-                stats = push(batch, body, table, fmt=fmt, message_field=field, validation_share=share, seed=seed,
-                             source="request")
-                self._send(200, stats.to_dict(batch))
-            except (InvalidName, ValueError) as exc:
-                while body.read(1 << 20):  # drain, so the client reads our answer
-                    pass
-                self._send(400, {"error": str(exc)})
-            except StoreError as exc:
-                self._send(503, {"error": str(exc)})
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    limits = limits or loop_settings().ingest
+    app = ingest_app(table, validation_share=_share(default_share()),
+                     message_field=_message_field(), multiline=_multiline(), limits=limits)
+    return IngestServer(app, host, port, limits)
 
 
 def cmd_serve_ingest(args) -> int:
@@ -323,9 +325,9 @@ def cmd_serve_ingest(args) -> int:
     host, port = server.server_address[:2]
     print(f"serving POST http://{host}:{port}/push?batch=B and GET /count?batch=B (Ctrl-C stops)", file=sys.stderr)
     try:
-        server.serve_forever()
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.sock.close()
     return 0

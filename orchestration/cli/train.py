@@ -6,7 +6,7 @@
     logloop train local -f spec.yaml                 # in this process, like `odahuflowctl local train run`
     logloop train request '<opni json>' [--batch B] [--local] [--wait]
 
-The webserver's URL comes from LOGLOOP_DAGSTER_URL (default http://localhost:3000).
+The webserver's URL comes from LOGLOOP_DAGSTER_URL (default http://localhost:3000); errors that need it name it.
 """
 
 from __future__ import annotations
@@ -18,11 +18,20 @@ import time
 from dataclasses import asdict
 from urllib.parse import urlparse
 
+from typing import TYPE_CHECKING
+
+from orchestration.cli.common import batch_arg
 from orchestration.contract import PARTITION_TAG
-from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, load_spec_file, run_config, run_tags
+
+if TYPE_CHECKING:
+    from orchestration.training_spec import TrainingSpec
+
+# orchestration.training_spec (pydantic, yaml) is imported by the commands that read a spec, so
+# that the rest of the CLI, `--help` included, starts without it.
 
 JOB = "train_model"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+DEFAULT_DAGSTER_URL = "http://localhost:3000"  # LOGLOOP_DAGSTER_URL unset
 
 
 def open_store():
@@ -50,7 +59,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_local)
     p = verbs.add_parser("request", help="launch a training from Opni's request payload")
     p.add_argument("payload", help='{"model_to_train": "nulog", "time_intervals": [{"start_ts": ns, "end_ts": ns}]}')
-    p.add_argument("--batch", default="default")
+    p.add_argument("--batch", type=batch_arg, default="default")
     p.add_argument("--id", help="training id (default: opni-<time>)")
     p.add_argument("--local", action="store_true", help="run in this process instead of on the webserver")
     p.add_argument("--wait", action="store_true")
@@ -67,6 +76,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_validate(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -76,10 +87,22 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def dagster_url() -> str:
+    """The Dagster webserver's URL (LOGLOOP_DAGSTER_URL)."""
+    from orchestration.config import settings
+
+    return settings().dagster_url or DEFAULT_DAGSTER_URL
+
+
+def webserver(url: str) -> str:
+    """The webserver as errors name it: its URL and the variable that sets it."""
+    return f"the Dagster webserver at {url} (LOGLOOP_DAGSTER_URL)"
+
+
 def graphql_client():
     from dagster_graphql import DagsterGraphQLClient
 
-    url = urlparse(os.environ.get("LOGLOOP_DAGSTER_URL", "http://localhost:3000"))
+    url = urlparse(dagster_url())
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ValueError(f"LOGLOOP_DAGSTER_URL {url.geturl()!r} must be an http(s) URL")
     return DagsterGraphQLClient(url.hostname, port_number=url.port, use_https=url.scheme == "https",
@@ -158,15 +181,18 @@ def run_event_lines(client, run_id: str, cursor: str | None) -> tuple[list[str],
 def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     from dagster_graphql import DagsterGraphQLClientError
 
-    url = os.environ.get("LOGLOOP_DAGSTER_URL", "http://localhost:3000")
+    from orchestration.training_spec import run_config, run_tags
+
+    url = dagster_url()
     why = reachable(url)
     if why is not None:
-        return _fail(f"training {spec.id}: cannot reach the Dagster webserver at {url}: {why}")
+        return _fail(f"training {spec.id}: cannot reach {webserver(url)}: {why}; start it with `make dev`, or set "
+                     "LOGLOOP_DAGSTER_URL to where it runs")
     try:
         client = graphql_client()
         [info] = client._get_repo_locations_and_names_with_pipeline(JOB)[:1] or [None]
         if info is None:
-            return _fail(f"the webserver has no job {JOB!r}; is the logloop code location loaded?")
+            return _fail(f"{webserver(url)} has no job {JOB!r}; is the logloop code location loaded there?")
         selector = {"repositoryLocationName": info.repository_location_name, "repositoryName": info.repository_name}
         added = client._execute(ADD_PARTITION, {"selector": selector, "name": "batches", "key": spec.batch})
         kind = added["addDynamicPartition"]["__typename"]
@@ -179,11 +205,12 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
             JOB, repository_location_name=info.repository_location_name, repository_name=info.repository_name,
             run_config=run_config(spec), tags=run_tags(spec),
         )
-    except (DagsterGraphQLClientError, ValueError) as exc:
+    except ValueError as exc:
         return _fail(f"training {spec.id}: {exc}")
+    except DagsterGraphQLClientError as exc:
+        return _fail(f"training {spec.id}: {webserver(url)}: {exc}")
     except Exception as exc:  # connection refused and friends come from requests/gql
-        return _fail(f"training {spec.id}: cannot reach the Dagster webserver at "
-                     f"{os.environ.get('LOGLOOP_DAGSTER_URL', 'http://localhost:3000')}: {type(exc).__name__}: {exc}")
+        return _fail(f"training {spec.id}: cannot reach {webserver(url)}: {type(exc).__name__}: {exc}")
     print(f"training {spec.id}: run {run_id} launched")
     if not wait:
         return 0
@@ -191,7 +218,12 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     # from its event log over GraphQL with a cursor, as they come.
     last, cursor, events_ok = None, None, True
     while True:
-        status = client.get_run_status(run_id).value
+        try:
+            status = client.get_run_status(run_id).value
+        except Exception as exc:  # the webserver went away while following: the run itself may go on
+            return _fail(f"training {spec.id}: lost {webserver(url)} while following run {run_id} "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); 'logloop train get {spec.id}' "
+                         "shows its state")
         if status != last and status not in FINISHED:  # a final status is printed after the run's last lines
             print(f"training {spec.id}: {status}", flush=True)
         last = status
@@ -212,6 +244,8 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
 
 
 def cmd_create(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -228,6 +262,7 @@ def run_local(spec: TrainingSpec) -> int:
     from orchestration.checks import nulog_model_quality
     from orchestration.resources import build_resources
     from orchestration.tasks import fail_task, schedule_task
+    from orchestration.training_spec import run_config, run_tags
 
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     if not instance.has_dynamic_partition("batches", spec.batch):
@@ -251,6 +286,8 @@ def run_local(spec: TrainingSpec) -> int:
 
 
 def cmd_local(args) -> int:
+    from orchestration.training_spec import SpecError, load_spec_file
+
     try:
         spec = load_spec_file(args.file)
     except SpecError as exc:
@@ -259,6 +296,8 @@ def cmd_local(args) -> int:
 
 
 def cmd_request(args) -> int:
+    from orchestration.training_spec import SpecError, from_opni_request
+
     try:
         payload = json.loads(args.payload)
     except RecursionError:
@@ -292,11 +331,12 @@ def cmd_get(args) -> int:
     if not rows:
         print("no trainings")
         return 0
-    from orchestration.cli.common import print_table
+    from orchestration.cli.common import batch_arg, print_table
 
     cells = [("ID", "BATCH", "STATE", "MODE", "RUN", "ARTIFACT")]
     for r in rows:
         art = r["artifacts"][0]["artifactName"] if r["artifacts"] else "-"
-        cells.append((r["task_id"], r["batch"], r["state"], r["mode"], r["run_id"] or "-", art))
+        run = "= ID" if r["run_id"] == r["task_id"] else r["run_id"] or "-"  # a training launched as a plain run
+        cells.append((r["task_id"], r["batch"], r["state"], r["mode"], run, art))
     print_table(cells, nowrap=("STATE", "MODE"), keep=("ID", "BATCH"))
     return 0

@@ -160,10 +160,10 @@ def test_materialized_chain_shows_plots_timestamps_and_no_nulls(env):
     assert isinstance(model["loss_trend"], MarkdownMetadataValue) and len(model["loss_trend"].value) < 1000
     for meta in (metas["training_sample"], model):
         assert isinstance(meta["window_start"], TimestampMetadataValue)
-        assert meta["window_start"].value * 1000 == meta["window_start_ms"].value  # the ms int stays for readers
+        assert "window_start_ms" not in meta and "window_end_ms" not in meta  # times once, as timestamps
         assert meta["window_end"].value > meta["window_start"].value
     assert "parent_version" not in metas["training_sample"]  # a scratch run has no parent: absent, not null
-    assert isinstance(metas["partition_summaries"]["first_window"], TimestampMetadataValue)
+    assert isinstance(metas["partition_summaries"]["window_start"], TimestampMetadataValue)
 
     hist = metas["check"]["score_histogram"]
     assert isinstance(hist, MarkdownMetadataValue)

@@ -215,3 +215,126 @@ def test_nothing_recent_says_so(home, capsys):
     assert logloop() == 0  # the counts are from 2026-11-20, more than 24 h ago
     assert capsys.readouterr().out.startswith("no anomaly counts for any batch in windows since ")
     assert logloop("--since", "30d") == 0 and "shop/web" in capsys.readouterr().out
+
+
+# ---- template-count anomalies ----------------------------------------------------------------------
+
+from ops.validate.template_counts import TemplateRule, judge_window  # noqa: E402
+
+TRULE = TemplateRule()  # 24 previous windows, at least 3; min_count 20, jump/drop factor 10, drop baseline 20
+
+
+def test_templates_new_jumping_and_dropping_against_the_mean_of_the_previous_windows():
+    history = [{"a": 40, "b": 100, "c": 3}, {"a": 60, "b": 100}, {"a": 50, "b": 100, "d": 30}]
+    now = {"a": 500, "b": 9, "c": 40, "e": 25, "f": 19, "d": 5}
+    shifts = judge_window("shop/web", (T0, T0 + HOUR), now, history, TRULE)
+    got = {s.template: (s.kind, s.count, round(s.baseline, 2)) for s in shifts}
+    assert got == {"a": ("jump", 500, 50.0),      # 10 x its mean
+                   "c": ("jump", 40, 1.0),        # a rare one, now 40 times as often
+                   "e": ("new", 25, 0.0),         # never seen, and enough of it
+                   "b": ("drop", 9, 100.0)}       # "f": new but under min_count; "d": mean 10, too rare to drop
+    assert [s.kind for s in shifts] == ["jump", "jump", "new", "drop"] and shifts[0].template == "c"  # 40x first
+    stopped = judge_window("shop/web", (T0, T0 + HOUR), {}, history, TRULE)
+    assert [(s.template, s.kind, s.count) for s in stopped] == [("a", "drop", 0), ("b", "drop", 0)]
+    assert judge_window("shop/web", (T0, T0 + HOUR), now, history[:2], TRULE) is None  # too little history
+    assert judge_window("shop/web", (T0, T0 + HOUR), {"a": 499, "b": 100}, history, TRULE) == []  # under 10 x 50
+
+
+def test_the_template_rule_is_configurable_in_the_loop_settings(tmp_path):
+    from orchestration.loop_settings import LoopSettingsError, load_loop_settings
+
+    path = tmp_path / "loop.yaml"
+    path.write_text("template_counts: {history_windows: 6, min_history_windows: 2, jump_factor: 5}\n")
+    rule = load_loop_settings(str(path)).template_counts.rule()
+    assert (rule.history_windows, rule.min_history_windows, rule.jump_factor, rule.min_count) == (6, 2, 5.0, 20)
+    path.write_text("template_counts: {history_windows: 2, min_history_windows: 3}\n")
+    with pytest.raises(LoopSettingsError, match="min_history_windows \\(3\\) is more than history_windows \\(2\\)"):
+        load_loop_settings(str(path))
+
+
+@pytest.fixture(scope="module")
+def incident(tmp_path_factory):
+    """The demo's incident: 4 hours of demo logs, and in the last one a normal message of the first batch
+    repeated 50x as often; the real partition_summaries asset (with its checks) materialized for each hour."""
+    from orchestration.assets.summaries import partition_summaries
+    from orchestration.template_checks import template_count_shift
+    from resources.artifacts import LocalArtifactStorage
+    from resources.log_source import LocalLogSource
+    from scripts import demo_logs
+
+    home = tmp_path_factory.mktemp("incident")
+    demo_logs.generate(home / "logs", start_ms=T0, hours=4, lines_per_hour=2000, seed=0, burst_hour=3)
+    store = SQLiteStore(path=str(home / "store.sqlite"))
+    resources = {"store": store, "artifacts": LocalArtifactStorage(root=str(home / "artifacts")),
+                 "log_source": LocalLogSource(path=str(home / "logs"),
+                                              batch_fields=["cluster_id", "kubernetes.namespace_name", "deployment"])}
+    evaluations = []
+    (home / "dh").mkdir()
+    with instance_for_test(temp_dir=str(home / "dh")) as instance:
+        for h in range(4):
+            result = materialize([partition_summaries, template_count_shift], partition_key=hour_key(T0 + h * HOUR),
+                                 instance=instance, resources=resources)
+            assert result.success
+            evaluations.extend(result.get_asset_check_evaluations())
+    from ops.mask.masking import Masker
+
+    masker, key = Masker(), demo_logs.burst_template()
+    burst_forms = {masker.mask(rec["log"]) for h, rec, k in demo_logs.iter_records(
+        start_ms=T0, hours=4, lines_per_hour=2000, seed=0, burst_hour=3) if h == 3 and k == key}
+    return home, evaluations, burst_forms
+
+
+def test_the_check_flags_the_message_that_repeats_50x_and_plots_it(incident):
+    from scripts import demo_logs
+
+    _, evaluations, _ = incident
+    assert [e.passed for e in evaluations] == [True, True, True, False]  # the first three: too little history
+    ev = evaluations[-1]
+    assert ev.asset_key == AssetKey("partition_summaries") and ev.check_name == "template_count_shift"
+    assert ev.severity == AssetCheckSeverity.WARN
+    shifts = ev.metadata["shifts"].data
+    batch = demo_logs.DEFAULT_BATCHES[0]
+    assert shifts and {s["batch"] for s in shifts} == {batch}
+    assert all(s["kind"] in ("jump", "new") and s["window"] == hour_key(T0 + 3 * HOUR) for s in shifts)
+    jumps = [s for s in shifts if s["kind"] == "jump"]
+    assert jumps and all(s["ratio"] >= 10 for s in jumps)
+    assert ev.description.startswith(f"template counts shifted in {hour_key(T0 + 3 * HOUR)}: ")
+    svgs = re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", ev.metadata["template_count_plot"].md_str)
+    svg = ET.fromstring(base64.b64decode(svgs[0]))
+    assert svg.tag.endswith("svg") and sum(1 for c in svg.iter() if c.get("fill") == "#d02020") == 1  # the burst bar
+
+
+def test_logloop_anomalies_templates_reports_the_incident(incident, monkeypatch, capsys):
+    home, _, burst = incident
+    for var in ("LOGLOOP_STORE_URL", "LOGLOOP_TDENGINE_URL", "LOGLOOP_LOOP_CONFIG", "LOGLOOP_ARTIFACTS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOGLOOP_HOME", str(home))
+    assert logloop("--templates", "--json", "--since", "2026-11-20") == 0
+    shifts = json.loads(capsys.readouterr().out)
+    assert shifts and all(s["window_start_ms"] == T0 + 3 * HOUR for s in shifts)
+    top = shifts[0]
+    assert top["kind"] == "jump" and top["ratio"] >= 10 and top["count"] >= 10 * top["baseline"]
+    assert top["template"] in burst
+    assert all(s["template"] in burst for s in shifts)  # nothing else of any batch shifted
+    assert logloop("--templates", "--since", "2026-11-20") == 0
+    out = capsys.readouterr().out
+    assert "jump:" in out and "rule: new:" in out
+    assert re.search(rf"\n{len(shifts)} template shift\(s\) in 3 judged batch-window\(s\) of 3 batch\(es\)", out)
+    assert logloop("--templates", "--since", "2026-11-20T03:00Z", "--batch", "demo/shop/payments") == 0
+    assert capsys.readouterr().out.startswith("no template count shift for batch 'demo/shop/payments'")
+    assert logloop("--templates", "--batch", "no/such", "--since", "2026-11-20") == 1
+    assert "unknown batch 'no/such'" in capsys.readouterr().err
+
+
+def test_the_template_check_runs_in_the_ingest_job_and_alerts_through_the_webhook():
+    from orchestration.alerts import CHECKS, TEMPLATE_CHECK, Failure, payload
+    from orchestration.definitions import defs
+
+    job = defs.resolve_job_def("ingest_logs")
+    assert "partition_summaries_template_count_shift" in {n.name for n in job.nodes}
+    assert TEMPLATE_CHECK in CHECKS
+    shift = {"batch": "shop/web", "template": "published event", "kind": "jump", "count": 500}
+    body = payload(Failure(7, TEMPLATE_CHECK, "run-1", "2026-11-20-03:00", "template counts shifted in ...", "WARN",
+                           {"shifts": [shift]}, 0.0))
+    assert body["kind"] == "template_shift" and body["shifts"] == [shift]
+    assert body["text"].startswith("logloop: template counts shifted: ")

@@ -95,6 +95,55 @@ def test_nan_metrics_fail_the_gate(env, monkeypatch):  # noqa: F811
     assert resources["store"].list_models(BATCH) == []
 
 
+def test_the_gate_calibrates_the_threshold_that_the_registered_model_scores_with(env):  # noqa: F811
+    from ops.register.artifact import read_artifact
+    from ops.sample.sampling import read_sample
+    from ops.validate.evaluate import score_lines
+    from ops.validate.scoring import Scorer
+    from ops.validate.verdict import judge
+
+    instance, resources = env
+    ingest(instance, resources, hours=1)
+    budget = 0.01
+    result = materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
+                         instance=instance, resources=resources, run_config=train_config(flag_budget=budget,
+                                                                                        max_anomaly_share=1.0))
+    assert result.success
+    [check] = result.get_asset_check_evaluations()
+    meta = {k: v.value for k, v in check.metadata.items()}
+    [model] = resources["store"].list_models(BATCH)
+    threshold = model.metrics["threshold"]
+    assert model.metrics["flag_budget"] == budget and model.metrics["threshold_calibrated"] is True
+    assert 0.0 <= threshold <= 1.0 and meta["threshold"] == pytest.approx(threshold, rel=1e-3)
+    # the gate's counts by reason, of every validation line
+    assert set(meta["flagged_by"]) | set(meta["normal_by"]) <= {"severity", "score", "established"}
+    assert sum(meta["flagged_by"].values()) + sum(meta["normal_by"].values()) == model.metrics["n_lines"]
+    # what the score alone flags of the validation split stays within the budget, at the stored threshold
+    artifacts = resources["artifacts"]
+    from orchestration.contract import sample_key
+
+    with artifacts.reading(sample_key(BATCH, result.run_id)) as path:
+        _, validation = read_sample(path)
+    with artifacts.reading(model.artifact) as path:
+        artifact = read_artifact(path)
+    forms, counts = [f for f, _ in validation], [c for _, c in validation]
+    verdicts = judge(forms, score_lines(artifact.model, artifact.vocab, forms, model.metrics["top_k"]), counts, threshold)
+    by_score = sum(c for c, (flag, why) in zip(counts, verdicts) if flag and why == "score")
+    assert by_score == meta["flagged_by"].get("score", 0) <= budget * sum(counts)
+    # the artifact carries it: every Scorer of the model judges at the calibrated threshold
+    assert artifact.metrics["threshold"] == threshold and Scorer(artifact).threshold == threshold
+
+
+def test_a_threshold_in_the_run_config_is_used_as_given():
+    config = ValidationConfig.model_validate({"threshold": 0.55})
+    assert config.threshold == 0.55 and config.flag_budget is None
+    assert ValidationConfig().threshold is None  # the default: calibrated
+    with pytest.raises(ValidationError, match="flag_budget"):
+        ValidationConfig.model_validate({"flag_budget": 1.5})
+    assert parse_spec(spec(threshold="0.7", flag_budget="0.02")).hyper_parameters == {"threshold": 0.7,
+                                                                                     "flag_budget": 0.02}
+
+
 def test_spec_time_bounds_are_the_records_range():
     bad = {"kind": "ModelTraining", "id": "nightly",
            "spec": {"data": {"batch": BATCH, "time_intervals": [{"start": math.inf, "end": "99999-01-01"}]}}}

@@ -120,7 +120,7 @@ def test_a_pinned_version_is_the_scorer_the_fine_tune_parent_and_the_champion(en
                          raise_on_error=False)
     assert not failed.success
     failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "LOGLOOP_PROMOTE_NEW_VERSIONS='maybe' is not a boolean" in failure.step_failure_data.error.message
+    assert "LOGLOOP_PROMOTE_NEW_VERSIONS='maybe': not a boolean" in failure.step_failure_data.error.message
     monkeypatch.delenv("LOGLOOP_PROMOTE_NEW_VERSIONS")
 
     monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)  # the CLI tells the UI's instance

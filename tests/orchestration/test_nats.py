@@ -476,3 +476,46 @@ def test_model_ready_says_what_started_the_run_and_carries_the_registry_record()
     assert (payload["version"], payload["parent_version"], payload["mode"]) == (4, 3, "finetune")
     assert payload["window"] == {"start_ms": 1_000, "end_ms": 2_000, "start_ts": 1_000 * NS, "end_ts": 2_000 * NS}
     assert model_ready(record, "nulog", {})[0]["request"]["started_by"] == "manual"  # the UI or `dagster asset materialize`
+
+
+def test_identical_requests_coalesce_into_the_queued_or_running_training(tmp_path, server):
+    """Opni publishing one request 500 times within a second (no Nats-Msg-Id) trains the batch once;
+    every copy is acknowledged, and each tick logs how many it coalesced."""
+    from dagster import DagsterRunStatus, instance_for_test
+
+    artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
+    b = live_bus(server, max_per_tick=200)
+    logs: list[str] = []
+
+    def run_tick(instance, cursor):
+        sensor = build_nats_sensor()
+        context = build_sensor_context(instance=instance, cursor=cursor,
+                                       resources={"model_events": b, "artifacts": artifacts})
+        context.log.info = logs.append  # the tick's log lines, as the daemon records them
+        result = sensor(context)
+        for request in result.run_requests:
+            record_run(instance, request)  # queued by the daemon before the next tick
+        return result
+
+    with instance_for_test() as instance:
+        first = run_tick(instance, None)
+        publish(server, *[opni()] * 500)
+        publish(server, opni(batch="other/app"))  # a different request is not folded into it
+        cursor, runs = first.cursor, []
+        for _ in range(4):  # 501 messages, 200 a tick; the fourth acknowledges the third's
+            result = run_tick(instance, cursor)
+            cursor, runs = result.cursor, runs + result.run_requests
+        assert sorted(r.partition_key for r in runs) == sorted([BATCH, "other/app"])
+        assert len(instance.get_runs()) == 2
+        coalesced = [line for line in logs if "coalesced into it" in line]
+        assert sum(int(line.split()[1]) for line in coalesced) == 499
+        assert any("coalesced 199" in line for line in logs), logs  # the first tick: 200 fetched, 1 run
+        state = consumer_state(b)
+        assert (state["pending"], state["ack_pending"]) == (0, 0)  # every copy acknowledged
+        # once that training has ended, the same request trains again
+        [run] = [r for r in instance.get_runs() if r.tags.get("logloop/batch") == BATCH]
+        instance.report_run_failed(run)
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+        publish(server, opni())
+        again = run_tick(instance, cursor)
+        assert [r.partition_key for r in again.run_requests] == [BATCH]

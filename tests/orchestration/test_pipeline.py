@@ -83,13 +83,15 @@ def test_chain_materializes_and_registers_a_version(env):
 
     summaries = instance.get_latest_materialization_event(AssetKey("partition_summaries"))
     meta = summaries.asset_materialization.metadata
-    assert meta["lines"].value > 0 and meta["windows_read"].value == 1
+    assert meta["lines"].value > 0 and meta["run_windows_read"].value == 1
+    assert meta["read"].value == "read in this run" and meta["window_start"].value * 1000 == START_MS + HOUR_MS
 
     # A window already summarised is not read again.
     again = materialize([partition_summaries], partition_key=hour_key(START_MS), instance=instance,
                         resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
     again_meta = again.asset_materializations_for_node("partition_summaries")[0].metadata
-    assert again_meta["windows_read"].value == 0 and again_meta["windows_skipped"].value == 1
+    assert again_meta["run_windows_read"].value == 0 and again_meta["run_windows_skipped"].value == 1
+    assert again_meta["read"].value == "summarised before, not read again" and "lines" not in again_meta
 
     result = materialize(
         [training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,
@@ -183,10 +185,11 @@ def test_fine_tune_starts_from_the_model_replays_its_data_and_faces_the_champion
     assert result.success
     sample = result.asset_materializations_for_node("training_sample")[0].metadata
     assert sample["mode"].value == "finetune" and sample["parent_version"].value == 1
-    assert sample["window_start_ms"].value == START_MS + HOUR_MS  # only the new window
+    assert sample["window_start"].value * 1000 == START_MS + HOUR_MS  # only the new window, as a timestamp
+    assert "window_start_ms" not in sample  # the time once, as a time
     assert sample["replayed_lines"].value > 0
     model = result.asset_materializations_for_node("nulog_model")[0].metadata
-    assert model["mode"].value == "finetune" and model["escalation"].value == ""
+    assert model["mode"].value == "finetune" and "escalation" not in model  # no escalation: no empty entry
     [check] = result.get_asset_check_evaluations()
     assert check.metadata["champion_version"].value == 1
     assert "champion_top_k_accuracy" in check.metadata
@@ -214,6 +217,59 @@ def test_failed_runs_settle_their_tasks(env):
         settle_run(store, SimpleNamespace(dagster_run=run, log=log), "failed")
     assert store.get_task("t-1").state == "failed" and "FAILURE" in store.get_task("t-1").message
     assert store.get_task("t-2").state == "dead"  # a reaped task stays dead
+
+
+def test_a_cardinality_bomb_is_capped_warned_and_adds_partitions_in_one_call(tmp_path, monkeypatch):
+    """Every record with its own batch (a UUID): the window adds at most the cap of new batches, in
+    one add_dynamic_partitions call and without one lookup per batch; the rest are summarised under
+    the overflow batch, named in a warning and in metadata with the batch field."""
+    import json
+    import uuid
+
+    from dagster import DagsterInstance
+
+    from orchestration.loop_settings import LoopSettings
+
+    monkeypatch.setattr("orchestration.loop_settings._loaded", LoopSettings(max_new_batches_per_window=30))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.jsonl").write_text("".join(
+        json.dumps({"time": START_MS + i, "log": f"request {i} served", "request_id": str(uuid.uuid4())}) + "\n"
+        for i in range(2000)) + json.dumps({"time": START_MS, "log": "hello", "request_id": "old"}) + "\n")
+    resources = {
+        "log_source": LocalLogSource(path=str(logs), batch_fields=["request_id"], index_path=str(tmp_path / "i.json")),
+        "store": SQLiteStore(path=str(tmp_path / "store.sqlite")),
+        "artifacts": LocalArtifactStorage(root=str(tmp_path / "artifacts")),
+    }
+    calls = {"has": 0, "add": 0}
+
+    def count(name, real):
+        def wrapped(self, *a, **k):
+            calls[name] += 1
+            return real(self, *a, **k)
+        return wrapped
+
+    monkeypatch.setattr(DagsterInstance, "has_dynamic_partition",
+                        count("has", DagsterInstance.has_dynamic_partition))
+    monkeypatch.setattr(DagsterInstance, "add_dynamic_partitions",
+                        count("add", DagsterInstance.add_dynamic_partitions))
+    (tmp_path / "home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        instance.add_dynamic_partitions("batches", ["old"])
+        calls["add"] = 0
+        result = materialize([partition_summaries], partition_key=hour_key(START_MS), instance=instance,
+                             resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
+        assert result.success
+        partitions = instance.get_dynamic_partitions("batches")
+        meta = result.asset_materializations_for_node("partition_summaries")[0].metadata
+        warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == 30]
+    assert calls == {"has": 0, "add": 1}
+    assert len(partitions) == 1 + 30 + 1 and "old" in partitions and "_overflow_new_batches" in partitions
+    overflow = meta["batch_overflow"].value
+    assert overflow["records"] == 2000 - 30 and overflow["batch_fields"] == "request_id"
+    assert overflow["batch"] == "_overflow_new_batches" and len(overflow["example_batches"]) == 10
+    assert any("request_id" in w and "_overflow_new_batches" in w and "1970 record(s)" in w for w in warnings)
+    assert meta["lines"].value == 2001
 
 
 def test_new_vocabulary_escalates_a_fine_tune_to_scratch_before_the_sample_is_drawn(env, tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ from resources.sqlite_store import SQLiteStore
 from orchestration.partitions import PARTITION_FMT
 from tests.orchestration.test_pipeline import BATCH, HOUR_MS
 
+
 DAY_MS = 86_400_000
 # The last three closed hourly windows: inside the time partitions wherever they begin.
 START_MS = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS

@@ -13,6 +13,7 @@ from orchestration.loop_settings import LoopSettings, load_loop_settings
 from orchestration.partitions import PARTITION_FMT
 from orchestration.scoring_assets import anomaly_scores
 from resources.artifacts import LocalArtifactStorage
+from resources.log_source import LocalLogSource
 from resources.samples import samples_for_store
 from resources.sqlite_store import SQLiteStore
 from resources.store_records import ModelRecord
@@ -47,7 +48,7 @@ def env(tmp_path):
         write_summaries(path, summaries)
     (tmp_path / "dh").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
-        yield instance, {"store": store, "artifacts": artifacts}
+        yield instance, {"store": store, "artifacts": artifacts, "log_source": LocalLogSource(path=str(tmp_path / "logs"))}
 
 
 def score(instance, resources, **config):
@@ -72,6 +73,32 @@ def test_a_configured_batch_records_one_row_per_form_adding_up_to_the_window(env
     assert table.results("shop/db") == [] and store.anomaly_counts("shop/db")  # scored, not recorded
     assert meta["results_recorded"].value == len(rows)
     assert {(r["window_start_ms"], r["window_end_ms"]) for r in rows} == {(count.window_start_ms, count.window_end_ms)}
+
+
+def test_each_window_counts_its_lines_by_reason_and_rows_say_why(env, monkeypatch):
+    instance, resources = env
+    monkeypatch.setattr("orchestration.loop_settings._loaded", LoopSettings(record_results_batches=["shop/web"]))
+    meta = score(instance, resources)
+    rows = samples_for_store(resources["store"]).results("shop/web")
+    by_reason = {}
+    for r in rows:
+        side = by_reason.setdefault("flagged_by" if r["anomaly"] else "normal_by", {})
+        side[r["reason"]] = side.get(r["reason"], 0) + r["lines"]
+    [web] = [w for w in meta["scored"].value if w["batch"] == "shop/web"]
+    assert {k: web[k] for k in ("flagged_by", "normal_by")} == by_reason
+    assert sum(web["flagged_by"].values()) == web["anomalies"]
+    assert sum(web["flagged_by"].values()) + sum(web["normal_by"].values()) == web["lines"]
+    reasons = {r["masked"]: r["reason"] for r in rows}
+    assert reasons["payment <severe> failed"] == reasons["rare c <severe>"] == "severity"
+    assert reasons["odd one"] == "score"  # 2 lines, below the model's threshold 1.0
+    assert {r["threshold"] for r in rows} == {1.0} and web["threshold"] == 1.0  # the model's own
+    # over all windows and batches
+    [db] = [w for w in meta["scored"].value if w["batch"] == "shop/db"]
+    total = {}
+    for w in (web, db):
+        for reason, n in w["flagged_by"].items():
+            total[reason] = total.get(reason, 0) + n
+    assert meta["flagged_by"].value == total
 
 
 def test_the_asset_config_overrides_the_setting_and_off_records_nothing(env, monkeypatch):

@@ -23,6 +23,7 @@ from resources.object_artifacts import ObjectArtifactStorage
 from tests.artifact_checks import replace_under_readers
 from tests.servers.azurite_server import ACCOUNT_KEY, CLEARED, AzuriteServer, AzuriteUnavailable, ensure_adlfs
 
+
 PREFIX = "logloop"
 
 

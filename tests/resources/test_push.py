@@ -37,6 +37,7 @@ from resources.tdengine_samples import TDengineSamples
 from tests.servers.postgres_server import PostgresUnavailable, postgres_server
 from tests.servers.taos_rest_server import FakeTaosAdapter
 
+
 PASSWORD = "fake-Pa55'word"
 HOSTILE = "'; DROP TABLE samples; -- \"../../etc\""
 UNICODE = "Grüße/日本語 🚀 back\\slash \\' \\n"
@@ -314,11 +315,9 @@ def test_serve_ingest_over_loopback(home):
 
     with pytest.raises(CliError):
         make_server("0.0.0.0", 0)
-    server = make_server("127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = make_server("127.0.0.1", 0).start()
     try:
-        port = server.server_address[1]
+        port = server.port
         body = b"".join(b"req %d\n" % i for i in range(500)) + b"\xff\n"
         req = urllib.request.Request(f"http://127.0.0.1:{port}/push?batch=api%2Fone&seed=2", data=body, method="POST")
         got = json.loads(urllib.request.urlopen(req, timeout=30).read())
@@ -330,8 +329,7 @@ def test_serve_ingest_over_loopback(home):
             urllib.request.urlopen(req, timeout=30)
         assert exc.value.code == 400
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def test_source_is_selected_by_configuration(home, monkeypatch):
@@ -381,19 +379,78 @@ def test_inference_results_carry_their_line_counts(table):
     assert len(table.results("web/a")) == 4
 
 
+def test_inference_results_keep_each_verdicts_reason_and_threshold(table):
+    rows = [(0.25, True, "rare <NUM>", 1, "score"), (0.9, True, "x <severe>", 2, "severity"),
+            (0.1, False, "common", 40, "established"), (0.3, False, "ok", 1, "near_label")]
+    table.record_results("web/a", rows, 3, threshold=0.42)
+    table.record_results("web/a", [(0.1, True, "no reason given")], 3)  # (score, anomaly, masked): none said
+    got = table.results("web/a")
+    assert [(r["masked"], r["reason"], r["threshold"]) for r in got] == [
+        ("rare <NUM>", "score", pytest.approx(0.42)), ("x <severe>", "severity", pytest.approx(0.42)),
+        ("common", "established", pytest.approx(0.42)), ("ok", "near_label", pytest.approx(0.42)),
+        ("no reason given", "", None)]
+    for bad, threshold in [((0.1, True, "x", 1, "hunch"), None), ((0.1, True, "x", 1, "score"), 1.5),
+                           ((0.1, True, "x", 1, "score"), "0.7")]:
+        with pytest.raises(ValueError, match="reason|threshold"):
+            table.record_results("web/a", [bad], 3, threshold=threshold)
+    assert len(table.results("web/a")) == 5
+
+
+def _old_results_table(kind: str, table) -> None:
+    """inference_results as stores created it before verdicts had reasons, with one row in it."""
+    old_columns = ("batch, ts_ns, score, anomaly, masked, lines, model_version, window_start_ms, window_end_ms")
+    if kind == "tdengine-fake":
+        store = table._store()
+        store._ensure_schema()
+        store._sql(f"CREATE STABLE {table.database}.inference_results (ts TIMESTAMP, result_ns BIGINT, score DOUBLE, "
+                   f"anomaly INT, masked VARCHAR({MAX_SAMPLE_BYTES}), model_version BIGINT, line_count BIGINT, "
+                   "window_start_ms BIGINT, window_end_ms BIGINT) TAGS (batch NCHAR(256))", "old table")
+        store._sql(f"INSERT INTO {table.database}.ir_old USING {table.database}.inference_results TAGS ('web/a') "
+                   "VALUES (5, 5, 0.5, 1, 'old row', 2, 1, NULL, NULL)", "old row")
+        return
+    import sqlalchemy as sa
+
+    url = sa.make_url(table.url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg2", password=table.password.get())
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE inference_results (batch TEXT NOT NULL, ts_ns BIGINT NOT NULL, "
+                             "score FLOAT NOT NULL, anomaly SMALLINT NOT NULL, masked TEXT NOT NULL, lines BIGINT "
+                             "NOT NULL, model_version BIGINT NOT NULL, window_start_ms BIGINT, window_end_ms BIGINT, "
+                             "CONSTRAINT inference_results_batch_ts UNIQUE (batch, ts_ns))")
+        conn.exec_driver_sql(f"INSERT INTO inference_results ({old_columns}) "
+                             "VALUES ('web/a', 5, 0.5, 1, 'old row', 1, 2, NULL, NULL)")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "tdengine-fake", "postgresql"])
+def test_a_store_from_before_reasons_gets_the_columns_and_keeps_its_rows(kind, request, tmp_path):
+    table = make_table(kind, request, tmp_path)
+    _old_results_table(kind, table)
+    old = table.results("web/a")
+    assert [(r["masked"], r["anomaly"], r["reason"], r["threshold"]) for r in old] == [("old row", True, "", None)]
+    table.record_results("web/a", [(0.2, True, "new row", 1, "score")], 3, threshold=0.6)
+    got = table.results("web/a")
+    assert [(r["masked"], r["reason"], r["threshold"]) for r in got] == [
+        ("old row", "", None), ("new row", "score", pytest.approx(0.6))]
+
+
 def test_cli_reads_recorded_results(home, capsys):
     from types import SimpleNamespace
 
     from orchestration.cli.push import record_scores
 
-    record_scores("web/a", [SimpleNamespace(score=0.5, anomaly=True, masked="a <NUM>"),
-                            SimpleNamespace(score=0.9, anomaly=False, masked="b")], 2)
+    record_scores("web/a", [SimpleNamespace(score=0.5, anomaly=True, masked="a <NUM>", reason="score"),
+                            SimpleNamespace(score=0.9, anomaly=False, masked="b", reason="score")], 2, threshold=0.7)
     rc, out, _ = _cli(["samples", "results", "--batch", "web/a", "--json"], capsys)
     got = json.loads(out)
-    assert rc == 0 and [(r["score"], r["anomaly"], r["masked"], r["lines"], r["model_version"]) for r in got] == [
-        (0.5, True, "a <NUM>", 1, 2), (0.9, False, "b", 1, 2)]
+    assert rc == 0 and [(r["score"], r["anomaly"], r["masked"], r["lines"], r["model_version"], r["reason"],
+                         r["threshold"]) for r in got] == [
+        (0.5, True, "a <NUM>", 1, 2, "score", 0.7), (0.9, False, "b", 1, 2, "score", 0.7)]
     rc, out, _ = _cli(["samples", "results", "--batch", "web/a"], capsys)
     assert rc == 0 and "ANOMALY" in out and "v2" in out and "LINES" in out
+    assert "REASON" in out and "score<0.7" in out and "score>=0.7" in out
 
 
 def test_push_samples_goes_to_the_configured_store(tmp_path, monkeypatch):
@@ -407,3 +464,89 @@ def test_push_samples_goes_to_the_configured_store(tmp_path, monkeypatch):
     stats = push_samples("app/web", ["GET /a 200", "", "GET /b 404"], seed=1)
     assert (stats.registered, stats.bad.total) == (2, 1)
     assert samples_for_store(resource("store")).count("app/web") == 2
+
+
+# ---- a push killed mid-way, run again with its key -----------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _cli_env(kind, request, tmp_path) -> tuple[dict, object]:
+    """The environment that points `logloop` at this store kind, and a table on the same store."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGLOOP_")}
+    env.update(LOGLOOP_HOME=str(tmp_path / "home"), PYTHONWARNINGS="ignore")
+    if kind == "sqlite":
+        return env, SQLSamples(f"sqlite:///{tmp_path / 'home' / 'store.sqlite'}")
+    if kind == "tdengine-fake":
+        server, database = request.getfixturevalue("fake_taos"), "t_" + uuid.uuid4().hex[:12]
+        env.update(LOGLOOP_TDENGINE_URL=server.url, LOGLOOP_TDENGINE_PASSWORD=PASSWORD, LOGLOOP_TDENGINE_DATABASE=database)
+        return env, TDengineSamples(server.url, database, password=Secret(PASSWORD))
+    server = request.getfixturevalue("postgres")
+    db = server.create_database()
+    env.update(LOGLOOP_STORE_URL=server.url(db, with_password=False), LOGLOOP_STORE_PASSWORD=server.password)
+    return env, SQLSamples(server.url(db, with_password=False), Secret(server.password))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "tdengine-fake", "postgresql"])
+def test_a_push_killed_mid_way_and_run_again_with_its_key_registers_each_line_once(kind, request, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 60_000
+    lines = tmp_path / "app.log"
+    lines.write_text("".join(f"GET /item/{i} 200 {UNICODE}\n" for i in range(n)), encoding="utf-8")
+    env, table = _cli_env(kind, request, tmp_path)
+    (tmp_path / "home").mkdir()
+    command = [sys.executable, "-m", "orchestration.cli", "push", "--batch", "app/web", "--key", "upload-7",
+               "-f", str(lines), "--chunk", "500", "--json"]
+    first = subprocess.Popen(command + ["--progress", "0.2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        stored = 0
+        while time.monotonic() < deadline and first.poll() is None:
+            with contextlib.suppress(Exception):  # the store's tables appear with the first chunk
+                stored = table.count("app/web")
+            if stored >= n // 10:
+                break
+            time.sleep(0.02)
+        assert first.poll() is None and 0 < stored < n, f"the push was not caught mid-way ({stored} stored)"
+        first.send_signal(signal.SIGKILL)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    assert "registered" in err  # the progress lines said how far it got
+    killed_at = table.count("app/web")
+    assert 0 < killed_at < n
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    out = json.loads(again.stdout)
+    assert out["already_registered"] >= killed_at - 500  # a chunk cut short is written again, not twice
+    assert out["registered"] + out["already_registered"] == n
+    assert table.count("app/web") == n
+    messages = Counter(m for _, _, m, _ in _all_rows(table, page=20_000))
+    assert len(messages) == n and set(messages.values()) == {1}
+
+
+def test_a_failed_push_says_how_many_samples_it_registered(home, capsys, monkeypatch):
+    from resources.store import StoreError
+
+    calls = []
+
+    def failing(self, batch, messages, flags):
+        calls.append(len(messages))
+        if len(calls) == 3:
+            raise StoreError("the store went away")
+        return (1, len(messages))
+
+    monkeypatch.setattr(SQLSamples, "register", failing)
+    data = b"".join(b"line %d\n" % i for i in range(250))
+    rc, out, err = _cli(["push", "--batch", "web/a", "--chunk", "100"], capsys, data, monkeypatch)
+    assert rc == 2 and "the store went away" in err and "200 sample(s) of batch 'web/a' were registered before it" in err
+    assert "--key" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

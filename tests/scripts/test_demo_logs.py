@@ -13,6 +13,7 @@ import pytest
 from scripts import demo_logs
 from scripts.demo_logs import DEFAULT_BATCHES, HOUR_MS, default_start_ms, generate, iter_records, parse_batch
 
+
 START = 1_732_345_200_000  # 2024-11-23T07:00:00Z
 
 
@@ -194,3 +195,16 @@ def test_cli_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert summary["start_ms"] == START
     assert summary["files"] == [str(tmp_path / "x" / "one.jsonl")]
     assert set(summary["batches"]) == {"c/n/api", "c/n/db"}
+
+
+def test_an_incident_makes_the_last_hour_anomalous_and_leaves_the_others_alone(tmp_path: Path) -> None:
+    kw = dict(start_ms=START, hours=4, lines_per_hour=2000, seed=11)
+    calm = generate(tmp_path / "calm", **kw)
+    incident = generate(tmp_path / "incident", incident_share=0.25, **kw)
+    for a, b in zip(calm["files"][:-1], incident["files"][:-1]):
+        assert Path(a).read_bytes() == Path(b).read_bytes()  # the hours before are the same
+    last = _read(incident["files"][-1])
+    assert len(last) == 2000 and 0.2 < sum(r["anomaly"] for r in last) / len(last) < 0.3
+    assert sum(r["anomaly"] for r in _read(calm["files"][-1])) < 60
+    with pytest.raises(ValueError, match="incident_share"):
+        generate(tmp_path / "bad", incident_share=1.5, **kw)

@@ -14,7 +14,7 @@ the real opensearch-py. Emulated, exactly:
   HTTP 404 `search_phase_execution_exception` with root cause
   `search_context_missing_exception`, as OpenSearch answers.
 - `POST /_search` with `pit` (and `POST /<index>/_search` without): `query`, `size`,
-  `sort` (ascending only; fields, `_shard_doc`, `_id`, `_doc`), `search_after` (one
+  `sort` (ascending only; fields, `_shard_doc`, `_index`, `_id`, `_doc`), `search_after` (one
   value per sort field), `slice` {"id", "max"} (max > 1), `_source` (false, a list,
   or {"includes", "excludes"} with exact paths; a dotted path matches a literal
   dotted key or nested objects), `track_total_hits`, and `aggs` of type `filters`
@@ -451,6 +451,8 @@ class State:
                     out.append(shard_doc(i))
                 elif fname == "_doc":
                     out.append(i)
+                elif fname == "_index":
+                    out.append(name)
                 else:
                     v = _field_value(corpus, doc[0], doc[1], doc[2], fname)
                     if isinstance(v, list):
@@ -460,11 +462,11 @@ class State:
 
         hits = []
         fast = (
-            size > 0 and not scrambled and [f for f, _ in sort] == [corpus.time_field, "_shard_doc"]
+            size > 0 and not scrambled and [f for f, _ in sort if f != "_index"] == [corpus.time_field, "_shard_doc"]
         )
         if fast:
             # documents are in (time, ordinal) order: page from the search_after position
-            start = int(after[1]) + 1 if after is not None else 0
+            start = int(after[-1]) + 1 if after is not None else 0  # _shard_doc is last (after _index, if any)
             first = start + ((sid - start) % smax)
             for i in range(first, corpus.n, smax):
                 doc = corpus.get(i)
@@ -600,8 +602,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(delay)
             status = state._take(state._fail, path)
             if status:
-                raise ApiError(status, "exception" if status >= 500 else "rejected_execution_exception",
-                               f"injected fault ({status})")
+                kind = "exception" if status >= 500 else "rejected_execution_exception"
+                if status == 404:  # a node that lost the PIT's contexts, as a busy one does
+                    kind = "search_context_missing_exception"
+                raise ApiError(status, kind, f"injected fault ({status})")
             state.check_auth(self.headers)
             segs = [s for s in path.split("/") if s]
             if not segs and method in ("GET", "HEAD"):

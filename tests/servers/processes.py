@@ -72,11 +72,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def apt_install(package: str, find, unavailable: type[Exception], what: str, timeout_s: float = 900):
-    """What `find()` returns, installing Debian's `package` first when it returns nothing.
+def apt_install(package: str, find, unavailable: type[Exception], what: str, timeout_s: float = 900,
+                recommends: bool = False):
+    """What `find()` returns, installing Debian's `package` (or several, space-separated) first
+    when it returns nothing.
 
-    Parallel test processes install once (a file lock); without root, or when apt-get fails,
-    `unavailable` is raised with apt's own words. `what` names the tests that need it."""
+    Parallel test processes (pytest-xdist workers) install one at a time: one file lock for every
+    package, since two apt-get runs at once would fight over dpkg's own lock. Without root, or when
+    apt-get fails, `unavailable` is raised with apt's own words. `what` names the tests that need it;
+    `recommends` installs the packages' recommended ones too."""
     found = find()
     if found:
         return found
@@ -84,14 +88,16 @@ def apt_install(package: str, find, unavailable: type[Exception], what: str, tim
         raise unavailable(f"{package} is not installed and we are not root to install it: "
                           f"run `apt-get install -y {package}`")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    lock_path = Path(tempfile.gettempdir()) / f"logloop-{package}-install.lock"
+    lock_path = Path(tempfile.gettempdir()) / "logloop-apt-install.lock"
     lock_path.touch(exist_ok=True)
     with open(lock_path) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         found = find()
         if found:
             return found
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+        # apt-get waits for dpkg's lock when something else on the machine holds it
+        install = ["apt-get", "install", "-y", "-q", *([] if recommends else ["--no-install-recommends"]),
+                   "-o", "DPkg::Lock::Timeout=300", *package.split()]
         try:
             update = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env,
                                     timeout=timeout_s)

@@ -28,8 +28,11 @@ The SQL subset it executes (exactly what resources/tdengine_store.py emits, on a
   fake does not mix LAST_ROW with other aggregates. PARTITION BY with aggregates behaves as
   GROUP BY. Default result column names are TDengine's (lower-cased expression text).
 - SELECT SERVER_VERSION()
+- DESCRIBE db.st: one row per column and tag, [field, type, length, note] ("TAG" for tags)
+- ALTER STABLE db.st ADD COLUMN col TYPE[(n)]: the column goes after the last column (before the
+  tags, as TDengine lists it); existing rows hold NULL there; an existing name is an error
 Everything else is refused with an error: UPDATE and DELETE (TDengine has no UPDATE; its
-DELETE is deliberately not emulated so the store cannot come to rely on it), DROP, ALTER, USE,
+DELETE is deliberately not emulated so the store cannot come to rely on it), DROP, other ALTERs, USE,
 several statements in one request, and any syntax outside the subset.
 It is not TDengine: no query planner, no type coercions beyond the above, no tz parameter.
 """
@@ -215,6 +218,10 @@ class FakeTDengine:
                     return self._insert(cur, default_db)
                 if cur.kw("SELECT"):
                     return self._select(cur, default_db)
+                if cur.kw("DESCRIBE"):
+                    return self._describe(cur, default_db)
+                if cur.kw("ALTER", "STABLE"):
+                    return self._alter_stable(cur, default_db)
                 for word in ("UPDATE", "DELETE", "DROP", "ALTER", "USE"):
                     if cur.kw(word):
                         raise TaosError(NOT_SUPPORTED, f"{word} is not supported by this fake taosAdapter")
@@ -248,26 +255,61 @@ class FakeTDengine:
             self.databases[name] = precision
         return self._affected(0)
 
+    @staticmethod
+    def _column(cur: _Cursor) -> tuple[str, str, int]:
+        name = cur.ident()
+        typ = cur.ident().upper()
+        if typ == "BINARY":
+            typ = "VARCHAR"
+        if typ in ("VARCHAR", "NCHAR"):
+            cur.expect_op("(")
+            length = cur.value()
+            cur.expect_op(")")
+        elif typ in _TYPE_LEN:
+            length = _TYPE_LEN[typ]
+        else:
+            raise TaosError(SYNTAX_ERROR, f"type {typ} is not emulated")
+        return name, typ, length
+
     def _columns(self, cur: _Cursor) -> list[tuple[str, str, int]]:
         cols = []
         cur.expect_op("(")
         while True:
-            name = cur.ident()
-            typ = cur.ident().upper()
-            if typ == "BINARY":
-                typ = "VARCHAR"
-            if typ in ("VARCHAR", "NCHAR"):
-                cur.expect_op("(")
-                length = cur.value()
-                cur.expect_op(")")
-            elif typ in _TYPE_LEN:
-                length = _TYPE_LEN[typ]
-            else:
-                raise TaosError(SYNTAX_ERROR, f"type {typ} is not emulated")
-            cols.append((name, typ, length))
+            cols.append(self._column(cur))
             if cur.op(")"):
                 return cols
             cur.expect_op(",")
+
+    def _stable(self, cur: _Cursor, default_db) -> tuple[str, str]:
+        db, st = cur.qualified(default_db)
+        if db not in self.databases:
+            raise TaosError(DB_NOT_EXIST, "Database not exist")
+        if (db, st) not in self.stables:
+            raise TaosError(TABLE_NOT_EXIST, f"Table does not exist: {st}")
+        return db, st
+
+    def _describe(self, cur: _Cursor, default_db) -> dict:
+        db, st = self._stable(cur, default_db)
+        if not cur.done():
+            raise _syntax(cur.near())
+        schema = self.stables[(db, st)]
+        data = [[n, t, ln, ""] for n, t, ln in schema["cols"]] + [[n, t, ln, "TAG"] for n, t, ln in schema["tags"]]
+        return {"code": 0, "column_meta": [["field", "VARCHAR", 64], ["type", "VARCHAR", 32], ["length", "INT", 4],
+                                           ["note", "VARCHAR", 16]], "data": data, "rows": len(data)}
+
+    def _alter_stable(self, cur: _Cursor, default_db) -> dict:
+        db, st = self._stable(cur, default_db)
+        cur.expect_kw("ADD")
+        cur.expect_kw("COLUMN")
+        column = self._column(cur)
+        if not cur.done():
+            raise _syntax(cur.near())
+        schema = self.stables[(db, st)]
+        if column[0] in {n for n, _, _ in schema["cols"] + schema["tags"]}:
+            raise TaosError(0x0367, "Column already exists")
+        schema["cols"].append(column)
+        self.conn.execute(f"ALTER TABLE {_q(db + '.' + st)} ADD COLUMN {_q(column[0])}")
+        return self._affected(0)
 
     def _create_stable(self, cur: _Cursor, default_db) -> dict:
         exists_ok = cur.kw("IF", "NOT", "EXISTS")
@@ -358,9 +400,12 @@ class FakeTDengine:
         if not pending:
             raise _syntax("end of statement")
         for (db, st), child, values in pending:
+            schema = self.stables[(db, st)]
+            # by name: a column added later (ALTER) sits after the tags in the SQLite table
+            names = ", ".join(_q(n) for n in ["tbname"] + [c[0] for c in schema["cols"] + schema["tags"]])
             marks = ", ".join("?" * (len(values) + 1))
             # Same child table, same timestamp: the new row replaces the old one, as in TDengine.
-            self.conn.execute(f"INSERT OR REPLACE INTO {_q(db + '.' + st)} VALUES ({marks})", [child, *values])
+            self.conn.execute(f"INSERT OR REPLACE INTO {_q(db + '.' + st)} ({names}) VALUES ({marks})", [child, *values])
         return self._affected(len(pending))
 
     # -- SELECT ---------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ One test, in stages, because every stage needs the previous one's state:
    fine-tune; version 2 is registered with parent 1 and mode finetune.
 
 Windows are one minute long here (LOGLOOP_PARTITION_CRON) so that the schedules fire
-within the test, and the reaper (a sensor) runs every 30 s. It takes about 3 to 5 minutes per backend.
+within the test; the sensors tick every 5 s and queued runs start within a second. The test waits
+on the loop's events themselves (`Daemon.wait_for`), however long a busy machine makes each step:
+it fails at once when the daemon exits or a run fails, and otherwise only after SAFETY_TIMEOUT_S,
+which guards against a hang. About 2 to 3 minutes per backend on a quiet machine.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -51,7 +55,7 @@ max_oov_share: 1.0
 champion_tolerance: 0.5
 task_time_limit_s: 600
 sensor_interval_s: 5
-reaper_interval_s: 30
+reaper_interval_s: 5
 training_run_config:
   ops:
     training_sample: {config: {t: 600}}
@@ -72,29 +76,104 @@ def minute_ms(offset: int = 0) -> int:
     return (int(time.time()) // 60 + offset) * 60_000
 
 
-def wait_for(what: str, predicate, timeout_s: float, daemon_log: Path, poll_s: float = 2.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    tail = daemon_log.read_text(errors="replace")[-6000:] if daemon_log.exists() else ""
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n--- daemon log tail ---\n{tail}")
+# On a busy machine the code server may take minutes to start a run's process; with Dagster's
+# default gRPC deadline (60 s) the launch would fail and the run be lost.
+SLOW_MACHINE_ENV = {"DAGSTER_GRPC_TIMEOUT_SECONDS": "600"}
+# Only a hang takes this long: every wait below ends when its event happens, or at once when the
+# daemon exits or a run fails.
+SAFETY_TIMEOUT_S = 1800
+POLL_S = 0.5
 
 
-def postgres_instance_yaml(port: int) -> str:
+@dataclass
+class Daemon:
+    """A running `dagster-daemon run` and its log; `wait_for` waits on what the loop does."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    deadline: float = field(default_factory=lambda: time.monotonic() + SAFETY_TIMEOUT_S)
+    _read: int = 0
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def _failed_run(self) -> Optional[str]:
+        """The first RUN_FAILURE line the daemon's runs logged since the last look (None: none)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self._read)
+            new = f.read()
+        # only whole lines: one being written is read again next time
+        self._read += new.rfind(b"\n") + 1
+        for line in new[: new.rfind(b"\n") + 1].decode(errors="replace").splitlines():
+            if "RUN_FAILURE" in line:
+                return line.strip()
+        return None
+
+    def wait_for_scheduler(self) -> None:
+        """Until the scheduler has evaluated its first tick. A window that closes before the
+        scheduler runs is never scheduled (a schedule does not catch up on ticks from before it
+        started), so logs are written only once the daemon, slow to start on a busy machine, is up."""
+        self.wait_for("the scheduler's first tick",
+                      lambda: "Evaluating schedule `ingest_logs_schedule`" in self.log_path.read_text(errors="replace"))
+
+    def wait_for(self, what: str, predicate):
+        """predicate()'s first true value, polled until the loop gets there."""
+        started = time.monotonic()
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                pytest.fail(f"the daemon exited ({self.proc.returncode}) while waiting for {what}\n"
+                            f"--- daemon log tail ---\n{self.log_tail()}")
+            failed = self._failed_run()
+            if failed:
+                pytest.fail(f"a run failed while waiting for {what}: {failed}\n--- daemon log tail ---\n{self.log_tail()}")
+            if time.monotonic() > self.deadline:
+                pytest.fail(f"no {what} after {time.monotonic() - started:.0f} s (the test's safety limit of "
+                            f"{SAFETY_TIMEOUT_S} s is spent: the loop hangs)\n--- daemon log tail ---\n{self.log_tail()}")
+            time.sleep(POLL_S)
+
+
+def start_daemon(stack: ExitStack, env: dict, log_path: Path) -> Daemon:
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "orchestration.definitions"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    stack.callback(stop_process_group, proc, log)
+    return Daemon(proc, log_path)
+
+
+def instance_yaml(base: dict) -> str:
+    """The instance config the test daemons run with: `base`, with queued runs started within a
+    second (Dagster's default looks every 5 s) so that no step waits on the coordinator, and as long
+    for a run to start, and for a code server to load, as the test's safety limit (a busy machine may
+    need more than the 180 s that run monitoring and Dagster allow on a laptop)."""
+    coordinator = dict(base["run_coordinator"])
+    coordinator["config"] = {**coordinator.get("config", {}), "dequeue_interval_seconds": 1}
+    monitoring = {**base.get("run_monitoring", {}), "start_timeout_seconds": SAFETY_TIMEOUT_S}
+    # likewise for a code server to load the code location (Dagster gives up after 180 s)
+    code_servers = {"local_startup_timeout": SAFETY_TIMEOUT_S}
+    return yaml.safe_dump({**base, "run_coordinator": coordinator, "run_monitoring": monitoring,
+                           "code_servers": code_servers}, sort_keys=False)
+
+
+def local_instance() -> dict:
+    return yaml.safe_load((ROOT / "deploy" / "dagster.local.yaml").read_text())
+
+
+def postgres_instance(port: int) -> dict:
     """deploy/dagster.local.yaml with the `storage:` block of deploy/dagster.k8s.yaml (credentials
     from DAGSTER_PG_*), on the test server's port instead of 5432."""
-    local = yaml.safe_load((ROOT / "deploy" / "dagster.local.yaml").read_text())
     storage = yaml.safe_load((ROOT / "deploy" / "dagster.k8s.yaml").read_text())["storage"]
     storage["postgres"]["postgres_db"]["port"] = port
-    return yaml.safe_dump({**local, "storage": storage}, sort_keys=False)
+    return {**local_instance(), "storage": storage}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def loop(request, tmp_path):
-    """(home, store, daemon log, pg or None): a `dagster-daemon run` on the chosen backend."""
+    """(home, store, daemon, pg or None): a `dagster-daemon run` on the chosen backend."""
     home = tmp_path / "home"
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True)
@@ -105,6 +184,7 @@ def loop(request, tmp_path):
         "LOGLOOP_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
         "LOGLOOP_PARTITION_CRON": "* * * * *", "LOGLOOP_PARTITION_START": start,
         "LOGLOOP_LOOP_CONFIG": str(tmp_path / "loop.yaml"), "PYTHONWARNINGS": "ignore",
+        **SLOW_MACHINE_ENV,
     }
     for var in ("LOGLOOP_STORE_URL", "LOGLOOP_STORE_PASSWORD", "LOGLOOP_TDENGINE_URL", "LOGLOOP_ARTIFACTS_URL",
                 "LOGLOOP_LOGS_URL", "LOGLOOP_OPENSEARCH_HOSTS", "LOGLOOP_EXECUTOR"):
@@ -112,54 +192,51 @@ def loop(request, tmp_path):
     with ExitStack() as stack:
         pg = None
         if request.param == "sqlite":
-            shutil.copy(ROOT / "deploy" / "dagster.local.yaml", dagster_home / "dagster.yaml")
+            (dagster_home / "dagster.yaml").write_text(instance_yaml(local_instance()))
             store = SQLiteStore(path=str(home / "store.sqlite"))
         else:
             pg = stack.enter_context(postgres_server(database="dagster"))
             store_db = pg.create_database("logloop_store")
-            (dagster_home / "dagster.yaml").write_text(postgres_instance_yaml(pg.port))
+            (dagster_home / "dagster.yaml").write_text(instance_yaml(postgres_instance(pg.port)))
             env.update({
                 "DAGSTER_PG_HOST": pg.host, "DAGSTER_PG_USER": pg.user, "DAGSTER_PG_PASSWORD": pg.password,
                 "DAGSTER_PG_DB": pg.database,
                 "LOGLOOP_STORE_URL": pg.url(store_db, with_password=False), "LOGLOOP_STORE_PASSWORD": pg.password,
+                # each run in one process: what this backend is about is where Dagster and the store
+                # keep their state; the `sqlite` run keeps the laptop's default, a process per step
+                "LOGLOOP_EXECUTOR": "in_process",
             })
             store = SQLStore(url=pg.url(store_db, with_password=False), password=pg.password)
             stack.callback(store.dispose)  # runs before the server stops (ExitStack unwinds in reverse)
-        log_path = tmp_path / "daemon.log"
-        log = open(log_path, "wb")
-        daemon = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "orchestration.definitions"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        stack.callback(stop_process_group, daemon, log)
-        yield home, store, log_path, pg
+        yield home, store, start_daemon(stack, env, tmp_path / "daemon.log"), pg
 
 
 def test_sensor_trains_then_fine_tunes_and_the_reaper_unblocks_a_hung_batch(loop):
-    home, store, daemon_log, pg = loop
+    home, store, daemon, pg = loop
     logs = home / "logs"
 
     # 1. first logs -> scheduled ingest -> scratch run -> v1
+    daemon.wait_for_scheduler()
     write_logs(logs, "first.jsonl", 400, minute_ms(), seed=1)
-    v1 = wait_for("version 1", lambda: store.get_model(BATCH, 1), 420, daemon_log)
+    v1 = daemon.wait_for("version 1", lambda: store.get_model(BATCH, 1))
     assert v1.mode == "scratch" and v1.parent_version is None
     # the registry row comes first, the task's success a moment later in the same step
-    [t1] = wait_for("task of version 1 succeeded",
-                    lambda: [t for t in store.list_tasks(batch=BATCH) if t.state == "succeeded"], 60, daemon_log)
+    [t1] = daemon.wait_for("task of version 1 succeeded",
+                           lambda: [t for t in store.list_tasks(batch=BATCH) if t.state == "succeeded"])
     assert t1.mode == "scratch" and t1.run_id
 
     # 2. a task hangs; new logs arrive; the batch stays busy until the reaper declares it dead
     store.record_task_event("hung-task", BATCH, "running", run_id="no-such-run", mode="finetune",
                             deadline_ms=int(time.time() * 1000) + 5_000, message="simulated hang")
     write_logs(logs, "second.jsonl", 400, max(minute_ms(), v1.window_end_ms), seed=2)
-    dead = wait_for("the reaper to mark the hung task dead",
-                    lambda: store.get_task("hung-task").state == "dead", 180, daemon_log)
+    dead = daemon.wait_for("the reaper to mark the hung task dead",
+                           lambda: store.get_task("hung-task").state == "dead")
     assert dead
-    v2 = wait_for("version 2", lambda: store.get_model(BATCH, 2), 420, daemon_log)
+    v2 = daemon.wait_for("version 2", lambda: store.get_model(BATCH, 2))
     assert v2.mode == "finetune" and v2.parent_version == 1
     assert v2.window_end_ms > v1.window_end_ms
-    wait_for("task of version 2 succeeded",
-             lambda: [t.state for t in store.list_tasks(batch=BATCH)].count("succeeded") == 2, 60, daemon_log)
+    daemon.wait_for("task of version 2 succeeded",
+                    lambda: [t.state for t in store.list_tasks(batch=BATCH)].count("succeeded") == 2)
     states = {t.task_id: t.state for t in store.list_tasks(batch=BATCH)}
     assert states["hung-task"] == "dead" and list(states.values()).count("succeeded") == 2
 
@@ -172,7 +249,7 @@ def test_sensor_trains_then_fine_tunes_and_the_reaper_unblocks_a_hung_batch(loop
             return pg.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'", database=pg.database)[0][0]
 
         # the scheduled ingests, the scratch training, the fine-tune (whose run may still be closing)
-        assert wait_for("3 successful runs in PostgreSQL", lambda: succeeded_runs() >= 3, 120, daemon_log)
+        assert daemon.wait_for("3 successful runs in PostgreSQL", lambda: succeeded_runs() >= 3)
         daemons = {r[0] for r in pg.execute("SELECT daemon_type FROM daemon_heartbeats", database=pg.database)}
         assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= daemons, daemons
         [(models,)] = pg.execute("SELECT count(*) FROM models", database="logloop_store")

@@ -24,6 +24,7 @@ from scripts import demo_logs
 from orchestration.loop_settings import LoopSettings, Thresholds
 from resources.sqlite_store import SQLiteStore
 
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 BATCH = "demo/shop/payments"

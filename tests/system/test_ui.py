@@ -36,7 +36,8 @@ import yaml
 
 from scripts import demo_logs
 from orchestration.training_spec import parse_spec, run_config
-from tests.servers.processes import stop_process_group
+from tests.servers.processes import apt_install, stop_process_group
+
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -45,18 +46,20 @@ HOURS = 4  # of demo logs, the last closed hours (as `make demo` makes them)
 START = demo_logs.default_start_ms(HOURS)  # the trainings below learn from the first of them
 
 
+class ChromiumUnavailable(RuntimeError):
+    """Debian's chromium and chromium-driver could not be installed."""
+
+
 def ensure_chromium() -> tuple[str, str]:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(install, capture_output=True, env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-        done = subprocess.run(install, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            pytest.fail(f"could not install Debian's chromium and chromium-driver: {done.stderr[-2000:]}")
-    return shutil.which("chromium"), shutil.which("chromedriver")
+    def find():
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+        return (browser, driver) if browser and driver else None
+
+    try:
+        # with the recommended packages (fonts among them), as the screenshots want
+        return apt_install("chromium chromium-driver", find, ChromiumUnavailable, "the browser test", recommends=True)
+    except ChromiumUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 def free_port() -> int:

@@ -240,17 +240,13 @@ def test_source_index_at_a_url_is_written_whole_and_skips_files(s3):
     assert len(source.shards(Windows([(0, 1000)]))) == 2
 
 
-def test_local_index_is_replaced_atomically_and_default_locations(tmp_path, monkeypatch):
+def test_local_index_is_replaced_atomically_and_default_locations(tmp_path):
     index = tmp_path / "home" / "source-index.json"
     local_files.save_index(index, {"a": {"id": "1:2", "lo": 1, "hi": 2}})
     local_files.save_index(f"file://{index}", {"b": {"id": "1:2", "lo": 1, "hi": 2}})
     assert local_files.load_index(index) == {"b": {"id": "1:2", "lo": 1, "hi": 2}}
     assert [p.name for p in index.parent.iterdir()] == ["source-index.json"]  # no temporary left
     assert local_files.load_index(tmp_path / "none.json") == {}
-    monkeypatch.delenv("LOGLOOP_LOGS_URL", raising=False)
-    monkeypatch.delenv("LOGLOOP_ARTIFACTS_URL", raising=False)
     assert file_source_location("/d/logs", "/d/source-index.json") == {"path": "/d/logs", "index_path": "/d/source-index.json"}
-    monkeypatch.setenv("LOGLOOP_LOGS_URL", "s3://archive/k8s/")
-    monkeypatch.setenv("LOGLOOP_ARTIFACTS_URL", "s3://artifacts/logloop/")
-    assert file_source_location("/d/logs", "/d/source-index.json") == {
+    assert file_source_location("/d/logs", "/d/source-index.json", "s3://archive/k8s/", "s3://artifacts/logloop/") == {
         "path": "s3://archive/k8s/", "index_path": "s3://artifacts/logloop/source-index.json"}

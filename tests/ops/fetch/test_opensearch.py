@@ -1,12 +1,12 @@
 """The OpenSearch log source, with the real opensearch-py talking HTTP to a fake server
-(tests/servers/opensearch_server.py), plus live contract tests when OPENSEARCH_URL is set."""
+(tests/servers/opensearch_server.py), for the faults a real node cannot be made to produce on demand;
+the contract against real nodes is tests/ops/fetch/test_opensearch_node.py."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
 import multiprocessing
-import os
 import pickle
 import uuid
 from collections import Counter
@@ -21,6 +21,7 @@ from ops.windows import TimeRange, Windows
 from resources.log_source import LocalLogSource, LogSourceError
 from resources.opensearch_source import OpenSearchLogSource
 from tests.servers.opensearch_server import FakeOpenSearch, ListCorpus
+
 
 HOUR = 3_600_000
 BATCH_FIELDS = ["cluster_id", "kubernetes.namespace_name"]
@@ -122,7 +123,7 @@ def test_windows_read_from_opensearch_equal_the_local_source(server, local_resul
     searches = server.searches()
     assert searches and all(
         r["body"]["_source"] == {"includes": ["log", *BATCH_FIELDS]}
-        and r["body"]["sort"] == [{"time": {"order": "asc"}}, {"_shard_doc": {"order": "asc"}}]
+        and r["body"]["sort"] == [{"time": {"order": "asc"}}, {"_index": {"order": "asc"}}, {"_shard_doc": {"order": "asc"}}]
         and r["body"]["pit"]["keep_alive"] == "5m"
         for r in searches
     )
@@ -226,6 +227,19 @@ def test_pit_creation_and_timeouts_are_retried(server, docs):
         502, 502, 200]
 
 
+def test_a_pit_lost_while_being_opened_is_opened_again(server, docs):
+    """A busy node can lose a new PIT's contexts before it lengthens their keep-alive, and answer the
+    create itself with 404 search_context_missing."""
+    server.state.fail_next(2, 404, match="point_in_time")
+    ids = read_ids(source(server.url, slices=1), WINDOWS)
+    assert sorted(ids) == expected_ids(docs, WINDOWS)
+    creates = [r for r in server.requests if r["method"] == "POST" and "point_in_time" in r["path"]]
+    assert [r["status"] for r in creates] == [404, 404, 200]
+    server.state.fail_next(100, 404, match="point_in_time")
+    with pytest.raises(OpenSearchReadError, match="opening a PIT .*slice 1/1.*search_context_missing.*after 3 attempts"):
+        read_ids(source(server.url, slices=1, retries=2), WINDOWS)
+
+
 def test_a_failure_mid_window_resumes_from_the_last_page(server, docs):
     server.state.fail_next(2, 500, after=4)
     ids = read_ids(source(server.url, slices=1, page_size=40), WINDOWS)
@@ -288,7 +302,9 @@ def test_auto_tiebreaker_falls_back_to_id_before_opensearch_3_3(server, docs):
     server.state.version = "2.19.0"
     ids = read_ids(source(server.url), WINDOWS)
     assert sorted(ids) == expected_ids(docs, WINDOWS)
-    assert all(r["body"]["sort"][1] == {"_id": {"order": "asc"}} for r in server.searches())
+    # `_id` is unique within one index only: the index name comes before it
+    assert all(r["body"]["sort"][1:] == [{"_index": {"order": "asc"}}, {"_id": {"order": "asc"}}]
+               for r in server.searches())
 
 
 def test_unreachable_cluster_is_a_clear_error():
@@ -388,47 +404,6 @@ def test_build_resources_picks_opensearch_when_hosts_are_set(monkeypatch, tmp_pa
     assert src.hosts == ["https://a:9200", "https://b:9200"] and src.index == "logs" and src.verify_certs
     assert src.password == EnvVar("LOGLOOP_OPENSEARCH_PASSWORD")  # only the name until run time
     assert "pw-value" not in repr(src)
-
-
-# ---- live contract tests (a real OpenSearch) -------------------------------------
-
-LIVE = os.environ.get("OPENSEARCH_URL")
-live = pytest.mark.skipif(not LIVE, reason="set OPENSEARCH_URL (e.g. http://localhost:9200) to run against a real OpenSearch")
-
-
-@live
-def test_live_contract_data_stage_matches_local(docs, local_result):
-    from opensearchpy import OpenSearch, helpers
-
-    auth = (os.environ["OPENSEARCH_USER"], os.environ["OPENSEARCH_PASSWORD"]) if os.environ.get("OPENSEARCH_USER") else None
-    verify = os.environ.get("OPENSEARCH_VERIFY_CERTS", "true").lower() not in ("0", "false")
-    client = OpenSearch(hosts=[LIVE], http_auth=auth, verify_certs=verify, ssl_show_warn=False)
-    index = f"logloop-contract-{uuid.uuid4().hex[:8]}"
-    client.indices.create(index=index, body={
-        "settings": {"number_of_shards": 2, "number_of_replicas": 0},
-        "mappings": {"properties": {
-            "time": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
-            "log": {"type": "text"}, "cluster_id": {"type": "keyword"},
-            "kubernetes": {"properties": {"namespace_name": {"type": "keyword"}}},
-        }},
-    })
-    try:
-        helpers.bulk(client, ({"_index": index, "_source": d} for d in docs), refresh=True)
-        assert client.count(index=index)["count"] == len(docs)
-        src = OpenSearchLogSource(
-            hosts=[LIVE], index=index, batch_fields=BATCH_FIELDS, slices=3, page_size=100,
-            username=auth[0] if auth else None, password=auth[1] if auth else None, verify_certs=verify,
-        )
-        result = summarize_windows(src.shards(WINDOWS), WINDOWS)
-        # a literal dotted key and a nested object are one field to OpenSearch's mapping
-        assert result.lines == local_result.lines
-        assert result_view(result) == result_view(local_result)
-        counts = src.count(WINDOWS, ["c0/ns0"])
-        assert counts[(0, "c0/ns0")] >= sum(
-            local_result.windows[0].summaries["c0/ns0"].counts.values()
-        ) if "c0/ns0" in local_result.windows[0].summaries else True
-    finally:
-        client.indices.delete(index=index)
 
 
 def test_envvar_credentials_resolve_only_at_run_time(monkeypatch):

@@ -570,3 +570,33 @@ def test_compressed_files_stream_in_bounded_memory(tmp_path, kind):
         tracemalloc.stop()
     assert lines == 2 and dict(bad.counts) == {"too_long": 1}
     assert peak < 16 << 20, peak  # the line is 64 MB; blocks are 1 MB (first-use imports count too)
+
+
+def test_a_batch_field_with_a_value_per_record_is_capped_per_window(tmp_path):
+    """A UUID in the batch field: known batches pass, at most max_new new ones per window, the rest
+    counted (none lost) under one overflow batch, with example names; in a worker and in the parent."""
+    import uuid
+
+    from ops.mask.data_stage import OVERFLOW_BATCH
+
+    logs = tmp_path / "logs"
+    for k in range(2):  # two shards, each with its own 300 UUIDs in each of two windows
+        write(logs / f"{k}.jsonl", b"".join(
+            jl(time=(i % 2) * HOUR + i, log=f"request {i} done", cluster_id=str(uuid.uuid4())) for i in range(600))
+            + jl(time=1, log="known one", cluster_id="known"))
+    windows = Windows([(0, HOUR), (HOUR, 2 * HOUR)])
+    shards = local_files.plan_shards(logs, ONE, windows)
+    result = summarize_windows(shards, windows, known_batches={"known"}, max_new_batches=50)
+    first, second = result.windows
+    assert "known" in first.summaries and first.summaries["known"].total == 2
+    for w in (first, second):
+        new = [b for b in w.summaries if b not in ("known", OVERFLOW_BATCH)]
+        assert len(new) == 50
+        assert sum(s.total for s in w.summaries.values()) == w.lines
+    assert result.lines == 1202
+    assert result.overflow.records == 1200 - 100
+    assert first.summaries[OVERFLOW_BATCH].total + second.summaries[OVERFLOW_BATCH].total == 1100
+    assert 0 < len(result.overflow.examples) <= 10 and all(len(b) == 36 for b in result.overflow.examples)
+    # no cap: every UUID is its own batch
+    uncapped = summarize_windows(shards, windows)
+    assert len(uncapped.windows[0].summaries) == 601 and uncapped.overflow.records == 0

@@ -151,3 +151,20 @@ def test_truncated_file(parts, tmp_path):
     path.write_bytes(path.read_bytes()[: 2000])
     with pytest.raises(ArtifactError):
         read_artifact(path)
+
+
+def test_multiline_rules_travel_with_the_model_and_older_artifacts_load_without_them(parts, tmp_path):
+    from ops.fetch.multiline import load_multiline
+
+    model, vocab = parts
+    rules = load_multiline(["java"], max_lines=50)
+    path = write_artifact(tmp_path / "m.zip", model, vocab, RULES, multiline_rules=rules)
+    assert read_artifact(path).multiline_rules == rules
+    older = rewrite(Path(path), drop="multiline_rules.json")
+    assert read_artifact(older).multiline_rules is None  # trained before lines were joined
+    broken = dict(rules, parsers={"java": {"rules": [{"state": "start_state", "regex": "(", "next": "x"}]}})
+    bad = rewrite(Path(path), replace={"multiline_rules.json": json.dumps(broken).encode()})
+    with pytest.raises(ArtifactError, match="multiline_rules.json: parser 'java' rule #1: regex does not compile"):
+        read_artifact(bad)
+    with pytest.raises(ValueError, match="max_lines"):
+        write_artifact(tmp_path / "n.zip", model, vocab, RULES, multiline_rules=dict(rules, max_lines=0))

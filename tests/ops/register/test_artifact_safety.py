@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import stat
@@ -23,6 +24,7 @@ from safetensors.torch import save as st_save
 import ops.register.artifact
 from ops.register.artifact import ArtifactError, read_artifact, write_artifact
 from ops.mask.masking import Masker, load_rules, validate_rules
+import ops.train.config
 import ops.train.model
 from ops.train.model import NuLog, NuLogConfig
 from ops.validate.scoring import Scorer
@@ -70,7 +72,7 @@ def no_model_built(monkeypatch):
     def refuse(cfg):
         raise AssertionError(f"the model was built before its config was checked: {cfg}")
 
-    monkeypatch.setattr(ops.register.artifact, "NuLog", refuse)
+    monkeypatch.setattr(ops.train.model, "NuLog", refuse)  # where ops.register.artifact takes it from
 
 
 def members(path: Path) -> dict[str, bytes]:
@@ -351,3 +353,110 @@ def test_storage_writing_removes_its_temp_file_on_failure(tmp_path):
             Path(tmp).write_bytes(b"half")
             raise RuntimeError("boom")
     assert not list((tmp_path / "a").iterdir())
+
+
+# ---- decompression bombs: every declared size is checked, by kind, before a member is read ----
+
+def bombed(path: Path, member: str, chunks, keep=()) -> Path:
+    """The artifact with `member` replaced by the bytes `chunks` yields, streamed into the zip
+    (deflated, so a gigabyte of padding takes a megabyte); `keep` adds extra entries."""
+    docs = members(path)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for name, data in docs.items():
+            if name == member:
+                with z.open(name, "w", force_zip64=True) as out:
+                    for chunk in chunks:
+                        out.write(chunk)
+            else:
+                z.writestr(name, data)
+        for name, data in keep:
+            z.writestr(name, data)
+    return path
+
+
+class ReadGuard:
+    """Once armed, only the members in `allowed` may be opened (decompressed)."""
+
+    def __init__(self):
+        self.allowed: set[str] = set()
+        self.armed = False
+
+    def arm(self, *allowed: str) -> None:
+        self.allowed.update(allowed)
+        self.armed = True
+
+
+@pytest.fixture()
+def nothing_read(monkeypatch):
+    guard = ReadGuard()
+    real_open = zipfile.ZipFile.open
+
+    def guarded(self, name, *args, **kwargs):
+        member = name.filename if isinstance(name, zipfile.ZipInfo) else name
+        assert not guard.armed or member in guard.allowed, f"{member} was read before it was refused"
+        return real_open(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", guarded)
+    return guard
+
+
+def padded_json(doc: dict, mb: int):
+    """Valid JSON of `mb` MB: the document after that much whitespace."""
+    block = b" " * (1 << 20)
+    for _ in range(mb):
+        yield block
+    yield json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("member", ["meta.json", "metrics.json", "masking_rules.json", "config.json"])
+def test_a_json_member_inflating_past_its_cap_is_refused_before_anything_is_read(good, nothing_read, member):
+    # before: each JSON member could inflate to the weights' cap (1 GiB), so five of them took 6.5 GB
+    path = bombed(good, member, padded_json({}, 17))  # 17 MB: over every JSON member's cap
+    nothing_read.arm()
+    refused(path, member, "too large")
+
+
+def test_a_vocabulary_larger_than_the_config_says_is_refused_fast_and_unread(good, parts, nothing_read):
+    # 2 million tokens (about 20 MB of JSON) behind a config.json of 15 tokens: refused from the zip's
+    # directory and config.json alone (before: parsed first; 5 million took 10 s and 1.1 GB, see
+    # benchmarks/artifact_bombs.py)
+    def vocab(n=2_000_000, per=100_000):
+        yield b'{"counts": {}, "itos": ["<pad>", "<cls>", "<mask>", "<unk>"'
+        for start in range(0, n, per):
+            yield b"".join(b', "t%d"' % i for i in range(start, start + per))
+        yield b"]}"
+
+    path = bombed(good, "vocab.json", vocab())
+    nothing_read.arm("config.json")
+    message = refused(path, "vocab.json", "too large", f"vocab_size {len(parts[1])}", seconds=1.0)
+    assert "inflated" in message
+
+
+def test_weights_larger_than_the_config_shapes_need_are_refused_unread(good, nothing_read):
+    need = 4 * sum(math.prod(s) for s in ops.train.config.state_dict_shapes(read_artifact(good).model_config).values())
+    path = bombed(good, "model.safetensors", iter([b"\0" * (need + (2 << 20))]))
+    nothing_read.arm("config.json")
+    refused(path, "model.safetensors", "too large", "config.json's shapes")
+
+
+def test_too_many_entries_or_too_much_in_total_is_refused_before_reading(good, tmp_path, monkeypatch, nothing_read):
+    many = [(f"extra/{i}.txt", b"x") for i in range(100)]
+    other = tmp_path / "total.zip"
+    other.write_bytes(good.read_bytes())
+    path = bombed(good, "meta.json", iter([b"{}"]), keep=many)
+    nothing_read.arm()
+    refused(path, "entries")
+    # extra entries are never read, but they count towards the total
+    monkeypatch.setattr(ops.register.artifact, "MAX_TOTAL_BYTES", 8 << 20, raising=False)
+    nothing_read.armed = False
+    path = bombed(other, "meta.json", iter([b"{}"]), keep=[("notes.bin", b"\0" * (9 << 20))])
+    nothing_read.arm()
+    refused(path, "inflate", "together")
+
+
+def test_an_artifact_file_over_the_total_cap_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "huge.zip"
+    with open(path, "wb") as f:
+        f.truncate(2 << 30)  # 2 GiB, sparse: no disk used
+    monkeypatch.setattr("builtins.open", lambda *a, **k: pytest.fail("the file was read"))
+    refused(path, "too large")

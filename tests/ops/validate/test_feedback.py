@@ -40,6 +40,22 @@ def test_the_classifier_learns_which_tokens_mark_an_anomaly():
         LabelIndex(labels, classifier={"bias": "x"})
 
 
+def test_a_verdict_from_feedback_says_whether_its_label_was_given_near_or_guessed():
+    from ops.validate.verdict import judge
+
+    labels = {f"user u{i} logged in": "normal" for i in range(20)}
+    labels.update({f"kernel panic on cpu c{i}": "anomaly" for i in range(3)})
+    index = LabelIndex(labels, classifier=train_classifier(labels))
+    forms = ["kernel panic on cpu c1", "kernel panic on cpu c9", "a kernel panic again", "user zed logged in"]
+    sourced = index.sourced_labels_for(forms)
+    assert sourced == {forms[0]: ("anomaly", "label"), forms[1]: ("anomaly", "near_label"),
+                       forms[2]: ("anomaly", "classifier"), forms[3]: ("normal", "near_label")}
+    assert index.sourced_labels_for(forms) == sourced  # the same from the cache
+    assert index.labels_for(forms) == {f: label for f, (label, _) in sourced.items()}
+    assert judge(forms, [1.0] * 4, [1] * 4, 0.7, labels=sourced) == [
+        (True, "label"), (True, "near_label"), (True, "classifier"), (False, "near_label")]
+
+
 def test_labelled_anomalies_stay_out_of_training():
     kept, dropped = without_anomalies([("a b c d", 5), ("a b c x", 2), ("q r s t", 7)], {"a b c d": "anomaly"})
     assert kept == [("q r s t", 7)] and dropped == 7  # the near form goes too

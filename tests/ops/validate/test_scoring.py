@@ -24,6 +24,7 @@ from resources.artifacts import LocalArtifactStorage
 from resources.sqlite_store import SQLiteStore
 from resources.store_records import ModelRecord
 
+
 LINES = (
     ["connection from 10.0.0.%d port %d accepted" % (i % 7, 4000 + i) for i in range(60)]
     + ["user alice logged in after %d ms" % i for i in range(30)]
@@ -162,21 +163,26 @@ def test_cli_score_json_lines_and_text(home, artifact):
     assert [r["score"] for r in rows] == pytest.approx([s.score for s in expected], abs=1e-6)
     assert [r["anomaly"] for r in rows] == [s.anomaly for s in expected] and rows[-1]["anomaly"]
     assert [r["masked"] for r in rows] == [s.masked for s in expected]
+    # every line says why, and a score verdict with the threshold it was judged against
+    assert [r["reason"] for r in rows] == [s.reason for s in expected] and rows[-1]["reason"] == "score"
+    assert all(r["threshold"] == 0.7 for r in rows)
 
-    code, stdout, stderr = run_main(["score", "--batch", "team", "--version", "1", "-"], stdin=LINES[0] + "\n")
+    code, stdout, stderr = run_main(["score", "--batch", "team", "--version", "1", "-"],
+                                    stdin=LINES[0] + "\ntotally new words never seen\n")
     assert code == 0, stderr
-    score, verdict, masked = stdout.rstrip("\n").split("\t")
-    assert verdict in ("normal", "ANOMALY") and masked == expected[0].masked
-    assert "model v1" in stderr and "threshold 1.0" in stderr  # v1's own threshold
+    first, new = (line.split("\t") for line in stdout.rstrip("\n").split("\n"))
+    assert first[1] in ("normal", "ANOMALY") and first[3] == expected[0].masked
+    assert new[1:3] == ["ANOMALY", "score<1"]  # v1's own threshold, in its reason
+    assert "model v1" in stderr and "threshold 1;" in stderr and "flagged: " in stderr and " by score" in stderr
 
 
 def test_cli_templates(home):
-    out = logloop("templates", "--batch", "team", "--top-k", "1000", "--json", str(home / "logs.txt"))
+    out = logloop("templates", "--batch", "team", "--json", str(home / "logs.txt"))
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert sum(r["count"] for r in rows) == 4
     assert {"template": "connection from <*> port <*> accepted", "count": 3} in rows
-    code, stdout, _ = run_main(["templates", "--batch", "team", "--top-k", "1000", str(home / "logs.txt")])
+    code, stdout, _ = run_main(["templates", "--batch", "team", str(home / "logs.txt")])
     assert code == 0 and stdout.split("\n")[0].split(None, 1) == ["3", "connection from <*> port <*> accepted"]
 
 
@@ -226,13 +232,68 @@ def test_the_verdict_label_first_then_severity_then_a_score_that_is_not_establis
     counts = [500, 1, 3, 40, 1, 1]  # of 546 lines: 40 lines (7%) make a form established
     verdicts = judge(forms, scores, counts, 0.7, labels={"labelled ok": "normal", "labelled bad": "anomaly",
                                                           "x <severe> y": "normal"})
-    assert verdicts == [(False, ""), (False, "label"), (True, "score"), (False, "established"), (False, "label"),
+    assert verdicts == [(False, "score"), (False, "label"), (True, "score"), (False, "established"), (False, "label"),
                         (True, "label")]
     assert judge(["x <severe> y"], [1.0], [1], 0.7) == [(True, "severity")]
     # 10 lines are not enough when they are under 1% of what is judged
     assert judge(["f"], [0.1], [10], 0.7, total=5_000) == [(True, "score")]
     assert judge(["f"], [0.1], [9], 0.7, total=10) == [(True, "score")]
     assert judge(["f"], [0.1], [10], 0.7, total=10) == [(False, "established")]
+
+
+def test_every_verdict_has_one_reason_and_feedback_says_where_its_label_came_from():
+    from ops.validate.verdict import REASONS, describe, judge, reason_counts
+
+    forms = ["own", "near one", "by classifier", "x <severe> y", "low", "high"]
+    labels = {"own": "anomaly", "near one": ("normal", "near_label"), "by classifier": ("anomaly", "classifier")}
+    verdicts = judge(forms, [0.9, 0.1, 0.9, 0.9, 0.2, 0.8], [1] * 6, 0.5, labels=labels)
+    assert verdicts == [(True, "label"), (False, "near_label"), (True, "classifier"), (True, "severity"),
+                        (True, "score"), (False, "score")]
+    assert all(reason in REASONS for _, reason in verdicts)
+    with pytest.raises(ValueError, match="source"):
+        judge(["f"], [0.1], [1], 0.5, labels={"f": ("anomaly", "guess")})
+    # a score verdict names the threshold it was judged against
+    assert [describe(r, flag, 0.5) for flag, r in verdicts[3:]] == ["severity", "score<0.5", "score>=0.5"]
+    assert reason_counts(verdicts, [1, 2, 3, 4, 5, 6]) == {
+        "flagged_by": {"classifier": 3, "label": 1, "score": 5, "severity": 4},
+        "normal_by": {"near_label": 2, "score": 6}}
+
+
+def test_the_threshold_is_calibrated_to_the_flag_budget_of_what_the_score_alone_decides():
+    from ops.validate.verdict import calibrate_threshold, judge
+
+    forms = ["a", "b", "c", "d", "x <severe> y", "common"]
+    scores = [0.2, 0.4, 0.6, 0.9, 0.0, 0.1]
+    counts = [1, 2, 3, 44, 10, 40]  # 100 lines; "common" (40) is established, severity is not the score's
+    # nothing may be flagged: the threshold is the lowest score left to the score ("a"'s), which stays normal
+    assert calibrate_threshold(forms, scores, counts, 0.0) == 0.2
+    assert calibrate_threshold(forms, scores, counts, 0.01) == 0.4   # "a" (1 line) fits a budget of 1 line
+    assert calibrate_threshold(forms, scores, counts, 0.029) == 0.4  # 1 + 2 lines do not fit 2.9
+    assert calibrate_threshold(forms, scores, counts, 0.03) == 0.6
+    assert calibrate_threshold(forms, scores, counts, 0.5) == 1.0    # every line the score decides fits
+    for budget in (0.0, 0.01, 0.03, 0.06, 0.5):
+        t = calibrate_threshold(forms, scores, counts, budget)
+        flagged = sum(n for n, (flag, why) in zip(counts, judge(forms, scores, counts, t)) if flag and why == "score")
+        assert flagged <= budget * sum(counts)
+    # labelled forms are feedback's, not the score's
+    assert calibrate_threshold(forms, scores, counts, 0.0, labels={"a": "normal"}) == 0.4
+    # the lowest-scoring line at 0 already over the budget: threshold 0, the score flags nothing
+    assert calibrate_threshold(["z", "a"], [0.0, 0.5], [1, 99], 0.0) == 0.0
+    assert judge(["z"], [0.0], [1], 0.0, total=100) == [(False, "score")]
+    with pytest.raises(ValueError, match="budget"):
+        calibrate_threshold(forms, scores, counts, 1.5)
+
+
+def test_a_scorer_uses_the_models_calibrated_threshold_and_old_models_keep_the_default(artifact):
+    from dataclasses import replace
+
+    from ops.validate.defaults import DEFAULT_THRESHOLD
+
+    assert Scorer(replace(artifact, metrics={})).threshold == DEFAULT_THRESHOLD  # an artifact from before calibration
+    calibrated = replace(artifact, metrics={"top_k": 50, "threshold": 0.35, "flag_budget": 0.0})
+    assert Scorer(calibrated).threshold == 0.35
+    assert Scorer(replace(artifact, metrics={"threshold": 0.0})).threshold == 0.0  # 0 is a threshold, not "unset"
+    assert Scorer(calibrated, threshold=0.9).threshold == 0.9  # an explicit one wins
 
 
 def test_feedback_labels_override_the_score_in_the_scorer(artifact):

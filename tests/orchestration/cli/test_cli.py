@@ -285,3 +285,19 @@ def test_models_list_piped_into_head(home):
         assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr
         assert out.stderr == "" and len(out.stdout.splitlines()) == 1, (command, out.stderr)
         assert out.returncode in (0, 141) if command == "tasks list" else out.returncode == 141, (command, out.returncode)
+
+
+def test_look_alike_batch_names_are_one_batch_and_invisible_ones_a_usage_error(home):
+    import unicodedata
+
+    nfd, nfc = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    exe = Path(sys.executable).with_name("logloop")
+    pushed = subprocess.run([str(exe), "push", "--batch", nfd, "--json"], input="one line\nanother line\n",
+                            capture_output=True, text=True, timeout=60)
+    assert pushed.returncode == 0, pushed.stderr
+    count = logloop("samples", "count", "--batch", nfc, "--json")
+    assert json.loads(count.stdout) == {"batch": nfc, "count": 2}
+    for args in (("samples", "count", "--batch", "caf\u202ee"), ("models", "list", "--batch", "a\u200bb")):
+        out = logloop(*args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert "invisible or direction-changing" in out.stderr and "\u202e" not in out.stderr and "\u200b" not in out.stderr

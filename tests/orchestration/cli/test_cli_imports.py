@@ -1,0 +1,55 @@
+"""The `logloop` command loads only what a command needs: no torch, plotting or data-frame library for
+`--help` or `models list`, and not even Dagster, pydantic or SQLAlchemy for `--help`. (How fast it
+answers is benchmarks/cli_start.py's to measure; this guards what makes it fast.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resources.sqlite_store import SQLiteStore
+from resources.store_records import ModelRecord
+
+# Runs the console script's entry point, then reports the top-level packages it imported.
+PROBE = """
+import json, sys
+from orchestration.cli.app import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "packages": sorted({name.split(".")[0] for name in sys.modules})}), file=sys.stderr)
+"""
+NEVER = {"torch", "matplotlib", "pandas", "numpy"}
+
+
+@pytest.fixture
+def env(tmp_path):
+    SQLiteStore(path=str(tmp_path / "store.sqlite")).register_model(ModelRecord(
+        batch="a/b", version=1, run_id="run-1", artifact="models/x/nulog-1-u.zip", artifact_uri="/m/nulog-1-u.zip",
+        metrics={"top_k_accuracy": 0.9}, window_start_ms=0, window_end_ms=3_600_000, mode="scratch"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGLOOP_")}
+    return {**env, "LOGLOOP_HOME": str(tmp_path)}
+
+
+def run(env, *args) -> tuple[str, set[str]]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=120)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report["code"] in (0, None), done.stderr
+    return done.stdout, set(report["packages"])
+
+
+def test_help_loads_no_heavy_library(env):
+    out, packages = run(env, "--help")
+    assert "models" in out and "train" in out
+    assert packages.isdisjoint(NEVER | {"dagster", "pydantic", "sqlalchemy", "yaml", "rich"}), packages
+
+
+def test_models_list_loads_no_torch_nor_plotting_nor_data_frames(env):
+    out, packages = run(env, "models", "list")
+    assert "a/b" in out and "nulog-1-u.zip" in out
+    assert packages.isdisjoint(NEVER), packages
