@@ -75,36 +75,27 @@ def run(
     server_processes: int | None = None,
     cache_size: int = 100_000,
 ) -> dict:
-    from resources.opensearch_source import OpenSearchLogSource
-
     workers = workers or os.cpu_count() or 1
     slices = slices or workers
     server_processes = server_processes or max(1, min(8, (os.cpu_count() or 2) // 2))
     proc, url = start_server(loghub_lines(data), lines, windows, server_processes)
     try:
-        source = OpenSearchLogSource(hosts=[url], batch_fields=["cluster_id"], slices=slices, page_size=page_size)
-        bounds = Windows([(w * HOUR, (w + 1) * HOUR) for w in range(windows)])
-        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(time.sleep, [0.2] * workers))  # all workers up before timing
-            t0 = time.perf_counter()
-            shards = source.shards(bounds)
-            result = summarize_windows(shards, bounds, pool=pool, cache_size=max(1, cache_size))
-            seconds = time.perf_counter() - t0
+        result = read(url, "logs", windows, workers, slices, page_size, cache_size)
     finally:
         proc.terminate()
         proc.join(10)
     return {
-        "lines": result.lines,
-        "lines_per_s": round(result.lines / seconds, 1),
-        "peak_rss_mb": round(result.peak_worker_rss_mb, 1),
+        "lines": result["lines"],
+        "lines_per_s": result["lines_per_s"],
+        "peak_rss_mb": result["peak_worker_rss_mb"],
         "parent_peak_rss_mb": round(peak_rss_mb(), 1),
-        "seconds": round(seconds, 2),
+        "seconds": result["seconds"],
         "workers": workers,
         "slices": slices,
         "page_size": page_size,
         "server_processes": server_processes,
         "windows": windows,
-        "bad_records": result.bad.total,
+        "bad_records": result["bad_records"],
         "source": "opensearch-test",
     }
 
