@@ -107,6 +107,16 @@ def drain(bus: NatsBus, instance, artifacts: ArtifactStorage, pending: list, log
             alive = False
             tick.warnings.append(f"{what}: {exc}")
 
+        def acknowledge(reply, what: str) -> None:
+            """Ack one request whose run exists (a redelivery, or a copy coalesced into another run)."""
+            if not alive:
+                return
+            try:
+                session.ack(reply)
+                tick.counts["acknowledged"] += 1
+            except NatsError as exc:
+                failed(what, exc)
+
         try:
             session.ensure_stream()
         except NatsError as exc:
@@ -139,12 +149,8 @@ def drain(bus: NatsBus, instance, artifacts: ArtifactStorage, pending: list, log
         for incoming in messages:
             result = parse(incoming, bus)
             if isinstance(result, Accepted) and result.run_key not in requested and run_exists(instance, result.run_key):
-                if alive:  # a redelivery of a request whose run was recorded: done with it
-                    try:
-                        session.ack(incoming.reply)
-                        tick.counts["acknowledged"] += 1
-                    except NatsError as exc:
-                        failed("acknowledging a redelivered request", exc)
+                # a redelivery of a request whose run was recorded: done with it
+                acknowledge(incoming.reply, "acknowledging a redelivered request")
                 continue
             if isinstance(result, Accepted) and incoming.num_delivered > bus.max_deliveries:
                 result = Rejected(incoming, f"delivered {incoming.num_delivered} times and still no run was recorded for it")
@@ -174,12 +180,7 @@ def drain(bus: NatsBus, instance, artifacts: ArtifactStorage, pending: list, log
                     # identical to a queued or running training: that run answers this request too
                     tick.counts["coalesced"] += 1
                     tick.coalesced[into] = tick.coalesced.get(into, 0) + 1
-                    if alive:
-                        try:
-                            session.ack(incoming.reply)
-                            tick.counts["acknowledged"] += 1
-                        except NatsError as exc:
-                            failed("acknowledging a coalesced request", exc)
+                    acknowledge(incoming.reply, "acknowledging a coalesced request")
                     continue
             tick.pending.append([result.run_key, incoming.reply])
             if result.run_key in requested:
