@@ -14,6 +14,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ops.validate.defaults import DEFAULT_FLAG_BUDGET
+from orchestration.errors import LoopSettingsError  # noqa: F401  (importable from here too)
 
 
 class RetentionPolicy(BaseModel):
@@ -336,10 +337,6 @@ class LoopSettings(BaseModel):
 
     def thresholds_for(self, batch: str) -> Thresholds:
         return self.batch_overrides.get(batch, self.thresholds)
-
-
-class LoopSettingsError(ValueError):
-    pass
 
 
 def merge_run_config(base: dict, extra: dict) -> dict:

@@ -15,6 +15,11 @@ from tests.servers.opensearch_node import opensearch_node, opensearch_nodes  # n
 # tests/orchestration/test_partitions_start.py unsets it to test the derivation.
 os.environ.setdefault("LOGLOOP_PARTITION_START", "2025-01-01-00:00")
 
+# pytest-xdist's workers inherit COLUMNS from the controlling terminal (80 where there is none), so
+# tables would be laid out for that width under `make test` and for 120, the width when output is
+# not a terminal, in a plain run. Tests see the plain run's width; those about COLUMNS set it.
+os.environ.pop("COLUMNS", None)
+
 # The Loghub-2.0 2k sample of seven systems ships with the tests (tests/data/loghub2k, with the
 # dataset's LICENSE.txt and CITATION). LOGHUB_DIR points the tests at another copy.
 LOGHUB = Path(__file__).resolve().parent / "data" / "loghub2k"

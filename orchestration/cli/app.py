@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from orchestration.cli import anomalies, config, feedback, models, nats, push, retention, score, train
 from orchestration.cli.common import batch_arg, human_time, one_line, open_store, print_table
-from orchestration.loop_settings import LoopSettingsError
+from orchestration.errors import LoopSettingsError
 from resources.errors import ArtifactStorageError, StoreError
 from resources.store_records import TASK_STATES
 

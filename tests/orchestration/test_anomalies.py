@@ -208,7 +208,9 @@ def test_errors_are_one_line_and_exit_1(home, capsys):
         assert logloop(f"--since={bad}") == 1
         err = capsys.readouterr().err
         assert err.startswith(f"error: --since {bad!r}") and len(err.strip().splitlines()) == 1
-    assert logloop("--batch", "a\nb") == 1 and "control characters" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a name no batch can have is a usage error
+        logloop("--batch", "a\nb")
+    assert exit_.value.code == 2 and "--batch: batch name 'a\\nb' contains control characters" in capsys.readouterr().err
 
 
 def test_nothing_recent_says_so(home, capsys):

@@ -93,7 +93,7 @@ def test_a_pinned_version_is_the_scorer_the_fine_tune_parent_and_the_champion(en
     result = _train(instance, resources, mode="finetune")
     sample = result.asset_materializations_for_node("training_sample")[0].metadata
     assert sample["mode"].value == "finetune" and sample["parent_version"].value == 1
-    assert sample["window_start_ms"].value == START_MS + HOUR_MS  # v1's watermark
+    assert sample["window_start"].value == (START_MS + HOUR_MS) / 1000  # v1's watermark
     [check] = result.get_asset_check_evaluations()
     assert check.metadata["champion_version"].value == 1
     v3 = store.latest_model(BATCH)

@@ -265,7 +265,7 @@ def test_a_cardinality_bomb_is_capped_warned_and_adds_partitions_in_one_call(tmp
         warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == 30]
     assert calls == {"has": 0, "add": 1}
     assert len(partitions) == 1 + 30 + 1 and "old" in partitions and "_overflow_new_batches" in partitions
-    overflow = meta["batch_overflow"].value
+    overflow = meta["run_batch_overflow"].value
     assert overflow["records"] == 2000 - 30 and overflow["batch_fields"] == "request_id"
     assert overflow["batch"] == "_overflow_new_batches" and len(overflow["example_batches"]) == 10
     assert any("request_id" in w and "_overflow_new_batches" in w and "1970 record(s)" in w for w in warnings)
@@ -304,7 +304,7 @@ def test_new_vocabulary_escalates_a_fine_tune_to_scratch_before_the_sample_is_dr
     sample = result.asset_materializations_for_node("training_sample")[0].metadata
     assert sample["mode"].value == "scratch" and "parent_version" not in sample
     assert sample["escalation"].value.startswith("new data's OOV share ") and sample["replayed_lines"].value == 0
-    assert sample["window_start_ms"].value == START_MS  # all the batch's data, not only the new hour
+    assert sample["window_start"].value == START_MS / 1000  # all the batch's data, not only the new hour
     model = result.asset_materializations_for_node("nulog_model")[0].metadata
     assert model["mode"].value == "scratch" and model["escalation"].value == sample["escalation"].value
     [task] = [t for t in resources["store"].list_tasks(batch=BATCH) if t.run_id == result.run_id]

@@ -32,7 +32,7 @@ from tests.servers.postgres_server import postgres_server
 from tests.servers.s3_server import S3Server
 from tests.sandbox_executor import ROOT_ENV, sandbox_env
 from tests.servers.taos_rest_server import FakeTaosAdapter
-from tests.system.test_daemon import postgres_instance_yaml
+from tests.system.test_daemon import instance_yaml as daemon_instance_yaml, postgres_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -68,7 +68,7 @@ def cluster(request, tmp_path):
     with ExitStack() as stack:
         s3 = stack.enter_context(S3Server())
         pg = stack.enter_context(postgres_server(database="dagster"))
-        instance_yaml = yaml.safe_load(postgres_instance_yaml(pg.port))
+        instance_yaml = yaml.safe_load(daemon_instance_yaml(postgres_instance(pg.port)))
         # compute logs would go to the run worker's disk: pods keep none
         instance_yaml["compute_logs"] = {"module": "dagster._core.storage.noop_compute_log_manager",
                                          "class": "NoOpComputeLogManager"}
