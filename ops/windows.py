@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import heapq
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 # The valid range of a record's time, in epoch milliseconds: MIN_TIME_MS <= ms < MAX_TIME_MS,
@@ -23,6 +24,11 @@ _ONE_MS = dt.timedelta(milliseconds=1)
 def now_ms() -> int:
     """The current time in epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 (UTC, to the second), as messages show a record's time."""
+    return (_EPOCH + dt.timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time_ms(value: Any) -> int | None:
@@ -50,10 +56,19 @@ def parse_time_ms(value: Any) -> int | None:
 
 
 class Windows:
-    """Sorted, non-overlapping time windows [start, end) in epoch ms; finds a time's window."""
+    """Sorted, non-overlapping time windows [start, end) in epoch ms; finds a time's window.
 
-    def __init__(self, bounds: Sequence[tuple[int, int]]):
+    `start_ms` and `until_ms` bound the times any window of the loop could ever hold: the first
+    time window's start (the partition start) and the run's clock plus the allowed skew. A record
+    outside [start_ms, until_ms) will never be summarised, so readers count it as bad
+    (`time_before_start`, `time_in_future`) instead of passing over it like a record of another
+    window. Unset, they are the valid range of times, and nothing more is counted.
+    """
+
+    def __init__(self, bounds: Sequence[tuple[int, int]], *, start_ms: int | None = None, until_ms: int | None = None):
         self.bounds = sorted((int(a), int(b)) for a, b in bounds)
+        self.start_ms = MIN_TIME_MS if start_ms is None else max(MIN_TIME_MS, int(start_ms))
+        self.until_ms = MAX_TIME_MS if until_ms is None else min(MAX_TIME_MS, int(until_ms))
         self.starts = [a for a, _ in self.bounds]
         for (a, b), (c, _) in zip(self.bounds, self.bounds[1:]):
             if b > c:
@@ -71,18 +86,44 @@ class Windows:
         i = bisect.bisect_right(self.starts, t) - 1
         return i if t < self.bounds[i][1] else -1
 
+    def out_of_range(self, t: int) -> str | None:
+        """Why a valid time can never be in a window of the loop (a bad-record reason), or None."""
+        if t < self.start_ms:
+            return "time_before_start"
+        if t >= self.until_ms:
+            return "time_in_future"
+        return None
+
     def overlaps(self, lo: int, hi: int) -> bool:
         """Whether any window meets the closed range [lo, hi]."""
         return any(a <= hi and lo < b for a, b in self.bounds)
 
 
+FIRST_KEPT = 32  # earliest record times a read keeps per file, so a start needs that many records at most
+
+
 @dataclass
 class TimeRange:
+    """The range of times a read has seen, and its FIRST_KEPT earliest record times (sorted;
+    left empty by readers whose records share one time, like a text file's lines). Where the
+    partitions begin is derived from these, so a few mis-dated records cannot move it."""
+
     lo: int | None = None
     hi: int | None = None
+    first: list[int] = field(default_factory=list)
 
     def add(self, lo: int, hi: int) -> None:
         self.lo = lo if self.lo is None else min(self.lo, lo)
         self.hi = hi if self.hi is None else max(self.hi, hi)
+
+    def first_bound(self) -> int:
+        """Times below this would enter `first` (MAX_TIME_MS while it has room)."""
+        return self.first[-1] if len(self.first) >= FIRST_KEPT else MAX_TIME_MS
+
+    def add_first(self, times) -> None:
+        """Keep the FIRST_KEPT earliest of `first` and `times` (ints, already known to hold one below
+        `first_bound()`; callers check the bound first, so the hot path costs one comparison)."""
+        bound = self.first_bound()
+        self.first = heapq.nsmallest(FIRST_KEPT, [*self.first, *(int(t) for t in times if t < bound)])
 
 

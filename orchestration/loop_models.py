@@ -14,6 +14,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ops.validate.defaults import DEFAULT_FLAG_BUDGET
+from ops.windows import FIRST_KEPT
 from orchestration.errors import LoopSettingsError  # noqa: F401  (importable from here too)
 
 
@@ -262,6 +263,19 @@ class LoopSettings(BaseModel):
         default=400, gt=0, le=36600, allow_inf_nan=False,
         description="A start derived from the log files' times is never more than this many days back "
         "(ingested windows always count, however old).",
+    )
+    partition_start_min_records: int = Field(
+        default=10, ge=1, le=FIRST_KEPT,
+        description="A start derived from the log files' times needs this many records at or before it: it is the "
+        "time of the N-th earliest record known, so a few records with a wrong clock (a device booted in 1970) "
+        "cannot move the windows back; records before the start are counted as bad, `time_before_start`. "
+        f"At most {FIRST_KEPT}, the earliest times kept per file.",
+    )
+    future_tolerance_s: int = Field(
+        default=86_400, ge=0, le=366 * 86_400,
+        description="How far ahead of the clock a record's time may be. A record dated later than now plus this, "
+        "when partition_summaries reads it, is counted as bad (`time_in_future`), not left for a window that may "
+        "never come; one within it is summarised when its window has closed.",
     )
     max_new_batches_per_window: int = Field(
         default=1_000, ge=1, le=1_000_000,

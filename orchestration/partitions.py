@@ -7,9 +7,12 @@ Where the time windows begin (`time_partitions`' start), first match wins:
 3. the data, read when the code location loads: the earliest of
    - the earliest window already summarised (`summaries/<window>.parquet` in artifact storage),
      so a window that was ever materialized always stays a partition;
-   - with the file source, the earliest record of the log files (the source index's time
-     ranges; files it does not know yet: a JSON file's first record, a text file's mtime),
-     never more than `partition_max_days` back;
+   - with the file source, the time of the N-th earliest record of the log files, N being
+     `partition_start_min_records` (the source index's earliest times of each file; files it does
+     not know yet: a JSON file's first records, a text file's mtime, which all its lines take),
+     never more than `partition_max_days` back. A handful of records with a wrong clock (1971)
+     moves nothing; the data stage counts them as bad (`time_before_start`). Fewer than N
+     records in all: as if the earliest record were unknown;
    - `partition_lookback_days` ago when the source's earliest record is unknown (OpenSearch,
      an empty or unreadable folder): then there are windows for catch-up and backfills;
    floored to its window, and never later than the last closed window.
@@ -92,65 +95,78 @@ def earliest_summary_ms(keys: list[str]) -> Optional[int]:
     return min(found) if found else None
 
 
-def _first_record_ms(path: str, compression: Optional[str], time_field: str) -> Optional[int]:
-    """The time of the first record (of the first 10 lines) of a JSON Lines file."""
-    import json
+def _first_record_times(path: str, time_field: str) -> Optional[list[int]]:
+    """The times of the first records (of the first FIRST_KEPT lines) of a JSON Lines file; None
+    when the file is plain text (by its name and its first line, as the data stage decides)."""
+    import orjson
 
-    from ops.fetch.streams import open_stream
+    from ops.fetch.local_files import file_format, sniff_json
     from ops.fetch.records import get_field
-    from ops.windows import parse_time_ms
+    from ops.fetch.streams import open_stream
+    from ops.windows import FIRST_KEPT, parse_time_ms
 
-    with open_stream(path, compression) as stream:
+    named_json, compression = file_format(path)
+    with open_stream(path, compression, regular_only=True) as stream:
         data = b""
-        while data.count(b"\n") < 10 and len(data) < PEEK_MAX_BYTES:
+        while data.count(b"\n") < FIRST_KEPT and len(data) < PEEK_MAX_BYTES:
             chunk = stream.read(64 * 1024)
             if not chunk:
                 break
             data += chunk
-    for line in data.split(b"\n")[:10]:
+    if not named_json and not sniff_json(data, time_field):
+        return None
+    times = []
+    for line in data.split(b"\n")[:FIRST_KEPT]:
         try:
-            doc = json.loads(line)
-        except ValueError:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
             continue
         if isinstance(doc, dict):
             ms = parse_time_ms(get_field(doc, time_field))
             if ms is not None:
-                return ms
-    return None
+                times.append(ms)
+    return times
 
 
-def earliest_file_record_ms(root: str, index: dict, time_field: str, deadline: float) -> Optional[int]:
-    """The earliest record time of the log files under `root`: the index's range for a file it
-    knows (same size and version), else a JSON file's first record or a text file's mtime."""
-    from pathlib import PurePosixPath
+def earliest_file_record_ms(root: str, index: dict, time_field: str, deadline: float,
+                            min_records: int = 1) -> Optional[int]:
+    """The time of the `min_records`-th earliest record of the log files under `root` (None when
+    there are fewer): for a file the index knows (same size and version), its earliest record times
+    (an entry without them, a text file's or one written before they were kept: its `lo`, counted
+    as `min_records` records); else a JSON file's first records, or a text file's mtime, which all
+    its lines take (also counted as `min_records` records)."""
+    import heapq
 
-    from ops.fetch.local_files import COMPRESSION_SUFFIXES, JSON_SUFFIXES
     from ops.fetch.locations import list_files
 
-    earliest = None
+    times: list[int] = []
     peeked = 0
     for file in list_files(root):
         if time.monotonic() > deadline:
             break
         entry = index.get(file.path)
         if isinstance(entry, dict) and entry.get("id") == file.file_id and isinstance(entry.get("lo"), int):
-            ms = entry["lo"]
-        else:
-            name = PurePosixPath(file.path)
-            compression = COMPRESSION_SUFFIXES.get(name.suffix.lower())
-            if (name.with_suffix("") if compression else name).suffix.lower() in JSON_SUFFIXES:
-                if peeked >= PEEK_MAX_FILES:
-                    continue
-                peeked += 1
-                try:
-                    ms = _first_record_ms(file.path, compression, time_field)
-                except Exception:  # noqa: BLE001 - an unreadable file tells nothing here; the data stage reports it
-                    ms = None
+            first = entry.get("first")
+            if isinstance(first, list) and all(type(t) is int for t in first):
+                times.extend(first)
             else:
-                ms = file.mtime_ms  # a text file's lines take its mtime
-        if ms is not None and (earliest is None or ms < earliest):
-            earliest = ms
-    return earliest
+                times.extend([entry["lo"]] * min_records)
+            continue
+        if peeked >= PEEK_MAX_FILES:
+            continue
+        peeked += 1
+        try:
+            found = _first_record_times(file.path, time_field)
+        except Exception:  # noqa: BLE001 - an unreadable file tells nothing here; the data stage reports it
+            continue
+        if found is not None:
+            times.extend(found)
+        elif file.mtime_ms is not None:
+            times.extend([file.mtime_ms] * min_records)  # a text file's lines take its mtime
+        if len(times) > 64 * min_records:
+            times = heapq.nsmallest(min_records, times)
+    earliest = heapq.nsmallest(min_records, times)
+    return earliest[-1] if len(earliest) >= min_records else None
 
 
 def _probe_summaries() -> Optional[int]:
@@ -160,11 +176,13 @@ def _probe_summaries() -> Optional[int]:
 
 
 def _probe_source(deadline: float) -> Optional[int]:
-    """The file source's earliest record; None when it is unknown (OpenSearch, no files)."""
+    """The file source's earliest record (of partition_start_min_records); None when it is unknown
+    (OpenSearch, no files, too few records)."""
     current = settings()
     if current.opensearch_hosts:
         return None
     from ops.fetch.local_files import load_index
+    from orchestration.loop_settings import loop_settings
     from orchestration.settings import data_home, logs_dir
     from resources.log_source import file_source_location
 
@@ -173,7 +191,8 @@ def _probe_source(deadline: float) -> Optional[int]:
         index = load_index(where["index_path"])
     except Exception:  # noqa: BLE001 - the index only saves reading the files
         index = {}
-    return earliest_file_record_ms(str(where["path"]), index, current.time_field, deadline)
+    return earliest_file_record_ms(str(where["path"]), index, current.time_field, deadline,
+                                   loop_settings().partition_start_min_records)
 
 
 def derive_start(now_ms: int, cron: str = PARTITION_CRON, *, lookback_days: float = 7, max_days: float = 400,
@@ -211,7 +230,7 @@ def derive_start(now_ms: int, cron: str = PARTITION_CRON, *, lookback_days: floa
         candidates.append((summaries, f"the earliest summarised window {_fmt(summaries)}"))
     if source is not None:
         floor = now_ms - int(max_days * DAY_MS)
-        candidates.append((max(source, floor), f"the earliest log record {_fmt(source)}"
+        candidates.append((max(source, floor), f"the earliest log records, from {_fmt(source)}"
                            + (f", at most {max_days:g} days back" if source < floor else "")))
     else:
         candidates.append((now_ms - int(lookback_days * DAY_MS),
@@ -245,6 +264,7 @@ time_partitions = TimeWindowPartitionsDefinition(
 )
 
 batch_partitions = DynamicPartitionsDefinition(name="batches")
+START_MS = int(time_partitions.start.timestamp() * 1000)  # records before it are never summarised
 
 
 def iso(ms: int) -> str:

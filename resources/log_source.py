@@ -50,8 +50,9 @@ class LogSource(ConfigurableResource, ABC):
         lines, a window's samples by time), as joining multiline events needs. The default: `shards`."""
         return self.shards(windows)
 
-    def remember(self, time_ranges: dict) -> None:
-        """Learn what the shards held (e.g. a file's time range) to plan later reads."""
+    def remember(self, time_ranges: dict, first_times: Optional[dict] = None) -> None:
+        """Learn what the shards held (e.g. a file's time range, its earliest record times) to plan
+        later reads and to place the first time window."""
 
     @abstractmethod
     def describe(self) -> str: ...
@@ -114,9 +115,10 @@ class LocalLogSource(LogSource):
         except (FileNotFoundError, locations.SourceUnavailable) as exc:
             raise LogSourceError(str(exc)) from None
 
-    def remember(self, time_ranges):
+    def remember(self, time_ranges, first_times=None):
         if not self.index_path:
             return
+        first_times = first_times or {}
         try:
             index = local_files.load_index(self.index_path)
             for path, (planned_id, lo, hi) in time_ranges.items():
@@ -124,6 +126,8 @@ class LocalLogSource(LogSource):
                 # since no longer matches and is read again
                 if planned_id:
                     index[path] = {"id": planned_id, "lo": lo, "hi": hi}
+                    if path in first_times:  # a JSON file's earliest record times (orchestration.partitions)
+                        index[path]["first"] = first_times[path]
             local_files.save_index(self.index_path, index)
         except locations.SourceUnavailable as exc:
             raise LogSourceError(str(exc)) from None

@@ -14,7 +14,7 @@ from ops.fetch.framing import MAX_LINE_BYTES
 from ops.fetch.records import RecordFormat, batch_name
 from ops.fetch.tally import Tally
 from ops.naming import InvalidName, validate_batch_name
-from ops.windows import MAX_TIME_MS, MIN_TIME_MS, TimeRange, Windows
+from ops.windows import TimeRange, Windows
 
 
 def _one_object_per_line(data: bytes):
@@ -42,6 +42,13 @@ _KEY_LIMIT = 1 << 62  # FastJsonBlocks._batch_index keeps its int64 keys below t
 _GET_T, _GET_M, _GET_B0 = operator.attrgetter("t"), operator.attrgetter("m"), operator.attrgetter("b0")
 
 
+def _see(seen: TimeRange, lo: int, hi: int, times) -> None:
+    """A taken block's times into `seen`: its range, and any of its times among the earliest kept."""
+    seen.add(lo, hi)
+    if lo < seen.first_bound():
+        seen.add_first(times)
+
+
 class FastJsonBlocks:
     """Vectorised parsing of a block of JSON Lines with pyarrow, for the common case.
 
@@ -53,8 +60,8 @@ class FastJsonBlocks:
     careful path would: every line is one JSON object starting with `{` and ending with
     `}`, the block is valid UTF-8 with no line over MAX_LINE_BYTES, there are no
     NaN/Infinity tokens (which orjson rejects and Arrow accepts), the time field is an
-    integer (epoch ms) in [MIN_TIME_MS, MAX_TIME_MS) on every line (checked on the block's
-    min and max), the message is a string on every line inside a window, batch fields are
+    integer (epoch ms) in [windows.start_ms, windows.until_ms) on every line (checked on the
+    block's min and max; that range lies within ops.windows' valid range), the message is a string on every line inside a window, batch fields are
     strings or absent, and every batch name is valid.
     """
 
@@ -200,17 +207,24 @@ class FastJsonBlocks:
         t = np.asarray(times.combine_chunks() if isinstance(times, pa.ChunkedArray) else times)
         if len(t):
             lo, hi = int(t.min()), int(t.max())
-            if lo < MIN_TIME_MS or hi >= MAX_TIME_MS:
-                return None  # bad_time lines: the careful path names them
-            if seen is not None:
-                seen.add(lo, hi)
+            if lo < windows.start_ms or hi >= windows.until_ms:
+                return None  # bad_time, time_before_start, time_in_future: the careful path names them
+        else:
+            lo = hi = None
+
+        def seen_now():  # only once the block is taken: a refused one is read again by the careful path
+            if seen is not None and lo is not None:
+                _see(seen, lo, hi, t)
+
         if not len(windows):
+            seen_now()
             return []
         starts = np.asarray(windows.starts, dtype=np.int64)
         ends = np.asarray([b for _, b in windows.bounds], dtype=np.int64)
         w = np.searchsorted(starts, t, side="right") - 1
         inside = (w >= 0) & (t < ends[np.maximum(w, 0)])
         if not inside.any():
+            seen_now()
             return []
         rows = None if inside.all() else pa.array(np.flatnonzero(inside))
         w = w[inside] if rows is not None else w
@@ -250,6 +264,7 @@ class FastJsonBlocks:
             key_ids, k_idx = np.unique(key, return_inverse=True)
             k_idx = k_idx.reshape(-1)
         keys = [(int(k) // nb, batch_names[int(k) % nb]) for k in key_ids.tolist()]
+        seen_now()
         return keys, k_idx, menc.dictionary, m_idx
 
     def _batch_index(self, values):
@@ -302,10 +317,8 @@ class FastJsonBlocks:
             return None
         times = list(map(_GET_T, records))
         lo, hi = min(times), max(times)
-        if lo < MIN_TIME_MS or hi >= MAX_TIME_MS:  # bad_time lines: the careful path names them
-            return None
-        if seen is not None:
-            seen.add(lo, hi)
+        if lo < windows.start_ms or hi >= windows.until_ms:
+            return None  # bad_time, time_before_start, time_in_future: the careful path names them
         w = windows.index(lo)
         if w >= 0 and windows.index(hi) == w:
             window_of = None  # the usual block: all in one window
@@ -344,7 +357,13 @@ class FastJsonBlocks:
             joiner, ends = joining[0], joining[1]
             candidates = joiner.ml.candidate_lines(data, ends)  # the lines that may begin an event
             if joiner.has_open or len(candidates):
+                if not self._valid(p[1] for p in joiner.open_payloads()):
+                    return None  # an open event's batch name is invalid: the careful path names it
+                if seen is not None:
+                    _see(seen, lo, hi, times)
                 return self._joined(candidates, records, w, window_of, names, batches, joiner, *joining[2:])
+        if seen is not None:  # the block is taken: a refused one is read again by the careful path
+            _see(seen, lo, hi, times)
         if window_of is None and len(names) == 1:
             return {(w, next(iter(names))): map(_GET_M, records)}  # counted by the Tally, in C
         messages = list(map(_GET_M, records))
@@ -369,10 +388,8 @@ class FastJsonBlocks:
         tried as the start of an event, and only the lines after one run the state machine (`Joiner.join_block`); the rest
         are counted as they are. Events that end here are counted under their first line's window
         and batch (it may lie in an earlier block); events still open at the end of the block wait
-        in the joiner. None (the careful path) when an open event's batch name is invalid.
+        in the joiner. The caller has checked that every open event's batch name is valid.
         """
-        if not self._valid(p[1] for p in joiner.open_payloads()):
-            return None
         messages = list(map(_GET_M, records))
         single = next(iter(names)) if len(names) == 1 else None
         stream_of = (lambda i: single) if single is not None else batches.__getitem__

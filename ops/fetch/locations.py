@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 _ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCS", "FSSPEC_")
@@ -114,27 +115,125 @@ def _walk_order(rel: str):
     return [(1, d) for d in parts[:-1]] + [(0, parts[-1])]
 
 
+# a folder whose name says it should have been a log file
+_LOG_NAMES = (".log", ".jsonl", ".ndjson", ".json", ".gz", ".zst", ".txt")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    rel: str       # relative to the root
+    reason: str    # a bad-record reason (ops.fetch.records.REASONS)
+    detail: str = ""
+
+
+@dataclass
+class Listing:
+    files: list[FileEntry] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
 def list_files(root: str | Path) -> list[FileEntry]:
     """The files under `root` (a path or URL), in os.walk order, hidden ones ('.name') left out."""
+    return scan_files(root).files
+
+
+def scan_files(root: str | Path) -> Listing:
+    """The files under `root` (a path or URL), in os.walk order, hidden ones ('.name') left out, and
+    what was passed over and why (`Skipped`, local folders only: object stores hold only files).
+
+    In a local folder symbolic links are followed when their target lies within the root (the
+    root's real path), so Kubernetes' /var/log/containers links into /var/log/pods are read with
+    the root /var/log; a link leaving the root is refused. A file reached twice (by a link and by
+    its own name) is listed once, under the name met first. Nothing is opened: types come from
+    lstat/stat, so a FIFO can never block the listing."""
     fs, base = filesystem(root)
     local = is_local(fs)
     if local and not fs.isdir(base):
         raise FileNotFoundError(f"log folder {root} does not exist or is not a folder")
-    try:
-        if not local:
+    if local:
+        listing = _scan_local(base.rstrip("/") or "/")
+    else:
+        try:
             fs.invalidate_cache(base)  # a listing is always fresh
-        found = fs.find(base, detail=True)
-    except Exception as exc:
-        raise SourceUnavailable(f"cannot list {shown(root)}: {reason(exc)}") from None
-    base = base.rstrip("/")
-    entries = []
-    for name, info in found.items():
-        if info.get("type", "file") != "file" or name.endswith("/"):
+            found = fs.find(base, detail=True)
+        except Exception as exc:
+            raise SourceUnavailable(f"cannot list {shown(root)}: {reason(exc)}") from None
+        base = base.rstrip("/")
+        listing = Listing()
+        for name, info in found.items():
+            if info.get("type", "file") != "file" or name.endswith("/"):
+                continue
+            rel = name[len(base) + 1:] if name.startswith(base + "/") else PurePosixPath(name).name
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            listing.files.append(FileEntry(fs.unstrip_protocol(name), rel, _file_id(info), modification_ms(info)))
+    listing.files.sort(key=lambda e: _walk_order(e.rel))
+    return listing
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _kind(mode: int) -> str:
+    return ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+
+
+def _scan_local(base: str) -> Listing:
+    """`scan_files` of a local folder: os.scandir with lstat, links resolved against the root."""
+    root_real = os.path.realpath(base)
+    listing = Listing()
+    skip = listing.skipped.append
+    files_seen: set[str] = set()
+    folders_seen = {root_real}
+    todo = [(base, "")]
+    while todo:
+        folder, rel_folder = todo.pop()
+        try:
+            with os.scandir(folder) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skip(Skipped(rel_folder or ".", "unreadable_file", reason(exc)))
             continue
-        rel = name[len(base) + 1:] if name.startswith(base + "/") else PurePosixPath(name).name
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        path = name if local else fs.unstrip_protocol(name)
-        entries.append(FileEntry(path, rel, _file_id(info), modification_ms(info)))
-    entries.sort(key=lambda e: _walk_order(e.rel))
-    return entries
+        sub = []
+        for item in items:
+            if item.name.startswith("."):
+                continue
+            rel = f"{rel_folder}/{item.name}" if rel_folder else item.name
+            try:
+                st = item.stat(follow_symlinks=False)
+                real = item.path
+                if stat.S_ISLNK(st.st_mode):
+                    real = os.path.realpath(item.path)
+                    if not _within(real, root_real):
+                        skip(Skipped(rel, "link_outside_root", f"it points to {real}"))
+                        continue
+                    try:
+                        st = os.stat(item.path)
+                    except FileNotFoundError:
+                        skip(Skipped(rel, "broken_link", f"it points to {real}"))
+                        continue
+            except OSError as exc:
+                skip(Skipped(rel, "unreadable_file", reason(exc)))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                real = os.path.realpath(item.path)
+                if real in folders_seen:
+                    skip(Skipped(rel, "link_loop", f"it points to {real}"))
+                    continue
+                folders_seen.add(real)
+                if item.name.lower().endswith(_LOG_NAMES):
+                    skip(Skipped(rel, "log_named_folder"))
+                sub.append((item.path, rel))
+            elif stat.S_ISREG(st.st_mode):
+                real = os.path.realpath(real)
+                if real in files_seen:
+                    continue
+                files_seen.add(real)
+                info = {"size": st.st_size, "mtime": st.st_mtime}
+                listing.files.append(FileEntry(item.path, rel, _file_id(info), modification_ms(info)))
+            else:
+                skip(Skipped(rel, "not_regular_file", f"a {_kind(st.st_mode)}"))
+        todo.extend(reversed(sub))
+    return listing

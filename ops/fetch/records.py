@@ -15,7 +15,7 @@ import orjson
 
 from ops.fetch.framing import MAX_LINE_BYTES
 from ops.naming import InvalidName, validate_batch_name
-from ops.windows import MAX_TIME_MS, MIN_TIME_MS, TimeRange, Windows, parse_time_ms
+from ops.windows import FIRST_KEPT, MAX_TIME_MS, MIN_TIME_MS, TimeRange, Windows, iso_ms, parse_time_ms
 
 MAX_EXAMPLES = 10
 
@@ -27,11 +27,20 @@ REASONS = {
     "not_object": "JSON value is not an object",
     "no_time": "time field missing",
     "bad_time": "time field is not epoch-ms or ISO-8601 from 1970 to 9999",
+    "time_before_start": "time before the first time window (the partition start), never summarised",
+    "time_in_future": "time later than the clock allows (now plus future_tolerance_s), never summarised",
     "no_message": "message field missing or not a string",
     "bad_batch": "batch name is invalid",
     "empty_after_masking": "nothing left after masking",
     "corrupt_compression": "compressed file is truncated or corrupt; lines before this one were read, the rest of the file was not",
     "event_cut": "line of a multiline event past the event's cap, left out of its text (the event is kept)",
+    # what a folder of log files holds besides log files (ops.fetch.locations.scan_files): one count each
+    "not_regular_file": "not a regular file (a FIFO, socket or device): never opened",
+    "link_outside_root": "symbolic link to a target outside the log folder: not followed",
+    "broken_link": "symbolic link to nothing",
+    "link_loop": "symbolic link to a folder read already (a loop): not followed again",
+    "log_named_folder": "a folder named like a log file (a bind mount of a missing file makes one); files in it are read",
+    "unreadable_file": "file or folder that cannot be opened (permissions) or vanished before it was read",
 }
 
 
@@ -163,7 +172,10 @@ def parse_json_lines(
     window_of = windows.index
     valid_batches: set[str] = set()
     min_t, max_t = MIN_TIME_MS, MAX_TIME_MS
+    start_ms, until_ms = windows.start_ms, windows.until_ms
     lo = hi = None
+    first: list[int] = []
+    first_bound = seen.first_bound() if seen is not None else -1
     for offset, raw in enumerate(lines):
         if len(raw) > MAX_LINE_BYTES:
             bad.add("too_long", f"{source}:{first_line_no + offset}", f"{len(raw)} bytes")
@@ -199,9 +211,18 @@ def parse_json_lines(
             lo = t
         elif t > hi:
             hi = t
+        if t < first_bound:
+            first.append(t)
+            if len(first) > 4 * FIRST_KEPT:
+                seen.add_first(first)
+                first, first_bound = [], seen.first_bound()
         w = window_of(t)
-        if w < 0 and joiner is None:
-            continue
+        if w < 0:
+            if not start_ms <= t < until_ms:
+                bad.add(windows.out_of_range(t), f"{source}:{first_line_no + offset}", out_of_range_detail(t, windows))
+                continue
+            if joiner is None:
+                continue
         message = doc.get(message_field)
         if message is None:
             message = get_field(doc, message_field)
@@ -218,7 +239,16 @@ def parse_json_lines(
         route(out, valid_batches, bad, f"{source}:{first_line_no + offset}", w, fmt.batch_of(doc), message)
     if seen is not None and lo is not None:
         seen.add(lo, hi)
+        if first:
+            seen.add_first(first)
     return out
+
+
+def out_of_range_detail(t: int, windows: Windows) -> str:
+    """What a bad-record example says of a time no window can hold."""
+    if t < windows.start_ms:
+        return f"{iso_ms(t)}, the time windows begin at {iso_ms(windows.start_ms)}"
+    return f"{iso_ms(t)}, at or after {iso_ms(windows.until_ms)}"
 
 
 def _reject_constant(name: str):

@@ -19,6 +19,37 @@ class CorruptCompression(Exception):
     """A compressed file ends before its end marker or holds data that does not decompress."""
 
 
+class FileSkipped(SourceUnavailable):
+    """A local file that cannot be read as a log file (not a regular file, permission denied,
+    vanished): `reason` is its bad-record reason (ops.fetch.records.REASONS)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _open_local(path: str):
+    """A local file opened for reading, refused unless it is a regular file. It is opened
+    non-blocking, so a FIFO put in a file's place after the listing cannot hang the read, then
+    checked with fstat (the file itself, not its name) before a byte is read."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (PermissionError, FileNotFoundError) as exc:
+        raise FileSkipped(f"cannot read {path}: {reason(exc)}", "unreadable_file") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileSkipped(f"{path} is not a regular file", "not_regular_file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class _Guarded:
     """A file's read(n); any failure (a lost connection, a vanished file) is one line naming it."""
 
@@ -189,13 +220,17 @@ class ZstdStream(_Decompressed):
 
 
 @contextlib.contextmanager
-def open_stream(url: str, compression: str | None = None):
-    """A file's bytes as a stream with read(n), decompressed when `compression` says so."""
+def open_stream(url: str, compression: str | None = None, regular_only: bool = False):
+    """A file's bytes as a stream with read(n), decompressed when `compression` says so. With
+    `regular_only` (a folder's log files), a local file that is not a regular file, cannot be
+    opened for its permissions or has vanished raises FileSkipped, and nothing blocks."""
     fs, path = filesystem(url)
     kwargs = {} if is_local(fs) else {
         "block_size": REMOTE_BLOCK, "cache_type": "background", "cache_options": {"maxblocks": 2}}
     try:
-        f = fs.open(path, "rb", **kwargs)
+        f = _open_local(path) if regular_only and is_local(fs) else fs.open(path, "rb", **kwargs)
+    except FileSkipped:
+        raise
     except Exception as exc:
         raise SourceUnavailable(f"cannot read {shown(url)}: {reason(exc)}") from None
     try:

@@ -346,6 +346,7 @@ class RunResult:
     time_ranges: dict        # shard path -> (shard identity, lo, hi)
     cache_hits: int
     overflow: NewBatchCap = field(default_factory=NewBatchCap)  # records of new batches past the cap
+    first_times: dict = field(default_factory=dict)  # shard path -> its earliest record times (TimeRange.first)
 
 
 def summarize_windows(
@@ -378,7 +379,7 @@ def summarize_windows(
     lines = [0] * len(windows)
     bad = BadRecords()
     peak, hits = 0.0, 0
-    ranges = {}
+    ranges, first_times = {}, {}
     workers = getattr(pool, "_max_workers", 1) if pool is not None else 1
     defer = summarizer_kwargs.pop("defer", DEFAULT_DEFER if workers > 1 else 0)
     cache_size = summarizer_kwargs.get("cache_size", DEFAULT_CACHE)
@@ -456,6 +457,8 @@ def summarize_windows(
         batch_cap.merge(r.overflow)
         peak, hits = max(peak, r.peak_rss_mb), hits + r.cache_hits
         ranges[getattr(shard, "path", str(done))] = (getattr(shard, "file_id", None), r.seen.lo, r.seen.hi)
+        if r.seen.first:
+            first_times[getattr(shard, "path", str(done))] = r.seen.first
         if r.pending:
             fresh = [raw for _, raw, _ in r.pending if raw not in known and raw not in inflight]
             if fresh:
@@ -479,7 +482,7 @@ def summarize_windows(
         if summary.total:
             per_window[w].summaries[batch] = summary
     return RunResult(per_window, bad, len(shards), time.perf_counter() - t0, sum(lines), peak, ranges, hits,
-                     batch_cap.shipped())
+                     batch_cap.shipped(), first_times)
 
 
 class _Done:

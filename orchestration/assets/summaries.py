@@ -19,11 +19,11 @@ from ops.fetch.push import fold_counts
 from ops.mask.data_stage import OVERFLOW_BATCH, summarize_windows
 from ops.mask.masking import load_rules
 from ops.mask.summary import write_summaries
-from ops.windows import Windows
+from ops.windows import Windows, now_ms
 from orchestration import contract
 from orchestration.k8s import backfill_policy, data_step_k8s_config
 from orchestration.loop_settings import loop_settings
-from orchestration.partitions import batch_partitions, time_partitions
+from orchestration.partitions import START_MS, batch_partitions, time_partitions
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
 from resources.store import Store
@@ -73,7 +73,9 @@ def partition_summaries(
         (skipped if artifacts.exists(contract.summary_key(key)) and not config.force else todo).append(key)
     if skipped:
         context.log.info(f"{len(skipped)} window(s) already summarised, not read again: {skipped[:5]}")
-    windows = Windows([window_ms(k) for k in todo])
+    # records no window of the loop can ever hold are counted as bad, not passed over
+    windows = Windows([window_ms(k) for k in todo], start_ms=START_MS,
+                      until_ms=now_ms() + 1000 * loop_settings().future_tolerance_s)
     multiline = loop_settings().multiline.rules()
     # joining a stack trace's lines needs each stream's records in order within a shard
     shards = (log_source.ordered_shards(windows) if multiline["parsers"] else log_source.shards(windows)) if todo else []
@@ -93,7 +95,7 @@ def partition_summaries(
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    log_source.remember(result.time_ranges)
+    log_source.remember(result.time_ranges, result.first_times)
 
     rows, batches = [], set()
     for key, (start, end), window in zip(todo, windows.bounds, result.windows):

@@ -43,7 +43,7 @@ def test_the_earliest_of_summaries_and_log_records_floored_to_its_window():
     s = start(probe_summaries=lambda: ms("2026-11-23 05:00"), probe_source=lambda d: ms("2026-11-23 07:12"))
     assert s.key == "2026-11-23-05:00" and "earliest summarised window 2026-11-23T05:00Z" in s.reason
     s = start(probe_summaries=lambda: ms("2026-11-23 05:00"), probe_source=lambda d: ms("2026-11-20 22:59"))
-    assert s.key == "2026-11-20-22:00" and "earliest log record 2026-11-20T22:59Z" in s.reason
+    assert s.key == "2026-11-20-22:00" and "earliest log records, from 2026-11-20T22:59Z" in s.reason
 
 
 def test_no_data_known_means_lookback_days_back():
