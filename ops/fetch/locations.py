@@ -187,9 +187,9 @@ def _scan_local(base: str) -> Listing:
     skip = listing.skipped.append
     files_seen: set[str] = set()
     folders_seen = {root_real}
-    todo = [(base, "")]
+    todo = [(base, "", root_real)]
     while todo:
-        folder, rel_folder = todo.pop()
+        folder, rel_folder, folder_real = todo.pop()
         try:
             with os.scandir(folder) as it:
                 items = sorted(it, key=lambda e: e.name)
@@ -203,8 +203,8 @@ def _scan_local(base: str) -> Listing:
             rel = f"{rel_folder}/{item.name}" if rel_folder else item.name
             try:
                 st = item.stat(follow_symlinks=False)
-                real = item.path
-                if stat.S_ISLNK(st.st_mode):
+                real, link = item.path, stat.S_ISLNK(st.st_mode)
+                if link:
                     real = os.path.realpath(item.path)
                     if not _within(real, root_real):
                         skip(Skipped(rel, "link_outside_root", f"it points to {real}"))
@@ -218,16 +218,18 @@ def _scan_local(base: str) -> Listing:
                 skip(Skipped(rel, "unreadable_file", reason(exc)))
                 continue
             if stat.S_ISDIR(st.st_mode):
-                real = os.path.realpath(item.path)
-                if real in folders_seen:
+                real = os.path.realpath(item.path) if link else os.path.join(folder_real, item.name)
+                if link and _within(folder_real, real):  # a link to the folder it is in, or above
                     skip(Skipped(rel, "link_loop", f"it points to {real}"))
                     continue
+                if link and real in folders_seen:
+                    continue  # a folder read under its own name (its files are listed once anyway)
                 folders_seen.add(real)
                 if item.name.lower().endswith(_LOG_NAMES):
                     skip(Skipped(rel, "log_named_folder"))
-                sub.append((item.path, rel))
+                sub.append((item.path, rel, real))
             elif stat.S_ISREG(st.st_mode):
-                real = os.path.realpath(real)
+                real = real if link else os.path.join(folder_real, item.name)
                 if real in files_seen:
                     continue
                 files_seen.add(real)

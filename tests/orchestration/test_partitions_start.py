@@ -171,3 +171,55 @@ def test_a_bad_partition_start_in_the_loop_settings_fails_the_load_clearly(tmp_p
     loop.write_text(f"partition_start: '{value}'\n")
     with pytest.raises(LoopSettingsError, match="partition_start .* is not YYYY-MM-DD-HH:MM"):
         load_loop_settings(str(loop))
+
+
+# ---- wrong clocks: a handful of mis-dated records does not move the start ---------------------------------
+
+Y1971 = ms("1971-03-01 00:00")
+
+
+def _records(path: Path, times: list[int]) -> None:
+    path.write_text("".join(json.dumps({"time": t, "log": "GET /"}) + "\n" for t in times))
+
+
+def test_the_start_needs_min_records_at_or_before_it(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    first = ms("2026-11-25 10:00")
+    _records(logs / "app.jsonl", [Y1971] + [first + i * 1000 for i in range(50)])
+    _records(logs / "other.jsonl", [Y1971 + 1] + [first + 60_000 + i for i in range(50)])
+    deadline = time.monotonic() + 10
+    assert earliest_file_record_ms(str(logs), {}, "time", deadline, min_records=1) == Y1971  # as before
+    assert earliest_file_record_ms(str(logs), {}, "time", deadline, min_records=10) == first + 7000
+    assert earliest_file_record_ms(str(logs), {}, "time", deadline, min_records=3) == first
+    assert earliest_file_record_ms(str(logs), {}, "time", deadline, min_records=101) is None  # too few: unknown
+    # a file the index knows: its earliest record times, as the data stage remembered them
+    from ops.fetch.locations import list_files
+
+    a, other = list_files(str(logs))
+    index = {a.path: {"id": a.file_id, "lo": Y1971, "hi": first, "first": [Y1971] + [first] * 31},
+             other.path: {"id": other.file_id, "lo": first - 1, "hi": first}}  # no "first": its lo counts in full
+    assert earliest_file_record_ms(str(logs), index, "time", deadline, min_records=10) == first - 1
+
+
+def test_one_record_of_1971_in_the_source_index_leaves_the_start_at_the_data(tmp_path):
+    """The issue's repro: the data stage read a file holding one 1971 record and remembered it in the
+    source index; a fresh process then derived a start 400 days back."""
+    from ops.mask.data_stage import summarize_windows
+    from ops.windows import Windows
+    from resources.log_source import LocalLogSource
+
+    home = tmp_path / "home"
+    (home / "logs").mkdir(parents=True)
+    first = ms("2026-11-25 10:00")
+    _records(home / "logs" / "app.jsonl", [Y1971] + [first + i * 60_000 for i in range(120)])
+    source = LocalLogSource(path=str(home / "logs"), index_path=str(home / "source-index.json"))
+    windows = Windows([(first, first + 3 * HOUR)])
+    result = summarize_windows(source.shards(windows), windows)
+    source.remember(result.time_ranges, result.first_times)
+    entry, = json.loads((home / "source-index.json").read_text()).values()
+    assert entry["lo"] == Y1971 and entry["first"][:2] == [Y1971, first]
+    got = load_start(home)
+    assert got["key"] == "2026-11-25-10:00" and "earliest log records" in got["reason"], got
+    # one record is enough when the setting says so: then the 1971 record moves it, at most 400 days back
+    assert "at most 400 days back" in load_start(home, LOGLOOP_PARTITION_START_MIN_RECORDS="1")["reason"]

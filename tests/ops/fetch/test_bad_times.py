@@ -161,3 +161,72 @@ def test_out_of_range_times_in_opensearch_hits_are_bad_records():
     assert bad.counts == {"bad_time": len(odd)}
     assert bad.examples[0] == f"logs#0/odd0: {REASONS['bad_time']}"
     assert (seen.lo, seen.hi) == (START, START + 2)
+
+
+# ---- wrong clocks: times valid in themselves that no window of the loop can ever hold ----------------
+
+DAY = 24 * HOUR
+Y1971 = 31_536_000_000 + 5_000      # 1971-01-01T00:00:05Z
+Y2100 = 4_102_444_800_000           # 2100-01-01T00:00:00Z
+# the run's windows, with the loop's bounds: its first window began a day earlier, the clock allows a day ahead
+BOUNDED = Windows([(START, START + HOUR)], start_ms=START - DAY, until_ms=START + 2 * DAY)
+
+
+def _clocks_file(tmp_path, n: int = 3000) -> None:
+    """n good records in the window, one dated 1971 first, one dated 2100 in the middle, and one of a
+    later window (not bad: that window will read it)."""
+    good = [_good(i % 3600) for i in range(n)]
+    (tmp_path / "app.jsonl").write_bytes(
+        _line(str(Y1971).encode(), "clock not set yet") + b"".join(good[: n // 2])
+        + _line(str(Y2100).encode(), "clock far ahead") + b"".join(good[n // 2:])
+        + _line(str(START + 3 * HOUR).encode(), "a later window"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+@pytest.mark.parametrize("block_size", [4096, 1 << 20])
+def test_records_no_window_can_hold_are_counted_by_reason_with_an_example(tmp_path, fmt, block_size):
+    _clocks_file(tmp_path)
+    shards = [local_files.FileShard(s.path, s.source, s.fmt, s.text_batch, s.file_id, block_size)
+              for s in local_files.plan_shards(tmp_path, fmt, BOUNDED)]
+    result = summarize_windows(shards, BOUNDED)
+    assert result.windows[0].lines == 3000
+    assert result.bad.counts == {"time_before_start": 1, "time_in_future": 1}
+    assert result.bad.examples == [
+        f"app.jsonl:1: {REASONS['time_before_start']}: 1971-01-01T00:00:05Z, the time windows begin at 2024-11-22T07:00:00Z",
+        f"app.jsonl:1502: {REASONS['time_in_future']}: 2100-01-01T00:00:00Z, at or after 2024-11-25T07:00:00Z",
+    ]
+    # the careful reader counts the same
+    bad = BadRecords()
+    for shard in local_files.plan_shards(tmp_path, fmt, BOUNDED):
+        for _ in shard.read(BOUNDED, bad, TimeRange()):
+            pass
+    assert bad.counts == result.bad.counts and bad.examples == result.bad.examples
+    # the file's time range still holds every valid time, mis-dated ones included (the index plans reads by it)
+    (_, lo, hi), = result.time_ranges.values()
+    assert (lo, hi) == (Y1971, Y2100)
+
+
+def test_windows_without_the_loops_bounds_count_nothing_more(tmp_path):
+    """Sensors and counts build plain windows: records outside them are other windows' business."""
+    _clocks_file(tmp_path, 100)
+    result = summarize_windows(local_files.plan_shards(tmp_path, FORMATS["flat-msgspec"], WINDOWS), WINDOWS)
+    assert result.windows[0].lines == 100 and not result.bad.counts
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+def test_each_file_keeps_its_earliest_record_times_on_every_path(tmp_path, fmt):
+    """What the partition start is derived from: the FIRST_KEPT earliest times of each file."""
+    from ops.windows import FIRST_KEPT
+
+    _clocks_file(tmp_path, 3000)
+    want = sorted([Y1971] + [START + i * 1000 for i in range(3000 % 3600)])[:FIRST_KEPT]
+    for block_size in (4096, 1 << 20):
+        shards = [local_files.FileShard(s.path, s.source, s.fmt, s.text_batch, s.file_id, block_size)
+                  for s in local_files.plan_shards(tmp_path, fmt, BOUNDED)]
+        result = summarize_windows(shards, BOUNDED)
+        assert list(result.first_times.values()) == [want]
+    seen = TimeRange()
+    for shard in local_files.plan_shards(tmp_path, fmt, BOUNDED):
+        for _ in shard.read(BOUNDED, BadRecords(), seen):
+            pass
+    assert seen.first == want
