@@ -168,8 +168,11 @@ def test_out_of_range_times_in_opensearch_hits_are_bad_records():
 DAY = 24 * HOUR
 Y1971 = 31_536_000_000 + 5_000      # 1971-01-01T00:00:05Z
 Y2100 = 4_102_444_800_000           # 2100-01-01T00:00:00Z
-# the run's windows, with the loop's bounds: its first window began a day earlier, the clock allows a day ahead
-BOUNDED = Windows([(START, START + HOUR)], start_ms=START - DAY, until_ms=START + 2 * DAY)
+
+
+def _bounded() -> Windows:
+    """The run's windows with the loop's bounds: its first window began a day earlier, the clock allows a day ahead."""
+    return Windows([(START, START + HOUR)], start_ms=START - DAY, until_ms=START + 2 * DAY)
 
 
 def _clocks_file(tmp_path, n: int = 3000) -> None:
@@ -185,6 +188,7 @@ def _clocks_file(tmp_path, n: int = 3000) -> None:
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
 @pytest.mark.parametrize("block_size", [4096, 1 << 20])
 def test_records_no_window_can_hold_are_counted_by_reason_with_an_example(tmp_path, fmt, block_size):
+    BOUNDED = _bounded()
     _clocks_file(tmp_path)
     shards = [local_files.FileShard(s.path, s.source, s.fmt, s.text_batch, s.file_id, block_size)
               for s in local_files.plan_shards(tmp_path, fmt, BOUNDED)]
@@ -218,6 +222,7 @@ def test_each_file_keeps_its_earliest_record_times_on_every_path(tmp_path, fmt):
     """What the partition start is derived from: the FIRST_KEPT earliest times of each file."""
     from ops.windows import FIRST_KEPT
 
+    BOUNDED = _bounded()
     _clocks_file(tmp_path, 3000)
     want = sorted([Y1971] + [START + i * 1000 for i in range(3000 % 3600)])[:FIRST_KEPT]
     for block_size in (4096, 1 << 20):
