@@ -309,3 +309,34 @@ def test_new_vocabulary_escalates_a_fine_tune_to_scratch_before_the_sample_is_dr
     assert model["mode"].value == "scratch" and model["escalation"].value == sample["escalation"].value
     [task] = [t for t in resources["store"].list_tasks(batch=BATCH) if t.run_id == result.run_id]
     assert task.mode == "scratch"
+
+
+def test_mis_dated_records_and_skipped_files_reach_the_runs_bad_record_metadata(tmp_path):
+    """What partition_summaries shows for records no window can hold (the test suite's windows begin in
+    2025) and for what the log folder holds besides log files."""
+    import json
+    import os
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lines = [{"time": START_MS + i * 1000, "log": f"GET /{i % 3}", "cluster_id": "c"} for i in range(50)]
+    lines[10]["time"] = 31_536_000_000  # 1971
+    lines[20]["time"] = 4_102_444_800_000  # 2100
+    (logs / "app.jsonl.1").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    os.mkfifo(logs / "pipe.log")
+    resources = {
+        "log_source": LocalLogSource(path=str(logs), batch_fields=["cluster_id"]),
+        "store": SQLiteStore(path=str(tmp_path / "store.sqlite")),
+        "artifacts": LocalArtifactStorage(root=str(tmp_path / "artifacts")),
+    }
+    (tmp_path / "dagster_home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        result = materialize([partition_summaries], partition_key=hour_key(START_MS), instance=instance,
+                             resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
+    assert result.success
+    meta = result.asset_materializations_for_node("partition_summaries")[0].metadata
+    assert meta["run_bad_by_reason"].value == {"time_before_start": 1, "time_in_future": 1, "not_regular_file": 1}
+    examples = meta["run_bad_examples"].value
+    assert any(e.startswith("app.jsonl.1:11: time before the first time window") and "1971-01-01" in e for e in examples)
+    assert any(e.startswith("app.jsonl.1:21: time later than the clock allows") and "2100-01-01" in e for e in examples)
+    assert meta["batch_lines"].value == {"c": 48}
