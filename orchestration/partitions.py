@@ -17,7 +17,7 @@ Where the time windows begin (`time_partitions`' start), first match wins:
      an empty or unreadable folder): then there are windows for catch-up and backfills;
    floored to its window, and never later than the last closed window.
 
-Deriving it lists one folder (or prefix) and reads the first line of at most
+Deriving it lists one folder (or prefix) and reads the first lines of at most
 PEEK_MAX_FILES files, in a thread given START_TIMEOUT_S: what was not found by then counts as
 unknown, and any error there counts as no data. It never fails the load. The daemon, the
 webserver and the run workers each derive it when they load the code, so they agree when they
@@ -137,6 +137,7 @@ def earliest_file_record_ms(root: str, index: dict, time_field: str, deadline: f
     its lines take (also counted as `min_records` records)."""
     import heapq
 
+    from ops.fetch.local_files import file_format
     from ops.fetch.locations import list_files
 
     times: list[int] = []
@@ -152,13 +153,14 @@ def earliest_file_record_ms(root: str, index: dict, time_field: str, deadline: f
             else:
                 times.extend([entry["lo"]] * min_records)
             continue
-        if peeked >= PEEK_MAX_FILES:
-            continue
-        peeked += 1
-        try:
-            found = _first_record_times(file.path, time_field)
-        except Exception:  # noqa: BLE001 - an unreadable file tells nothing here; the data stage reports it
-            continue
+        if peeked >= PEEK_MAX_FILES:  # enough files opened: the rest are told by their names alone
+            found = [] if file_format(file.path)[0] else None
+        else:
+            peeked += 1
+            try:
+                found = _first_record_times(file.path, time_field)
+            except Exception:  # noqa: BLE001 - an unreadable file tells nothing here; the data stage reports it
+                continue
         if found is not None:
             times.extend(found)
         elif file.mtime_ms is not None:
