@@ -203,7 +203,7 @@ def test_the_start_needs_min_records_at_or_before_it(tmp_path):
 
 
 def test_one_record_of_1971_in_the_source_index_leaves_the_start_at_the_data(tmp_path):
-    """The issue's repro: the data stage read a file holding one 1971 record and remembered it in the
+    """As reported: the data stage read a file holding one 1971 record and remembered it in the
     source index; a fresh process then derived a start 400 days back."""
     from ops.mask.data_stage import summarize_windows
     from ops.windows import Windows

@@ -70,7 +70,7 @@ def test_json_is_told_from_the_first_line_holding_the_time_field():
 
 
 def test_rotated_and_unsuffixed_json_lines_are_read_as_records(tmp_path):
-    """The issue's repro: `app.jsonl.1` full of JSON records was read as text, all of it batch `default`."""
+    """As reported: `app.jsonl.1` full of JSON records was read as text, all of it batch `default`."""
     (tmp_path / "app.jsonl.1").write_bytes(_jsonl("rotated"))
     (tmp_path / "app.jsonl.2.gz").write_bytes(gzip.compress(_jsonl("rotated-gz")))
     (tmp_path / "app.log-20261201").write_bytes(_jsonl("dateext"))
@@ -126,7 +126,7 @@ def test_links_are_followed_within_the_root_and_refused_outside_it(tmp_path):
 
 
 def test_fifos_sockets_and_folders_named_like_logs_are_counted_never_opened(tmp_path):
-    """The issue's repro: these were skipped and counted nowhere. A FIFO must never be opened (that blocks
+    """As reported: these were skipped and counted nowhere. A FIFO must never be opened (that blocks
     until a writer comes)."""
     (tmp_path / "app.jsonl").write_bytes(_jsonl("app"))
     os.mkfifo(tmp_path / "pipe.log")
