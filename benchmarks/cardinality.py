@@ -45,7 +45,7 @@ def main() -> None:
     from orchestration.assets.summaries import partition_summaries
     from resources.artifacts import LocalArtifactStorage
     from resources.log_source import LocalLogSource
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
 
     start_ms = int(start.timestamp() * 1000)
     with tempfile.TemporaryDirectory() as tmp:

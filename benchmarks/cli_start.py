@@ -38,7 +38,7 @@ HEAVY = ("torch", "dagster", "matplotlib", "pandas", "numpy", "sqlalchemy", "pyd
 
 
 def populate(home: Path) -> None:
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
     from resources.store_records import ModelRecord
 
     store = SQLiteStore(path=str(home / "store.sqlite"))

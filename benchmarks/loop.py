@@ -147,7 +147,7 @@ def main() -> int:
     from orchestration.assets.summaries import partition_summaries
     from orchestration.partitions import PARTITION_FMT
     from orchestration.resources import build_resources
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
 
     batches = [f"bench/ns-{i}/app-{i}" for i in range(args.batches)]
     write_logs(home / "logs", batches, args.lines, hour_ms)

@@ -29,7 +29,8 @@ from typing import Optional
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from orchestration.loop_settings import AnomalyJump, loop_settings
-from resources.store import Store, StoreError
+from resources.store import StoreError
+from resources.store_resources import Store
 from resources.store_records import AnomalyCount
 
 CHECK_NAME = "anomaly_rate_jump"

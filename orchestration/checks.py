@@ -22,7 +22,7 @@ from orchestration.partitions import batch_partitions
 from orchestration.upstream import upstream_candidate
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents
-from resources.store import Store
+from resources.store_resources import Store
 
 
 class ValidationConfig(Config):

@@ -27,7 +27,7 @@ from dagster import AssetKey, AssetObservation, MetadataValue
 
 from ops.naming import batch_key
 from resources.artifacts import ArtifactStorage
-from resources.store import ProductionEvent, Store
+from resources.store import ProductionEvent, StoreCore
 from resources.store_records import ProductionChange
 
 PREFIX = "production"
@@ -38,7 +38,7 @@ def record_key(batch: str) -> str:
     return f"{PREFIX}/{batch_key(batch)}.json"
 
 
-def write_record(store: Store, artifacts: ArtifactStorage, batch: str, change: Optional[ProductionChange] = None) -> dict:
+def write_record(store: StoreCore, artifacts: ArtifactStorage, batch: str, change: Optional[ProductionChange] = None) -> dict:
     """Write the batch's production record (its whole history, read from the store, or as `change`
     left it) and return it."""
     if change is None:
@@ -119,7 +119,7 @@ def _instance():
     return DagsterInstance.get()
 
 
-def after_change(store: Store, artifacts: ArtifactStorage, event: ProductionEvent, *, instance=None,
+def after_change(store: StoreCore, artifacts: ArtifactStorage, event: ProductionEvent, *, instance=None,
                  observe: bool = True, change: Optional[ProductionChange] = None) -> list[str]:
     """Write the batch's production record and (with `observe`) report the change to the Dagster
     instance (`instance`, else DAGSTER_HOME's). Returns what failed, in words; raises nothing.

@@ -21,7 +21,7 @@ from ops.register.artifact import read_artifact, write_artifact
 from ops.naming import batch_key
 from orchestration.contract import FINETUNE, CandidateRef, ModelRef, model_key
 from resources.artifacts import ArtifactStorage
-from resources.store import ModelRecord, Store, VersionConflict
+from resources.store import ModelRecord, StoreCore, VersionConflict
 from resources.store_records import ProductionChange, ProductionEvent, production_state
 
 
@@ -73,7 +73,7 @@ class Registration:
 
 
 def register_candidate(
-    candidate: CandidateRef, *, name, template, store: Store, artifacts: ArtifactStorage, version_label=None,
+    candidate: CandidateRef, *, name, template, store: StoreCore, artifacts: ArtifactStorage, version_label=None,
 ) -> Registration:
     """The candidate as the batch's next version: keyed by the run that trained it (idempotent).
 
@@ -134,7 +134,7 @@ def register_candidate(
     raise Failure(description=f"could not allocate a version for batch {batch!r}: too many concurrent registrations")
 
 
-def _recorded(store: Store, artifacts: ArtifactStorage, change: ProductionChange) -> ProductionChange:
+def _recorded(store: StoreCore, artifacts: ArtifactStorage, change: ProductionChange) -> ProductionChange:
     """A new version became production: the batch's production record follows (restore reads it).
     The run's materialization shows production in the UI (registered_model's metadata)."""
     if change.event is None:
@@ -148,7 +148,7 @@ def _recorded(store: Store, artifacts: ArtifactStorage, change: ProductionChange
     return change
 
 
-def _not_registered(store: Store, batch: str, train_run_id: str) -> bool:
+def _not_registered(store: StoreCore, batch: str, train_run_id: str) -> bool:
     """True only when the store answers and holds no row for this training run."""
     try:
         return not any(m.run_id == train_run_id for m in store.list_models(batch))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from orchestration import settings
 from orchestration.config import env_var, settings as current
+from orchestration.store_choice import configured_store
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, file_source_location
-from resources.sqlite_store import SQLiteStore
+from resources.sqlite_store import SQLiteStoreCore
 
 
 def opensearch_source(hosts: list[str], fields: dict):
@@ -26,50 +27,9 @@ def opensearch_source(hosts: list[str], fields: dict):
                                deadline_s=s.deadlines.opensearch_s)
 
 
-def tdengine_store(url: str):
-    """TDengineStore from the tdengine_* settings (REST via taosAdapter; the password as an EnvVar)."""
-    from resources.tdengine_store import TDengineStore
-
-    s = current()
-    if not s.secret("tdengine_password"):
-        raise ValueError("LOGLOOP_TDENGINE_URL is set but LOGLOOP_TDENGINE_PASSWORD is not")
-    return TDengineStore(url=url, database=s.tdengine_database, user=s.tdengine_user, password=env_var("tdengine_password"),
-                         deadline_s=s.deadlines.tdengine_s)
-
-
-def sql_store(url: str):
-    """SQLiteStore or SQLStore (PostgreSQL) from LOGLOOP_STORE_URL; the password as an EnvVar
-    (LOGLOOP_STORE_PASSWORD), or, when the URL carries one, the whole URL as an EnvVar, so that no
-    password ever lands in the resource's config (which the Dagster UI shows)."""
-    from sqlalchemy import make_url
-
-    from resources.sql_engine import store_backend
-    from resources.sql_store import SQLStore
-
-    try:
-        backend = store_backend(url)
-    except ValueError as exc:
-        raise ValueError(f"LOGLOOP_STORE_URL: {exc}") from None
-    parsed = make_url(url)
-    if backend == "sqlite":
-        if not parsed.database:
-            raise ValueError("LOGLOOP_STORE_URL=sqlite:// names no file: use sqlite:///relative/path or sqlite:////absolute/path")
-        return SQLiteStore(path=parsed.database)
-    secrets = {"password": env_var("store_password")} if current().secret("store_password") else {}
-    return SQLStore(url=env_var("store_url") if parsed.password else url, **secrets)
-
-
 def build_store():
-    """The store the environment asks for: TDengine (LOGLOOP_TDENGINE_URL), SQLite or PostgreSQL
-    (LOGLOOP_STORE_URL), else SQLite at $LOGLOOP_HOME/store.sqlite."""
-    tdengine, url = current().tdengine_url, current().store_url
-    if tdengine and url:
-        raise ValueError("LOGLOOP_TDENGINE_URL and LOGLOOP_STORE_URL are both set: the store is one or the other; unset one")
-    if tdengine:
-        return tdengine_store(tdengine)
-    if url:
-        return sql_store(url)
-    return SQLiteStore(path=str(settings.store_path()))
+    """The store the settings ask for, as the Dagster resource (orchestration/store_choice.py)."""
+    return configured_store(current(), resource=True)
 
 
 def artifact_storage():
@@ -151,7 +111,7 @@ def check_shared_state(resources: dict) -> None:
         return
     problems = []
     store = resources.get("store")
-    if isinstance(store, SQLiteStore):
+    if isinstance(store, SQLiteStoreCore):
         problems.append(
             f"the store is SQLite at {store.path}, on the pod's own disk: set LOGLOOP_STORE_URL=postgresql://USER@HOST/DB "
             "(password in LOGLOOP_STORE_PASSWORD) or LOGLOOP_TDENGINE_URL"
@@ -205,7 +165,8 @@ def build_resources() -> dict:
 
 
 def resource(name: str):
-    """One resource, ready to call outside a run (the CLI): EnvVar fields resolved from the environment."""
+    """One resource, ready to call outside a run (the CLI, for what needs more than the store): EnvVar
+    fields resolved from the environment. The CLI's store is configured_store(..., resource=False)."""
     return build_resources()[name].process_config_and_initialize()
 
 
@@ -214,4 +175,4 @@ def push_samples(batch: str, lines, **options):
     same environment may call it directly)."""
     from resources.samples import push, samples_for_store
 
-    return push(batch, lines, samples_for_store(resource("store")), **options)
+    return push(batch, lines, samples_for_store(configured_store(current(), resource=False)), **options)

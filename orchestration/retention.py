@@ -27,7 +27,7 @@ from typing import Optional
 
 from orchestration.retention_plan import PREFIXES, Item, Plan, artifact_meta, production_and_rollback
 from resources.artifacts import ArtifactStorage, LocalArtifactStorage
-from resources.store import Store
+from resources.store import StoreCore
 
 
 @dataclass
@@ -86,7 +86,7 @@ def check_key(key: str) -> str:
     return key
 
 
-def apply(p: Plan, artifacts: ArtifactStorage, log=None, *, store: Optional[Store] = None,
+def apply(p: Plan, artifacts: ArtifactStorage, log=None, *, store: Optional[StoreCore] = None,
           time_limit_s: Optional[float] = None) -> Report:
     """Delete what the plan lists, in its order; one failure does not stop the rest.
 

@@ -54,7 +54,7 @@ from ops.naming import batch_key
 from orchestration.contract import CHECKPOINTS, MODELS, RUNS, SAMPLE_FILE, SUMMARIES, ModelRef, summary_key
 from orchestration.loop_settings import RetentionPolicy
 from resources.artifacts import ArtifactStorage, LocalArtifactStorage
-from resources.store import Store
+from resources.store import StoreCore
 from resources.store_records import ACTIVE_STATES
 
 DAY_MS = 86_400_000
@@ -115,7 +115,7 @@ class Plan:
                 "items": [i.to_dict() for i in self.items], "kept": self.kept, "notes": self.notes}
 
 
-def plan(store: Store, artifacts: ArtifactStorage, policy: RetentionPolicy, now_ms: int,
+def plan(store: StoreCore, artifacts: ArtifactStorage, policy: RetentionPolicy, now_ms: int,
          in_flight_run_ids: Optional[Collection[str]], *, recently_finished_run_ids: Collection[str] = ()) -> Plan:
     """What the policy lets go now. Reads the store and lists artifact storage; deletes nothing.
 
@@ -339,7 +339,7 @@ def _window_of(partition_key: Optional[str]) -> Optional[tuple[int, int]]:
     return int(window.start.timestamp() * 1000), int(window.end.timestamp() * 1000)
 
 
-def production_and_rollback(store: Store, batch: str, rows, events) -> tuple[Optional[int], Optional[int]]:
+def production_and_rollback(store: StoreCore, batch: str, rows, events) -> tuple[Optional[int], Optional[int]]:
     """(the batch's production version, the version `logloop models rollback` would go back to):
     the two versions retention never retires; None where there is none."""
     from resources.store import rollback_target

@@ -27,7 +27,7 @@ from orchestration.loop_settings import RetentionPolicy, loop_settings
 from orchestration.retention import apply
 from orchestration.retention_plan import HOUR_MS, Plan, plan
 from resources.artifacts import ArtifactStorage
-from resources.store import Store
+from resources.store_resources import Store
 
 FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 NOT_FINISHED_STATUSES = tuple(s for s in DagsterRunStatus if s not in FINISHED_STATUSES)  # queued ... canceling

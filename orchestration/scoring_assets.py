@@ -40,7 +40,8 @@ from orchestration.loop_settings import loop_settings
 from orchestration.partitions import time_partitions
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
-from resources.store import AnomalyCount, Store
+from resources.store import AnomalyCount
+from resources.store_resources import Store
 
 
 class AnomalyScoresConfig(Config):

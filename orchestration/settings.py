@@ -7,16 +7,17 @@ from pathlib import Path
 from orchestration.config import settings
 
 
-def data_home() -> Path:
-    return settings().home.resolve()
+def data_home(s=None) -> Path:
+    """The data folder of settings `s` (default: the current settings)."""
+    return (s or settings()).home.resolve()
 
 
 def logs_dir() -> Path:
     return settings().logs_dir or data_home() / "logs"
 
 
-def store_path() -> Path:
-    return data_home() / "store.sqlite"
+def store_path(s=None) -> Path:
+    return data_home(s) / "store.sqlite"
 
 
 def artifacts_dir() -> Path:

@@ -42,7 +42,8 @@ from orchestration.contract import BATCH_TAG, MODE_TAG, PARTITION_TAG, TASK_TAG,
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import iso
 from orchestration.run_liveness import run_worker_pid, stop_orphaned_steps, worker_alive, worker_tag
-from resources.store import Store, StoreError
+from resources.store import StoreError
+from resources.store_resources import Store
 from resources.store_records import ACTIVE_STATES, TASK_MODES, Task, TaskState
 
 TRAIN_JOB = "train_model"  # orchestration/jobs.py's train_model_job

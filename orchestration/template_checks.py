@@ -26,7 +26,8 @@ from orchestration.anomaly_checks import _run_windows, _when
 from orchestration.contract import summary_key
 from orchestration.loop_settings import loop_settings
 from resources.artifacts import ArtifactStorage
-from resources.store import Store, StoreError
+from resources.store import StoreError
+from resources.store_resources import Store
 
 CHECK_NAME = "template_count_shift"
 ASSET = "partition_summaries"

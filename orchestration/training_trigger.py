@@ -47,7 +47,8 @@ from orchestration.restore import restore_store
 from orchestration.tasks import find_runs, in_flight_batches, reconcile
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource, LogSourceError
-from resources.store import Store, StoreError
+from resources.store import StoreError
+from resources.store_resources import Store
 from resources.store_records import UNSUCCESSFUL_STATES
 
 SETTINGS: LoopSettings = loop_settings()  # invalid thresholds fail the code location's load

@@ -37,17 +37,17 @@ from resources.tdengine_samples import TDengineSamples
 
 
 def samples_for_store(store) -> SampleTable:
-    """The sample table next to an initialised store resource."""
-    from resources.sql_store import SQLStore
-    from resources.sqlite_store import SQLiteStore
-    from resources.tdengine_store import TDengineStore
+    """The sample table next to a store (a plain one, or an initialised store resource)."""
+    from resources.sql_store import SQLStoreCore
+    from resources.sqlite_store import SQLiteStoreCore
+    from resources.tdengine_store import TDengineStoreCore
 
-    if isinstance(store, TDengineStore):
+    if isinstance(store, TDengineStoreCore):
         return TDengineSamples(store.url, store.database, store.user, Secret(store.password), store.timeout_s,
                                store.deadline_s)
-    if isinstance(store, SQLiteStore):
+    if isinstance(store, SQLiteStoreCore):
         return SQLSamples(f"sqlite:///{store.path}", timeout_s=store.timeout_s)
-    if isinstance(store, SQLStore):
+    if isinstance(store, SQLStoreCore):
         return SQLSamples(store.url, Secret(store.password), store.timeout_s)
     raise StoreError(f"pushed samples need a SQLite, PostgreSQL or TDengine store, not {type(store).__name__}")
 

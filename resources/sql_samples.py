@@ -32,12 +32,12 @@ class SQLSamples(SampleTable):
     timeout_s: float = 30.0
 
     def _store(self):
-        from resources.sql_store import SQLStore
-        from resources.sqlite_store import SQLiteStore
+        from resources.sql_store import SQLStoreCore
+        from resources.sqlite_store import SQLiteStoreCore
 
         if self.url.startswith("sqlite:///"):
-            return SQLiteStore(path=self.url[len("sqlite:///"):], timeout_s=self.timeout_s)
-        return SQLStore(url=self.url, password=self.password.get(), timeout_s=self.timeout_s)
+            return SQLiteStoreCore(path=self.url[len("sqlite:///"):], timeout_s=self.timeout_s)
+        return SQLStoreCore(url=self.url, password=self.password.get(), timeout_s=self.timeout_s)
 
     def describe(self) -> str:
         return f"samples in the store at {url_without_password(self.url)}"

@@ -1,9 +1,10 @@
-"""The SQL store: one implementation for SQLite and PostgreSQL (SQLiteStore, the embedded default, is
-this store on one file: resources/sqlite_store.py).
+"""The SQL store: one implementation for SQLite and PostgreSQL (SQLiteStoreCore, the embedded default, is
+this store on one file: resources/sqlite_store.py). Dagster-free; the resources SQLStore and
+SQLiteStore (resources/store_resources.py) are these classes as Dagster resources.
 
 Built on SQLAlchemy Core (no ORM). The URL picks the database: `sqlite:///path/store.sqlite`
 or `postgresql://user@host:5432/logloop` (psycopg2; `postgresql+psycopg://` for psycopg 3 if installed). A password goes in the separate
-`password` field (an EnvVar); one inside the URL works too. Neither ever appears in
+`password` field (an EnvVar on the Dagster resource); one inside the URL works too. Neither ever appears in
 repr(), logs or errors.
 
 Concurrency. Writes are transactions. On SQLite a write transaction starts with BEGIN
@@ -49,7 +50,7 @@ from resources.sql_schema import (
     task_events,
     tasks,
 )
-from resources.store import Store, StoreError, VersionConflict
+from resources.store import StoreCore, StoreError, VersionConflict
 from resources.store_records import (
     ACTIVE_STATES,
     AnomalyCount,
@@ -69,12 +70,12 @@ from resources.store_records import (
 from ops.urls import url_without_password
 
 
-class SQLStore(Store):
+class SQLStoreCore(StoreCore):
     """The store on SQLite or PostgreSQL, chosen by `url` (see the module docstring)."""
 
     url: str = Field(description="sqlite:///path or postgresql://user@host:port/database; put the password in `password`.")
     # never logged, never put in an error message, never in repr(); overrides a password inside `url`
-    password: Optional[str] = Field(default=None, repr=False, description="Database password (use EnvVar).")
+    password: Optional[str] = Field(default=None, repr=False, description="Database password (on the resource: an EnvVar).")
     timeout_s: float = Field(default=30.0, description="Seconds to wait for a connection or a lock.")
 
     def __repr_args__(self):

@@ -1,4 +1,4 @@
-"""The embedded store: SQLStore (resources/sql_store.py) on one SQLite file, the default where no
+"""The embedded store: SQLStoreCore (resources/sql_store.py) on one SQLite file, the default where no
 LOGLOOP_STORE_URL or LOGLOOP_TDENGINE_URL is set. Safe for several processes on one host: WAL, and
 writers serialised by BEGIN IMMEDIATE (resources/sql_engine.py)."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from pydantic import Field
 
-from resources.sql_store import SQLStore
+from resources.sql_store import SQLStoreCore
 
 
-class SQLiteStore(SQLStore):
+class SQLiteStoreCore(SQLStoreCore):
     """The embedded store: one SQLite file, safe for several processes on one host (WAL)."""
 
     path: str = Field(description="The SQLite file.")

@@ -1,9 +1,14 @@
 """The store: sample counts per batch and window, the model registry, training tasks, labels and
-production changes, behind one interface (`Store`) with swappable implementations:
+production changes, behind one interface (`StoreCore`) with swappable implementations:
 
-- resources/sqlite_store.py: SQLiteStore, the embedded default (one SQLite file);
-- resources/sql_store.py: SQLStore, the same store on SQLAlchemy Core, on SQLite or PostgreSQL;
-- resources/tdengine_store.py: TDengineStore, the production store on TDengine.
+- resources/sqlite_store.py: SQLiteStoreCore, the embedded default (one SQLite file);
+- resources/sql_store.py: SQLStoreCore, the same store on SQLAlchemy Core, on SQLite or PostgreSQL;
+- resources/tdengine_store.py: TDengineStoreCore, the production store on TDengine.
+
+These are plain pydantic models: the `logloop` command uses them without importing Dagster. The
+Dagster resources that assets and sensors take (`Store`, `SQLiteStore`, `SQLStore`,
+`TDengineStore`) are thin subclasses of them in resources/store_resources.py, so both run the same
+code; orchestration/store_choice.py picks one from the settings.
 
 What they keep, and the rules they share (task states and transitions' merging, label and
 production rules), is in resources/store_records.py. Batch names are always bound as values,
@@ -19,7 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Optional
 
-from dagster import ConfigurableResource
+from pydantic import BaseModel, ConfigDict
 
 from ops.windows import now_ms
 from resources.errors import StoreError, VersionConflict  # noqa: F401  (raised and caught by the stores' users)
@@ -46,7 +51,12 @@ from resources.store_records import (
 )
 
 
-class Store(ConfigurableResource, ABC):
+class StoreCore(BaseModel, ABC):
+    """The store's interface and the rules every implementation shares. Frozen, as Dagster's
+    resources are: a store is where the records are, not a holder of state."""
+
+    model_config = ConfigDict(frozen=True)
+
     @abstractmethod
     def record_sample_counts(
         self, partition_key: str, window_start_ms: int, window_end_ms: int, counts: dict[str, int]

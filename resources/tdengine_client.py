@@ -52,7 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 
-from resources.store import Store, StoreError
+from resources.store import StoreCore, StoreError
 from ops.urls import url_without_password
 
 
@@ -185,15 +185,15 @@ def where_batch(batch: Optional[str]) -> str:
     return f" WHERE batch = {literal(batch)}" if batch is not None else ""
 
 
-class TDengineBase(Store):
-    """A store on TDengine: where it is and how to talk to it. TDengineStore (resources/tdengine_store.py)
+class TDengineBase(StoreCore):
+    """A store on TDengine: where it is and how to talk to it. TDengineStoreCore (resources/tdengine_store.py)
     keeps the records."""
 
     url: str = "http://localhost:6041"
     database: str = "logloop"
     user: str = "root"
-    # required: pass dagster EnvVar("..."); never logged, never put in an error message, never in repr()
-    password: str = Field(repr=False, description="taosAdapter password (use EnvVar).")
+    # required: the resource gets a Dagster EnvVar("..."), the CLI the value from the settings; never logged, never put in an error message, never in repr()
+    password: str = Field(repr=False, description="taosAdapter password (on the resource: an EnvVar).")
     timeout_s: float = 10.0
     deadline_s: float = Field(default=60.0, gt=0, description="Total time one REST request may take (deadlines.tdengine_s).")
 

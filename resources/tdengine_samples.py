@@ -50,9 +50,9 @@ class TDengineSamples(SampleTable):
     deadline_s: float = 60.0
 
     def _store(self):
-        from resources.tdengine_store import TDengineStore
+        from resources.tdengine_store import TDengineStoreCore
 
-        return TDengineStore(url=self.url, database=self.database, user=self.user,
+        return TDengineStoreCore(url=self.url, database=self.database, user=self.user,
                              password=self.password.get() or "", timeout_s=self.timeout_s, deadline_s=self.deadline_s)
 
     def describe(self) -> str:

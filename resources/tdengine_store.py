@@ -80,7 +80,7 @@ _MODEL_COLS = (
 )
 
 
-class TDengineStore(TDengineBase):
+class TDengineStoreCore(TDengineBase):
     """Store on TDengine through taosAdapter's REST API (see the module docstring for the design)."""
 
     def _last_rows(self, stable: str, key: str, select: str, where: str = "", what: str = "query failed") -> list[dict]:

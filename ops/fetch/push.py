@@ -51,7 +51,6 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Iterator, Optional
 
-import numpy as np
 import orjson
 
 from ops.fetch.framing import MAX_LINE_BYTES, read_raw_blocks
@@ -151,6 +150,8 @@ class SplitDraw:
     def __init__(self, share: float = DEFAULT_VALIDATION_SHARE, seed: Optional[int] = None):
         if not (isinstance(share, (int, float)) and 0.0 <= share < 1.0):
             raise ValueError(f"validation share must be in [0, 1), got {share!r}")
+        import numpy as np  # only where samples are pushed: `logloop samples count` starts without it
+
         self.share = float(share)
         self._rng = np.random.default_rng(seed)
 
@@ -158,7 +159,7 @@ class SplitDraw:
         """n flags, 1 = validation, 0 = train."""
         if not self.share:
             return [0] * n
-        return (self._rng.random(n) < self.share).astype(np.int8).tolist()
+        return (self._rng.random(n) < self.share).astype("int8").tolist()
 
 
 # ---- reading lines --------------------------------------------------------------------------

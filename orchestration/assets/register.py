@@ -18,7 +18,7 @@ from orchestration.tasks import succeed_task
 from orchestration.upstream import upstream_candidate
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents
-from resources.store import Store
+from resources.store_resources import Store
 from orchestration.assets.train import nulog_model
 
 

@@ -28,7 +28,7 @@ from orchestration.partitions import batch_partitions
 from orchestration.tasks import start_task
 from orchestration.upstream import window_bound_ms
 from resources.artifacts import ArtifactStorage
-from resources.store import Store
+from resources.store_resources import Store
 from resources.store_records import ModelRecord, TaskState, registry_status
 from ops.windows import MAX_TIME_MS
 from orchestration.assets.summaries import partition_summaries

@@ -26,7 +26,7 @@ from orchestration.loop_settings import loop_settings
 from orchestration.partitions import START_MS, batch_partitions, time_partitions
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource
-from resources.store import Store
+from resources.store_resources import Store
 from orchestration.partitions import window_ms
 
 

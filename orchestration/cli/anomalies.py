@@ -18,7 +18,7 @@ import re
 import sys
 import time
 
-from orchestration.cli.common import batch_arg, CliError
+from orchestration.cli.common import batch_arg, CliError, open_store
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DESCRIPTION = (
@@ -129,7 +129,7 @@ def _template_shifts(args) -> int:
     now_ms = int(time.time() * 1000)
     since_ms = parse_since(args.since, now_ms)
     rule = load_loop_settings().template_counts.rule()
-    store, artifacts = resource("store"), resource("artifacts")
+    store, artifacts = open_store(), resource("artifacts")
     counts = SummaryCounts(artifacts)
     judged = [j for batch in _batches(args, store)
               for j in judge_batch_windows(store, artifacts, rule, batch, since_ms=since_ms, counts=counts)]
@@ -161,12 +161,10 @@ def _template_shifts(args) -> int:
 def _anomalies(args) -> int:
     from orchestration.anomaly_checks import judge_series, lookback_ms
     from orchestration.loop_settings import load_loop_settings
-    from orchestration.resources import resource
-
     now_ms = int(time.time() * 1000)
     since_ms = parse_since(args.since, now_ms)
     rule = load_loop_settings().anomaly_jump
-    store = resource("store")
+    store = open_store()
     batches = _batches(args, store)
 
     rows = []

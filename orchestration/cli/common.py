@@ -12,9 +12,12 @@ import sys
 
 
 def open_store():
-    from orchestration.resources import resource
+    """The configured store as its plain class (orchestration/store_choice.py), secrets read through the
+    settings: commands that only read or write the store import neither Dagster nor the other resources."""
+    from orchestration.config import settings
+    from orchestration.store_choice import configured_store
 
-    return resource("store")
+    return configured_store(settings(), resource=False)
 
 
 def batch_arg(text: str) -> str:
@@ -186,9 +189,7 @@ class CliError(Exception):
 
 def current_labels(batch: str) -> dict[str, str]:
     """The batch's current feedback labels: they take effect at once, before the next training."""
-    from orchestration.resources import resource
-
-    return {label.masked: label.label for label in resource("store").labels(batch)}
+    return {label.masked: label.label for label in open_store().labels(batch)}
 
 
 def did_you_mean(name: str, known) -> str:
@@ -203,7 +204,7 @@ def load_registered_artifact(batch: str, version):
     from orchestration.resources import resource
     from resources.artifacts import ArtifactStorageError
 
-    resources = {"store": resource("store"), "artifacts": resource("artifacts")}
+    resources = {"store": open_store(), "artifacts": resource("artifacts")}
     record = resources["store"].get_model(batch, version)
     if record is None:
         what = f"version {version} of batch {batch!r}" if version is not None else f"batch {batch!r}"

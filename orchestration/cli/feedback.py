@@ -18,7 +18,7 @@ import os
 import sys
 
 from ops.fetch.records import not_utf8
-from orchestration.cli.common import CliError, batch_arg, did_you_mean, human_time, print_table
+from orchestration.cli.common import CliError, batch_arg, did_you_mean, human_time, open_store, print_table
 
 DESCRIPTION = (
     "Label log lines of a batch as normal or anomalous. Each line is masked with the masking rules "
@@ -61,11 +61,9 @@ def cmd_feedback(args) -> int:
 
 
 def _list(args) -> int:
-    from orchestration.resources import resource
-
     if args.file is not None:
         raise CliError("'logloop feedback list' reads no file (-f labels lines: give --normal or --anomaly)")
-    labels = resource("store").labels(args.batch)
+    labels = open_store().labels(args.batch)
     if args.json:
         print(json.dumps([lb.to_dict() for lb in labels], indent=2, ensure_ascii=False))
         return 0
@@ -103,7 +101,7 @@ def _label(args) -> int:
         raise CliError("give the log line to label, or -f FILE")
     lines = _lines_of_argument(args.line) if args.file is None else _lines_of_file(args.file)
 
-    store = resource("store")
+    store = open_store()
     known = [s.batch for s in store.batch_statuses()]
     if batch not in known:
         raise CliError(f"no batch {batch!r} in the store{did_you_mean(batch, known)} (a batch exists once it has "

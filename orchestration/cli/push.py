@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from orchestration.cli.common import batch_arg, CliError, human_time, print_table
+from orchestration.cli.common import batch_arg, CliError, human_time, open_store, print_table
 
 FORMATS = ("text", "json")
 
@@ -103,10 +103,9 @@ def add_parser(sub) -> None:
 
 
 def _table_for_store():
-    from orchestration.resources import resource
     from resources.samples import samples_for_store
 
-    return samples_for_store(resource("store"))
+    return samples_for_store(open_store())
 
 
 def _multiline() -> dict:

@@ -87,12 +87,13 @@ def _instance():
 
 
 def cmd_cleanup(args) -> int:
+    from orchestration.cli.common import open_store
     from orchestration.resources import resource
     from orchestration.retention import apply, dry_run
     from orchestration.retention_sensor import plan_with_instance
 
     policy = policy_of(args)
-    store, artifacts = resource("store"), resource("artifacts")
+    store, artifacts = open_store(), resource("artifacts")
     try:
         instance = _instance()
     except Exception as exc:  # a broken dagster.yaml, an unreachable instance database

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from typing import TYPE_CHECKING
 
-from orchestration.cli.common import batch_arg
+from orchestration.cli.common import batch_arg, open_store
 from orchestration.contract import PARTITION_TAG
 
 if TYPE_CHECKING:
@@ -32,12 +32,6 @@ if TYPE_CHECKING:
 JOB = "train_model"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 DEFAULT_DAGSTER_URL = "http://localhost:3000"  # LOGLOOP_DAGSTER_URL unset
-
-
-def open_store():
-    from orchestration.resources import resource
-
-    return resource("store")
 
 
 def add_parser(sub) -> None:

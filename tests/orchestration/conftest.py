@@ -3,7 +3,7 @@
 import pytest
 from dagster import instance_for_test
 
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 
 
 @pytest.fixture

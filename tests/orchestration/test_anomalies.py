@@ -15,7 +15,7 @@ from dagster import AssetCheckSeverity, AssetKey, MaterializeResult, asset, inst
 from orchestration.anomaly_checks import anomaly_rate_jump, judge_series
 from orchestration.loop_settings import AnomalyJump, LoopSettings
 from orchestration.partitions import PARTITION_FMT, time_partitions
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import AnomalyCount
 
 HOUR = 3_600_000

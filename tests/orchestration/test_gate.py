@@ -171,7 +171,7 @@ def test_storage_keys_refuse_a_segment_ending_in_a_newline():
 
 
 def test_a_failed_registration_leaves_no_artifact_behind(env, monkeypatch):  # noqa: F811
-    from resources.sql_store import SQLStore
+    from resources.store_resources import SQLStore
     from resources.store import StoreError
 
     def locked(self, record):

@@ -18,7 +18,7 @@ from orchestration.assets.sample import training_sample
 from orchestration.assets.summaries import partition_summaries
 from orchestration.assets.train import nulog_model
 from orchestration.checks import nulog_model_quality
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 from tests.orchestration import test_pipeline
 from tests.orchestration.test_pipeline import BATCH, HOUR_MS, START_MS, hour_key, train_config

@@ -23,7 +23,7 @@ from orchestration.scoring_assets import anomaly_scores
 from resources.artifacts import LocalArtifactStorage
 from resources.opensearch_source import OpenSearchLogSource
 from resources.samples import samples_for_store
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 
 T0 = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1000)

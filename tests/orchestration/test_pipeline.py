@@ -17,7 +17,7 @@ from orchestration.partitions import PARTITION_FMT
 from resources.nats_bus import NoModelEvents
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 
 HOUR_MS = 3_600_000
 START_MS = int(dt.datetime(2026, 11, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)

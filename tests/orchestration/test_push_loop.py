@@ -32,8 +32,8 @@ from resources.samples import push
 from resources.samples_source import SamplesLogSource
 from resources.sql_samples import SQLSamples
 from resources.tdengine_samples import TDengineSamples
-from resources.sqlite_store import SQLiteStore
-from resources.tdengine_store import TDengineStore
+from resources.store_resources import SQLiteStore
+from resources.store_resources import TDengineStore
 from tests.servers.taos_rest_server import FakeTaosAdapter
 
 HOUR_MS = 3_600_000

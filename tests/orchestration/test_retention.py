@@ -38,7 +38,7 @@ from orchestration.retention_plan import Item, Plan, plan
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.nats_bus import NoModelEvents
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from orchestration.partitions import PARTITION_FMT
 from tests.orchestration.test_pipeline import BATCH, HOUR_MS
 

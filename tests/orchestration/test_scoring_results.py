@@ -15,7 +15,7 @@ from orchestration.scoring_assets import anomaly_scores
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.samples import samples_for_store
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 
 HOUR = 3_600_000

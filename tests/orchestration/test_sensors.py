@@ -19,7 +19,7 @@ from orchestration.training_trigger import evaluate_new_samples, training_run_co
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, LogSource, LogSourceError
 from resources.opensearch_source import OpenSearchLogSource
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store import StoreError
 from resources.store_records import ModelRecord
 

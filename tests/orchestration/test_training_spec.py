@@ -201,7 +201,7 @@ def test_train_local_and_opni_request_register_versions(tmp_path):
     from orchestration.assets.summaries import partition_summaries
     from resources.artifacts import LocalArtifactStorage
     from resources.log_source import LocalLogSource
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
 
     home = tmp_path / "home"
     start = int(dt.datetime(2026, 11, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)

@@ -47,7 +47,7 @@ def test_each_window_of_a_multi_window_run_records_its_own_figures(tmp_path):
     from orchestration.assets.summaries import partition_summaries
     from resources.artifacts import LocalArtifactStorage
     from resources.log_source import LocalLogSource
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
 
     keys = [dt.datetime.fromtimestamp((START_MS + h * HOUR_MS) / 1000, dt.timezone.utc).strftime(PARTITION_FMT)
             for h in range(3)]

@@ -89,7 +89,7 @@ def test_a_webhook_post_to_a_black_hole_fails_within_its_deadline(hole):
 
 def test_a_tdengine_request_to_a_black_hole_fails_within_its_deadline(hole):
     from resources.store import StoreError
-    from resources.tdengine_store import TDengineStore
+    from resources.store_resources import TDengineStore
 
     store = TDengineStore(url=hole.url, password="not-the-real-one", timeout_s=10, deadline_s=2)
     message = fails_within(2, StoreError, lambda: store._sql("SELECT 1", "reading"))

@@ -469,7 +469,7 @@ def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bu
     from orchestration.partitions import PARTITION_FMT
     from orchestration.scoring_assets import anomaly_scores
     from resources.log_source import LocalLogSource
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
 
     def hour_key(ms: int) -> str:
         return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime(PARTITION_FMT)

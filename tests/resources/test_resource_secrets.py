@@ -1,4 +1,5 @@
-"""No resource shows a secret in repr() or str(): every secret field is declared repr=False."""
+"""No resource shows a secret in repr() or str(): every secret field is declared repr=False, also on the
+Dagster-free stores the CLI uses (the resources' bases)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import re
 
 import resources
 from dagster import ConfigurableResource
+from pydantic import BaseModel
 
 SECRET = re.compile(r"pass(word)?|secret|token|api_?key$|credential", re.IGNORECASE)
 
 
-def _resource_classes():
+def _resource_classes(base=ConfigurableResource):
     for info in pkgutil.iter_modules(resources.__path__):
         module = importlib.import_module(f"resources.{info.name}")
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, ConfigurableResource) and cls.__module__ == module.__name__:
+            if issubclass(cls, base) and cls.__module__ == module.__name__:
                 yield cls
 
 
@@ -27,6 +29,15 @@ def test_every_secret_field_of_every_resource_is_hidden_from_repr():
     secret_fields = {(c.__name__, name): field for c in classes for name, field in c.model_fields.items() if SECRET.search(name)}
     assert set(secret_fields) >= {("TDengineStore", "password"), ("OpenSearchLogSource", "password"),
                                   ("OpenSearchLogSource", "api_key")}
+    shown = sorted(key for key, field in secret_fields.items() if field.repr)
+    assert shown == [], f"secret fields shown by repr(): {shown}"
+
+
+def test_every_secret_field_of_the_plain_stores_is_hidden_from_repr():
+    plain = [c for c in _resource_classes(BaseModel) if not issubclass(c, ConfigurableResource)]
+    assert {c.__name__ for c in plain} >= {"SQLStoreCore", "SQLiteStoreCore", "TDengineStoreCore"}
+    secret_fields = {(c.__name__, name): field for c in plain for name, field in c.model_fields.items() if SECRET.search(name)}
+    assert set(secret_fields) >= {("SQLStoreCore", "password"), ("TDengineStoreCore", "password")}
     shown = sorted(key for key, field in secret_fields.items() if field.repr)
     assert shown == [], f"secret fields shown by repr(): {shown}"
 

@@ -24,12 +24,12 @@ import pytest
 
 from ops.naming import InvalidName, batch_key, validate_batch_name, validate_key
 from ops.validate.feedback import LABELS
-from resources.sql_store import SQLStore
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLStore
+from resources.store_resources import SQLiteStore
 from resources.store import StoreError, VersionConflict
 from resources.store_records import ModelRecord, ProductionError
 from resources.tdengine_client import literal
-from resources.tdengine_store import TDengineStore
+from resources.store_resources import TDengineStore
 from tests.servers.postgres_server import PostgresUnavailable, postgres_server
 from tests.servers.taos_rest_server import FakeTaosAdapter, FakeTDengine
 
@@ -1066,6 +1066,43 @@ def test_store_url_selects_the_store(clean_env, tmp_path):
     assert type(build_store()) is TDengineStore
 
 
+def test_the_cli_gets_the_same_store_as_its_plain_class_with_the_secrets_values(clean_env, tmp_path):
+    """orchestration/store_choice.py decides once: the CLI's store is the resource's kind and fields,
+    as the Dagster-free class, with each secret's value (read through the settings) instead of an EnvVar."""
+    from orchestration.config import settings
+    from orchestration.store_choice import configured_store
+    from resources.sql_store import SQLStoreCore
+    from resources.sqlite_store import SQLiteStoreCore
+    from resources.tdengine_store import TDengineStoreCore
+
+    secret = "s3cret-" + uuid.uuid4().hex
+    cases = [
+        ({}, SQLiteStoreCore, {"path": str(tmp_path / "store.sqlite")}),
+        ({"LOGLOOP_STORE_URL": "sqlite:////srv/logloop/store.sqlite"}, SQLiteStoreCore, {"path": "/srv/logloop/store.sqlite"}),
+        ({"LOGLOOP_STORE_URL": "postgresql://logloop@db/logloop", "LOGLOOP_STORE_PASSWORD": secret}, SQLStoreCore,
+         {"url": "postgresql://logloop@db/logloop", "password": secret}),
+        ({"LOGLOOP_STORE_URL": f"postgresql://logloop:{secret}@db/logloop"}, SQLStoreCore,
+         {"url": f"postgresql://logloop:{secret}@db/logloop", "password": None}),
+        ({"LOGLOOP_TDENGINE_URL": "http://taos:6041", "LOGLOOP_TDENGINE_PASSWORD": secret}, TDengineStoreCore,
+         {"url": "http://taos:6041", "password": secret}),
+    ]
+    for env, core, fields in cases:
+        for var in _STORE_VARS:
+            clean_env.delenv(var, raising=False)
+        for var, value in env.items():
+            clean_env.setenv(var, value)
+        plain, resource = configured_store(settings(), resource=False), configured_store(settings(), resource=True)
+        assert type(plain) is core and "dagster" not in type(plain).__module__, env
+        assert isinstance(resource, core) and type(resource).__module__ == "resources.store_resources", env
+        ready = resource.process_config_and_initialize()
+        for name, value in fields.items():
+            assert getattr(plain, name) == getattr(ready, name) == value, (env, name)
+        for shown in (repr(plain), str(plain), repr(resource), repr(ready)):
+            assert secret not in shown, shown
+        if secret in str(env):
+            assert secret not in str(resource.model_dump()), "a secret reached the resource's config"
+
+
 def test_the_environment_built_postgresql_store_is_shared(clean_env, postgres):
     """LOGLOOP_STORE_URL + LOGLOOP_STORE_PASSWORD against the real server: what one process's
     resource writes, another's reads."""
@@ -1083,6 +1120,12 @@ def test_the_environment_built_postgresql_store_is_shared(clean_env, postgres):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[('a', 1, 'run-1')]"
+    from orchestration.cli.common import open_store  # the CLI's plain store reads what the resource wrote
+
+    cli_store = open_store()
+    assert type(cli_store).__name__ == "SQLStoreCore" and cli_store.password == postgres.password
+    assert [(m.batch, m.version) for m in cli_store.list_models()] == [("a", 1)]
+    cli_store.dispose()
     postgres.drop_database(db)
 
 

@@ -41,8 +41,8 @@ import pytest
 import yaml
 
 from scripts import demo_logs
-from resources.sql_store import SQLStore
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLStore
+from resources.store_resources import SQLiteStore
 from tests.servers.postgres_server import postgres_server
 from tests.servers.processes import stop_process_group
 

@@ -22,7 +22,7 @@ from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 
 from scripts import demo_logs
 from orchestration.loop_settings import LoopSettings, Thresholds
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from orchestration.nats_sensor import SENSOR_NAME
 from resources.nats_bus import NatsBus
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from tests.servers.nats_server import nats_server
 from tests.system.test_daemon import (BATCH, SLOW_MACHINE_ENV, instance_yaml, local_instance, minute_ms, start_daemon,
                                       write_logs)

@@ -118,7 +118,7 @@ def spec_doc(spec_id: str, epochs: int = 3, batch: str = BATCH) -> dict:
 
 
 def models(home: Path, batch: str = BATCH) -> list:
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
 
     return SQLiteStore(path=str(home / "store.sqlite")).list_models(batch)
 
@@ -294,7 +294,7 @@ def test_browser_sees_the_partition_bar_and_production_changes(server):
     rollback from the command line show on registered_model's page for the batch."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
 
     store = SQLiteStore(path=str(server["home"] / "store.sqlite"))
     if not store.list_models(BATCH):  # the create test trained v1; alone, this test registers rows itself

@@ -242,7 +242,7 @@ def test_the_node_stopped_mid_read_fails_the_step_clearly_and_records_nothing(tm
     from orchestration.contract import summary_key
     from orchestration.partitions import PARTITION_FMT
     from resources.artifacts import LocalArtifactStorage
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
     import datetime as dt
 
     start = int(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)

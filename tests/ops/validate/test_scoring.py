@@ -21,7 +21,7 @@ from ops.validate.templates import VARIABLE, collapse, generalize, templates, to
 from ops.train.loop import TrainConfig, train
 from ops.train.vocab import Vocab
 from resources.artifacts import LocalArtifactStorage
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 
 HOSTILE = "team'; DROP TABLE models; --/../x"

@@ -1,6 +1,7 @@
 """The `logloop` command loads only what a command needs: no torch, plotting or data-frame library for
-`--help` or `models list`, and not even Dagster, pydantic or SQLAlchemy for `--help`. (How fast it
-answers is benchmarks/cli_start.py's to measure; this guards what makes it fast.)"""
+`--help` or `models list`, and not even Dagster, pydantic or SQLAlchemy for `--help`. Commands that only
+read the store use its plain class (orchestration/store_choice.py), so they load no Dagster either.
+(How fast it answers is benchmarks/cli_start.py's to measure; this guards what makes it fast.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 
 # Runs the console script's entry point, then reports the top-level packages it imported.
@@ -49,7 +50,31 @@ def test_help_loads_no_heavy_library(env):
     assert packages.isdisjoint(NEVER | {"dagster", "pydantic", "sqlalchemy", "yaml", "rich"}), packages
 
 
-def test_models_list_loads_no_torch_nor_plotting_nor_data_frames(env):
+def test_models_list_loads_no_dagster_nor_torch_nor_plotting_nor_data_frames(env):
     out, packages = run(env, "models", "list")
     assert "a/b" in out and "nulog-1-u.zip" in out
-    assert packages.isdisjoint(NEVER), packages
+    assert packages.isdisjoint(NEVER | {"dagster"}), packages
+
+
+@pytest.mark.parametrize("args, shown", [
+    (("models", "show", "a/b"), "run-1"),
+    (("models", "history", "a/b"), "follows the latest version"),
+    (("tasks", "list"), "no tasks"),
+    (("feedback", "list"), "no labels"),
+    (("samples", "count", "--batch", "a/b"), "a/b"),
+])
+def test_commands_that_only_read_the_store_load_no_dagster(env, args, shown):
+    out, packages = run(env, *args)
+    assert shown in out
+    assert packages.isdisjoint(NEVER | {"dagster"}), packages
+
+
+def test_a_store_command_reads_the_store_the_settings_name(env, tmp_path):
+    """The plain store is chosen as the code location's resource is: LOGLOOP_STORE_URL moves it."""
+    other = tmp_path / "elsewhere" / "other.sqlite"
+    SQLiteStore(path=str(other)).register_model(ModelRecord(
+        batch="c/d", version=1, run_id="run-9", artifact="models/y/nulog-1-v.zip", artifact_uri="/m/nulog-1-v.zip",
+        metrics={}, window_start_ms=0, window_end_ms=3_600_000, mode="scratch"))
+    out, packages = run({**env, "LOGLOOP_STORE_URL": f"sqlite:///{other}"}, "models", "list")
+    assert "c/d" in out and "a/b" not in out
+    assert "dagster" not in packages

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from orchestration.cli import app as cli
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 from tests.orchestration.cli.test_feedback_cli import ENV_VARS
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.cli import app as cli
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 
 HOSTILE = "team'; DROP TABLE labels; --/../x"
@@ -238,7 +238,7 @@ def test_an_unusable_store_is_one_line_with_status_2(tmp_path, capsys, monkeypat
 
 
 def test_feedback_on_the_tdengine_store(tmp_path, capsys, monkeypatch):
-    from resources.tdengine_store import TDengineStore
+    from resources.store_resources import TDengineStore
     from tests.servers.taos_rest_server import start_server
 
     url, stop = start_server(password="s3cret-pw")

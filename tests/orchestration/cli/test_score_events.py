@@ -9,7 +9,7 @@ import pytest
 
 from ops.fetch.multiline import load_multiline
 from orchestration.cli import app as cli
-from resources.sqlite_store import SQLiteStore
+from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 from tests.ops.fetch.test_multiline import EVENTS, LINES
 

@@ -178,7 +178,7 @@ def test_templates_refuses_top_k_with_its_reason(home, tmp_path, capsys, monkeyp
 
 
 def _artifact_of(home) -> str:
-    from resources.sqlite_store import SQLiteStore
+    from resources.store_resources import SQLiteStore
 
     return SQLiteStore(path=str(home / "store.sqlite")).get_model(BATCH).artifact_uri
 
