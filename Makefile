@@ -29,12 +29,12 @@ $(STAMP): pyproject.toml
 # their minutes waiting on a daemon, a browser or a server, and the other worker of their core uses
 # the CPU meanwhile. Tests are handed out in the order tests/conftest.py puts them (the system tests
 # first), a module at a time (--dist loadfile), so that a module's fixtures (servers, trained models)
-# are set up once. TEST_WORKERS=0 runs everything in this process, one test after another. The 15
+# are set up once. TEST_WORKERS=0 runs everything in this process, one test after another. The 30
 # slowest tests are listed at the end, to keep an eye on.
 TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 demo: $(STAMP)
 	$(VENV)/bin/python scripts/demo.py
