@@ -29,7 +29,7 @@ import sqlalchemy as sa  # noqa: E402
 from dagster import build_sensor_context, instance_for_test  # noqa: E402
 
 from orchestration.loop_settings import LoopSettings, Thresholds  # noqa: E402
-from orchestration.training_trigger import evaluate_new_samples  # noqa: E402
+from orchestration.sensors.new_samples import evaluate_new_samples  # noqa: E402
 from resources.store_resources import SQLiteStore  # noqa: E402
 from resources.sql_schema import models, sample_counts, task_events, tasks  # noqa: E402
 

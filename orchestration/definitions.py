@@ -11,23 +11,24 @@ from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.summaries import partition_summaries, raw_logs
 from orchestration.assets.train import nulog_model
-from orchestration.alerts import alert_sensors
-from orchestration.anomaly_checks import anomaly_rate_jump
-from orchestration.checks import nulog_model_quality
+from orchestration.sensors.alerts import alert_sensors
+from orchestration.checks.anomaly_rate import anomaly_rate_jump
+from orchestration.checks.quality import nulog_model_quality
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.k8s import executor_def
 from orchestration.resources import build_resources
-from orchestration.retention_sensor import retention_sensor
-from orchestration.scoring_assets import anomaly_scores
-from orchestration.template_checks import template_count_shift
-from orchestration.observer import raw_logs_observer
-from orchestration.tasks import dead_task_reaper, training_run_canceled, training_run_failed
-from orchestration.training_trigger import ingest_logs_schedule, new_samples_sensor
+from orchestration.sensors.retention import retention_sensor
+from orchestration.assets.scoring import anomaly_scores
+from orchestration.checks.template_counts import template_count_shift
+from orchestration.sensors.observer import raw_logs_observer
+from orchestration.sensors.reaper import dead_task_reaper
+from orchestration.sensors.run_ends import training_run_canceled, training_run_failed
+from orchestration.sensors.new_samples import ingest_logs_schedule, new_samples_sensor
 
 # Opni's training controller: only with a NATS server (nothing about NATS loads without one)
 nats_sensors = []
 if settings().nats_url:
-    from orchestration.nats_sensor import build_nats_sensor
+    from orchestration.sensors.nats import build_nats_sensor
 
     nats_sensors.append(build_nats_sensor())
 

@@ -97,7 +97,7 @@ class Thresholds(BaseModel):
 
 
 class AnomalyJump(BaseModel):
-    """When the `anomaly_rate_jump` check (orchestration/anomaly_checks.py) fails for a batch's window:
+    """When the `anomaly_rate_jump` check (orchestration/checks/anomaly_rate.py) fails for a batch's window:
 
     rate(W) > max(factor x median(rates of the previous windows), min_rate)
 
@@ -131,7 +131,7 @@ class AnomalyJump(BaseModel):
 
 
 class TemplateCounts(BaseModel):
-    """When the `template_count_shift` check (orchestration/template_checks.py) and `logloop anomalies
+    """When the `template_count_shift` check (orchestration/checks/template_counts.py) and `logloop anomalies
     --templates` flag a template (a masked form of the window summaries) of a batch's window W, against
     the batch's previous `history_windows` windows (mean count per window, 0 where absent):
     new (absent from all of them, >= min_count in W), jump (>= jump_factor x the mean, >= min_count),
@@ -299,7 +299,7 @@ class LoopSettings(BaseModel):
         description="Verdicts written back onto the OpenSearch documents, where Opni's views read them.")
     training_run_config: dict = Field(default_factory=dict, description="Run config merged into sensor-launched training runs.")
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy,
-                                       description="What artifact storage keeps (orchestration/retention_plan.py).")
+                                       description="What artifact storage keeps (orchestration/services/retention_plan.py).")
     ingest: IngestSettings = Field(default_factory=IngestSettings,
                                    description="Limits of `logloop serve-ingest` (connections, time, body size).")
     deadlines: Deadlines = Field(default_factory=Deadlines,

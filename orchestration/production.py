@@ -2,7 +2,7 @@
 
 - **A production record in artifact storage**, `production/<batch key>.json`: the batch and its
   whole production history (every `ProductionEvent`, oldest first). Artifact storage holds
-  everything the store indexes (orchestration.restore), and pins are no exception: `logloop store
+  everything the store indexes (orchestration.services.restore), and pins are no exception: `logloop store
   restore` re-records these events, so a rebuilt store keeps its pins and its rollback history.
   Retention never touches `production/` (it deletes under its own prefixes only).
 - **Production in the Dagster UI.** An `AssetObservation` of `registered_model`, partition = the

@@ -9,40 +9,27 @@ at its deadline. The transitions, all here (states: resources.store_records.Task
 
 - start_task: running, when the run's first asset starts;
 - succeed_task: succeeded, when the model is registered;
-- the `training_run_failed` / `training_run_canceled` sensors (settle_run): failed as soon as
-  the run ends that way;
+- settle_run: failed as soon as the run ends that way (the `training_run_failed` and
+  `training_run_canceled` sensors, orchestration/sensors/run_ends.py);
 - reconcile: settle an active task whose run finished, never appeared, or lost its worker; the
   training trigger calls it for busy batches every tick and the reaper for all;
-- `dead_task_reaper`, a sensor (every `reaper_interval_s`, 5 minutes by default): dead once a
-  task passes its deadline, and its run is terminated. It starts no run: what it did is its
-  tick's log and skip reason. (It replaced the `reap_dead_tasks` schedule and job; a new name,
-  because Dagster keeps a schedule's state under its name, and a sensor of that name would read it.)
+- reap: dead once a task passes its deadline, and its run is terminated; the `dead_task_reaper`
+  sensor (orchestration/sensors/reaper.py) calls it every `reaper_interval_s`, 5 minutes by
+  default;
 - schedule_task / fail_task: `logloop train` (orchestration/cli/train.py).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
-from dagster import (
-    DagsterRunStatus,
-    DefaultSensorStatus,
-    RunsFilter,
-    RunStatusSensorContext,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
-    run_status_sensor,
-    sensor,
-)
+from dagster import DagsterRunStatus, RunsFilter, RunStatusSensorContext
 
 from ops.windows import now_ms
 from orchestration.contract import BATCH_TAG, MODE_TAG, PARTITION_TAG, TASK_TAG, WORKER_TAG
 from orchestration.loop_settings import loop_settings
 from orchestration.partitions import iso
 from orchestration.run_liveness import run_worker_pid, stop_orphaned_steps, worker_alive, worker_tag
-from resources.store import StoreError
 from resources.store_resources import Store
 from resources.store_records import ACTIVE_STATES, TASK_MODES, Task, TaskState
 
@@ -199,18 +186,6 @@ def settle_run(store: Store, context: RunStatusSensorContext, state: str) -> Non
     context.log.info(f"task {task.task_id} of batch {task.batch!r}: {state}")
 
 
-@run_status_sensor(run_status=DagsterRunStatus.FAILURE, default_status=DefaultSensorStatus.RUNNING,
-                   name="training_run_failed", description="Mark a training task failed as soon as its run fails.")
-def training_run_failed(context: RunStatusSensorContext, store: Store):
-    settle_run(store, context, TaskState.FAILED)
-
-
-@run_status_sensor(run_status=DagsterRunStatus.CANCELED, default_status=DefaultSensorStatus.RUNNING,
-                   name="training_run_canceled", description="Mark a training task failed when its run is canceled.")
-def training_run_canceled(context: RunStatusSensorContext, store: Store):
-    settle_run(store, context, TaskState.FAILED)
-
-
 # ---- the reaper -------------------------------------------------------------------
 
 def terminate(instance, run, log) -> str:
@@ -254,42 +229,3 @@ def reap(instance, store: Store, log, at_ms: int | None = None) -> dict:
         report["events"].append(f"{task.task_id} ({task.batch}) dead: past its deadline {iso(task.deadline_ms)}, "
                                 + (f"run {outcome}" if run is not None else "it had no run"))
     return report
-
-
-def describe_reap(report: dict, most: int = 10) -> str:
-    """One line for the tick: what the reaper did, or why it did nothing."""
-    acted = len(report["dead"]) + len(report["settled"])
-    if not acted:
-        if not report["checked"]:
-            return "nothing to reap: no active tasks"
-        return f"nothing to reap: {report['checked']} active task(s), all alive and within their deadlines"
-    events = report["events"]
-    more = f"; and {len(events) - most} more" if len(events) > most else ""
-    return (f"reaped {acted} task(s) of {report['checked']} active ({len(report['dead'])} dead, "
-            f"{len(report['settled'])} settled): " + "; ".join(events[:most]) + more)
-
-
-def evaluate_reaper(context: SensorEvaluationContext, store: Store, at_ms: int | None = None) -> SensorResult:
-    """One reaper tick: it acts on the store and the runs directly and requests no run; what it did
-    is the tick's skip reason and log."""
-    try:
-        report = reap(context.instance, store, context.log, at_ms)
-    except StoreError as exc:
-        raise StoreError(f"dead_task_reaper: the store is unreachable, nothing reaped this tick: {exc}") from exc
-    summary = describe_reap(report)
-    context.log.info(summary)
-    cursor = json.dumps({"tick_ms": at_ms or now_ms(), "checked": report["checked"], "dead": len(report["dead"]),
-                         "settled": len(report["settled"])})
-    return SensorResult(skip_reason=SkipReason(summary), cursor=cursor)
-
-
-@sensor(
-    name="dead_task_reaper",
-    minimum_interval_seconds=SETTINGS.reaper_interval_s,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Mark tasks past their deadline dead and terminate their runs; settle tasks whose runs are not "
-    "alive. Starts no run: its decisions are the tick's log and skip reason.",
-)
-def dead_task_reaper(context: SensorEvaluationContext, store: Store):
-    return evaluate_reaper(context, store)
-

@@ -92,3 +92,19 @@ def test_dependencies_point_one_way(package, never):
                        else [])
             upward += [f"{name} imports {t}" for t in targets if t.split(".")[0] in never]
     assert upward == []
+
+
+
+def test_the_services_use_no_dagster_api():
+    """orchestration/services/ holds what the loop offers beside its assets (specs, NATS requests,
+    model events, retention, restore): they take the store and storage as arguments and import no
+    Dagster themselves at module level, so that Dagster's objects live in assets, checks, sensors,
+    jobs and definitions."""
+    names = sorted(n for n in modules("orchestration") if n.startswith("orchestration.services."))
+    assert len(names) >= 6, names
+    for name in names:
+        tree = ast.parse(modules("orchestration")[name].read_text(encoding="utf-8"))
+        top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        imported = {a.name for n in top if isinstance(n, ast.Import) for a in n.names} | \
+                   {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in imported if m.split(".")[0] == "dagster"}, (name, imported)

@@ -5,7 +5,7 @@ which run before torch is needed.
 A field made with `tunable(...)` may be set per run. This is the one place such a field is
 defined: its default, its bounds and its description. `orchestration.assets` builds the
 nulog_model asset's Dagster Config (the launchpad schema) from `tunable_fields`, and training
-specs (`orchestration.training_spec`) accept the same names as hyperParameters.
+specs (`orchestration.services.training_spec`) accept the same names as hyperParameters.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ scratch or as a fine-tune, from which parent, where its new data starts, and whe
 escalates to scratch. Pure functions of a batch's status: no Dagster, no store, no I/O.
 
 Who asks, and when:
-- the new-sample sensor (orchestration/training_trigger.py), for every batch on every tick
+- the new-sample sensor (orchestration/sensors/new_samples.py), for every batch on every tick
   (`decide`): CML's rules, with its queue names the right way round. A batch without a model and
   at least `min_start_count` samples gets a scratch run; a batch with a model and at least
   `min_update_count` samples newer than its latest model's watermark gets a fine-tune, which

@@ -1,4 +1,4 @@
-"""The asset chain, one module per stage (Stage 5, the blocking gate, is orchestration/checks.py):
+"""The asset chain, one module per stage (Stage 5, the blocking gate, is orchestration/checks/quality.py):
 
     summaries.py  raw_logs -> partition_summaries       fetch, mask   (ops.fetch, ops.mask)
     sample.py     -> training_sample                     sample        (ops.sample)

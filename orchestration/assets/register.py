@@ -1,5 +1,5 @@
 """Stage 6, register: `registered_model`, the candidate that passed its gate published as the batch's
-next version and announced (orchestration.registry). Stage 5, the gate, is orchestration/checks.py."""
+next version and announced (orchestration.registry). Stage 5, the gate, is orchestration/checks/quality.py."""
 
 from typing import Optional
 
@@ -43,7 +43,7 @@ def registered_model(
     Registration is keyed by the run that trained the candidate, so registering the
     same candidate twice (a retry, a re-execution) never creates a second version.
     """
-    from orchestration.model_events import announce, model_ready
+    from orchestration.services.model_events import announce, model_ready
     from orchestration.registry import register_candidate  # here, not above: it loads torch
 
     batch = context.partition_key

@@ -35,7 +35,7 @@ from orchestration.assets.summaries import partition_summaries
 
 
 # Every numeric run-config field has finite, sane bounds here. Specs are validated by these
-# same classes (orchestration.training_spec), so this is the one place ranges are set.
+# same classes (orchestration.services.training_spec), so this is the one place ranges are set.
 # Floats are finite (pydantic lets inf through a bare `gt=0`).
 class TimeInterval(Config):
     start_ms: int = Field(ge=0, lt=MAX_TIME_MS, description="Epoch milliseconds, inclusive.")

@@ -39,7 +39,7 @@ raw_logs = AssetSpec(
 
 
 # Every numeric run-config field has finite, sane bounds here. Specs are validated by these
-# same classes (orchestration.training_spec), so this is the one place ranges are set.
+# same classes (orchestration.services.training_spec), so this is the one place ranges are set.
 # Floats are finite (pydantic lets inf through a bare `gt=0`).
 class DataStageConfig(Config):
     force: bool = Field(default=False, description="Re-read windows that already have a summary.")

@@ -75,7 +75,7 @@ def _when(ms: int) -> str:
 
 
 def _rate(x) -> str:
-    from orchestration.anomaly_checks import pct
+    from orchestration.checks.anomaly_rate import pct
 
     return pct(x)
 
@@ -124,7 +124,7 @@ def _batches(args, store) -> list[str]:
 def _template_shifts(args) -> int:
     from orchestration.loop_settings import load_loop_settings
     from orchestration.resources import resource
-    from orchestration.template_checks import SummaryCounts, describe_shift, judge_batch_windows, short
+    from orchestration.checks.template_counts import SummaryCounts, describe_shift, judge_batch_windows, short
 
     now_ms = int(time.time() * 1000)
     since_ms = parse_since(args.since, now_ms)
@@ -159,7 +159,7 @@ def _template_shifts(args) -> int:
 
 
 def _anomalies(args) -> int:
-    from orchestration.anomaly_checks import judge_series, lookback_ms
+    from orchestration.checks.anomaly_rate import judge_series, lookback_ms
     from orchestration.loop_settings import load_loop_settings
     now_ms = int(time.time() * 1000)
     since_ms = parse_since(args.since, now_ms)

@@ -18,7 +18,7 @@ from resources.store_records import TASK_STATES
 
 def cmd_store_restore(args) -> int:
     from orchestration.resources import resource
-    from orchestration.restore import restore_store
+    from orchestration.services.restore import restore_store
 
     report = restore_store(open_store(), resource("artifacts"))
     if args.json:

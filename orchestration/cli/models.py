@@ -225,7 +225,7 @@ def _artifacts():
 
 def _refuse_retired(artifacts, batch: str, model) -> None:
     """A version whose weights retention deleted cannot be production: it could not score."""
-    from orchestration.retention import retired
+    from orchestration.services.retention import retired
 
     if model is not None and retired(artifacts, model.artifact):
         raise CliError(f"version {model.version} of batch {batch!r} was retired by the retention policy (its weights "

@@ -62,7 +62,7 @@ def cmd_setup(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from orchestration.model_events import pending
+    from orchestration.services.model_events import pending
     from orchestration.resources import resource
     from resources.nats_bus import NatsError
 
@@ -92,7 +92,7 @@ class _PrintLog:
 
 
 def cmd_flush(args) -> int:
-    from orchestration.model_events import flush_outbox
+    from orchestration.services.model_events import flush_outbox
     from orchestration.resources import resource
     from resources.nats_bus import NatsError
 

@@ -1,4 +1,4 @@
-"""`logloop cleanup`: apply the retention policy now (orchestration.retention), or see what it would do.
+"""`logloop cleanup`: apply the retention policy now (orchestration.services.retention), or see what it would do.
 
     logloop cleanup --dry-run              # what would go, deleting nothing
     logloop cleanup [--json]               # delete it, and say what went
@@ -66,7 +66,7 @@ def add_parser(sub) -> None:
 
 
 def policy_of(args):
-    from orchestration.retention_sensor import current_policy
+    from orchestration.sensors.retention import current_policy
 
     policy = current_policy()
     changes = {}
@@ -89,8 +89,8 @@ def _instance():
 def cmd_cleanup(args) -> int:
     from orchestration.cli.common import open_store
     from orchestration.resources import resource
-    from orchestration.retention import apply, dry_run
-    from orchestration.retention_sensor import plan_with_instance
+    from orchestration.services.retention import apply, dry_run
+    from orchestration.sensors.retention import plan_with_instance
 
     policy = policy_of(args)
     store, artifacts = open_store(), resource("artifacts")

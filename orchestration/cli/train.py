@@ -24,9 +24,9 @@ from orchestration.cli.common import batch_arg, open_store
 from orchestration.contract import PARTITION_TAG
 
 if TYPE_CHECKING:
-    from orchestration.training_spec import TrainingSpec
+    from orchestration.services.training_spec import TrainingSpec
 
-# orchestration.training_spec (pydantic, yaml) is imported by the commands that read a spec, so
+# orchestration.services.training_spec (pydantic, yaml) is imported by the commands that read a spec, so
 # that the rest of the CLI, `--help` included, starts without it.
 
 JOB = "train_model"
@@ -70,7 +70,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_validate(args) -> int:
-    from orchestration.training_spec import SpecError, load_spec_file
+    from orchestration.services.training_spec import SpecError, load_spec_file
 
     try:
         spec = load_spec_file(args.file)
@@ -175,7 +175,7 @@ def run_event_lines(client, run_id: str, cursor: str | None) -> tuple[list[str],
 def launch_remote(spec: TrainingSpec, wait: bool) -> int:
     from dagster_graphql import DagsterGraphQLClientError
 
-    from orchestration.training_spec import run_config, run_tags
+    from orchestration.services.training_spec import run_config, run_tags
 
     url = dagster_url()
     why = reachable(url)
@@ -238,7 +238,7 @@ def launch_remote(spec: TrainingSpec, wait: bool) -> int:
 
 
 def cmd_create(args) -> int:
-    from orchestration.training_spec import SpecError, load_spec_file
+    from orchestration.services.training_spec import SpecError, load_spec_file
 
     try:
         spec = load_spec_file(args.file)
@@ -253,10 +253,10 @@ def run_local(spec: TrainingSpec) -> int:
     from orchestration.assets.register import registered_model
     from orchestration.assets.sample import training_sample
     from orchestration.assets.train import nulog_model
-    from orchestration.checks import nulog_model_quality
+    from orchestration.checks.quality import nulog_model_quality
     from orchestration.resources import build_resources
     from orchestration.tasks import fail_task, schedule_task
-    from orchestration.training_spec import run_config, run_tags
+    from orchestration.services.training_spec import run_config, run_tags
 
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     if not instance.has_dynamic_partition("batches", spec.batch):
@@ -280,7 +280,7 @@ def run_local(spec: TrainingSpec) -> int:
 
 
 def cmd_local(args) -> int:
-    from orchestration.training_spec import SpecError, load_spec_file
+    from orchestration.services.training_spec import SpecError, load_spec_file
 
     try:
         spec = load_spec_file(args.file)
@@ -290,7 +290,7 @@ def cmd_local(args) -> int:
 
 
 def cmd_request(args) -> int:
-    from orchestration.training_spec import SpecError, from_opni_request
+    from orchestration.services.training_spec import SpecError, from_opni_request
 
     try:
         payload = json.loads(args.payload)

@@ -134,7 +134,7 @@ def test_materialized_chain_shows_plots_timestamps_and_no_nulls(env):
     from orchestration.assets.register import registered_model
     from orchestration.assets.sample import training_sample
     from orchestration.assets.train import nulog_model
-    from orchestration.checks import nulog_model_quality
+    from orchestration.checks.quality import nulog_model_quality
 
     instance, resources = env
     ingest(instance, resources)

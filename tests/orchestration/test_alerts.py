@@ -22,7 +22,7 @@ from dagster import (
     materialize,
 )
 
-from orchestration.alerts import SENSOR_NAME, WEBHOOK_ENV, alert_sensors, evaluate_alerts, redact, scrub
+from orchestration.sensors.alerts import SENSOR_NAME, WEBHOOK_ENV, alert_sensors, evaluate_alerts, redact, scrub
 from orchestration.partitions import batch_partitions, time_partitions
 
 ROOT = Path(__file__).resolve().parents[2]

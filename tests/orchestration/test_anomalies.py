@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, MaterializeResult, asset, instance_for_test, materialize
 
-from orchestration.anomaly_checks import anomaly_rate_jump, judge_series
+from orchestration.checks.anomaly_rate import anomaly_rate_jump, judge_series
 from orchestration.loop_settings import AnomalyJump, LoopSettings
 from orchestration.partitions import PARTITION_FMT, time_partitions
 from resources.store_resources import SQLiteStore
@@ -259,7 +259,7 @@ def incident(tmp_path_factory):
     """The demo's incident: 4 hours of demo logs, and in the last one a normal message of the first batch
     repeated 50x as often; the real partition_summaries asset (with its checks) materialized for each hour."""
     from orchestration.assets.summaries import partition_summaries
-    from orchestration.template_checks import template_count_shift
+    from orchestration.checks.template_counts import template_count_shift
     from resources.artifacts import LocalArtifactStorage
     from resources.log_source import LocalLogSource
     from scripts import demo_logs
@@ -329,7 +329,7 @@ def test_logloop_anomalies_templates_reports_the_incident(incident, monkeypatch,
 
 
 def test_the_template_check_runs_in_the_ingest_job_and_alerts_through_the_webhook():
-    from orchestration.alerts import CHECKS, TEMPLATE_CHECK, Failure, payload
+    from orchestration.sensors.alerts import CHECKS, TEMPLATE_CHECK, Failure, payload
     from orchestration.definitions import defs
 
     job = defs.resolve_job_def("ingest_logs")

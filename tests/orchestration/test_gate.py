@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from orchestration.assets.register import registered_model
 from orchestration.assets.sample import ResampleConfig, training_sample
 from orchestration.assets.train import TrainAssetConfig, nulog_model
-from orchestration.checks import ValidationConfig, nulog_model_quality
-from orchestration.training_spec import SpecError, parse_spec
+from orchestration.checks.quality import ValidationConfig, nulog_model_quality
+from orchestration.services.training_spec import SpecError, parse_spec
 from tests.orchestration.test_pipeline import BATCH, env, ingest, train_config  # noqa: F401  (env is a fixture)
 
 
@@ -171,13 +171,13 @@ def test_storage_keys_refuse_a_segment_ending_in_a_newline():
 
 
 def test_a_failed_registration_leaves_no_artifact_behind(env, monkeypatch):  # noqa: F811
-    from resources.store_resources import SQLStore
+    from resources.sql_store import SQLStoreCore
     from resources.store import StoreError
 
     def locked(self, record):
         raise StoreError("SQLite store: database is locked")
 
-    monkeypatch.setattr(SQLStore, "register_model", locked)
+    monkeypatch.setattr(SQLStoreCore, "register_model", locked)  # the SQLite store resource is built on it
     instance, resources = env
     ingest(instance, resources, hours=1)
     result = materialize([training_sample, nulog_model, registered_model, nulog_model_quality], partition_key=BATCH,

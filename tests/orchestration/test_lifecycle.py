@@ -17,7 +17,7 @@ from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.summaries import partition_summaries
 from orchestration.assets.train import nulog_model
-from orchestration.checks import nulog_model_quality
+from orchestration.checks.quality import nulog_model_quality
 from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
 from tests.orchestration import test_pipeline
@@ -104,7 +104,7 @@ def test_a_pinned_version_is_the_scorer_the_fine_tune_parent_and_the_champion(en
     assert (status.model_version, status.watermark_ms) == (3, v3.window_end_ms)
 
     # scoring windows in production uses the pinned version too
-    from orchestration.scoring_assets import anomaly_scores
+    from orchestration.assets.scoring import anomaly_scores
 
     assert materialize([anomaly_scores], partition_key=hour_key(START_MS), instance=instance, resources=resources,
                        run_config={"ops": {"anomaly_scores": {"config": {"batches": [BATCH]}}}}).success

@@ -21,10 +21,10 @@ from dagster import build_sensor_context, materialize
 from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.train import nulog_model
-from orchestration.checks import nulog_model_quality
-from orchestration.model_events import OUTBOX, announce, flush_outbox, pending
-from orchestration.nats_requests import Accepted, Rejected, parse, run_key
-from orchestration.nats_sensor import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, build_nats_sensor, drain
+from orchestration.checks.quality import nulog_model_quality
+from orchestration.services.model_events import OUTBOX, announce, flush_outbox, pending
+from orchestration.services.nats_requests import Accepted, Rejected, parse, run_key
+from orchestration.sensors.nats import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, build_nats_sensor, drain
 from resources.artifacts import LocalArtifactStorage
 from resources.nats_bus import Incoming, NatsBus, NatsError, NoModelEvents
 from tests.servers.nats_server import nats_server
@@ -463,7 +463,7 @@ def test_credentials_are_used_and_a_refusal_names_the_server_but_no_secret(tmp_p
 
 
 def test_model_ready_says_what_started_the_run_and_carries_the_registry_record():
-    from orchestration.model_events import model_ready
+    from orchestration.services.model_events import model_ready
     from resources.store_records import ModelRecord
 
     record = ModelRecord(batch=BATCH, version=4, run_id="r-1", artifact="models/x/nulog-4.zip",

@@ -19,7 +19,7 @@ from orchestration.assets.summaries import partition_summaries
 from orchestration.contract import summary_key
 from orchestration.loop_settings import LoopSettings
 from orchestration.partitions import PARTITION_FMT
-from orchestration.scoring_assets import anomaly_scores
+from orchestration.assets.scoring import anomaly_scores
 from resources.artifacts import LocalArtifactStorage
 from resources.opensearch_source import OpenSearchLogSource
 from resources.samples import samples_for_store

@@ -12,7 +12,7 @@ from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.summaries import partition_summaries
 from orchestration.assets.train import nulog_model
-from orchestration.checks import nulog_model_quality
+from orchestration.checks.quality import nulog_model_quality
 from orchestration.partitions import PARTITION_FMT
 from resources.nats_bus import NoModelEvents
 from resources.artifacts import LocalArtifactStorage
@@ -120,7 +120,7 @@ def test_chain_materializes_and_registers_a_version(env):
     assert art.metrics["top_k_accuracy"] == models[0].metrics["top_k_accuracy"]
 
     # Production scoring of a window with the registered model: anomaly counts per batch over time.
-    from orchestration.scoring_assets import anomaly_scores
+    from orchestration.assets.scoring import anomaly_scores
 
     scored = materialize([anomaly_scores], partition_key=hour_key(START_MS), instance=instance, resources=resources,
                          run_config={"ops": {"anomaly_scores": {"config": {"batches": [BATCH]}}}})

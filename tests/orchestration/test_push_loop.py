@@ -22,10 +22,10 @@ from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.summaries import partition_summaries
 from orchestration.assets.train import nulog_model
-from orchestration.checks import nulog_model_quality
+from orchestration.checks.quality import nulog_model_quality
 from orchestration.loop_settings import LoopSettings, Thresholds
 from orchestration.partitions import PARTITION_FMT
-from orchestration.training_trigger import evaluate_new_samples
+from orchestration.sensors.new_samples import evaluate_new_samples
 from resources.artifacts import LocalArtifactStorage
 from resources.nats_bus import NoModelEvents
 from resources.samples import push

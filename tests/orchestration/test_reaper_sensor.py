@@ -10,7 +10,7 @@ from dagster import DagsterRunStatus, build_sensor_context
 from dagster._core.test_utils import create_run_for_test
 
 from orchestration.loop_settings import LoopSettings, LoopSettingsError, load_loop_settings
-from orchestration.tasks import dead_task_reaper, describe_reap, evaluate_reaper
+from orchestration.sensors.reaper import dead_task_reaper, describe_reap, evaluate_reaper
 
 
 def tick(instance, store):

@@ -1,4 +1,4 @@
-"""Retention (orchestration.retention_plan, retention, retention_sensor): what goes, what stays, and
+"""Retention (orchestration.services.retention_plan and retention, orchestration.sensors.retention): what goes, what stays, and
 that the loop still works after it.
 
 The artifact tree is the real one: the chain is materialized once per module (three versions of
@@ -23,18 +23,19 @@ from dagster._core.test_utils import create_run_for_test
 from scripts import demo_logs
 from ops.register.artifact import ArtifactError, read_artifact, read_artifact_meta
 from ops.naming import batch_key
-from orchestration import retention, retention_plan, retention_sensor
+from orchestration.services import retention, retention_plan
+from orchestration.sensors import retention as retention_sensor
 from orchestration.cli import app as cli
 from orchestration.cli import retention as cli_retention
 from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.summaries import partition_summaries
 from orchestration.assets.train import nulog_model
-from orchestration.checks import nulog_model_quality
+from orchestration.checks.quality import nulog_model_quality
 from orchestration.contract import run_folder, summary_key
 from orchestration.loop_settings import RetentionPolicy
-from orchestration.retention import apply, dry_run
-from orchestration.retention_plan import Item, Plan, plan
+from orchestration.services.retention import apply, dry_run
+from orchestration.services.retention_plan import Item, Plan, plan
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.nats_bus import NoModelEvents
@@ -354,7 +355,7 @@ def test_a_fine_tune_after_cleanup_finds_its_parents_sample_and_restore_rebuilds
 
     # a lost store comes back with what was kept: windows h1 and h2, every version's row (v1 and v2
     # from their stubs: stores take versions only in sequence), production where it was
-    from orchestration.restore import restore_store
+    from orchestration.services.restore import restore_store
 
     fresh = SQLiteStore(path=str(root / "restored.sqlite"))
     restored = restore_store(fresh, artifacts)

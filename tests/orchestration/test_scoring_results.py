@@ -11,7 +11,7 @@ from ops.mask.summary import Summary, write_summaries
 from orchestration.contract import summary_key
 from orchestration.loop_settings import LoopSettings, load_loop_settings
 from orchestration.partitions import PARTITION_FMT
-from orchestration.scoring_assets import anomaly_scores
+from orchestration.assets.scoring import anomaly_scores
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.samples import samples_for_store

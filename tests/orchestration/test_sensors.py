@@ -15,7 +15,7 @@ from orchestration.loop_settings import LoopSettings, LoopSettingsError, Thresho
 from orchestration.partitions import time_partitions
 from orchestration.contract import TASK_TAG
 from orchestration.tasks import reap
-from orchestration.training_trigger import evaluate_new_samples, training_run_config
+from orchestration.sensors.new_samples import evaluate_new_samples, training_run_config
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, LogSource, LogSourceError
 from resources.opensearch_source import OpenSearchLogSource
@@ -217,7 +217,7 @@ def test_raw_logs_observer_counts_the_last_closed_windows_per_batch(instance, tm
     from collections import Counter
 
     from scripts import demo_logs
-    from orchestration.observer import observe_source
+    from orchestration.sensors.observer import observe_source
     from resources.log_source import LocalLogSource
 
     hour = 3_600_000
@@ -359,7 +359,7 @@ def test_unsummarised_closed_windows_with_records_get_catch_up_ingest_runs(insta
 
 
 def test_catch_up_leaves_the_newest_window_to_the_schedule_and_caps_a_tick(instance, store, monkeypatch, messages):
-    import orchestration.training_trigger as sensors
+    import orchestration.sensors.new_samples as sensors
 
     counts(store, 0, a=30)
     source = CountingSource(records={hour_key(h): {"a": 1_000} for h in range(24)})
@@ -391,7 +391,7 @@ def test_waiting_batches_say_what_is_being_ingested_when_nothing_trains(instance
 
 
 def test_a_source_that_does_not_count_cheaply_is_never_counted(instance, store, tmp_path):
-    from orchestration.training_trigger import new_samples_sensor
+    from orchestration.sensors.new_samples import new_samples_sensor
 
     assert not LocalLogSource(path=str(tmp_path)).counts_cheaply
     assert OpenSearchLogSource(hosts=["http://opensearch:9200"]).counts_cheaply
@@ -410,7 +410,7 @@ def test_a_source_that_does_not_count_cheaply_is_never_counted(instance, store, 
 
 
 def test_a_count_failure_still_gives_the_training_decisions(instance, store, messages, monkeypatch):
-    import orchestration.training_trigger as sensors
+    import orchestration.sensors.new_samples as sensors
 
     counts(store, 0, a=200, b=10)
     source = CountingSource(records={hour_key(11): {"a": 70}}, fail=True)
@@ -499,7 +499,7 @@ def test_catch_up_with_the_opensearch_source_is_one_count_request(instance, stor
 
 
 def test_an_empty_store_beside_empty_windows_is_restored_once_not_every_tick(instance, store, tmp_path, monkeypatch):
-    import orchestration.training_trigger as sensors
+    import orchestration.sensors.new_samples as sensors
     from ops.mask.summary import write_summaries
 
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))

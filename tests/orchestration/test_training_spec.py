@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.training_spec import SpecError, convert_template, from_opni_request, parse_spec, run_config, run_tags
+from orchestration.services.training_spec import SpecError, convert_template, from_opni_request, parse_spec, run_config, run_tags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -290,7 +290,7 @@ def test_train_validate_rejects_a_template_with_an_attribute_in_one_line(tmp_pat
 
 
 def test_load_spec_file_names_the_file_and_the_byte_of_invalid_utf8(tmp_path):
-    from orchestration.training_spec import load_spec_file
+    from orchestration.services.training_spec import load_spec_file
 
     path = tmp_path / "spec.yaml"
     path.write_bytes(b"kind: ModelTraining\nid: caf\xe9\n")

@@ -81,7 +81,7 @@ def fails_within(seconds: float, error, fn) -> str:
 
 def test_a_webhook_post_to_a_black_hole_fails_within_its_deadline(hole):
     # before: a webhook trickling a byte every 2 s held a sensor tick for 83 s
-    from orchestration.alerts import WebhookError, post_json
+    from orchestration.sensors.alerts import WebhookError, post_json
 
     message = fails_within(3, WebhookError, lambda: post_json(hole.url + "/hook", {"a": 1}, timeout_s=10, deadline_s=3))
     assert "within 3 s" in message

@@ -465,9 +465,9 @@ def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bu
     from orchestration.assets.sample import training_sample
     from orchestration.assets.summaries import partition_summaries
     from orchestration.assets.train import nulog_model
-    from orchestration.checks import nulog_model_quality
+    from orchestration.checks.quality import nulog_model_quality
     from orchestration.partitions import PARTITION_FMT
-    from orchestration.scoring_assets import anomaly_scores
+    from orchestration.assets.scoring import anomaly_scores
     from resources.log_source import LocalLogSource
     from resources.store_resources import SQLiteStore
 

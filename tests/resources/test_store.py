@@ -799,7 +799,7 @@ def test_production_changes_record_who_when_and_why(store):
 
 
 def test_production_events_restored_into_a_fresh_store_pin_as_before(store, tmp_path):
-    """A store restore re-records a batch's production history (orchestration.restore): the pin and
+    """A store restore re-records a batch's production history (orchestration.services.restore): the pin and
     the rollback stack come back; a second restore adds nothing."""
     source = SQLiteStore(path=str(tmp_path / "before.sqlite"))
     for s in (source, store):

@@ -138,7 +138,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_killed_run_is_settled_on_the_next_tick_and_the_batch_retrains(home, tmp_path, monkeypatch):
-    from orchestration.training_trigger import evaluate_new_samples
+    from orchestration.sensors.new_samples import evaluate_new_samples
 
     env = env_for(home)
     proc = materialize(env, *train_args(tmp_path / "run.json", epochs=500), start_new_session=True)
@@ -179,7 +179,7 @@ def test_a_killed_run_is_settled_on_the_next_tick_and_the_batch_retrains(home, t
 
 
 def test_a_sensor_tick_records_no_task_for_the_runs_it_requests(home):
-    from orchestration.training_trigger import evaluate_new_samples
+    from orchestration.sensors.new_samples import evaluate_new_samples
 
     store = SQLiteStore(path=str(home / "store.sqlite"))
     instance = DagsterInstance.from_config(str(home / "dagster_home"))
@@ -196,7 +196,7 @@ def test_a_sensor_tick_records_no_task_for_the_runs_it_requests(home):
 
 
 def test_a_deleted_store_is_rebuilt_from_artifact_storage_and_the_loop_goes_on(home, tmp_path):
-    from orchestration.training_trigger import evaluate_new_samples
+    from orchestration.sensors.new_samples import evaluate_new_samples
     from resources.artifacts import LocalArtifactStorage
 
     finish(materialize(env_for(home), *train_args(tmp_path / "run.json", epochs=1)))

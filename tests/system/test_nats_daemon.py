@@ -20,7 +20,7 @@ import pytest
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
-from orchestration.nats_sensor import SENSOR_NAME
+from orchestration.sensors.nats import SENSOR_NAME
 from resources.nats_bus import NatsBus
 from resources.store_resources import SQLiteStore
 from tests.servers.nats_server import nats_server

@@ -146,5 +146,7 @@ def test_every_step_in_its_own_pod_shares_only_the_instance_the_bucket_and_the_s
     lines = tmp_path / "lines.txt"
     lines.write_text("user alice logged in from 10.0.0.1\n")
     scored = in_sandbox(env, instance_yaml, "cli-score", str(BIN / "logloop"), "score", "--batch", BATCH, str(lines))
-    assert scored.stdout.count("\t") == 2 and "user alice logged in from <ip>" in scored.stdout, scored.stdout
+    score, verdict, reason, masked = scored.stdout.rstrip("\n").split("\t")  # one line: the score, the verdict, why
+    assert masked == "user alice logged in from <ip>" and verdict in ("ANOMALY", "normal"), scored.stdout
+    assert reason.startswith("score"), scored.stdout
     assert f"model v2 of batch {BATCH!r}" in scored.stderr, scored.stderr

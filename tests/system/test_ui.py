@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from scripts import demo_logs
-from orchestration.training_spec import parse_spec, run_config
+from orchestration.services.training_spec import parse_spec, run_config
 from tests.servers.processes import apt_install, stop_process_group
 
 

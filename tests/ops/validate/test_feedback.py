@@ -13,7 +13,7 @@ from ops.validate.feedback import LabelIndex, classifier_probability, train_clas
 from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.train import nulog_model
-from orchestration.checks import nulog_model_quality
+from orchestration.checks.quality import nulog_model_quality
 from tests.orchestration.test_pipeline import BATCH, env, ingest, train_config  # noqa: F401  (env is a fixture)
 
 

@@ -4,8 +4,8 @@ Only with LOGLOOP_ALERT_WEBHOOK set (read at each tick, so the URL is never part
 location's definitions, run config or UI). The sensor `logloop_alerts` reads the executions of three
 checks from Dagster's instance:
 
-- `anomaly_rate_jump` on `anomaly_scores` (orchestration/anomaly_checks.py, severity WARN);
-- `template_count_shift` on `partition_summaries` (orchestration/template_checks.py, severity WARN):
+- `anomaly_rate_jump` on `anomaly_scores` (orchestration/checks/anomaly_rate.py, severity WARN);
+- `template_count_shift` on `partition_summaries` (orchestration/checks/template_counts.py, severity WARN):
   templates new in a window, or whose count jumped or dropped;
 - `nulog_model_quality` on `nulog_model`, the blocking gate (a candidate was not registered).
 

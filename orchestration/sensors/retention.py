@@ -1,6 +1,6 @@
 """Retention in Dagster: the runs the instance knows, and the `retention_sensor`.
 
-The sensor plans (orchestration/retention_plan.py) and applies (orchestration/retention.py) every
+The sensor plans (orchestration/services/retention_plan.py) and applies (orchestration/services/retention.py) every
 `interval_s` of the policy, within its time limit, as part of the loop: it starts no run, and its
 tick log says what went. `logloop cleanup` (orchestration.cli.retention) uses `plan_with_instance`
 and `current_policy` from here.
@@ -24,8 +24,8 @@ from dagster import (
 )
 
 from orchestration.loop_settings import RetentionPolicy, loop_settings
-from orchestration.retention import apply
-from orchestration.retention_plan import HOUR_MS, Plan, plan
+from orchestration.services.retention import apply
+from orchestration.services.retention_plan import HOUR_MS, Plan, plan
 from resources.artifacts import ArtifactStorage
 from resources.store_resources import Store
 

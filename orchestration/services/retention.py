@@ -8,11 +8,11 @@ listing of artifact storage, what may go (and deletes nothing); `apply` deletes 
 (orchestration.cli.retention) from the command line, with `--dry-run`.
 
 Three modules:
-- orchestration/retention_plan.py: the plan (what may go and why; what is kept, whatever the
+- orchestration/services/retention_plan.py: the plan (what may go and why; what is kept, whatever the
   policy). It deletes nothing.
 - here: applying a plan (deleting, retiring model versions to stubs, the report), and telling a
   retired stub (`retired`).
-- orchestration/retention_sensor.py: the Dagster side (the runs the instance knows, the sensor).
+- orchestration/sensors/retention.py: the Dagster side (the runs the instance knows, the sensor).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestration.retention_plan import PREFIXES, Item, Plan, artifact_meta, production_and_rollback
+from orchestration.services.retention_plan import PREFIXES, Item, Plan, artifact_meta, production_and_rollback
 from resources.artifacts import ArtifactStorage, LocalArtifactStorage
 from resources.store import StoreCore
 

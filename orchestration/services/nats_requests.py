@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from orchestration.contract import NATS_MSG_ID_TAG, NATS_SEQ_TAG, PARTITION_TAG, REQUEST_KEY_TAG
-from orchestration.training_spec import SpecError, TrainingSpec, from_opni_request, request_key, run_config, run_tags
+from orchestration.services.training_spec import SpecError, TrainingSpec, from_opni_request, request_key, run_config, run_tags
 from resources.nats_bus import MSG_ID_HEADER, Incoming, NatsBus, Outgoing
 
 MAX_TAG_CHARS = 200  # a longer Nats-Msg-Id is kept as its hash

@@ -2,8 +2,8 @@
 
 A `RetentionPolicy` (orchestration/loop_models.py) says what to keep; `plan` decides, from the
 store and a listing of artifact storage, what may go: a `Plan` of `Item`s, each with its reason,
-and what stays, counted by reason. orchestration/retention.py applies it;
-orchestration/retention_sensor.py runs both in the loop.
+and what stays, counted by reason. orchestration/services/retention.py applies it;
+orchestration/sensors/retention.py runs both in the loop.
 
 What is kept, whatever the policy:
 - **models/**: per batch the last `keep_versions` versions, the production one
@@ -16,7 +16,7 @@ What is kept, whatever the policy:
   deleted: they stay as the batch's history. The stub is why a restore still works: stores accept
   versions only in sequence (version n needs n-1), so a restore of a lost store must find every
   version's meta, or it could not re-register the kept ones. `retired(artifacts, key)`
-  (orchestration/retention.py) tells a stub.
+  (orchestration/services/retention.py) tells a stub.
 - **runs/<batch>/<run>/** and **checkpoints/<batch>/<run>.pt**: everything of a run still in
   flight (or queued, or being re-executed: a re-execution reads its parent run's outputs), of a
   run whose task is still active, and of a run that finished less than `finished_run_grace_hours`
@@ -31,7 +31,7 @@ What is kept, whatever the policy:
   A backfill of `partition_summaries` for such a window reads the source again, if it still has
   the logs. Windows of a batch with a training in flight wait for the next sweep.
 - Anything else (outbox/, production/ (the production records), the source index, keys in an
-  unknown layout) is never touched: `apply` (orchestration/retention.py) refuses a key outside
+  unknown layout) is never touched: `apply` (orchestration/services/retention.py) refuses a key outside
   models/, runs/, checkpoints/ and summaries/.
 
 A store that holds nothing while artifact storage holds summaries or models was lost or replaced:
@@ -62,7 +62,7 @@ HOUR_MS = 3_600_000
 # The only folders retention looks in or deletes from; outbox/ and everything else is not its business.
 PREFIXES = (CHECKPOINTS, RUNS, MODELS, SUMMARIES)
 KINDS = ("checkpoint", "run", "model", "summary")  # also the order of deletion: the cheapest to lose first
-# (a "model" item is retired, not deleted: see orchestration.retention.retire_model)
+# (a "model" item is retired, not deleted: see orchestration.services.retention.retire_model)
 SAMPLE = SAMPLE_FILE
 
 

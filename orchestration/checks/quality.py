@@ -58,7 +58,7 @@ def nulog_model_quality(
     histogram = metrics.pop("score_histogram", None)  # plotted, not kept with the model's metrics
     result = gate_result(artifacts, candidate.key, config, failures, metrics, histogram)
     if failures:
-        from orchestration.model_events import announce, model_rejected
+        from orchestration.services.model_events import announce, model_rejected
 
         announce(model_events, artifacts, "model_rejected",
                  *model_rejected(batch, candidate.run_id, candidate.key, failures, _finite(metrics), context.run.tags),

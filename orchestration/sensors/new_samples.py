@@ -43,7 +43,7 @@ from orchestration.contract import BATCH_TAG, CATCH_UP_TAG, MODE_TAG, TASK_TAG
 from orchestration.jobs import ingest_logs_job, train_model_job
 from orchestration.loop_settings import LoopSettings, loop_settings, merge_run_config
 from orchestration.partitions import batch_partitions, iso, last_closed_keys, time_partitions
-from orchestration.restore import restore_store
+from orchestration.services.restore import restore_store
 from orchestration.tasks import find_runs, in_flight_batches, reconcile
 from resources.artifacts import ArtifactStorage
 from resources.log_source import LogSource, LogSourceError

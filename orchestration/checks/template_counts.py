@@ -22,7 +22,7 @@ from typing import Optional
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from ops.validate.template_counts import TemplateRule, TemplateShift, judge_window
-from orchestration.anomaly_checks import _run_windows, _when
+from orchestration.checks.anomaly_rate import _run_windows, _when
 from orchestration.contract import summary_key
 from orchestration.loop_settings import loop_settings
 from resources.artifacts import ArtifactStorage
@@ -56,7 +56,7 @@ class SummaryCounts:
     def get(self, partition_key: str, batch: str) -> dict[str, int]:
         got = self._cache.get((partition_key, batch))
         if got is None:
-            from orchestration.scoring_assets import batch_summary
+            from orchestration.assets.scoring import batch_summary
 
             key = summary_key(partition_key)
             if not self.artifacts.exists(key):

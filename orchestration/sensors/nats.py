@@ -7,7 +7,7 @@ Each tick, on one connection:
 2. acknowledges the messages of the previous tick whose runs now exist. The cursor carries
    their ack subjects, and Dagster stores a tick's cursor only with its run requests, so a
    message is acknowledged only after its run was recorded;
-3. publishes what the model-event outbox holds (orchestration/model_events.py);
+3. publishes what the model-event outbox holds (orchestration/services/model_events.py);
 4. fetches up to `max_per_tick` requests: a valid one becomes a RunRequest whose run key
    derives from the message (its Nats-Msg-Id, else its stream sequence), so a redelivery starts
    no second run and is simply acknowledged; an invalid one is published to the error subject
@@ -39,8 +39,8 @@ from dagster import (
 from orchestration.contract import REQUEST_KEY_TAG
 from orchestration.jobs import train_model_job
 from orchestration.loop_settings import loop_settings, merge_run_config
-from orchestration.model_events import flush_outbox
-from orchestration.nats_requests import Accepted, Rejected, parse, rejection_message
+from orchestration.services.model_events import flush_outbox
+from orchestration.services.nats_requests import Accepted, Rejected, parse, rejection_message
 from orchestration.partitions import batch_partitions
 from resources.artifacts import ArtifactStorage
 from resources.nats_bus import ModelEvents, NatsBus, NatsError

@@ -119,7 +119,7 @@ def required_time_ms(value, what: str) -> int:
 def _config_classes():
     from orchestration.assets.sample import ResampleConfig
     from orchestration.assets.train import TrainAssetConfig
-    from orchestration.checks import ValidationConfig
+    from orchestration.checks.quality import ValidationConfig
 
     return {"training_sample": ResampleConfig, "nulog_model": TrainAssetConfig, GATE_SECTION: ValidationConfig}
 
