@@ -210,6 +210,7 @@ def test_browser_launches_a_batch_from_the_launchpad_and_sees_the_loss_curve(ser
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = open_browser()
@@ -238,10 +239,15 @@ def test_browser_launches_a_batch_from_the_launchpad_and_sees_the_loss_curve(ser
         partition = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder='Partition']")))
         click(driver, partition)
         partition.send_keys(batch)
-        time.sleep(1)
+        # the partition is chosen from the suggestions once they have loaded (on a busy machine they
+        # come later than a fixed pause), then Enter takes the highlighted one
+        wait.until(lambda d: any(el.text.strip() == batch for el in d.find_elements(By.CSS_SELECTOR, "[role=menuitem], li")))
         partition.send_keys(Keys.ENTER)
         click(driver, wait.until(lambda d: button(d, "Launch Run")))
-        wait.until(lambda d: "/runs/" in d.current_url)
+        try:
+            wait.until(lambda d: "/runs/" in d.current_url)
+        except TimeoutException:
+            pytest.fail(f"Launch Run did not open a run page; the launchpad shows: {text(driver)[-1500:]}")
 
         # the run succeeds, and its page shows the loss curve recorded as metadata
         WebDriverWait(driver, 420, poll_frequency=3).until(
