@@ -53,9 +53,11 @@ def test_readme_fits_a_screen_and_its_links_resolve():
             assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
 
 
-# Words about how the project was made, and paths outside the repository, have no place in its docs.
-FORBIDDEN = re.compile(r"\.\./shared|/work/|\bissues? ?#?\d+|\bno GPU was lent|\bthis turn\b|\bthis task\b|"
+# Words about how the project was made have no place in its docs, nor paths that climb out of the
+# repository (a clone elsewhere would find nothing there).
+FORBIDDEN = re.compile(r"\bissues? ?#?\d+|\bno GPU was lent|\bthis turn\b|\bthis task\b|"
                        r"\bmeasured on this task|\bhelpers?\b")
+CLIMBING = re.compile(r"(?:\.\./)+[\w.-]+")
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -63,6 +65,9 @@ def test_docs_speak_to_users(path):
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         match = FORBIDDEN.search(line)
         assert not match, f"{path.relative_to(ROOT)}:{number}: {match.group(0)!r} in: {line.strip()}"
+        for climb in CLIMBING.findall(line):
+            target = (path.parent / climb).resolve()
+            assert target.is_relative_to(ROOT), f"{path.relative_to(ROOT)}:{number}: {climb!r} leaves the repository"
 
 
 # --- every `logloop ...` command in the docs against the CLI's parser ---------------------------------
