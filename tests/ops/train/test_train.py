@@ -3,7 +3,10 @@
 import csv
 import math
 import random
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,8 @@ from ops.train.model import NuLog, NuLogConfig
 from ops.train.batches import batch_loss, encode, plan_batches
 from ops.train.loop import TrainConfig, adam, loss_on, train
 from ops.train.vocab import Vocab
+
+ROOT = Path(__file__).resolve().parents[3]
 
 SMALL = NuLogConfig(vocab_size=0, d_model=64, n_heads=4, d_ff=64)
 BASELINE = dict(dedup=False, pad_to_max=True, factored=False)
@@ -218,6 +223,7 @@ def test_fused_adam_makes_the_same_updates_as_the_per_tensor_loop():
     fused = adam(fused_model, cfg)
     loop = torch.optim.Adam(loop_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     assert fused.defaults["fused"] and (fused.defaults["lr"], fused.defaults["weight_decay"]) == (1e-3, 0.005)
+    assert not isinstance(fused, torch.optim.Optimizer)  # see ops.train.adam
     for _ in range(30):
         for p, q in zip(fused_model.parameters(), loop_model.parameters()):
             p.grad = torch.randn_like(p)
@@ -227,3 +233,78 @@ def test_fused_adam_makes_the_same_updates_as_the_per_tensor_loop():
     assert max((p - p0).abs().max().item() for p, p0 in zip(fused_model.parameters(), start)) > 1e-3
     for p, q in zip(fused_model.parameters(), loop_model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def _paired_models():
+    torch.manual_seed(0)
+    ours = NuLog(NuLogConfig(vocab_size=50, d_model=32, n_heads=4, d_ff=32))
+    theirs = NuLog(NuLogConfig(vocab_size=50, d_model=32, n_heads=4, d_ff=32))
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _same_gradients(ours, theirs, skip_first: bool = False):
+    for i, (p, q) in enumerate(zip(ours.parameters(), theirs.parameters())):
+        if skip_first and i == 0:  # a parameter without a gradient is left alone, state and all
+            p.grad = q.grad = None
+            continue
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+
+
+def test_the_per_tensor_adam_matches_torch_and_a_parameter_without_gradient_is_left_alone():
+    from ops.train.adam import Adam
+
+    ours, theirs = _paired_models()
+    mine, torch_opt = Adam(ours.parameters(), lr=1e-3, weight_decay=0.005, fused=False), \
+        torch.optim.Adam(theirs.parameters(), lr=1e-3, weight_decay=0.005)
+    first = next(ours.parameters()).detach().clone()
+    for k in range(10):
+        _same_gradients(ours, theirs, skip_first=k < 5)
+        mine.step()
+        torch_opt.step()
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    assert not torch.equal(next(ours.parameters()), first) and mine.state[0]["step"].item() == 5
+
+
+def test_adam_state_moves_between_torch_optim_and_ours_both_ways():
+    from ops.train.adam import Adam
+
+    cfg = TrainConfig()
+    ours, theirs = _paired_models()
+    mine, torch_opt = adam(ours, cfg), torch.optim.Adam(theirs.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                        fused=True)
+    for _ in range(3):
+        _same_gradients(ours, theirs)
+        mine.step()
+        torch_opt.step()
+    # swap states: each goes on from where the other one was
+    swapped_mine, swapped_torch = Adam(ours.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), \
+        torch.optim.Adam(theirs.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    swapped_mine.load_state_dict(torch_opt.state_dict())
+    swapped_torch.load_state_dict(mine.state_dict())
+    for _ in range(3):
+        _same_gradients(ours, theirs)
+        swapped_mine.step()
+        swapped_torch.step()
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    assert swapped_mine.state[0]["step"].item() == 6
+    with pytest.raises(ValueError, match="for 3 parameters"):
+        Adam(ours.parameters()).load_state_dict(
+            {"state": {}, "param_groups": [{"params": [0, 1, 2], "lr": 1e-3}]})
+
+
+def test_training_does_not_load_the_torch_compile_machinery():
+    """torch.optim's optimizers import torch._dynamo on first use (seconds of CPU per training
+    process); training without `compile` must not."""
+    code = ("import sys; from ops.train.loop import train; from ops.train.vocab import Vocab; "
+            "from ops.train.config import TrainConfig; lines = [('a <*> b', 3), ('c d <*>', 2)] * 5; "
+            "import tempfile, os; ck = os.path.join(tempfile.mkdtemp(), 'ck.pt'); "
+            "r = train(lines, Vocab.build(lines), TrainConfig(epochs=2), checkpoint_path=ck); "
+            "assert os.path.exists(ck); r = train(lines, Vocab.build(lines), TrainConfig(epochs=3), checkpoint_path=ck); "
+            "assert len(r.losses) == 3; print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]", out.stdout
