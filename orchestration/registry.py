@@ -17,7 +17,7 @@ from typing import Optional
 
 from dagster import Failure
 
-from ops.register.artifact import read_artifact, write_artifact
+from ops.register.artifact import read_artifact_meta, restamp_artifact
 from ops.naming import batch_key
 from orchestration.contract import FINETUNE, CandidateRef, ModelRef, model_key
 from resources.artifacts import ArtifactStorage
@@ -82,7 +82,6 @@ def register_candidate(
     which returns what the production record and the asset's metadata show. (A lost race for the
     version costs one read and one insert more per retry.)"""
     batch, candidate_key, train_run_id = candidate.batch, candidate.key, candidate.run_id
-    window = (candidate.sample.window_start_ms, candidate.sample.window_end_ms)
     move_pin = promote_new_versions()  # a bad value fails before anything is written
     models, events = store.registry_state(batch)
     existing = [m for m in models if m.run_id == train_run_id]
@@ -97,9 +96,23 @@ def register_candidate(
     if not validation.get("passed"):
         raise Failure(description=f"candidate {candidate_key} failed validation: {validation.get('failures')}")
 
-    with artifacts.reading(candidate_key) as path:
-        artifact = read_artifact(path)
-    lineage = ModelRef.from_meta(artifact.meta)
+    with artifacts.reading(candidate_key) as candidate_path:
+        registered = _register_version(store, artifacts, candidate, candidate_path, validation, models, events,
+                                       template, name, version_label, move_pin)
+    if registered is None:
+        raise Failure(description=f"could not allocate a version for batch {batch!r}: too many concurrent registrations")
+    return registered
+
+
+def _register_version(store: StoreCore, artifacts: ArtifactStorage, candidate: CandidateRef, candidate_path: str,
+                      validation: dict, models, events, template: str, name: str, version_label: Optional[str],
+                      move_pin: bool) -> Optional[Registration]:
+    """The candidate copied to the next free version's key and its row inserted; None when other
+    writers took the version five times in a row."""
+    batch, train_run_id = candidate.batch, candidate.run_id
+    window = (candidate.sample.window_start_ms, candidate.sample.window_end_ms)
+    candidate_meta = read_artifact_meta(candidate_path)
+    lineage = ModelRef.from_meta(candidate_meta)
     for _ in range(5):  # another writer may take the version between read and insert
         latest, (production, _) = (models[-1] if models else None), production_state(models, events)
         version = (latest.version if latest else 0) + 1
@@ -107,11 +120,9 @@ def register_candidate(
         version_ref = replace(lineage, batch=batch, version=version, window_start_ms=window[0],
                               window_end_ms=window[1], parent_version=lineage_parent(lineage, production),
                               train_run_id=train_run_id, version_label=version_label)
-        meta = {**artifact.meta, **version_ref.to_meta()}  # the feedback labels and classifier stay
+        meta = {**candidate_meta, **version_ref.to_meta()}  # the feedback labels and classifier stay
         with artifacts.writing(key) as tmp:
-            write_artifact(tmp, artifact.model, artifact.vocab, artifact.masking_rules, artifact.model_config,
-                           metrics=validation["metrics"], meta=meta, train_config=artifact.config.get("train"),
-                           multiline_rules=artifact.multiline_rules)
+            restamp_artifact(candidate_path, tmp, metrics=validation["metrics"], meta=meta)
         record = ModelRecord(
             batch=batch, version=version, run_id=train_run_id, artifact=key, artifact_uri=artifacts.uri(key),
             metrics=validation["metrics"], window_start_ms=window[0], window_end_ms=window[1],
@@ -131,7 +142,7 @@ def register_candidate(
             raise
         return Registration(registered, _recorded(store, artifacts, store.new_version_change(
             batch, registered.version, source=f"registry:{train_run_id}", move_pin=move_pin)))
-    raise Failure(description=f"could not allocate a version for batch {batch!r}: too many concurrent registrations")
+    return None
 
 
 def _recorded(store: StoreCore, artifacts: ArtifactStorage, change: ProductionChange) -> ProductionChange:

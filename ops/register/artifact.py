@@ -108,20 +108,17 @@ def artifact_bytes(model: NuLog, vocab: Vocab, masking_rules, model_config: NuLo
     }
     if multiline_rules is not None:
         docs["multiline_rules.json"] = multiline_rules
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in (*MEMBERS, *OPTIONAL_MEMBERS):
-            if name not in docs:
-                continue
-            data = docs[name] if name.endswith(".safetensors") else json.dumps(docs[name], indent=1, sort_keys=True).encode()
-            z.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
-    return buf.getvalue()
+    return _zip_members({name: doc if name.endswith(".safetensors") else _json_member(doc) for name, doc in docs.items()})
 
 
 def write_artifact(path, model: NuLog, vocab: Vocab, masking_rules, model_config=None, metrics=None, meta=None,
                    train_config=None, multiline_rules=None) -> str:
     """Write atomically: a reader sees the old artifact or the whole new one, never half of it."""
-    data = artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta, train_config, multiline_rules)
+    return _write_atomically(path, artifact_bytes(model, vocab, masking_rules, model_config, metrics, meta,
+                                                  train_config, multiline_rules))
+
+
+def _write_atomically(path, data: bytes) -> str:
     path = os.fspath(path)
     fd, tmp = create_temp_file(os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".zip")
     try:
@@ -195,13 +192,10 @@ def load_artifact_bytes(data: bytes, path="<bytes>") -> Artifact:
         return _load(z, path)
 
 
-def _load(z: zipfile.ZipFile, path) -> Artifact:
-    """Every member is checked before the model is built, cheap checks first: the zip's directory
-    (entries, each member's declared size against its kind's cap, the total), then config.json's
-    fields (types, ranges, size) and the sizes the weights and vocabulary may have under it, then
-    the small members, the masking rules (including their backtracking cost, see ops.mask.masking),
-    the vocabulary, and last the weights' names, shapes, dtype and finiteness. Anything wrong raises
-    ArtifactError in one line naming the file, the member and the field, rule or tensor."""
+def _members(z: zipfile.ZipFile, path) -> tuple[list[str], dict[str, int]]:
+    """The members present, in the artifact's order, and their inflated sizes, once the zip's
+    directory passes the checks: the number of entries, every member there, each member's
+    declared size within its kind's cap, and the total."""
     infos = z.infolist()
     if len(infos) > MAX_ENTRIES:
         raise ArtifactError(path, f"the zip holds {len(infos):,} entries, at most {MAX_ENTRIES} are read")
@@ -217,12 +211,63 @@ def _load(z: zipfile.ZipFile, path) -> Artifact:
     total = sum(i.file_size for i in infos)
     if total > MAX_TOTAL_BYTES:
         raise ArtifactError(path, f"its members inflate to {total:,} bytes together, at most {MAX_TOTAL_BYTES:,}")
+    return present, sizes
+
+
+def _read_member(z: zipfile.ZipFile, member: str, path) -> bytes:
+    try:
+        return z.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:  # bad CRC, truncated data
+        raise ArtifactError(path, f"corrupt zip member {member} ({_one_line(e)})") from None
+
+
+def _zip_members(members: dict[str, bytes]) -> bytes:
+    """The artifact's zip: members in a fixed order with fixed timestamps (same inputs, same bytes)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in (*MEMBERS, *OPTIONAL_MEMBERS):
+            if name in members:
+                z.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), members[name], zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+def _json_member(doc) -> bytes:
+    return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+
+def restamp_artifact(src, dst, metrics: dict, meta: dict) -> str:
+    """The artifact at `src` with new metrics.json and meta.json, written atomically to `dst`.
+    The other members are copied byte for byte (each read through its CRC check), so the
+    weights are not loaded and torch is not imported: what registration does to a candidate
+    that the gate has already read in full. The result is what write_artifact would write for
+    the same model and documents."""
+    src = os.fspath(src)
+    try:
+        z = zipfile.ZipFile(src)
+    except FileNotFoundError:
+        raise ArtifactError(src, "file not found") from None
+    except zipfile.BadZipFile as e:
+        raise ArtifactError(src, f"not a zip file ({e})") from None
+    except OSError as e:
+        raise ArtifactError(src, f"unreadable ({e.strerror or e})") from None
+    with z:
+        present, _ = _members(z, src)
+        members = {m: _read_member(z, m, src) for m in present}
+    members["metrics.json"], members["meta.json"] = _json_member(metrics or {}), _json_member(meta or {})
+    return _write_atomically(dst, _zip_members(members))
+
+
+def _load(z: zipfile.ZipFile, path) -> Artifact:
+    """Every member is checked before the model is built, cheap checks first: the zip's directory
+    (entries, each member's declared size against its kind's cap, the total), then config.json's
+    fields (types, ranges, size) and the sizes the weights and vocabulary may have under it, then
+    the small members, the masking rules (including their backtracking cost, see ops.mask.masking),
+    the vocabulary, and last the weights' names, shapes, dtype and finiteness. Anything wrong raises
+    ArtifactError in one line naming the file, the member and the field, rule or tensor."""
+    present, sizes = _members(z, path)
 
     def read(m: str) -> bytes:
-        try:
-            return z.read(m)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:  # bad CRC, truncated data
-            raise ArtifactError(path, f"corrupt zip member {m} ({_one_line(e)})") from None
+        return _read_member(z, m, path)
 
     def parse(m: str):
         try:

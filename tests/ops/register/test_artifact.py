@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ops.register.artifact import MEMBERS, ArtifactError, artifact_bytes, load_artifact_bytes, read_artifact, write_artifact
+from ops.register.artifact import (MEMBERS, ArtifactError, artifact_bytes, load_artifact_bytes, read_artifact,
+                                   restamp_artifact, write_artifact)
 from ops.train.model import NuLog, NuLogConfig
 from ops.train.loop import TrainConfig
 from ops.train.vocab import PAD, Vocab
@@ -67,6 +68,33 @@ def test_bytes_are_reproducible_and_loadable(parts):
     a = artifact_bytes(model, vocab, RULES, model.cfg, {}, {"v": 1})
     assert a == artifact_bytes(model, vocab, RULES, model.cfg, {}, {"v": 1})
     assert load_artifact_bytes(a).meta == {"v": 1}
+
+
+def test_a_restamped_artifact_is_what_write_artifact_writes_for_the_new_documents(parts, tmp_path):
+    model, vocab = parts
+    src = write(tmp_path, model, vocab)
+    new_metrics, new_meta = {"top_k_accuracy": 0.95, "gate": "passed"}, {"batch": "b", "version": 4, "parent": 3}
+    restamped = Path(restamp_artifact(src, tmp_path / "v4.zip", metrics=new_metrics, meta=new_meta))
+    expected = write_artifact(tmp_path / "expected.zip", model, vocab, RULES, model.cfg, new_metrics, new_meta,
+                              train_config=TrainConfig())
+    assert restamped.read_bytes() == Path(expected).read_bytes()
+    art = read_artifact(restamped)
+    assert (art.metrics, art.meta) == (new_metrics, new_meta)
+    assert read_artifact(src).meta == {"batch": "b", "version": 3, "parent": None}  # the source is untouched
+
+
+def test_restamping_a_broken_artifact_names_the_file_and_writes_nothing(parts, tmp_path):
+    model, vocab = parts
+    missing = rewrite(write(tmp_path, model, vocab, "missing.zip"), drop="vocab.json")
+    with pytest.raises(ArtifactError, match=r"missing\.zip: missing member\(s\) vocab\.json"):
+        restamp_artifact(missing, tmp_path / "out.zip", {}, {})
+    truncated = write(tmp_path, model, vocab, "truncated.zip")
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(ArtifactError, match="truncated.zip"):
+        restamp_artifact(truncated, tmp_path / "out.zip", {}, {})
+    with pytest.raises(ArtifactError, match="file not found"):
+        restamp_artifact(tmp_path / "nowhere.zip", tmp_path / "out.zip", {}, {})
+    assert not (tmp_path / "out.zip").exists()
 
 
 def test_overwrite_is_atomic_replacement(parts, tmp_path, monkeypatch):
