@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orchestration import settings
 from orchestration.config import env_var, settings as current
-from orchestration.store_choice import configured_store
+from orchestration.store_choice import configured_artifacts, configured_store
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource, file_source_location
 from resources.sqlite_store import SQLiteStoreCore
@@ -33,21 +33,8 @@ def build_store():
 
 
 def artifact_storage():
-    """Where artifacts live: LOGLOOP_ARTIFACTS_URL, an object-store URL (s3://bucket/prefix, gs://…,
-    az://…; credentials from the provider's own environment variables, see
-    resources.object_artifacts) or a local folder (a path or file:// URL); unset: $LOGLOOP_HOME/artifacts."""
-    url = current().artifacts_url
-    if not url:
-        return LocalArtifactStorage(root=str(settings.artifacts_dir()))
-    if url.startswith("file://") or "://" not in url:
-        return LocalArtifactStorage(root=url.removeprefix("file://"))
-    from resources.object_artifacts import ObjectArtifactStorage, parse_artifacts_url
-
-    try:
-        parse_artifacts_url(url)
-    except ValueError as exc:
-        raise ValueError(f"LOGLOOP_ARTIFACTS_URL: {exc}") from None
-    return ObjectArtifactStorage(url=url, deadline_s=current().deadlines.object_storage_s)
+    """Where artifacts live, as the Dagster resource (orchestration/store_choice.py)."""
+    return configured_artifacts(current(), resource=True)
 
 
 NATS_SETTINGS = {  # NatsBus field -> setting (plain settings, not secrets)
@@ -129,16 +116,9 @@ def check_shared_state(resources: dict) -> None:
         )
 
 
-def record_fields() -> dict:
-    """Which fields of a JSON log record hold its time, message and batch (every log source's, and
-    what `logloop score` and `logloop templates` read)."""
-    s = current()
-    return dict(time_field=s.time_field, message_field=s.message_field, batch_fields=s.batch_fields)
-
-
 def build_resources() -> dict:
     s = current()
-    fields = record_fields()
+    fields = settings.record_fields(s)
     hosts, kind = s.opensearch_hosts, s.log_source
     store = build_store()
     if kind == "samples":

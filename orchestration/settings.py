@@ -20,5 +20,12 @@ def store_path(s=None) -> Path:
     return data_home(s) / "store.sqlite"
 
 
-def artifacts_dir() -> Path:
-    return data_home() / "artifacts"
+def artifacts_dir(s=None) -> Path:
+    return data_home(s) / "artifacts"
+
+
+def record_fields(s=None) -> dict:
+    """Which fields of a JSON log record hold its time, message and batch (every log source's, and
+    what `logloop score` and `logloop templates` read)."""
+    s = s or settings()
+    return dict(time_field=s.time_field, message_field=s.message_field, batch_fields=s.batch_fields)

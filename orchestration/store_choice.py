@@ -1,4 +1,6 @@
-"""Which store the settings ask for, decided here only: TDengine (LOGLOOP_TDENGINE_URL), SQLite or
+"""Which store and which artifact storage the settings ask for, decided here only.
+
+The store: TDengine (LOGLOOP_TDENGINE_URL), SQLite or
 PostgreSQL (LOGLOOP_STORE_URL), else SQLite at `home`/store.sqlite.
 
 `configured_store(s, resource=True)` is the Dagster resource the code location's Definitions hold
@@ -56,3 +58,27 @@ def configured_store(s: Settings, *, resource: bool):
     # a password goes in LOGLOOP_STORE_PASSWORD; a URL that carries one is itself the secret
     password = {"password": secret("store_password")} if s.secret("store_password") else {}
     return SQLStore(url=secret("store_url") if parsed.password else s.store_url, **password)
+
+
+def configured_artifacts(s: Settings, *, resource: bool):
+    """Where artifacts live: LOGLOOP_ARTIFACTS_URL, an object-store URL (s3://bucket/prefix, gs://…,
+    az://…; credentials from the provider's own environment variables, see
+    resources.object_artifacts) or a local folder (a path or file:// URL); unset: $LOGLOOP_HOME/artifacts.
+    As the Dagster resource (resources/artifacts.py) or as its plain class, like configured_store."""
+    if resource:
+        from resources.artifacts import LocalArtifactStorage as Local, ObjectArtifactStorage as Remote
+    else:
+        from resources.artifact_core import LocalArtifactStorageCore as Local
+        from resources.object_artifacts import ObjectArtifactStorageCore as Remote
+    url = s.artifacts_url
+    if not url:
+        return Local(root=str(places.artifacts_dir(s)))
+    if url.startswith("file://") or "://" not in url:
+        return Local(root=url.removeprefix("file://"))
+    from resources.object_artifacts import parse_artifacts_url
+
+    try:
+        parse_artifacts_url(url)
+    except ValueError as exc:
+        raise ValueError(f"LOGLOOP_ARTIFACTS_URL: {exc}") from None
+    return Remote(url=url, deadline_s=s.deadlines.object_storage_s)

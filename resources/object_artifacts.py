@@ -1,6 +1,8 @@
 """Artifact storage in an object store (S3, GCS, Azure Blob) through fsspec.
 
-    ObjectArtifactStorage(url="s3://bucket/prefix")     # or gs://bucket/prefix, az://container/prefix
+    ObjectArtifactStorageCore(url="s3://bucket/prefix")     # or gs://bucket/prefix, az://container/prefix
+
+(the plain class; resources.artifacts.ObjectArtifactStorage is the same as a Dagster resource).
 
 Chosen by LOGLOOP_ARTIFACTS_URL (orchestration.resources). s3:// needs s3fs (a dependency);
 gs:// needs gcsfs and az:// / abfs:// need adlfs (the extras `logloop[gcs]`, `logloop[azure]`).
@@ -51,7 +53,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, PrivateAttr
 
 from ops.naming import InvalidName, validate_key
-from resources.artifacts import ArtifactStorage, ArtifactStorageError, check_size
+from resources.artifact_core import ArtifactStorageCore, ArtifactStorageError, check_size
 from ops.urls import url_without_password
 
 # URL scheme -> (fsspec protocol, the package that implements it)
@@ -133,7 +135,7 @@ def _denied(exc: BaseException) -> bool:
             or getattr(exc, "status_code", None) in (401, 403))
 
 
-class ObjectArtifactStorage(ArtifactStorage):
+class ObjectArtifactStorageCore(ArtifactStorageCore):
     """Artifacts under an object-store URL (see the module docstring for the promises and faults)."""
 
     url: str = Field(description="s3://bucket/prefix, gs://bucket/prefix or az://container/prefix. "

@@ -123,13 +123,13 @@ def _batches(args, store) -> list[str]:
 
 def _template_shifts(args) -> int:
     from orchestration.loop_settings import load_loop_settings
-    from orchestration.resources import resource
+    from orchestration.cli.common import open_artifacts
     from orchestration.checks.template_counts import SummaryCounts, describe_shift, judge_batch_windows, short
 
     now_ms = int(time.time() * 1000)
     since_ms = parse_since(args.since, now_ms)
     rule = load_loop_settings().template_counts.rule()
-    store, artifacts = open_store(), resource("artifacts")
+    store, artifacts = open_store(), open_artifacts()
     counts = SummaryCounts(artifacts)
     judged = [j for batch in _batches(args, store)
               for j in judge_batch_windows(store, artifacts, rule, batch, since_ms=since_ms, counts=counts)]

@@ -17,10 +17,10 @@ from resources.store_records import TASK_STATES
 
 
 def cmd_store_restore(args) -> int:
-    from orchestration.resources import resource
+    from orchestration.cli.common import open_artifacts
     from orchestration.services.restore import restore_store
 
-    report = restore_store(open_store(), resource("artifacts"))
+    report = restore_store(open_store(), open_artifacts())
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -200,11 +200,18 @@ def did_you_mean(name: str, known) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def load_registered_artifact(batch: str, version):
-    from orchestration.resources import resource
-    from resources.artifacts import ArtifactStorageError
+def open_artifacts():
+    """The configured artifact storage as its plain class (orchestration/store_choice.py): no Dagster."""
+    from orchestration.config import settings
+    from orchestration.store_choice import configured_artifacts
 
-    resources = {"store": open_store(), "artifacts": resource("artifacts")}
+    return configured_artifacts(settings(), resource=False)
+
+
+def load_registered_artifact(batch: str, version):
+    from resources.errors import ArtifactStorageError
+
+    resources = {"store": open_store(), "artifacts": open_artifacts()}
     record = resources["store"].get_model(batch, version)
     if record is None:
         what = f"version {version} of batch {batch!r}" if version is not None else f"batch {batch!r}"
@@ -226,11 +233,11 @@ def load_artifact_uri(uri: str):
     environment variables). Its size is checked before it is read or downloaded; it is read
     without pickle (ops.register.artifact). The store is not consulted."""
     from ops.register.artifact import MAX_TOTAL_BYTES, ArtifactError, read_artifact
-    from resources.artifacts import ArtifactStorageError
+    from resources.errors import ArtifactStorageError
 
     if "://" not in uri or uri.startswith("file://"):
         return read_artifact(uri.removeprefix("file://"))
-    from resources.object_artifacts import ObjectArtifactStorage, parse_artifacts_url
+    from resources.object_artifacts import ObjectArtifactStorageCore, parse_artifacts_url
 
     folder, _, name = uri.rstrip("/").rpartition("/")
     try:
@@ -238,7 +245,7 @@ def load_artifact_uri(uri: str):
     except ValueError as e:
         raise CliError(f"--artifact {uri!r}: {e}") from None
     try:
-        with ObjectArtifactStorage(url=folder).reading(name, max_bytes=MAX_TOTAL_BYTES) as path:
+        with ObjectArtifactStorageCore(url=folder).reading(name, max_bytes=MAX_TOTAL_BYTES) as path:
             return read_artifact(path)
     except FileNotFoundError:
         raise CliError(f"model artifact {uri}: not found") from None
@@ -251,7 +258,7 @@ def load_artifact_uri(uri: str):
 def record_format():
     """The configured fields of a JSON log record (its time, message and batch), as the log source reads them."""
     from ops.fetch.records import RecordFormat
-    from orchestration.resources import record_fields
+    from orchestration.settings import record_fields
 
     fields = record_fields()
     return RecordFormat(time_field=fields["time_field"], message_field=fields["message_field"],

@@ -83,7 +83,7 @@ def _list(args) -> int:
 
 def _label(args) -> int:
     from ops.naming import validate_batch_name
-    from orchestration.resources import resource
+    from orchestration.cli.common import open_artifacts
     from ops.validate.feedback import label_form
 
     if args.json:
@@ -106,7 +106,7 @@ def _label(args) -> int:
     if batch not in known:
         raise CliError(f"no batch {batch!r} in the store{did_you_mean(batch, known)} (a batch exists once it has "
                        "sample counts, a model or tasks; 'logloop models list' and 'logloop tasks list' show batches)")
-    masker, version = _masker(store, resource("artifacts"), batch)
+    masker, version = _masker(store, open_artifacts(), batch)
 
     forms: dict[str, str] = {}  # stored form -> the first raw line of it
     for where, line in lines:

@@ -63,7 +63,7 @@ def cmd_setup(args) -> int:
 
 def cmd_status(args) -> int:
     from orchestration.services.model_events import pending
-    from orchestration.resources import resource
+    from orchestration.cli.common import open_artifacts
     from resources.nats_bus import NatsError
 
     bus = _bus()
@@ -75,7 +75,7 @@ def cmd_status(args) -> int:
             status.update(s.consumer_state())
     except NatsError as exc:
         status["error"] = str(exc)
-    status["outbox"] = len(pending(resource("artifacts")))
+    status["outbox"] = len(pending(open_artifacts()))
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -93,7 +93,7 @@ class _PrintLog:
 
 def cmd_flush(args) -> int:
     from orchestration.services.model_events import flush_outbox
-    from orchestration.resources import resource
+    from orchestration.cli.common import open_artifacts
     from resources.nats_bus import NatsError
 
     bus = _bus()
@@ -101,7 +101,7 @@ def cmd_flush(args) -> int:
         return 1
     try:
         with bus.session() as s:
-            sent, waiting = flush_outbox(bus, resource("artifacts"), _PrintLog(), limit=10_000, session=s)
+            sent, waiting = flush_outbox(bus, open_artifacts(), _PrintLog(), limit=10_000, session=s)
     except NatsError as exc:
         return _fail(exc)
     print(f"published {sent} model event(s); {waiting} still waiting")

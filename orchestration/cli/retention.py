@@ -88,12 +88,12 @@ def _instance():
 
 def cmd_cleanup(args) -> int:
     from orchestration.cli.common import open_store
-    from orchestration.resources import resource
+    from orchestration.cli.common import open_artifacts
     from orchestration.services.retention import apply, dry_run
     from orchestration.sensors.retention import plan_with_instance
 
     policy = policy_of(args)
-    store, artifacts = open_store(), resource("artifacts")
+    store, artifacts = open_store(), open_artifacts()
     try:
         instance = _instance()
     except Exception as exc:  # a broken dagster.yaml, an unreachable instance database

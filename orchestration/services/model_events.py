@@ -16,7 +16,7 @@ import time
 from typing import Optional
 
 from orchestration.contract import CORRUPT_OUTBOX as CORRUPT, NATS_MSG_ID_TAG, NATS_SEQ_TAG, OUTBOX, TASK_TAG
-from resources.artifacts import ArtifactStorage
+from resources.artifact_core import ArtifactStorageCore
 from resources.nats_bus import ModelEvents, NatsError, Outgoing
 from ops.windows import now_ms
 from resources.store_records import ModelRecord
@@ -77,7 +77,7 @@ def outbox_key(msg_id: str) -> str:
     return f"{OUTBOX}/{hashlib.sha256(msg_id.encode()).hexdigest()[:32]}.json"
 
 
-def announce(events: ModelEvents, artifacts: ArtifactStorage, kind: str, payload: dict, msg_id: str, log,
+def announce(events: ModelEvents, artifacts: ArtifactStorageCore, kind: str, payload: dict, msg_id: str, log,
              pauses_s=RETRY_PAUSES_S) -> bool:
     """Publish one event; True once the server has it. Never raises: a failure leaves the message
     in the outbox and a warning in the log."""
@@ -111,11 +111,11 @@ def announce(events: ModelEvents, artifacts: ArtifactStorage, kind: str, payload
     return False
 
 
-def pending(artifacts: ArtifactStorage) -> list[str]:
+def pending(artifacts: ArtifactStorageCore) -> list[str]:
     return [k for k in artifacts.list(OUTBOX) if k.endswith(".json")]
 
 
-def flush_outbox(events: ModelEvents, artifacts: ArtifactStorage, log, limit: int = 100, session=None) -> tuple[int, int]:
+def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit: int = 100, session=None) -> tuple[int, int]:
     """Publish what the outbox holds, oldest first, through `session` (a NatsSession) if given.
     Returns (sent, still waiting); raises NatsError when the server fails midway (what was sent is gone
     from the outbox, the rest stays)."""
@@ -144,14 +144,14 @@ def flush_outbox(events: ModelEvents, artifacts: ArtifactStorage, log, limit: in
     return sent, len(entries) - sent
 
 
-def _delete(artifacts: ArtifactStorage, key: str, log) -> None:
+def _delete(artifacts: ArtifactStorageCore, key: str, log) -> None:
     try:
         artifacts.delete(key)
     except Exception as exc:  # it is published; a copy sent again later carries the same Nats-Msg-Id
         log.warning(f"published, but could not remove outbox entry {key}: {exc}")
 
 
-def _set_aside(artifacts: ArtifactStorage, key: str, exc: Exception, log) -> None:
+def _set_aside(artifacts: ArtifactStorageCore, key: str, exc: Exception, log) -> None:
     target = f"{CORRUPT}/{key.rsplit('/', 1)[-1]}"
     try:
         with artifacts.reading(key) as src, artifacts.writing(target) as tmp:

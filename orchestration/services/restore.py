@@ -19,12 +19,12 @@ from ops.register.artifact import ArtifactError, read_artifact_meta
 from ops.mask.summary import read_summary_meta, summary_totals
 from orchestration.contract import MODELS, SUMMARIES, ModelRef
 from orchestration.partitions import time_partitions
-from resources.artifacts import ArtifactStorage
+from resources.artifact_core import ArtifactStorageCore
 from resources.store import StoreCore, VersionConflict
 from resources.store_records import ModelRecord
 
 
-def restore_store(store: StoreCore, artifacts: ArtifactStorage, log=None) -> dict:
+def restore_store(store: StoreCore, artifacts: ArtifactStorageCore, log=None) -> dict:
     """Re-record every window's sample counts from its summary, and every registered model that
     the registry lacks from its artifact. Idempotent: recording a window again replaces it, and
     a model already registered is left alone. Returns what was done, by kind."""
@@ -81,7 +81,7 @@ def restore_store(store: StoreCore, artifacts: ArtifactStorage, log=None) -> dic
     return report
 
 
-def _restore_production(store: StoreCore, artifacts: ArtifactStorage, report: dict) -> None:
+def _restore_production(store: StoreCore, artifacts: ArtifactStorageCore, report: dict) -> None:
     """Re-record each batch's production history from its production record, where the store holds
     none for that batch (a store that kept its events knows better than the last record)."""
     from orchestration.production import event_from_dict, read_records

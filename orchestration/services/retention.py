@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from orchestration.services.retention_plan import PREFIXES, Item, Plan, artifact_meta, production_and_rollback
-from resources.artifacts import ArtifactStorage, LocalArtifactStorage
+from resources.artifact_core import ArtifactStorageCore, LocalArtifactStorageCore
 from resources.store import StoreCore
 
 
@@ -86,7 +86,7 @@ def check_key(key: str) -> str:
     return key
 
 
-def apply(p: Plan, artifacts: ArtifactStorage, log=None, *, store: Optional[StoreCore] = None,
+def apply(p: Plan, artifacts: ArtifactStorageCore, log=None, *, store: Optional[StoreCore] = None,
           time_limit_s: Optional[float] = None) -> Report:
     """Delete what the plan lists, in its order; one failure does not stop the rest.
 
@@ -128,7 +128,7 @@ def apply(p: Plan, artifacts: ArtifactStorage, log=None, *, store: Optional[Stor
             report.failed.append((item, f"{type(exc).__name__}: {exc}"))
             if log is not None:
                 log.warning(f"retention: could not delete {item.key or item.partition_key}: {exc}")
-    if isinstance(artifacts, LocalArtifactStorage):
+    if isinstance(artifacts, LocalArtifactStorageCore):
         _prune_empty_folders(artifacts, [i.key for i in report.deleted if i.key])
     if log is not None:
         (log.warning if report.failed else log.info)(report.describe())
@@ -143,7 +143,7 @@ RETIRED_NOTE = ("This model version was retired by logloop's retention policy: i
 DROPPED_META = ("feedback", "feedback_model")  # the bulk of meta.json; the history needs neither
 
 
-def retire_model(artifacts: ArtifactStorage, key: str, at_ms: int, reason: str = "") -> None:
+def retire_model(artifacts: ArtifactStorageCore, key: str, at_ms: int, reason: str = "") -> None:
     """Replace the model zip at `key` by its stub: meta.json (marked retired) and metrics.json only."""
     with artifacts.reading(key) as path, zipfile.ZipFile(path) as z:
         meta = json.loads(z.read("meta.json"))
@@ -161,7 +161,7 @@ def retire_model(artifacts: ArtifactStorage, key: str, at_ms: int, reason: str =
             z.writestr("RETIRED.txt", RETIRED_NOTE)
 
 
-def retired(artifacts: ArtifactStorage, key: str) -> Optional[dict]:
+def retired(artifacts: ArtifactStorageCore, key: str) -> Optional[dict]:
     """When the model zip at `key` is a retired stub: {"at_ms", "by", "reason"}; else None (also when
     it is missing or unreadable)."""
     try:
@@ -171,7 +171,7 @@ def retired(artifacts: ArtifactStorage, key: str) -> Optional[dict]:
     return value if isinstance(value, dict) else None
 
 
-def _prune_empty_folders(artifacts: LocalArtifactStorage, keys: list[str]) -> None:
+def _prune_empty_folders(artifacts: LocalArtifactStorageCore, keys: list[str]) -> None:
     """Remove the folders the deletions left empty (runs/<batch>/<run>/...), never a prefix itself."""
     root = Path(artifacts.root)
     folders = {Path(k).parent for k in keys}

@@ -53,7 +53,7 @@ from typing import Collection, Optional
 from ops.naming import batch_key
 from orchestration.contract import CHECKPOINTS, MODELS, RUNS, SAMPLE_FILE, SUMMARIES, ModelRef, summary_key
 from orchestration.loop_settings import RetentionPolicy
-from resources.artifacts import ArtifactStorage, LocalArtifactStorage
+from resources.artifact_core import ArtifactStorageCore, LocalArtifactStorageCore
 from resources.store import StoreCore
 from resources.store_records import ACTIVE_STATES
 
@@ -115,7 +115,7 @@ class Plan:
                 "items": [i.to_dict() for i in self.items], "kept": self.kept, "notes": self.notes}
 
 
-def plan(store: StoreCore, artifacts: ArtifactStorage, policy: RetentionPolicy, now_ms: int,
+def plan(store: StoreCore, artifacts: ArtifactStorageCore, policy: RetentionPolicy, now_ms: int,
          in_flight_run_ids: Optional[Collection[str]], *, recently_finished_run_ids: Collection[str] = ()) -> Plan:
     """What the policy lets go now. Reads the store and lists artifact storage; deletes nothing.
 
@@ -350,9 +350,9 @@ def production_and_rollback(store: StoreCore, batch: str, rows, events) -> tuple
     return production.version, rollback_target(rows, events, production.version)
 
 
-def _size(artifacts: ArtifactStorage, key: str) -> Optional[int]:
+def _size(artifacts: ArtifactStorageCore, key: str) -> Optional[int]:
     """The object's size where that costs nothing (a local file); None elsewhere."""
-    if isinstance(artifacts, LocalArtifactStorage):
+    if isinstance(artifacts, LocalArtifactStorageCore):
         try:
             return (Path(artifacts.root) / key).stat().st_size
         except OSError:
@@ -360,7 +360,7 @@ def _size(artifacts: ArtifactStorage, key: str) -> Optional[int]:
     return None
 
 
-def artifact_meta(artifacts: ArtifactStorage, key: str) -> dict:
+def artifact_meta(artifacts: ArtifactStorageCore, key: str) -> dict:
     """meta.json of a model zip, without loading (or importing) torch."""
     with artifacts.reading(key) as path, zipfile.ZipFile(path) as z:
         meta = json.loads(z.read("meta.json"))
@@ -369,7 +369,7 @@ def artifact_meta(artifacts: ArtifactStorage, key: str) -> dict:
     return meta
 
 
-def _kept_samples(artifacts: ArtifactStorage, kept_models, unregistered: list[str], batch_keys: set[str],
+def _kept_samples(artifacts: ArtifactStorageCore, kept_models, unregistered: list[str], batch_keys: set[str],
                   notes: list[str]) -> tuple[set[str], set[str]]:
     """The sample keys of kept model versions (and unregistered zips) under the given batch folders,
     and the batch folders where some model's meta could not be read (all their samples stay)."""

@@ -19,7 +19,7 @@ import pytest
 
 from ops.naming import InvalidName
 from resources.artifacts import ArtifactStorageError
-from resources.object_artifacts import ObjectArtifactStorage
+from resources.artifacts import ObjectArtifactStorage
 from tests.artifact_checks import replace_under_readers
 from tests.servers.azurite_server import ACCOUNT_KEY, CLEARED, AzuriteServer, AzuriteUnavailable, ensure_adlfs
 

@@ -99,7 +99,7 @@ def test_a_tdengine_request_to_a_black_hole_fails_within_its_deadline(hole):
 def test_object_storage_on_a_black_hole_fails_within_its_deadline(hole, monkeypatch, tmp_path):
     # before: `logloop score` with such an S3 endpoint had not failed after 9 minutes
     from resources.artifacts import ArtifactStorageError
-    from resources.object_artifacts import ObjectArtifactStorage
+    from resources.artifacts import ObjectArtifactStorage
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", hole.url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

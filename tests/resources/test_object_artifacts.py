@@ -28,7 +28,8 @@ import pytest
 from ops.naming import InvalidName
 from resources.nats_bus import NoModelEvents
 from resources.artifacts import ArtifactStorageError, LocalArtifactStorage
-from resources.object_artifacts import ObjectArtifactStorage, parse_artifacts_url
+from resources.artifacts import ObjectArtifactStorage
+from resources.object_artifacts import parse_artifacts_url
 from tests.artifact_checks import replace_under_readers
 from tests.servers.processes import free_port
 from tests.servers.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, s3, s3_server  # noqa: F401 (fixtures)
@@ -381,7 +382,7 @@ def test_transient_5xx_and_timeouts_are_retried_with_backoff(proxy, tmp_path):
 
 WRITER = """
 import os, sys
-from resources.object_artifacts import ObjectArtifactStorage
+from resources.artifacts import ObjectArtifactStorage
 st = ObjectArtifactStorage(url=sys.argv[1], multipart_chunk_bytes=int(sys.argv[3]))
 with st.writing("models/big.bin") as tmp:
     with open(tmp, "wb") as f:

@@ -78,3 +78,28 @@ def test_a_store_command_reads_the_store_the_settings_name(env, tmp_path):
     out, packages = run({**env, "LOGLOOP_STORE_URL": f"sqlite:///{other}"}, "models", "list")
     assert "c/d" in out and "a/b" not in out
     assert "dagster" not in packages
+
+
+def test_score_loads_torch_for_the_model_but_no_dagster(env, tmp_path):
+    """Scoring needs the model (torch) and the artifact storage's plain class, not the code location."""
+    import torch
+
+    from ops.register.artifact import write_artifact
+    from ops.train.model import NuLog, NuLogConfig
+    from ops.train.vocab import Vocab
+    from ops.mask.masking import Masker
+
+    vocab = Vocab.build([("user <*> logged in from <ip>", 5)])
+    torch.manual_seed(0)
+    model = NuLog(NuLogConfig(vocab_size=len(vocab), d_model=32, n_heads=4, d_ff=32)).eval()
+    key = "models/a/b/nulog-2-u.zip"
+    (tmp_path / "artifacts" / "models" / "a" / "b").mkdir(parents=True)
+    write_artifact(tmp_path / "artifacts" / key, model, vocab, Masker().rules, model.cfg, {}, {"batch": "a/b"})
+    SQLiteStore(path=str(tmp_path / "store.sqlite")).register_model(ModelRecord(
+        batch="a/b", version=2, run_id="run-2", artifact=key, artifact_uri=str(tmp_path / "artifacts" / key),
+        metrics={}, window_start_ms=0, window_end_ms=3_600_000, mode="scratch"))
+    lines = tmp_path / "lines.txt"
+    lines.write_text("user alice logged in from 10.0.0.1\n")
+    out, packages = run(env, "score", "--batch", "a/b", str(lines))
+    assert out.rstrip("\n").split("\t")[-1] == "user alice logged in from <ip>", out
+    assert "torch" in packages and "dagster" not in packages, packages
