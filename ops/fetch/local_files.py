@@ -152,6 +152,12 @@ class FileShard:
         return file_format(self.path)[1]
 
     @property
+    def size_bytes(self) -> int | None:
+        """The file's size when planned (file_id is "size:version"); None when the listing gave none."""
+        size = self.file_id.split(":", 1)[0]
+        return int(size) if size.isdigit() else None
+
+    @property
     def is_json(self) -> bool:
         """Whether the name says JSON Lines (`file_format`); a file it does not is sniffed when read."""
         return file_format(self.path)[0]
@@ -329,6 +335,7 @@ class SkippedFiles:
     examples: tuple          # ((rel, reason, detail), ...)
     path: str = "(skipped files)"
     file_id: str = ""        # nothing for the source index to remember
+    size_bytes: int = 0      # nothing to read
 
     @classmethod
     def of(cls, skipped) -> "SkippedFiles":

@@ -31,6 +31,10 @@ from ops.windows import TimeRange, Windows
 from ops.mask.summary import DEFAULT_CAP, DEFAULT_TAIL_SAMPLE, Summary
 
 DEFAULT_CACHE = 100_000
+# A worker process costs seconds of CPU before it reads a line (it starts Python and imports the
+# reader), about what reading 100 MB of JSON Lines costs here: a default run reads in a pool only
+# when each worker gets at least this much of the files' known size (compressed files count 5x).
+MIN_BYTES_PER_WORKER = 128 << 20
 DEFAULT_DEFER = 20_000       # distinct raw messages a shard may leave to the parent to mask
 MAX_HELD = 200_000           # deferred entries the parent holds before it resolves them
 OVERFLOW_BATCH = "_overflow_new_batches"  # where records of new batches past the per-window cap go
@@ -294,6 +298,18 @@ def summarize_shard(shard, windows: Windows, masking_rules=None, defer: int = 0,
         summaries, lines, bad, seen, summarizer.stats.seconds, summarizer.stats.cache_hits, peak_rss_mb(),
         pending, summarizer.misses, summarizer.deferred_lines, summarizer.batch_cap.shipped(),
     )
+
+
+def workers_worth_starting(shards, most: int) -> int:
+    """How many worker processes (at most `most`) are worth starting for `shards`: one per
+    MIN_BYTES_PER_WORKER of input; `most` when a shard's size is unknown (a query, a sample table)."""
+    total = 0
+    for shard in shards:
+        size = getattr(shard, "size_bytes", None)
+        if size is None:
+            return most
+        total += size * (5 if getattr(shard, "compression", None) else 1)
+    return max(1, min(most, total // MIN_BYTES_PER_WORKER))
 
 
 def mask_messages(raws: list[str], masking_rules=None, cache_size: int = DEFAULT_CACHE) -> tuple[list[str], float]:

@@ -16,7 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from ops.fetch.push import fold_counts
-from ops.mask.data_stage import OVERFLOW_BATCH, summarize_windows
+from ops.mask.data_stage import OVERFLOW_BATCH, summarize_windows, workers_worth_starting
 from ops.mask.masking import load_rules
 from ops.mask.summary import write_summaries
 from ops.windows import Windows, now_ms
@@ -43,7 +43,9 @@ raw_logs = AssetSpec(
 # Floats are finite (pydantic lets inf through a bare `gt=0`).
 class DataStageConfig(Config):
     force: bool = Field(default=False, description="Re-read windows that already have a summary.")
-    workers: int = Field(default=0, ge=0, le=1024, description="Worker processes for multi-window runs; 0 = CPU count.")
+    workers: int = Field(default=0, ge=0, le=1024, description="Worker processes for multi-window runs; 0 = one per "
+                         "CPU core when the files are large enough to pay for starting them (ops.mask.data_stage."
+                         "MIN_BYTES_PER_WORKER), else none.")
     cap: int = Field(default=100_000, gt=0, le=100_000_000, description="Distinct masked lines kept per batch before compacting.")
 
 
@@ -79,7 +81,8 @@ def partition_summaries(
     multiline = loop_settings().multiline.rules()
     # joining a stack trace's lines needs each stream's records in order within a shard
     shards = (log_source.ordered_shards(windows) if multiline["parsers"] else log_source.shards(windows)) if todo else []
-    workers = max(1, min(config.workers or os.cpu_count() or 1, len(shards)))
+    # as many as asked for; by default one per core, when the input is large enough to pay for them
+    workers = max(1, min(config.workers or workers_worth_starting(shards, os.cpu_count() or 1), len(shards)))
     context.log.info(f"reading {len(todo)} window(s) from {log_source.describe()}: {len(shards)} shard(s), {workers} worker(s)")
 
     def progress(done: int, total: int, lines: int) -> None:

@@ -116,8 +116,10 @@ def test_every_step_in_its_own_pod_shares_only_the_instance_the_bucket_and_the_s
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
 
+    # two reader processes, though the logs are small: the shards cross into them from the bucket
+    config.write_text(yaml.safe_dump({"ops": {"partition_summaries": {"config": {"workers": 2}}}}))
     materialize(env, instance_yaml, "ingest", "--select", "partition_summaries",
-                "--partition-range", f"{hour_key(start)}...{hour_key(start + HOUR_MS)}")
+                "--partition-range", f"{hour_key(start)}...{hour_key(start + HOUR_MS)}", "-c", str(config))
     # v1 from the first window only, so the second is new data for the fine-tune
     scratch = dict(CONFIG)
     scratch["ops"] = {**CONFIG["ops"], "training_sample": {"config": {

@@ -600,3 +600,22 @@ def test_a_batch_field_with_a_value_per_record_is_capped_per_window(tmp_path):
     # no cap: every UUID is its own batch
     uncapped = summarize_windows(shards, windows)
     assert len(uncapped.windows[0].summaries) == 601 and uncapped.overflow.records == 0
+
+
+def test_a_worker_is_started_only_for_input_large_enough_to_pay_for_it():
+    from ops.fetch.local_files import FileShard, SkippedFiles
+    from ops.fetch.records import RecordFormat
+    from ops.mask.data_stage import MIN_BYTES_PER_WORKER, workers_worth_starting
+
+    def file(name, size):
+        return FileShard(f"/logs/{name}", name, RecordFormat(), "default", f"{size}:1700000000")
+
+    small = [file("a.jsonl", 1_000_000), file("b.jsonl", 2_000_000), SkippedFiles.of([])]
+    assert workers_worth_starting(small, 4) == 1
+    big = [file("a.jsonl", 3 * MIN_BYTES_PER_WORKER), file("b.jsonl", MIN_BYTES_PER_WORKER // 2)]
+    assert workers_worth_starting(big, 2) == 2 and workers_worth_starting(big, 8) == 3
+    # compressed files hold more than their size says
+    assert workers_worth_starting([file("a.jsonl.gz", MIN_BYTES_PER_WORKER // 2)], 8) == 2
+    # a size that is not known (another source's shard, a listing without sizes): as many as allowed
+    assert workers_worth_starting([file("a.jsonl", 10), FileShard("/x", "x", RecordFormat(), "d", ":etag")], 4) == 4
+    assert workers_worth_starting([object()], 3) == 3
