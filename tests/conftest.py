@@ -43,39 +43,8 @@ def loghub() -> Path:
     return found
 
 
-# The longest work first (as `make test --durations` shows it), so that none of it starts last and
-# keeps one worker busy while the others have finished: the system tests (a real daemon, a
-# browser, sandboxed steps: minutes each, partly spent waiting), then the rest in their order.
-SLOWEST_FIRST = (
-    "tests/system/test_pods.py",
-    "tests/system/test_daemon.py",
-    "tests/system/test_ui.py",
-    "tests/system/test_faults.py",
-    "tests/system/test_nats_daemon.py",
-    "tests/system/",
-)
-# Files of minutes-long tests that share no module-scoped fixture: under pytest-xdist each of their
-# tests is handed out on its own (the other files go a file at a time, --dist loadfile, so that a
-# module's fixtures are set up once).
-ONE_TEST_AT_A_TIME = ("tests/system/test_pods.py", "tests/system/test_daemon.py")
-
-
-def _rank(nodeid: str) -> int:
-    return next((i for i, prefix in enumerate(SLOWEST_FIRST) if nodeid.startswith(prefix)), len(SLOWEST_FIRST))
-
-
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: _rank(item.nodeid))  # stable: each file keeps its own order
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """--dist loadfile, with the files of ONE_TEST_AT_A_TIME split into their tests."""
-    if config.getoption("dist", None) != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    class Scheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return nodeid if nodeid.startswith(ONE_TEST_AT_A_TIME) else super()._split_scope(nodeid)
-
-    return Scheduling(config, log)
+    """The system tests (a real daemon, a browser, sandboxed steps: minutes each, mostly spent
+    waiting) are handed out first, so that under pytest-xdist (`make test`) the other tests run
+    beside them instead of after them."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/system/"))
