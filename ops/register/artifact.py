@@ -136,21 +136,25 @@ def _write_atomically(path, data: bytes) -> str:
 
 def read_artifact(path) -> Artifact:
     path = os.fspath(path)
+    with _open_zip(path) as z:
+        artifact = _load(z, path)
+    artifact.path = path
+    return artifact
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    """The artifact file as a zip, once it exists and is not too large; ArtifactError otherwise."""
     if not os.path.isfile(path):
         raise ArtifactError(path, "file not found")
     size = os.path.getsize(path)
     if size > MAX_TOTAL_BYTES:  # before a byte of it is read
         raise ArtifactError(path, f"the file is too large ({size:,} bytes, at most {MAX_TOTAL_BYTES:,})")
     try:
-        z = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         raise ArtifactError(path, f"not a zip file ({e})") from None
     except OSError as e:
         raise ArtifactError(path, f"unreadable ({e.strerror or e})") from None
-    with z:
-        artifact = _load(z, path)
-    artifact.path = path
-    return artifact
 
 
 def read_artifact_meta(path) -> dict:
@@ -242,15 +246,7 @@ def restamp_artifact(src, dst, metrics: dict, meta: dict) -> str:
     that the gate has already read in full. The result is what write_artifact would write for
     the same model and documents."""
     src = os.fspath(src)
-    try:
-        z = zipfile.ZipFile(src)
-    except FileNotFoundError:
-        raise ArtifactError(src, "file not found") from None
-    except zipfile.BadZipFile as e:
-        raise ArtifactError(src, f"not a zip file ({e})") from None
-    except OSError as e:
-        raise ArtifactError(src, f"unreadable ({e.strerror or e})") from None
-    with z:
+    with _open_zip(src) as z:
         present, _ = _members(z, src)
         members = {m: _read_member(z, m, src) for m in present}
     members["metrics.json"], members["meta.json"] = _json_member(metrics or {}), _json_member(meta or {})
