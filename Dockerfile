@@ -17,7 +17,8 @@ COPY ops ./ops
 COPY resources ./resources
 COPY config ./config
 COPY workspace.yaml ./
-RUN pip install . && mkdir -p ${DAGSTER_HOME} ${LOGLOOP_HOME}
+# the code location is imported from here by every run and step pod: compiled once, in the image
+RUN pip install . && python -m compileall -q orchestration ops resources && mkdir -p ${DAGSTER_HOME} ${LOGLOOP_HOME}
 COPY deploy/dagster.k8s.yaml ${DAGSTER_HOME}/dagster.yaml
 
 EXPOSE 3030

@@ -170,8 +170,9 @@ class Settings(LoopSettings, BaseSettings):
 
     # ---- executor and pods
     executor: Annotated[Literal["in_process", "multiprocess", "k8s"], _one_of("in_process", "multiprocess", "k8s")] = Field(
-        default="multiprocess", description="Where steps run: `in_process`, `multiprocess` or `k8s` (each step a "
-        "Kubernetes Job).")
+        default="multiprocess", description="Where steps run: `in_process`, `multiprocess` (a process per step, "
+        "forked from one that imported the code location; see [Run config](run-config.md#executor)) or `k8s` (each "
+        "step a Kubernetes Job).")
     shared_volume: Flag = Field(default=False, description="Under `k8s`: a ReadWriteMany volume is mounted at "
                                 "`home`, so a SQLite store and an artifact folder may stay there.")
     train_cpu: str = Field(default="2", description="The train pod's CPU request.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import subprocess
@@ -165,6 +166,18 @@ def test_executor_is_chosen_by_environment(monkeypatch):
     monkeypatch.setenv("LOGLOOP_EXECUTOR", "slurm")
     with pytest.raises(ValueError, match="must be one of"):
         executor_def()
+
+
+def test_multiprocess_steps_fork_from_a_server_that_imported_the_code_location():
+    from orchestration.k8s import STEP_PRELOAD, multiprocess_config
+
+    forkserver = {"start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}}}
+    assert multiprocess_config({"start_method": "forkserver"}) == forkserver
+    assert multiprocess_config({}) == forkserver
+    assert multiprocess_config({"start_method": "spawn", "max_concurrent": 2}) == \
+        {"start_method": {"spawn": {}}, "max_concurrent": 2}
+    for module in STEP_PRELOAD:  # what the server preloads exists (a typo would fail every run)
+        assert importlib.util.find_spec(module) is not None, module
 
 
 # ---- the CLI -----------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ def test_dockerfile_installs_a_cuda_torch_and_the_code_location():
     for folder in re.findall(r"^COPY (\w+) ", text, flags=re.M):
         assert (ROOT / folder).exists(), folder
     assert '"-m", "orchestration.definitions"' in text
+    # every pod imports the code location from the working directory: it is compiled in the image,
+    # since PYTHONDONTWRITEBYTECODE would have each pod compile it again
+    compiled = re.search(r"python -m compileall -q ([\w ]+?) &&", text)
+    packages = {f for f in re.findall(r"^COPY (\w+) ", text, flags=re.M) if (ROOT / f / "__init__.py").exists()}
+    assert compiled and packages and packages <= set(compiled.group(1).split()), (compiled, packages)
 
 
 def test_dagster_definitions_validate_passes(tmp_path):

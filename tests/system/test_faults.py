@@ -129,6 +129,16 @@ def _step_pids(instance, run_id) -> list[int]:
     return pids
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -154,6 +164,9 @@ def test_a_killed_run_is_settled_on_the_next_tick_and_the_batch_retrains(home, t
             time.sleep(0.5)
         assert proc.poll() is None and run is not None, "the run never reached training"
         steps = [p for p in _step_pids(instance, run.run_id) if _alive(p)]
+        # the step processes are forks of the run's forkserver, which imported the code location once
+        assert all("multiprocessing.forkserver" in _cmdline(_parent(p)) for p in steps), \
+            [(p, _cmdline(_parent(p))) for p in steps]
         proc.send_signal(signal.SIGKILL)  # the run's own process, not its step: the step is orphaned
         proc.wait()
         assert steps and all(_alive(p) for p in steps)  # the orphan trains on
