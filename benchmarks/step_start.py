@@ -73,7 +73,8 @@ def materialize(home: Path, config: dict, *selection: str) -> dict:
     reap_all()  # the forkserver exits after the run's process: wait for it, and count it
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[1:4])} {' '.join(selection)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd[1:4])} {' '.join(selection)} failed:\n"
+                         f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return {"wall_s": wall, "cpu_s": children_cpu() - cpu}
 
 

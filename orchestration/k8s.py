@@ -70,9 +70,9 @@ def multiprocess_config(given: dict) -> dict:
 def forkserver_executor(multiprocess_executor):
     """The multiprocess executor, its step processes forked from a server that has imported the code
     location once. With spawn, Python's default, each step process imports Dagster and the code
-    location again: about 1.5 s of CPU per step, a quarter of a small training run (benchmarks/step_start.py). Run
-    config can still set max_concurrent, or `start_method: spawn`. Where forkserver does not exist
-    (Windows), the executor is left as it is."""
+    location again: about 1.5 s of CPU per step, a quarter of a small training run
+    (benchmarks/step_start.py). Run config can still set max_concurrent, or `start_method: spawn`.
+    Where forkserver does not exist (Windows), the executor is left as it is."""
     import multiprocessing
 
     from dagster import Enum, EnumValue, Field

@@ -114,7 +114,7 @@ def server(tmp_path_factory):
 def spec_doc(spec_id: str, epochs: int = 3, batch: str = BATCH) -> dict:
     return {"kind": "ModelTraining", "id": spec_id, "spec": {
         "data": {"batch": batch, "time_intervals": [{"start": START, "end": START + 3_600_000}]},
-        "mode": "auto", "hyperParameters": {"t": "3000", "epochs": str(epochs)}}}
+        "mode": "auto", "hyperParameters": {"t": "1000", "epochs": str(epochs)}}}
 
 
 def models(home: Path, batch: str = BATCH) -> list:
