@@ -245,7 +245,7 @@ def run_real(sizes: list[int], workers: int | None = None, windows: int = 8, dat
     outs = []
     # the node's own PIT timings, not the tests' (whose PITs expire within seconds)
     production_pits = {"point_in_time.init.keep_alive": "30s", "search.keep_alive_interval": "1m"}
-    with run_opensearch_node(version or DEFAULT_VERSION, settings=production_pits) as node:
+    with run_opensearch_node(version or DEFAULT_VERSION, settings=production_pits, quick_jit=False) as node:
         load = bulk_load(node, "logs", texts, base, windows)
         indices = clone(node, "logs", sizes[-1] // base) if len(sizes) > 1 else ["logs"]
         for n in sizes:
