@@ -27,11 +27,12 @@ $(STAMP): pyproject.toml
 
 # Tests run in parallel (pytest-xdist), one worker per core and one more: the long system tests
 # spend part of their minutes waiting on a daemon, a browser or a server, and the extra worker uses
-# the CPU meanwhile. The suite is otherwise CPU-bound: on 2 cores, 3 workers took 17 to 20 min, 4
-# workers 20 min. Tests are handed out in the order tests/conftest.py puts them (the system tests
-# first), a module at a time (--dist loadfile), so that a module's fixtures (servers, trained models)
-# are set up once. TEST_WORKERS=0 runs everything in this process, one test after another. The 30
-# slowest tests are listed at the end, to keep an eye on.
+# the CPU meanwhile. The suite is otherwise CPU-bound: on 2 cores, about 1,200 s of CPU in 12 min
+# (tests/conftest.py gives each process one torch thread, since workers train side by side). Tests
+# are handed out in the order tests/conftest.py puts them (the system tests first), a module at a
+# time (--dist loadfile), so that a module's fixtures (servers, trained models) are set up once.
+# TEST_WORKERS=0 runs everything in this process, one test after another. The 30 slowest tests are
+# listed at the end, to keep an eye on.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 
 # The project's own modules are compiled to bytecode first, for the same reason as the installed
