@@ -921,11 +921,17 @@ def test_postgresql_registration_that_loses_at_the_unique_constraint(postgres, m
     """Without the advisory lock, two registrations both read "no version yet" and both insert v1:
     the unique constraints decide. The loser gets a VersionConflict, or the winner's row when it
     was the same run (registration stays idempotent)."""
-    barrier = threading.Barrier(2)
+    import sqlalchemy as sa
 
-    def racing_lock(conn, kind, key):  # both transactions pass here before either reads
+    both_have_read = threading.Barrier(2)
+
+    def before_insert(conn, statement, *args):
+        if isinstance(statement, sa.Insert) and statement.table.name == "models":
+            both_have_read.wait(timeout=30)
+
+    def racing_lock(conn, kind, key):  # no lock: each transaction reads, then waits for the other to read too
         if kind == "models":
-            barrier.wait(timeout=30)
+            sa.event.listen(conn, "before_execute", before_insert)
 
     with _postgres_store(postgres) as pg_store:
         pg_store.ping()
