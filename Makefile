@@ -25,15 +25,16 @@ $(STAMP): pyproject.toml
 	$(UV) pip install -q --compile-bytecode -p $(VENV)/bin/python -e '.[test]'
 	touch $(STAMP)
 
-# Tests run in parallel (pytest-xdist), one worker per core and one more: the long system tests
-# spend part of their minutes waiting on a daemon, a browser or a server, and the extra worker uses
-# the CPU meanwhile. The suite is otherwise CPU-bound: on 2 cores, about 1,200 s of CPU in 12 min
-# (tests/conftest.py gives each process one torch thread, since workers train side by side). Tests
+# Tests run in parallel (pytest-xdist), one worker per core and two more: the long system tests
+# spend part of their minutes waiting on a daemon, a browser or a server (the daemon tests wait for
+# one-minute windows to close), and the extra workers use the CPU meanwhile. The suite is otherwise
+# CPU-bound: on 2 cores, about 1,200 s of CPU; pytest took 12 min 20 s with 3 workers and 11 min 35 s
+# with 4 (tests/conftest.py gives each process one torch thread, since workers train side by side). Tests
 # are handed out in the order tests/conftest.py puts them (the system tests first), a module at a
 # time (--dist loadfile), so that a module's fixtures (servers, trained models) are set up once.
 # TEST_WORKERS=0 runs everything in this process, one test after another. The 30 slowest tests are
 # listed at the end, to keep an eye on.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))
 
 # The project's own modules are compiled to bytecode first, for the same reason as the installed
 # packages (the suite starts some 500 Python processes); stale files are recompiled, as Python would.
