@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 export LOGLOOP_HOME ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(LOGLOOP_HOME)/dagster_home
 
-.PHONY: install test demo dev clean-data
+.PHONY: install compile test demo dev clean-data
 
 install: $(STAMP)
 
@@ -38,14 +38,13 @@ TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))
 
 # The project's own modules are compiled to bytecode first, for the same reason as the installed
 # packages (the suite starts some 500 Python processes); stale files are recompiled, as Python would.
-SOURCES := orchestration ops resources scripts benchmarks tests
+compile: $(STAMP)
+	$(VENV)/bin/python -m compileall -q -j 0 orchestration ops resources scripts benchmarks tests > /dev/null
 
-test: $(STAMP)
-	$(VENV)/bin/python -m compileall -q -j 0 $(SOURCES) > /dev/null
+test: compile
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
-demo: $(STAMP)
-	$(VENV)/bin/python -m compileall -q -j 0 $(SOURCES) > /dev/null
+demo: compile
 	$(VENV)/bin/python scripts/demo.py
 
 # The Dagster UI and daemon on http://127.0.0.1:$(PORT) (`make dev PORT=3001` for another port).

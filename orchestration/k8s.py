@@ -47,7 +47,7 @@ STEP_PRELOAD = ["orchestration.definitions"]
 
 
 def executor_def():
-    from dagster import in_process_executor, multiprocess_executor
+    from dagster import in_process_executor
 
     name = current_executor()
     if name == "k8s":
@@ -56,7 +56,7 @@ def executor_def():
         return k8s_job_executor
     if name == "in_process":
         return in_process_executor
-    return forkserver_executor(multiprocess_executor)
+    return forkserver_executor()
 
 
 def multiprocess_config(given: dict) -> dict:
@@ -67,7 +67,7 @@ def multiprocess_config(given: dict) -> dict:
     return {**out, "start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}}}
 
 
-def forkserver_executor(multiprocess_executor):
+def forkserver_executor():
     """The multiprocess executor, its step processes forked from a server that has imported the code
     location once. With spawn, Python's default, each step process imports Dagster and the code
     location again: about 1.5 s of CPU per step, a quarter of a small training run
@@ -75,7 +75,7 @@ def forkserver_executor(multiprocess_executor):
     Where forkserver does not exist (Windows), the executor is left as it is."""
     import multiprocessing
 
-    from dagster import Enum, EnumValue, Field
+    from dagster import Enum, EnumValue, Field, multiprocess_executor
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocess_executor

@@ -15,7 +15,7 @@ from tests.servers.opensearch_node import opensearch_node, opensearch_nodes  # n
 # tests/orchestration/test_partitions_start.py unsets it to test the derivation.
 os.environ.setdefault("LOGLOOP_PARTITION_START", "2025-01-01-00:00")
 
-# One torch thread per process: `make test` runs a worker per core and one more, and many of them
+# One torch thread per process: `make test` runs more workers than cores, and many of them
 # train at once, in the worker or in the processes it starts (which inherit this). With a thread per
 # core each, torch's OpenMP threads spin while they wait for each other on an oversubscribed machine:
 # three workers training side by side on 2 cores used 2.4x the CPU and 2.4x the time. Set before torch

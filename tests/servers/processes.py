@@ -10,6 +10,12 @@ import tempfile
 from pathlib import Path
 
 
+def proc_stat(pid) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the process name (state, ppid, ...); OSError once it is gone."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()  # the name in (...) may hold spaces
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` now (from /proc), children first."""
     children: dict[int, list[int]] = {}
@@ -17,11 +23,9 @@ def descendants(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
+            ppid = int(proc_stat(entry)[1])
         except OSError:  # gone meanwhile
             continue
-        ppid = int(stat.rsplit(b")", 1)[1].split()[1])  # the name in (...) may hold spaces
         children.setdefault(ppid, []).append(int(entry))
     out, todo = [], [pid]
     while todo:

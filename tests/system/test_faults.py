@@ -23,6 +23,7 @@ from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 from scripts import demo_logs
 from orchestration.loop_settings import LoopSettings, Thresholds
 from resources.store_resources import SQLiteStore
+from tests.servers.processes import proc_stat
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,8 +131,7 @@ def _step_pids(instance, run_id) -> list[int]:
 
 
 def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(proc_stat(pid)[1])
 
 
 def _cmdline(pid: int) -> str:
@@ -141,8 +141,7 @@ def _cmdline(pid: int) -> str:
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        return proc_stat(pid)[0] not in (b"Z", b"X")
     except OSError:
         return False
 
