@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from typing import Optional
 
 from dagster import DagsterEventType
@@ -71,10 +72,16 @@ def worker_alive(tag: Optional[str]) -> Optional[bool]:
     return process_alive(int(parts[1]), parts[2])
 
 
-def stop_orphaned_steps(instance, run_id: str) -> list[int]:
-    """Terminate the run's step subprocesses that outlived their killed parent (same host only; the
-    caller knows the parent is gone); they would train on for nothing."""
-    stopped = []
+# How long an orphaned step gets to exit after SIGTERM before it is killed: Dagster's step process
+# only records a SIGTERM that arrives while it writes an event, and trains on.
+STOP_GRACE_S = 5.0
+
+
+def stop_orphaned_steps(instance, run_id: str, grace_s: float = STOP_GRACE_S) -> list[int]:
+    """Stop the run's step subprocesses that outlived their killed parent (same host only; the
+    caller knows the parent is gone); they would train on for nothing. SIGTERM first, SIGKILL for
+    those still alive after `grace_s`."""
+    stopped: dict[int, Optional[str]] = {}
     for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_WORKER_STARTED).records:
         event = record.event_log_entry.dagster_event
         pid = getattr(getattr(event, "event_specific_data", None), "metadata", {}).get("pid")
@@ -84,12 +91,22 @@ def stop_orphaned_steps(instance, run_id: str) -> list[int]:
             continue
         # only a live process that still looks like a Dagster step: a reused pid belongs to someone else
         if pid > 0 and process_alive(pid, None) and _cmdline_is_dagster_step(pid):
+            start = _start_ticks(pid)
             try:
                 os.kill(pid, signal.SIGTERM)
-                stopped.append(pid)
+                stopped[pid] = start
             except OSError:
                 pass
-    return stopped
+    deadline = time.monotonic() + grace_s
+    while stopped and time.monotonic() < deadline and any(process_alive(p, s) for p, s in stopped.items()):
+        time.sleep(0.1)
+    for pid, start in stopped.items():
+        if process_alive(pid, start):  # the same process, still there
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return list(stopped)
 
 
 def _cmdline_is_dagster_step(pid: int) -> bool:
