@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml
 # Tests run in parallel (pytest-xdist), one worker per core and two more: the long system tests
 # spend part of their minutes waiting on a daemon, a browser or a server (the daemon tests wait for
 # one-minute windows to close), and the extra workers use the CPU meanwhile. The suite is otherwise
-# CPU-bound: on 2 cores, about 1,200 s of CPU; pytest took 12 min 20 s with 3 workers and 11 min 35 s
-# with 4 (tests/conftest.py gives each process one torch thread, since workers train side by side). Tests
-# are handed out in the order tests/conftest.py puts them (the system tests first), a module at a
-# time (--dist loadfile), so that a module's fixtures (servers, trained models) are set up once.
+# CPU-bound (on 2 cores, about 1,000 s of CPU), and tests/conftest.py gives each process one torch
+# thread, since workers train side by side. Tests are handed out a module at a time (--dist loadfile),
+# so that a module's fixtures (servers, trained models) are set up once, the longest first, and a worker
+# gets its next module only when it is down to its last test (tests/scheduling.py).
 # TEST_WORKERS=0 runs everything in this process, one test after another. The 30 slowest tests are
 # listed at the end, to keep an eye on.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))

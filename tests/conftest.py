@@ -9,6 +9,7 @@ import pytest
 
 # the real OpenSearch nodes (one per version per session), for every test that asks
 from tests.servers.opensearch_node import opensearch_node, opensearch_nodes  # noqa: F401
+from tests.scheduling import LongestFirstScheduling, handout_rank
 
 # The tests use fixed dates (2026-01-01, 2026-11-01, ...): pin where the time windows begin rather
 # than derive it from whatever ./data holds (orchestration/partitions.py); subprocesses inherit it.
@@ -51,7 +52,14 @@ def loghub() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The system tests (a real daemon, a browser, sandboxed steps: minutes each, mostly spent
-    waiting) are handed out first, so that under pytest-xdist (`make test`) the other tests run
-    beside them instead of after them."""
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/system/"))
+    """The longest modules first (tests/scheduling.py), so that under pytest-xdist (`make test`) the
+    minutes-long system tests start at once and the other tests run beside them, not after them."""
+    items.sort(key=lambda item: handout_rank(item.nodeid))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` hands the tests out through tests/scheduling.py; other modes as xdist does."""
+    if config.getoption("dist") == "loadfile":
+        return LongestFirstScheduling(config, log)
+    return None

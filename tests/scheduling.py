@@ -1,0 +1,73 @@
+"""How `make test` hands the tests out to its pytest-xdist workers: the longest work first, a module
+at a time, and no long piece of work queued behind another on one worker while others run out.
+
+The suite is a few minutes-long tests (a real daemon waiting for one-minute windows, a browser, steps
+in sandboxed processes) beside a thousand short ones. What decides its wall time is whether the long
+ones start at once, on different workers, with the short ones filling the gaps.
+"""
+
+from __future__ import annotations
+
+from xdist.scheduler import LoadFileScheduling
+
+# The modules that take longest, longest first (pytest's seconds per module on 2 cores, under the
+# load of the whole suite). They are handed out in this order, before every other module.
+LONGEST_FIRST = (
+    "tests/system/test_daemon.py",  # two tests, about 170 s each
+    "tests/system/test_nats_daemon.py",  # 165 s
+    "tests/system/test_ui.py",  # 115 s
+    "tests/system/test_pods.py",  # two tests, about 90 s each
+    "tests/resources/test_object_artifacts.py",  # each of these about 60 to 70 s
+    "tests/orchestration/cli/test_cli.py",
+    "tests/ops/fetch/test_opensearch_node.py",
+    "tests/orchestration/test_nats.py",
+    "tests/system/test_faults.py",
+    "tests/resources/test_store.py",  # each of these 25 to 45 s
+    "tests/orchestration/test_pipeline.py",
+    "tests/resources/test_push.py",
+    "tests/orchestration/test_training_spec.py",
+    "tests/system/test_deploy.py",
+)
+
+# Modules whose tests share no fixture wider than a test and each take minutes: each test is a unit
+# of its own, so that they can run on two workers at once.
+ONE_UNIT_PER_TEST = frozenset({"tests/system/test_daemon.py", "tests/system/test_pods.py"})
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def handout_rank(nodeid: str) -> int:
+    """Where a test's module comes in LONGEST_FIRST (every other module after them, in the order
+    pytest collected it: the sort that uses this is stable)."""
+    module = module_of(nodeid)
+    return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+class LongestFirstScheduling(LoadFileScheduling):
+    """pytest-xdist's `--dist loadfile` (a module's tests on one worker, so that its module-wide
+    fixtures are set up once), with two changes:
+
+    - the tests of ONE_UNIT_PER_TEST modules are units of their own;
+    - a worker gets its next unit when it is down to its last pending test, where xdist tops it up
+      at two. A worker holds its last test back until it knows what follows it (pytest tears fixtures
+      down by the next test), so it must get work by then; but topping up at two queues a second unit
+      behind a long one-test unit (a daemon test behind another) while other workers run dry.
+
+    Units go out in collection order, which `pytest_collection_modifyitems` makes LONGEST_FIRST.
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = module_of(nodeid)
+        return nodeid if module in ONE_UNIT_PER_TEST else module
+
+    def _reschedule(self, node) -> None:
+        if node.shutting_down:
+            return
+        if not self.workqueue:
+            node.shutdown()
+            return
+        if self._pending_of(self.assigned_work[node]) > 1:
+            return
+        self._assign_work_unit(node)
