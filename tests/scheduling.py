@@ -1,12 +1,18 @@
 """How `make test` hands the tests out to its pytest-xdist workers: the longest work first, a module
-at a time, and no long piece of work queued behind another on one worker while others run out.
+at a time, no more process-heavy tests at once than there are cores, and no long piece of work
+queued behind another on one worker while others run out.
 
 The suite is a few minutes-long tests (a real daemon waiting for one-minute windows, a browser, steps
 in sandboxed processes) beside a thousand short ones. What decides its wall time is whether the long
-ones start at once, on different workers, with the short ones filling the gaps.
+ones start early, with the short ones filling the gaps, and how much CPU the machine loses to
+switching between processes: each system test runs a tree of Python processes (a daemon, a code
+server, runs, steps, a browser), and with more of them runnable than there are cores, the same work
+takes more CPU (seven Python processes importing Dagster on 2 cores took 20% more CPU each than one).
 """
 
 from __future__ import annotations
+
+import os
 
 from xdist.scheduler import LoadFileScheduling
 
@@ -29,6 +35,10 @@ LONGEST_FIRST = (
     "tests/system/test_deploy.py",
 )
 
+# Modules whose tests each run a tree of processes; at most HEAVY_AT_ONCE of their units run at once.
+HEAVY = "tests/system/"
+HEAVY_AT_ONCE = max(1, len(os.sched_getaffinity(0)))
+
 # Modules whose tests share no fixture wider than a test and each take minutes: each test is a unit
 # of its own, so that they can run on two workers at once.
 ONE_UNIT_PER_TEST = frozenset({"tests/system/test_daemon.py", "tests/system/test_pods.py"})
@@ -47,9 +57,11 @@ def handout_rank(nodeid: str) -> int:
 
 class LongestFirstScheduling(LoadFileScheduling):
     """pytest-xdist's `--dist loadfile` (a module's tests on one worker, so that its module-wide
-    fixtures are set up once), with two changes:
+    fixtures are set up once), with three changes:
 
     - the tests of ONE_UNIT_PER_TEST modules are units of their own;
+    - while HEAVY_AT_ONCE units of HEAVY modules are in progress, a worker gets the first other unit
+      (or a heavy one, when none other is left);
     - a worker gets its next unit when it is down to its last pending test, where xdist tops it up
       at two. A worker holds its last test back until it knows what follows it (pytest tears fixtures
       down by the next test), so it must get work by then; but topping up at two queues a second unit
@@ -71,3 +83,15 @@ class LongestFirstScheduling(LoadFileScheduling):
         if self._pending_of(self.assigned_work[node]) > 1:
             return
         self._assign_work_unit(node)
+
+    def _heavy_in_progress(self) -> int:
+        return sum(1 for work in self.assigned_work.values() for scope, tests in work.items()
+                   if scope.startswith(HEAVY) and not all(tests.values()))
+
+    def _assign_work_unit(self, node) -> None:
+        """xdist's, handing out the first unit that keeps the heavy ones within HEAVY_AT_ONCE."""
+        if self._heavy_in_progress() >= HEAVY_AT_ONCE:
+            light = next((scope for scope in self.workqueue if not scope.startswith(HEAVY)), None)
+            if light is not None:
+                self.workqueue.move_to_end(light, last=False)
+        super()._assign_work_unit(node)

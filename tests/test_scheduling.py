@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+from tests import scheduling
 from tests.scheduling import LONGEST_FIRST, ONE_UNIT_PER_TEST, LongestFirstScheduling, handout_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,8 @@ def test_the_longest_modules_sort_first_and_the_rest_keep_their_order():
                                              "tests/a_test.py::t", "tests/b_test.py::t"]
 
 
-def test_long_tests_start_on_different_workers_and_nothing_queues_behind_a_module_in_progress():
+def test_long_tests_start_on_different_workers_and_nothing_queues_behind_a_module_in_progress(monkeypatch):
+    monkeypatch.setattr(scheduling, "HEAVY_AT_ONCE", 2)
     collection = [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]",
                   "tests/m1.py::a", "tests/m1.py::b", "tests/m1.py::c",
                   "tests/m2.py::a", "tests/m2.py::b", "tests/m3.py::a", "tests/m3.py::b"]
@@ -76,3 +78,21 @@ def test_a_worker_is_topped_up_only_when_down_to_its_last_test():
     assert w0.sent == [[0, 1, 2]]  # two pending: not yet
     sched.mark_test_complete(w0, 1)
     assert w0.sent == [[0, 1, 2], [6, 7, 8]]
+
+
+def test_no_more_heavy_units_at_once_than_allowed_while_other_work_is_left(monkeypatch):
+    monkeypatch.setattr(scheduling, "HEAVY_AT_ONCE", 1)
+    collection = [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]", "tests/m1.py::a", "tests/m1.py::b", "tests/m2.py::a"]
+    w0, w1 = Worker("w0"), Worker("w1")
+    sched = scheduler([w0, w1], collection)
+    # one daemon test at a time: the second worker, and the first one's next unit, are light work
+    assert w0.sent == [[0], [4]] and w1.sent == [[2, 3]]
+    sched.mark_test_complete(w0, 0)  # the daemon test is done: the other one may start
+    assert w0.sent == [[0], [4], [1]] and not sched.workqueue
+
+
+def test_heavy_units_go_out_anyway_once_nothing_else_is_left(monkeypatch):
+    monkeypatch.setattr(scheduling, "HEAVY_AT_ONCE", 1)
+    w0, w1 = Worker("w0"), Worker("w1")
+    scheduler([w0, w1], [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]"])
+    assert w0.sent == [[0]] and w1.sent == [[1]]
