@@ -1,6 +1,6 @@
-"""How `make test` hands the tests out to its pytest-xdist workers: the longest work first, a module
-at a time, no more process-heavy tests at once than there are cores, and no long piece of work
-queued behind another on one worker while others run out.
+"""How `make test` hands the tests out to its pytest-xdist workers: a module at a time, the longest
+first, the process-heavy system tests on as many workers as there are cores and the rest on the
+others, and no long piece of work queued behind another while other workers run out.
 
 The suite is a few minutes-long tests (a real daemon waiting for one-minute windows, a browser, steps
 in sandboxed processes) beside a thousand short ones. What decides its wall time is whether the long
@@ -35,9 +35,11 @@ LONGEST_FIRST = (
     "tests/system/test_deploy.py",
 )
 
-# Modules whose tests each run a tree of processes; at most HEAVY_AT_ONCE of their units run at once.
+# The system tests, each a tree of processes. The first HEAVY_WORKERS workers take them (the longest
+# first) while any are left, the other workers everything else; a worker that runs out of its own kind
+# takes the other kind.
 HEAVY = "tests/system/"
-HEAVY_AT_ONCE = max(1, len(os.sched_getaffinity(0)))
+HEAVY_WORKERS = max(1, len(os.sched_getaffinity(0)))
 
 # Modules whose tests share no fixture wider than a test and each take minutes: each test is a unit
 # of its own, so that they can run on two workers at once.
@@ -60,14 +62,12 @@ class LongestFirstScheduling(LoadFileScheduling):
     fixtures are set up once), with three changes:
 
     - the tests of ONE_UNIT_PER_TEST modules are units of their own;
-    - while HEAVY_AT_ONCE units of HEAVY modules are in progress, a worker gets the first other unit
-      (or a heavy one, when none other is left);
+    - the first HEAVY_WORKERS workers get the HEAVY units, the others the rest, each kind in
+      collection order (which `pytest_collection_modifyitems` makes LONGEST_FIRST);
     - a worker gets its next unit when it is down to its last pending test, where xdist tops it up
       at two. A worker holds its last test back until it knows what follows it (pytest tears fixtures
       down by the next test), so it must get work by then; but topping up at two queues a second unit
       behind a long one-test unit (a daemon test behind another) while other workers run dry.
-
-    Units go out in collection order, which `pytest_collection_modifyitems` makes LONGEST_FIRST.
     """
 
     def _split_scope(self, nodeid: str) -> str:
@@ -84,14 +84,10 @@ class LongestFirstScheduling(LoadFileScheduling):
             return
         self._assign_work_unit(node)
 
-    def _heavy_in_progress(self) -> int:
-        return sum(1 for work in self.assigned_work.values() for scope, tests in work.items()
-                   if scope.startswith(HEAVY) and not all(tests.values()))
-
     def _assign_work_unit(self, node) -> None:
-        """xdist's, handing out the first unit that keeps the heavy ones within HEAVY_AT_ONCE."""
-        if self._heavy_in_progress() >= HEAVY_AT_ONCE:
-            light = next((scope for scope in self.workqueue if not scope.startswith(HEAVY)), None)
-            if light is not None:
-                self.workqueue.move_to_end(light, last=False)
+        """xdist's, handing out the first unit of the node's kind (the first of any, when none is left)."""
+        heavy_worker = node in self.nodes[:HEAVY_WORKERS]
+        mine = next((scope for scope in self.workqueue if scope.startswith(HEAVY) == heavy_worker), None)
+        if mine is not None:
+            self.workqueue.move_to_end(mine, last=False)
         super()._assign_work_unit(node)

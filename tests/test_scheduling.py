@@ -51,7 +51,7 @@ def test_the_longest_modules_sort_first_and_the_rest_keep_their_order():
 
 
 def test_long_tests_start_on_different_workers_and_nothing_queues_behind_a_module_in_progress(monkeypatch):
-    monkeypatch.setattr(scheduling, "HEAVY_AT_ONCE", 2)
+    monkeypatch.setattr(scheduling, "HEAVY_WORKERS", 2)
     collection = [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]",
                   "tests/m1.py::a", "tests/m1.py::b", "tests/m1.py::c",
                   "tests/m2.py::a", "tests/m2.py::b", "tests/m3.py::a", "tests/m3.py::b"]
@@ -80,19 +80,24 @@ def test_a_worker_is_topped_up_only_when_down_to_its_last_test():
     assert w0.sent == [[0, 1, 2], [6, 7, 8]]
 
 
-def test_no_more_heavy_units_at_once_than_allowed_while_other_work_is_left(monkeypatch):
-    monkeypatch.setattr(scheduling, "HEAVY_AT_ONCE", 1)
+def test_the_system_tests_go_to_their_workers_and_the_rest_to_the_others(monkeypatch):
+    monkeypatch.setattr(scheduling, "HEAVY_WORKERS", 1)
     collection = [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]", "tests/m1.py::a", "tests/m1.py::b", "tests/m2.py::a"]
     w0, w1 = Worker("w0"), Worker("w1")
     sched = scheduler([w0, w1], collection)
-    # one daemon test at a time: the second worker, and the first one's next unit, are light work
-    assert w0.sent == [[0], [4]] and w1.sent == [[2, 3]]
-    sched.mark_test_complete(w0, 0)  # the daemon test is done: the other one may start
-    assert w0.sent == [[0], [4], [1]] and not sched.workqueue
+    # one system test at a time, one after the other, on the first worker; the rest on the second
+    assert w0.sent == [[0], [1]] and w1.sent == [[2, 3]]
+    sched.mark_test_complete(w1, 2)
+    assert w1.sent == [[2, 3], [4]] and not sched.workqueue
 
 
-def test_heavy_units_go_out_anyway_once_nothing_else_is_left(monkeypatch):
-    monkeypatch.setattr(scheduling, "HEAVY_AT_ONCE", 1)
+def test_a_worker_out_of_its_kind_of_work_takes_the_other_kind(monkeypatch):
+    monkeypatch.setattr(scheduling, "HEAVY_WORKERS", 1)
+    collection = [f"{DAEMON}::t[sqlite]", "tests/m1.py::a", "tests/m1.py::b", "tests/m1.py::c",
+                  "tests/m2.py::a", "tests/m2.py::b", "tests/m2.py::c"]
     w0, w1 = Worker("w0"), Worker("w1")
-    scheduler([w0, w1], [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]"])
-    assert w0.sent == [[0]] and w1.sent == [[1]]
+    scheduler([w0, w1], collection)
+    assert w0.sent == [[0], [4, 5, 6]] and w1.sent == [[1, 2, 3]]
+    w2, w3 = Worker("w2"), Worker("w3")
+    scheduler([w2, w3], [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]"])
+    assert w2.sent == [[0]] and w3.sent == [[1]]  # nothing else to run: the second worker takes a system test
