@@ -35,10 +35,11 @@ LONGEST_FIRST = (
     "tests/system/test_deploy.py",
 )
 
-# The system tests, each a tree of processes. The first HEAVY_WORKERS workers take them (the longest
-# first) while any are left, the other workers everything else; a worker that runs out of its own kind
-# takes the other kind.
-HEAVY = "tests/system/"
+# The minutes-long system tests, each a tree of processes (a daemon, a code server, runs and steps, a
+# browser). The first HEAVY_WORKERS workers take them (the longest first) while any are left, the other
+# workers everything else; a worker that runs out of its own kind takes the other kind.
+HEAVY = frozenset({"tests/system/test_daemon.py", "tests/system/test_nats_daemon.py", "tests/system/test_ui.py",
+                   "tests/system/test_pods.py"})
 HEAVY_WORKERS = max(1, len(os.sched_getaffinity(0)))
 
 # Modules whose tests share no fixture wider than a test and each take minutes: each test is a unit
@@ -87,7 +88,7 @@ class LongestFirstScheduling(LoadFileScheduling):
     def _assign_work_unit(self, node) -> None:
         """xdist's, handing out the first unit of the node's kind (the first of any, when none is left)."""
         heavy_worker = node in self.nodes[:HEAVY_WORKERS]
-        mine = next((scope for scope in self.workqueue if scope.startswith(HEAVY) == heavy_worker), None)
+        mine = next((scope for scope in self.workqueue if (module_of(scope) in HEAVY) == heavy_worker), None)
         if mine is not None:
             self.workqueue.move_to_end(mine, last=False)
         super()._assign_work_unit(node)

@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tests import scheduling
-from tests.scheduling import LONGEST_FIRST, ONE_UNIT_PER_TEST, LongestFirstScheduling, handout_rank
+from tests.scheduling import HEAVY, LONGEST_FIRST, ONE_UNIT_PER_TEST, LongestFirstScheduling, handout_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 DAEMON = "tests/system/test_daemon.py"
@@ -39,9 +39,9 @@ def scheduler(workers, collection):
 
 
 def test_every_listed_module_exists_so_the_order_cannot_go_stale():
-    for module in (*LONGEST_FIRST, *ONE_UNIT_PER_TEST):
+    for module in (*LONGEST_FIRST, *HEAVY, *ONE_UNIT_PER_TEST):
         assert (ROOT / module).is_file(), module
-    assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
+    assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST) and ONE_UNIT_PER_TEST <= HEAVY
 
 
 def test_the_longest_modules_sort_first_and_the_rest_keep_their_order():
