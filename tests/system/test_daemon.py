@@ -21,7 +21,7 @@ Windows are one minute long here (LOGLOOP_PARTITION_CRON) so that the schedules 
 within the test; the sensors tick every 5 s and queued runs start within a second. The test waits
 on the loop's events themselves (`Daemon.wait_for`), however long a busy machine makes each step:
 it fails at once when the daemon exits or a run fails, and otherwise only after SAFETY_TIMEOUT_S,
-which guards against a hang. About 2 to 3 minutes per backend on a quiet machine.
+which guards against a hang. About 2 minutes per backend on a quiet machine.
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+from unittest import mock
 
 import pytest
 import yaml
+from dagster import DagsterInstance
+from dagster._core.scheduler.instigation import InstigatorType
 
 from scripts import demo_logs
 from resources.store_resources import SQLStore
@@ -91,6 +94,7 @@ class Daemon:
 
     proc: subprocess.Popen
     log_path: Path
+    env: dict  # the daemon's environment: its DAGSTER_HOME, and the credentials its instance reads
     deadline: float = field(default_factory=lambda: time.monotonic() + SAFETY_TIMEOUT_S)
     _read: int = 0
 
@@ -110,11 +114,16 @@ class Daemon:
         return None
 
     def wait_for_scheduler(self) -> None:
-        """Until the scheduler has evaluated its first tick. A window that closes before the
-        scheduler runs is never scheduled (a schedule does not catch up on ticks from before it
-        started), so logs are written only once the daemon, slow to start on a busy machine, is up."""
-        self.wait_for("the scheduler's first tick",
-                      lambda: "Evaluating schedule `ingest_logs_schedule`" in self.log_path.read_text(errors="replace"))
+        """Until the scheduler has looked at the ingest schedule once. A window that closes before
+        that look is never scheduled (a schedule does not catch up on ticks from before it started),
+        so logs are written only once the daemon, slow to start on a busy machine, is that far. The
+        scheduler records its first look, and when it began, in the instance before any tick; every
+        window that closes after it is scheduled, the one the logs go to next included."""
+        self.wait_for("the daemon's instance", lambda: "Instance is configured with" in self.log_tail(10**6))
+        with mock.patch.dict(os.environ, self.env), DagsterInstance.from_config(self.env["DAGSTER_HOME"]) as instance:
+            self.wait_for("the scheduler's first look at the ingest schedule", lambda: any(
+                state.instigator_name == "ingest_logs_schedule"
+                for state in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE)))
 
     def wait_for(self, what: str, predicate):
         """predicate()'s first true value, polled until the loop gets there."""
@@ -142,7 +151,7 @@ def start_daemon(stack: ExitStack, env: dict, log_path: Path) -> Daemon:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     stack.callback(stop_process_group, proc, log)
-    return Daemon(proc, log_path)
+    return Daemon(proc, log_path, env)
 
 
 def instance_yaml(base: dict) -> str:
