@@ -1,9 +1,9 @@
 """Fixtures the sensor tests share: an embedded store and a temporary Dagster instance."""
 
 import pytest
-from dagster import instance_for_test
 
 from resources.store_resources import SQLiteStore
+from tests.instances import fresh_instance
 
 
 @pytest.fixture
@@ -14,5 +14,5 @@ def store(tmp_path):
 @pytest.fixture
 def instance(tmp_path):
     (tmp_path / "home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "home")) as inst:
+    with fresh_instance(temp_dir=str(tmp_path / "home")) as inst:
         yield inst

@@ -18,12 +18,12 @@ from dagster import (
     asset,
     asset_check,
     build_sensor_context,
-    instance_for_test,
     materialize,
 )
 
 from orchestration.sensors.alerts import SENSOR_NAME, WEBHOOK_ENV, alert_sensors, evaluate_alerts, redact, scrub
 from orchestration.partitions import batch_partitions, time_partitions
+from tests.instances import fresh_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "T0KEN-s3cr3t-9f8e7d"
@@ -100,7 +100,7 @@ def gate(context):
 @pytest.fixture
 def instance(tmp_path):
     (tmp_path / "dh").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dh")) as inst:
+    with fresh_instance(temp_dir=str(tmp_path / "dh")) as inst:
         inst.add_dynamic_partitions("batches", ["shop/web", "shop/db"])
         yield inst
 

@@ -10,13 +10,14 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
-from dagster import AssetCheckSeverity, AssetKey, MaterializeResult, asset, instance_for_test, materialize
+from dagster import AssetCheckSeverity, AssetKey, MaterializeResult, asset, materialize
 
 from orchestration.checks.anomaly_rate import anomaly_rate_jump, judge_series
 from orchestration.loop_settings import AnomalyJump, LoopSettings
 from orchestration.partitions import PARTITION_FMT, time_partitions
 from resources.store_resources import SQLiteStore
 from resources.store_records import AnomalyCount
+from tests.instances import fresh_instance
 
 HOUR = 3_600_000
 T0 = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -102,7 +103,7 @@ def store(tmp_path):
 
 def run_check(tmp_path, store, key):
     (tmp_path / "dh").mkdir(exist_ok=True)
-    with instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "dh")) as instance:
         result = materialize([scored_window, anomaly_rate_jump], partition_key=key, instance=instance,
                              resources={"store": store})
         assert result.success
@@ -272,7 +273,7 @@ def incident(tmp_path_factory):
                                               batch_fields=["cluster_id", "kubernetes.namespace_name", "deployment"])}
     evaluations = []
     (home / "dh").mkdir()
-    with instance_for_test(temp_dir=str(home / "dh")) as instance:
+    with fresh_instance(temp_dir=str(home / "dh")) as instance:
         for h in range(4):
             result = materialize([partition_summaries, template_count_shift], partition_key=hour_key(T0 + h * HOUR),
                                  instance=instance, resources=resources)

@@ -29,6 +29,7 @@ from resources.artifacts import LocalArtifactStorage
 from resources.nats_bus import Incoming, NatsBus, NatsError, NoModelEvents
 from tests.servers.nats_server import nats_server
 from tests.orchestration.test_pipeline import BATCH, HOUR_MS, START_MS, env, ingest, train_config  # noqa: F401  (env is a fixture)
+from tests.instances import fresh_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = 1_000_000
@@ -248,11 +249,9 @@ def test_an_opni_request_trains_v1_and_model_ready_reaches_a_subscriber(env, ser
 
 
 def test_a_request_delivered_twice_starts_one_run(tmp_path, server):
-    from dagster import instance_for_test
-
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
     b = live_bus(server)
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         tick(b, instance, artifacts)
         publish(server, opni(), headers={"Nats-Msg-Id": "opni-42"})
         publish(server, opni(), headers={"Nats-Msg-Id": "opni-42"})  # a publisher's retry: JetStream keeps one
@@ -268,8 +267,6 @@ def test_a_request_delivered_twice_starts_one_run(tmp_path, server):
 
 
 def test_requests_published_while_logloop_is_down_are_all_acted_on(tmp_path, server, monkeypatch):
-    from dagster import instance_for_test
-
     monkeypatch.setenv("LOGLOOP_NATS_URL", server.url)
     monkeypatch.setenv("LOGLOOP_HOME", str(tmp_path / "home"))
     setup = subprocess.run([sys.executable, "-m", "orchestration.cli", "nats", "setup"], cwd=ROOT,
@@ -278,7 +275,7 @@ def test_requests_published_while_logloop_is_down_are_all_acted_on(tmp_path, ser
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
     publish(server, *(opni(batch=f"team/app-{i}") for i in range(3)))  # nothing of logloop is running
     b = live_bus(server)
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = tick(b, instance, artifacts)
         assert sorted(r.partition_key for r in result.run_requests) == ["team/app-0", "team/app-1", "team/app-2"]
         [added] = result.dynamic_partitions_requests
@@ -296,13 +293,11 @@ BAD = [b"{not json", b"\xff\xfe{}", json.dumps({"model_to_train": "drain", "time
 
 
 def test_each_bad_request_goes_to_the_error_subject_once_and_good_ones_still_work(tmp_path, server):
-    from dagster import instance_for_test
-
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
     b = live_bus(server, max_intervals=8)
     listener = Listener(server, "train.rejected")
     try:
-        with instance_for_test() as instance:
+        with fresh_instance() as instance:
             tick(b, instance, artifacts)
             publish(server, *BAD)
             result = tick(b, instance, artifacts)
@@ -328,14 +323,12 @@ def test_each_bad_request_goes_to_the_error_subject_once_and_good_ones_still_wor
 
 
 def test_the_server_dying_mid_tick_costs_a_warning_and_nothing_else(tmp_path, server, monkeypatch):
-    from dagster import instance_for_test
-
     from resources.nats_bus import NatsSession
 
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
     b = live_bus(server)
     listener = None
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         tick(b, instance, artifacts)
         publish(server, opni(), b"{bad")
         real_fetch = NatsSession.fetch
@@ -481,7 +474,7 @@ def test_model_ready_says_what_started_the_run_and_carries_the_registry_record()
 def test_identical_requests_coalesce_into_the_queued_or_running_training(tmp_path, server):
     """Opni publishing one request 500 times within a second (no Nats-Msg-Id) trains the batch once;
     every copy is acknowledged, and each tick logs how many it coalesced."""
-    from dagster import DagsterRunStatus, instance_for_test
+    from dagster import DagsterRunStatus
 
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
     b = live_bus(server, max_per_tick=200)
@@ -497,7 +490,7 @@ def test_identical_requests_coalesce_into_the_queued_or_running_training(tmp_pat
             record_run(instance, request)  # queued by the daemon before the next tick
         return result
 
-    with instance_for_test() as instance:
+    with fresh_instance() as instance:
         first = run_tick(instance, None)
         publish(server, *[opni()] * 500)
         publish(server, opni(batch="other/app"))  # a different request is not folded into it

@@ -8,7 +8,7 @@ import datetime as dt
 from collections import Counter
 
 import pytest
-from dagster import instance_for_test, materialize
+from dagster import materialize
 from opensearchpy import helpers
 
 from ops.fetch.opensearch_client import Connection
@@ -25,6 +25,7 @@ from resources.opensearch_source import OpenSearchLogSource
 from resources.samples import samples_for_store
 from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
+from tests.instances import fresh_instance
 
 T0 = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1000)
 KEY = dt.datetime.fromtimestamp(T0 / 1000, dt.timezone.utc).strftime(PARTITION_FMT)
@@ -68,7 +69,7 @@ def env(opensearch_node, tmp_path, monkeypatch):
     resources = {"log_source": source, "store": store, "artifacts": artifacts}
     (tmp_path / "dh").mkdir()
     monkeypatch.setattr("orchestration.loop_settings._loaded", LoopSettings(score_batches=["*"]))
-    with instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "dh")) as instance:
         assert materialize([partition_summaries], partition_key=KEY, instance=instance, resources=resources,
                            run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}}).success
         with artifacts.reading(summary_key(KEY)) as path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 from scripts import demo_logs
 from orchestration.assets.register import registered_model
@@ -18,6 +18,7 @@ from resources.nats_bus import NoModelEvents
 from resources.artifacts import LocalArtifactStorage
 from resources.log_source import LocalLogSource
 from resources.store_resources import SQLiteStore
+from tests.instances import fresh_instance
 
 HOUR_MS = 3_600_000
 START_MS = int(dt.datetime(2026, 11, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -53,7 +54,7 @@ def env(tmp_path):
         "model_events": NoModelEvents(),
     }
     (tmp_path / "dagster_home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "dagster_home")) as instance:
         yield instance, resources
 
 
@@ -254,7 +255,7 @@ def test_a_cardinality_bomb_is_capped_warned_and_adds_partitions_in_one_call(tmp
     monkeypatch.setattr(DagsterInstance, "add_dynamic_partitions",
                         count("add", DagsterInstance.add_dynamic_partitions))
     (tmp_path / "home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "home")) as instance:
         instance.add_dynamic_partitions("batches", ["old"])
         calls["add"] = 0
         result = materialize([partition_summaries], partition_key=hour_key(START_MS), instance=instance,
@@ -330,7 +331,7 @@ def test_mis_dated_records_and_skipped_files_reach_the_runs_bad_record_metadata(
         "artifacts": LocalArtifactStorage(root=str(tmp_path / "artifacts")),
     }
     (tmp_path / "dagster_home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "dagster_home")) as instance:
         result = materialize([partition_summaries], partition_key=hour_key(START_MS), instance=instance,
                              resources=resources, run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
     assert result.success

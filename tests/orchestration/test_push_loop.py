@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import build_sensor_context, instance_for_test, materialize
+from dagster import build_sensor_context, materialize
 
 from scripts import demo_logs
 from ops.mask.masking import Masker
@@ -35,6 +35,7 @@ from resources.tdengine_samples import TDengineSamples
 from resources.store_resources import SQLiteStore
 from resources.store_resources import TDengineStore
 from tests.servers.taos_rest_server import FakeTaosAdapter
+from tests.instances import fresh_instance
 
 HOUR_MS = 3_600_000
 BATCH = "demo/shop/payments"
@@ -70,7 +71,7 @@ def env(request, tmp_path):
                  "artifacts": LocalArtifactStorage(root=str(tmp_path / "artifacts"))}
     (tmp_path / "dagster_home").mkdir()
     try:
-        with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        with fresh_instance(temp_dir=str(tmp_path / "dagster_home")) as instance:
             yield instance, resources, table
     finally:
         CLOCK.now = __import__("time").time_ns

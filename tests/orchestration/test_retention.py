@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterRunStatus, SkipReason, build_sensor_context, instance_for_test, materialize
+from dagster import DagsterRunStatus, SkipReason, build_sensor_context, materialize
 from dagster._core.test_utils import create_run_for_test
 
 from scripts import demo_logs
@@ -42,6 +42,7 @@ from resources.nats_bus import NoModelEvents
 from resources.store_resources import SQLiteStore
 from orchestration.partitions import PARTITION_FMT
 from tests.orchestration.test_pipeline import BATCH, HOUR_MS
+from tests.instances import fresh_instance
 
 
 DAY_MS = 86_400_000
@@ -87,7 +88,7 @@ def _run_id(result) -> str:
 
 def _instance(home: Path):
     home.mkdir()
-    return instance_for_test(temp_dir=str(home))
+    return fresh_instance(temp_dir=str(home))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from dagster import instance_for_test, materialize
+from dagster import materialize
 
 from ops.mask.summary import Summary, write_summaries
 from orchestration.contract import summary_key
@@ -17,6 +17,7 @@ from resources.log_source import LocalLogSource
 from resources.samples import samples_for_store
 from resources.store_resources import SQLiteStore
 from resources.store_records import ModelRecord
+from tests.instances import fresh_instance
 
 HOUR = 3_600_000
 T0 = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -47,7 +48,7 @@ def env(tmp_path):
     with artifacts.writing(summary_key(KEY)) as path:
         write_summaries(path, summaries)
     (tmp_path / "dh").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "dh")) as instance:
         yield instance, {"store": store, "artifacts": artifacts, "log_source": LocalLogSource(path=str(tmp_path / "logs"))}
 
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from orchestration.services.training_spec import SpecError, convert_template, from_opni_request, parse_spec, run_config, run_tags
+from tests.instances import fresh_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,7 +209,7 @@ def test_train_create_reports_an_unreachable_webserver(tmp_path):
 
 
 def test_train_local_and_opni_request_register_versions(tmp_path):
-    from dagster import instance_for_test, materialize
+    from dagster import materialize
 
     from scripts import demo_logs
     from orchestration.assets.summaries import partition_summaries
@@ -223,7 +224,7 @@ def test_train_local_and_opni_request_register_versions(tmp_path):
                  "store": SQLiteStore(path=str(home / "store.sqlite")),
                  "artifacts": LocalArtifactStorage(root=str(home / "artifacts"))}
     (tmp_path / "dh").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "dh")) as instance:
         assert materialize([partition_summaries], partition_key="2026-11-01-10:00", instance=instance, resources=resources,
                            run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}}).success
     doc = yaml.safe_load((ROOT / "examples" / "modeltraining.yaml").read_text())

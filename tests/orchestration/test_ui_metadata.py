@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster import AssetKey, AssetRecordsFilter, MetadataValue, instance_for_test, materialize
+from dagster import AssetKey, AssetRecordsFilter, MetadataValue, materialize
 
 from orchestration.contract import CandidateRef, SampleRef
 from orchestration.partitions import PARTITION_FMT
 from ops.plots import tidy_metadata
 from scripts import demo_logs
+from tests.instances import fresh_instance
 
 HOUR_MS = 3_600_000
 START_MS = int(dt.datetime(2026, 11, 1, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -63,7 +64,7 @@ def test_each_window_of_a_multi_window_run_records_its_own_figures(tmp_path):
     }
     config = {"ops": {"partition_summaries": {"config": {"workers": 1}}}}
     (tmp_path / "dagster_home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "dagster_home")) as instance:
         assert materialize([partition_summaries], partition_key=keys[0], instance=instance, resources=resources,
                            run_config=config).success
         result = materialize([partition_summaries], instance=instance, resources=resources, run_config=config,

@@ -31,6 +31,7 @@ from resources.artifacts import ArtifactStorageError, LocalArtifactStorage
 from resources.artifacts import ObjectArtifactStorage
 from resources.object_artifacts import parse_artifacts_url
 from tests.artifact_checks import replace_under_readers
+from tests.instances import fresh_instance
 from tests.servers.processes import free_port
 from tests.servers.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, s3, s3_server  # noqa: F401 (fixtures)
 
@@ -459,7 +460,7 @@ BATCH = "demo/shop/payments"
 
 
 def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bucket, tmp_path):
-    from dagster import instance_for_test, materialize
+    from dagster import materialize
 
     from scripts import demo_logs
     from orchestration.assets.register import registered_model
@@ -486,7 +487,7 @@ def test_the_chain_runs_on_object_storage_and_the_cli_reads_the_model_from_it(bu
         "model_events": NoModelEvents(),
     }
     (tmp_path / "dagster_home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+    with fresh_instance(temp_dir=str(tmp_path / "dagster_home")) as instance:
         for h in range(2):
             assert materialize([partition_summaries], partition_key=hour_key(START_MS + h * HOUR_MS), instance=instance,
                                resources=resources,

@@ -14,7 +14,7 @@ import time
 import uuid
 
 import pytest
-from dagster import instance_for_test, materialize
+from dagster import materialize
 
 from ops.fetch.opensearch_client import OpenSearchReadError
 from ops.fetch.records import BadRecords
@@ -25,6 +25,7 @@ from resources.opensearch_source import OpenSearchLogSource
 from tests.ops.fetch.test_opensearch import (HOUR, WINDOWS, docs, expected_ids, local_result,  # noqa: F401
                                              read_ids, result_view, source)
 from tests.servers.opensearch_node import DEFAULT_VERSION, NEWER_VERSION, run_opensearch_node
+from tests.instances import fresh_instance
 
 MAPPING = {
     "properties": {
@@ -268,7 +269,7 @@ def test_the_node_stopped_mid_read_fails_the_step_clearly_and_records_nothing(tm
         src = OpenSearchLogSource(hosts=[stopped.url], index=index, batch_fields=["cluster_id"], slices=1, page_size=100,
                              retries=2, backoff_s=0.01, timeout_s=5, username="loop", password="pw-stays-hidden")
         (tmp_path / "dh").mkdir()
-        with instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
+        with fresh_instance(temp_dir=str(tmp_path / "dh")) as instance:
             result = materialize([partition_summaries], partition_key=key, instance=instance, raise_on_error=False,
                                  resources={"log_source": src, "store": store, "artifacts": artifacts},
                                  run_config={"ops": {"partition_summaries": {"config": {"workers": 1}}}})
