@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml
 # one-minute windows to close), and the extra workers use the CPU meanwhile. The suite is otherwise
 # CPU-bound (on 2 cores, about 1,000 s of CPU), and tests/conftest.py gives each process one torch
 # thread, since workers train side by side. Tests are handed out a module at a time (--dist loadfile),
-# so that a module's fixtures (servers, trained models) are set up once, the longest first, and a worker
-# gets its next module only when it is down to its last test (tests/scheduling.py).
+# so that a module's fixtures (servers, trained models) are set up once, the longest first, the system
+# tests on one worker per core and the rest on the others (tests/scheduling.py).
 # TEST_WORKERS=0 runs everything in this process, one test after another. The 30 slowest tests are
 # listed at the end, to keep an eye on.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))

@@ -19,19 +19,19 @@ from xdist.scheduler import LoadFileScheduling
 # The modules that take longest, longest first (pytest's seconds per module on 2 cores, under the
 # load of the whole suite). They are handed out in this order, before every other module.
 LONGEST_FIRST = (
-    "tests/system/test_daemon.py",  # two tests, about 170 s each
-    "tests/system/test_nats_daemon.py",  # 165 s
-    "tests/system/test_ui.py",  # 115 s
-    "tests/system/test_pods.py",  # two tests, about 90 s each
-    "tests/resources/test_object_artifacts.py",  # each of these about 60 to 70 s
-    "tests/orchestration/cli/test_cli.py",
+    "tests/system/test_pods.py",  # two tests, 130 to 180 s each
+    "tests/system/test_ui.py",  # 115 to 140 s
+    "tests/system/test_daemon.py",  # two tests, about 105 s each
+    "tests/system/test_nats_daemon.py",  # 60 to 70 s
+    "tests/resources/test_object_artifacts.py",  # each of these 60 to 90 s
     "tests/ops/fetch/test_opensearch_node.py",
-    "tests/orchestration/test_nats.py",
-    "tests/system/test_faults.py",
-    "tests/resources/test_store.py",  # each of these 25 to 45 s
-    "tests/orchestration/test_pipeline.py",
     "tests/resources/test_push.py",
+    "tests/resources/test_store.py",
+    "tests/orchestration/cli/test_cli.py",
+    "tests/orchestration/test_nats.py",
+    "tests/system/test_faults.py",  # each of these 30 to 55 s
     "tests/orchestration/test_training_spec.py",
+    "tests/orchestration/test_pipeline.py",
     "tests/system/test_deploy.py",
 )
 
@@ -64,7 +64,8 @@ class LongestFirstScheduling(LoadFileScheduling):
 
     - the tests of ONE_UNIT_PER_TEST modules are units of their own;
     - the first HEAVY_WORKERS workers get the HEAVY units, the others the rest, each kind in
-      collection order (which `pytest_collection_modifyitems` makes LONGEST_FIRST);
+      collection order (which `pytest_collection_modifyitems` makes LONGEST_FIRST), and no HEAVY unit
+      waits behind another on one worker;
     - a worker gets its next unit when it is down to its last pending test, where xdist tops it up
       at two. A worker holds its last test back until it knows what follows it (pytest tears fixtures
       down by the next test), so it must get work by then; but topping up at two queues a second unit
@@ -86,9 +87,21 @@ class LongestFirstScheduling(LoadFileScheduling):
         self._assign_work_unit(node)
 
     def _assign_work_unit(self, node) -> None:
-        """xdist's, handing out the first unit of the node's kind (the first of any, when none is left)."""
-        heavy_worker = node in self.nodes[:HEAVY_WORKERS]
-        mine = next((scope for scope in self.workqueue if (module_of(scope) in HEAVY) == heavy_worker), None)
-        if mine is not None:
-            self.workqueue.move_to_end(mine, last=False)
+        """xdist's, choosing the unit: the first (longest) of the worker's own kind, or of the other
+        kind when none is left. But behind a system test still running on the worker, the last other
+        unit (likely the shortest), so that the next system test goes to whichever system-test worker
+        is free first, not into a queue behind this one."""
+        light = [scope for scope in self.workqueue if module_of(scope) not in HEAVY]
+        heavy = [scope for scope in self.workqueue if module_of(scope) in HEAVY]
+        if light and self._runs_heavy(node):
+            choice = light[-1]
+        elif node in self.nodes[:HEAVY_WORKERS]:
+            choice = (heavy or light)[0]
+        else:
+            choice = (light or heavy)[0]
+        self.workqueue.move_to_end(choice, last=False)
         super()._assign_work_unit(node)
+
+    def _runs_heavy(self, node) -> bool:
+        return any(module_of(scope) in HEAVY and not all(tests.values())
+                   for scope, tests in self.assigned_work[node].items())

@@ -46,7 +46,7 @@ def test_every_listed_module_exists_so_the_order_cannot_go_stale():
 
 def test_the_longest_modules_sort_first_and_the_rest_keep_their_order():
     ids = ["tests/a_test.py::t", f"{DAEMON}::t[pg]", "tests/system/test_ui.py::u", "tests/b_test.py::t", f"{DAEMON}::t[sqlite]"]
-    assert sorted(ids, key=handout_rank) == [f"{DAEMON}::t[pg]", f"{DAEMON}::t[sqlite]", "tests/system/test_ui.py::u",
+    assert sorted(ids, key=handout_rank) == ["tests/system/test_ui.py::u", f"{DAEMON}::t[pg]", f"{DAEMON}::t[sqlite]",
                                              "tests/a_test.py::t", "tests/b_test.py::t"]
 
 
@@ -59,8 +59,9 @@ def test_long_tests_start_on_different_workers_and_nothing_queues_behind_a_modul
     sched = scheduler([w0, w1, w2], collection)
 
     # each daemon test is a unit of its own, on a worker of its own; a worker down to one pending
-    # test (which it holds back until it knows the next) gets the next unit at once
-    assert w0.sent == [[0], [5, 6]] and w1.sent == [[1], [7, 8]]
+    # test (which it holds back until it knows the next) gets the next unit at once: behind a system
+    # test, the last one left
+    assert w0.sent == [[0], [7, 8]] and w1.sent == [[1], [5, 6]]
     # a worker with three tests of one module to run gets nothing more yet (xdist would add one)
     assert w2.sent == [[2, 3, 4]] and not sched.workqueue
 
@@ -82,13 +83,17 @@ def test_a_worker_is_topped_up_only_when_down_to_its_last_test():
 
 def test_the_system_tests_go_to_their_workers_and_the_rest_to_the_others(monkeypatch):
     monkeypatch.setattr(scheduling, "HEAVY_WORKERS", 1)
-    collection = [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]", "tests/m1.py::a", "tests/m1.py::b", "tests/m2.py::a"]
+    collection = [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]", "tests/m1.py::a", "tests/m1.py::b",
+                  "tests/m2.py::a", "tests/m2.py::b", "tests/m3.py::a"]
     w0, w1 = Worker("w0"), Worker("w1")
     sched = scheduler([w0, w1], collection)
-    # one system test at a time, one after the other, on the first worker; the rest on the second
-    assert w0.sent == [[0], [1]] and w1.sent == [[2, 3]]
-    sched.mark_test_complete(w1, 2)
-    assert w1.sent == [[2, 3], [4]] and not sched.workqueue
+    # the first worker runs the system tests; behind the one it runs, it queues the last other unit,
+    # not the second system test
+    assert w0.sent == [[0], [6]] and w1.sent == [[2, 3]]
+    sched.mark_test_complete(w1, 2)  # the second worker goes on with the other units
+    assert w1.sent == [[2, 3], [4, 5]]
+    sched.mark_test_complete(w0, 0)  # its system test done, the first worker takes the next one
+    assert w0.sent == [[0], [6], [1]] and not sched.workqueue
 
 
 def test_a_worker_out_of_its_kind_of_work_takes_the_other_kind(monkeypatch):
