@@ -159,6 +159,27 @@ def button(d, label: str):
         return None
 
 
+def type_into(driver, css: str, *keys, timeout: float = 60):
+    """Types `keys` into the field matching `css` once it can be clicked. A page that is still
+    loading may render the field again while this finds or types into it: it is then found again,
+    cleared and typed into afresh."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def typed(d):
+        field = EC.element_to_be_clickable((By.CSS_SELECTOR, css))(d)
+        if not field:
+            return False
+        field.clear()
+        for key in keys:
+            field.send_keys(key)
+        return True
+
+    WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(typed)
+
+
 def dismiss_modal(driver):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -256,9 +277,7 @@ def test_browser_launches_a_batch_from_the_launchpad_and_sees_the_loss_curve(ser
         assert new, "the run did not register a model: " + text(driver)[-2000:]
         driver.refresh()
         # the event log is virtualised: narrow it to the train step's events first
-        box = WebDriverWait(driver, 60).until(EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder^='Filter']")))
-        box.send_keys("step:nulog_model")
-        box.send_keys(Keys.ENTER)
+        type_into(driver, "input[placeholder^='Filter']", "step:nulog_model", Keys.ENTER)
         # (tall metadata tables are clipped on screen, so look at the DOM's text, not the visible text)
         WebDriverWait(driver, 60).until(lambda d: "loss_curve" in d.execute_script("return document.body.textContent"))
 
