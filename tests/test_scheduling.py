@@ -46,7 +46,7 @@ def test_every_listed_module_exists_so_the_order_cannot_go_stale():
 
 def test_the_longest_modules_sort_first_and_the_rest_keep_their_order():
     ids = ["tests/a_test.py::t", f"{DAEMON}::t[pg]", "tests/system/test_ui.py::u", "tests/b_test.py::t", f"{DAEMON}::t[sqlite]"]
-    assert sorted(ids, key=handout_rank) == ["tests/system/test_ui.py::u", f"{DAEMON}::t[pg]", f"{DAEMON}::t[sqlite]",
+    assert sorted(ids, key=handout_rank) == [f"{DAEMON}::t[pg]", f"{DAEMON}::t[sqlite]", "tests/system/test_ui.py::u",
                                              "tests/a_test.py::t", "tests/b_test.py::t"]
 
 
