@@ -64,6 +64,11 @@ class ModelEvents(ConfigurableResource, ABC):
     def subject_for(self, kind: str) -> str:
         raise NotImplementedError
 
+    @property
+    def publish_deadline_s(self) -> float:
+        """The longest one publish() of one message may take before it returns or raises."""
+        return 0.0
+
     @abstractmethod
     def publish(self, messages: list[Outgoing]) -> None:
         """Send every message, or raise NatsError."""
@@ -143,6 +148,11 @@ class NatsBus(ModelEvents):
 
     def session(self, timeout_s: Optional[float] = None) -> "NatsSession":
         return NatsSession(self, timeout_s or self.timeout_s)
+
+    @property
+    def publish_deadline_s(self) -> float:
+        # a session's deadlines: connecting (2t + 1), the publish, the flush and the close (t each)
+        return 5 * self.timeout_s + 1
 
     def publish(self, messages: list[Outgoing]) -> None:
         if not messages:

@@ -4,8 +4,10 @@ when a candidate fails the gate (NATS subjects; see resources/nats_bus.py).
 Publishing never undoes what happened: the message goes to an outbox in artifact storage
 first (outbox/nats/), is published with retries, and leaves the outbox once the server has
 it. What could not be published stays there, and the NATS request sensor sends it on a later
-tick (`flush_outbox`). Every message carries a Nats-Msg-Id, so a consumer that sees one twice
-(a retry after a lost answer) can drop the copy.
+tick (`flush_outbox`). While the step is still trying, its entry is held (`held_until_ms`): the
+sensor leaves it alone, or a subscriber would get the message from both. A step that gives up
+releases the hold at once; a step that was killed leaves it to run out. Every message carries a
+Nats-Msg-Id, so a consumer that sees one twice (a retry after a lost answer) can drop the copy.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ops.windows import now_ms
 from resources.store_records import ModelRecord
 
 RETRY_PAUSES_S = (0.5, 2.0)  # between the three tries a registration makes before leaving it to the sensor
+HOLD_MARGIN_S = 30.0  # beyond the tries' own deadlines: a busy or paused step still gets to delete its entry
 
 
 def started_by(tags: dict) -> str:
@@ -85,10 +88,10 @@ def announce(events: ModelEvents, artifacts: ArtifactStorageCore, kind: str, pay
         return False
     message = Outgoing(events.subject_for(kind), json.dumps(payload, allow_nan=False, default=str).encode(), msg_id)
     key = outbox_key(msg_id)
+    entry = {"subject": message.subject, "msg_id": msg_id, "kind": kind, "created_ms": now_ms(), "payload": payload}
+    tries_s = (len(pauses_s) + 1) * events.publish_deadline_s + sum(pauses_s) + HOLD_MARGIN_S
     try:
-        with artifacts.writing(key) as tmp, open(tmp, "w") as f:
-            json.dump({"subject": message.subject, "msg_id": msg_id, "kind": kind, "created_ms": now_ms(),
-                       "payload": payload}, f, allow_nan=False, default=str)
+        _write(artifacts, key, {**entry, "held_until_ms": entry["created_ms"] + int(tries_s * 1000)})
         kept = True
     except Exception as exc:  # the publish may still work; if it does not, the log is all that is left
         log.error(f"{kind} {msg_id}: could not write the outbox entry {key}: {exc}")
@@ -105,6 +108,11 @@ def announce(events: ModelEvents, artifacts: ArtifactStorageCore, kind: str, pay
         if kept:
             _delete(artifacts, key, log)
         return True
+    if kept:
+        try:
+            _write(artifacts, key, entry)  # no longer held: the sensor's next tick sends it
+        except Exception as exc:  # the hold runs out by itself
+            log.warning(f"{kind} {msg_id}: could not release outbox entry {key} for the sensor before its hold ends: {exc}")
     where = f"it waits in the outbox ({key}) for the next tick of the NATS sensor" if kept else \
         f"it is LOST (no outbox entry either); payload: {message.payload.decode()[:2000]}"
     log.warning(f"{kind} {msg_id} was not published to {message.subject} after {len(pauses_s) + 1} tries ({last}); {where}")
@@ -116,10 +124,10 @@ def pending(artifacts: ArtifactStorageCore) -> list[str]:
 
 
 def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit: int = 100, session=None) -> tuple[int, int]:
-    """Publish what the outbox holds, oldest first, through `session` (a NatsSession) if given.
-    Returns (sent, still waiting); raises NatsError when the server fails midway (what was sent is gone
-    from the outbox, the rest stays)."""
-    entries = []
+    """Publish what the outbox holds, oldest first, through `session` (a NatsSession) if given, except
+    entries a step is still trying to publish itself. Returns (sent, still waiting); raises NatsError when
+    the server fails midway (what was sent is gone from the outbox, the rest stays)."""
+    entries, held, now = [], 0, now_ms()
     for key in pending(artifacts):
         try:
             with artifacts.reading(key) as path, open(path) as f:
@@ -129,6 +137,9 @@ def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit
             continue  # sent by another process meanwhile
         except (ValueError, KeyError, TypeError) as exc:
             _set_aside(artifacts, key, exc, log)
+            continue
+        if entry.get("held_until_ms", 0) > now:
+            held += 1
             continue
         entries.append((entry.get("created_ms", 0), key, message))
     entries.sort(key=lambda e: (e[0], e[1]))
@@ -141,7 +152,12 @@ def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit
             events.publish([message])
         _delete(artifacts, key, log)
         sent += 1
-    return sent, len(entries) - sent
+    return sent, len(entries) - sent + held
+
+
+def _write(artifacts: ArtifactStorageCore, key: str, entry: dict) -> None:
+    with artifacts.writing(key) as tmp, open(tmp, "w") as f:
+        json.dump(entry, f, allow_nan=False, default=str)
 
 
 def _delete(artifacts: ArtifactStorageCore, key: str, log) -> None:

@@ -400,6 +400,79 @@ def test_a_failed_publish_waits_in_the_outbox_and_a_later_flush_sends_it(tmp_pat
         listener.close()
 
 
+class HeldPublisher:
+    """The model events of a step whose publish is slow (a busy machine, a slow server): each publish
+    waits until the test lets it go, then goes to the real server."""
+
+    enabled = True
+
+    def __init__(self, bus: NatsBus):
+        import threading
+
+        self.bus, self.go = bus, threading.Event()
+        self.subject_for = bus.subject_for
+        self.publish_deadline_s = bus.publish_deadline_s
+
+    def publish(self, messages):
+        assert self.go.wait(30), "the test never let the publish go"
+        self.bus.publish(messages)
+
+
+def test_the_sensor_leaves_an_entry_alone_while_its_step_is_still_publishing_it(tmp_path, server):
+    import threading
+
+    artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
+    step = HeldPublisher(live_bus(server))
+    listener = Listener(server, "model_ready")
+    try:
+        announced = []
+        publishing = threading.Thread(target=lambda: announced.append(announce(
+            step, artifacts, "model_ready", {"batch": BATCH, "version": 1}, "logloop:model_ready:x:v1:r", None)))
+        publishing.start()
+        deadline = time.monotonic() + 10
+        while not pending(artifacts) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(pending(artifacts)) == 1  # written before the publish, so a killed step loses nothing
+
+        with fresh_instance() as instance:
+            waiting = tick(live_bus(server), instance, artifacts)
+        assert waiting.skip_reason.skip_message == "outbox_waiting 1"  # and nothing sent
+        step.go.set()
+        publishing.join(30)
+        assert announced == [True] and pending(artifacts) == []
+        listener.wait_for(1)
+        time.sleep(0.5)  # a second copy would have arrived by now
+        assert [m[2]["version"] for m in listener.messages] == [1]
+    finally:
+        step.go.set()
+        listener.close()
+
+
+def test_an_entry_left_by_a_killed_step_is_sent_once_its_hold_runs_out(tmp_path, server, monkeypatch):
+    from orchestration.services import model_events
+
+    artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
+
+    class Killed(HeldPublisher):
+        def publish(self, messages):
+            raise KeyboardInterrupt  # the process dies mid-publish: no delete, no release
+
+    with pytest.raises(KeyboardInterrupt):
+        announce(Killed(live_bus(server)), artifacts, "model_ready", {"batch": BATCH, "version": 2},
+                 "logloop:model_ready:x:v2:r", None)
+    assert flush_outbox(live_bus(server), artifacts, None) == (0, 1)  # it may still be on its way
+    hold_s = 3 * live_bus(server).publish_deadline_s + sum(model_events.RETRY_PAUSES_S) + model_events.HOLD_MARGIN_S
+    later = model_events.now_ms() + int(hold_s * 1000) + 1000
+    monkeypatch.setattr(model_events, "now_ms", lambda: later)
+    listener = Listener(server, "model_ready")
+    try:
+        assert flush_outbox(live_bus(server), artifacts, None) == (1, 0)
+        [(_, headers, payload)] = listener.wait_for(1)
+        assert payload["version"] == 2 and headers["Nats-Msg-Id"] == "logloop:model_ready:x:v2:r"
+    finally:
+        listener.close()
+
+
 def test_registration_survives_nats_being_down_and_the_sensor_sends_model_ready_later(env, server):  # noqa: F811
     instance, resources = env
     ingest(instance, resources)
