@@ -55,7 +55,7 @@ def read_rules_file(path=None) -> dict:
 
     path = Path(path if path is not None else RULES_PATH)
     try:
-        parsers = yaml.safe_load(path.read_text(encoding="utf-8"))
+        parsers = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         validate_parsers(parsers)
     except (ValueError, yaml.YAMLError) as e:
         raise MultilineRulesError(f"multiline rules {path}: {' '.join(str(e).split())}") from None

@@ -49,7 +49,7 @@ def load_rules(path=None) -> list[dict]:
 
     path = Path(path if path is not None else RULES_PATH)
     try:
-        rules = yaml.safe_load(path.read_text(encoding="utf-8"))
+        rules = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         validate_rules(rules)
     except (ValueError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"masking rules {path}: {' '.join(str(e).split())}") from None
