@@ -257,6 +257,11 @@ def partition_start(now_ms: Optional[int] = None) -> Start:
 
 START = partition_start()
 log.info("time windows begin at %s (%s)", START.key, START.reason)
+if settings().executor == "k8s" and START.reason.startswith("from the data"):
+    # each run pod and step pod derives it again when it loads; a pod whose look at the data timed out,
+    # or that loads hours later, could disagree with the run about which windows exist
+    log.warning("time windows begin at %s, derived from the data in this pod; set LOGLOOP_PARTITION_START "
+                "so that every pod agrees on it and none reads the data to find it", START.key)
 
 time_partitions = TimeWindowPartitionsDefinition(
     cron_schedule=PARTITION_CRON,

@@ -124,7 +124,7 @@ def load_start(home: Path, **env) -> dict:
             "'s': time.monotonic() - t}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "stderr": out.stderr}
 
 
 def test_a_fresh_install_and_the_demo_start_at_their_data(tmp_path):
@@ -155,6 +155,17 @@ def test_explicit_settings_win_and_an_unreachable_store_of_artifacts_does_not_bl
                      AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", AWS_MAX_ATTEMPTS="1",
                      LOGLOOP_LOGS_URL="s3://nowhere/logs")
     assert "7 days back" in got["reason"] and got["s"] < 60
+
+
+def test_on_kubernetes_a_start_derived_in_each_pod_is_a_warning(tmp_path):
+    home = tmp_path / "home"
+    derived = load_start(home, LOGLOOP_EXECUTOR="k8s")
+    assert "7 days back" in derived["reason"]
+    assert f"time windows begin at {derived['key']}, derived from the data in this pod; set LOGLOOP_PARTITION_START" \
+        in derived["stderr"]
+    pinned = load_start(home, LOGLOOP_EXECUTOR="k8s", LOGLOOP_PARTITION_START="2025-01-01-00:00")
+    assert "LOGLOOP_PARTITION_START" not in pinned["stderr"]
+    assert "derived from the data" not in load_start(home)["stderr"]  # one machine: every process sees the same data
 
 
 def test_the_test_suite_pins_the_start():
