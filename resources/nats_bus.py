@@ -302,8 +302,16 @@ class NatsSession:
         return out
 
     def consumer_state(self) -> dict:
-        info = self._run(self._js.consumer_info(self.bus.stream, self.bus.consumer))
-        stream = self._run(self._js.stream_info(self.bus.stream))
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = self._run(self._js.consumer_info(self.bus.stream, self.bus.consumer))
+            stream = self._run(self._js.stream_info(self.bus.stream))
+        except NatsError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                raise NatsError(f"NATS at {self.bus.where} has no stream {self.bus.stream} with consumer {self.bus.consumer} "
+                                "yet: `logloop nats setup` creates them, as does the NATS sensor's first tick") from exc
+            raise
         return {"stream": self.bus.stream, "subject": self.bus.request_subject, "messages": stream.state.messages,
                 "consumer": self.bus.consumer, "pending": info.num_pending, "ack_pending": info.num_ack_pending,
                 "redelivered": info.num_redelivered}

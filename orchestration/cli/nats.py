@@ -101,8 +101,10 @@ def cmd_flush(args) -> int:
         return 1
     try:
         with bus.session() as s:
-            sent, waiting = flush_outbox(bus, open_artifacts(), _PrintLog(), limit=10_000, session=s)
+            flushed = flush_outbox(bus, open_artifacts(), _PrintLog(), limit=10_000, session=s)
     except NatsError as exc:
         return _fail(exc)
-    print(f"published {sent} model event(s); {waiting} still waiting")
+    held = f" ({flushed.held} of them still being published by their step; what it gives up on is sent " \
+           "by the next flush or sensor tick)" if flushed.held else ""
+    print(f"published {flushed.sent} model event(s); {flushed.waiting} still waiting{held}")
     return 0

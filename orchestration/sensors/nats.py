@@ -132,7 +132,8 @@ def drain(bus: NatsBus, instance, artifacts: ArtifactStorage, pending: list, log
                 failed("acknowledging the last tick's requests", exc)
         if alive:
             try:
-                tick.counts["outbox_sent"], tick.counts["outbox_waiting"] = flush_outbox(bus, artifacts, log, session=session)
+                flushed = flush_outbox(bus, artifacts, log, session=session)
+                tick.counts["outbox_sent"], tick.counts["outbox_waiting"] = flushed.sent, flushed.waiting
             except NatsError as exc:
                 failed("publishing the outbox", exc)
         messages = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from orchestration.contract import CORRUPT_OUTBOX as CORRUPT, NATS_MSG_ID_TAG, NATS_SEQ_TAG, OUTBOX, TASK_TAG
 from resources.artifact_core import ArtifactStorageCore
@@ -123,10 +123,16 @@ def pending(artifacts: ArtifactStorageCore) -> list[str]:
     return [k for k in artifacts.list(OUTBOX) if k.endswith(".json")]
 
 
-def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit: int = 100, session=None) -> tuple[int, int]:
+class Flushed(NamedTuple):
+    sent: int
+    waiting: int  # still in the outbox, held ones included
+    held: int    # left alone: their step is still trying to publish them
+
+
+def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit: int = 100, session=None) -> Flushed:
     """Publish what the outbox holds, oldest first, through `session` (a NatsSession) if given, except
-    entries a step is still trying to publish itself. Returns (sent, still waiting); raises NatsError when
-    the server fails midway (what was sent is gone from the outbox, the rest stays)."""
+    entries a step is still trying to publish itself. Raises NatsError when the server fails midway (what
+    was sent is gone from the outbox, the rest stays)."""
     entries, held, now = [], 0, now_ms()
     for key in pending(artifacts):
         try:
@@ -152,7 +158,7 @@ def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit
             events.publish([message])
         _delete(artifacts, key, log)
         sent += 1
-    return sent, len(entries) - sent + held
+    return Flushed(sent, len(entries) - sent + held, held)
 
 
 def _write(artifacts: ArtifactStorageCore, key: str, entry: dict) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.train import nulog_model
 from orchestration.checks.quality import nulog_model_quality
-from orchestration.services.model_events import OUTBOX, announce, flush_outbox, pending
+from orchestration.services.model_events import OUTBOX, announce, flush_outbox, outbox_key as model_events_key, pending
 from orchestration.services.nats_requests import Accepted, Rejected, parse, run_key
 from orchestration.sensors.nats import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, build_nats_sensor, drain
 from resources.artifacts import LocalArtifactStorage
@@ -392,7 +394,7 @@ def test_a_failed_publish_waits_in_the_outbox_and_a_later_flush_sends_it(tmp_pat
 
     listener = Listener(server, "model_ready")
     try:
-        assert flush_outbox(live_bus(server), artifacts, Log()) == (1, 0)
+        assert flush_outbox(live_bus(server), artifacts, Log()) == (1, 0, 0)
         [(subject, headers, payload)] = listener.wait_for(1)
         assert payload == {"batch": BATCH, "version": 3} and headers["Nats-Msg-Id"] == "logloop:model_ready:x:v3:r"
         assert pending(artifacts) == []
@@ -460,17 +462,56 @@ def test_an_entry_left_by_a_killed_step_is_sent_once_its_hold_runs_out(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         announce(Killed(live_bus(server)), artifacts, "model_ready", {"batch": BATCH, "version": 2},
                  "logloop:model_ready:x:v2:r", None)
-    assert flush_outbox(live_bus(server), artifacts, None) == (0, 1)  # it may still be on its way
+    assert flush_outbox(live_bus(server), artifacts, None) == (0, 1, 1)  # it may still be on its way
     hold_s = 3 * live_bus(server).publish_deadline_s + sum(model_events.RETRY_PAUSES_S) + model_events.HOLD_MARGIN_S
     later = model_events.now_ms() + int(hold_s * 1000) + 1000
     monkeypatch.setattr(model_events, "now_ms", lambda: later)
     listener = Listener(server, "model_ready")
     try:
-        assert flush_outbox(live_bus(server), artifacts, None) == (1, 0)
+        assert flush_outbox(live_bus(server), artifacts, None) == (1, 0, 0)
         [(_, headers, payload)] = listener.wait_for(1)
         assert payload["version"] == 2 and headers["Nats-Msg-Id"] == "logloop:model_ready:x:v2:r"
     finally:
         listener.close()
+
+
+def test_the_cli_shows_the_outbox_and_flush_sends_what_no_step_is_still_publishing(tmp_path, server):
+    home = tmp_path / "home"
+    artifacts = LocalArtifactStorage(root=str(home / "artifacts"))  # where the CLI looks: LOGLOOP_HOME/artifacts
+    given_up = announce(NatsBus(url="nats://127.0.0.1:1", timeout_s=1.0), artifacts, "model_ready",
+                        {"batch": BATCH, "version": 1}, "logloop:model_ready:x:v1:r", logging.getLogger(__name__),
+                        pauses_s=())
+    assert given_up is False
+
+    class Killed(HeldPublisher):
+        def publish(self, messages):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        announce(Killed(live_bus(server)), artifacts, "model_ready", {"batch": BATCH, "version": 2},
+                 "logloop:model_ready:x:v2:r", None)
+
+    env = {**os.environ, "LOGLOOP_NATS_URL": server.url, "LOGLOOP_HOME": str(home)}
+    env.pop("LOGLOOP_ARTIFACTS_URL", None)
+
+    def logloop(*args):
+        return subprocess.run([sys.executable, "-m", "orchestration.cli", "nats", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    status = logloop("status", "--json")  # before `nats setup`: no stream yet, and the outbox all the same
+    shown = json.loads(status.stdout)
+    assert status.returncode == 2 and shown["outbox"] == 2, status.stderr
+    assert "no stream LOGLOOP_TRAIN with consumer logloop yet: `logloop nats setup` creates them" in shown["error"]
+    listener = Listener(server, "model_ready")
+    try:
+        flushed = logloop("flush")
+        assert flushed.returncode == 0, flushed.stderr
+        assert flushed.stdout.startswith("published 1 model event(s); 1 still waiting (1 of them still being published")
+        [(_, _, ready)] = listener.wait_for(1)
+        assert ready["version"] == 1
+    finally:
+        listener.close()
+    assert [k for k in pending(artifacts)] == [model_events_key("logloop:model_ready:x:v2:r")]
 
 
 def test_registration_survives_nats_being_down_and_the_sensor_sends_model_ready_later(env, server):  # noqa: F811
