@@ -110,7 +110,8 @@ def announce(events: ModelEvents, artifacts: ArtifactStorageCore, kind: str, pay
         return True
     if kept:
         try:
-            _write(artifacts, key, entry)  # no longer held: the sensor's next tick sends it
+            if artifacts.exists(key):  # not already sent by the sensor, after a hold that ran out while this step stalled
+                _write(artifacts, key, entry)  # no longer held: the sensor's next tick sends it
         except Exception as exc:  # the hold runs out by itself
             log.warning(f"{kind} {msg_id}: could not release outbox entry {key} for the sensor before its hold ends: {exc}")
     where = f"it waits in the outbox ({key}) for the next tick of the NATS sensor" if kept else \

@@ -475,6 +475,43 @@ def test_an_entry_left_by_a_killed_step_is_sent_once_its_hold_runs_out(tmp_path,
         listener.close()
 
 
+def test_a_step_that_stalled_past_its_hold_does_not_put_a_sent_entry_back(tmp_path, server, monkeypatch):
+    import threading
+
+    from orchestration.services import model_events
+
+    artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
+
+    class FailsWhenLetGo(HeldPublisher):
+        def publish(self, messages):
+            assert self.go.wait(30)
+            raise NatsError("NATS at nats://127.0.0.1:4222 did not answer within 5s")
+
+    step = FailsWhenLetGo(live_bus(server))
+    listener = Listener(server, "model_ready")
+    try:
+        announced = []
+        publishing = threading.Thread(target=lambda: announced.append(announce(
+            step, artifacts, "model_ready", {"batch": BATCH, "version": 3}, "logloop:model_ready:x:v3:r",
+            logging.getLogger(__name__), pauses_s=())))
+        publishing.start()
+        deadline = time.monotonic() + 10
+        while not pending(artifacts) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        later = model_events.now_ms() + 10 * 60_000  # the step stalled (a paused VM) until its hold ran out
+        monkeypatch.setattr(model_events, "now_ms", lambda: later)
+        assert flush_outbox(live_bus(server), artifacts, None) == (1, 0, 0)
+        step.go.set()
+        publishing.join(30)
+        assert announced == [False] and pending(artifacts) == []  # given up, but nothing put back to send again
+        listener.wait_for(1)
+        time.sleep(0.5)
+        assert [m[2]["version"] for m in listener.messages] == [3]
+    finally:
+        step.go.set()
+        listener.close()
+
+
 def test_the_cli_shows_the_outbox_and_flush_sends_what_no_step_is_still_publishing(tmp_path, server):
     home = tmp_path / "home"
     artifacts = LocalArtifactStorage(root=str(home / "artifacts"))  # where the CLI looks: LOGLOOP_HOME/artifacts
