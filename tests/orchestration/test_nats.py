@@ -24,7 +24,7 @@ from orchestration.assets.register import registered_model
 from orchestration.assets.sample import training_sample
 from orchestration.assets.train import nulog_model
 from orchestration.checks.quality import nulog_model_quality
-from orchestration.services.model_events import OUTBOX, announce, flush_outbox, outbox_key as model_events_key, pending
+from orchestration.services.model_events import OUTBOX, announce, flush_outbox, outbox_key, pending
 from orchestration.services.nats_requests import Accepted, Rejected, parse, run_key
 from orchestration.sensors.nats import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, build_nats_sensor, drain
 from resources.artifacts import LocalArtifactStorage
@@ -420,20 +420,38 @@ class HeldPublisher:
         self.bus.publish(messages)
 
 
-def test_the_sensor_leaves_an_entry_alone_while_its_step_is_still_publishing_it(tmp_path, server):
+class KilledMidPublish(HeldPublisher):
+    def publish(self, messages):
+        raise KeyboardInterrupt  # the process dies mid-publish: no delete, no release
+
+
+def announce_in_background(step, artifacts, version: int, **kwargs) -> tuple:
+    """announce() in a thread, as a step runs it; returns (thread, [its result]) once the entry is written."""
     import threading
 
+    announced: list = []
+    thread = threading.Thread(target=lambda: announced.append(announce(
+        step, artifacts, "model_ready", {"batch": BATCH, "version": version}, f"logloop:model_ready:x:v{version}:r",
+        logging.getLogger(__name__), **kwargs)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not pending(artifacts) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return thread, announced
+
+
+def leave_as_killed_step(server, artifacts, version: int) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        announce(KilledMidPublish(live_bus(server)), artifacts, "model_ready", {"batch": BATCH, "version": version},
+                 f"logloop:model_ready:x:v{version}:r", None)
+
+
+def test_the_sensor_leaves_an_entry_alone_while_its_step_is_still_publishing_it(tmp_path, server):
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
     step = HeldPublisher(live_bus(server))
     listener = Listener(server, "model_ready")
     try:
-        announced = []
-        publishing = threading.Thread(target=lambda: announced.append(announce(
-            step, artifacts, "model_ready", {"batch": BATCH, "version": 1}, "logloop:model_ready:x:v1:r", None)))
-        publishing.start()
-        deadline = time.monotonic() + 10
-        while not pending(artifacts) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        publishing, announced = announce_in_background(step, artifacts, 1)
         assert len(pending(artifacts)) == 1  # written before the publish, so a killed step loses nothing
 
         with fresh_instance() as instance:
@@ -454,14 +472,7 @@ def test_an_entry_left_by_a_killed_step_is_sent_once_its_hold_runs_out(tmp_path,
     from orchestration.services import model_events
 
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
-
-    class Killed(HeldPublisher):
-        def publish(self, messages):
-            raise KeyboardInterrupt  # the process dies mid-publish: no delete, no release
-
-    with pytest.raises(KeyboardInterrupt):
-        announce(Killed(live_bus(server)), artifacts, "model_ready", {"batch": BATCH, "version": 2},
-                 "logloop:model_ready:x:v2:r", None)
+    leave_as_killed_step(server, artifacts, 2)
     assert flush_outbox(live_bus(server), artifacts, None) == (0, 1, 1)  # it may still be on its way
     hold_s = 3 * live_bus(server).publish_deadline_s + sum(model_events.RETRY_PAUSES_S) + model_events.HOLD_MARGIN_S
     later = model_events.now_ms() + int(hold_s * 1000) + 1000
@@ -476,8 +487,6 @@ def test_an_entry_left_by_a_killed_step_is_sent_once_its_hold_runs_out(tmp_path,
 
 
 def test_a_step_that_stalled_past_its_hold_does_not_put_a_sent_entry_back(tmp_path, server, monkeypatch):
-    import threading
-
     from orchestration.services import model_events
 
     artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
@@ -490,14 +499,7 @@ def test_a_step_that_stalled_past_its_hold_does_not_put_a_sent_entry_back(tmp_pa
     step = FailsWhenLetGo(live_bus(server))
     listener = Listener(server, "model_ready")
     try:
-        announced = []
-        publishing = threading.Thread(target=lambda: announced.append(announce(
-            step, artifacts, "model_ready", {"batch": BATCH, "version": 3}, "logloop:model_ready:x:v3:r",
-            logging.getLogger(__name__), pauses_s=())))
-        publishing.start()
-        deadline = time.monotonic() + 10
-        while not pending(artifacts) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        publishing, announced = announce_in_background(step, artifacts, 3, pauses_s=())
         later = model_events.now_ms() + 10 * 60_000  # the step stalled (a paused VM) until its hold ran out
         monkeypatch.setattr(model_events, "now_ms", lambda: later)
         assert flush_outbox(live_bus(server), artifacts, None) == (1, 0, 0)
@@ -519,14 +521,7 @@ def test_the_cli_shows_the_outbox_and_flush_sends_what_no_step_is_still_publishi
                         {"batch": BATCH, "version": 1}, "logloop:model_ready:x:v1:r", logging.getLogger(__name__),
                         pauses_s=())
     assert given_up is False
-
-    class Killed(HeldPublisher):
-        def publish(self, messages):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        announce(Killed(live_bus(server)), artifacts, "model_ready", {"batch": BATCH, "version": 2},
-                 "logloop:model_ready:x:v2:r", None)
+    leave_as_killed_step(server, artifacts, 2)
 
     env = {**os.environ, "LOGLOOP_NATS_URL": server.url, "LOGLOOP_HOME": str(home)}
     env.pop("LOGLOOP_ARTIFACTS_URL", None)
@@ -548,7 +543,7 @@ def test_the_cli_shows_the_outbox_and_flush_sends_what_no_step_is_still_publishi
         assert ready["version"] == 1
     finally:
         listener.close()
-    assert [k for k in pending(artifacts)] == [model_events_key("logloop:model_ready:x:v2:r")]
+    assert pending(artifacts) == [outbox_key("logloop:model_ready:x:v2:r")]
 
 
 def test_registration_survives_nats_being_down_and_the_sensor_sends_model_ready_later(env, server):  # noqa: F811
