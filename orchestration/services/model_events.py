@@ -139,16 +139,19 @@ def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit
         try:
             with artifacts.reading(key) as path, open(path) as f:
                 entry = json.load(f)
+            if not (isinstance(entry["subject"], str) and isinstance(entry["msg_id"], str)):
+                raise TypeError("subject and msg_id must be strings")
             message = Outgoing(entry["subject"], json.dumps(entry["payload"]).encode(), entry["msg_id"])
+            created, held_until = _ms(entry, "created_ms"), _ms(entry, "held_until_ms")
         except FileNotFoundError:
             continue  # sent by another process meanwhile
         except (ValueError, KeyError, TypeError) as exc:
             _set_aside(artifacts, key, exc, log)
             continue
-        if entry.get("held_until_ms", 0) > now:
+        if held_until > now:
             held += 1
             continue
-        entries.append((entry.get("created_ms", 0), key, message))
+        entries.append((created, key, message))
     entries.sort(key=lambda e: (e[0], e[1]))
     sent = 0
     for _, key, message in entries[:limit]:
@@ -160,6 +163,13 @@ def flush_outbox(events: ModelEvents, artifacts: ArtifactStorageCore, log, limit
         _delete(artifacts, key, log)
         sent += 1
     return Flushed(sent, len(entries) - sent + held, held)
+
+
+def _ms(entry: dict, field: str) -> int:
+    value = entry.get(field, 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{field} is not a time in ms: {value!r}"[:200])
+    return value
 
 
 def _write(artifacts: ArtifactStorageCore, key: str, entry: dict) -> None:

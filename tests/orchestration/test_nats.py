@@ -514,6 +514,47 @@ def test_a_step_that_stalled_past_its_hold_does_not_put_a_sent_entry_back(tmp_pa
         listener.close()
 
 
+@pytest.mark.parametrize("damage", [
+    lambda entry: b"{half an entr",
+    lambda entry: json.dumps([entry]).encode(),
+    lambda entry: json.dumps({**entry, "held_until_ms": "soon"}).encode(),
+    lambda entry: json.dumps({**entry, "created_ms": None}).encode(),
+    lambda entry: json.dumps({**entry, "subject": 7}).encode(),
+], ids=["truncated", "not-an-object", "bad-hold", "bad-created", "bad-subject"])
+def test_a_damaged_outbox_entry_is_set_aside_named_and_the_rest_still_goes(tmp_path, server, damage):
+    from orchestration.contract import CORRUPT_OUTBOX
+
+    artifacts = LocalArtifactStorage(root=str(tmp_path / "artifacts"))
+    down = NatsBus(url="nats://127.0.0.1:1", timeout_s=1.0)
+    for version in (1, 2):
+        assert announce(down, artifacts, "model_ready", {"batch": BATCH, "version": version},
+                        f"logloop:model_ready:x:v{version}:r", logging.getLogger(__name__), pauses_s=()) is False
+    bad = outbox_key("logloop:model_ready:x:v1:r")
+    with artifacts.reading(bad) as path:
+        entry = json.loads(Path(path).read_text())
+    with artifacts.writing(bad) as tmp:
+        Path(tmp).write_bytes(damage(entry))
+    errors = []
+
+    class Log:
+        def error(self, msg):
+            errors.append(msg)
+
+        warning = error
+
+    listener = Listener(server, "model_ready")
+    try:
+        assert flush_outbox(live_bus(server), artifacts, Log()) == (1, 0, 0)  # the sound one went
+        [(_, _, ready)] = listener.wait_for(1)
+        assert ready["version"] == 2
+    finally:
+        listener.close()
+    [error] = errors
+    moved = f"{CORRUPT_OUTBOX}/{bad.rsplit('/', 1)[-1]}"
+    assert error.startswith(f"outbox entry {bad} is unreadable (") and error.endswith(f"moved to {moved}")
+    assert pending(artifacts) == [] and artifacts.exists(moved)
+
+
 def test_the_cli_shows_the_outbox_and_flush_sends_what_no_step_is_still_publishing(tmp_path, server):
     home = tmp_path / "home"
     artifacts = LocalArtifactStorage(root=str(home / "artifacts"))  # where the CLI looks: LOGLOOP_HOME/artifacts
