@@ -63,9 +63,11 @@ _TOKEN = re.compile(
       | (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
       | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
       | (?P<op><=|>=|!=|<>|[(),.*=<>;])
+      | (?P<bad>\S)
     )""",
     re.VERBOSE | re.DOTALL,
 )
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _UNESCAPE = {"'": "'", '"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t", "%": "\\%", "_": "\\_"}
 _AGGREGATES = {"LAST_ROW", "MAX", "MIN", "SUM", "COUNT"}
 _TYPE_LEN = {"TIMESTAMP": 8, "BIGINT": 8, "INT": 4, "DOUBLE": 8}
@@ -81,34 +83,30 @@ def _syntax(near: str) -> TaosError:
     return TaosError(SYNTAX_ERROR, f'syntax error near "{near}"')
 
 
+def _unescape(body: str) -> str:
+    return _ESCAPE.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), body) if "\\" in body else body
+
+
 def tokenize(sql: str) -> list[tuple[str, object]]:
-    tokens, pos = [], 0
+    # One regex pass in C (findall) rather than a match per token: the store's INSERTs carry hundreds
+    # of rows, and the tests that push many of them spend much of their time here.
     sql = sql.rstrip()
-    while pos < len(sql):
-        m = _TOKEN.match(sql, pos)
-        if not m or m.end() == pos:
-            raise _syntax(sql[pos:pos + 20].strip())
-        pos = m.end()
-        kind = m.lastgroup
-        text = m.group(kind)
-        if kind == "str":
-            body, out, i = text[1:-1], [], 0
-            while i < len(body):
-                if body[i] == "\\" and i + 1 < len(body):
-                    out.append(_UNESCAPE.get(body[i + 1], body[i + 1]))
-                    i += 2
-                else:
-                    out.append(body[i])
-                    i += 1
-            tokens.append(("str", "".join(out)))
-        elif kind == "num":
-            tokens.append(("num", float(text) if any(c in text for c in ".eE") else int(text)))
-        elif kind == "bq":
-            tokens.append(("id", text[1:-1]))
-        elif kind == "id":
-            tokens.append(("id", text))
+    tokens = []
+    append = tokens.append
+    for text, quoted_id, num, ident, op, bad in _TOKEN.findall(sql):
+        if ident:
+            append(("id", ident))
+        elif op:
+            append(("op", op))
+        elif text:
+            append(("str", _unescape(text[1:-1])))
+        elif num:
+            append(("num", float(num) if ("." in num or "e" in num or "E" in num) else int(num)))
+        elif quoted_id:
+            append(("id", quoted_id[1:-1]))
         else:
-            tokens.append(("op", text))
+            at = next(m.start() for m in _TOKEN.finditer(sql) if m.lastgroup == "bad")
+            raise _syntax(sql[at:at + 20].strip())
     if tokens and tokens[-1] == ("op", ";"):
         tokens.pop()
     if ("op", ";") in tokens:
@@ -357,13 +355,28 @@ class FakeTDengine:
         return value
 
     def _values(self, cur: _Cursor) -> list:
+        """`(value, ...)`: the same rules as cur.expect_op and cur.value, on the tokens directly
+        (an INSERT's rows are most of what the fake parses)."""
         cur.expect_op("(")
-        out = []
+        t, i, end, out = cur.t, cur.i, len(cur.t), []
         while True:
-            out.append(cur.value())
-            if cur.op(")"):
+            kind, val = t[i] if i < end else (None, None)
+            if kind == "num" or kind == "str":
+                out.append(val)
+            elif kind == "id" and val.upper() == "NULL":
+                out.append(None)
+            else:
+                cur.i = i
+                raise _syntax(cur.near())
+            i += 1
+            following = t[i] if i < end else None
+            if following == ("op", ")"):
+                cur.i = i + 1
                 return out
-            cur.expect_op(",")
+            if following != ("op", ","):
+                cur.i = i
+                raise _syntax(cur.near())
+            i += 1
 
     def _insert(self, cur: _Cursor, default_db) -> dict:
         pending: list[tuple[tuple[str, str], str, list]] = []
@@ -399,13 +412,17 @@ class FakeTDengine:
                 pending.append((stable, child, [self._check(v, c) for v, c in zip(row, cols)] + tag_values))
         if not pending:
             raise _syntax("end of statement")
-        for (db, st), child, values in pending:
+        rows_by_stable: dict[tuple[str, str], list[list]] = {}
+        for stable, child, values in pending:
+            rows_by_stable.setdefault(stable, []).append([child, *values])
+        for (db, st), rows in rows_by_stable.items():
             schema = self.stables[(db, st)]
             # by name: a column added later (ALTER) sits after the tags in the SQLite table
             names = ", ".join(_q(n) for n in ["tbname"] + [c[0] for c in schema["cols"] + schema["tags"]])
-            marks = ", ".join("?" * (len(values) + 1))
-            # Same child table, same timestamp: the new row replaces the old one, as in TDengine.
-            self.conn.execute(f"INSERT OR REPLACE INTO {_q(db + '.' + st)} ({names}) VALUES ({marks})", [child, *values])
+            marks = ", ".join("?" * len(rows[0]))
+            # Same child table, same timestamp: the new row replaces the old one, as in TDengine
+            # (executemany keeps the statement's order).
+            self.conn.executemany(f"INSERT OR REPLACE INTO {_q(db + '.' + st)} ({names}) VALUES ({marks})", rows)
         return self._affected(len(pending))
 
     # -- SELECT ---------------------------------------------------------------------------------
