@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # tables would be laid out for that width under `make test` and for 120, the width when output is
 # not a terminal, in a plain run. Tests see the plain run's width; those about COLUMNS set it.
 os.environ.pop("COLUMNS", None)
+
+# SIGTERM as this process found it. A Dagster run executed in-process leaves SIGTERM with SIGINT's
+# handler (dagster._utils.interrupts), and where SIGINT is ignored, as in a suite started in the
+# background by a non-interactive shell, that handler is "ignore": from then on this process, and every
+# process it starts (an ignored signal stays ignored across exec), would ignore SIGTERM, and a later
+# test's terminate() would not stop what it started.
+SIGTERM_AT_START = signal.getsignal(signal.SIGTERM)
+
+
+@pytest.fixture(autouse=True)
+def sigterm_as_found():
+    """Each test starts with SIGTERM as the process found it, whatever an earlier test's run left."""
+    if SIGTERM_AT_START is not None and signal.getsignal(signal.SIGTERM) != SIGTERM_AT_START:
+        signal.signal(signal.SIGTERM, SIGTERM_AT_START)
+
 
 # The Loghub-2.0 2k sample of seven systems ships with the tests (tests/data/loghub2k, with the
 # dataset's LICENSE.txt and CITATION). LOGHUB_DIR points the tests at another copy.
