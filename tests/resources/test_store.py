@@ -320,15 +320,8 @@ def test_forked_processes_get_their_own_writer_id():
 
     import resources.tdengine_client as tds
 
-    ctx = multiprocessing.get_context("fork")
-    # closed and joined, not terminated (what `with Pool` does): terminating signals the child with
-    # SIGTERM, which hangs forever in a process whose SIGTERM an earlier test left ignored
-    pool = ctx.Pool(1)
-    try:
+    with multiprocessing.get_context("fork").Pool(1) as pool:
         child = pool.apply(tds.writer_id)
-    finally:
-        pool.close()
-        pool.join()
     assert child != tds.writer_id() and len(child) == 16
 
 
