@@ -36,6 +36,13 @@ os.environ.pop("COLUMNS", None)
 # test's terminate() would not stop what it started.
 SIGTERM_AT_START = signal.getsignal(signal.SIGTERM)
 
+# SIGINT as a terminal or a process supervisor leaves it. A suite started in the background by a
+# non-interactive shell has SIGINT ignored, and every process it starts inherits that. Dagster's
+# processes give SIGTERM whatever handler SIGINT has, so `dagster dev` started from there ignores
+# SIGTERM altogether: the UI tests' `dagster dev` was stopped only by SIGKILL, 30 s later.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(autouse=True)
 def sigterm_as_found():

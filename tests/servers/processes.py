@@ -35,8 +35,9 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def stop_process_group(proc: subprocess.Popen, log) -> None:
-    """SIGTERM the process's group (it and its children), SIGKILL after 30 s; close its log.
+def stop_process_group(proc: subprocess.Popen, log) -> bool:
+    """SIGTERM the process's group (it and its children), SIGKILL after 30 s; close its log. True when
+    the process stopped on SIGTERM, False when it took SIGKILL.
 
     Descendants that left the group (dagster-daemon and `dagster dev` start their code servers in
     sessions of their own) are found first and killed after it, so none outlives the test."""
@@ -44,12 +45,16 @@ def stop_process_group(proc: subprocess.Popen, log) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
+        stopped = True
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        stopped = False
     for pid in strays:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     log.close()
+    return stopped
 
 
 @contextlib.contextmanager

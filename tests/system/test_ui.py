@@ -108,7 +108,8 @@ def server(tmp_path_factory):
     try:
         yield {"url": url, "env": {**env, "LOGLOOP_DAGSTER_URL": url}, "home": home, "log": log_path}
     finally:
-        stop_process_group(proc, log)
+        stopped = stop_process_group(proc, log)
+    assert stopped, f"dagster dev ignored SIGTERM for 30 s:\n{log_path.read_text(errors='replace')[-3000:]}"
 
 
 def spec_doc(spec_id: str, epochs: int = 3, batch: str = BATCH) -> dict:
