@@ -33,6 +33,7 @@ LONGEST_FIRST = (
     "tests/orchestration/cli/test_cli.py",
     "tests/orchestration/test_nats.py",
     "tests/system/test_faults.py",  # each of these 30 to 55 s
+    "tests/resources/test_azure_artifacts.py",  # where npm must install Azurite first; 5 s after
     "tests/orchestration/test_training_spec.py",
     "tests/orchestration/test_pipeline.py",
     "tests/system/test_deploy.py",
@@ -48,6 +49,11 @@ HEAVY_WORKERS = max(1, len(os.sched_getaffinity(0)))
 # Modules whose tests share no fixture wider than a test and each take minutes: each test is a unit
 # of its own, so that they can run on two workers at once.
 ONE_UNIT_PER_TEST = frozenset({"tests/system/test_daemon.py", "tests/system/test_pods.py"})
+
+# Modules that use a session-wide server another module starts go to that module's worker, as one
+# unit, so that the server starts once: the verdict write-back tests use the OpenSearch node of the
+# node tests (a JVM, about 10 s of CPU to start and warm up).
+SAME_WORKER_AS = {"tests/orchestration/test_opensearch_verdicts.py": "tests/ops/fetch/test_opensearch_node.py"}
 
 
 def module_of(nodeid: str) -> str:
@@ -65,7 +71,8 @@ class LongestFirstScheduling(LoadFileScheduling):
     """pytest-xdist's `--dist loadfile` (a module's tests on one worker, so that its module-wide
     fixtures are set up once), with three changes:
 
-    - the tests of ONE_UNIT_PER_TEST modules are units of their own;
+    - the tests of ONE_UNIT_PER_TEST modules are units of their own, and SAME_WORKER_AS modules join
+      the unit of the module whose server they use;
     - the first HEAVY_WORKERS workers get the HEAVY units, the others the rest, each kind in
       collection order (which `pytest_collection_modifyitems` makes LONGEST_FIRST), and no HEAVY unit
       waits behind another on one worker;
@@ -77,7 +84,7 @@ class LongestFirstScheduling(LoadFileScheduling):
 
     def _split_scope(self, nodeid: str) -> str:
         module = module_of(nodeid)
-        return nodeid if module in ONE_UNIT_PER_TEST else module
+        return nodeid if module in ONE_UNIT_PER_TEST else SAME_WORKER_AS.get(module, module)
 
     def _reschedule(self, node) -> None:
         if node.shutting_down:

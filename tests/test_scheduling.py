@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tests import scheduling
-from tests.scheduling import HEAVY, LONGEST_FIRST, ONE_UNIT_PER_TEST, LongestFirstScheduling, handout_rank
+from tests.scheduling import HEAVY, LONGEST_FIRST, ONE_UNIT_PER_TEST, SAME_WORKER_AS, LongestFirstScheduling, handout_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 DAEMON = "tests/system/test_daemon.py"
@@ -39,7 +39,7 @@ def scheduler(workers, collection):
 
 
 def test_every_listed_module_exists_so_the_order_cannot_go_stale():
-    for module in (*LONGEST_FIRST, *HEAVY, *ONE_UNIT_PER_TEST):
+    for module in (*LONGEST_FIRST, *HEAVY, *ONE_UNIT_PER_TEST, *SAME_WORKER_AS, *SAME_WORKER_AS.values()):
         assert (ROOT / module).is_file(), module
     assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST) and ONE_UNIT_PER_TEST <= HEAVY
 
@@ -106,3 +106,13 @@ def test_a_worker_out_of_its_kind_of_work_takes_the_other_kind(monkeypatch):
     w2, w3 = Worker("w2"), Worker("w3")
     scheduler([w2, w3], [f"{DAEMON}::t[sqlite]", f"{DAEMON}::t[postgres]"])
     assert w2.sent == [[0]] and w3.sent == [[1]]  # nothing else to run: the second worker takes a system test
+
+
+def test_a_module_that_uses_another_modules_server_runs_on_that_modules_worker():
+    nodes, verdicts = "tests/ops/fetch/test_opensearch_node.py", "tests/orchestration/test_opensearch_verdicts.py"
+    assert SAME_WORKER_AS[verdicts] == nodes
+    collection = [f"{nodes}::a", f"{nodes}::b", "tests/m1.py::a", "tests/m1.py::b", f"{verdicts}::v", "tests/m2.py::a"]
+    w0, w1 = Worker("w0"), Worker("w1")
+    scheduler([w0, w1], collection)
+    # one unit: the node tests and the verdict tests, on the first worker, in collection order
+    assert w0.sent == [[0, 1, 4]] and w1.sent == [[2, 3]]
