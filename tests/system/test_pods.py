@@ -112,6 +112,7 @@ def materialize(env, instance_yaml, name, *args):
 def test_every_step_in_its_own_pod_shares_only_the_instance_the_bucket_and_the_store(cluster, tmp_path):
     s3, env, instance_yaml = cluster
     start = demo_logs.default_start_ms(3)
+    env["LOGLOOP_PARTITION_START"] = hour_key(start)  # as the Helm chart sets it: no pod reads the data to find it
     upload_gzip_logs(s3, start, hours=2)
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
