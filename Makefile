@@ -1,5 +1,11 @@
 # The two entry points: `make demo` (the whole chain on embedded defaults) and `make test`.
-PYTHON ?= python3
+# The interpreter the venv is made from: the distribution's own Python 3 where it is 3.10 or newer and can
+# make a venv, else python3 from PATH (`make PYTHON=...` picks another; an existing .venv is kept).
+# Distributions build their Python with profile-guided and link-time optimisation, as the image's
+# (python:3.11-slim) is built; a plain source build, such as pyenv's default, runs the same Python code
+# with about 15% more CPU, and the suite is CPU-bound (docs/benchmarks.md, "Which Python runs the suite").
+SYSTEM_PYTHON := $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; print(sys.executable if sys.version_info >= (3, 10) else "")' 2>/dev/null)
+PYTHON ?= $(or $(SYSTEM_PYTHON),python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 export LOGLOOP_HOME ?= $(CURDIR)/data
