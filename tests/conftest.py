@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# First, so that the package's garbage-collection thresholds (orchestration.GC_THRESHOLDS) hold for the
+# whole session, collection included, as they do in every process of the loop.
+import orchestration  # noqa: F401, I001
+
 # the real OpenSearch nodes (one per version per session), for every test that asks
 from tests.servers.opensearch_node import opensearch_node, opensearch_nodes  # noqa: F401
 from tests.scheduling import LongestFirstScheduling, handout_rank

@@ -124,3 +124,20 @@ def test_a_process_that_loaded_the_package_leaves_its_objects_out_of_the_exit_co
     assert done.returncode == 0, done.stderr
     word, count = done.stderr.strip().splitlines()[-1].split()
     assert word == "frozen" and int(count) > 50_000, done.stderr
+
+
+@pytest.mark.parametrize("body", [
+    "import dagster._cli.api\nimport orchestration.definitions",
+    "from orchestration.cli.app import main\ntry:\n    main(['models', 'list'])\nexcept SystemExit:\n    pass",
+], ids=["step", "models list"])
+def test_a_process_that_loaded_the_package_collects_garbage_at_the_packages_thresholds(env, body):
+    """Python's default thresholds walk the long-lived objects of Dagster and torch again and again
+    while they are created (benchmarks/process_start.py measures it). A step imports Dagster's command
+    line first, and the package's thresholds hold from the package's import on."""
+    from orchestration import GC_THRESHOLDS
+
+    report = "\nimport gc, sys\nprint('thresholds', *gc.get_threshold(), file=sys.stderr)"
+    done = subprocess.run([sys.executable, "-c", body + report], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    word, *thresholds = done.stderr.strip().splitlines()[-1].split()
+    assert word == "thresholds" and tuple(map(int, thresholds)) == GC_THRESHOLDS != (700, 10, 10), done.stderr
