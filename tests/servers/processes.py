@@ -81,15 +81,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def apt_install(package: str, find, unavailable: type[Exception], what: str, timeout_s: float = 900,
-                recommends: bool = False):
+def apt_install(package: str, find, unavailable: type[Exception], what: str, timeout_s: float = 900):
     """What `find()` returns, installing Debian's `package` (or several, space-separated) first
     when it returns nothing.
 
     Parallel test processes (pytest-xdist workers) install one at a time: one file lock for every
     package, since two apt-get runs at once would fight over dpkg's own lock. Without root, or when
-    apt-get fails, `unavailable` is raised with apt's own words. `what` names the tests that need it;
-    `recommends` installs the packages' recommended ones too."""
+    apt-get fails, `unavailable` is raised with apt's own words. `what` names the tests that need it.
+    Recommended packages are left out: name what a test needs."""
     found = find()
     if found:
         return found
@@ -105,8 +104,8 @@ def apt_install(package: str, find, unavailable: type[Exception], what: str, tim
         if found:
             return found
         # apt-get waits for dpkg's lock when something else on the machine holds it
-        install = ["apt-get", "install", "-y", "-q", *([] if recommends else ["--no-install-recommends"]),
-                   "-o", "DPkg::Lock::Timeout=300", *package.split()]
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=300",
+                   *package.split()]
         try:
             update = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env,
                                     timeout=timeout_s)
