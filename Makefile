@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 # Tests run in parallel (pytest-xdist), one worker per core and two more: the long system tests
 # spend part of their minutes waiting on a daemon, a browser or a server (the daemon tests wait for
 # one-minute windows to close), and the extra workers use the CPU meanwhile. The suite is otherwise
-# CPU-bound (on 2 cores, about 1,000 s of CPU), and tests/conftest.py gives each process one torch
+# CPU-bound (on 2 cores, about 750 to 800 s of CPU), and tests/conftest.py gives each process one torch
 # thread, since workers train side by side. Tests are handed out a module at a time (--dist loadfile),
 # so that a module's fixtures (servers, trained models) are set up once, the longest first, the system
 # tests on one worker per core and the rest on the others (tests/scheduling.py).
