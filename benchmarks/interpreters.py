@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.fresh_process import child_env, run_measured  # noqa: E402
 
 WORKLOADS = {
     "step_imports": ["-c", "import dagster._cli.api, orchestration.definitions, dagster_postgres, s3fs, torch"],
@@ -38,11 +40,7 @@ DESCRIBE = ("import json, os, platform, sys; print(json.dumps({'version': platfo
 
 
 def cpu_of(python: str, args: list[str], env: dict) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([python, *args], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=600)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return run_measured([python, *args], env)[0]
 
 
 def main() -> int:
@@ -59,8 +57,7 @@ def main() -> int:
     if missing:
         ap.error(f"not an executable: {', '.join(missing)}")
 
-    # One torch thread, as the test suite's processes run (tests/conftest.py does the same).
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = child_env(PYTHONWARNINGS="ignore")
     result: dict = {"repeat": args.repeat, "interpreters": []}
     samples = {(p, w): [] for p in args.python for w in WORKLOADS}
     for python in args.python:

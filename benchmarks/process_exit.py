@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.fresh_process import child_env, run_measured  # noqa: E402
 
 KINDS = {
     "code_location": "import orchestration.definitions",
@@ -42,11 +41,7 @@ SCRIPT = "import atexit, gc, sys, time\n{imports}\n{variant}\nprint(time.process
 
 def exit_cpu(imports: str, variant: str, env: dict) -> float:
     """CPU seconds the process used after its script ended."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, "-c", SCRIPT.format(imports=imports, variant=variant)], cwd=ROOT,
-                          env=env, check=True, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    whole = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    whole, done = run_measured([sys.executable, "-c", SCRIPT.format(imports=imports, variant=variant)], env)
     return whole - float(done.stderr.strip().splitlines()[-1])
 
 
@@ -54,9 +49,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=7, help="runs of each kind and variant (the median is reported)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
 
-    # One torch thread, as the steps that share a machine run (tests/conftest.py does the same).
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = child_env()
     result: dict = {"repeat": args.repeat}
     for kind, imports in KINDS.items():
         seconds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.fresh_process import child_env, run_measured  # noqa: E402
 
 KINDS = {
     "step": "import dagster._cli.api\nimport orchestration.definitions",
@@ -44,11 +43,7 @@ SCRIPT = ("import resource, sys\n{variant}\n{imports}\n"
 
 def start_cost(imports: str, variant: str, env: dict) -> tuple[float, float]:
     """CPU seconds and peak resident MB of one fresh process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, "-c", SCRIPT.format(imports=imports, variant=variant)], cwd=ROOT,
-                          env=env, check=True, capture_output=True, text=True, timeout=600)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu, done = run_measured([sys.executable, "-c", SCRIPT.format(imports=imports, variant=variant)], env)
     return cpu, int(done.stderr.strip().splitlines()[-1]) / 1024
 
 
@@ -59,8 +54,7 @@ def main() -> int:
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
 
-    # One torch thread, as the steps that share a machine run (tests/conftest.py does the same).
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = child_env(PYTHONWARNINGS="ignore")
     from orchestration import GC_THRESHOLDS
 
     result: dict = {"repeat": args.repeat, "thresholds": list(GC_THRESHOLDS)}
